@@ -1,0 +1,123 @@
+import WSServer
+
+/// Everything `sluice` can be told at start-up. Plain values with defaults; `ConfigurationLoader`
+/// fills it from a YAML file, `SLUICE_*` environment variables and command-line overrides.
+///
+/// New sections (redis, database, upstreams, ...) are added as further stored properties with
+/// defaults, plus their rows in `ConfigurationLoader`'s settings table.
+public struct SluiceConfiguration: Sendable, Equatable {
+    /// The WebSocket data plane (`server:` and `websocket:` sections of the file).
+    public var server: WebSocketServerConfiguration = .init()
+    /// Echo every message back instead of routing it (Autobahn conformance runs).
+    public var echo: Bool = false
+    /// Minimum log level: one of `SluiceConfiguration.logLevels`.
+    public var logLevel: String = "info"
+    /// Name of this instance in logs and metrics; nil means one is generated at start-up.
+    public var instanceID: String? = nil
+
+    /// Log levels accepted by `logLevel`, most verbose first (the names swift-log uses).
+    public static let logLevels: [String] = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    public init() {}
+
+    public init(server: WebSocketServerConfiguration, echo: Bool = false, logLevel: String = "info", instanceID: String? = nil) {
+        self.server = server
+        self.echo = echo
+        self.logLevel = logLevel
+        self.instanceID = instanceID
+    }
+
+    /// Checks rules that involve more than one value. Single values are checked as they are read
+    /// (so the error can point at the file line); these can only be checked once every layer
+    /// (file, environment, flags) has been applied, because a later layer may fix an earlier one.
+    public func validate() throws(ConfigurationError) {
+        let server = self.server
+        if server.writeBufferLowWatermark > server.writeBufferHighWatermark {
+            throw ConfigurationError(
+                kind: .inconsistent,
+                key: "websocket.write_buffer_low_watermark",
+                value: String(server.writeBufferLowWatermark),
+                reason: "must not exceed websocket.write_buffer_high_watermark (\(server.writeBufferHighWatermark))"
+            )
+        }
+        // With only one of the two paths the listener would silently fall back to plain ws://.
+        if (server.tls.certificatePath == nil) != (server.tls.privateKeyPath == nil) {
+            throw ConfigurationError(
+                kind: .inconsistent,
+                key: server.tls.certificatePath == nil ? "server.tls.certificate_path" : "server.tls.private_key_path",
+                value: nil,
+                reason: "server.tls.certificate_path and server.tls.private_key_path must be set together"
+            )
+        }
+    }
+}
+
+/// A configuration value that cannot be used, with enough context to find and fix it.
+public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Kind: Sendable, Equatable {
+        /// The configuration file could not be read.
+        case unreadableFile
+        /// The file is not valid YAML, or its top level is not a mapping.
+        case invalidYAML
+        /// A key in the file that sluice does not know (usually a typo).
+        case unknownKey
+        /// The value has the wrong shape or syntax for its key (e.g. text where a number belongs).
+        case wrongType
+        /// The value parses but is outside the allowed range.
+        case outOfRange
+        /// The value parses but is not one of the allowed values (e.g. an unknown log level).
+        case invalidValue
+        /// Two values contradict each other (e.g. low watermark above high watermark).
+        case inconsistent
+    }
+
+    /// Where the bad value came from.
+    public enum Source: Sendable, Equatable, CustomStringConvertible {
+        /// A YAML file; line and column are 1-based and present when Yams reports them.
+        case file(path: String, line: Int?, column: Int?)
+        case environment(variable: String)
+        case commandLine(option: String)
+
+        public var description: String {
+            switch self {
+            case .file(let path, let line?, let column?): "\(path):\(line):\(column)"
+            case .file(let path, let line?, nil): "\(path):\(line)"
+            case .file(let path, _, _): path
+            case .environment(let variable): "environment variable \(variable)"
+            case .commandLine(let option): "option \(option)"
+            }
+        }
+    }
+
+    public var kind: Kind
+    /// Dotted key path as written in the YAML file, e.g. `server.port`.
+    public var key: String?
+    /// The offending value as written.
+    public var value: String?
+    /// What is wrong, or what was expected.
+    public var reason: String
+    public var source: Source?
+
+    public init(kind: Kind, key: String?, value: String?, reason: String, source: Source? = nil) {
+        self.kind = kind
+        self.key = key
+        self.value = value
+        self.reason = reason
+        self.source = source
+    }
+
+    /// e.g. `sluice.yaml:4:9: server.port: invalid value "70000": must be between 0 and 65535`.
+    public var description: String {
+        var text = ""
+        if let source = self.source {
+            text += "\(source): "
+        }
+        if let key = self.key {
+            text += "\(key): "
+        }
+        if let value = self.value {
+            text += "invalid value \"\(value)\": "
+        }
+        return text + self.reason
+    }
+}

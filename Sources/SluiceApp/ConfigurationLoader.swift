@@ -1,0 +1,595 @@
+import Foundation
+import NIOCore
+import WSServer
+import Yams
+
+/// Builds a `SluiceConfiguration` in layers, each overriding the one before:
+/// built-in defaults, then a YAML file, then `SLUICE_*` environment variables, then command-line
+/// overrides. Every layer goes through the same settings table, so a key is parsed and range-checked
+/// the same way wherever it comes from.
+public enum ConfigurationLoader {
+    /// Environment variable naming the configuration file when `--config` is not given.
+    public static let configurationFileVariable = "SLUICE_CONFIG"
+
+    /// All keys the YAML file accepts, as dotted paths (`server.port`), in file order.
+    public static var keys: [String] { settings.map(\.key) }
+
+    /// The environment variable for a dotted key: `websocket.deflate.enabled` -> `SLUICE_WEBSOCKET_DEFLATE_ENABLED`.
+    public static func environmentVariable(forKey key: String) -> String {
+        "SLUICE_" + key.split(separator: ".").joined(separator: "_").uppercased()
+    }
+
+    /// The file to load: the `--config` value if given, else `SLUICE_CONFIG`, else none.
+    public static func configurationFilePath(option: String?, environment: [String: String]) -> String? {
+        if let option, !option.isEmpty {
+            return option
+        }
+        if let fromEnvironment = environment[self.configurationFileVariable], !fromEnvironment.isEmpty {
+            return fromEnvironment
+        }
+        return nil
+    }
+
+    /// The whole pipeline: defaults, the file at `filePath` (if any), environment, overrides, then the
+    /// cross-field checks of `SluiceConfiguration.validate()`.
+    public static func load(
+        filePath: String?,
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        overrides: ConfigurationOverrides = .init()
+    ) throws(ConfigurationError) -> SluiceConfiguration {
+        var configuration = SluiceConfiguration()
+        if let filePath {
+            try self.applyFile(at: filePath, to: &configuration)
+        }
+        try self.applyEnvironment(environment, to: &configuration)
+        try self.applyOverrides(overrides, to: &configuration)
+        try configuration.validate()
+        return configuration
+    }
+
+    /// Reads a YAML file and applies every key in it.
+    public static func applyFile(at path: String, to configuration: inout SluiceConfiguration) throws(ConfigurationError) {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigurationError(
+                kind: .unreadableFile, key: nil, value: nil,
+                reason: "cannot read configuration file: \(error.localizedDescription)",
+                source: .file(path: path, line: nil, column: nil)
+            )
+        }
+        try self.applyYAML(text, path: path, to: &configuration)
+    }
+
+    /// Applies YAML text; `path` is only used in error messages.
+    public static func applyYAML(_ yaml: String, path: String, to configuration: inout SluiceConfiguration) throws(ConfigurationError) {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch let error as YamlError {
+            throw ConfigurationError(
+                kind: .invalidYAML, key: nil, value: nil,
+                reason: "not valid YAML: \(error.problem)",
+                source: .file(path: path, line: error.line, column: error.column)
+            )
+        } catch {
+            throw ConfigurationError(
+                kind: .invalidYAML, key: nil, value: nil, reason: "not valid YAML: \(error)",
+                source: .file(path: path, line: nil, column: nil)
+            )
+        }
+        switch root {
+        case nil:
+            return  // an empty file changes nothing
+        case .mapping(let mapping)?:
+            try self.applyMapping(mapping, section: nil, path: path, to: &configuration)
+        case let other?:
+            if other.null != nil {
+                return  // a file holding only comments
+            }
+            throw ConfigurationError(
+                kind: .invalidYAML, key: nil, value: nil,
+                reason: "the top level of a configuration file must be a mapping of keys",
+                source: Self.fileSource(path, other.mark)
+            )
+        }
+    }
+
+    /// Applies every `SLUICE_*` variable that names a known key. Unknown `SLUICE_*` variables are
+    /// ignored because other tools share the prefix (and `SLUICE_CONFIG` is not a key).
+    /// Lists are comma-separated; an empty value clears optional keys and lists.
+    public static func applyEnvironment(_ environment: [String: String], to configuration: inout SluiceConfiguration) throws(ConfigurationError) {
+        for setting in self.settings {
+            let variable = self.environmentVariable(forKey: setting.key)
+            guard let text = environment[variable] else {
+                continue
+            }
+            let value: RawValue
+            if setting.takesList {
+                value = .list(text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+            } else if text.isEmpty {
+                value = .null
+            } else {
+                value = .scalar(text)
+            }
+            try self.apply(setting, value, source: .environment(variable: variable), to: &configuration)
+        }
+    }
+
+    /// Applies command-line overrides (the last layer). `sluice serve` builds `ConfigurationOverrides`
+    /// from its flags; each set field goes through the same parsing and range checks as the file.
+    public static func applyOverrides(_ overrides: ConfigurationOverrides, to configuration: inout SluiceConfiguration) throws(ConfigurationError) {
+        for entry in overrides.entries {
+            guard let setting = self.settingsByKey[entry.key] else {
+                preconditionFailure("ConfigurationOverrides names unknown key \(entry.key)")
+            }
+            try self.apply(setting, entry.value, source: .commandLine(option: entry.option), to: &configuration)
+        }
+    }
+
+    /// Parses a duration: `"20s"`, `"500ms"`, `"2m"`, `"1h"`, or a plain number of seconds (`5`, `0.25`).
+    public static func parseDuration(_ text: String) throws(ConfigurationError) -> TimeAmount {
+        do {
+            return try ValueParser.duration(text)
+        } catch {
+            throw ConfigurationError(kind: error.kind, key: nil, value: text, reason: error.reason)
+        }
+    }
+
+    /// Parses a byte size: `65536`, `"64KiB"`, `"4MiB"`, `"1GiB"`, `"512KB"` (KiB = 1024, KB = 1000).
+    public static func parseSize(_ text: String) throws(ConfigurationError) -> Int {
+        do {
+            return try ValueParser.size(text)
+        } catch {
+            throw ConfigurationError(kind: error.kind, key: nil, value: text, reason: error.reason)
+        }
+    }
+
+    // MARK: - Walking the YAML tree
+
+    private static func applyMapping(
+        _ mapping: Node.Mapping,
+        section: String?,
+        path: String,
+        to configuration: inout SluiceConfiguration
+    ) throws(ConfigurationError) {
+        for (keyNode, valueNode) in mapping {
+            guard case .scalar(let keyScalar) = keyNode else {
+                throw ConfigurationError(
+                    kind: .wrongType, key: section, value: nil,
+                    reason: "keys must be plain names",
+                    source: self.fileSource(path, keyNode.mark)
+                )
+            }
+            let key = section.map { "\($0).\(keyScalar.string)" } ?? keyScalar.string
+
+            if let setting = self.settingsByKey[key] {
+                let value = try self.rawValue(of: valueNode, for: setting, path: path)
+                try self.apply(setting, value, source: self.fileSource(path, valueNode.mark ?? keyNode.mark), to: &configuration)
+            } else if self.sectionKeys.contains(key) {
+                switch valueNode {
+                case .mapping(let child):
+                    try self.applyMapping(child, section: key, path: path, to: &configuration)
+                case _ where valueNode.null != nil:
+                    continue  // `tls:` with nothing under it changes nothing
+                default:
+                    throw ConfigurationError(
+                        kind: .wrongType, key: key, value: valueNode.scalar?.string,
+                        reason: "expected a section (a mapping of keys)",
+                        source: self.fileSource(path, valueNode.mark ?? keyNode.mark)
+                    )
+                }
+            } else {
+                var reason = "unknown key"
+                if let suggestion = self.closestKey(to: key, section: section) {
+                    reason += " (did you mean \(suggestion)?)"
+                }
+                throw ConfigurationError(
+                    kind: .unknownKey, key: key, value: nil, reason: reason,
+                    source: self.fileSource(path, keyNode.mark)
+                )
+            }
+        }
+    }
+
+    /// Converts a YAML node into the source-neutral `RawValue`; anything that cannot be one is a type error.
+    private static func rawValue(of node: Node, for setting: ConfigurationSetting, path: String) throws(ConfigurationError) -> RawValue {
+        switch node {
+        case .scalar(let scalar):
+            return node.null != nil ? .null : .scalar(scalar.string)
+        case .sequence(let sequence):
+            var items: [String] = []
+            for item in sequence {
+                guard case .scalar(let scalar) = item, item.null == nil else {
+                    throw ConfigurationError(
+                        kind: .wrongType, key: setting.key, value: nil,
+                        reason: "list items must be plain values, expected \(setting.expected)",
+                        source: self.fileSource(path, item.mark ?? node.mark)
+                    )
+                }
+                items.append(scalar.string)
+            }
+            return .list(items)
+        case .mapping:
+            throw ConfigurationError(
+                kind: .wrongType, key: setting.key, value: nil,
+                reason: "expected \(setting.expected), got a mapping",
+                source: self.fileSource(path, node.mark)
+            )
+        case .alias:
+            throw ConfigurationError(
+                kind: .wrongType, key: setting.key, value: nil,
+                reason: "YAML aliases are not supported, expected \(setting.expected)",
+                source: self.fileSource(path, node.mark)
+            )
+        }
+    }
+
+    private static func apply(
+        _ setting: ConfigurationSetting,
+        _ value: RawValue,
+        source: ConfigurationError.Source,
+        to configuration: inout SluiceConfiguration
+    ) throws(ConfigurationError) {
+        do {
+            try setting.apply(&configuration, value)
+        } catch {
+            throw ConfigurationError(kind: error.kind, key: setting.key, value: value.displayText, reason: error.reason, source: source)
+        }
+    }
+
+    private static func fileSource(_ path: String, _ mark: Mark?) -> ConfigurationError.Source {
+        .file(path: path, line: mark?.line, column: mark?.column)
+    }
+
+    /// The sibling key (same section) nearest to a misspelled one, if it is close enough to be a typo.
+    private static func closestKey(to key: String, section: String?) -> String? {
+        let prefix = section.map { $0 + "." } ?? ""
+        let allKeys = Set(self.settingsByKey.keys).union(self.sectionKeys)
+        let siblings = allKeys.filter { candidate in
+            candidate.hasPrefix(prefix) && !candidate.dropFirst(prefix.count).contains(".")
+        }
+        let scored = siblings.map { (key: $0, distance: self.editDistance($0, key)) }
+        guard let best = scored.min(by: { ($0.distance, $0.key) < ($1.distance, $1.key) }) else {
+            return nil
+        }
+        return best.distance <= 3 ? best.key : nil
+    }
+
+    /// Levenshtein distance: the fewest single-character edits turning `a` into `b`.
+    private static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a)
+        let b = Array(b)
+        if a.isEmpty || b.isEmpty {
+            return max(a.count, b.count)
+        }
+        var previousRow = Array(0...b.count)
+        for i in 1...a.count {
+            var row = [i] + Array(repeating: 0, count: b.count)
+            for j in 1...b.count {
+                let substitution = previousRow[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)
+                row[j] = min(previousRow[j] + 1, row[j - 1] + 1, substitution)
+            }
+            previousRow = row
+        }
+        return previousRow[b.count]
+    }
+}
+
+// MARK: - The settings table
+
+extension ConfigurationLoader {
+    /// One row per key: its dotted path, how to parse and check it, and where it goes.
+    /// Adding a section later means adding rows here and a stored property on `SluiceConfiguration`.
+    static let settings: [ConfigurationSetting] = [
+        .oneOf("log_level", SluiceConfiguration.logLevels) { $0.logLevel = $1 },
+        .bool("echo") { $0.echo = $1 },
+        .optionalString("instance_id") { $0.instanceID = $1 },
+
+        .string("server.host", nonEmpty: true) { $0.server.host = $1 },
+        .integer("server.port", in: 0...65535) { $0.server.port = $1 },
+        .integer("server.event_loop_threads", in: 0...1024) { $0.server.eventLoopThreads = $1 },
+        .path("server.path") { $0.server.path = $1 },
+        .stringList("server.subprotocols") { $0.server.subprotocols = $1 },
+        .stringList("server.allowed_origins") { $0.server.allowedOrigins = $1 },
+        .integer("server.max_connections", in: 1...Int.max) { $0.server.maxConnections = $1 },
+        .duration("server.handshake_timeout", mustBePositive: true) { $0.server.handshakeTimeout = $1 },
+        .optionalString("server.tls.certificate_path") { $0.server.tls.certificatePath = $1 },
+        .optionalString("server.tls.private_key_path") { $0.server.tls.privateKeyPath = $1 },
+        .duration("server.drain.grace_period", mustBePositive: false) { $0.server.drain.gracePeriod = $1 },
+        .duration("server.drain.deadline", mustBePositive: false) { $0.server.drain.deadline = $1 },
+
+        .size("websocket.max_frame_size", in: 1...Int.max) { $0.server.maxFrameSize = $1 },
+        .size("websocket.max_message_size", in: 1...Int.max) { $0.server.maxMessageSize = $1 },
+        .duration("websocket.heartbeat_interval", mustBePositive: true) { $0.server.heartbeatInterval = $1 },
+        .duration("websocket.heartbeat_timeout", mustBePositive: true) { $0.server.heartbeatTimeout = $1 },
+        .duration("websocket.close_timeout", mustBePositive: false) { $0.server.closeTimeout = $1 },
+        .size("websocket.max_outbound_bytes", in: 1...Int.max) { $0.server.maxOutboundBytes = $1 },
+        .size("websocket.write_buffer_low_watermark", in: 1...Int.max) { $0.server.writeBufferLowWatermark = $1 },
+        .size("websocket.write_buffer_high_watermark", in: 1...Int.max) { $0.server.writeBufferHighWatermark = $1 },
+        .bool("websocket.deflate.enabled") { $0.server.deflate.enabled = $1 },
+        .size("websocket.deflate.min_size", in: 0...Int.max) { $0.server.deflate.minSize = $1 },
+        .bool("websocket.deflate.server_no_context_takeover") { $0.server.deflate.serverNoContextTakeover = $1 },
+        .bool("websocket.deflate.client_no_context_takeover") { $0.server.deflate.clientNoContextTakeover = $1 },
+        .integer("websocket.deflate.server_max_window_bits", in: 9...15) { $0.server.deflate.serverMaxWindowBits = $1 },
+        .integer("websocket.deflate.level", in: 1...9) { $0.server.deflate.level = $1 },
+        .integer("websocket.deflate.memory_level", in: 1...9) { $0.server.deflate.memoryLevel = $1 },
+    ]
+
+    static let settingsByKey: [String: ConfigurationSetting] = Dictionary(
+        uniqueKeysWithValues: settings.map { ($0.key, $0) }
+    )
+
+    /// Every proper prefix of a key (`server`, `server.tls`, `websocket.deflate`, ...): keys that hold a mapping.
+    static let sectionKeys: Set<String> = Set(settings.flatMap { setting in
+        let parts = setting.key.split(separator: ".")
+        return (1..<parts.count).map { parts.prefix($0).joined(separator: ".") }
+    })
+}
+
+// MARK: - Settings and value parsing
+
+/// A value as written in the file, environment or command line, before it is given a type.
+enum RawValue: Sendable {
+    /// YAML null (`key:` or `~`), or an empty environment variable.
+    case null
+    case scalar(String)
+    /// A YAML sequence, a comma-separated environment variable, or a repeated option.
+    case list([String])
+
+    /// The value as shown in error messages; nil when there is nothing useful to show.
+    var displayText: String? {
+        switch self {
+        case .null: nil
+        case .scalar(let text): text
+        case .list(let items): "[" + items.joined(separator: ", ") + "]"
+        }
+    }
+}
+
+/// What is wrong with a value; the loader adds the key and where the value came from.
+struct ValueProblem: Error {
+    var kind: ConfigurationError.Kind
+    var reason: String
+}
+
+/// One row of the settings table.
+struct ConfigurationSetting: Sendable {
+    /// Dotted path in the YAML file, e.g. `websocket.deflate.level`.
+    let key: String
+    /// What the value should look like, for error messages.
+    let expected: String
+    /// Lists are written differently in the environment (comma-separated).
+    let takesList: Bool
+    /// Parses and checks the value, then stores it.
+    let apply: @Sendable (inout SluiceConfiguration, RawValue) throws(ValueProblem) -> Void
+
+    typealias Setter<Value> = @Sendable (inout SluiceConfiguration, Value) -> Void
+
+    static func bool(_ key: String, _ set: @escaping Setter<Bool>) -> Self {
+        let expected = "true or false"
+        return Self(key: key, expected: expected, takesList: false) { configuration, raw throws(ValueProblem) in
+            set(&configuration, try ValueParser.bool(ValueParser.scalarText(raw, expected: expected)))
+        }
+    }
+
+    static func integer(_ key: String, in range: ClosedRange<Int>, _ set: @escaping Setter<Int>) -> Self {
+        let expected = "an integer"
+        return Self(key: key, expected: expected, takesList: false) { configuration, raw throws(ValueProblem) in
+            let text = try ValueParser.scalarText(raw, expected: expected)
+            guard let value = Int(text) else {
+                throw ValueProblem(kind: .wrongType, reason: "expected \(expected)")
+            }
+            try ValueParser.check(value, in: range)
+            set(&configuration, value)
+        }
+    }
+
+    static func size(_ key: String, in range: ClosedRange<Int>, _ set: @escaping Setter<Int>) -> Self {
+        let expected = "a size in bytes such as 65536, 64KiB, 4MiB or 512KB"
+        return Self(key: key, expected: expected, takesList: false) { configuration, raw throws(ValueProblem) in
+            let value = try ValueParser.size(ValueParser.scalarText(raw, expected: expected))
+            try ValueParser.check(value, in: range)
+            set(&configuration, value)
+        }
+    }
+
+    static func duration(_ key: String, mustBePositive: Bool, _ set: @escaping Setter<TimeAmount>) -> Self {
+        let expected = "a duration such as 20s, 500ms, 2m, 1h or a number of seconds"
+        return Self(key: key, expected: expected, takesList: false) { configuration, raw throws(ValueProblem) in
+            let value = try ValueParser.duration(ValueParser.scalarText(raw, expected: expected))
+            if mustBePositive, value <= .zero {
+                throw ValueProblem(kind: .outOfRange, reason: "must be greater than zero")
+            }
+            set(&configuration, value)
+        }
+    }
+
+    static func string(_ key: String, nonEmpty: Bool, _ set: @escaping Setter<String>) -> Self {
+        let expected = "a string"
+        return Self(key: key, expected: expected, takesList: false) { configuration, raw throws(ValueProblem) in
+            let text = try ValueParser.scalarText(raw, expected: expected)
+            if nonEmpty, text.isEmpty {
+                throw ValueProblem(kind: .invalidValue, reason: "must not be empty")
+            }
+            set(&configuration, text)
+        }
+    }
+
+    /// An HTTP path; it must start with `/` or no request could ever match it.
+    static func path(_ key: String, _ set: @escaping Setter<String>) -> Self {
+        let expected = "a URL path starting with /"
+        return Self(key: key, expected: expected, takesList: false) { configuration, raw throws(ValueProblem) in
+            let text = try ValueParser.scalarText(raw, expected: expected)
+            guard text.hasPrefix("/") else {
+                throw ValueProblem(kind: .invalidValue, reason: "expected \(expected)")
+            }
+            set(&configuration, text)
+        }
+    }
+
+    /// A string that may be absent: null or empty means nil.
+    static func optionalString(_ key: String, _ set: @escaping Setter<String?>) -> Self {
+        Self(key: key, expected: "a string or nothing", takesList: false) { configuration, raw throws(ValueProblem) in
+            switch raw {
+            case .null:
+                set(&configuration, nil)
+            case .scalar(let text):
+                set(&configuration, text.isEmpty ? nil : text)
+            case .list:
+                throw ValueProblem(kind: .wrongType, reason: "expected a string or nothing, got a list")
+            }
+        }
+    }
+
+    static func stringList(_ key: String, _ set: @escaping Setter<[String]>) -> Self {
+        let expected = "a list of strings"
+        return Self(key: key, expected: expected, takesList: true) { configuration, raw throws(ValueProblem) in
+            switch raw {
+            case .list(let items):
+                guard !items.contains(where: \.isEmpty) else {
+                    throw ValueProblem(kind: .invalidValue, reason: "list items must not be empty")
+                }
+                set(&configuration, items)
+            case .null, .scalar:
+                throw ValueProblem(kind: .wrongType, reason: "expected \(expected), e.g. [a, b] or []")
+            }
+        }
+    }
+
+    /// A string from a fixed set, matched case-insensitively and stored lowercased.
+    static func oneOf(_ key: String, _ allowed: [String], _ set: @escaping Setter<String>) -> Self {
+        let expected = "one of " + allowed.joined(separator: ", ")
+        return Self(key: key, expected: expected, takesList: false) { configuration, raw throws(ValueProblem) in
+            let text = try ValueParser.scalarText(raw, expected: expected).lowercased()
+            guard allowed.contains(text) else {
+                throw ValueProblem(kind: .invalidValue, reason: "expected \(expected)")
+            }
+            set(&configuration, text)
+        }
+    }
+}
+
+/// Text-to-value conversions shared by every source.
+enum ValueParser {
+    /// The trimmed text of a single value; null and lists are type errors.
+    static func scalarText(_ raw: RawValue, expected: String) throws(ValueProblem) -> String {
+        switch raw {
+        case .scalar(let text):
+            return text.trimmingCharacters(in: .whitespaces)
+        case .null:
+            throw ValueProblem(kind: .wrongType, reason: "expected \(expected), got nothing")
+        case .list:
+            throw ValueProblem(kind: .wrongType, reason: "expected \(expected), got a list")
+        }
+    }
+
+    static func check(_ value: Int, in range: ClosedRange<Int>) throws(ValueProblem) {
+        guard !range.contains(value) else {
+            return
+        }
+        let reason = range.upperBound == Int.max
+            ? "must be at least \(range.lowerBound)"
+            : "must be between \(range.lowerBound) and \(range.upperBound)"
+        throw ValueProblem(kind: .outOfRange, reason: reason)
+    }
+
+    static func bool(_ text: String) throws(ValueProblem) -> Bool {
+        switch text.lowercased() {
+        case "true", "yes", "on", "1": return true
+        case "false", "no", "off", "0": return false
+        default: throw ValueProblem(kind: .wrongType, reason: "expected true or false")
+        }
+    }
+
+    /// Units in nanoseconds. `ms` comes before `s` and `m` because it ends with `s` and starts with `m`.
+    private static let durationUnits: [(suffix: String, nanoseconds: Double)] = [
+        ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9),
+    ]
+
+    static func duration(_ text: String) throws(ValueProblem) -> TimeAmount {
+        let expected = "expected a duration such as 20s, 500ms, 2m, 1h or a number of seconds"
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        var number = Substring(trimmed)
+        var nanosecondsPerUnit = 1e9  // a bare number is seconds
+        if let unit = self.durationUnits.first(where: { trimmed.hasSuffix($0.suffix) }) {
+            number = trimmed.dropLast(unit.suffix.count)
+            nanosecondsPerUnit = unit.nanoseconds
+        }
+        number = Substring(number.trimmingCharacters(in: .whitespaces))  // "10 s" is fine too
+        let isNegative = number.hasPrefix("-")
+        let digits = isNegative ? number.dropFirst() : number
+        // Checked by hand because Double("inf"), Double("0x1p3") and Double("1e3") would all parse.
+        guard digits.contains(where: \.isNumber),
+              digits.allSatisfy({ ("0"..."9").contains($0) || $0 == "." }),
+              let value = Double(number)
+        else {
+            throw ValueProblem(kind: .wrongType, reason: expected)
+        }
+        if isNegative, value != 0 {
+            throw ValueProblem(kind: .outOfRange, reason: "must not be negative")
+        }
+        let nanoseconds = (value * nanosecondsPerUnit).rounded()
+        guard nanoseconds < Double(Int64.max) else {
+            throw ValueProblem(kind: .outOfRange, reason: "is too long")
+        }
+        return .nanoseconds(Int64(nanoseconds))
+    }
+
+    /// Longer suffixes first, since `KiB` and `KB` both end with `B`. Matched case-insensitively.
+    private static let sizeUnits: [(suffix: String, bytes: Int)] = [
+        ("kib", 1 << 10), ("mib", 1 << 20), ("gib", 1 << 30),
+        ("kb", 1_000), ("mb", 1_000_000), ("gb", 1_000_000_000),
+        ("b", 1),
+    ]
+
+    static func size(_ text: String) throws(ValueProblem) -> Int {
+        let lowercased = text.trimmingCharacters(in: .whitespaces).lowercased()
+        var number = Substring(lowercased)
+        var bytesPerUnit = 1
+        if let unit = self.sizeUnits.first(where: { lowercased.hasSuffix($0.suffix) }) {
+            number = lowercased.dropLast(unit.suffix.count)
+            bytesPerUnit = unit.bytes
+        }
+        guard let count = Int(number.trimmingCharacters(in: .whitespaces)) else {
+            throw ValueProblem(kind: .wrongType, reason: "expected a size in bytes such as 65536, 64KiB, 4MiB, 1GiB or 512KB")
+        }
+        let (bytes, overflow) = count.multipliedReportingOverflow(by: bytesPerUnit)
+        guard !overflow else {
+            throw ValueProblem(kind: .outOfRange, reason: "is too large")
+        }
+        return bytes
+    }
+}
+
+extension YamlError {
+    /// Where Yams located the problem, when it says.
+    fileprivate var mark: Mark? {
+        switch self {
+        case .scanner(_, _, let mark, _), .parser(_, _, let mark, _), .composer(_, _, let mark, _):
+            mark
+        case .duplicatedKeysInMapping(_, let context):
+            context.mark
+        default:
+            nil
+        }
+    }
+
+    /// The problem without Yams' own position prefix and snippet (the source already gives the position).
+    fileprivate var problem: String {
+        switch self {
+        case .scanner(let context?, let problem, _, _), .parser(let context?, let problem, _, _),
+             .composer(let context?, let problem, _, _):
+            "\(context.text) (line \(context.mark.line)): \(problem)"
+        case .scanner(nil, let problem, _, _), .parser(nil, let problem, _, _), .composer(nil, let problem, _, _):
+            problem
+        default:
+            // Other cases (e.g. duplicate keys) have no position prefix; one line is enough.
+            String(describing: self).split(separator: "\n").first.map(String.init) ?? "\(self)"
+        }
+    }
+
+    fileprivate var line: Int? { self.mark?.line }
+    fileprivate var column: Int? { self.mark?.column }
+}

@@ -1,0 +1,50 @@
+import NIOCore
+import Synchronization
+
+/// The open WebSocket connections of this process: enforces `maxConnections` and lets a
+/// drain reach every connection. An entry leaves when its channel closes.
+final class ConnectionRegistry: Sendable {
+    private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
+
+    var count: Int { self.channels.withLock { $0.count } }
+
+    func tryAdd(_ channel: any Channel, limit: Int) -> Bool {
+        let id = ObjectIdentifier(channel)
+        let added = self.channels.withLock { channels -> Bool in
+            guard channels.count < limit else { return false }
+            channels[id] = channel
+            return true
+        }
+        if added {
+            channel.closeFuture.whenComplete { _ in
+                _ = self.channels.withLock { $0.removeValue(forKey: id) }
+            }
+        }
+        return added
+    }
+
+    func all() -> [any Channel] {
+        self.channels.withLock { Array($0.values) }
+    }
+}
+
+/// State shared by every connection of one server.
+final class ServerShared: Sendable {
+    let configuration: WebSocketServerConfiguration
+    let application: any WebSocketApplication
+    let registry = ConnectionRegistry()
+    let metrics: WebSocketServerMetrics
+    let connectionSettings: ConnectionSettings
+    private let draining = Atomic<Bool>(false)
+
+    init(configuration: WebSocketServerConfiguration, application: any WebSocketApplication) {
+        self.configuration = configuration
+        self.application = application
+        let metrics = WebSocketServerMetrics()
+        self.metrics = metrics
+        self.connectionSettings = ConnectionSettings(configuration, application: application, metrics: metrics)
+    }
+
+    var isDraining: Bool { self.draining.load(ordering: .relaxed) }
+    func startDraining() { self.draining.store(true, ordering: .relaxed) }
+}

@@ -1,0 +1,74 @@
+import NIOCore
+import NIOHTTP1
+
+/// The seam between the data plane and whatever speaks over it (the chat protocol, echo).
+/// WSServer calls it; it never knows what the application does with messages.
+public protocol WebSocketApplication: Sendable {
+    /// Called on the connection's event loop right after the upgrade; the returned delegate
+    /// lives on that event loop for the connection's lifetime.
+    func makeDelegate(for connection: WebSocketConnectionInfo) -> any WebSocketConnectionDelegate
+}
+
+/// What the application learns about a new connection.
+public struct WebSocketConnectionInfo: Sendable {
+    public var requestHead: HTTPRequestHead
+    public var remoteAddress: SocketAddress?
+    /// The subprotocol agreed in the handshake, if any.
+    public var subprotocol: String?
+    /// Whether permessage-deflate was agreed.
+    public var isCompressed: Bool
+}
+
+/// A message as it arrived: reassembled, decompressed, and for text, valid UTF-8.
+public enum WebSocketMessage: Equatable, Sendable {
+    case text(ByteBuffer)
+    case binary(ByteBuffer)
+}
+
+/// Per-connection callbacks, all on the connection's event loop. Not Sendable on purpose.
+public protocol WebSocketConnectionDelegate: AnyObject {
+    func connectionOpened(_ connection: WebSocketConnection)
+    func connection(_ connection: WebSocketConnection, didReceive message: WebSocketMessage)
+    /// The outbound side became writable again (or stopped being writable): producers should
+    /// pause while `connection.isWritable` is false.
+    func connectionWritabilityChanged(_ connection: WebSocketConnection)
+    /// Called once; `code` is the close code sent or received, or 1006 when TCP just closed.
+    func connectionClosed(_ connection: WebSocketConnection, code: WebSocketCloseCode)
+}
+
+extension WebSocketConnectionDelegate {
+    public func connectionOpened(_ connection: WebSocketConnection) {}
+    public func connectionWritabilityChanged(_ connection: WebSocketConnection) {}
+    public func connectionClosed(_ connection: WebSocketConnection, code: WebSocketCloseCode) {}
+}
+
+/// The application's handle on one connection. Use it on the connection's event loop only
+/// (from elsewhere, hop with `eventLoop.execute`). Sends after close are dropped.
+public struct WebSocketConnection {
+    let handler: WebSocketConnectionHandler
+
+    public var eventLoop: any EventLoop { self.handler.eventLoop }
+    public var allocator: ByteBufferAllocator { self.handler.allocator }
+    /// False while the peer is behind; queued bytes then count against `maxOutboundBytes`.
+    public var isWritable: Bool { self.handler.isWritable }
+    public var isOpen: Bool { self.handler.isOpen }
+
+    /// Queues a text message (its bytes must be UTF-8) and flushes unless the server is inside
+    /// a read burst, in which case it flushes once at the end of the burst.
+    public func send(text: ByteBuffer) { self.handler.sendMessage(.text, text, flush: true) }
+    public func send(binary: ByteBuffer) { self.handler.sendMessage(.binary, binary, flush: true) }
+    /// Queues without flushing; call `flush()` after a batch.
+    public func write(text: ByteBuffer) { self.handler.sendMessage(.text, text, flush: false) }
+    public func write(binary: ByteBuffer) { self.handler.sendMessage(.binary, binary, flush: false) }
+    public func flush() { self.handler.flushOutbound() }
+    /// Starts the close handshake.
+    public func close(code: WebSocketCloseCode = .normalClosure, reason: String = "") {
+        self.handler.initiateClose(code: code, reason: reason)
+    }
+}
+
+/// Events the server sends down a connection's pipeline (`Channel.triggerUserOutboundEvent`).
+public enum WebSocketServerEvent: Sendable {
+    /// Close the connection with this code (drain sends 1012).
+    case close(WebSocketCloseCode, reason: String)
+}

@@ -1,0 +1,150 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import ServiceLifecycle
+import Synchronization
+
+/// The listener: binds, builds each connection's pipeline, and drains on graceful shutdown.
+///
+/// Drain (SIGTERM/SIGINT through swift-service-lifecycle): `/ready` turns 503 and new upgrades
+/// are refused with 503; after `drain.gracePeriod` (skipped when no connection is open) the
+/// listener closes and every connection gets Close 1012; `run()` returns when all are closed or
+/// `drain.deadline` passes (then the rest are dropped).
+public final class WebSocketServer: Service, Sendable {
+    private let shared: ServerShared
+    private let logger: Logger
+    private let group: any EventLoopGroup
+    private let ownsGroup: Bool
+    private let sslContext: NIOSSLContext?
+    private let listener = Mutex<(any Channel)?>(nil)
+
+    public var configuration: WebSocketServerConfiguration { self.shared.configuration }
+
+    /// - Parameter eventLoopGroup: loops to run on; by default a new one with
+    ///   `configuration.eventLoopThreads` threads (one per core when 0), shut down when `run` ends.
+    public init(
+        configuration: WebSocketServerConfiguration,
+        application: any WebSocketApplication,
+        eventLoopGroup: (any EventLoopGroup)? = nil,
+        logger: Logger
+    ) throws {
+        self.shared = ServerShared(configuration: configuration, application: application)
+        self.logger = logger
+        if let eventLoopGroup {
+            self.group = eventLoopGroup
+            self.ownsGroup = false
+        } else {
+            let threads = configuration.eventLoopThreads > 0 ? configuration.eventLoopThreads : System.coreCount
+            self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+            self.ownsGroup = true
+        }
+        if configuration.tls.isEnabled {
+            let chain = try NIOSSLCertificate.fromPEMFile(configuration.tls.certificatePath!)
+            let key = try NIOSSLPrivateKey(file: configuration.tls.privateKeyPath!, format: .pem)
+            let tls = NIOSSL.TLSConfiguration.makeServerConfiguration(
+                certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+            self.sslContext = try NIOSSLContext(configuration: tls)
+        } else {
+            self.sslContext = nil
+        }
+    }
+
+    /// Open WebSocket connections right now.
+    public var connectionCount: Int { self.shared.registry.count }
+    public var isDraining: Bool { self.shared.isDraining }
+
+    /// Binds the listener; returns the bound address (useful with port 0).
+    @discardableResult
+    public func start() async throws -> SocketAddress {
+        let shared = self.shared
+        let sslContext = self.sslContext
+        let configuration = shared.configuration
+        let channel = try await ServerBootstrap(group: self.group)
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            // NIO keeps each channel's last receive buffer for reuse: start small (a handshake
+            // fits in 512 bytes) so an idle connection holds little; it grows under load.
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
+            .childChannelOption(.writeBufferWaterMark, value: .init(
+                low: configuration.writeBufferLowWatermark, high: configuration.writeBufferHighWatermark))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try Self.configurePipeline(channel, shared: shared, sslContext: sslContext)
+                }
+            }
+            .bind(host: configuration.host, port: configuration.port)
+            .get()
+        self.listener.withLock { $0 = channel }
+        let address = channel.localAddress!
+        self.logger.info("listening", metadata: [
+            "sluice.address": "\(address)",
+            "sluice.path": "\(configuration.path)",
+            "sluice.tls": "\(sslContext != nil)",
+        ])
+        return address
+    }
+
+    static func configurePipeline(_ channel: any Channel, shared: ServerShared, sslContext: NIOSSLContext?) throws {
+        let pipeline = channel.pipeline.syncOperations
+        if let sslContext {
+            try pipeline.addHandler(NIOSSLServerHandler(context: sslContext))
+        }
+        let upgrader = WebSocketUpgrader(server: shared)
+        try pipeline.configureHTTPServerPipeline(
+            withPipeliningAssistance: true,
+            withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }),
+            withErrorHandling: true)
+        try pipeline.addHandler(HTTPRouteHandler(server: shared))
+    }
+
+    public func run() async throws {
+        if self.listener.withLock({ $0 == nil }) {
+            try await self.start()
+        }
+        await withTaskCancellationHandler {
+            // Suspends until graceful shutdown is triggered (or the task is cancelled).
+            try? await gracefulShutdown()
+        } onCancel: {
+            self.closeListener()
+        }
+        await self.drain()
+        if self.ownsGroup {
+            try? await self.group.shutdownGracefully()
+        }
+    }
+
+    /// The drain sequence; also callable directly (tests).
+    public func drain() async {
+        let configuration = self.shared.configuration.drain
+        self.shared.startDraining()
+        let started = ContinuousClock.now
+        let open = self.shared.registry.count
+        self.logger.notice("draining", metadata: ["sluice.connections": "\(open)"])
+        if open > 0 && !Task.isCancelled {
+            try? await Task.sleep(for: .nanoseconds(configuration.gracePeriod.nanoseconds))
+        }
+        self.closeListener()
+        for channel in self.shared.registry.all() {
+            channel.triggerUserOutboundEvent(
+                WebSocketServerEvent.close(.serviceRestart, reason: "server restarting"), promise: nil)
+        }
+        let deadline = started + .nanoseconds(configuration.deadline.nanoseconds)
+        while self.shared.registry.count > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        let left = self.shared.registry.all()
+        for channel in left { channel.close(promise: nil) }
+        self.logger.notice("drained", metadata: ["sluice.forced_closes": "\(left.count)"])
+    }
+
+    private func closeListener() {
+        let channel = self.listener.withLock { channel -> (any Channel)? in
+            defer { channel = nil }
+            return channel
+        }
+        channel?.close(promise: nil)
+    }
+}

@@ -1,0 +1,123 @@
+import ArgumentParser
+import Foundation
+import SluiceApp
+
+/// Entry point. Only parses arguments; everything else lives in `SluiceApp`.
+@main
+struct Sluice: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sluice",
+        abstract: "WebSocket gateway.",
+        subcommands: [Serve.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the WebSocket server.",
+        discussion: """
+            Settings are layered: built-in defaults, then the YAML file (--config or $SLUICE_CONFIG), \
+            then SLUICE_* environment variables (e.g. SLUICE_SERVER_PORT=9000, \
+            SLUICE_WEBSOCKET_HEARTBEAT_INTERVAL=5s), then the options below.
+            """
+    )
+
+    @Option(
+        name: .long,
+        help: .init("YAML configuration file (default: $SLUICE_CONFIG, else none).", valueName: "path")
+    )
+    var config: String?
+
+    @Option(name: .long, help: .init("Address to bind.", valueName: "address"))
+    var host: String?
+
+    @Option(name: .long, help: .init("TCP port (0 picks a free one).", valueName: "port"))
+    var port: Int?
+
+    @Option(
+        name: .long,
+        help: .init("Event loop threads (0 = one per core).", valueName: "count")
+    )
+    var threads: Int?
+
+    @Flag(name: .long, help: "Echo every message back (conformance testing).")
+    var echo = false
+
+    @Option(
+        name: .long,
+        help: .init("trace, debug, info, notice, warning, error or critical.", valueName: "level")
+    )
+    var logLevel: String?
+
+    @Option(
+        name: .long,
+        help: .init("Most WebSocket connections held at once.", valueName: "count")
+    )
+    var maxConnections: Int?
+
+    @Option(
+        name: .long,
+        help: .init("Largest message accepted, e.g. 4MiB or 4194304.", valueName: "size")
+    )
+    var maxMessageSize: String?
+
+    @Flag(name: .long, help: "Do not offer permessage-deflate.")
+    var noDeflate = false
+
+    @Option(
+        name: .customLong("tls-cert"),
+        help: .init("PEM certificate chain; with --tls-key enables wss://.", valueName: "path")
+    )
+    var tlsCertificatePath: String?
+
+    @Option(name: .customLong("tls-key"), help: .init("PEM private key.", valueName: "path"))
+    var tlsPrivateKeyPath: String?
+
+    @Option(
+        name: .customLong("allowed-origin"),
+        help: .init("Allowed Origin header value; repeat for several.", valueName: "origin")
+    )
+    var allowedOrigins: [String] = []
+
+    @Option(
+        name: .long,
+        help: .init("How often a Ping is sent, e.g. 20s or 500ms.", valueName: "duration")
+    )
+    var heartbeatInterval: String?
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let configuration: SluiceConfiguration
+        do {
+            configuration = try ConfigurationLoader.load(
+                filePath: ConfigurationLoader.configurationFilePath(option: self.config, environment: environment),
+                environment: environment,
+                overrides: self.overrides
+            )
+        } catch {
+            // A bad setting is an operator error: say which one, without a usage dump.
+            FileHandle.standardError.write(Data("sluice: configuration error: \(error)\n".utf8))
+            throw ExitCode(78)  // EX_CONFIG from sysexits.h
+        }
+        try await SluiceServer.run(configuration: configuration)
+    }
+
+    /// Only flags actually given override anything; the Bool flags can only switch away from the default.
+    private var overrides: ConfigurationOverrides {
+        var overrides = ConfigurationOverrides()
+        overrides.host = self.host
+        overrides.port = self.port
+        overrides.eventLoopThreads = self.threads
+        overrides.echo = self.echo ? true : nil
+        overrides.logLevel = self.logLevel
+        overrides.maxConnections = self.maxConnections
+        overrides.maxMessageSize = self.maxMessageSize
+        overrides.deflateEnabled = self.noDeflate ? false : nil
+        overrides.tlsCertificatePath = self.tlsCertificatePath
+        overrides.tlsPrivateKeyPath = self.tlsPrivateKeyPath
+        overrides.allowedOrigins = self.allowedOrigins.isEmpty ? nil : self.allowedOrigins
+        overrides.heartbeatInterval = self.heartbeatInterval
+        return overrides
+    }
+}

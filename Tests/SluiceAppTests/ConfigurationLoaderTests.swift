@@ -1,0 +1,441 @@
+import Foundation
+import NIOCore
+import SluiceApp
+import Testing
+import WSServer
+
+/// The repository's `config/` directory, found from this file so tests work from any working directory.
+private let configDirectory = URL(fileURLWithPath: #filePath)
+    .deletingLastPathComponent()  // SluiceAppTests
+    .deletingLastPathComponent()  // Tests
+    .deletingLastPathComponent()  // package root
+    .appendingPathComponent("config")
+
+/// Applies YAML text on top of the defaults.
+private func configuration(fromYAML yaml: String) throws -> SluiceConfiguration {
+    var configuration = SluiceConfiguration()
+    try ConfigurationLoader.applyYAML(yaml, path: "test.yaml", to: &configuration)
+    return configuration
+}
+
+/// Runs `body` and returns the `ConfigurationError` it throws (failing the test if it throws nothing).
+private func configurationError(_ body: () throws -> Void) -> ConfigurationError? {
+    do {
+        try body()
+        Issue.record("expected a ConfigurationError")
+        return nil
+    } catch let error as ConfigurationError {
+        return error
+    } catch {
+        Issue.record("expected a ConfigurationError, got \(error)")
+        return nil
+    }
+}
+
+@Suite struct DefaultsTests {
+    @Test func builtInDefaults() throws {
+        let configuration = try ConfigurationLoader.load(filePath: nil, environment: [:])
+        #expect(configuration == SluiceConfiguration())
+        #expect(configuration.echo == false)
+        #expect(configuration.logLevel == "info")
+        #expect(configuration.instanceID == nil)
+        #expect(configuration.server.port == 8080)
+        #expect(configuration.server.heartbeatInterval == .seconds(20))
+        #expect(configuration.server.deflate.enabled)
+    }
+
+    @Test func shippedDefaultFileEqualsDefaults() throws {
+        let path = configDirectory.appendingPathComponent("sluice.yaml").path
+        let configuration = try ConfigurationLoader.load(filePath: path, environment: [:])
+        #expect(configuration == SluiceConfiguration())
+    }
+
+    @Test func shippedDefaultFileMentionsEveryKey() throws {
+        let text = try String(contentsOfFile: configDirectory.appendingPathComponent("sluice.yaml").path, encoding: .utf8)
+        for key in ConfigurationLoader.keys {
+            let leaf = key.split(separator: ".").last.map(String.init) ?? key
+            #expect(text.contains("\(leaf):"), "config/sluice.yaml does not document \(key)")
+        }
+    }
+
+    @Test func autobahnFile() throws {
+        let path = configDirectory.appendingPathComponent("autobahn.yaml").path
+        let configuration = try ConfigurationLoader.load(filePath: path, environment: [:])
+        var expected = SluiceConfiguration()
+        expected.echo = true
+        expected.server.port = 9001
+        expected.server.maxFrameSize = 16_777_216
+        expected.server.maxMessageSize = 16_777_216
+        expected.server.maxOutboundBytes = 67_108_864
+        expected.server.heartbeatInterval = .seconds(60)
+        expected.server.deflate.enabled = true
+        expected.server.deflate.minSize = 0
+        #expect(configuration == expected)
+    }
+
+    @Test func environmentVariableNamesAreUnique() {
+        let names = ConfigurationLoader.keys.map(ConfigurationLoader.environmentVariable(forKey:))
+        #expect(Set(names).count == names.count)
+        #expect(ConfigurationLoader.environmentVariable(forKey: "websocket.deflate.enabled") == "SLUICE_WEBSOCKET_DEFLATE_ENABLED")
+    }
+}
+
+@Suite struct LayeringTests {
+    @Test func yamlOverridesDefaults() throws {
+        let configuration = try configuration(fromYAML: """
+            log_level: DEBUG
+            echo: true
+            instance_id: gw-1
+            server:
+              host: 0.0.0.0
+              port: 9000
+              subprotocols: [sluice.v2, sluice.v1]
+              allowed_origins:
+                - https://a.example
+              tls:
+                certificate_path: /etc/cert.pem
+                private_key_path: /etc/key.pem
+              drain:
+                deadline: 1m
+            websocket:
+              max_message_size: 8MiB
+              heartbeat_interval: 2.5
+              deflate:
+                enabled: false
+                level: 9
+            """)
+        var expected = SluiceConfiguration()
+        expected.logLevel = "debug"
+        expected.echo = true
+        expected.instanceID = "gw-1"
+        expected.server.host = "0.0.0.0"
+        expected.server.port = 9000
+        expected.server.subprotocols = ["sluice.v2", "sluice.v1"]
+        expected.server.allowedOrigins = ["https://a.example"]
+        expected.server.tls.certificatePath = "/etc/cert.pem"
+        expected.server.tls.privateKeyPath = "/etc/key.pem"
+        expected.server.drain.deadline = .minutes(1)
+        expected.server.maxMessageSize = 8 << 20
+        expected.server.heartbeatInterval = .milliseconds(2500)
+        expected.server.deflate.enabled = false
+        expected.server.deflate.level = 9
+        #expect(configuration == expected)
+    }
+
+    @Test func emptyFileAndEmptySectionsChangeNothing() throws {
+        #expect(try configuration(fromYAML: "") == SluiceConfiguration())
+        #expect(try configuration(fromYAML: "# only a comment\n") == SluiceConfiguration())
+        #expect(try configuration(fromYAML: "server:\n  tls:\n") == SluiceConfiguration())
+    }
+
+    @Test func environmentOverridesYAML() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-env-\(UUID().uuidString).yaml")
+        try "server:\n  port: 9000\nlog_level: warning\nwebsocket:\n  heartbeat_interval: 30s\n"
+            .write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+
+        let configuration = try ConfigurationLoader.load(filePath: file.path, environment: [
+            "SLUICE_SERVER_PORT": "9100",
+            "SLUICE_WEBSOCKET_HEARTBEAT_INTERVAL": "5s",
+            "SLUICE_WEBSOCKET_DEFLATE_ENABLED": "false",
+            "SLUICE_LOG_LEVEL": "debug",
+            "SLUICE_ECHO": "true",
+            "SLUICE_SERVER_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+            "SLUICE_WEBSOCKET_MAX_FRAME_SIZE": "64KiB",
+            "SLUICE_UNRELATED_TOOL_SETTING": "ignored",  // shared prefix: not an error
+            "SLUICE_CONFIG": "/not/read/by/load",
+        ])
+        #expect(configuration.server.port == 9100)
+        #expect(configuration.server.heartbeatInterval == .seconds(5))
+        #expect(configuration.server.deflate.enabled == false)
+        #expect(configuration.logLevel == "debug")
+        #expect(configuration.echo)
+        #expect(configuration.server.allowedOrigins == ["https://a.example", "https://b.example"])
+        #expect(configuration.server.maxFrameSize == 65536)
+    }
+
+    @Test func emptyEnvironmentValueClearsOptionalsAndLists() throws {
+        var configuration = try configuration(fromYAML: "instance_id: gw-1\nserver:\n  subprotocols: [a]\n")
+        try ConfigurationLoader.applyEnvironment(["SLUICE_INSTANCE_ID": "", "SLUICE_SERVER_SUBPROTOCOLS": ""], to: &configuration)
+        #expect(configuration.instanceID == nil)
+        #expect(configuration.server.subprotocols == [])
+    }
+
+    @Test func badEnvironmentValueNamesTheVariable() {
+        let error = configurationError {
+            var configuration = SluiceConfiguration()
+            try ConfigurationLoader.applyEnvironment(["SLUICE_SERVER_PORT": "eighty"], to: &configuration)
+        }
+        #expect(error?.kind == .wrongType)
+        #expect(error?.key == "server.port")
+        #expect(error?.value == "eighty")
+        #expect(error?.source == .environment(variable: "SLUICE_SERVER_PORT"))
+        #expect(error?.description.contains("SLUICE_SERVER_PORT") == true)
+    }
+
+    @Test func flagsOverrideEnvironment() throws {
+        var overrides = ConfigurationOverrides()
+        overrides.port = 9200
+        overrides.host = "0.0.0.0"
+        overrides.eventLoopThreads = 2
+        overrides.echo = true
+        overrides.logLevel = "error"
+        overrides.maxConnections = 50
+        overrides.maxMessageSize = "1MiB"
+        overrides.deflateEnabled = false
+        overrides.tlsCertificatePath = "/c.pem"
+        overrides.tlsPrivateKeyPath = "/k.pem"
+        overrides.allowedOrigins = ["https://c.example"]
+        overrides.heartbeatInterval = "500ms"
+
+        let configuration = try ConfigurationLoader.load(
+            filePath: nil,
+            environment: [
+                "SLUICE_SERVER_PORT": "9100",
+                "SLUICE_LOG_LEVEL": "debug",
+                "SLUICE_WEBSOCKET_DEFLATE_ENABLED": "true",
+                "SLUICE_SERVER_ALLOWED_ORIGINS": "https://a.example",
+                "SLUICE_WEBSOCKET_HEARTBEAT_INTERVAL": "5s",
+                "SLUICE_SERVER_MAX_CONNECTIONS": "7",
+            ],
+            overrides: overrides
+        )
+        #expect(configuration.server.port == 9200)
+        #expect(configuration.server.host == "0.0.0.0")
+        #expect(configuration.server.eventLoopThreads == 2)
+        #expect(configuration.echo)
+        #expect(configuration.logLevel == "error")
+        #expect(configuration.server.maxConnections == 50)
+        #expect(configuration.server.maxMessageSize == 1 << 20)
+        #expect(configuration.server.deflate.enabled == false)
+        #expect(configuration.server.tls.isEnabled)
+        #expect(configuration.server.allowedOrigins == ["https://c.example"])
+        #expect(configuration.server.heartbeatInterval == .milliseconds(500))
+    }
+
+    @Test func unsetFlagsKeepEnvironmentValues() throws {
+        var configuration = SluiceConfiguration()
+        try ConfigurationLoader.applyEnvironment(["SLUICE_SERVER_PORT": "9100"], to: &configuration)
+        try ConfigurationLoader.applyOverrides(ConfigurationOverrides(), to: &configuration)
+        #expect(configuration.server.port == 9100)
+    }
+
+    @Test func badFlagNamesTheOption() {
+        var overrides = ConfigurationOverrides()
+        overrides.port = 70000
+        let error = configurationError {
+            _ = try ConfigurationLoader.load(filePath: nil, environment: [:], overrides: overrides)
+        }
+        #expect(error?.kind == .outOfRange)
+        #expect(error?.source == .commandLine(option: "--port"))
+    }
+
+    @Test func configurationFilePathPrefersTheOption() {
+        let environment = ["SLUICE_CONFIG": "/from/env.yaml"]
+        #expect(ConfigurationLoader.configurationFilePath(option: "/from/flag.yaml", environment: environment) == "/from/flag.yaml")
+        #expect(ConfigurationLoader.configurationFilePath(option: nil, environment: environment) == "/from/env.yaml")
+        #expect(ConfigurationLoader.configurationFilePath(option: nil, environment: [:]) == nil)
+    }
+}
+
+@Suite struct ValueParsingTests {
+    @Test(arguments: [
+        ("20s", TimeAmount.seconds(20)),
+        ("500ms", .milliseconds(500)),
+        ("2m", .minutes(2)),
+        ("1h", .hours(1)),
+        ("1.5s", .milliseconds(1500)),
+        ("5", .seconds(5)),
+        ("0.25", .milliseconds(250)),
+        (" 10 s ", .seconds(10)),
+        ("0", .zero),
+    ])
+    func goodDurations(text: String, expected: TimeAmount) throws {
+        #expect(try ConfigurationLoader.parseDuration(text) == expected)
+    }
+
+    @Test(arguments: ["", "s", "20x", "ten seconds", "1e3", "inf", "0x10", "1:30", "20S", "-5s"])
+    func badDurations(text: String) {
+        let error = configurationError { _ = try ConfigurationLoader.parseDuration(text) }
+        #expect(error?.value == text)
+    }
+
+    @Test func yamlNumbersAreSeconds() throws {
+        let configuration = try configuration(fromYAML: "websocket:\n  heartbeat_interval: 3\n  close_timeout: 0.5\n")
+        #expect(configuration.server.heartbeatInterval == .seconds(3))
+        #expect(configuration.server.closeTimeout == .milliseconds(500))
+    }
+
+    @Test(arguments: [
+        ("65536", 65536),
+        ("64KiB", 65536),
+        ("4MiB", 4 << 20),
+        ("1GiB", 1 << 30),
+        ("512KB", 512_000),
+        ("4MB", 4_000_000),
+        ("2GB", 2_000_000_000),
+        ("100B", 100),
+        ("64kib", 65536),
+        ("0", 0),
+    ])
+    func goodSizes(text: String, expected: Int) throws {
+        #expect(try ConfigurationLoader.parseSize(text) == expected)
+    }
+
+    @Test(arguments: ["", "KiB", "4 MiBs", "1.5MiB", "four", "4TiB", "99999999999999999999", "9223372036854775807KiB"])
+    func badSizes(text: String) {
+        let error = configurationError { _ = try ConfigurationLoader.parseSize(text) }
+        #expect(error?.value == text)
+    }
+
+    @Test func booleansAcceptCommonSpellings() throws {
+        for (text, expected) in [("true", true), ("FALSE", false), ("yes", true), ("off", false), ("1", true), ("0", false)] {
+            var configuration = SluiceConfiguration()
+            try ConfigurationLoader.applyEnvironment(["SLUICE_ECHO": text], to: &configuration)
+            #expect(configuration.echo == expected, "\(text)")
+        }
+    }
+}
+
+@Suite struct ErrorTests {
+    @Test func unknownKeyIsNamedWithLineAndSuggestion() {
+        let error = configurationError {
+            _ = try configuration(fromYAML: "server:\n  host: 0.0.0.0\n  prot: 9000\n")
+        }
+        #expect(error?.kind == .unknownKey)
+        #expect(error?.key == "server.prot")
+        #expect(error?.source == .file(path: "test.yaml", line: 3, column: 3))
+        #expect(error?.description.contains("server.prot") == true)
+        #expect(error?.description.contains("did you mean server.port?") == true)
+    }
+
+    @Test func unknownTopLevelKeyAndSection() {
+        #expect(configurationError { _ = try configuration(fromYAML: "loglevel: info\n") }?.key == "loglevel")
+        #expect(configurationError { _ = try configuration(fromYAML: "redis:\n  url: x\n") }?.key == "redis")
+        #expect(configurationError { _ = try configuration(fromYAML: "websocket:\n  deflate:\n    window: 3\n") }?.key == "websocket.deflate.window")
+    }
+
+    @Test func wrongTypes() {
+        let cases: [(yaml: String, key: String)] = [
+            ("server:\n  port: eighty\n", "server.port"),
+            ("server:\n  port: 80.5\n", "server.port"),
+            ("server:\n  port: [80]\n", "server.port"),
+            ("server:\n  port:\n", "server.port"),
+            ("echo: maybe\n", "echo"),
+            ("server:\n  subprotocols: sluice.v1\n", "server.subprotocols"),
+            ("server:\n  tls: yes\n", "server.tls"),
+            ("server: 8080\n", "server"),
+            ("websocket:\n  deflate:\n    level:\n      value: 3\n", "websocket.deflate.level"),
+            ("websocket:\n  heartbeat_interval: soon\n", "websocket.heartbeat_interval"),
+            ("websocket:\n  max_frame_size: big\n", "websocket.max_frame_size"),
+        ]
+        for (yaml, key) in cases {
+            let error = configurationError { _ = try configuration(fromYAML: yaml) }
+            #expect(error?.kind == .wrongType, "\(yaml)")
+            #expect(error?.key == key, "\(yaml)")
+        }
+    }
+
+    @Test func wrongTypeErrorGivesValueAndLine() {
+        let error = configurationError {
+            _ = try configuration(fromYAML: "log_level: info\nwebsocket:\n  heartbeat_interval: 20x\n")
+        }
+        #expect(error?.value == "20x")
+        #expect(error?.source == .file(path: "test.yaml", line: 3, column: 23))
+        #expect(error?.description.hasPrefix("test.yaml:3:23: websocket.heartbeat_interval: invalid value \"20x\"") == true)
+    }
+
+    @Test func outOfRangeValues() {
+        let cases: [(yaml: String, key: String)] = [
+            ("server:\n  port: 65536\n", "server.port"),
+            ("server:\n  port: -1\n", "server.port"),
+            ("server:\n  max_connections: 0\n", "server.max_connections"),
+            ("server:\n  handshake_timeout: 0s\n", "server.handshake_timeout"),
+            ("websocket:\n  deflate:\n    server_max_window_bits: 8\n", "websocket.deflate.server_max_window_bits"),
+            ("websocket:\n  deflate:\n    server_max_window_bits: 16\n", "websocket.deflate.server_max_window_bits"),
+            ("websocket:\n  deflate:\n    level: 0\n", "websocket.deflate.level"),
+            ("websocket:\n  deflate:\n    level: 10\n", "websocket.deflate.level"),
+            ("websocket:\n  deflate:\n    memory_level: 0\n", "websocket.deflate.memory_level"),
+            ("websocket:\n  deflate:\n    min_size: -1\n", "websocket.deflate.min_size"),
+            ("websocket:\n  max_frame_size: 0\n", "websocket.max_frame_size"),
+            ("websocket:\n  max_message_size: 0KiB\n", "websocket.max_message_size"),
+            ("websocket:\n  max_outbound_bytes: -5\n", "websocket.max_outbound_bytes"),
+            ("websocket:\n  heartbeat_timeout: 0\n", "websocket.heartbeat_timeout"),
+            ("websocket:\n  heartbeat_timeout: -1s\n", "websocket.heartbeat_timeout"),
+        ]
+        for (yaml, key) in cases {
+            let error = configurationError { _ = try configuration(fromYAML: yaml) }
+            #expect(error?.kind == .outOfRange, "\(yaml)")
+            #expect(error?.key == key, "\(yaml)")
+        }
+    }
+
+    @Test func rangeBoundsAreAccepted() throws {
+        let configuration = try configuration(fromYAML: """
+            server:
+              port: 65535
+            websocket:
+              deflate:
+                server_max_window_bits: 9
+                level: 1
+                memory_level: 9
+            """)
+        #expect(configuration.server.port == 65535)
+        #expect(configuration.server.deflate.serverMaxWindowBits == 9)
+    }
+
+    @Test func invalidValues() {
+        #expect(configurationError { _ = try configuration(fromYAML: "log_level: verbose\n") }?.kind == .invalidValue)
+        #expect(configurationError { _ = try configuration(fromYAML: "server:\n  path: v1/ws\n") }?.kind == .invalidValue)
+        #expect(configurationError { _ = try configuration(fromYAML: "server:\n  host: ''\n") }?.kind == .invalidValue)
+    }
+
+    @Test func lowWatermarkAboveHighIsRejectedAfterAllLayers() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-wm-\(UUID().uuidString).yaml")
+        try "websocket:\n  write_buffer_low_watermark: 512KiB\n".write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+
+        let error = configurationError { _ = try ConfigurationLoader.load(filePath: file.path, environment: [:]) }
+        #expect(error?.kind == .inconsistent)
+        #expect(error?.key == "websocket.write_buffer_low_watermark")
+
+        // A later layer can repair what an earlier one got wrong.
+        let repaired = try ConfigurationLoader.load(
+            filePath: file.path,
+            environment: ["SLUICE_WEBSOCKET_WRITE_BUFFER_HIGH_WATERMARK": "1MiB"]
+        )
+        #expect(repaired.server.writeBufferLowWatermark == 512 * 1024)
+    }
+
+    @Test func tlsNeedsBothPaths() {
+        var overrides = ConfigurationOverrides()
+        overrides.tlsCertificatePath = "/c.pem"
+        let error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: [:], overrides: overrides) }
+        #expect(error?.kind == .inconsistent)
+    }
+
+    @Test func invalidYAMLReportsLine() {
+        let error = configurationError { _ = try configuration(fromYAML: "server:\n  port: 1\n  host: [a\n") }
+        #expect(error?.kind == .invalidYAML)
+        if case .file(let path, let line, _)? = error?.source {
+            #expect(path == "test.yaml")
+            #expect(line != nil)
+        } else {
+            Issue.record("expected a file source, got \(String(describing: error?.source))")
+        }
+    }
+
+    @Test func duplicateKeysAreRejected() {
+        #expect(configurationError { _ = try configuration(fromYAML: "echo: true\necho: false\n") }?.kind == .invalidYAML)
+    }
+
+    @Test func topLevelMustBeAMapping() {
+        #expect(configurationError { _ = try configuration(fromYAML: "- a\n- b\n") }?.kind == .invalidYAML)
+    }
+
+    @Test func missingFileIsUnreadable() {
+        let error = configurationError { _ = try ConfigurationLoader.load(filePath: "/nonexistent/sluice.yaml", environment: [:]) }
+        #expect(error?.kind == .unreadableFile)
+        #expect(error?.description.contains("/nonexistent/sluice.yaml") == true)
+    }
+}
