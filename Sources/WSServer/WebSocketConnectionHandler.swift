@@ -356,11 +356,17 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         } else {
             self.appendFrame(opcode: opcode, rsv1: false, payload: payload)
         }
-        if let pending = self.outbound?.readableBytes, pending > self.settings.maxOutboundBytes, !context.channel.isWritable {
-            self.settings.metrics.slowConsumerClosed()
-            self.outbound = nil
-            self.fail(context: context, WebSocketProtocolError(.tryAgainLater, "slow consumer: outbound queue over \(self.settings.maxOutboundBytes) bytes"))
-            return
+        if let pending = self.outbound?.readableBytes, pending > self.settings.maxOutboundBytes {
+            if context.channel.isWritable {
+                // A big batch while the peer keeps up: hand it over now rather than holding it.
+                self.flushOutbound()
+            } else {
+                self.settings.metrics.slowConsumerClosed()
+                self.outbound = nil
+                self.fail(context: context, WebSocketProtocolError(
+                    .tryAgainLater, "slow consumer: outbound queue over \(self.settings.maxOutboundBytes) bytes"))
+                return
+            }
         }
         if flush && !self.inReadBurst { self.flushOutbound() }
     }

@@ -260,6 +260,15 @@ import Testing
         #expect(!connection.isOpen)
     }
 
+    @Test func anUnflushedBatchOverTheBoundIsHandedOverWhileThePeerKeepsUp() throws {
+        var harness = try Harness(configure: { $0.maxOutboundBytes = 10_000 })
+        let connection = try #require(harness.app.delegate.connection)
+        for _ in 0..<3 { connection.write(binary: ByteBuffer(repeating: 1, count: 4000)) }
+        // The third write crossed the bound while writable: flushed, not closed.
+        #expect(try harness.frames().map(\.payload.count) == [4000, 4000, 4000])
+        #expect(harness.isOpen)
+    }
+
     @Test func drainSendsClose1012AndWaitsForThePeer() throws {
         var harness = try Harness(configure: { $0.closeTimeout = .seconds(5) })
         harness.channel.pipeline.triggerUserOutboundEvent(
@@ -313,5 +322,55 @@ import Testing
         try harness.feed(TestFrames.client(0x2, Array(bomb.readableBytesView), rsv1: true))
         #expect(try harness.frames().first?.closeCode == 1009)
         #expect(harness.app.delegate.messages.isEmpty)
+    }
+}
+
+/// Random and mutated input: the handler must never crash, must end every bad connection with
+/// a legal close code, and must keep its buffers bounded.
+@Suite struct ConnectionHandlerFuzzTests {
+    /// xorshift64*: deterministic, so a failure can be replayed from its seed.
+    struct SeededGenerator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            self.state ^= self.state >> 12
+            self.state ^= self.state << 25
+            self.state ^= self.state >> 27
+            return self.state &* 2_685_821_657_736_338_717
+        }
+    }
+
+    @Test(arguments: 1...4)
+    func mutatedFramesNeverCrashAndCloseWithALegalCode(seed: UInt64) throws {
+        var random = SeededGenerator(state: seed &* 0x9E37_79B9_7F4A_7C15 | 1)
+        let allowedCodes: Set<UInt16> = [1000, 1002, 1007, 1009, 4000]
+        let agreement = PerMessageDeflateNegotiation.negotiate(offers: ["permessage-deflate"], configuration: .init())
+        for round in 0..<300 {
+            var harness = try ConnectionHandlerTests.Harness(
+                configure: { $0.maxMessageSize = 4096; $0.maxFrameSize = 2048 },
+                deflate: round % 2 == 0 ? agreement : nil, echo: true)
+            // A valid frame, then bytes of it flipped, cut or garbage appended.
+            let opcode: UInt8 = [0x0, 0x1, 0x2, 0x8, 0x9, 0xA, 0x3][Int(random.next() % 7)]
+            let payload = (0..<Int(random.next() % 300)).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+            var bytes = TestFrames.client(opcode, payload, fin: random.next() % 4 != 0, rsv1: random.next() % 8 == 0)
+            for _ in 0..<Int(random.next() % 4) {
+                let index = Int(random.next() % UInt64(bytes.count))
+                bytes[index] ^= UInt8(truncatingIfNeeded: random.next() | 1)
+            }
+            if random.next() % 3 == 0 { bytes += (0..<Int(random.next() % 64)).map { _ in UInt8(truncatingIfNeeded: random.next()) } }
+            // Delivered in random pieces.
+            var offset = 0
+            while offset < bytes.count && harness.isOpen {
+                let piece = min(bytes.count - offset, Int(random.next() % 40) + 1)
+                try harness.feed(Array(bytes[offset..<offset + piece]))
+                offset += piece
+            }
+            for frame in try harness.frames() where frame.opcode == 0x8 {
+                if let code = frame.closeCode {
+                    #expect(allowedCodes.contains(code) || WebSocketCloseCode(rawValue: code).isValidOnWire,
+                            "seed \(seed) round \(round): close \(code)")
+                }
+            }
+            _ = try? harness.channel.finish()
+        }
     }
 }

@@ -1,0 +1,40 @@
+import Foundation
+import Testing
+
+/// Imports point down only (see README "Architecture"): checks the `import` lines of every
+/// source file so the layout cannot drift silently.
+@Suite struct ModuleLayoutTests {
+    /// Modules each target must never import.
+    static let forbidden: [String: Set<String>] = [
+        "WSServer": ["Sessions", "Inference", "SluiceApp"],
+        "Inference": ["WSServer", "Sessions", "SluiceApp"],
+        "Sessions": ["SluiceApp"],
+        "sluice": ["WSServer", "Sessions", "Inference"],  // the executable only parses arguments
+    ]
+
+    @Test func importsPointDownOnly() throws {
+        let sources = URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Sources")
+        var checked = 0
+        for (target, banned) in Self.forbidden {
+            let directory = sources.appendingPathComponent(target)
+            let files = FileManager.default.enumerator(at: directory, includingPropertiesForKeys: nil)?
+                .compactMap { $0 as? URL }.filter { $0.pathExtension == "swift" } ?? []
+            #expect(!files.isEmpty, "no sources found for \(target)")
+            for file in files {
+                let text = try String(contentsOf: file, encoding: .utf8)
+                for line in text.split(separator: "\n") {
+                    let words = line.split(separator: " ")
+                    guard let importIndex = words.firstIndex(of: "import"), importIndex + 1 < words.count else { continue }
+                    guard words[..<importIndex].allSatisfy({ $0.hasPrefix("@") || ["public", "package", "internal"].contains($0) })
+                    else { continue }
+                    let module = String(words[importIndex + 1])
+                    #expect(!banned.contains(module), "\(file.lastPathComponent) in \(target) imports \(module)")
+                }
+                checked += 1
+            }
+        }
+        #expect(checked > 10)
+    }
+}
