@@ -1,3 +1,6 @@
+import Inference
+import NIOCore
+import Sessions
 import WSServer
 
 /// Everything `sluice` can be told at start-up. Plain values with defaults; `ConfigurationLoader`
@@ -14,6 +17,12 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var logLevel: String = "info"
     /// Name of this instance in logs and metrics; nil means one is generated at start-up.
     public var instanceID: String? = nil
+    /// The chat protocol (`chat:` section); its `instanceID` is filled in at start-up.
+    public var chat: ChatConfiguration = .init(instanceID: "")
+    /// The built-in simulator engine (`simulator:` section), the upstream when none is configured.
+    public var simulator: SimulatorEngine.Configuration = .init()
+    /// The inference upstream (`upstream:` section).
+    public var upstream: UpstreamSettings = .init()
 
     /// Log levels accepted by `logLevel`, most verbose first (the names swift-log uses).
     public static let logLevels: [String] = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
@@ -39,6 +48,11 @@ public struct SluiceConfiguration: Sendable, Equatable {
                 value: String(server.writeBufferLowWatermark),
                 reason: "must not exceed websocket.write_buffer_high_watermark (\(server.writeBufferHighWatermark))"
             )
+        }
+        if self.upstream.kind != .sim && self.upstream.baseURL == nil {
+            throw ConfigurationError(
+                kind: .inconsistent, key: "upstream.base_url", value: nil,
+                reason: "upstream.kind \(self.upstream.kind.rawValue) needs upstream.base_url")
         }
         // With only one of the two paths the listener would silently fall back to plain ws://.
         if (server.tls.certificatePath == nil) != (server.tls.privateKeyPath == nil) {
@@ -120,4 +134,30 @@ public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConver
         }
         return text + self.reason
     }
+}
+
+
+/// Which inference server answers, and how to reach it.
+public struct UpstreamSettings: Sendable, Equatable {
+    public enum Kind: String, Sendable, CaseIterable {
+        /// The built-in simulator (not a model).
+        case sim
+        /// OpenAI-compatible streaming chat completions: vLLM, TensorRT-LLM's trtllm-serve, SGLang, llama.cpp.
+        case openai
+        /// Triton / TensorRT-LLM `generate_stream`.
+        case triton
+    }
+
+    public var kind: Kind = .sim
+    /// Base URL, e.g. `http://127.0.0.1:8000` (without `/v1`).
+    public var baseURL: String? = nil
+    /// Model name sent upstream; nil asks an OpenAI-compatible server's `/v1/models` (Triton: `ensemble`).
+    public var model: String? = nil
+    /// Sent as `Authorization: Bearer …` when set.
+    public var apiKey: String? = nil
+    public var connectTimeout: TimeAmount = .seconds(5)
+    public var firstTokenTimeout: TimeAmount = .seconds(60)
+    public var betweenTokensTimeout: TimeAmount = .seconds(30)
+
+    public init() {}
 }

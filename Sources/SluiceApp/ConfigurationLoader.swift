@@ -315,6 +315,24 @@ extension ConfigurationLoader {
         .integer("websocket.deflate.server_max_window_bits", in: 9...15) { $0.server.deflate.serverMaxWindowBits = $1 },
         .integer("websocket.deflate.level", in: 1...9) { $0.server.deflate.level = $1 },
         .integer("websocket.deflate.memory_level", in: 1...9) { $0.server.deflate.memoryLevel = $1 },
+
+        .integer("chat.default_max_tokens", in: 1...1_000_000) { $0.chat.defaultMaxTokens = $1 },
+        .size("chat.max_content_bytes", in: 1...Int.max) { $0.chat.maxContentBytes = $1 },
+        .integer("chat.max_generations_per_connection", in: 1...10_000) { $0.chat.maxGenerationsPerConnection = $1 },
+        .bool("chat.cancel_on_disconnect") { $0.chat.cancelOnDisconnect = $1 },
+
+        .duration("simulator.time_to_first_token", mustBePositive: false) { $0.simulator.timeToFirstToken = $1 },
+        .integer("simulator.tokens_per_second", in: 0...100_000_000) { $0.simulator.tokensPerSecond = Double($1) },
+        .integer("simulator.answer_tokens", in: 0...100_000_000) { $0.simulator.answerTokens = $1 },
+        .integer("simulator.seed", in: 0...Int.max) { $0.simulator.seed = UInt64($1) },
+
+        .oneOf("upstream.kind", UpstreamSettings.Kind.allCases.map(\.rawValue)) { $0.upstream.kind = UpstreamSettings.Kind(rawValue: $1)! },
+        .optionalString("upstream.base_url") { $0.upstream.baseURL = $1 },
+        .optionalString("upstream.model") { $0.upstream.model = $1 },
+        .optionalString("upstream.api_key") { $0.upstream.apiKey = $1 },
+        .duration("upstream.connect_timeout", mustBePositive: true) { $0.upstream.connectTimeout = $1 },
+        .duration("upstream.first_token_timeout", mustBePositive: true) { $0.upstream.firstTokenTimeout = $1 },
+        .duration("upstream.between_tokens_timeout", mustBePositive: true) { $0.upstream.betweenTokensTimeout = $1 },
     ]
 
     static let settingsByKey: [String: ConfigurationSetting] = Dictionary(

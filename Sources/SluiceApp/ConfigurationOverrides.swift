@@ -26,6 +26,12 @@ public struct ConfigurationOverrides: Sendable, Equatable {
     public var allowedOrigins: [String]?
     /// `--heartbeat-interval`, as written (`20s`, `500ms`).
     public var heartbeatInterval: String?
+    /// `--upstream URL` (an OpenAI-compatible server unless `--upstream-kind` says otherwise) or `sim`.
+    public var upstream: String?
+    /// `--upstream-kind sim|openai|triton`
+    public var upstreamKind: String?
+    /// `--model`
+    public var upstreamModel: String?
 
     public init() {}
 
@@ -51,6 +57,16 @@ public struct ConfigurationOverrides: Sendable, Equatable {
             entries.append(("--allowed-origin", "server.allowed_origins", .list(allowedOrigins)))
         }
         add("--heartbeat-interval", "websocket.heartbeat_interval", self.heartbeatInterval)
+        if let upstream = self.upstream {
+            if upstream.lowercased() == "sim" {
+                add("--upstream", "upstream.kind", "sim")
+            } else {
+                add("--upstream", "upstream.base_url", upstream)
+                if self.upstreamKind == nil { add("--upstream", "upstream.kind", "openai") }
+            }
+        }
+        add("--upstream-kind", "upstream.kind", self.upstreamKind)
+        add("--model", "upstream.model", self.upstreamModel)
         return entries
     }
 }

@@ -1,6 +1,9 @@
 import Foundation
+import Inference
 import Logging
+import NIOPosix
 import ServiceLifecycle
+import Sessions
 import WSServer
 
 /// `sluice serve`: wires the configured application onto the WebSocket server and runs it as a
@@ -10,20 +13,67 @@ public enum SluiceServer {
         var logger = Logger(label: "sluice")
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
         let application: any WebSocketApplication
+        var httpRoutes: (any HTTPRouteProvider)?
         if configuration.echo {
             application = EchoApplication()
             logger.notice("echo mode: /v1/ws echoes every message")
         } else {
-            // The chat protocol arrives with the streaming issue; until then the endpoint echoes.
-            application = EchoApplication()
+            var chat = configuration.chat
+            chat.instanceID = configuration.instanceID ?? Self.generatedInstanceID()
+            chat.heartbeatMs = configuration.server.heartbeatInterval.nanoseconds / 1_000_000
+            let engine = try await Self.makeEngine(configuration, logger: logger)
+            let chatApplication = ChatApplication(
+                configuration: chat, engine: engine, conversations: ConversationMemory(), logger: logger)
+            application = chatApplication
+            httpRoutes = ChatStreamRoutes(application: chatApplication)
         }
         let server = try WebSocketServer(
-            configuration: configuration.server, application: application, logger: logger)
+            configuration: configuration.server, application: application, httpRoutes: httpRoutes, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         try await group.run()
+    }
+
+    /// The configured upstream. An OpenAI-compatible server without a configured model is asked
+    /// for its model list now, so the first client already sees the real name.
+    static func makeEngine(_ configuration: SluiceConfiguration, logger: Logger) async throws -> any InferenceEngine {
+        let upstream = configuration.upstream
+        let timeouts = UpstreamTimeouts(
+            connect: upstream.connectTimeout, timeToFirstToken: upstream.firstTokenTimeout,
+            betweenTokens: upstream.betweenTokensTimeout)
+        switch upstream.kind {
+        case .sim:
+            let engine = SimulatorEngine(configuration: configuration.simulator)
+            logger.notice("upstream: built-in simulator (not a model)", metadata: ["sluice.model": "\(engine.defaultModel)"])
+            return engine
+        case .openai:
+            guard let url = URL(string: upstream.baseURL ?? "") else { throw UpstreamConfigurationError.invalidBaseURL(upstream.baseURL ?? "") }
+            let engine = try OpenAICompatibleEngine(configuration: .init(
+                baseURL: url, model: upstream.model, apiKey: upstream.apiKey, timeouts: timeouts))
+            if upstream.model == nil {
+                do {
+                    let model = try await engine.discoverModel(on: MultiThreadedEventLoopGroup.singleton.next()).get()
+                    logger.notice("upstream model discovered", metadata: ["sluice.model": "\(model)"])
+                } catch {
+                    logger.warning("upstream model discovery failed; will retry on the first request", metadata: ["sluice.error": "\(error)"])
+                }
+            }
+            logger.notice("upstream: OpenAI-compatible", metadata: ["sluice.url": "\(url)", "sluice.model": "\(engine.defaultModel)"])
+            return engine
+        case .triton:
+            guard let url = URL(string: upstream.baseURL ?? "") else { throw UpstreamConfigurationError.invalidBaseURL(upstream.baseURL ?? "") }
+            let engine = try TritonEngine(configuration: .init(
+                baseURL: url, model: upstream.model ?? "ensemble", apiKey: upstream.apiKey, timeouts: timeouts))
+            logger.notice("upstream: Triton generate_stream", metadata: ["sluice.url": "\(url)", "sluice.model": "\(engine.defaultModel)"])
+            return engine
+        }
+    }
+
+    /// `hostname-pid`: unique per process on a host, readable in logs.
+    static func generatedInstanceID() -> String {
+        "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
     }
 }

@@ -32,14 +32,16 @@ final class ConnectionRegistry: Sendable {
 final class ServerShared: Sendable {
     let configuration: WebSocketServerConfiguration
     let application: any WebSocketApplication
+    let httpRoutes: (any HTTPRouteProvider)?
     let registry = ConnectionRegistry()
     let metrics: WebSocketServerMetrics
     let connectionSettings: ConnectionSettings
     private let draining = Atomic<Bool>(false)
 
-    init(configuration: WebSocketServerConfiguration, application: any WebSocketApplication) {
+    init(configuration: WebSocketServerConfiguration, application: any WebSocketApplication, httpRoutes: (any HTTPRouteProvider)? = nil) {
         self.configuration = configuration
         self.application = application
+        self.httpRoutes = httpRoutes
         let metrics = WebSocketServerMetrics()
         self.metrics = metrics
         self.connectionSettings = ConnectionSettings(configuration, application: application, metrics: metrics)

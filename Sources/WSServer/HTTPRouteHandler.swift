@@ -12,6 +12,13 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var handshakeTimer: Scheduled<Void>?
     private var rejection: HandshakeRejection?
     private var request: HTTPRequestHead?
+    /// An application route answering the current request, with the body collected so far.
+    private var responder: (any HTTPRouteResponder)?
+    private var requestBody: ByteBuffer?
+    private var bodyTooLarge = false
+    /// A streamed response is being written: the handshake timeout no longer applies.
+    private var streaming = false
+    private var streamingKeepAlive = true
 
     init(server: ServerShared) {
         self.server = server
@@ -28,6 +35,14 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
         self.handshakeTimer = nil
     }
 
+    func channelInactive(context: ChannelHandlerContext) {
+        if let responder = self.responder {
+            self.responder = nil
+            responder.clientDisconnected()
+        }
+        context.fireChannelInactive()
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let rejection = error as? HandshakeRejection {
             // Arrives just before the refused request itself.
@@ -41,11 +56,35 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
         switch self.unwrapInboundIn(data) {
         case .head(let head):
             self.request = head
-        case .body:
-            break  // no route takes a body
+            if self.rejection == nil, let routes = self.server.httpRoutes, let responder = routes.responder(for: head) {
+                self.responder = responder
+                self.requestBody = context.channel.allocator.buffer(capacity: 0)
+                self.bodyTooLarge = false
+            }
+        case .body(var chunk):
+            // Only application routes take a body, bounded like a WebSocket message.
+            guard self.responder != nil, !self.bodyTooLarge else { return }
+            if (self.requestBody?.readableBytes ?? 0) + chunk.readableBytes > self.server.configuration.maxMessageSize {
+                self.bodyTooLarge = true
+                self.requestBody = nil
+            } else {
+                self.requestBody?.writeBuffer(&chunk)
+            }
         case .end:
             guard let head = self.request else { return }
             self.request = nil
+            if let responder = self.responder {
+                if self.bodyTooLarge {
+                    self.responder = nil
+                    self.respond(context: context, head: head, status: .payloadTooLarge, body: "request body too large", close: true)
+                    return
+                }
+                let body = self.requestBody ?? ByteBuffer()
+                self.requestBody = nil
+                self.streamingKeepAlive = head.isKeepAlive
+                responder.respond(to: head, body: body, writer: HTTPResponseWriter(handler: self, context: context))
+                return
+            }
             self.route(head, context: context)
         }
     }
@@ -79,6 +118,38 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
         default:
             self.respond(context: context, head: head, status: .notFound, body: "not found")
+        }
+    }
+
+    // MARK: Streaming responses for application routes
+
+    func writeStreamingHead(context: ChannelHandlerContext, status: HTTPResponseStatus, headers: HTTPHeaders) {
+        // A long response must not be cut by the handshake timeout.
+        self.handshakeTimer?.cancel()
+        self.handshakeTimer = nil
+        self.streaming = true
+        var headers = headers
+        headers.replaceOrAdd(name: "Connection", value: self.streamingKeepAlive ? "keep-alive" : "close")
+        context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+    }
+
+    func writeStreamingBody(context: ChannelHandlerContext, _ buffer: ByteBuffer, flush: Bool) {
+        guard self.streaming else { return }
+        if flush {
+            context.writeAndFlush(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        } else {
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        }
+    }
+
+    func endStreamingResponse(context: ChannelHandlerContext) {
+        guard self.streaming else { return }
+        self.streaming = false
+        self.responder = nil
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: promise)
+        if !self.streamingKeepAlive {
+            promise.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         }
     }
 

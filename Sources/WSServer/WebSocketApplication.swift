@@ -32,6 +32,9 @@ public protocol WebSocketConnectionDelegate: AnyObject {
     /// The outbound side became writable again (or stopped being writable): producers should
     /// pause while `connection.isWritable` is false.
     func connectionWritabilityChanged(_ connection: WebSocketConnection)
+    /// The server is about to close this connection with `code` (drain: 1012): last chance to
+    /// send final messages, which go out before the Close frame.
+    func connectionWillClose(_ connection: WebSocketConnection, code: WebSocketCloseCode)
     /// Called once; `code` is the close code sent or received, or 1006 when TCP just closed.
     func connectionClosed(_ connection: WebSocketConnection, code: WebSocketCloseCode)
 }
@@ -39,6 +42,7 @@ public protocol WebSocketConnectionDelegate: AnyObject {
 extension WebSocketConnectionDelegate {
     public func connectionOpened(_ connection: WebSocketConnection) {}
     public func connectionWritabilityChanged(_ connection: WebSocketConnection) {}
+    public func connectionWillClose(_ connection: WebSocketConnection, code: WebSocketCloseCode) {}
     public func connectionClosed(_ connection: WebSocketConnection, code: WebSocketCloseCode) {}
 }
 
@@ -60,6 +64,9 @@ public struct WebSocketConnection {
     /// Queues without flushing; call `flush()` after a batch.
     public func write(text: ByteBuffer) { self.handler.sendMessage(.text, text, flush: false) }
     public func write(binary: ByteBuffer) { self.handler.sendMessage(.binary, binary, flush: false) }
+    /// Encodes a text message straight into a per-connection scratch buffer (reused, so no
+    /// allocation per message) and queues it without flushing. `body` must write UTF-8.
+    public func writeText(_ body: (inout ByteBuffer) -> Void) { self.handler.writeEncoded(.text, body) }
     public func flush() { self.handler.flushOutbound() }
     /// Starts the close handshake.
     public func close(code: WebSocketCloseCode = .normalClosure, reason: String = "") {

@@ -371,6 +371,19 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         if flush && !self.inReadBurst { self.flushOutbound() }
     }
 
+    /// Scratch space for `writeEncoded`, kept while small.
+    private var scratch: ByteBuffer?
+
+    func writeEncoded(_ opcode: WebSocketOpcode, _ body: (inout ByteBuffer) -> Void) {
+        guard case .open = self.state else { return }
+        var scratch = self.scratch ?? self.allocator.buffer(capacity: 256)
+        self.scratch = nil
+        scratch.clear()
+        body(&scratch)
+        self.sendMessage(opcode, scratch, flush: false)
+        if scratch.capacity <= 16 * 1024 { self.scratch = scratch }
+    }
+
     /// Hands queued frames to the channel if it can take them.
     func flushOutbound() {
         guard let context = self.context, self.outbound != nil, context.channel.isWritable else { return }
@@ -414,6 +427,8 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     /// Server-initiated close (application, drain): send Close, wait for the peer's Close.
     func initiateClose(code: WebSocketCloseCode, reason: String) {
         guard case .open = self.state, let context = self.context else { return }
+        self.delegate?.connectionWillClose(WebSocketConnection(handler: self), code: code)
+        guard case .open = self.state else { return }
         self.closeCode = code
         self.appendCloseFrame(code: code, reason: reason)
         self.state = .closeSent

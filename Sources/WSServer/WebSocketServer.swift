@@ -22,15 +22,17 @@ public final class WebSocketServer: Service, Sendable {
 
     public var configuration: WebSocketServerConfiguration { self.shared.configuration }
 
+    /// - Parameter httpRoutes: plain HTTP routes of the application beside the WebSocket endpoint.
     /// - Parameter eventLoopGroup: loops to run on; by default a new one with
     ///   `configuration.eventLoopThreads` threads (one per core when 0), shut down when `run` ends.
     public init(
         configuration: WebSocketServerConfiguration,
         application: any WebSocketApplication,
+        httpRoutes: (any HTTPRouteProvider)? = nil,
         eventLoopGroup: (any EventLoopGroup)? = nil,
         logger: Logger
     ) throws {
-        self.shared = ServerShared(configuration: configuration, application: application)
+        self.shared = ServerShared(configuration: configuration, application: application, httpRoutes: httpRoutes)
         self.logger = logger
         if let eventLoopGroup {
             self.group = eventLoopGroup

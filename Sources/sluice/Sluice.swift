@@ -1,4 +1,5 @@
 import ArgumentParser
+import ChatClient
 import Foundation
 import SluiceApp
 
@@ -8,7 +9,7 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "WebSocket gateway.",
-        subcommands: [Serve.self],
+        subcommands: [Serve.self, Chat.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -86,6 +87,15 @@ struct Serve: AsyncParsableCommand {
     )
     var heartbeatInterval: String?
 
+    @Option(name: .long, help: .init("Inference upstream: an OpenAI-compatible base URL (vLLM, TensorRT-LLM trtllm-serve, SGLang, llama.cpp), or \"sim\" for the built-in simulator.", valueName: "url"))
+    var upstream: String?
+
+    @Option(name: .long, help: .init("Upstream API: openai (default with --upstream URL), triton or sim.", valueName: "kind"))
+    var upstreamKind: String?
+
+    @Option(name: .long, help: .init("Model name sent upstream (default: the server's first /v1/models entry).", valueName: "name"))
+    var model: String?
+
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
         let configuration: SluiceConfiguration
@@ -112,6 +122,9 @@ struct Serve: AsyncParsableCommand {
         overrides.echo = self.echo ? true : nil
         overrides.logLevel = self.logLevel
         overrides.maxConnections = self.maxConnections
+        overrides.upstream = self.upstream
+        overrides.upstreamKind = self.upstreamKind
+        overrides.upstreamModel = self.model
         overrides.maxMessageSize = self.maxMessageSize
         overrides.deflateEnabled = self.noDeflate ? false : nil
         overrides.tlsCertificatePath = self.tlsCertificatePath
@@ -119,5 +132,34 @@ struct Serve: AsyncParsableCommand {
         overrides.allowedOrigins = self.allowedOrigins.isEmpty ? nil : self.allowedOrigins
         overrides.heartbeatInterval = self.heartbeatInterval
         return overrides
+    }
+}
+
+/// `sluice chat`: talk to a running server from the terminal (or a script).
+struct Chat: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Chat with a sluice server over WebSocket.",
+        discussion: """
+            Type a message and press Enter; the answer streams as it arrives. Ctrl-C cancels a \
+            running answer (at the prompt it quits), Ctrl-D quits, /new starts a new conversation, \
+            /help lists commands. With stdin or stdout not a terminal it works as a plain filter.
+            """
+    )
+
+    @Option(name: .long, help: .init("Server WebSocket URL (ws:// or wss://).", valueName: "url"))
+    var url: String = ChatClient.defaultURL
+
+    @Option(name: .long, help: .init("Most tokens per answer.", valueName: "count"))
+    var maxTokens: Int?
+
+    func validate() throws {
+        if let maxTokens = self.maxTokens, maxTokens < 1 {
+            throw ValidationError("--max-tokens must be at least 1.")
+        }
+    }
+
+    func run() async throws {
+        let status = await ChatClient.run(url: self.url, maxTokens: self.maxTokens)
+        if status != 0 { throw ExitCode(status) }
     }
 }

@@ -2,6 +2,7 @@ import NIOCore
 import NIOEmbedded
 import NIOHTTP1
 import Testing
+@testable import SluiceTestSupport
 @testable import WSServer
 
 /// The connection handler on an `EmbeddedChannel`: exact bytes in, exact frames out, time driven by hand.

@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+@testable import SluiceTestSupport
 @testable import WSServer
 
 @Suite struct FrameParserTests {

@@ -1,5 +1,6 @@
 import NIOHTTP1
 import Testing
+@testable import SluiceTestSupport
 @testable import WSServer
 
 @Suite struct HandshakeTests {

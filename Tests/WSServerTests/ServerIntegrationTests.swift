@@ -5,6 +5,7 @@ import NIOPosix
 import NIOSSL
 import Synchronization
 import Testing
+@testable import SluiceTestSupport
 @testable import WSServer
 
 /// End-to-end tests: a real `WebSocketServer` on 127.0.0.1 and `RawClient`s over real sockets,
@@ -392,7 +393,7 @@ struct ServerIntegrationTests {
             #expect(silentFrames.allSatisfy { $0.opcode == 0x9 }, "\(silentFrames.map(\.opcode))")
             let silentLifetime = try #require(silent.closedAt) - silentOpenedAt
             #expect(silentLifetime >= .milliseconds(400), "dropped after \(silentLifetime), before interval + timeout")
-            #expect(silentLifetime < .milliseconds(1200), "dropped only after \(silentLifetime)")
+            #expect(silentLifetime < .seconds(5), "dropped only after \(silentLifetime)")
             #expect(harness.server.connectionCount == 1)
         }
     }
@@ -401,8 +402,10 @@ struct ServerIntegrationTests {
 
     @Test func drainRefusesNewWorkThenClosesEveryConnectionWith1012() async throws {
         try await ServerHarness.run(configure: {
-            $0.drain.gracePeriod = .milliseconds(200)
-            $0.drain.deadline = .seconds(3)
+            // A grace period long enough for the checks below even on a loaded machine; the
+            // deadline far beyond it, so returning early shows the clients' answers ended it.
+            $0.drain.gracePeriod = .seconds(2)
+            $0.drain.deadline = .seconds(20)
         }) { harness in
             let first = try await harness.connectWebSocket()
             let second = try await harness.connectWebSocket()
@@ -423,19 +426,19 @@ struct ServerIntegrationTests {
             let (refused, _) = try await lateUpgrade.handshake()
             #expect(refused.status == 503)
             try await expectEcho(first, text: "during grace")
-            #expect(ContinuousClock.now - drainStarted < .milliseconds(200), "grace checks ran too late to mean anything")
+            #expect(ContinuousClock.now - drainStarted < .seconds(2), "grace checks ran too late to mean anything")
 
             // Then every connection gets Close 1012; they answer and the server closes TCP.
             for client in [first, second] {
-                let (close, _) = try await client.waitForFrame(timeout: .seconds(2)) { $0.opcode == 0x8 }
+                let (close, _) = try await client.waitForFrame(timeout: .seconds(5)) { $0.opcode == 0x8 }
                 #expect(close.closeCode == 1012)
-                #expect(ContinuousClock.now - drainStarted >= .milliseconds(150), "Close came before the grace period ended")
+                #expect(ContinuousClock.now - drainStarted >= .seconds(2), "Close came before the grace period ended")
                 try await client.send(TestFrames.close(code: 1012))
                 try await client.waitForClose()
             }
             await drain.value
             let drainTook = ContinuousClock.now - drainStarted
-            #expect(drainTook < .milliseconds(1500), "drain took \(drainTook) although every client answered")
+            #expect(drainTook < .seconds(20), "drain waited for the deadline although every client answered")
             #expect(harness.server.connectionCount == 0)
 
             // The listener is closed.

@@ -1,4 +1,5 @@
 import Testing
+@testable import SluiceTestSupport
 @testable import WSServer
 
 @Suite struct UTF8ValidatorTests {

@@ -164,8 +164,26 @@ final class RawClient: Sendable {
             let value = line[line.index(after: colon)...].drop { $0 == " " || $0 == "\t" }
             headers.append((name, String(value)))
         }
-        let contentLength = headers.first { $0.name.lowercased() == "content-length" }.flatMap { Int($0.value) } ?? 0
         let bodyStart = headerEnd + 4
+        if headers.contains(where: { $0.name.lowercased() == "transfer-encoding" && $0.value.lowercased() == "chunked" }) {
+            // Whole chunked body, up to the last (empty) chunk.
+            var index = bodyStart
+            var body: [UInt8] = []
+            while true {
+                guard let lineEnd = (index..<max(index, data.count - 1)).first(where: { data[$0] == 13 && data[$0 + 1] == 10 }),
+                      let size = Int(String(decoding: data[index..<lineEnd], as: UTF8.self).split(separator: ";")[0], radix: 16)
+                else { return nil }
+                let chunkStart = lineEnd + 2
+                guard data.count >= chunkStart + size + 2 else { return nil }
+                if size == 0 {
+                    bytes.consume(upTo: chunkStart + 2)
+                    return RawHTTPResponse(status: status, headers: headers, body: String(decoding: body, as: UTF8.self))
+                }
+                body += data[chunkStart..<chunkStart + size]
+                index = chunkStart + size + 2
+            }
+        }
+        let contentLength = headers.first { $0.name.lowercased() == "content-length" }.flatMap { Int($0.value) } ?? 0
         guard data.count >= bodyStart + contentLength else { return nil }
         let body = String(decoding: data[bodyStart..<bodyStart + contentLength], as: UTF8.self)
         bytes.consume(upTo: bodyStart + contentLength)

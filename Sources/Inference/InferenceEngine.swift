@@ -1,0 +1,87 @@
+import NIOCore
+import SluiceProtocol
+
+/// One chat message sent upstream as context.
+public struct ChatMessage: Equatable, Sendable {
+    public enum Role: String, Sendable { case system, user, assistant, tool }
+    public var role: Role
+    public var content: String
+    public init(role: Role, content: String) {
+        self.role = role
+        self.content = content
+    }
+}
+
+/// What to generate.
+public struct GenerationRequest: Sendable {
+    public var messages: [ChatMessage]
+    /// The model the client asked for; nil means the engine's configured model.
+    public var model: String?
+    public var maxTokens: Int
+    public var temperature: Double?
+    public init(messages: [ChatMessage], model: String? = nil, maxTokens: Int, temperature: Double? = nil) {
+        self.messages = messages
+        self.model = model
+        self.maxTokens = maxTokens
+        self.temperature = temperature
+    }
+}
+
+/// Why an upstream generation failed, mapped to a wire error code in one place.
+public struct InferenceError: Error, Equatable, Sendable {
+    public enum Kind: Equatable, Sendable {
+        /// Could not connect (refused, DNS, TLS).
+        case unavailable
+        /// The upstream answered with an HTTP error status or an error object in the stream.
+        case upstreamError(status: Int?)
+        /// No first token, or no next token, in time.
+        case timeout
+    }
+
+    public var kind: Kind
+    public var message: String
+
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+
+    public var code: ErrorCode {
+        switch self.kind {
+        case .unavailable: return .upstreamUnavailable
+        case .upstreamError: return .upstreamError
+        case .timeout: return .upstreamTimeout
+        }
+    }
+}
+
+/// Receives a generation's chunks. Every call happens on the event loop the generation was
+/// started on, so the receiver can write to its channel with no hop. Not Sendable on purpose.
+public protocol GenerationSink: AnyObject {
+    /// A piece of answer text (one upstream chunk or token).
+    func generationDidProduce(_ text: Substring)
+    /// Token counts as the upstream reported them (may arrive with any chunk, or only at the end).
+    func generationDidReportUsage(promptTokens: Int, completionTokens: Int)
+    /// A batch of chunks (one upstream read, one simulator tick) is over: a good moment to flush.
+    func generationDidEndBatch()
+    /// The generation ended normally (`stop` or `length`).
+    func generationDidFinish(_ reason: FinishReason)
+    /// The generation failed; no further calls follow.
+    func generationDidFail(_ error: InferenceError)
+}
+
+/// A running generation. `cancel()` stops it at once (closing the upstream connection); after
+/// it, the sink hears nothing more. Use on the generation's event loop.
+public protocol GenerationHandle: AnyObject {
+    func cancel()
+}
+
+/// Something that turns a request into a stream of chunks: an upstream adapter or the simulator.
+public protocol InferenceEngine: Sendable {
+    /// The model name reported to clients when the request names none.
+    var defaultModel: String { get }
+    /// Starts a generation whose events are delivered to `sink` on `eventLoop`.
+    func startGeneration(
+        _ request: GenerationRequest, on eventLoop: any EventLoop, sink: any GenerationSink
+    ) -> any GenerationHandle
+}

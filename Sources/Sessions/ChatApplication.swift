@@ -1,0 +1,95 @@
+import Inference
+import Logging
+import NIOCore
+import SluiceProtocol
+import WSServer
+
+/// Settings of the chat protocol.
+public struct ChatConfiguration: Sendable, Equatable {
+    /// This instance's name in `session.ready`.
+    public var instanceID: String
+    /// `max_tokens` sent upstream when the client gives none.
+    public var defaultMaxTokens: Int = 1024
+    /// Largest `content` accepted (bytes); bigger gets `too_large`.
+    public var maxContentBytes: Int = 64 * 1024
+    /// Generations one connection may run at once; beyond it `overloaded`.
+    public var maxGenerationsPerConnection: Int = 4
+    /// Cancel a connection's generations when it disconnects (default: let them finish).
+    public var cancelOnDisconnect: Bool = false
+    /// Heartbeat interval announced in `session.ready`.
+    public var heartbeatMs: Int64 = 20_000
+
+    public init(instanceID: String) {
+        self.instanceID = instanceID
+    }
+}
+
+/// The `sluice.v1` chat protocol on top of the WebSocket data plane.
+public struct ChatApplication: WebSocketApplication {
+    let configuration: ChatConfiguration
+    let engine: any InferenceEngine
+    let conversations: ConversationMemory
+    let logger: Logger
+
+    public init(configuration: ChatConfiguration, engine: any InferenceEngine, conversations: ConversationMemory, logger: Logger) {
+        self.configuration = configuration
+        self.engine = engine
+        self.conversations = conversations
+        self.logger = logger
+    }
+
+    public func makeDelegate(for connection: WebSocketConnectionInfo) -> any WebSocketConnectionDelegate {
+        ChatSession(application: self)
+    }
+}
+
+extension ChatApplication {
+    /// Resolves the conversation, records the user message, sends `generation.started` to
+    /// `output` and prepares the generation; `startUpstream()` then starts it. Fails (sending
+    /// nothing) when the conversation is unknown.
+    func beginGeneration(
+        _ send: ClientMessage.ChatSend, output: any ChatOutput, on eventLoop: any EventLoop
+    ) -> Result<ChatGeneration, ProtocolViolation> {
+        let conversationID: String
+        var context: [ChatMessage] = []
+        if let requested = send.conversationID {
+            guard let stored = self.conversations.context(of: requested) else {
+                return .failure(ProtocolViolation(.notFound, "unknown conversation \(requested)", requestID: send.requestID))
+            }
+            conversationID = requested
+            context = stored
+        } else {
+            conversationID = Identifier.make("conv_")
+            self.conversations.create(id: conversationID)
+        }
+        let userMessage = ChatMessage(role: .user, content: send.content)
+        self.conversations.append(userMessage, to: conversationID)
+        context.append(userMessage)
+        let request = GenerationRequest(
+            messages: context, model: send.model, maxTokens: send.maxTokens ?? self.configuration.defaultMaxTokens,
+            temperature: send.temperature)
+        let generation = ChatGeneration(
+            id: Identifier.make("gen_"), conversationID: conversationID, requestID: send.requestID,
+            model: send.model ?? self.engine.defaultModel,
+            promptEstimate: context.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 },
+            output: output, engine: self.engine, request: request, eventLoop: eventLoop,
+            conversations: self.conversations)
+        output.writeMessage { buffer in
+            ServerMessageEncoder.generationStarted(
+                generationID: generation.id, conversationID: conversationID, requestID: send.requestID,
+                model: generation.model, into: &buffer)
+        }
+        output.flush()
+        return .success(generation)
+    }
+}
+
+/// Random identifiers such as `gen_3f9c…`: 64 random bits in hex.
+enum Identifier {
+    static func make(_ prefix: String) -> String {
+        var generator = SystemRandomNumberGenerator()
+        let value = generator.next()
+        let hex = String(value, radix: 16)
+        return prefix + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+}

@@ -1,0 +1,164 @@
+import Inference
+import NIOCore
+import SluiceProtocol
+import WSServer
+
+/// Where a generation's messages go: a WebSocket session or an SSE response.
+protocol ChatOutput: AnyObject {
+    /// False once the client is gone (its messages are then dropped; the generation goes on).
+    var isConnected: Bool { get }
+    /// False while the client is behind.
+    var isWritable: Bool { get }
+    /// Queues one message encoded by `encode` (without flushing).
+    func writeMessage(_ encode: (inout ByteBuffer) -> Void)
+    func flush()
+    /// The generation sent its `generation.done` (or ended while the client was gone).
+    func generationEnded(_ generation: ChatGeneration)
+}
+
+/// One generation as the client sees it: contiguous `seq`s, deltas merged while the client is
+/// behind (with `first_seq`), exactly one `generation.done` with usage that is always present.
+final class ChatGeneration: GenerationSink {
+    let id: String
+    let conversationID: String
+    let requestID: String?
+    let model: String
+    /// Strong on purpose: a generation outlives its connection (it may be resumed); the
+    /// output ↔ generation cycle ends when the generation ends.
+    private let output: any ChatOutput
+    private var handle: (any GenerationHandle)?
+    private var ended = false
+
+    /// Last seq assigned to a chunk.
+    private var seq: Int64 = 0
+    /// Chunks not yet written because the connection was not writable: merged into one delta.
+    private var pendingText = ""
+    private var pendingFirstSeq: Int64?
+    /// The whole answer so far, for the conversation (bytes: appending is cheaper than to a String).
+    private var answerBytes = ByteBuffer()
+    var answer: String { String(buffer: self.answerBytes) }
+    /// `{"type":"generation.delta","generation_id":"…","seq":` encoded once per generation.
+    private lazy var deltaPrefix: ByteBuffer = {
+        var prefix = ByteBuffer()
+        ServerMessageEncoder.generationDeltaPrefix(generationID: self.id, into: &prefix)
+        return prefix
+    }()
+    private var upstreamUsage: (prompt: Int, completion: Int)?
+    private let promptEstimate: Int
+
+    private let engine: any InferenceEngine
+    private let request: GenerationRequest
+    private let eventLoop: any EventLoop
+    private let conversations: ConversationMemory
+
+    init(
+        id: String, conversationID: String, requestID: String?, model: String, promptEstimate: Int, output: any ChatOutput,
+        engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop, conversations: ConversationMemory
+    ) {
+        self.engine = engine
+        self.request = request
+        self.eventLoop = eventLoop
+        self.conversations = conversations
+        self.id = id
+        self.conversationID = conversationID
+        self.requestID = requestID
+        self.model = model
+        self.promptEstimate = promptEstimate
+        self.output = output
+    }
+
+    /// Starts the upstream request on the output's event loop (chunks arrive with no hop).
+    func startUpstream() {
+        guard !self.ended else { return }
+        let handle = self.engine.startGeneration(self.request, on: self.eventLoop, sink: self)
+        if self.ended { handle.cancel() } else { self.handle = handle }
+    }
+
+    func cancel() {
+        guard !self.ended else { return }
+        self.handle?.cancel()
+        self.handle = nil
+        self.end(.cancelled, error: nil)
+    }
+
+    // MARK: GenerationSink
+
+    func generationDidProduce(_ text: Substring) {
+        guard !self.ended else { return }
+        self.seq += 1
+        self.answerBytes.writeSubstring(text)
+        if self.output.isConnected, self.output.isWritable, self.pendingFirstSeq == nil {
+            let seq = self.seq
+            let prefix = self.deltaPrefix
+            self.output.writeMessage { buffer in
+                ServerMessageEncoder.generationDelta(prefix: prefix, seq: seq, firstSeq: nil, text: text.utf8, into: &buffer)
+            }
+        } else {
+            if self.pendingFirstSeq == nil { self.pendingFirstSeq = self.seq }
+            self.pendingText += text
+        }
+    }
+
+    func generationDidReportUsage(promptTokens: Int, completionTokens: Int) {
+        self.upstreamUsage = (promptTokens, completionTokens)
+    }
+
+    func generationDidEndBatch() {
+        guard self.output.isConnected else { return }
+        if self.output.isWritable { self.writePending() }
+        self.output.flush()
+    }
+
+    func generationDidFinish(_ reason: FinishReason) {
+        self.handle = nil
+        self.end(reason, error: nil)
+    }
+
+    func generationDidFail(_ error: InferenceError) {
+        self.handle = nil
+        self.end(.error, error: error)
+    }
+
+    // MARK: Output
+
+    /// Writes the merged delta of chunks that waited for the client.
+    func writePending() {
+        guard let firstSeq = self.pendingFirstSeq, self.output.isConnected else { return }
+        let seq = self.seq
+        let text = self.pendingText
+        self.output.writeMessage { buffer in
+            ServerMessageEncoder.generationDelta(
+                generationID: self.id, seq: seq, firstSeq: firstSeq, text: Substring(text).utf8, into: &buffer)
+        }
+        self.pendingFirstSeq = nil
+        self.pendingText = ""
+    }
+
+    private func end(_ reason: FinishReason, error: InferenceError?) {
+        guard !self.ended else { return }
+        self.ended = true
+        // Usage is always present: the upstream's counts when it sent them, else counted here.
+        // A cancelled stream never gets the upstream's final count, so count what was delivered.
+        let usage: Usage
+        if let upstream = self.upstreamUsage, reason != .cancelled || upstream.completion == self.seq {
+            usage = Usage(promptTokens: upstream.prompt, completionTokens: upstream.completion, source: .upstream)
+        } else {
+            usage = Usage(promptTokens: self.upstreamUsage?.prompt ?? self.promptEstimate, completionTokens: Int(self.seq), source: .gateway)
+        }
+        if self.output.isConnected {
+            self.writePending()
+            let seq = self.seq
+            self.output.writeMessage { buffer in
+                ServerMessageEncoder.generationDone(
+                    generationID: self.id, seq: seq, finishReason: reason, usage: usage,
+                    error: error.map { ($0.code, $0.message) }, into: &buffer)
+            }
+            self.output.flush()
+        }
+        self.conversations.append(ChatMessage(role: .assistant, content: self.answer), to: self.conversationID)
+        self.output.generationEnded(self)
+    }
+}
+
+@available(*, unavailable)
+extension ChatGeneration: Sendable {}

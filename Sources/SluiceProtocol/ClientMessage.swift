@@ -1,0 +1,191 @@
+import Foundation
+import NIOCore
+
+/// A `sluice.v1` message from a client.
+public enum ClientMessage: Equatable, Sendable {
+    case chatSend(ChatSend)
+    case generationCancel(generationID: String)
+    case ping(id: String?)
+
+    public struct ChatSend: Equatable, Sendable {
+        public var content: String
+        public var requestID: String?
+        public var conversationID: String?
+        public var model: String?
+        public var maxTokens: Int?
+        public var temperature: Double?
+
+        public init(content: String, requestID: String? = nil, conversationID: String? = nil,
+                    model: String? = nil, maxTokens: Int? = nil, temperature: Double? = nil) {
+            self.content = content
+            self.requestID = requestID
+            self.conversationID = conversationID
+            self.model = model
+            self.maxTokens = maxTokens
+            self.temperature = temperature
+        }
+    }
+}
+
+/// Why a client message was refused; `code` is the wire `error.code`.
+public struct ProtocolViolation: Error, Equatable, Sendable {
+    public var code: ErrorCode
+    public var message: String
+    /// The request id, when it could be read, so the client can match the error.
+    public var requestID: String?
+
+    public init(_ code: ErrorCode, _ message: String, requestID: String? = nil) {
+        self.code = code
+        self.message = message
+        self.requestID = requestID
+    }
+}
+
+/// Wire error codes (`error.code`).
+public enum ErrorCode: String, Sendable {
+    case invalidMessage = "invalid_message"
+    case unknownType = "unknown_type"
+    case notFound = "not_found"
+    case tooLarge = "too_large"
+    case overloaded = "overloaded"
+    case upstreamUnavailable = "upstream_unavailable"
+    case upstreamError = "upstream_error"
+    case upstreamTimeout = "upstream_timeout"
+}
+
+public enum ClientMessageDecoder {
+    /// Parses one text frame. A frame whose first non-blank character is `{` must be a JSON
+    /// object; any other text is a plain-text `chat.send` (so `wscat` can chat).
+    public static func decode(_ text: ByteBuffer, maxContentBytes: Int) -> Result<ClientMessage, ProtocolViolation> {
+        let bytes = text.readableBytesView
+        guard let first = bytes.firstIndex(where: { !Self.isBlank($0) }) else {
+            return .failure(.init(.invalidMessage, "empty message"))
+        }
+        guard bytes[first] == UInt8(ascii: "{") else {
+            let content = String(buffer: text).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard content.utf8.count <= maxContentBytes else {
+                return .failure(.init(.tooLarge, "content exceeds \(maxContentBytes) bytes"))
+            }
+            return .success(.chatSend(.init(content: content)))
+        }
+        let object: [String: Any]
+        do {
+            let parsed = try JSONSerialization.jsonObject(with: Data(bytes), options: [])
+            guard let dictionary = parsed as? [String: Any] else {
+                return .failure(.init(.invalidMessage, "expected a JSON object"))
+            }
+            object = dictionary
+        } catch {
+            return .failure(.init(.invalidMessage, "not valid JSON"))
+        }
+        var fields = Fields(object: object)
+        do {
+            let requestID = try fields.optionalString("request_id")
+            fields.requestID = requestID
+            guard let type = try fields.optionalString("type") else {
+                throw ProtocolViolation(.invalidMessage, "missing field \"type\"")
+            }
+            switch type {
+            case "chat.send":
+                let content = try fields.requiredString("content")
+                guard content.utf8.count <= maxContentBytes else {
+                    throw ProtocolViolation(.tooLarge, "content exceeds \(maxContentBytes) bytes")
+                }
+                let maxTokens = try fields.optionalInt("max_tokens")
+                if let maxTokens, maxTokens < 1 { throw ProtocolViolation(.invalidMessage, "max_tokens must be at least 1") }
+                let temperature = try fields.optionalDouble("temperature")
+                if let temperature, !(0...2).contains(temperature) {
+                    throw ProtocolViolation(.invalidMessage, "temperature must be between 0 and 2")
+                }
+                return .success(.chatSend(.init(
+                    content: content, requestID: requestID,
+                    conversationID: try fields.optionalString("conversation_id"),
+                    model: try fields.optionalString("model"),
+                    maxTokens: maxTokens, temperature: temperature)))
+            case "generation.cancel":
+                return .success(.generationCancel(generationID: try fields.requiredString("generation_id")))
+            case "ping":
+                return .success(.ping(id: try fields.optionalString("id")))
+            default:
+                throw ProtocolViolation(.unknownType, "unknown message type \"\(type)\"")
+            }
+        } catch let violation as ProtocolViolation {
+            var violation = violation
+            violation.requestID = violation.requestID ?? fields.requestID
+            return .failure(violation)
+        } catch {
+            return .failure(.init(.invalidMessage, "\(error)", requestID: fields.requestID))
+        }
+    }
+
+    /// Parses an HTTP chat request body (`POST /v1/chat/stream`): a JSON object with the fields
+    /// of `chat.send`; `type` may be left out.
+    public static func decodeChatRequest(_ body: ByteBuffer, maxContentBytes: Int) -> Result<ClientMessage.ChatSend, ProtocolViolation> {
+        let bytes = body.readableBytesView
+        guard let first = bytes.firstIndex(where: { !Self.isBlank($0) }), bytes[first] == UInt8(ascii: "{") else {
+            return .failure(.init(.invalidMessage, "the body must be a JSON object"))
+        }
+        var withType = ByteBuffer()
+        if let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any], object["type"] == nil {
+            // Insert the type so the WebSocket decoder's rules apply unchanged.
+            withType.writeString(#"{"type":"chat.send","#)
+            withType.writeBytes(bytes[(first + 1)...])
+            if object.isEmpty { withType = ByteBuffer(string: #"{"type":"chat.send"}"#) }
+        } else {
+            withType = body
+        }
+        switch Self.decode(withType, maxContentBytes: maxContentBytes) {
+        case .success(.chatSend(let send)): return .success(send)
+        case .success: return .failure(.init(.invalidMessage, "only chat.send is accepted here"))
+        case .failure(let violation): return .failure(violation)
+        }
+    }
+
+    private static func isBlank(_ byte: UInt8) -> Bool {
+        byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D
+    }
+
+    /// Typed field access with errors that name the field.
+    private struct Fields {
+        let object: [String: Any]
+        var requestID: String?
+
+        init(object: [String: Any]) { self.object = object }
+
+        func optionalString(_ name: String) throws -> String? {
+            guard let value = self.object[name], !(value is NSNull) else { return nil }
+            guard let string = value as? String else {
+                throw ProtocolViolation(.invalidMessage, "field \"\(name)\" must be a string")
+            }
+            return string
+        }
+
+        func requiredString(_ name: String) throws -> String {
+            guard let string = try self.optionalString(name) else {
+                throw ProtocolViolation(.invalidMessage, "missing field \"\(name)\"")
+            }
+            return string
+        }
+
+        func optionalInt(_ name: String) throws -> Int? {
+            guard let value = self.object[name], !(value is NSNull) else { return nil }
+            // JSONSerialization gives NSNumber; refuse booleans and fractions.
+            guard let number = value as? NSNumber, !Self.isBool(number), let int = Int(exactly: number.doubleValue) else {
+                throw ProtocolViolation(.invalidMessage, "field \"\(name)\" must be an integer")
+            }
+            return int
+        }
+
+        func optionalDouble(_ name: String) throws -> Double? {
+            guard let value = self.object[name], !(value is NSNull) else { return nil }
+            guard let number = value as? NSNumber, !Self.isBool(number) else {
+                throw ProtocolViolation(.invalidMessage, "field \"\(name)\" must be a number")
+            }
+            return number.doubleValue
+        }
+
+        static func isBool(_ number: NSNumber) -> Bool {
+            String(cString: number.objCType) == "c"
+        }
+    }
+}

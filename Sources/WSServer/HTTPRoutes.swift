@@ -1,0 +1,56 @@
+import NIOCore
+import NIOHTTP1
+
+/// Plain HTTP routes an application adds beside the WebSocket endpoint (for example a
+/// Server-Sent Events stream). WSServer owns the socket and the HTTP codec; the route owns
+/// what it answers. Called on the connection's event loop.
+public protocol HTTPRouteProvider: Sendable {
+    /// A responder for this request, or nil when the route is not the application's
+    /// (then `/health`, `/ready` and 404 apply).
+    func responder(for head: HTTPRequestHead) -> (any HTTPRouteResponder)?
+}
+
+/// Answers one request. Not Sendable: lives on the connection's event loop.
+public protocol HTTPRouteResponder: AnyObject {
+    /// The whole request body has arrived (bounded by `max_message_size`; a bigger body is
+    /// answered 413 by the server before this is called).
+    func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter)
+    /// The client closed the connection before the response ended.
+    func clientDisconnected()
+}
+
+/// Writes a (possibly long, streamed) response. Use on the connection's event loop only.
+public struct HTTPResponseWriter {
+    let handler: HTTPRouteHandler
+    let context: ChannelHandlerContext
+
+    public var eventLoop: any EventLoop { self.context.eventLoop }
+    public var allocator: ByteBufferAllocator { self.context.channel.allocator }
+    /// False while the client is behind; producers should merge or pause.
+    public var isWritable: Bool { self.context.channel.isWritable }
+
+    public func writeHead(status: HTTPResponseStatus, headers: HTTPHeaders) {
+        self.handler.writeStreamingHead(context: self.context, status: status, headers: headers)
+    }
+
+    public func writeBody(_ buffer: ByteBuffer, flush: Bool) {
+        self.handler.writeStreamingBody(context: self.context, buffer, flush: flush)
+    }
+
+    public func flush() { self.context.flush() }
+
+    /// Ends the response (the connection may then serve the next request).
+    public func end() {
+        self.handler.endStreamingResponse(context: self.context)
+    }
+
+    /// Writes a complete response with a body in one go.
+    public func respond(status: HTTPResponseStatus, contentType: String, body: ByteBuffer) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: contentType)
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        self.writeHead(status: status, headers: headers)
+        self.writeBody(body, flush: false)
+        self.end()
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+import NIOCore
+import SluiceProtocol
+import Testing
+
+@Suite struct ClientMessageDecoderTests {
+    private func decode(_ text: String, max: Int = 1000) -> Result<ClientMessage, ProtocolViolation> {
+        ClientMessageDecoder.decode(ByteBuffer(string: text), maxContentBytes: max)
+    }
+
+    @Test func chatSendWithEveryField() throws {
+        let message = try decode(#"{"type":"chat.send","content":"hi","request_id":"r1","conversation_id":"c1","model":"m","max_tokens":64,"temperature":0.5}"#).get()
+        #expect(message == .chatSend(.init(content: "hi", requestID: "r1", conversationID: "c1", model: "m", maxTokens: 64, temperature: 0.5)))
+    }
+
+    @Test func plainTextIsAChatSend() throws {
+        #expect(try decode("  hello there \n").get() == .chatSend(.init(content: "hello there")))
+        #expect(try decode("[1, 2]").get() == .chatSend(.init(content: "[1, 2]")))
+    }
+
+    @Test func cancelAndPing() throws {
+        #expect(try decode(#"{"type":"generation.cancel","generation_id":"g"}"#).get() == .generationCancel(generationID: "g"))
+        #expect(try decode(#"{"type":"ping","id":"p"}"#).get() == .ping(id: "p"))
+        #expect(try decode(#" {"type":"ping"}"#).get() == .ping(id: nil))
+    }
+
+    @Test(arguments: [
+        (#"{bad json"#, ErrorCode.invalidMessage),
+        (#"{"content":"x"}"#, .invalidMessage),
+        (#"{"type":5}"#, .invalidMessage),
+        (#"{"type":"nope"}"#, .unknownType),
+        (#"{"type":"chat.send"}"#, .invalidMessage),
+        (#"{"type":"chat.send","content":5}"#, .invalidMessage),
+        (#"{"type":"chat.send","content":"x","max_tokens":"5"}"#, .invalidMessage),
+        (#"{"type":"chat.send","content":"x","max_tokens":true}"#, .invalidMessage),
+        (#"{"type":"chat.send","content":"x","max_tokens":1.5}"#, .invalidMessage),
+        (#"{"type":"chat.send","content":"x","max_tokens":0}"#, .invalidMessage),
+        (#"{"type":"chat.send","content":"x","temperature":9}"#, .invalidMessage),
+        (#"{"type":"generation.cancel"}"#, .invalidMessage),
+        ("   ", .invalidMessage),
+    ])
+    func badInputIsRefusedWithTheRightCode(text: String, code: ErrorCode) {
+        guard case .failure(let violation) = decode(text) else { Issue.record("accepted \(text)"); return }
+        #expect(violation.code == code, "\(text): \(violation.message)")
+    }
+
+    @Test func tooLargeContentAndRequestIDEchoedOnErrors() {
+        guard case .failure(let violation) = decode(#"{"type":"chat.send","content":"0123456789","request_id":"r9"}"#, max: 5) else {
+            Issue.record("accepted"); return
+        }
+        #expect(violation.code == .tooLarge && violation.requestID == "r9")
+        guard case .failure(let plain) = decode(String(repeating: "x", count: 6), max: 5) else { Issue.record("accepted"); return }
+        #expect(plain.code == .tooLarge)
+    }
+}
+
+@Suite struct ServerMessageEncoderTests {
+    private func json(_ write: (inout ByteBuffer) -> Void) throws -> [String: Any] {
+        var buffer = ByteBuffer()
+        write(&buffer)
+        return try #require(try JSONSerialization.jsonObject(with: Data(buffer.readableBytesView)) as? [String: Any])
+    }
+
+    @Test func deltaEscapesTextAndOmitsFirstSeqWhenNotMerged() throws {
+        let text = "quote \" backslash \\ newline \n tab \t bell \u{7} κόσμε 𝄞"
+        let single = try json { ServerMessageEncoder.generationDelta(generationID: "g", seq: 7, firstSeq: nil, text: Substring(text).utf8, into: &$0) }
+        #expect(single["type"] as? String == "generation.delta")
+        #expect(single["text"] as? String == text)
+        #expect(single["seq"] as? Int == 7)
+        #expect(single["first_seq"] == nil)
+        let merged = try json { ServerMessageEncoder.generationDelta(generationID: "g", seq: 9, firstSeq: 8, text: "ab".utf8[...], into: &$0) }
+        #expect(merged["first_seq"] as? Int == 8)
+    }
+
+    @Test func doneCarriesUsageAndOptionalError() throws {
+        let done = try json {
+            ServerMessageEncoder.generationDone(
+                generationID: "g", seq: 3, finishReason: .error, usage: Usage(promptTokens: 10, completionTokens: 3, source: .gateway),
+                error: (.upstreamError, "502 from upstream"), into: &$0)
+        }
+        let usage = try #require(done["usage"] as? [String: Any])
+        #expect(usage["total_tokens"] as? Int == 13 && usage["usage_source"] as? String == "gateway")
+        #expect((done["error"] as? [String: Any])?["code"] as? String == "upstream_error")
+        let plain = try json {
+            ServerMessageEncoder.generationDone(generationID: "g", seq: 0, finishReason: .stop,
+                                                usage: Usage(promptTokens: 1, completionTokens: 0, source: .upstream), into: &$0)
+        }
+        #expect(plain["error"] == nil && plain["finish_reason"] as? String == "stop")
+    }
+
+    @Test func absentFieldsAreLeftOutNotNull() throws {
+        let error = try json { ServerMessageEncoder.error(code: .notFound, message: "no", into: &$0) }
+        #expect(Set(error.keys) == ["type", "code", "message"])
+        let started = try json { ServerMessageEncoder.generationStarted(generationID: "g", conversationID: "c", requestID: nil, model: "m", into: &$0) }
+        #expect(started["request_id"] == nil)
+        let pong = try json { ServerMessageEncoder.pong(id: nil, into: &$0) }
+        #expect(Set(pong.keys) == ["type"])
+    }
+
+    @Test func decimalsAreExact() {
+        for value: Int64 in [0, 7, 10, 99, 1234567890, Int64.max, -5, Int64.min + 1] {
+            var buffer = ByteBuffer()
+            buffer.writeDecimal(value)
+            #expect(String(buffer: buffer) == String(value))
+        }
+    }
+}
+
+@Suite struct DeltaPrefixTests {
+    @Test func prefixedDeltaIsByteForByteTheSame() {
+        var prefix = ByteBuffer()
+        ServerMessageEncoder.generationDeltaPrefix(generationID: "gen_\"x", into: &prefix)
+        for (seq, first) in [(Int64(1), Int64?.none), (12, 10)] {
+            var direct = ByteBuffer()
+            ServerMessageEncoder.generationDelta(generationID: "gen_\"x", seq: seq, firstSeq: first, text: "a\nb".utf8[...], into: &direct)
+            var prefixed = ByteBuffer()
+            ServerMessageEncoder.generationDelta(prefix: prefix, seq: seq, firstSeq: first, text: "a\nb".utf8[...], into: &prefixed)
+            #expect(direct == prefixed)
+        }
+    }
+}
