@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOCore
 
@@ -356,6 +359,11 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         } else {
             self.appendFrame(opcode: opcode, rsv1: false, payload: payload)
         }
+        self.outboundGrew(context: context, flush: flush)
+    }
+
+    /// After a frame was queued: enforce the outbound bound, and flush if asked.
+    private func outboundGrew(context: ChannelHandlerContext, flush: Bool) {
         if let pending = self.outbound?.readableBytes, pending > self.settings.maxOutboundBytes {
             if context.channel.isWritable {
                 // A big batch while the peer keeps up: hand it over now rather than holding it.
@@ -375,7 +383,19 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     private var scratch: ByteBuffer?
 
     func writeEncoded(_ opcode: WebSocketOpcode, _ body: (inout ByteBuffer) -> Void) {
-        guard case .open = self.state else { return }
+        guard case .open = self.state, let context = self.context else { return }
+        if self.deflate?.serverWindowBits == nil {
+            // No outbound compression: encode straight into the outbound buffer behind a
+            // 2-byte header, then fix the header (moving the payload for longer lengths).
+            if self.outbound == nil { self.outbound = self.allocator.buffer(capacity: 512) }
+            let headerIndex = self.outbound!.writerIndex
+            self.outbound!.writeInteger(UInt16(0))
+            body(&self.outbound!)
+            let length = self.outbound!.writerIndex - headerIndex - 2
+            self.outbound!.fixWebSocketFrameHeader(at: headerIndex, opcode: opcode, payloadLength: length)
+            self.outboundGrew(context: context, flush: false)
+            return
+        }
         var scratch = self.scratch ?? self.allocator.buffer(capacity: 256)
         self.scratch = nil
         scratch.clear()
@@ -528,6 +548,29 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
 extension WebSocketConnectionHandler: Sendable {}
 
 extension ByteBuffer {
+    /// Turns the 2 bytes reserved at `index` before a `payloadLength`-byte payload into the frame
+    /// header, moving the payload when the length needs the 4- or 10-byte form.
+    mutating func fixWebSocketFrameHeader(at index: Int, opcode: WebSocketOpcode, payloadLength: Int) {
+        let first = 0x80 | opcode.rawValue
+        if payloadLength < 126 {
+            self.setInteger(UInt16(first) << 8 | UInt16(payloadLength), at: index)
+            return
+        }
+        let extra = payloadLength <= 0xFFFF ? 2 : 8
+        self.writeRepeatingByte(0, count: extra)
+        let payloadStart = index - self.readerIndex + 2
+        self.withUnsafeMutableReadableBytes { bytes in
+            let base = bytes.baseAddress!
+            memmove(base + payloadStart + extra, base + payloadStart, payloadLength)
+        }
+        if extra == 2 {
+            self.setInteger(UInt32(first) << 24 | UInt32(126) << 16 | UInt32(payloadLength), at: index)
+        } else {
+            self.setInteger(UInt16(first) << 8 | 127, at: index)
+            self.setInteger(UInt64(payloadLength), at: index + 2)
+        }
+    }
+
     /// Writes a server frame header (never masked).
     @inlinable
     mutating func writeWebSocketFrameHeader(opcode: WebSocketOpcode, fin: Bool, rsv1: Bool, length: Int) {

@@ -375,3 +375,19 @@ import Testing
         }
     }
 }
+
+@Suite struct DirectEncodeTests {
+    @Test(arguments: [0, 1, 125, 126, 127, 1000, 65535, 65536, 70000])
+    func writeTextEncodesInPlaceWithTheRightHeader(length: Int) throws {
+        var harness = try ConnectionHandlerTests.Harness()
+        let connection = try #require(harness.app.delegate.connection)
+        let payload = String(repeating: "é", count: length / 2) + String(repeating: "a", count: length % 2)
+        connection.writeText { $0.writeString(payload) }
+        connection.writeText { $0.writeString("next") }
+        connection.flush()
+        let frames = try harness.frames()
+        #expect(frames.map(\.opcode) == [0x1, 0x1])
+        #expect(frames.first?.text == payload)
+        #expect(frames.last?.text == "next")
+    }
+}
