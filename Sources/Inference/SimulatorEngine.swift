@@ -38,10 +38,13 @@ public struct SimulatorEngine: InferenceEngine {
     public static func tokens(for prompt: String, seed: UInt64, count: Int) -> [String] {
         var generator = SplitMix64(seed: Self.hash(prompt) ^ seed)
         return (0..<count).map { index in
-            let word = Self.vocabulary[Int(generator.next() % UInt64(Self.vocabulary.count))]
-            return index == 0 ? word.capitalizedFirst : " " + word
+            let choice = Int(generator.next() % UInt64(Self.vocabulary.count))
+            // Shared strings, so a long answer costs no string building per token.
+            return index == 0 ? Self.vocabulary[choice].capitalizedFirst : Self.spacedVocabulary[choice]
         }
     }
+
+    static let spacedVocabulary = vocabulary.map { " " + $0 }
 
     static func hash(_ text: String) -> UInt64 {
         // FNV-1a: stable across runs and platforms (Swift's Hasher is seeded per process).

@@ -387,12 +387,15 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         if self.deflate?.serverWindowBits == nil {
             // No outbound compression: encode straight into the outbound buffer behind a
             // 2-byte header, then fix the header (moving the payload for longer lengths).
-            if self.outbound == nil { self.outbound = self.allocator.buffer(capacity: 512) }
-            let headerIndex = self.outbound!.writerIndex
-            self.outbound!.writeInteger(UInt16(0))
-            body(&self.outbound!)
-            let length = self.outbound!.writerIndex - headerIndex - 2
-            self.outbound!.fixWebSocketFrameHeader(at: headerIndex, opcode: opcode, payloadLength: length)
+            // Work on a local copy (moved out, so still uniquely referenced): inout access to a
+            // class property would pay a dynamic exclusivity check per message.
+            var outbound = self.outbound.take() ?? self.allocator.buffer(capacity: 512)
+            let headerIndex = outbound.writerIndex
+            outbound.writeInteger(UInt16(0))
+            body(&outbound)
+            let length = outbound.writerIndex - headerIndex - 2
+            outbound.fixWebSocketFrameHeader(at: headerIndex, opcode: opcode, payloadLength: length)
+            self.outbound = outbound
             self.outboundGrew(context: context, flush: false)
             return
         }
