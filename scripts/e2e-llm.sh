@@ -12,6 +12,8 @@ venv=${XDG_CACHE_HOME:-$HOME/.cache}/sluice-e2e-venv
 if ! "$venv/bin/python" -c 'import websockets' 2>/dev/null; then
   python3 -m venv "$venv" && "$venv/bin/pip" install -q websockets
 fi
+# A portable llama-server first: the shared script's native build crashes here (see that script).
+bash "$root/scripts/build-llama-server.sh"
 start=$SECONDS
 LLM_UPSTREAM_PARALLEL=1 LLAMA_SERVER_ARGS="--metrics" bash "$shared/tools/llm-upstream/start-smollm2.sh" start "$port" >&2
 trap 'bash "$shared/tools/llm-upstream/start-smollm2.sh" stop "$port" >&2 || true' EXIT
