@@ -58,6 +58,9 @@ public struct InferenceError: Error, Equatable, Sendable {
 /// Receives a generation's chunks. Every call happens on the event loop the generation was
 /// started on, so the receiver can write to its channel with no hop. Not Sendable on purpose.
 public protocol GenerationSink: AnyObject {
+    /// The upstream accepted the request (an HTTP 2xx head; the simulator at once). A failure
+    /// before this means nothing was generated, and retrying may help.
+    func generationDidConnect()
     /// A piece of answer text (one upstream chunk or token).
     func generationDidProduce(_ text: Substring)
     /// Token counts as the upstream reported them (may arrive with any chunk, or only at the end).
@@ -68,6 +71,10 @@ public protocol GenerationSink: AnyObject {
     func generationDidFinish(_ reason: FinishReason)
     /// The generation failed; no further calls follow.
     func generationDidFail(_ error: InferenceError)
+}
+
+extension GenerationSink {
+    public func generationDidConnect() {}
 }
 
 /// A running generation. `cancel()` stops it at once (closing the upstream connection); after

@@ -107,6 +107,11 @@ final class SimulatedGeneration: GenerationHandle {
     }
 
     func start() {
+        // Accepted at once (on the next turn: the sink hears nothing inside startGeneration).
+        self.eventLoop.assumeIsolated().execute {
+            guard !self.isCancelled else { return }
+            self.sink?.generationDidConnect()
+        }
         self.schedule(in: self.configuration.timeToFirstToken)
     }
 

@@ -290,6 +290,7 @@ final class StreamingHTTPRequest<Decoder: UpstreamStreamDecoder>: GenerationHand
         switch part {
         case .head(let head):
             self.stateMachine.receivedHead(status: Int(head.status.code))
+            if (200..<300).contains(Int(head.status.code)) { self.sink?.generationDidConnect() }
         case .body(let bytes):
             self.stateMachine.receivedBody(bytes)
             self.deliverEvents()

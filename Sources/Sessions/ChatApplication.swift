@@ -44,9 +44,9 @@ public struct ChatApplication: WebSocketApplication {
 }
 
 extension ChatApplication {
-    /// Resolves the conversation, records the user message, sends `generation.started` to
-    /// `output` and prepares the generation; `startUpstream()` then starts it. Fails (sending
-    /// nothing) when the conversation is unknown.
+    /// Resolves the conversation, records the user message and prepares the generation;
+    /// `startUpstream()` then starts it, and `generation.started` goes out once the upstream
+    /// accepted the request. Fails (sending nothing) when the conversation is unknown.
     func beginGeneration(
         _ send: ClientMessage.ChatSend, output: any ChatOutput, on eventLoop: any EventLoop
     ) -> Result<ChatGeneration, ProtocolViolation> {
@@ -74,12 +74,6 @@ extension ChatApplication {
             promptEstimate: context.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 },
             output: output, engine: self.engine, request: request, eventLoop: eventLoop,
             conversations: self.conversations)
-        output.writeMessage { buffer in
-            ServerMessageEncoder.generationStarted(
-                generationID: generation.id, conversationID: conversationID, requestID: send.requestID,
-                model: generation.model, into: &buffer)
-        }
-        output.flush()
         return .success(generation)
     }
 }

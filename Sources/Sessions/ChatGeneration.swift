@@ -14,6 +14,9 @@ protocol ChatOutput: AnyObject {
     func flush()
     /// The generation sent its `generation.done` (or ended while the client was gone).
     func generationEnded(_ generation: ChatGeneration)
+    /// The upstream failed before accepting the request: nothing was generated, so the client
+    /// gets an `error` (with `retry_after_ms` when retrying may help) instead of a generation.
+    func generationFailedToStart(_ generation: ChatGeneration, error: InferenceError)
 }
 
 /// One generation as the client sees it: contiguous `seq`s, deltas merged while the client is
@@ -28,6 +31,8 @@ final class ChatGeneration: GenerationSink {
     private let output: any ChatOutput
     private var handle: (any GenerationHandle)?
     private var ended = false
+    /// `generation.started` was sent (the upstream accepted the request).
+    private var announced = false
 
     /// Last seq assigned to a chunk.
     private var seq: Int64 = 0
@@ -76,6 +81,8 @@ final class ChatGeneration: GenerationSink {
 
     func cancel() {
         guard !self.ended else { return }
+        // Cancelled before the upstream answered (drain, disconnect): still a generation to the client.
+        self.announce()
         self.handle?.cancel()
         self.handle = nil
         self.end(.cancelled, error: nil)
@@ -83,8 +90,26 @@ final class ChatGeneration: GenerationSink {
 
     // MARK: GenerationSink
 
+    func generationDidConnect() {
+        self.announce()
+    }
+
+    /// Sends `generation.started` once.
+    private func announce() {
+        guard !self.announced, !self.ended else { return }
+        self.announced = true
+        guard self.output.isConnected else { return }
+        self.output.writeMessage { buffer in
+            ServerMessageEncoder.generationStarted(
+                generationID: self.id, conversationID: self.conversationID, requestID: self.requestID,
+                model: self.model, into: &buffer)
+        }
+        self.output.flush()
+    }
+
     func generationDidProduce(_ text: Substring) {
         guard !self.ended else { return }
+        if !self.announced { self.announce() }
         self.seq += 1
         self.answerBytes.writeSubstring(text)
         if self.output.isConnected, self.output.isWritable, self.pendingFirstSeq == nil {
@@ -116,7 +141,24 @@ final class ChatGeneration: GenerationSink {
 
     func generationDidFail(_ error: InferenceError) {
         self.handle = nil
+        guard self.announced else {
+            guard !self.ended else { return }
+            self.ended = true
+            self.output.generationFailedToStart(self, error: error)
+            return
+        }
         self.end(.error, error: error)
+    }
+
+    /// Whether retrying the same request may help: connection and timeout failures, overload
+    /// and server errors; not a 4xx such as an unknown model.
+    static func retryAfterMs(for error: InferenceError) -> Int64? {
+        switch error.kind {
+        case .unavailable, .timeout: return 1000
+        case .upstreamError(let status):
+            guard let status else { return 1000 }
+            return status == 429 || status >= 500 ? 1000 : nil
+        }
     }
 
     // MARK: Output

@@ -107,6 +107,12 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         self.recentlyEnded.insert(generation.id)
     }
 
+    func generationFailedToStart(_ generation: ChatGeneration, error: InferenceError) {
+        self.generations.removeValue(forKey: generation.id)
+        self.sendError(error.code, error.message, requestID: generation.requestID,
+                       retryAfterMs: ChatGeneration.retryAfterMs(for: error))
+    }
+
     func sendError(_ code: ErrorCode, _ message: String, requestID: String? = nil, generationID: String? = nil, retryAfterMs: Int64? = nil) {
         guard let connection = self.connection else { return }
         connection.writeText { buffer in

@@ -93,12 +93,21 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         self.writer = nil
     }
 
+    func generationFailedToStart(_ generation: ChatGeneration, error: InferenceError) {
+        self.generation = nil
+        guard !self.disconnected else { return }
+        let retryAfterMs = ChatGeneration.retryAfterMs(for: error)
+        self.respondError(Self.status(for: error.code), error.code, error.message, requestID: generation.requestID, retryAfterMs: retryAfterMs)
+    }
+
     // MARK: Errors before any event
 
-    private func respondError(_ status: HTTPResponseStatus, _ code: ErrorCode, _ message: String, requestID: String? = nil) {
+    private func respondError(
+        _ status: HTTPResponseStatus, _ code: ErrorCode, _ message: String, requestID: String? = nil, retryAfterMs: Int64? = nil
+    ) {
         guard let writer = self.writer else { return }
         var body = writer.allocator.buffer(capacity: 128)
-        ServerMessageEncoder.error(code: code, message: message, requestID: requestID, into: &body)
+        ServerMessageEncoder.error(code: code, message: message, requestID: requestID, retryAfterMs: retryAfterMs, into: &body)
         writer.respond(status: status, contentType: "application/json", body: body)
         self.writer = nil
     }
@@ -107,7 +116,9 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         switch code {
         case .notFound: return .notFound
         case .tooLarge: return .payloadTooLarge
-        case .overloaded: return .serviceUnavailable
+        case .overloaded, .upstreamUnavailable: return .serviceUnavailable
+        case .upstreamError: return .badGateway
+        case .upstreamTimeout: return .gatewayTimeout
         default: return .badRequest
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Inference
 import Logging
 import NIOCore
@@ -352,6 +353,115 @@ final class RecordingEngine: InferenceEngine, @unchecked Sendable {
         while !self.lock.withLock({ condition(self) }) {
             guard ContinuousClock.now < deadline else { throw CancellationError() }
             try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+}
+
+/// Upstream failures as the client sees them, with the real OpenAI-compatible engine against
+/// canned upstream servers on loopback.
+@Suite struct UpstreamFailureTests {
+    /// Answers every request with `response` (bytes written in pieces, `pause` between them).
+    final class CannedUpstream: ChannelInboundHandler, @unchecked Sendable {
+        // @unchecked: lives on one event loop.
+        typealias InboundIn = ByteBuffer
+        let pieces: [String]
+        var received = ByteBuffer()
+        var answered = false
+        init(pieces: [String]) { self.pieces = pieces }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var chunk = self.unwrapInboundIn(data)
+            self.received.writeBuffer(&chunk)
+            guard !self.answered, self.received.readableBytesView.firstRange(of: Array("\r\n\r\n".utf8)) != nil else { return }
+            self.answered = true
+            let loop = context.eventLoop.assumeIsolated()
+            for (index, piece) in self.pieces.enumerated() {
+                loop.scheduleTask(in: .milliseconds(Int64(index) * 30)) {
+                    context.writeAndFlush(NIOAny(ByteBuffer(string: piece)), promise: nil)
+                    if index == self.pieces.count - 1 { context.close(promise: nil) }
+                }
+            }
+        }
+
+        static func start(_ pieces: [String], group: any EventLoopGroup) async throws -> (any Channel, Int) {
+            let channel = try await ServerBootstrap(group: group)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(CannedUpstream(pieces: pieces)) }
+                }
+                .bind(host: "127.0.0.1", port: 0).get()
+            return (channel, channel.localAddress!.port!)
+        }
+    }
+
+    private func engine(port: Int) throws -> OpenAICompatibleEngine {
+        try OpenAICompatibleEngine(configuration: .init(baseURL: URL(string: "http://127.0.0.1:\(port)")!, model: "m"))
+    }
+
+    private func ask(_ harness: ChatSessionTests.Harness) async throws -> ChatSessionTests.ChatClient {
+        let client = try await harness.connect()
+        _ = try await client.next()
+        try await client.send(["type": "chat.send", "content": "hi", "request_id": "req-7"])
+        return client
+    }
+
+    @Test func anUnreachableUpstreamIsARetryableErrorWithTheRequestID() async throws {
+        // Bound but never listening: connecting is refused, and nobody else can take the port meanwhile.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        try #require(bound)
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        try await ChatSessionTests.Harness.run(engine: try self.engine(port: port)) { harness in
+            let client = try await self.ask(harness)
+            let error = try await client.next()
+            #expect(error["type"] as? String == "error")
+            #expect(error["code"] as? String == "upstream_unavailable")
+            #expect(error["request_id"] as? String == "req-7")
+            #expect(error["retry_after_ms"] as? Int == 1000)
+            // The connection keeps working.
+            try await client.send(["type": "ping", "id": "p"])
+            #expect(try await client.next()["type"] as? String == "pong")
+        }
+    }
+
+    @Test func anHTTPErrorBeforeTheStreamIsAnErrorWithTheUpstreamStatus() async throws {
+        let (upstream, port) = try await CannedUpstream.start(
+            ["HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 35\r\n\r\n{\"error\":{\"message\":\"overloaded!\"}}"],
+            group: MultiThreadedEventLoopGroup.singleton)
+        defer { upstream.close(promise: nil) }
+        try await ChatSessionTests.Harness.run(engine: try self.engine(port: port)) { harness in
+            let client = try await self.ask(harness)
+            let error = try await client.next()
+            #expect(error["code"] as? String == "upstream_error")
+            #expect((error["message"] as? String)?.contains("503") == true)
+            #expect(error["retry_after_ms"] as? Int == 1000)
+        }
+    }
+
+    @Test func aFailureInsideTheStreamEndsTheGenerationWithFinishReasonError() async throws {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+        let delta = #"data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}"# + "\n\n"
+        let failure = #"data: {"error":{"message":"model crashed"}}"# + "\n\n"
+        let (upstream, port) = try await CannedUpstream.start([head, delta, failure], group: MultiThreadedEventLoopGroup.singleton)
+        defer { upstream.close(promise: nil) }
+        try await ChatSessionTests.Harness.run(engine: try self.engine(port: port)) { harness in
+            let client = try await self.ask(harness)
+            let started = try await client.next()
+            #expect(started["type"] as? String == "generation.started" && started["request_id"] as? String == "req-7")
+            var deltas: [[String: Any]] = []
+            let done = try await client.until("generation.done", &deltas)
+            #expect(deltas.compactMap { $0["text"] as? String } == ["Hel"])
+            #expect(done["finish_reason"] as? String == "error" && done["seq"] as? Int == 1)
+            let error = try #require(done["error"] as? [String: Any])
+            #expect(error["code"] as? String == "upstream_error")
+            #expect((error["message"] as? String)?.contains("model crashed") == true)
+            #expect((done["usage"] as? [String: Any])?["completion_tokens"] as? Int == 1)
         }
     }
 }
