@@ -61,17 +61,8 @@ public enum ServerMessageEncoder {
 
     /// One delta; `firstSeq` is given when the delta merges several (seq stays contiguous).
     public static func generationDelta(generationID: String, seq: Int64, firstSeq: Int64?, text: Substring.UTF8View, into buffer: inout ByteBuffer) {
-        buffer.writeStaticString(#"{"type":"generation.delta","generation_id":"#)
-        buffer.writeJSONString(generationID)
-        buffer.writeStaticString(#","seq":"#)
-        buffer.writeDecimal(seq)
-        if let firstSeq, firstSeq != seq {
-            buffer.writeStaticString(#","first_seq":"#)
-            buffer.writeDecimal(firstSeq)
-        }
-        buffer.writeStaticString(#","text":"#)
-        buffer.writeJSONString(text)
-        buffer.writeStaticString("}")
+        Self.generationDeltaPrefix(generationID: generationID, into: &buffer)
+        Self.generationDeltaRest(seq: seq, firstSeq: firstSeq, text: text, into: &buffer)
     }
 
     /// The constant start of a generation's deltas, to encode once and reuse with
@@ -85,6 +76,10 @@ public enum ServerMessageEncoder {
     /// A delta after a prefix from `generationDeltaPrefix`: same bytes as `generationDelta`.
     public static func generationDelta(prefix: ByteBuffer, seq: Int64, firstSeq: Int64?, text: Substring.UTF8View, into buffer: inout ByteBuffer) {
         buffer.writeImmutableBuffer(prefix)
+        Self.generationDeltaRest(seq: seq, firstSeq: firstSeq, text: text, into: &buffer)
+    }
+
+    private static func generationDeltaRest(seq: Int64, firstSeq: Int64?, text: Substring.UTF8View, into buffer: inout ByteBuffer) {
         buffer.writeDecimal(seq)
         if let firstSeq, firstSeq != seq {
             buffer.writeStaticString(#","first_seq":"#)
