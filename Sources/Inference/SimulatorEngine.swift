@@ -84,7 +84,8 @@ extension String {
 final class SimulatedGeneration: GenerationHandle {
     private let configuration: SimulatorEngine.Configuration
     private let eventLoop: any EventLoop
-    private weak var sink: (any GenerationSink)?
+    /// Strong until the end or `cancel()` (see `StreamingHTTPRequest` for why not weak).
+    private var sink: (any GenerationSink)?
     private let tokens: [String]
     private let promptTokens: Int
     private let finishReason: FinishReason
@@ -118,6 +119,7 @@ final class SimulatedGeneration: GenerationHandle {
     func cancel() {
         self.eventLoop.preconditionInEventLoop()
         self.isCancelled = true
+        self.sink = nil
         self.timer?.cancel()
         self.timer = nil
     }
@@ -146,6 +148,7 @@ final class SimulatedGeneration: GenerationHandle {
         if self.next >= self.tokens.count {
             sink.generationDidReportUsage(promptTokens: self.promptTokens, completionTokens: self.tokens.count)
             sink.generationDidEndBatch()
+            self.sink = nil
             sink.generationDidFinish(self.finishReason)
             return
         }

@@ -205,16 +205,17 @@ struct StreamingHTTPRequestStateMachine<Decoder: UpstreamStreamDecoder> {
 /// One generation over one HTTP/1.1 connection whose response is an SSE stream: the
 /// `GenerationHandle`. Lives on its event loop; the channel's handler forwards to it.
 ///
-/// The sink is held weakly, like the simulator does: the caller keeps it alive until a terminal
-/// event. If it goes away sooner, the generation stops as if cancelled. The sink is set to nil
-/// on the terminal event and on `cancel()`, which is what guarantees no call after either.
+/// The sink is held strongly until the terminal event or `cancel()`, which set it to nil: that
+/// guarantees no call after either and ends the sink ↔ handle cycle. (Not weak: an object that
+/// is referenced weakly pays the runtime's slow side-table path on every retain and release,
+/// and the sink is retained per token.)
 final class StreamingHTTPRequest<Decoder: UpstreamStreamDecoder>: GenerationHandle {
     private let eventLoop: any EventLoop
     private let endpoint: UpstreamEndpoint
     private let head: HTTPRequestHead
     private let body: ByteBuffer
     private let connectTimeout: TimeAmount
-    private weak var sink: (any GenerationSink)?
+    private var sink: (any GenerationSink)?
     private var stateMachine: StreamingHTTPRequestStateMachine<Decoder>
     /// The connected channel; nil before the connect completes and after the end.
     private var channel: (any Channel)?
@@ -235,7 +236,7 @@ final class StreamingHTTPRequest<Decoder: UpstreamStreamDecoder>: GenerationHand
         self.stateMachine = StreamingHTTPRequestStateMachine(decoder: decoder, timeouts: timeouts, maximumEventSize: maximumEventSize)
     }
 
-    /// Over once the sink has heard its terminal event, or was cancelled or released.
+    /// Over once the sink has heard its terminal event, or was cancelled.
     var isOver: Bool { self.sink == nil }
 
     func start() {

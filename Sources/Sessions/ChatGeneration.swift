@@ -11,6 +11,9 @@ protocol ChatOutput: AnyObject {
     var isWritable: Bool { get }
     /// Queues one message encoded by `encode` (without flushing).
     func writeMessage(_ encode: (inout ByteBuffer) -> Void)
+    /// Queues one message only if the client is connected and keeping up, and says whether it
+    /// did: the per-delta path, one call instead of three.
+    func writeMessageIfWritable(_ encode: (inout ByteBuffer) -> Void) -> Bool
     func flush()
     /// The generation sent its `generation.done` (or ended while the client was gone).
     func generationEnded(_ generation: ChatGeneration)
@@ -43,11 +46,7 @@ final class ChatGeneration: GenerationSink {
     private var answerBytes = ByteBuffer()
     var answer: String { String(buffer: self.answerBytes) }
     /// `{"type":"generation.delta","generation_id":"…","seq":` encoded once per generation.
-    private lazy var deltaPrefix: ByteBuffer = {
-        var prefix = ByteBuffer()
-        ServerMessageEncoder.generationDeltaPrefix(generationID: self.id, into: &prefix)
-        return prefix
-    }()
+    private let deltaPrefix: ByteBuffer
     private var upstreamUsage: (prompt: Int, completion: Int)?
     private let promptEstimate: Int
 
@@ -70,6 +69,9 @@ final class ChatGeneration: GenerationSink {
         self.model = model
         self.promptEstimate = promptEstimate
         self.output = output
+        var prefix = ByteBuffer()
+        ServerMessageEncoder.generationDeltaPrefix(generationID: id, into: &prefix)
+        self.deltaPrefix = prefix
     }
 
     /// Starts the upstream request on the output's event loop (chunks arrive with no hop).
@@ -110,18 +112,22 @@ final class ChatGeneration: GenerationSink {
     func generationDidProduce(_ text: Substring) {
         guard !self.ended else { return }
         if !self.announced { self.announce() }
-        self.seq += 1
-        self.answerBytes.writeSubstring(text)
-        if self.output.isConnected, self.output.isWritable, self.pendingFirstSeq == nil {
-            let seq = self.seq
+        let seq = self.seq + 1
+        self.seq = seq
+        if text.utf8.withContiguousStorageIfAvailable({ self.answerBytes.writeBytes($0) }) == nil {
+            self.answerBytes.writeSubstring(text)
+        }
+        if self.pendingFirstSeq == nil {
             let prefix = self.deltaPrefix
-            self.output.writeMessage { buffer in
+            let written = self.output.writeMessageIfWritable { buffer in
                 ServerMessageEncoder.generationDelta(prefix: prefix, seq: seq, firstSeq: nil, text: text.utf8, into: &buffer)
             }
-        } else {
-            if self.pendingFirstSeq == nil { self.pendingFirstSeq = self.seq }
-            self.pendingText += text
+            if written { return }
+            // Not connected: nothing to hold back (the answer is kept above).
+            guard self.output.isConnected else { return }
+            self.pendingFirstSeq = seq
         }
+        self.pendingText += text
     }
 
     func generationDidReportUsage(promptTokens: Int, completionTokens: Int) {
@@ -168,9 +174,9 @@ final class ChatGeneration: GenerationSink {
         guard let firstSeq = self.pendingFirstSeq, self.output.isConnected else { return }
         let seq = self.seq
         let text = self.pendingText
+        let prefix = self.deltaPrefix
         self.output.writeMessage { buffer in
-            ServerMessageEncoder.generationDelta(
-                generationID: self.id, seq: seq, firstSeq: firstSeq, text: Substring(text).utf8, into: &buffer)
+            ServerMessageEncoder.generationDelta(prefix: prefix, seq: seq, firstSeq: firstSeq, text: Substring(text).utf8, into: &buffer)
         }
         self.pendingFirstSeq = nil
         self.pendingText = ""

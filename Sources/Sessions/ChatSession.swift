@@ -100,6 +100,9 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     var isConnected: Bool { self.connection?.isOpen ?? false }
     var isWritable: Bool { self.connection?.isWritable ?? false }
     func writeMessage(_ encode: (inout ByteBuffer) -> Void) { self.connection?.writeText(encode) }
+    func writeMessageIfWritable(_ encode: (inout ByteBuffer) -> Void) -> Bool {
+        self.connection?.writeTextIfWritable(encode) ?? false
+    }
     func flush() { self.connection?.flush() }
 
     func generationEnded(_ generation: ChatGeneration) {

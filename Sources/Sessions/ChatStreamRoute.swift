@@ -83,6 +83,12 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         writer.writeBody(buffer, flush: false)
     }
 
+    func writeMessageIfWritable(_ encode: (inout ByteBuffer) -> Void) -> Bool {
+        guard self.isConnected, self.isWritable else { return false }
+        self.writeMessage(encode)
+        return true
+    }
+
     func flush() { self.writer?.flush() }
 
     func generationEnded(_ generation: ChatGeneration) {

@@ -13,6 +13,33 @@ public final class ConversationMemory: Sendable {
     private struct State {
         var conversations: [String: Conversation] = [:]
         var clock: UInt64 = 0
+        /// Every use in order, with the clock at that use. Evicting walks it from the front and
+        /// skips uses that a later one superseded: least-recently-used in O(1) amortized, where
+        /// searching the dictionary for the oldest cost O(n) per new conversation.
+        var uses: [(id: String, stamp: UInt64)] = []
+        var usesStart = 0
+
+        mutating func touch(_ id: String) -> UInt64 {
+            self.clock += 1
+            self.uses.append((id, self.clock))
+            return self.clock
+        }
+
+        mutating func evict(downTo limit: Int) {
+            while self.conversations.count > limit, self.usesStart < self.uses.count {
+                let use = self.uses[self.usesStart]
+                self.usesStart += 1
+                if self.conversations[use.id]?.lastUsed == use.stamp {
+                    self.conversations.removeValue(forKey: use.id)
+                }
+            }
+            // Bound the queue: once it holds mostly consumed or superseded uses, rebuild it
+            // from the live conversations (O(n log n), paid once per O(n) uses).
+            if self.uses.count - self.usesStart > 2 * self.conversations.count + 1024 || self.usesStart > self.uses.count / 2 {
+                self.uses = self.conversations.map { ($0.key, $0.value.lastUsed) }.sorted { $0.stamp < $1.stamp }
+                self.usesStart = 0
+            }
+        }
     }
 
     private let state = Mutex(State())
@@ -26,15 +53,13 @@ public final class ConversationMemory: Sendable {
 
     public func create(id: String) {
         self.state.withLock { state in
-            state.clock += 1
-            state.conversations[id] = Conversation(lastUsed: state.clock)
-            if state.conversations.count > self.maxConversations,
-               let oldest = state.conversations.min(by: { $0.value.lastUsed < $1.value.lastUsed })?.key
-            {
-                state.conversations.removeValue(forKey: oldest)
-            }
+            state.conversations[id] = Conversation(lastUsed: state.touch(id))
+            state.evict(downTo: self.maxConversations)
         }
     }
+
+    /// Uses queued for eviction (live and superseded); bounded by the live count plus a slack.
+    var queuedUses: Int { self.state.withLock { $0.uses.count - $0.usesStart } }
 
     public func exists(_ id: String) -> Bool {
         self.state.withLock { $0.conversations[id] != nil }
@@ -43,11 +68,11 @@ public final class ConversationMemory: Sendable {
     /// The context to send upstream: the stored messages, newest kept within the budget.
     public func context(of id: String) -> [ChatMessage]? {
         self.state.withLock { state in
-            guard var conversation = state.conversations[id] else { return nil }
-            state.clock += 1
-            conversation.lastUsed = state.clock
-            state.conversations[id] = conversation
-            return conversation.messages
+            guard state.conversations[id] != nil else { return nil }
+            let stamp = state.touch(id)
+            state.conversations[id]!.lastUsed = stamp
+            state.evict(downTo: self.maxConversations)
+            return state.conversations[id]!.messages
         }
     }
 

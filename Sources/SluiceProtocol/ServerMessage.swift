@@ -61,8 +61,9 @@ public enum ServerMessageEncoder {
 
     /// One delta; `firstSeq` is given when the delta merges several (seq stays contiguous).
     public static func generationDelta(generationID: String, seq: Int64, firstSeq: Int64?, text: Substring.UTF8View, into buffer: inout ByteBuffer) {
-        Self.generationDeltaPrefix(generationID: generationID, into: &buffer)
-        Self.generationDeltaRest(seq: seq, firstSeq: firstSeq, text: text, into: &buffer)
+        var prefix = ByteBuffer()
+        Self.generationDeltaPrefix(generationID: generationID, into: &prefix)
+        Self.generationDelta(prefix: prefix, seq: seq, firstSeq: firstSeq, text: text, into: &buffer)
     }
 
     /// The constant start of a generation's deltas, to encode once and reuse with
@@ -74,20 +75,43 @@ public enum ServerMessageEncoder {
     }
 
     /// A delta after a prefix from `generationDeltaPrefix`: same bytes as `generationDelta`.
+    /// The hot path of streaming: every piece goes through one raw write (one capacity check and
+    /// one exclusivity check per delta instead of one per field).
     public static func generationDelta(prefix: ByteBuffer, seq: Int64, firstSeq: Int64?, text: Substring.UTF8View, into buffer: inout ByteBuffer) {
-        buffer.writeImmutableBuffer(prefix)
-        Self.generationDeltaRest(seq: seq, firstSeq: firstSeq, text: text, into: &buffer)
+        let written: Void? = text.withContiguousStorageIfAvailable { text in
+            prefix.withUnsafeReadableBytes { prefix in
+                Self.writeDelta(prefix: prefix, seq: seq, firstSeq: firstSeq, text: UnsafeRawBufferPointer(text), into: &buffer)
+            }
+        }
+        if written == nil {
+            var copy = String(Substring(text))
+            copy.withUTF8 { text in
+                prefix.withUnsafeReadableBytes { prefix in
+                    Self.writeDelta(prefix: prefix, seq: seq, firstSeq: firstSeq, text: UnsafeRawBufferPointer(text), into: &buffer)
+                }
+            }
+        }
     }
 
-    private static func generationDeltaRest(seq: Int64, firstSeq: Int64?, text: Substring.UTF8View, into buffer: inout ByteBuffer) {
-        buffer.writeDecimal(seq)
-        if let firstSeq, firstSeq != seq {
-            buffer.writeStaticString(#","first_seq":"#)
-            buffer.writeDecimal(firstSeq)
+    @inline(__always)
+    private static func writeDelta(
+        prefix: UnsafeRawBufferPointer, seq: Int64, firstSeq: Int64?, text: UnsafeRawBufferPointer, into buffer: inout ByteBuffer
+    ) {
+        // prefix + two 20-digit numbers + the constant keys + the escaped text.
+        let maximum = prefix.count + 2 * RawJSONWriter.maximumDecimalLength + 24 + RawJSONWriter.maximumEscapedLength(text)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: maximum) { out in
+            var writer = RawJSONWriter(out)
+            writer.write(prefix)
+            writer.writeDecimal(seq)
+            if let firstSeq, firstSeq != seq {
+                writer.write(#","first_seq":"#)
+                writer.writeDecimal(firstSeq)
+            }
+            writer.write(#","text":"#)
+            writer.writeJSONString(text)
+            writer.write("}")
+            return writer.count
         }
-        buffer.writeStaticString(#","text":"#)
-        buffer.writeJSONString(text)
-        buffer.writeStaticString("}")
     }
 
     public static func generationDone(
@@ -171,31 +195,11 @@ extension ByteBuffer {
 
     @inlinable
     public mutating func writeJSONString(bytes: UnsafeRawBufferPointer) {
-        self.reserveCapacity(minimumWritableBytes: bytes.count + 2)
-        self.writeInteger(UInt8(ascii: "\""))
-        var runStart = 0
-        for index in 0..<bytes.count {
-            let byte = bytes[index]
-            guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
-            if runStart < index { self.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[runStart..<index])) }
-            runStart = index + 1
-            switch byte {
-            case UInt8(ascii: "\""): self.writeStaticString("\\\"")
-            case UInt8(ascii: "\\"): self.writeStaticString("\\\\")
-            case 0x0A: self.writeStaticString("\\n")
-            case 0x0D: self.writeStaticString("\\r")
-            case 0x09: self.writeStaticString("\\t")
-            case 0x08: self.writeStaticString("\\b")
-            case 0x0C: self.writeStaticString("\\f")
-            default:
-                let hex: [UInt8] = Array("0123456789abcdef".utf8)
-                self.writeStaticString("\\u00")
-                self.writeInteger(hex[Int(byte >> 4)])
-                self.writeInteger(hex[Int(byte & 0x0F)])
-            }
+        self.writeWithUnsafeMutableBytes(minimumWritableBytes: RawJSONWriter.maximumEscapedLength(bytes)) { out in
+            var writer = RawJSONWriter(out)
+            writer.writeJSONString(bytes)
+            return writer.count
         }
-        if runStart < bytes.count { self.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[runStart...])) }
-        self.writeInteger(UInt8(ascii: "\""))
     }
 
     /// Writes an integer in decimal without going through `String`.
@@ -224,5 +228,101 @@ extension ByteBuffer {
             } while rest > 0
             self.writeBytes(UnsafeRawBufferPointer(rebasing: out[(20 - count)...]))
         }
+    }
+}
+
+/// Appends JSON pieces to raw memory that the caller sized with the `maximum…` helpers, so a
+/// whole message is written under one capacity check. Bounds are checked in debug builds.
+@usableFromInline
+struct RawJSONWriter {
+    @usableFromInline let out: UnsafeMutableRawBufferPointer
+    @usableFromInline var count = 0
+
+    @usableFromInline static let maximumDecimalLength = 20
+
+    @inlinable
+    init(_ out: UnsafeMutableRawBufferPointer) { self.out = out }
+
+    /// Room for `"…"` with every byte escaped in the worst case (`\u00XX`), counted exactly for
+    /// long texts so a big merged delta does not reserve six times its size.
+    @inlinable
+    static func maximumEscapedLength(_ bytes: UnsafeRawBufferPointer) -> Int {
+        guard bytes.count > 4096 else { return bytes.count * 6 + 2 }
+        var length = bytes.count + 2
+        for byte in bytes where byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") {
+            length += byte < 0x20 ? 5 : 1
+        }
+        return length
+    }
+
+    @inlinable
+    mutating func write(_ bytes: UnsafeRawBufferPointer) {
+        guard let source = bytes.baseAddress, bytes.count > 0 else { return }
+        assert(self.count + bytes.count <= self.out.count)
+        (self.out.baseAddress! + self.count).copyMemory(from: source, byteCount: bytes.count)
+        self.count += bytes.count
+    }
+
+    @inlinable
+    mutating func write(_ string: StaticString) {
+        self.write(UnsafeRawBufferPointer(start: string.utf8Start, count: string.utf8CodeUnitCount))
+    }
+
+    @inlinable
+    mutating func write(byte: UInt8) {
+        assert(self.count < self.out.count)
+        self.out[self.count] = byte
+        self.count += 1
+    }
+
+    @inlinable
+    mutating func writeDecimal(_ value: Int64) {
+        if value < 0 { self.write(byte: UInt8(ascii: "-")) }
+        var rest = value.magnitude
+        var digits = 0
+        var probe = rest
+        repeat { digits += 1; probe /= 10 } while probe > 0
+        assert(self.count + digits <= self.out.count)
+        var index = self.count + digits - 1
+        repeat {
+            self.out[index] = UInt8(ascii: "0") + UInt8(truncatingIfNeeded: rest % 10)
+            rest /= 10
+            index -= 1
+        } while rest > 0
+        self.count += digits
+    }
+
+    /// `"…"` with JSON escaping (RFC 8259 §7): quote, backslash and control characters; other
+    /// UTF-8 bytes pass through unchanged.
+    @inlinable
+    mutating func writeJSONString(_ bytes: UnsafeRawBufferPointer) {
+        self.write(byte: UInt8(ascii: "\""))
+        var runStart = 0
+        for index in 0..<bytes.count {
+            let byte = bytes[index]
+            guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
+            if runStart < index { self.write(UnsafeRawBufferPointer(rebasing: bytes[runStart..<index])) }
+            runStart = index + 1
+            switch byte {
+            case UInt8(ascii: "\""): self.write("\\\"")
+            case UInt8(ascii: "\\"): self.write("\\\\")
+            case 0x0A: self.write("\\n")
+            case 0x0D: self.write("\\r")
+            case 0x09: self.write("\\t")
+            case 0x08: self.write("\\b")
+            case 0x0C: self.write("\\f")
+            default:
+                self.write("\\u00")
+                self.write(byte: Self.hexDigit(byte >> 4))
+                self.write(byte: Self.hexDigit(byte & 0x0F))
+            }
+        }
+        if runStart < bytes.count { self.write(UnsafeRawBufferPointer(rebasing: bytes[runStart...])) }
+        self.write(byte: UInt8(ascii: "\""))
+    }
+
+    @inlinable
+    static func hexDigit(_ nibble: UInt8) -> UInt8 {
+        nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
     }
 }

@@ -67,6 +67,11 @@ public struct WebSocketConnection {
     /// Encodes a text message straight into a per-connection scratch buffer (reused, so no
     /// allocation per message) and queues it without flushing. `body` must write UTF-8.
     public func writeText(_ body: (inout ByteBuffer) -> Void) { self.handler.writeEncoded(.text, body) }
+    /// `writeText` if the connection is open and writable; false (nothing written) otherwise.
+    /// For producers that hold back or merge while the peer is behind.
+    public func writeTextIfWritable(_ body: (inout ByteBuffer) -> Void) -> Bool {
+        self.handler.writeEncodedIfWritable(.text, body)
+    }
     public func flush() { self.handler.flushOutbound() }
     /// Starts the close handshake.
     public func close(code: WebSocketCloseCode = .normalClosure, reason: String = "") {

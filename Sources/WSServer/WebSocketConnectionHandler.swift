@@ -27,6 +27,11 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     private let settings: ConnectionSettings
     /// permessage-deflate as agreed for this connection; nil when not negotiated.
     private let deflate: DeflateParameters?
+    /// Outbound messages are compressed (the server's window bits were agreed).
+    private let compressesOutbound: Bool
+    /// The channel's writability as its last `channelWritabilityChanged` said: read per message
+    /// on the streaming path, where asking the channel costs a pipeline lookup and refcounting.
+    private var channelIsWritable = false
     private var info: WebSocketConnectionInfo?
     private var delegate: (any WebSocketConnectionDelegate)?
     private var context: ChannelHandlerContext?
@@ -62,6 +67,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     init(settings: ConnectionSettings, deflate: DeflateParameters?, info: WebSocketConnectionInfo) {
         self.settings = settings
         self.deflate = deflate
+        self.compressesOutbound = deflate?.serverWindowBits != nil
         self.info = info
         self.parser = WebSocketFrameParser(maxFrameSize: settings.maxFrameSize, allowsRSV1: deflate != nil)
     }
@@ -71,13 +77,14 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     private var connectionEventLoop: (any EventLoop)?
     var eventLoop: any EventLoop { self.connectionEventLoop! }
     var allocator: ByteBufferAllocator { self.context?.channel.allocator ?? ByteBufferAllocator() }
-    var isWritable: Bool { self.context?.channel.isWritable ?? false }
+    var isWritable: Bool { self.channelIsWritable }
     var isOpen: Bool { if case .open = self.state { return true } else { return false } }
 
     // MARK: Lifecycle
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.channelIsWritable = context.channel.isWritable
         self.settings.metrics.connectionOpened()
         self.connectionEventLoop = context.eventLoop
         let heartbeat = HeartbeatStateMachine(
@@ -383,8 +390,8 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     private var scratch: ByteBuffer?
 
     func writeEncoded(_ opcode: WebSocketOpcode, _ body: (inout ByteBuffer) -> Void) {
-        guard case .open = self.state, let context = self.context else { return }
-        if self.deflate?.serverWindowBits == nil {
+        guard case .open = self.state else { return }
+        if !self.compressesOutbound {
             // No outbound compression: encode straight into the outbound buffer behind a
             // 2-byte header, then fix the header (moving the payload for longer lengths).
             // Work on a local copy (moved out, so still uniquely referenced): inout access to a
@@ -395,8 +402,11 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
             body(&outbound)
             let length = outbound.writerIndex - headerIndex - 2
             outbound.fixWebSocketFrameHeader(at: headerIndex, opcode: opcode, payloadLength: length)
+            let pending = outbound.readableBytes
             self.outbound = outbound
-            self.outboundGrew(context: context, flush: false)
+            if pending > self.settings.maxOutboundBytes, let context = self.context {
+                self.outboundGrew(context: context, flush: false)
+            }
             return
         }
         var scratch = self.scratch ?? self.allocator.buffer(capacity: 256)
@@ -405,6 +415,13 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         body(&scratch)
         self.sendMessage(opcode, scratch, flush: false)
         if scratch.capacity <= 16 * 1024 { self.scratch = scratch }
+    }
+
+    /// `writeEncoded` only while the channel is writable; says whether it wrote.
+    func writeEncodedIfWritable(_ opcode: WebSocketOpcode, _ body: (inout ByteBuffer) -> Void) -> Bool {
+        guard self.channelIsWritable, case .open = self.state else { return false }
+        self.writeEncoded(opcode, body)
+        return true
     }
 
     /// Hands queued frames to the channel if it can take them.
@@ -515,7 +532,8 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable {
+        self.channelIsWritable = context.channel.isWritable
+        if self.channelIsWritable {
             self.flushOutbound()
             if self.readPending && self.outbound == nil {
                 self.readPending = false

@@ -119,7 +119,7 @@ final class RecordingSink: GenerationSink {
     func generationDidFail(_ error: InferenceError) { self.record(.fail(error.kind), error: error) }
 }
 
-/// A started generation; holding it keeps the (weakly held) sink alive.
+/// A started generation and its sink (which the engine holds until the end or a cancel).
 struct TestGeneration: Sendable {
     let sink: NIOLoopBound<RecordingSink>
     let log: SinkLog

@@ -106,16 +106,34 @@ import Testing
     }
 }
 
-@Suite struct DeltaPrefixTests {
-    @Test func prefixedDeltaIsByteForByteTheSame() {
+@Suite struct DeltaEncodingTests {
+    @Test func deltaBytesAreExact() {
         var prefix = ByteBuffer()
         ServerMessageEncoder.generationDeltaPrefix(generationID: "gen_\"x", into: &prefix)
-        for (seq, first) in [(Int64(1), Int64?.none), (12, 10)] {
-            var direct = ByteBuffer()
-            ServerMessageEncoder.generationDelta(generationID: "gen_\"x", seq: seq, firstSeq: first, text: "a\nb".utf8[...], into: &direct)
-            var prefixed = ByteBuffer()
-            ServerMessageEncoder.generationDelta(prefix: prefix, seq: seq, firstSeq: first, text: "a\nb".utf8[...], into: &prefixed)
-            #expect(direct == prefixed)
+        var merged = ByteBuffer()
+        ServerMessageEncoder.generationDelta(prefix: prefix, seq: 12, firstSeq: 10, text: "a\nb\u{1}".utf8[...], into: &merged)
+        #expect(String(buffer: merged) == #"{"type":"generation.delta","generation_id":"gen_\"x","seq":12,"first_seq":10,"text":"a\nb\u0001"}"#)
+        var single = ByteBuffer()
+        ServerMessageEncoder.generationDelta(generationID: "g", seq: Int64.max, firstSeq: nil, text: "".utf8[...], into: &single)
+        #expect(String(buffer: single) == #"{"type":"generation.delta","generation_id":"g","seq":9223372036854775807,"text":""}"#)
+    }
+
+    /// Random texts of every byte class and of lengths on both sides of the exact-size path
+    /// (4,096 bytes) round-trip through a JSON parser, appended after other data.
+    @Test func randomTextsRoundTrip() throws {
+        var random = SystemRandomNumberGenerator()
+        let alphabet: [String] = ["a", " ", "\"", "\\", "\n", "\t", "\u{0}", "\u{1F}", "\u{7F}", "é", "€", "𝄞", "/"]
+        for length in [0, 1, 5, 100, 4095, 4096, 4097, 20_000] {
+            let text = String((0..<length).map { _ in alphabet.randomElement(using: &random)! }.joined().prefix(length))
+            var buffer = ByteBuffer(string: "xyz")
+            ServerMessageEncoder.generationDelta(generationID: "g", seq: Int64(length), firstSeq: nil, text: Substring(text).utf8, into: &buffer)
+            buffer.moveReaderIndex(forwardBy: 3)
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(buffer.readableBytesView)) as? [String: Any])
+            #expect(object["text"] as? String == text)
+            #expect(object["seq"] as? Int == length)
+            var string = ByteBuffer()
+            string.writeJSONString(text)
+            #expect(try JSONSerialization.jsonObject(with: Data(string.readableBytesView), options: .fragmentsAllowed) as? String == text)
         }
     }
 }
