@@ -27,16 +27,24 @@ public struct ChatConfiguration: Sendable, Equatable {
 /// The `sluice.v1` chat protocol on top of the WebSocket data plane.
 public struct ChatApplication: WebSocketApplication {
     let configuration: ChatConfiguration
-    let engine: any InferenceEngine
+    let router: InferenceRouter
     let conversations: ConversationMemory
     let logger: Logger
 
-    public init(configuration: ChatConfiguration, engine: any InferenceEngine, conversations: ConversationMemory, logger: Logger) {
+    public init(configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory, logger: Logger) {
         self.configuration = configuration
-        self.engine = engine
+        self.router = router
         self.conversations = conversations
         self.logger = logger
     }
+
+    /// One upstream for everything.
+    public init(configuration: ChatConfiguration, engine: any InferenceEngine, conversations: ConversationMemory, logger: Logger) {
+        self.init(configuration: configuration, router: InferenceRouter(single: engine), conversations: conversations, logger: logger)
+    }
+
+    /// The model announced in `session.ready`: the default upstream's.
+    var defaultModel: String { self.router.defaultUpstream.engine.defaultModel }
 
     public func makeDelegate(for connection: WebSocketConnectionInfo) -> any WebSocketConnectionDelegate {
         ChatSession(application: self)
@@ -50,6 +58,11 @@ extension ChatApplication {
     func beginGeneration(
         _ send: ClientMessage.ChatSend, output: any ChatOutput, on eventLoop: any EventLoop
     ) -> Result<ChatGeneration, ProtocolViolation> {
+        let route: InferenceRouter.Route
+        switch self.router.route(model: send.model) {
+        case .success(let found): route = found
+        case .failure(let unknown): return .failure(ProtocolViolation(.notFound, unknown.message, requestID: send.requestID))
+        }
         let conversationID: String
         var context: [ChatMessage] = []
         if let requested = send.conversationID {
@@ -66,13 +79,13 @@ extension ChatApplication {
         self.conversations.append(userMessage, to: conversationID)
         context.append(userMessage)
         let request = GenerationRequest(
-            messages: context, model: send.model, maxTokens: send.maxTokens ?? self.configuration.defaultMaxTokens,
+            messages: context, model: route.model, maxTokens: send.maxTokens ?? self.configuration.defaultMaxTokens,
             temperature: send.temperature)
         let generation = ChatGeneration(
             id: Identifier.make("gen_"), conversationID: conversationID, requestID: send.requestID,
-            model: send.model ?? self.engine.defaultModel,
+            model: route.model ?? route.upstream.engine.defaultModel,
             promptEstimate: context.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 },
-            output: output, engine: self.engine, request: request, eventLoop: eventLoop,
+            output: output, engine: route.upstream.engine, request: request, eventLoop: eventLoop,
             conversations: self.conversations)
         return .success(generation)
     }

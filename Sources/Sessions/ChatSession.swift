@@ -24,7 +24,7 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         connection.writeText { buffer in
             ServerMessageEncoder.sessionReady(
                 sessionID: self.sessionID, instanceID: self.configuration.instanceID,
-                heartbeatMs: self.configuration.heartbeatMs, model: self.application.engine.defaultModel, into: &buffer)
+                heartbeatMs: self.configuration.heartbeatMs, model: self.application.defaultModel, into: &buffer)
         }
         connection.flush()
     }

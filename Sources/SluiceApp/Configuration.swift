@@ -21,8 +21,11 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var chat: ChatConfiguration = .init(instanceID: "")
     /// The built-in simulator engine (`simulator:` section), the upstream when none is configured.
     public var simulator: SimulatorEngine.Configuration = .init()
-    /// The inference upstream (`upstream:` section).
+    /// The inference upstream (`upstream:` section); its timeouts apply to named upstreams too.
     public var upstream: UpstreamSettings = .init()
+    /// Named upstreams (`upstreams:` list); when given, they replace `upstream`'s kind, URL, model
+    /// and key, the first is the default, and a client's `model` picks one by name or model.
+    public var upstreams: [NamedUpstream] = []
 
     /// Log levels accepted by `logLevel`, most verbose first (the names swift-log uses).
     public static let logLevels: [String] = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
@@ -48,6 +51,11 @@ public struct SluiceConfiguration: Sendable, Equatable {
                 value: String(server.writeBufferLowWatermark),
                 reason: "must not exceed websocket.write_buffer_high_watermark (\(server.writeBufferHighWatermark))"
             )
+        }
+        if !self.upstreams.isEmpty && (self.upstream.baseURL != nil || self.upstream.kind != .sim) {
+            throw ConfigurationError(
+                kind: .inconsistent, key: "upstreams", value: nil,
+                reason: "give either upstreams (a named list) or upstream.kind/base_url (one upstream), not both")
         }
         if self.upstream.kind != .sim && self.upstream.baseURL == nil {
             throw ConfigurationError(
@@ -160,4 +168,23 @@ public struct UpstreamSettings: Sendable, Equatable {
     public var betweenTokensTimeout: TimeAmount = .seconds(30)
 
     public init() {}
+}
+
+/// One entry of the `upstreams:` list.
+public struct NamedUpstream: Sendable, Equatable {
+    /// What clients put in `chat.send.model` to choose this upstream.
+    public var name: String
+    public var kind: UpstreamSettings.Kind
+    public var baseURL: String?
+    /// Model name sent upstream; nil asks an OpenAI-compatible server (Triton: `ensemble`).
+    public var model: String?
+    public var apiKey: String?
+
+    public init(name: String, kind: UpstreamSettings.Kind, baseURL: String? = nil, model: String? = nil, apiKey: String? = nil) {
+        self.name = name
+        self.kind = kind
+        self.baseURL = baseURL
+        self.model = model
+        self.apiKey = apiKey
+    }
 }

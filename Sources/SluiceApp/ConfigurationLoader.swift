@@ -106,7 +106,9 @@ public enum ConfigurationLoader {
                 continue
             }
             let value: RawValue
-            if setting.takesList {
+            if setting.takesRecords {
+                value = try self.recordsFromEnvironment(text, setting: setting, variable: variable)
+            } else if setting.takesList {
                 value = .list(text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
             } else if text.isEmpty {
                 value = .null
@@ -114,6 +116,26 @@ public enum ConfigurationLoader {
                 value = .scalar(text)
             }
             try self.apply(setting, value, source: .environment(variable: variable), to: &configuration)
+        }
+    }
+
+    /// A records setting in an environment variable: flow YAML or JSON; empty means none.
+    private static func recordsFromEnvironment(_ text: String, setting: ConfigurationSetting, variable: String) throws(ConfigurationError) -> RawValue {
+        if text.trimmingCharacters(in: .whitespaces).isEmpty { return .records([]) }
+        let source = ConfigurationError.Source.environment(variable: variable)
+        let node: Node?
+        do {
+            node = try Yams.compose(yaml: text)
+        } catch {
+            throw ConfigurationError(kind: .wrongType, key: setting.key, value: text, reason: "not valid YAML or JSON: \(error)", source: source)
+        }
+        guard case .sequence(let sequence)? = node else {
+            throw ConfigurationError(kind: .wrongType, key: setting.key, value: text, reason: "expected \(setting.expected), as a YAML or JSON list", source: source)
+        }
+        do throws(ConfigurationError) {
+            return .records(try self.records(of: sequence, for: setting, path: variable))
+        } catch {
+            throw ConfigurationError(kind: error.kind, key: error.key, value: error.value, reason: error.reason, source: source)
         }
     }
 
@@ -198,6 +220,8 @@ public enum ConfigurationLoader {
         switch node {
         case .scalar(let scalar):
             return node.null != nil ? .null : .scalar(scalar.string)
+        case .sequence(let sequence) where setting.takesRecords:
+            return .records(try self.records(of: sequence, for: setting, path: path))
         case .sequence(let sequence):
             var items: [String] = []
             for item in sequence {
@@ -224,6 +248,34 @@ public enum ConfigurationLoader {
                 source: self.fileSource(path, node.mark)
             )
         }
+    }
+
+    /// A sequence of mappings of plain values.
+    private static func records(of sequence: Node.Sequence, for setting: ConfigurationSetting, path: String) throws(ConfigurationError) -> [[String: String]] {
+        var records: [[String: String]] = []
+        for item in sequence {
+            guard case .mapping(let mapping) = item else {
+                throw ConfigurationError(
+                    kind: .wrongType, key: setting.key, value: nil,
+                    reason: "list items must be mappings, expected \(setting.expected)",
+                    source: self.fileSource(path, item.mark))
+            }
+            var record: [String: String] = [:]
+            for (keyNode, valueNode) in mapping {
+                guard case .scalar(let key) = keyNode else {
+                    throw ConfigurationError(kind: .wrongType, key: setting.key, value: nil, reason: "keys must be plain names",
+                                             source: self.fileSource(path, keyNode.mark))
+                }
+                if valueNode.null != nil { continue }
+                guard case .scalar(let value) = valueNode else {
+                    throw ConfigurationError(kind: .wrongType, key: "\(setting.key).\(key.string)", value: nil,
+                                             reason: "expected a plain value", source: self.fileSource(path, valueNode.mark))
+                }
+                record[key.string] = value.string
+            }
+            records.append(record)
+        }
+        return records
     }
 
     private static func apply(
@@ -333,6 +385,7 @@ extension ConfigurationLoader {
         .duration("upstream.connect_timeout", mustBePositive: true) { $0.upstream.connectTimeout = $1 },
         .duration("upstream.first_token_timeout", mustBePositive: true) { $0.upstream.firstTokenTimeout = $1 },
         .duration("upstream.between_tokens_timeout", mustBePositive: true) { $0.upstream.betweenTokensTimeout = $1 },
+        .upstreamList("upstreams") { $0.upstreams = $1 },
     ]
 
     static let settingsByKey: [String: ConfigurationSetting] = Dictionary(
@@ -355,6 +408,8 @@ enum RawValue: Sendable {
     case scalar(String)
     /// A YAML sequence, a comma-separated environment variable, or a repeated option.
     case list([String])
+    /// A list of mappings of plain values (`upstreams:`).
+    case records([[String: String]])
 
     /// The value as shown in error messages; nil when there is nothing useful to show.
     var displayText: String? {
@@ -362,6 +417,7 @@ enum RawValue: Sendable {
         case .null: nil
         case .scalar(let text): text
         case .list(let items): "[" + items.joined(separator: ", ") + "]"
+        case .records(let records): "[" + records.map { "{" + $0.keys.sorted().joined(separator: ", ") + "}" }.joined(separator: ", ") + "]"
         }
     }
 }
@@ -380,8 +436,20 @@ struct ConfigurationSetting: Sendable {
     let expected: String
     /// Lists are written differently in the environment (comma-separated).
     let takesList: Bool
+    /// A list of mappings: in the file a YAML sequence of mappings, in the environment the same
+    /// written as flow YAML or JSON (`[{name: a, kind: openai, base_url: "http://…"}]`).
+    var takesRecords = false
     /// Parses and checks the value, then stores it.
     let apply: @Sendable (inout SluiceConfiguration, RawValue) throws(ValueProblem) -> Void
+
+    init(key: String, expected: String, takesList: Bool, takesRecords: Bool = false,
+         apply: @escaping @Sendable (inout SluiceConfiguration, RawValue) throws(ValueProblem) -> Void) {
+        self.key = key
+        self.expected = expected
+        self.takesList = takesList
+        self.takesRecords = takesRecords
+        self.apply = apply
+    }
 
     typealias Setter<Value> = @Sendable (inout SluiceConfiguration, Value) -> Void
 
@@ -455,7 +523,7 @@ struct ConfigurationSetting: Sendable {
                 set(&configuration, nil)
             case .scalar(let text):
                 set(&configuration, text.isEmpty ? nil : text)
-            case .list:
+            case .list, .records:
                 throw ValueProblem(kind: .wrongType, reason: "expected a string or nothing, got a list")
             }
         }
@@ -470,13 +538,52 @@ struct ConfigurationSetting: Sendable {
                     throw ValueProblem(kind: .invalidValue, reason: "list items must not be empty")
                 }
                 set(&configuration, items)
-            case .null, .scalar:
+            case .null, .scalar, .records:
                 throw ValueProblem(kind: .wrongType, reason: "expected \(expected), e.g. [a, b] or []")
             }
         }
     }
 
     /// A string from a fixed set, matched case-insensitively and stored lowercased.
+    static func upstreamList(_ key: String, _ set: @escaping Setter<[NamedUpstream]>) -> Self {
+        let expected = "a list of upstreams, each with name, kind (openai, triton or sim), base_url, model, api_key"
+        return Self(key: key, expected: expected, takesList: false, takesRecords: true) { configuration, raw throws(ValueProblem) in
+            let records: [[String: String]]
+            switch raw {
+            case .records(let items): records = items
+            case .null: records = []
+            case .list(let items) where items.isEmpty: records = []
+            case .scalar, .list:
+                throw ValueProblem(kind: .wrongType, reason: "expected \(expected)")
+            }
+            var upstreams: [NamedUpstream] = []
+            let allowedKeys = ["name", "kind", "base_url", "model", "api_key"]
+            for (index, record) in records.enumerated() {
+                let at = "entry \(index + 1)"
+                if let unknown = record.keys.sorted().first(where: { !allowedKeys.contains($0) }) {
+                    throw ValueProblem(kind: .unknownKey, reason: "\(at): unknown key \(unknown) (expected one of \(allowedKeys.joined(separator: ", ")))")
+                }
+                guard let name = record["name"], !name.isEmpty else {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at): needs a name")
+                }
+                guard !upstreams.contains(where: { $0.name == name }) else {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at): the name \(name) is used twice")
+                }
+                let kinds = UpstreamSettings.Kind.allCases.map(\.rawValue)
+                guard let kindText = record["kind"], let kind = UpstreamSettings.Kind(rawValue: kindText.lowercased()) else {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at) (\(name)): kind must be one of \(kinds.joined(separator: ", "))")
+                }
+                let nonEmpty: (String) -> String? = { record[$0].flatMap { $0.isEmpty ? nil : $0 } }
+                let baseURL = nonEmpty("base_url")
+                if kind != .sim && baseURL == nil {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at) (\(name)): kind \(kind.rawValue) needs base_url")
+                }
+                upstreams.append(NamedUpstream(name: name, kind: kind, baseURL: baseURL, model: nonEmpty("model"), apiKey: nonEmpty("api_key")))
+            }
+            set(&configuration, upstreams)
+        }
+    }
+
     static func oneOf(_ key: String, _ allowed: [String], _ set: @escaping Setter<String>) -> Self {
         let expected = "one of " + allowed.joined(separator: ", ")
         return Self(key: key, expected: expected, takesList: false) { configuration, raw throws(ValueProblem) in
@@ -498,7 +605,7 @@ enum ValueParser {
             return text.trimmingCharacters(in: .whitespaces)
         case .null:
             throw ValueProblem(kind: .wrongType, reason: "expected \(expected), got nothing")
-        case .list:
+        case .list, .records:
             throw ValueProblem(kind: .wrongType, reason: "expected \(expected), got a list")
         }
     }

@@ -21,9 +21,9 @@ public enum SluiceServer {
             var chat = configuration.chat
             chat.instanceID = configuration.instanceID ?? Self.generatedInstanceID()
             chat.heartbeatMs = configuration.server.heartbeatInterval.nanoseconds / 1_000_000
-            let engine = try await Self.makeEngine(configuration, logger: logger)
+            let router = try await Self.makeRouter(configuration, logger: logger)
             let chatApplication = ChatApplication(
-                configuration: chat, engine: engine, conversations: ConversationMemory(), logger: logger)
+                configuration: chat, router: router, conversations: ConversationMemory(), logger: logger)
             application = chatApplication
             httpRoutes = ChatStreamRoutes(application: chatApplication)
         }
@@ -37,17 +37,36 @@ public enum SluiceServer {
         try await group.run()
     }
 
-    /// The configured upstream. An OpenAI-compatible server without a configured model is asked
+    /// The configured upstreams: the named list, or the single `upstream`.
+    static func makeRouter(_ configuration: SluiceConfiguration, logger: Logger) async throws -> InferenceRouter {
+        guard !configuration.upstreams.isEmpty else {
+            let upstream = configuration.upstream
+            let engine = try await Self.makeEngine(
+                NamedUpstream(name: "default", kind: upstream.kind, baseURL: upstream.baseURL, model: upstream.model, apiKey: upstream.apiKey),
+                configuration, logger: logger)
+            return InferenceRouter(single: engine)
+        }
+        var upstreams: [InferenceRouter.Upstream] = []
+        for named in configuration.upstreams {
+            upstreams.append(.init(name: named.name, engine: try await Self.makeEngine(named, configuration, logger: logger)))
+        }
+        logger.notice("upstreams by name", metadata: [
+            "sluice.upstreams": "\(upstreams.map(\.name).joined(separator: ", "))", "sluice.default": "\(upstreams[0].name)",
+        ])
+        return InferenceRouter(upstreams: upstreams)
+    }
+
+    /// One upstream's engine. An OpenAI-compatible server without a configured model is asked
     /// for its model list now, so the first client already sees the real name.
-    static func makeEngine(_ configuration: SluiceConfiguration, logger: Logger) async throws -> any InferenceEngine {
-        let upstream = configuration.upstream
+    static func makeEngine(_ upstream: NamedUpstream, _ configuration: SluiceConfiguration, logger: Logger) async throws -> any InferenceEngine {
         let timeouts = UpstreamTimeouts(
-            connect: upstream.connectTimeout, timeToFirstToken: upstream.firstTokenTimeout,
-            betweenTokens: upstream.betweenTokensTimeout)
+            connect: configuration.upstream.connectTimeout, timeToFirstToken: configuration.upstream.firstTokenTimeout,
+            betweenTokens: configuration.upstream.betweenTokensTimeout)
+        let name: Logger.MetadataValue = "\(upstream.name)"
         switch upstream.kind {
         case .sim:
             let engine = SimulatorEngine(configuration: configuration.simulator)
-            logger.notice("upstream: built-in simulator (not a model)", metadata: ["sluice.model": "\(engine.defaultModel)"])
+            logger.notice("upstream: built-in simulator (not a model)", metadata: ["sluice.upstream": name, "sluice.model": "\(engine.defaultModel)"])
             return engine
         case .openai:
             guard let url = URL(string: upstream.baseURL ?? "") else { throw UpstreamConfigurationError.invalidBaseURL(upstream.baseURL ?? "") }
@@ -56,18 +75,21 @@ public enum SluiceServer {
             if upstream.model == nil {
                 do {
                     let model = try await engine.discoverModel(on: MultiThreadedEventLoopGroup.singleton.next()).get()
-                    logger.notice("upstream model discovered", metadata: ["sluice.model": "\(model)"])
+                    logger.notice("upstream model discovered", metadata: ["sluice.upstream": name, "sluice.model": "\(model)"])
                 } catch {
-                    logger.warning("upstream model discovery failed; will retry on the first request", metadata: ["sluice.error": "\(error)"])
+                    logger.warning("upstream model discovery failed; will retry on the first request",
+                                   metadata: ["sluice.upstream": name, "sluice.error": "\(error)"])
                 }
             }
-            logger.notice("upstream: OpenAI-compatible", metadata: ["sluice.url": "\(url)", "sluice.model": "\(engine.defaultModel)"])
+            logger.notice("upstream: OpenAI-compatible", metadata: [
+                "sluice.upstream": name, "sluice.url": "\(url)", "sluice.model": "\(engine.defaultModel)"])
             return engine
         case .triton:
             guard let url = URL(string: upstream.baseURL ?? "") else { throw UpstreamConfigurationError.invalidBaseURL(upstream.baseURL ?? "") }
             let engine = try TritonEngine(configuration: .init(
                 baseURL: url, model: upstream.model ?? "ensemble", apiKey: upstream.apiKey, timeouts: timeouts))
-            logger.notice("upstream: Triton generate_stream", metadata: ["sluice.url": "\(url)", "sluice.model": "\(engine.defaultModel)"])
+            logger.notice("upstream: Triton generate_stream", metadata: [
+                "sluice.upstream": name, "sluice.url": "\(url)", "sluice.model": "\(engine.defaultModel)"])
             return engine
         }
     }

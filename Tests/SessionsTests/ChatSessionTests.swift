@@ -24,6 +24,7 @@ import WSServer
             chat: (inout ChatConfiguration) -> Void = { _ in },
             server configure: (inout WebSocketServerConfiguration) -> Void = { _ in },
             engine: (any InferenceEngine)? = nil,
+            router: InferenceRouter? = nil,
             _ body: (Harness) async throws -> Void
         ) async throws {
             var server = WebSocketServerConfiguration()
@@ -45,7 +46,8 @@ import WSServer
             let outcome: Result<Void, any Error>
             do {
                 let application = ChatApplication(
-                    configuration: chatConfiguration, engine: engine ?? SimulatorEngine(configuration: simulatorConfiguration),
+                    configuration: chatConfiguration,
+                    router: router ?? InferenceRouter(single: engine ?? SimulatorEngine(configuration: simulatorConfiguration)),
                     conversations: ConversationMemory(), logger: logger)
                 let wsServer = try WebSocketServer(
                     configuration: server, application: application, httpRoutes: ChatStreamRoutes(application: application),
@@ -115,6 +117,41 @@ import WSServer
             #expect(done["finish_reason"] as? String == "stop" && done["seq"] as? Int == 40)
             let usage = try #require(done["usage"] as? [String: Any])
             #expect(usage["completion_tokens"] as? Int == 40 && usage["usage_source"] as? String == "upstream")
+        }
+    }
+
+    @Test func modelPicksANamedUpstream() async throws {
+        func simulator(seed: UInt64) -> SimulatorEngine {
+            var configuration = SimulatorEngine.Configuration()
+            configuration.timeToFirstToken = .zero
+            configuration.tokensPerSecond = 0
+            configuration.answerTokens = 12
+            configuration.seed = seed
+            return SimulatorEngine(configuration: configuration)
+        }
+        let router = InferenceRouter(upstreams: [.init(name: "alpha", engine: simulator(seed: 1)), .init(name: "beta", engine: simulator(seed: 2))])
+        try await Harness.run(router: router) { harness in
+            let client = try await harness.connect()
+            _ = try await client.next()
+            for (model, seed) in [(String?.none, UInt64(1)), ("beta", 2), ("alpha", 1), ("sluice-simulator", 1)] {
+                var send: [String: Any] = ["type": "chat.send", "content": "which one?"]
+                if let model { send["model"] = model }
+                try await client.send(send)
+                let started = try await client.next()
+                #expect(started["type"] as? String == "generation.started")
+                #expect(started["model"] as? String == "sluice-simulator")
+                var deltas: [[String: Any]] = []
+                _ = try await client.until("generation.done", &deltas)
+                let text = deltas.compactMap { $0["text"] as? String }.joined()
+                #expect(text == SimulatorEngine.tokens(for: "which one?", seed: seed, count: 12).joined(), "model \(model ?? "none")")
+            }
+            try await client.send(["type": "chat.send", "content": "x", "model": "gpt-9", "request_id": "r-9"])
+            let error = try await client.next()
+            #expect(error["type"] as? String == "error" && error["code"] as? String == "not_found")
+            #expect(error["request_id"] as? String == "r-9")
+            #expect((error["message"] as? String)?.contains("alpha, beta") == true)
+            try await client.send(["type": "ping", "id": "still-up"])
+            #expect(try await client.next()["id"] as? String == "still-up")
         }
     }
 

@@ -439,3 +439,65 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         #expect(error?.description.contains("/nonexistent/sluice.yaml") == true)
     }
 }
+
+@Suite struct NamedUpstreamsTests {
+    @Test func listInTheFile() throws {
+        let configuration = try configuration(fromYAML: """
+            upstreams:
+              - name: llama
+                kind: openai
+                base_url: http://10.0.0.5:8000
+                model: meta-llama/Llama-3.1-8B-Instruct
+                api_key: secret
+              - name: trt
+                kind: triton
+                base_url: http://10.0.0.6:8000
+              - name: demo
+                kind: sim
+            """)
+        #expect(configuration.upstreams == [
+            NamedUpstream(name: "llama", kind: .openai, baseURL: "http://10.0.0.5:8000", model: "meta-llama/Llama-3.1-8B-Instruct", apiKey: "secret"),
+            NamedUpstream(name: "trt", kind: .triton, baseURL: "http://10.0.0.6:8000"),
+            NamedUpstream(name: "demo", kind: .sim),
+        ])
+        try configuration.validate()
+    }
+
+    @Test func listInTheEnvironmentAsJSONOrFlowYAML() throws {
+        let json = try ConfigurationLoader.load(filePath: nil, environment: [
+            "SLUICE_UPSTREAMS": #"[{"name": "a", "kind": "openai", "base_url": "http://127.0.0.1:8000"}, {"name": "b", "kind": "sim"}]"#,
+        ])
+        #expect(json.upstreams.map(\.name) == ["a", "b"])
+        let flow = try ConfigurationLoader.load(filePath: nil, environment: [
+            "SLUICE_UPSTREAMS": #"[{name: a, kind: triton, base_url: "http://127.0.0.1:8000", model: m}]"#,
+        ])
+        #expect(flow.upstreams == [NamedUpstream(name: "a", kind: .triton, baseURL: "http://127.0.0.1:8000", model: "m")])
+        let cleared = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_UPSTREAMS": ""])
+        #expect(cleared.upstreams.isEmpty)
+    }
+
+    @Test(arguments: [
+        ("upstreams:\n  - kind: sim\n", "needs a name"),
+        ("upstreams:\n  - {name: a, kind: sim}\n  - {name: a, kind: sim}\n", "used twice"),
+        ("upstreams:\n  - {name: a, kind: vllm}\n", "kind must be one of"),
+        ("upstreams:\n  - {name: a, kind: openai}\n", "needs base_url"),
+        ("upstreams:\n  - {name: a, kind: sim, bse_url: x}\n", "unknown key bse_url"),
+        ("upstreams:\n  - just-a-name\n", "must be mappings"),
+        ("upstreams: llama\n", "expected a list of upstreams"),
+    ])
+    func badEntriesAreNamed(yaml: String, expected: String) {
+        let error = configurationError { _ = try configuration(fromYAML: yaml) }
+        #expect(error?.key?.hasPrefix("upstreams") == true)
+        #expect(error?.description.contains(expected) == true, "\(error?.description ?? "no error")")
+        #expect(error?.description.contains("test.yaml") == true)
+    }
+
+    @Test func eitherTheListOrTheSingleUpstream() {
+        let error = configurationError {
+            _ = try ConfigurationLoader.load(filePath: nil, environment: [
+                "SLUICE_UPSTREAMS": "[{name: a, kind: sim}]", "SLUICE_UPSTREAM_BASE_URL": "http://127.0.0.1:8000",
+            ])
+        }
+        #expect(error?.kind == .inconsistent && error?.key == "upstreams")
+    }
+}
