@@ -18,6 +18,10 @@ public struct ChatConfiguration: Sendable, Equatable {
     public var cancelOnDisconnect: Bool = false
     /// Heartbeat interval announced in `session.ready`.
     public var heartbeatMs: Int64 = 20_000
+    /// How long an ended generation can still be resumed (`generation.resume`).
+    public var resumeRetention: TimeAmount = .minutes(5)
+    /// Ended generations kept for resuming at most (oldest forgotten first).
+    public var maxRetainedGenerations: Int = 10_000
 
     public init(instanceID: String) {
         self.instanceID = instanceID
@@ -29,11 +33,13 @@ public struct ChatApplication: WebSocketApplication {
     let configuration: ChatConfiguration
     let router: InferenceRouter
     let conversations: ConversationMemory
+    let hub: GenerationHub
     let logger: Logger
 
     public init(configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory, logger: Logger) {
         self.configuration = configuration
         self.router = router
+        self.hub = GenerationHub(retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations)
         self.conversations = conversations
         self.logger = logger
     }
@@ -56,7 +62,7 @@ extension ChatApplication {
     /// `startUpstream()` then starts it, and `generation.started` goes out once the upstream
     /// accepted the request. Fails (sending nothing) when the conversation is unknown.
     func beginGeneration(
-        _ send: ClientMessage.ChatSend, output: any ChatOutput, on eventLoop: any EventLoop
+        _ send: ClientMessage.ChatSend, output: any ChatOutput, sessionID: String, on eventLoop: any EventLoop
     ) -> Result<ChatGeneration, ProtocolViolation> {
         let route: InferenceRouter.Route
         switch self.router.route(model: send.model) {
@@ -86,7 +92,7 @@ extension ChatApplication {
             model: route.model ?? route.upstream.engine.defaultModel,
             promptEstimate: context.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 },
             output: output, engine: route.upstream.engine, request: request, eventLoop: eventLoop,
-            conversations: self.conversations)
+            conversations: self.conversations, hub: self.hub, ownerSessionID: sessionID)
         return .success(generation)
     }
 }

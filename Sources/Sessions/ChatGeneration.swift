@@ -55,10 +55,24 @@ final class ChatGeneration: GenerationSink {
     private let eventLoop: any EventLoop
     private let conversations: ConversationMemory
 
+    /// Where other connections find it (resume, cancel, conversation watchers).
+    private let hub: GenerationHub
+    private let ownerSessionID: String
+    /// `tokenEnds[i]`: where seq `i + 1` ends in `answerBytes`, so any seq can be replayed.
+    private var tokenEnds: [Int32] = []
+    /// Sessions following it from elsewhere; `endOnly` ones (a canceller) get just the end.
+    private var followers: [(follower: GenerationFollower, endOnly: Bool)] = []
+    /// Last seq handed to followers (they get one merged update per upstream read).
+    private var followersSeq: Int64 = 0
+    private var finalEnd: GenerationEnd?
+
     init(
         id: String, conversationID: String, requestID: String?, model: String, promptEstimate: Int, output: any ChatOutput,
-        engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop, conversations: ConversationMemory
+        engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop, conversations: ConversationMemory,
+        hub: GenerationHub, ownerSessionID: String
     ) {
+        self.hub = hub
+        self.ownerSessionID = ownerSessionID
         self.engine = engine
         self.request = request
         self.eventLoop = eventLoop
@@ -96,10 +110,17 @@ final class ChatGeneration: GenerationSink {
         self.announce()
     }
 
-    /// Sends `generation.started` once.
+    var info: GenerationInfo {
+        GenerationInfo(generationID: self.id, conversationID: self.conversationID, requestID: self.requestID, model: self.model)
+    }
+
+    /// Sends `generation.started` once, and from then on other connections can find it.
     private func announce() {
         guard !self.announced, !self.ended else { return }
         self.announced = true
+        self.hub.register(GenerationHub.Entry(
+            generationID: self.id, conversationID: self.conversationID, ownerSessionID: self.ownerSessionID,
+            state: .running(eventLoop: self.eventLoop, generation: NIOLoopBound(self, eventLoop: self.eventLoop))))
         guard self.output.isConnected else { return }
         self.output.writeMessage { buffer in
             ServerMessageEncoder.generationStarted(
@@ -117,6 +138,7 @@ final class ChatGeneration: GenerationSink {
         if text.utf8.withContiguousStorageIfAvailable({ self.answerBytes.writeBytes($0) }) == nil {
             self.answerBytes.writeSubstring(text)
         }
+        self.tokenEnds.append(Int32(truncatingIfNeeded: self.answerBytes.writerIndex))
         if self.pendingFirstSeq == nil {
             let prefix = self.deltaPrefix
             let written = self.output.writeMessageIfWritable { buffer in
@@ -135,6 +157,7 @@ final class ChatGeneration: GenerationSink {
     }
 
     func generationDidEndBatch() {
+        if !self.followers.isEmpty { self.notifyFollowers(end: nil) }
         guard self.output.isConnected else { return }
         if self.output.isWritable { self.writePending() }
         self.output.flush()
@@ -203,8 +226,59 @@ final class ChatGeneration: GenerationSink {
             }
             self.output.flush()
         }
+        let end = GenerationEnd(seq: self.seq, finishReason: reason, usage: usage,
+                                error: error.map { GenerationError(code: $0.code, message: $0.message) })
+        self.finalEnd = end
+        self.notifyFollowers(end: end)
+        self.followers = []
+        if self.announced {
+            self.hub.generationFinished(FinishedGeneration(
+                info: self.info, text: Array(self.answerBytes.readableBytesView), tokenEnds: self.tokenEnds, end: end))
+        }
         self.conversations.append(ChatMessage(role: .assistant, content: self.answer), to: self.conversationID)
         self.output.generationEnded(self)
+    }
+
+    // MARK: Followers (other connections, on any event loop)
+
+    /// Adds a follower: it gets `generation.started` and the text after `afterSeq` at once, then
+    /// every later batch, then the end. All on this loop, so the replay and the live part meet
+    /// without a gap or an overlap. `endOnly` (a canceller elsewhere) gets only the end.
+    func attach(_ follower: GenerationFollower, afterSeq: Int64, endOnly: Bool) {
+        self.eventLoop.preconditionInEventLoop()
+        if !self.followers.isEmpty { self.notifyFollowers(end: nil) }
+        self.followersSeq = self.seq
+        if let end = self.finalEnd {
+            follower.send(endOnly
+                ? .endOnly(end)
+                : TokenLog.update(text: self.answerBytes.readableBytesView, tokenEnds: self.tokenEnds, after: afterSeq,
+                                  upTo: self.seq, started: self.info, end: end))
+            return
+        }
+        if !endOnly {
+            follower.send(TokenLog.update(text: self.answerBytes.readableBytesView, tokenEnds: self.tokenEnds, after: afterSeq,
+                                          upTo: self.seq, started: self.info, end: nil))
+        }
+        self.followers.append((follower, endOnly))
+    }
+
+    func detach(_ follower: GenerationFollower) {
+        self.followers.removeAll { $0.follower === follower }
+    }
+
+    /// One merged update per follower with what arrived since the last one (and the end).
+    private func notifyFollowers(end: GenerationEnd?) {
+        guard !self.followers.isEmpty, self.seq > self.followersSeq || end != nil else { return }
+        let update = TokenLog.update(text: self.answerBytes.readableBytesView, tokenEnds: self.tokenEnds, after: self.followersSeq,
+                                     upTo: self.seq, started: nil, end: end)
+        self.followersSeq = self.seq
+        for (follower, endOnly) in self.followers {
+            if endOnly {
+                if let end { follower.send(.endOnly(end)) }
+            } else {
+                follower.send(update)
+            }
+        }
     }
 }
 

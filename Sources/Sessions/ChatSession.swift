@@ -12,6 +12,25 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     private var generations: [String: ChatGeneration] = [:]
     /// Ids of generations that ended lately, so a late cancel is a no-op rather than `not_found`.
     private var recentlyEnded = RecentSet(capacity: 256)
+    /// Generations this connection follows without having started them: resumed, in a watched
+    /// conversation, or cancelled from here.
+    private var follows: [String: Follow] = [:]
+    /// Conversations this connection watches (`conversation.subscribe`).
+    private var watching: [String: ConversationWatcher] = [:]
+
+    private struct Follow {
+        let follower: GenerationFollower
+        /// Where to detach it; nil once the generation has finished.
+        let generation: NIOLoopBound<ChatGeneration>?
+        let ownerLoop: (any EventLoop)?
+        let endOnly: Bool
+        /// Set when following because of a watched conversation.
+        let conversationID: String?
+        let deltaPrefix: ByteBuffer
+        var lastSeq: Int64 = 0
+        var pendingFirstSeq: Int64?
+        var pendingText = ""
+    }
 
     init(application: ChatApplication) {
         self.application = application
@@ -41,6 +60,12 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
                 connection.writeText { ServerMessageEncoder.pong(id: id, into: &$0) }
             case .success(.generationCancel(let generationID)):
                 self.cancel(generationID)
+            case .success(.generationResume(let generationID, let afterSeq)):
+                self.resume(generationID, afterSeq: afterSeq)
+            case .success(.conversationSubscribe(let conversationID)):
+                self.subscribe(conversationID)
+            case .success(.conversationUnsubscribe(let conversationID)):
+                self.unsubscribe(conversationID)
             case .success(.chatSend(let send)):
                 self.start(send)
             }
@@ -50,6 +75,7 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     func connectionWritabilityChanged(_ connection: WebSocketConnection) {
         guard connection.isWritable else { return }
         for generation in self.generations.values { generation.writePending() }
+        for id in Array(self.follows.keys) { self.writeFollowPending(id) }
         connection.flush()
     }
 
@@ -63,6 +89,9 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
 
     func connectionClosed(_ connection: WebSocketConnection, code: WebSocketCloseCode) {
         self.connection = nil
+        for (conversationID, watcher) in self.watching { self.application.hub.unwatch(conversationID, watcher) }
+        self.watching = [:]
+        for id in Array(self.follows.keys) { self.stopFollowing(id) }
         if self.configuration.cancelOnDisconnect {
             for generation in Array(self.generations.values) { generation.cancel() }
         }
@@ -78,7 +107,7 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
             return
         }
         guard let connection = self.connection else { return }
-        switch self.application.beginGeneration(send, output: self, on: connection.eventLoop) {
+        switch self.application.beginGeneration(send, output: self, sessionID: self.sessionID, on: connection.eventLoop) {
         case .success(let generation):
             self.generations[generation.id] = generation
             generation.startUpstream()
@@ -90,9 +119,170 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     private func cancel(_ generationID: String) {
         if let generation = self.generations[generationID] {
             generation.cancel()
-        } else if !self.recentlyEnded.contains(generationID) {
-            self.sendError(.notFound, "unknown generation \(generationID)", generationID: generationID)
+            return
         }
+        guard let entry = self.application.hub.lookup(generationID) else {
+            if !self.recentlyEnded.contains(generationID) {
+                self.sendError(.notFound, "unknown generation \(generationID)", generationID: generationID)
+            }
+            return
+        }
+        // Another connection's generation: cancelling an ended one is a no-op; a running one is
+        // cancelled on its loop, and this connection gets its `generation.done` too.
+        guard case .running(let loop, let generation) = entry.state else { return }
+        if self.follows[generationID] == nil {
+            self.follow(entry, afterSeq: 0, endOnly: true, conversationID: nil)
+        }
+        loop.execute { generation.value.cancel() }
+    }
+
+    private func resume(_ generationID: String, afterSeq: Int64) {
+        guard self.generations[generationID] == nil, self.follows[generationID] == nil else {
+            self.sendError(.invalidMessage, "generation \(generationID) is already streaming on this connection", generationID: generationID)
+            return
+        }
+        guard let entry = self.application.hub.lookup(generationID) else {
+            self.sendError(.notFound, "unknown or expired generation \(generationID)", generationID: generationID)
+            return
+        }
+        self.follow(entry, afterSeq: afterSeq, endOnly: false, conversationID: nil)
+    }
+
+    private func subscribe(_ conversationID: String) {
+        guard let connection = self.connection else { return }
+        guard self.application.conversations.exists(conversationID) else {
+            self.sendError(.notFound, "unknown conversation \(conversationID)", conversationID: conversationID)
+            return
+        }
+        if self.watching[conversationID] == nil {
+            let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+            let watcher = ConversationWatcher(sessionID: self.sessionID, eventLoop: connection.eventLoop) { entry in
+                session.value.watchedGenerationStarted(entry, conversationID: conversationID)
+            }
+            self.watching[conversationID] = watcher
+            let running = self.application.hub.watch(conversationID, watcher)
+            self.writeSubscription(subscribed: true, conversationID)
+            for entry in running { self.watchedGenerationStarted(entry, conversationID: conversationID) }
+        } else {
+            self.writeSubscription(subscribed: true, conversationID)
+        }
+    }
+
+    private func unsubscribe(_ conversationID: String) {
+        if let watcher = self.watching.removeValue(forKey: conversationID) {
+            self.application.hub.unwatch(conversationID, watcher)
+            for (id, follow) in self.follows where follow.conversationID == conversationID { self.stopFollowing(id) }
+        }
+        self.writeSubscription(subscribed: false, conversationID)
+    }
+
+    private func writeSubscription(subscribed: Bool, _ conversationID: String) {
+        guard let connection = self.connection else { return }
+        connection.writeText { ServerMessageEncoder.conversationSubscription(subscribed: subscribed, conversationID: conversationID, into: &$0) }
+        connection.flush()
+    }
+
+    private func watchedGenerationStarted(_ entry: GenerationHub.Entry, conversationID: String) {
+        guard self.watching[conversationID] != nil, self.generations[entry.generationID] == nil,
+              self.follows[entry.generationID] == nil
+        else { return }
+        self.follow(entry, afterSeq: 0, endOnly: false, conversationID: conversationID)
+    }
+
+    // MARK: Following generations of other connections
+
+    private func follow(_ entry: GenerationHub.Entry, afterSeq: Int64, endOnly: Bool, conversationID: String?) {
+        guard let connection = self.connection else { return }
+        let generationID = entry.generationID
+        let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+        let follower = GenerationFollower(eventLoop: connection.eventLoop) { update in
+            session.value.receive(update, generationID: generationID)
+        }
+        var prefix = ByteBuffer()
+        ServerMessageEncoder.generationDeltaPrefix(generationID: generationID, into: &prefix)
+        switch entry.state {
+        case .finished(let finished):
+            self.follows[generationID] = Follow(
+                follower: follower, generation: nil, ownerLoop: nil, endOnly: endOnly, conversationID: conversationID,
+                deltaPrefix: prefix, lastSeq: afterSeq)
+            follower.send(endOnly ? .endOnly(finished.end) : finished.replay(after: afterSeq))
+        case .running(let loop, let generation):
+            self.follows[generationID] = Follow(
+                follower: follower, generation: generation, ownerLoop: loop, endOnly: endOnly, conversationID: conversationID,
+                deltaPrefix: prefix, lastSeq: afterSeq)
+            loop.execute { generation.value.attach(follower, afterSeq: afterSeq, endOnly: endOnly) }
+        }
+    }
+
+    private func stopFollowing(_ generationID: String) {
+        guard let follow = self.follows.removeValue(forKey: generationID) else { return }
+        if let loop = follow.ownerLoop, let generation = follow.generation {
+            let follower = follow.follower
+            loop.execute { generation.value.detach(follower) }
+        }
+    }
+
+    /// An update of a followed generation, on this connection's loop. Seqs at or below what was
+    /// delivered already are dropped (a replay may overlap); the rest go out like the owner's
+    /// deltas: merged while the connection is behind.
+    private func receive(_ update: FollowUpdate, generationID: String) {
+        guard var follow = self.follows[generationID] else { return }
+        guard let connection = self.connection else {
+            self.stopFollowing(generationID)
+            return
+        }
+        if let started = update.started {
+            connection.writeText { buffer in
+                ServerMessageEncoder.generationStarted(
+                    generationID: started.generationID, conversationID: started.conversationID, requestID: started.requestID,
+                    model: started.model, into: &buffer)
+            }
+        }
+        let fresh = update.dropping(through: follow.lastSeq)
+        if fresh.hasText {
+            // Updates continue where the last one ended; a gap would be a bug upstream of here,
+            // and is delivered as it is rather than hidden.
+            assert(fresh.firstSeq == follow.lastSeq + 1, "a follow update skipped seqs")
+            if follow.pendingFirstSeq == nil {
+                let prefix = follow.deltaPrefix
+                let written = connection.writeTextIfWritable { buffer in
+                    ServerMessageEncoder.generationDelta(
+                        prefix: prefix, seq: fresh.lastSeq, firstSeq: fresh.firstSeq, text: Substring(fresh.text).utf8, into: &buffer)
+                }
+                if !written {
+                    follow.pendingFirstSeq = fresh.firstSeq
+                    follow.pendingText = fresh.text
+                }
+            } else {
+                follow.pendingText += fresh.text
+            }
+            follow.lastSeq = fresh.lastSeq
+        }
+        self.follows[generationID] = follow
+        if let end = update.end {
+            self.writeFollowPending(generationID)
+            connection.writeText { buffer in
+                ServerMessageEncoder.generationDone(
+                    generationID: generationID, seq: end.seq, finishReason: end.finishReason, usage: end.usage,
+                    error: end.error.map { ($0.code, $0.message) }, into: &buffer)
+            }
+            self.follows[generationID] = nil
+            self.recentlyEnded.insert(generationID)
+        }
+        connection.flush()
+    }
+
+    private func writeFollowPending(_ generationID: String) {
+        guard var follow = self.follows[generationID], let firstSeq = follow.pendingFirstSeq, let connection = self.connection else { return }
+        let prefix = follow.deltaPrefix
+        let text = follow.pendingText
+        let seq = follow.lastSeq
+        connection.writeText { buffer in
+            ServerMessageEncoder.generationDelta(prefix: prefix, seq: seq, firstSeq: firstSeq, text: Substring(text).utf8, into: &buffer)
+        }
+        follow.pendingFirstSeq = nil
+        follow.pendingText = ""
+        self.follows[generationID] = follow
     }
 
     // MARK: ChatOutput
@@ -116,11 +306,14 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
                        retryAfterMs: ChatGeneration.retryAfterMs(for: error))
     }
 
-    func sendError(_ code: ErrorCode, _ message: String, requestID: String? = nil, generationID: String? = nil, retryAfterMs: Int64? = nil) {
+    func sendError(
+        _ code: ErrorCode, _ message: String, requestID: String? = nil, generationID: String? = nil,
+        conversationID: String? = nil, earliestSeq: Int64? = nil, retryAfterMs: Int64? = nil
+    ) {
         guard let connection = self.connection else { return }
         connection.writeText { buffer in
             ServerMessageEncoder.error(code: code, message: message, requestID: requestID, generationID: generationID,
-                                       retryAfterMs: retryAfterMs, into: &buffer)
+                                       conversationID: conversationID, earliestSeq: earliestSeq, retryAfterMs: retryAfterMs, into: &buffer)
         }
         connection.flush()
     }

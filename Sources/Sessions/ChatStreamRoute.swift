@@ -47,7 +47,7 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         case .success(let request):
             send = request
         }
-        switch self.application.beginGeneration(send, output: self, on: writer.eventLoop) {
+        switch self.application.beginGeneration(send, output: self, sessionID: Identifier.make("sse_"), on: writer.eventLoop) {
         case .failure(let violation):
             self.respondError(Self.status(for: violation.code), violation.code, violation.message, requestID: violation.requestID)
         case .success(let generation):

@@ -5,6 +5,11 @@ import NIOCore
 public enum ClientMessage: Equatable, Sendable {
     case chatSend(ChatSend)
     case generationCancel(generationID: String)
+    /// Replays a generation's deltas after `afterSeq`, then follows it live, to its `done`.
+    case generationResume(generationID: String, afterSeq: Int64)
+    /// Watch a conversation's generations (a second tab): running ones from their start, then live.
+    case conversationSubscribe(conversationID: String)
+    case conversationUnsubscribe(conversationID: String)
     case ping(id: String?)
 
     public struct ChatSend: Equatable, Sendable {
@@ -51,6 +56,12 @@ public enum ErrorCode: String, Sendable {
     case upstreamUnavailable = "upstream_unavailable"
     case upstreamError = "upstream_error"
     case upstreamTimeout = "upstream_timeout"
+    /// `generation.resume` asked for deltas the bounded history no longer holds.
+    case resumeGap = "resume_gap"
+    /// The instance running a generation went away without finishing it.
+    case ownerLost = "owner_lost"
+    /// A cross-instance feature is down for now (Redis unreachable); retry later.
+    case unavailable = "unavailable"
 }
 
 public enum ClientMessageDecoder {
@@ -104,6 +115,14 @@ public enum ClientMessageDecoder {
                     maxTokens: maxTokens, temperature: temperature)))
             case "generation.cancel":
                 return .success(.generationCancel(generationID: try fields.requiredString("generation_id")))
+            case "generation.resume":
+                let afterSeq = try fields.optionalInt("after_seq") ?? 0
+                guard afterSeq >= 0 else { throw ProtocolViolation(.invalidMessage, "after_seq must not be negative") }
+                return .success(.generationResume(generationID: try fields.requiredString("generation_id"), afterSeq: Int64(afterSeq)))
+            case "conversation.subscribe":
+                return .success(.conversationSubscribe(conversationID: try fields.requiredString("conversation_id")))
+            case "conversation.unsubscribe":
+                return .success(.conversationUnsubscribe(conversationID: try fields.requiredString("conversation_id")))
             case "ping":
                 return .success(.ping(id: try fields.optionalString("id")))
             default:

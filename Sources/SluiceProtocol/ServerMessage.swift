@@ -145,7 +145,7 @@ public enum ServerMessageEncoder {
 
     public static func error(
         code: ErrorCode, message: String, requestID: String? = nil, generationID: String? = nil,
-        retryAfterMs: Int64? = nil, into buffer: inout ByteBuffer
+        conversationID: String? = nil, earliestSeq: Int64? = nil, retryAfterMs: Int64? = nil, into buffer: inout ByteBuffer
     ) {
         buffer.writeStaticString(#"{"type":"error","code":""#)
         buffer.writeString(code.rawValue)
@@ -159,10 +159,32 @@ public enum ServerMessageEncoder {
             buffer.writeStaticString(#","generation_id":"#)
             buffer.writeJSONString(generationID)
         }
+        if let conversationID {
+            buffer.writeStaticString(#","conversation_id":"#)
+            buffer.writeJSONString(conversationID)
+        }
+        if let earliestSeq {
+            buffer.writeStaticString(#","earliest_seq":"#)
+            buffer.writeDecimal(earliestSeq)
+        }
         if let retryAfterMs {
             buffer.writeStaticString(#","retry_after_ms":"#)
             buffer.writeDecimal(retryAfterMs)
         }
+        buffer.writeStaticString("}")
+    }
+
+    /// `conversation.subscribed` / `conversation.unsubscribed`.
+    public static func conversationSubscription(subscribed: Bool, conversationID: String, into buffer: inout ByteBuffer) {
+        buffer.writeStaticString(subscribed ? #"{"type":"conversation.subscribed","conversation_id":"# : #"{"type":"conversation.unsubscribed","conversation_id":"#)
+        buffer.writeJSONString(conversationID)
+        buffer.writeStaticString("}")
+    }
+
+    /// Sent before Close 1012 when the instance drains: reconnect elsewhere and resume.
+    public static func sessionDraining(retryAfterMs: Int64, into buffer: inout ByteBuffer) {
+        buffer.writeStaticString(#"{"type":"session.draining","reconnect_after_ms":"#)
+        buffer.writeDecimal(retryAfterMs)
         buffer.writeStaticString("}")
     }
 

@@ -24,6 +24,14 @@ import Testing
         #expect(try decode(#" {"type":"ping"}"#).get() == .ping(id: nil))
     }
 
+    @Test func resumeAndConversationSubscriptions() throws {
+        #expect(try decode(#"{"type":"generation.resume","generation_id":"g","after_seq":41}"#).get()
+            == .generationResume(generationID: "g", afterSeq: 41))
+        #expect(try decode(#"{"type":"generation.resume","generation_id":"g"}"#).get() == .generationResume(generationID: "g", afterSeq: 0))
+        #expect(try decode(#"{"type":"conversation.subscribe","conversation_id":"c"}"#).get() == .conversationSubscribe(conversationID: "c"))
+        #expect(try decode(#"{"type":"conversation.unsubscribe","conversation_id":"c"}"#).get() == .conversationUnsubscribe(conversationID: "c"))
+    }
+
     @Test(arguments: [
         (#"{bad json"#, ErrorCode.invalidMessage),
         (#"{"content":"x"}"#, .invalidMessage),
@@ -37,6 +45,11 @@ import Testing
         (#"{"type":"chat.send","content":"x","max_tokens":0}"#, .invalidMessage),
         (#"{"type":"chat.send","content":"x","temperature":9}"#, .invalidMessage),
         (#"{"type":"generation.cancel"}"#, .invalidMessage),
+        (#"{"type":"generation.resume"}"#, .invalidMessage),
+        (#"{"type":"generation.resume","generation_id":"g","after_seq":-1}"#, .invalidMessage),
+        (#"{"type":"generation.resume","generation_id":"g","after_seq":"3"}"#, .invalidMessage),
+        (#"{"type":"conversation.subscribe"}"#, .invalidMessage),
+        (#"{"type":"conversation.unsubscribe","conversation_id":7}"#, .invalidMessage),
         ("   ", .invalidMessage),
     ])
     func badInputIsRefusedWithTheRightCode(text: String, code: ErrorCode) {

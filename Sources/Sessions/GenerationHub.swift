@@ -1,0 +1,236 @@
+import Inference
+import NIOCore
+import SluiceProtocol
+import Synchronization
+
+/// What a client needs to show a generation it did not start (`generation.started`).
+struct GenerationInfo: Sendable, Equatable {
+    var generationID: String
+    var conversationID: String
+    var requestID: String?
+    var model: String
+}
+
+/// How a generation ended (`generation.done`).
+struct GenerationEnd: Sendable, Equatable {
+    var seq: Int64
+    var finishReason: FinishReason
+    var usage: Usage
+    var error: GenerationError?
+}
+
+struct GenerationError: Sendable, Equatable {
+    var code: ErrorCode
+    var message: String
+}
+
+/// A piece of a generation for a follower: optionally `generation.started`, then the text of
+/// seqs `firstSeq...lastSeq` merged (empty when `lastSeq < firstSeq`), then optionally the end.
+struct FollowUpdate: Sendable {
+    var started: GenerationInfo?
+    var firstSeq: Int64
+    var lastSeq: Int64
+    var text: String
+    /// Where each seq's text ends in `text` (UTF-8 offsets), so an overlap can be cut exactly.
+    var tokenEnds: [Int32] = []
+    var end: GenerationEnd?
+
+    var hasText: Bool { self.lastSeq >= self.firstSeq }
+
+    static func endOnly(_ end: GenerationEnd) -> FollowUpdate {
+        FollowUpdate(started: nil, firstSeq: 1, lastSeq: 0, text: "", end: end)
+    }
+
+    /// The same update without seqs `...seq` (already delivered).
+    func dropping(through seq: Int64) -> FollowUpdate {
+        guard self.hasText, seq >= self.firstSeq else { return self }
+        var copy = self
+        copy.firstSeq = seq + 1
+        guard seq < self.lastSeq else {
+            copy.text = ""
+            copy.tokenEnds = []
+            return copy
+        }
+        let dropCount = Int(seq - self.firstSeq + 1)
+        let cut = Int(self.tokenEnds[dropCount - 1])
+        copy.text = String(decoding: self.text.utf8.dropFirst(cut), as: UTF8.self)
+        copy.tokenEnds = self.tokenEnds.dropFirst(dropCount).map { $0 - Int32(cut) }
+        return copy
+    }
+}
+
+/// A session's handle for following a generation that runs elsewhere (another connection, on
+/// any event loop). The owner calls `send` on its own loop; delivery hops to the follower's.
+final class GenerationFollower: Sendable {
+    let eventLoop: any EventLoop
+    private let deliver: @Sendable (FollowUpdate) -> Void
+
+    init(eventLoop: any EventLoop, deliver: @escaping @Sendable (FollowUpdate) -> Void) {
+        self.eventLoop = eventLoop
+        self.deliver = deliver
+    }
+
+    func send(_ update: FollowUpdate) {
+        if self.eventLoop.inEventLoop {
+            self.deliver(update)
+        } else {
+            let deliver = self.deliver
+            self.eventLoop.execute { deliver(update) }
+        }
+    }
+}
+
+/// Watches a conversation: told about every generation that starts in it.
+final class ConversationWatcher: Sendable {
+    /// The watching session, so its own generations are not announced back to it.
+    let sessionID: String
+    let eventLoop: any EventLoop
+    private let notify: @Sendable (GenerationHub.Entry) -> Void
+
+    init(sessionID: String, eventLoop: any EventLoop, notify: @escaping @Sendable (GenerationHub.Entry) -> Void) {
+        self.sessionID = sessionID
+        self.eventLoop = eventLoop
+        self.notify = notify
+    }
+
+    func generationStarted(_ entry: GenerationHub.Entry) {
+        let notify = self.notify
+        self.eventLoop.execute { notify(entry) }
+    }
+}
+
+/// This instance's generations, running and lately ended, by id and by conversation: what
+/// `generation.resume`, `generation.cancel` from another connection and `conversation.subscribe`
+/// look up. Ended generations stay (with their whole text) for `retention`, at most
+/// `maxRetained` of them, so a client that reconnects can still resume.
+final class GenerationHub: Sendable {
+    struct Entry: Sendable {
+        let generationID: String
+        let conversationID: String
+        /// The session that started it (followers of the conversation other than it are told).
+        let ownerSessionID: String
+        var state: EntryState
+    }
+
+    enum EntryState: Sendable {
+        /// Attach followers and cancel on its event loop.
+        case running(eventLoop: any EventLoop, generation: NIOLoopBound<ChatGeneration>)
+        /// Its whole text, for resuming without a hop.
+        case finished(FinishedGeneration)
+    }
+
+    private struct State {
+        var entries: [String: Entry] = [:]
+        var running: [String: Set<String>] = [:]  // conversation → running generation ids
+        var watchers: [String: [ConversationWatcher]] = [:]  // conversation → watchers
+        var ended: [(id: String, at: NIODeadline)] = []
+        var endedStart = 0
+    }
+
+    private let state = Mutex(State())
+    let retention: TimeAmount
+    let maxRetained: Int
+
+    init(retention: TimeAmount = .minutes(5), maxRetained: Int = 10_000) {
+        self.retention = retention
+        self.maxRetained = maxRetained
+    }
+
+    func register(_ entry: Entry) {
+        let watchers: [ConversationWatcher] = self.state.withLock { state in
+            state.entries[entry.generationID] = entry
+            state.running[entry.conversationID, default: []].insert(entry.generationID)
+            return (state.watchers[entry.conversationID] ?? []).filter { $0.sessionID != entry.ownerSessionID }
+        }
+        for watcher in watchers { watcher.generationStarted(entry) }
+    }
+
+    func generationFinished(_ finished: FinishedGeneration) {
+        let now = NIODeadline.now()
+        let generationID = finished.info.generationID
+        let conversationID = finished.info.conversationID
+        self.state.withLock { state in
+            state.entries[generationID]?.state = .finished(finished)
+            state.running[conversationID]?.remove(generationID)
+            if state.running[conversationID]?.isEmpty == true { state.running[conversationID] = nil }
+            state.ended.append((generationID, now))
+            Self.evict(&state, now: now, retention: self.retention, maxRetained: self.maxRetained)
+        }
+    }
+
+    func lookup(_ generationID: String) -> Entry? {
+        let now = NIODeadline.now()
+        return self.state.withLock { state in
+            Self.evict(&state, now: now, retention: self.retention, maxRetained: self.maxRetained)
+            return state.entries[generationID]
+        }
+    }
+
+    /// Starts watching; returns the generations running in the conversation now (not the
+    /// watcher's own), which the watcher follows from their start.
+    func watch(_ conversationID: String, _ watcher: ConversationWatcher) -> [Entry] {
+        self.state.withLock { state in
+            state.watchers[conversationID, default: []].append(watcher)
+            return (state.running[conversationID] ?? []).compactMap { state.entries[$0] }
+                .filter { $0.ownerSessionID != watcher.sessionID }
+        }
+    }
+
+    func unwatch(_ conversationID: String, _ watcher: ConversationWatcher) {
+        self.state.withLock { state in
+            state.watchers[conversationID]?.removeAll { $0 === watcher }
+            if state.watchers[conversationID]?.isEmpty == true { state.watchers[conversationID] = nil }
+        }
+    }
+
+    var counts: (entries: Int, watchedConversations: Int) {
+        self.state.withLock { ($0.entries.count, $0.watchers.count) }
+    }
+
+    /// Forgets ended generations past their retention or beyond the count bound (oldest first).
+    private static func evict(_ state: inout State, now: NIODeadline, retention: TimeAmount, maxRetained: Int) {
+        while state.endedStart < state.ended.count {
+            let oldest = state.ended[state.endedStart]
+            let retained = state.ended.count - state.endedStart
+            guard retained > maxRetained || oldest.at + retention <= now else { break }
+            state.entries[oldest.id] = nil
+            state.endedStart += 1
+        }
+        if state.endedStart > 1024 && state.endedStart > state.ended.count / 2 {
+            state.ended.removeFirst(state.endedStart)
+            state.endedStart = 0
+        }
+    }
+}
+
+/// A generation that ended, kept for `generation.resume`: its text with the byte offset where
+/// each seq ends, so any `after_seq` can be replayed as one merged delta.
+struct FinishedGeneration: Sendable {
+    var info: GenerationInfo
+    var text: [UInt8]
+    /// `tokenEnds[i]` is where seq `i + 1` ends in `text`.
+    var tokenEnds: [Int32]
+    var end: GenerationEnd
+
+    /// Everything after `afterSeq`, with `generation.started` first and the end last.
+    func replay(after afterSeq: Int64) -> FollowUpdate {
+        TokenLog.update(text: self.text, tokenEnds: self.tokenEnds, after: afterSeq, upTo: Int64(self.tokenEnds.count),
+                        started: self.info, end: self.end)
+    }
+}
+
+enum TokenLog {
+    /// The text of seqs `afterSeq + 1 ... lastSeq`, merged.
+    static func update(
+        text: some Collection<UInt8>, tokenEnds: [Int32], after afterSeq: Int64, upTo lastSeq: Int64,
+        started: GenerationInfo?, end: GenerationEnd?
+    ) -> FollowUpdate {
+        let from = max(0, min(afterSeq, lastSeq))
+        let startOffset = from == 0 ? 0 : Int(tokenEnds[Int(from) - 1])
+        let endOffset = lastSeq == 0 ? 0 : Int(tokenEnds[Int(lastSeq) - 1])
+        let slice = text.dropFirst(startOffset).prefix(endOffset - startOffset)
+        let ends = from < lastSeq ? tokenEnds[Int(from)..<Int(lastSeq)].map { $0 - Int32(startOffset) } : []
+        return FollowUpdate(started: started, firstSeq: from + 1, lastSeq: lastSeq, text: String(decoding: slice, as: UTF8.self),
+                            tokenEnds: ends, end: end)
+    }
+}
