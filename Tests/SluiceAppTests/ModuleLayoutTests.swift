@@ -6,10 +6,11 @@ import Testing
 @Suite struct ModuleLayoutTests {
     /// Modules each target must never import.
     static let forbidden: [String: Set<String>] = [
-        "WSServer": ["Sessions", "Inference", "SluiceApp"],
-        "Inference": ["WSServer", "Sessions", "SluiceApp"],
+        "WSServer": ["Sessions", "Inference", "SluiceApp", "RedisClient"],
+        "Inference": ["WSServer", "Sessions", "SluiceApp", "RedisClient"],
+        "RedisClient": ["WSServer", "Sessions", "Inference", "SluiceApp", "SluiceProtocol"],
         "Sessions": ["SluiceApp"],
-        "sluice": ["WSServer", "Sessions", "Inference"],  // the executable only parses arguments
+        "sluice": ["WSServer", "Sessions", "Inference", "RedisClient"],  // the executable only parses arguments
     ]
 
     @Test func importsPointDownOnly() throws {

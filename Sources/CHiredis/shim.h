@@ -1,0 +1,45 @@
+#ifndef SLUICE_CHIREDIS_SHIM_H
+#define SLUICE_CHIREDIS_SHIM_H
+// Only the RESP layer of hiredis is used (its reader and command formatter); sockets are NIO's.
+#include <stdlib.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/read.h>
+
+// hiredis 0.14 turns both `$-1` (null bulk string) and `*-1` (null array) into REDIS_REPLY_NIL.
+// The reader task still knows which one it parsed, so this createNil records it: a NIL reply
+// whose `integer` is 1 came from `*-1`. It allocates exactly like hiredis' own createNilObject
+// (calloc, freed by freeReplyObject's free()) and links into the parent array the same way.
+static inline void *sluice_hiredis_createNil(const redisReadTask *task) {
+    redisReply *reply = (redisReply *)calloc(1, sizeof(redisReply));
+    if (reply == NULL) return NULL;
+    reply->type = REDIS_REPLY_NIL;
+    reply->integer = task->type == REDIS_REPLY_ARRAY ? 1 : 0;
+    if (task->parent != NULL) {
+        redisReply *parent = (redisReply *)task->parent->obj;
+        parent->element[task->idx] = reply;
+    }
+    return reply;
+}
+
+// A reader with hiredis' default reply objects except for createNil (above). The function table
+// is per reader (hiredis keeps a pointer to it) and is freed by sluice_hiredis_readerFree.
+static inline redisReader *sluice_hiredis_readerCreate(void) {
+    redisReader *reader = redisReaderCreate();
+    if (reader == NULL) return NULL;
+    redisReplyObjectFunctions *functions = (redisReplyObjectFunctions *)malloc(sizeof(redisReplyObjectFunctions));
+    if (functions == NULL) {
+        redisReaderFree(reader);
+        return NULL;
+    }
+    *functions = *reader->fn;
+    functions->createNil = sluice_hiredis_createNil;
+    reader->fn = functions;
+    return reader;
+}
+
+static inline void sluice_hiredis_readerFree(redisReader *reader) {
+    redisReplyObjectFunctions *functions = reader->fn;
+    redisReaderFree(reader);  // may still call functions->freeObject on a half-built reply
+    free(functions);
+}
+#endif

@@ -1,0 +1,47 @@
+/// Why a Redis command (or subscription) failed.
+public enum RedisClientError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// Redis answered with an error reply (`-ERR ...`, `-WRONGTYPE ...`). Only this command
+    /// failed; the connection is fine.
+    case server(String)
+    /// The connection closed (or was closed) while the command was pending, or before it was sent.
+    case connectionClosed
+    /// The client is between connections (Redis down, reconnecting with backoff). Commands are
+    /// refused at once rather than queued, so memory stays bounded during an outage.
+    case notConnected
+    /// The bytes from Redis were not valid RESP; the connection was closed.
+    case protocolError(String)
+    /// A helper got a reply of a shape its command never returns.
+    case unexpectedReply(command: String, reply: RESPValue)
+    /// The client or subscriber was shut down.
+    case shutDown
+    /// A blocking command (XREAD BLOCK) on the shared, pipelined connection would stall every
+    /// command queued behind it; use a dedicated `RedisConnection` (`RedisClient.makeDedicatedConnection()`).
+    case blockingCommandOnSharedConnection
+    /// hiredis could not format the command (out of memory, or over 2 GiB).
+    case encodingFailed
+
+    public var description: String {
+        switch self {
+        case .server(let message): "Redis error: \(message)"
+        case .connectionClosed: "the Redis connection closed before the reply arrived"
+        case .notConnected: "not connected to Redis (reconnecting)"
+        case .protocolError(let message): "Redis protocol error: \(message)"
+        case .unexpectedReply(let command, let reply): "unexpected reply to \(command): \(reply)"
+        case .shutDown: "the Redis client was shut down"
+        case .blockingCommandOnSharedConnection: "blocking commands need a dedicated Redis connection"
+        case .encodingFailed: "hiredis could not format the command"
+        }
+    }
+}
+
+/// hiredis' reader rejected the input (unknown type byte, bad length, nesting over 7 levels).
+/// Once it happens the stream cannot be resynchronised, so the connection is closed.
+public struct RESPProtocolError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var message: String
+
+    public init(_ message: String) {
+        self.message = message
+    }
+
+    public var description: String { "RESP protocol error: \(self.message)" }
+}

@@ -1,0 +1,275 @@
+import Foundation
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Why a `RedisServerProcess` could not do what was asked.
+struct RedisServerProcessError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// A real `redis-server` for integration tests: 127.0.0.1 on a free random port, a temporary
+/// working directory, no persistence (`--save "" --appendonly no`). `stop()`/`kill()` simulate an
+/// outage and `restart()` brings it back on the same port. Prefer `withServer`, which always
+/// stops the server and removes its directory; `deinit` SIGKILLs a server left running.
+final class RedisServerProcess: Sendable {
+    static let defaultTimeout: Duration = .seconds(10)
+
+    let port: Int
+    /// Working directory (log file `redis.log` lives here).
+    let directory: URL
+    private let executable: String
+    /// The running child, if any. Spawned with posix_spawn, not Foundation's `Process`: that one
+    /// passes on the spawning thread's signal mask, and Swift's worker threads block SIGTERM, so
+    /// the server would ignore `stop()`.
+    private let child = Mutex<Child?>(nil)
+
+    /// `redis://127.0.0.1:port`.
+    var url: String { "redis://127.0.0.1:\(self.port)" }
+
+    private init(executable: String, port: Int, directory: URL) {
+        self.executable = executable
+        self.port = port
+        self.directory = directory
+    }
+
+    deinit {
+        self.child.withLock { child in
+            if var running = child, running.isRunning() {
+                sendSignal(SIGKILL, to: running.pid)
+                running.reap()
+            }
+        }
+        try? FileManager.default.removeItem(at: self.directory)
+    }
+
+    /// `redis-server` from PATH, else /usr/bin/redis-server.
+    static func findExecutable() -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        let candidates = path.split(separator: ":").map { "\($0)/redis-server" } + ["/usr/bin/redis-server"]
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    /// Starts a server and waits until it answers PING. Retries on another port if the one
+    /// picked was taken in the meantime.
+    static func start(timeout: Duration = RedisServerProcess.defaultTimeout) async throws -> RedisServerProcess {
+        guard let executable = Self.findExecutable() else {
+            throw RedisServerProcessError(description: "redis-server not found (apt-get install redis-server)")
+        }
+        var lastError: (any Error)?
+        for _ in 0..<5 {
+            let directory = FileManager.default.temporaryDirectory
+                .appendingPathComponent("sluice-redis-\(UUID().uuidString)", isDirectory: true)
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            let server = RedisServerProcess(executable: executable, port: try Self.freePort(), directory: directory)
+            do {
+                try await server.launch(timeout: timeout)
+                return server
+            } catch {
+                lastError = error
+                await server.kill()
+            }
+        }
+        throw lastError ?? RedisServerProcessError(description: "redis-server did not start")
+    }
+
+    /// Runs `body` with a fresh server, then stops it and removes its directory whatever happens.
+    static func withServer<T>(
+        timeout: Duration = RedisServerProcess.defaultTimeout,
+        _ body: (RedisServerProcess) async throws -> T
+    ) async throws -> T {
+        let server = try await Self.start(timeout: timeout)
+        do {
+            let result = try await body(server)
+            await server.kill()
+            return result
+        } catch {
+            await server.kill()
+            throw error
+        }
+    }
+
+    var isRunning: Bool {
+        self.child.withLock { $0?.isRunning() ?? false }
+    }
+
+    /// The process id of the running server, if any.
+    var pid: Int32? {
+        self.child.withLock { child in
+            guard child?.isRunning() == true else { return nil }
+            return child?.pid
+        }
+    }
+
+    /// SIGTERM (a clean shutdown: Redis closes client connections) and wait for the exit.
+    func stop(timeout: Duration = RedisServerProcess.defaultTimeout) async throws {
+        try await self.terminate(with: SIGTERM, timeout: timeout)
+    }
+
+    /// SIGKILL (a crash: sockets are reset by the kernel) and wait for the exit.
+    func kill() async {
+        try? await self.terminate(with: SIGKILL, timeout: Self.defaultTimeout)
+    }
+
+    /// Starts the server again on the same port (after `stop()` or `kill()`).
+    func restart(timeout: Duration = RedisServerProcess.defaultTimeout) async throws {
+        if self.isRunning { try await self.stop(timeout: timeout) }
+        // The port is ours only by convention now; a test run on a busy machine could lose it.
+        try await self.launch(timeout: timeout)
+    }
+
+    private func launch(timeout: Duration) async throws {
+        let arguments = [
+            self.executable,
+            "--port", String(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", self.directory.path,
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--logfile", self.directory.appendingPathComponent("redis.log").path,
+        ]
+        let pid = try Child.spawn(self.executable, arguments: arguments)
+        self.child.withLock { $0 = Child(pid: pid) }
+
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            guard self.isRunning else {
+                throw RedisServerProcessError(description: "redis-server exited at startup on port \(self.port): \(self.logTail())")
+            }
+            if Self.answersPing(port: self.port) { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw RedisServerProcessError(description: "redis-server on port \(self.port) did not answer PING within \(timeout)")
+    }
+
+    private func terminate(with signal: Int32, timeout: Duration) async throws {
+        guard let pid = self.pid else { return }
+        sendSignal(signal, to: pid)
+        let deadline = ContinuousClock.now + timeout
+        while self.isRunning {
+            if ContinuousClock.now >= deadline {
+                throw RedisServerProcessError(description: "redis-server (pid \(pid)) did not exit within \(timeout)")
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// The last lines of the server's log, for error messages.
+    func logTail() -> String {
+        let log = (try? String(contentsOf: self.directory.appendingPathComponent("redis.log"), encoding: .utf8)) ?? ""
+        return log.split(separator: "\n").suffix(5).joined(separator: " | ")
+    }
+
+    /// A port the kernel just handed out for 127.0.0.1 (free at that moment).
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw RedisServerProcessError(description: "socket() failed: errno \(errno)") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        guard bound == 0 else { throw RedisServerProcessError(description: "bind() failed: errno \(errno)") }
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { throw RedisServerProcessError(description: "getsockname() failed: errno \(errno)") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// Whether something on 127.0.0.1:`port` answers `PING` with `+PONG` (blocking, 500 ms at most).
+    static func answersPing(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 0, tv_usec: 500_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard connected == 0 else { return false }
+        let ping = Array("PING\r\n".utf8)
+        guard send(fd, ping, ping.count, 0) == ping.count else { return false }
+        var reply = [UInt8](repeating: 0, count: 16)
+        let count = recv(fd, &reply, reply.count, 0)
+        return count >= 7 && Array(reply[0..<7]) == Array("+PONG\r\n".utf8)
+    }
+}
+
+/// A spawned process and whether it has been reaped.
+private struct Child {
+    let pid: pid_t
+    var exited = false
+
+    /// Reaps the process if it exited (never blocks).
+    mutating func isRunning() -> Bool {
+        guard !self.exited else { return false }
+        var status: Int32 = 0
+        let result = waitpid(self.pid, &status, WNOHANG)
+        if result == self.pid || (result < 0 && errno == ECHILD) { self.exited = true }
+        return !self.exited
+    }
+
+    /// Waits for the exit (after SIGKILL, so briefly).
+    mutating func reap() {
+        guard !self.exited else { return }
+        var status: Int32 = 0
+        while waitpid(self.pid, &status, 0) < 0 && errno == EINTR {}
+        self.exited = true
+    }
+
+    /// posix_spawn with an empty signal mask and default signal handlers, stdio on /dev/null.
+    static func spawn(_ executable: String, arguments: [String]) throws -> pid_t {
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+
+        let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.map { strdup($0) } + [nil]
+        defer {
+            for pointer in argv { free(pointer) }
+            for pointer in envp { free(pointer) }
+        }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        guard result == 0 else {
+            throw RedisServerProcessError(description: "posix_spawn \(executable) failed: errno \(result)")
+        }
+        return pid
+    }
+}
+
+/// `kill(2)`, outside the class whose `kill()` method would shadow it.
+private func sendSignal(_ signal: Int32, to pid: Int32) {
+    _ = kill(pid, signal)
+}
