@@ -75,7 +75,7 @@ let package = Package(
         .target(
             name: "Sessions",
             dependencies: [
-                "WSServer", "Inference", "SluiceProtocol",
+                "WSServer", "Inference", "SluiceProtocol", "RedisClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -84,7 +84,7 @@ let package = Package(
         .target(
             name: "SluiceApp",
             dependencies: [
-                "WSServer", "Sessions", "Inference",
+                "WSServer", "Sessions", "Inference", "RedisClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -171,7 +171,7 @@ let package = Package(
         .testTarget(
             name: "SessionsTests",
             dependencies: [
-                "Sessions", "Inference", "SluiceProtocol", "WSServer", "SluiceTestSupport",
+                "Sessions", "Inference", "SluiceProtocol", "WSServer", "SluiceTestSupport", "RedisClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

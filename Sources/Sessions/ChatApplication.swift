@@ -1,6 +1,7 @@
 import Inference
 import Logging
 import NIOCore
+import RedisClient
 import SluiceProtocol
 import WSServer
 
@@ -28,18 +29,48 @@ public struct ChatConfiguration: Sendable, Equatable {
     }
 }
 
+/// How generations reach other instances: not at all (one node, the embedded default), or
+/// through Redis.
+public struct FanOut: Sendable {
+    let broker: any Broker
+
+    public static let singleNode = FanOut(broker: LocalBroker())
+
+    public static func redis(
+        url: RedisURL, instanceID: String, configuration: RedisBrokerConfiguration = .init(), eventLoop: any EventLoop, logger: Logger
+    ) -> FanOut {
+        FanOut(broker: RedisBroker(url: url, instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger))
+    }
+
+    /// Whether the shared part works now (Redis reachable); always true for one node.
+    public var isHealthy: Bool { self.broker.isHealthy }
+    public var isShared: Bool { self.broker.isShared }
+    public func shutdown() async { await self.broker.shutdown() }
+}
+
 /// The `sluice.v1` chat protocol on top of the WebSocket data plane.
 public struct ChatApplication: WebSocketApplication {
     let configuration: ChatConfiguration
     let router: InferenceRouter
     let conversations: ConversationMemory
     let hub: GenerationHub
+    let broker: any Broker
     let logger: Logger
 
-    public init(configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory, logger: Logger) {
+    public init(
+        configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory,
+        fanOut: FanOut = .singleNode, logger: Logger
+    ) {
         self.configuration = configuration
         self.router = router
-        self.hub = GenerationHub(retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations)
+        let hub = GenerationHub(retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations)
+        self.hub = hub
+        self.broker = fanOut.broker
+        // A cancel from another instance for one of ours.
+        self.broker.setCancelHandler { generationID in
+            guard case .running(let loop, let generation)? = hub.lookup(generationID)?.state else { return }
+            loop.execute { generation.value.cancel() }
+        }
         self.conversations = conversations
         self.logger = logger
     }
@@ -53,7 +84,7 @@ public struct ChatApplication: WebSocketApplication {
     var defaultModel: String { self.router.defaultUpstream.engine.defaultModel }
 
     public func makeDelegate(for connection: WebSocketConnectionInfo) -> any WebSocketConnectionDelegate {
-        ChatSession(application: self)
+        ChatSession(application: self, eventLoop: connection.eventLoop)
     }
 }
 
@@ -83,6 +114,7 @@ extension ChatApplication {
         }
         let userMessage = ChatMessage(role: .user, content: send.content)
         self.conversations.append(userMessage, to: conversationID)
+        if self.broker.isShared { self.broker.appendMessage(userMessage, toConversation: conversationID) }
         context.append(userMessage)
         let request = GenerationRequest(
             messages: context, model: route.model, maxTokens: send.maxTokens ?? self.configuration.defaultMaxTokens,
@@ -92,7 +124,7 @@ extension ChatApplication {
             model: route.model ?? route.upstream.engine.defaultModel,
             promptEstimate: context.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 },
             output: output, engine: route.upstream.engine, request: request, eventLoop: eventLoop,
-            conversations: self.conversations, hub: self.hub, ownerSessionID: sessionID)
+            conversations: self.conversations, hub: self.hub, broker: self.broker, ownerSessionID: sessionID)
         return .success(generation)
     }
 }

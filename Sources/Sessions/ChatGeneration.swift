@@ -57,6 +57,11 @@ final class ChatGeneration: GenerationSink {
 
     /// Where other connections find it (resume, cancel, conversation watchers).
     private let hub: GenerationHub
+    /// Other instances (Redis), when shared: one publish per upstream read.
+    private let broker: any Broker
+    private let publishesToBroker: Bool
+    /// Last seq handed to the broker.
+    private var brokerSeq: Int64 = 0
     private let ownerSessionID: String
     /// `tokenEnds[i]`: where seq `i + 1` ends in `answerBytes`, so any seq can be replayed.
     private var tokenEnds: [Int32] = []
@@ -69,9 +74,11 @@ final class ChatGeneration: GenerationSink {
     init(
         id: String, conversationID: String, requestID: String?, model: String, promptEstimate: Int, output: any ChatOutput,
         engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop, conversations: ConversationMemory,
-        hub: GenerationHub, ownerSessionID: String
+        hub: GenerationHub, broker: any Broker, ownerSessionID: String
     ) {
         self.hub = hub
+        self.broker = broker
+        self.publishesToBroker = broker.isShared
         self.ownerSessionID = ownerSessionID
         self.engine = engine
         self.request = request
@@ -121,6 +128,7 @@ final class ChatGeneration: GenerationSink {
         self.hub.register(GenerationHub.Entry(
             generationID: self.id, conversationID: self.conversationID, ownerSessionID: self.ownerSessionID,
             state: .running(eventLoop: self.eventLoop, generation: NIOLoopBound(self, eventLoop: self.eventLoop))))
+        if self.publishesToBroker { self.broker.publishStarted(self.info) }
         guard self.output.isConnected else { return }
         self.output.writeMessage { buffer in
             ServerMessageEncoder.generationStarted(
@@ -158,6 +166,7 @@ final class ChatGeneration: GenerationSink {
 
     func generationDidEndBatch() {
         if !self.followers.isEmpty { self.notifyFollowers(end: nil) }
+        if self.publishesToBroker { self.publishBatch() }
         guard self.output.isConnected else { return }
         if self.output.isWritable { self.writePending() }
         self.output.flush()
@@ -231,6 +240,11 @@ final class ChatGeneration: GenerationSink {
         self.finalEnd = end
         self.notifyFollowers(end: end)
         self.followers = []
+        if self.publishesToBroker && self.announced {
+            self.publishBatch()
+            self.broker.publishEnd(self.info, end)
+            self.broker.appendMessage(ChatMessage(role: .assistant, content: self.answer), toConversation: self.conversationID)
+        }
         if self.announced {
             self.hub.generationFinished(FinishedGeneration(
                 info: self.info, text: Array(self.answerBytes.readableBytesView), tokenEnds: self.tokenEnds, end: end))
@@ -264,6 +278,15 @@ final class ChatGeneration: GenerationSink {
 
     func detach(_ follower: GenerationFollower) {
         self.followers.removeAll { $0.follower === follower }
+    }
+
+    /// What arrived since the last publish, as one event for other instances.
+    private func publishBatch() {
+        guard self.seq > self.brokerSeq, self.announced else { return }
+        let update = TokenLog.update(text: self.answerBytes.readableBytesView, tokenEnds: self.tokenEnds, after: self.brokerSeq,
+                                     upTo: self.seq, started: nil, end: nil)
+        self.brokerSeq = self.seq
+        self.broker.publishBatch(self.info, update)
     }
 
     /// One merged update per follower with what arrived since the last one (and the end).

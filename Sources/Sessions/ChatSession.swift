@@ -20,9 +20,11 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
 
     private struct Follow {
         let follower: GenerationFollower
-        /// Where to detach it; nil once the generation has finished.
+        /// Where to detach it; nil once the generation has finished, or when it runs on
+        /// another instance (`remote`).
         let generation: NIOLoopBound<ChatGeneration>?
         let ownerLoop: (any EventLoop)?
+        var remote = false
         let endOnly: Bool
         /// Set when following because of a watched conversation.
         let conversationID: String?
@@ -32,8 +34,12 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         var pendingText = ""
     }
 
-    init(application: ChatApplication) {
+    /// The connection's event loop, kept after the connection is gone.
+    private let eventLoop: any EventLoop
+
+    init(application: ChatApplication, eventLoop: any EventLoop) {
         self.application = application
+        self.eventLoop = eventLoop
     }
 
     var configuration: ChatConfiguration { self.application.configuration }
@@ -89,7 +95,10 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
 
     func connectionClosed(_ connection: WebSocketConnection, code: WebSocketCloseCode) {
         self.connection = nil
-        for (conversationID, watcher) in self.watching { self.application.hub.unwatch(conversationID, watcher) }
+        for (conversationID, watcher) in self.watching {
+            self.application.hub.unwatch(conversationID, watcher)
+            self.application.broker.unwatch(conversationID: conversationID, watcher: watcher)
+        }
         self.watching = [:]
         for id in Array(self.follows.keys) { self.stopFollowing(id) }
         if self.configuration.cancelOnDisconnect {
@@ -107,6 +116,33 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
             return
         }
         guard let connection = self.connection else { return }
+        // A conversation made on another instance: its context comes from the broker first.
+        if let conversationID = send.conversationID, self.application.broker.isShared,
+           !self.application.conversations.exists(conversationID)
+        {
+            let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+            let application = self.application
+            Task {
+                let result = await application.broker.conversationContext(conversationID)
+                session.eventLoop.execute {
+                    switch result {
+                    case .success(let messages?):
+                        application.conversations.load(conversationID, messages: messages)
+                        session.value.begin(send)
+                    case .success(nil):
+                        session.value.sendError(.notFound, "unknown conversation \(conversationID)", requestID: send.requestID)
+                    case .failure:
+                        session.value.sendError(.unavailable, "conversation store unreachable", requestID: send.requestID, retryAfterMs: 1000)
+                    }
+                }
+            }
+            return
+        }
+        self.begin(send)
+    }
+
+    private func begin(_ send: ClientMessage.ChatSend) {
+        guard let connection = self.connection else { return }
         switch self.application.beginGeneration(send, output: self, sessionID: self.sessionID, on: connection.eventLoop) {
         case .success(let generation):
             self.generations[generation.id] = generation
@@ -121,19 +157,52 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
             generation.cancel()
             return
         }
-        guard let entry = self.application.hub.lookup(generationID) else {
+        if let entry = self.application.hub.lookup(generationID) {
+            // Another connection's generation here: cancelling an ended one is a no-op; a running
+            // one is cancelled on its loop, and this connection gets its `generation.done` too.
+            guard case .running(let loop, let generation) = entry.state else { return }
+            if self.follows[generationID] == nil {
+                self.followLocal(entry, afterSeq: 0, endOnly: true, conversationID: nil)
+            }
+            loop.execute { generation.value.cancel() }
+            return
+        }
+        guard self.application.broker.isShared else {
             if !self.recentlyEnded.contains(generationID) {
                 self.sendError(.notFound, "unknown generation \(generationID)", generationID: generationID)
             }
             return
         }
-        // Another connection's generation: cancelling an ended one is a no-op; a running one is
-        // cancelled on its loop, and this connection gets its `generation.done` too.
-        guard case .running(let loop, let generation) = entry.state else { return }
-        if self.follows[generationID] == nil {
-            self.follow(entry, afterSeq: 0, endOnly: true, conversationID: nil)
+        // Owned by another instance: ask its owner, then follow the end (from the hash if it
+        // came first), unless it had ended already (then the cancel is a no-op).
+        guard let connection = self.connection else { return }
+        let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+        let broker = self.application.broker
+        Task {
+            let result = await broker.cancel(generationID: generationID)
+            session.eventLoop.execute { session.value.remoteCancelAnswered(generationID, result) }
         }
-        loop.execute { generation.value.cancel() }
+    }
+
+    private func remoteCancelAnswered(_ generationID: String, _ outcome: CancelOutcome) {
+        switch outcome {
+        case .sent:
+            guard self.follows[generationID] == nil, self.connection != nil else { return }  // a follow brings the done
+            let following = self.startRemoteFollow(generationID, afterSeq: 0, endOnly: true, conversationID: nil)
+            let session = NIOLoopBound(self, eventLoop: self.eventLoop)
+            following.whenSuccess { outcome in
+                guard outcome != .following else { return }
+                session.value.remoteFollowFailed(generationID, outcome, cancelling: true)
+            }
+        case .alreadyEnded:
+            break
+        case .notFound:
+            if !self.recentlyEnded.contains(generationID) {
+                self.sendError(.notFound, "unknown generation \(generationID)", generationID: generationID)
+            }
+        case .unavailable:
+            self.sendError(.unavailable, "cannot reach the instance running \(generationID) now", generationID: generationID, retryAfterMs: 1000)
+        }
     }
 
     private func resume(_ generationID: String, afterSeq: Int64) {
@@ -141,36 +210,120 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
             self.sendError(.invalidMessage, "generation \(generationID) is already streaming on this connection", generationID: generationID)
             return
         }
-        guard let entry = self.application.hub.lookup(generationID) else {
-            self.sendError(.notFound, "unknown or expired generation \(generationID)", generationID: generationID)
+        self.followAnywhere(generationID, afterSeq: afterSeq, conversationID: nil, reportNotFound: true)
+    }
+
+    /// Follows a generation of this instance (through the hub) or of another (through the broker).
+    private func followAnywhere(_ generationID: String, afterSeq: Int64, conversationID: String?, reportNotFound: Bool) {
+        if let entry = self.application.hub.lookup(generationID) {
+            self.followLocal(entry, afterSeq: afterSeq, endOnly: false, conversationID: conversationID)
             return
         }
-        self.follow(entry, afterSeq: afterSeq, endOnly: false, conversationID: nil)
+        guard self.application.broker.isShared, let connection = self.connection else {
+            if reportNotFound { self.sendError(.notFound, "unknown or expired generation \(generationID)", generationID: generationID) }
+            return
+        }
+        let outcome = self.startRemoteFollow(generationID, afterSeq: afterSeq, endOnly: false, conversationID: conversationID)
+        let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+        Task {
+            let result = (try? await outcome.get()) ?? .unavailable
+            guard result != .following else { return }
+            session.eventLoop.execute {
+                if result == .notFound && !reportNotFound {
+                    session.value.stopFollowing(generationID)
+                } else {
+                    session.value.remoteFollowFailed(generationID, result, cancelling: false)
+                }
+            }
+        }
+    }
+
+    private func remoteFollowFailed(_ generationID: String, _ outcome: FollowOutcome, cancelling: Bool) {
+        self.follows[generationID] = nil
+        switch outcome {
+        case .following:
+            break
+        case .notFound:
+            if !(cancelling && self.recentlyEnded.contains(generationID)) {
+                self.sendError(.notFound, "unknown or expired generation \(generationID)", generationID: generationID)
+            }
+        case .gap(let earliestSeq):
+            self.sendError(.resumeGap, "the history of \(generationID) starts at seq \(earliestSeq) now",
+                           generationID: generationID, earliestSeq: earliestSeq)
+        case .unavailable:
+            self.sendError(.unavailable, "cannot reach the shared store now", generationID: generationID, retryAfterMs: 1000)
+        }
     }
 
     private func subscribe(_ conversationID: String) {
         guard let connection = self.connection else { return }
-        guard self.application.conversations.exists(conversationID) else {
+        if self.watching[conversationID] != nil {
+            self.writeSubscription(subscribed: true, conversationID)
+            return
+        }
+        let known = self.application.conversations.exists(conversationID)
+        guard known || self.application.broker.isShared else {
             self.sendError(.notFound, "unknown conversation \(conversationID)", conversationID: conversationID)
             return
         }
-        if self.watching[conversationID] == nil {
-            let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
-            let watcher = ConversationWatcher(sessionID: self.sessionID, eventLoop: connection.eventLoop) { entry in
-                session.value.watchedGenerationStarted(entry, conversationID: conversationID)
-            }
+        let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+        let watcher = ConversationWatcher(sessionID: self.sessionID, eventLoop: connection.eventLoop) { generationID in
+            session.value.watchedGenerationStarted(generationID, conversationID: conversationID)
+        }
+        guard self.application.broker.isShared else {
             self.watching[conversationID] = watcher
             let running = self.application.hub.watch(conversationID, watcher)
             self.writeSubscription(subscribed: true, conversationID)
-            for entry in running { self.watchedGenerationStarted(entry, conversationID: conversationID) }
-        } else {
-            self.writeSubscription(subscribed: true, conversationID)
+            for entry in running { self.watchedGenerationStarted(entry.generationID, conversationID: conversationID) }
+            return
+        }
+        // Shared: the conversation may live elsewhere; watch here and through the broker.
+        let application = self.application
+        Task {
+            let exists: Bool
+            if known {
+                exists = true
+            } else {
+                switch await application.broker.conversationContext(conversationID) {
+                case .success(let messages): exists = messages != nil
+                case .failure:
+                    session.eventLoop.execute {
+                        session.value.sendError(.unavailable, "conversation store unreachable", conversationID: conversationID, retryAfterMs: 1000)
+                    }
+                    return
+                }
+            }
+            guard exists else {
+                session.eventLoop.execute {
+                    session.value.sendError(.notFound, "unknown conversation \(conversationID)", conversationID: conversationID)
+                }
+                return
+            }
+            let remote = await application.broker.watch(conversationID: conversationID, watcher: watcher)
+            session.eventLoop.execute {
+                let session = session.value
+                guard case .success(let running) = remote else {
+                    session.sendError(.unavailable, "cannot watch conversations now", conversationID: conversationID, retryAfterMs: 1000)
+                    return
+                }
+                guard session.connection != nil else {
+                    application.broker.unwatch(conversationID: conversationID, watcher: watcher)
+                    return
+                }
+                session.watching[conversationID] = watcher
+                let local = application.hub.watch(conversationID, watcher)
+                session.writeSubscription(subscribed: true, conversationID)
+                for id in Set(local.map(\.generationID) + running) {
+                    session.watchedGenerationStarted(id, conversationID: conversationID)
+                }
+            }
         }
     }
 
     private func unsubscribe(_ conversationID: String) {
         if let watcher = self.watching.removeValue(forKey: conversationID) {
             self.application.hub.unwatch(conversationID, watcher)
+            self.application.broker.unwatch(conversationID: conversationID, watcher: watcher)
             for (id, follow) in self.follows where follow.conversationID == conversationID { self.stopFollowing(id) }
         }
         self.writeSubscription(subscribed: false, conversationID)
@@ -182,24 +335,37 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         connection.flush()
     }
 
-    private func watchedGenerationStarted(_ entry: GenerationHub.Entry, conversationID: String) {
-        guard self.watching[conversationID] != nil, self.generations[entry.generationID] == nil,
-              self.follows[entry.generationID] == nil
+    private func watchedGenerationStarted(_ generationID: String, conversationID: String) {
+        guard self.watching[conversationID] != nil, self.generations[generationID] == nil,
+              self.follows[generationID] == nil
         else { return }
-        self.follow(entry, afterSeq: 0, endOnly: false, conversationID: conversationID)
+        self.followAnywhere(generationID, afterSeq: 0, conversationID: conversationID, reportNotFound: false)
     }
 
     // MARK: Following generations of other connections
 
-    private func follow(_ entry: GenerationHub.Entry, afterSeq: Int64, endOnly: Bool, conversationID: String?) {
-        guard let connection = self.connection else { return }
-        let generationID = entry.generationID
-        let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
-        let follower = GenerationFollower(eventLoop: connection.eventLoop) { update in
+    private func makeFollower(_ generationID: String) -> GenerationFollower? {
+        guard let connection = self.connection else { return nil }
+        return self.makeFollower(generationID, on: connection.eventLoop)
+    }
+
+    private func makeFollower(_ generationID: String, on eventLoop: any EventLoop) -> GenerationFollower {
+        let session = NIOLoopBound(self, eventLoop: eventLoop)
+        return GenerationFollower(eventLoop: eventLoop) { update in
             session.value.receive(update, generationID: generationID)
         }
+    }
+
+    private static func deltaPrefix(_ generationID: String) -> ByteBuffer {
         var prefix = ByteBuffer()
         ServerMessageEncoder.generationDeltaPrefix(generationID: generationID, into: &prefix)
+        return prefix
+    }
+
+    private func followLocal(_ entry: GenerationHub.Entry, afterSeq: Int64, endOnly: Bool, conversationID: String?) {
+        let generationID = entry.generationID
+        guard let follower = self.makeFollower(generationID) else { return }
+        let prefix = Self.deltaPrefix(generationID)
         switch entry.state {
         case .finished(let finished):
             self.follows[generationID] = Follow(
@@ -214,8 +380,27 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         }
     }
 
+    /// Registers the follow and asks the broker; the outcome says whether it is on.
+    private func startRemoteFollow(_ generationID: String, afterSeq: Int64, endOnly: Bool, conversationID: String?) -> EventLoopFuture<FollowOutcome> {
+        let eventLoop = self.eventLoop
+        let follower = self.makeFollower(generationID, on: eventLoop)
+        var follow = Follow(
+            follower: follower, generation: nil, ownerLoop: nil, endOnly: endOnly, conversationID: conversationID,
+            deltaPrefix: Self.deltaPrefix(generationID), lastSeq: afterSeq)
+        follow.remote = true
+        self.follows[generationID] = follow
+        let broker = self.application.broker
+        let promise = eventLoop.makePromise(of: FollowOutcome.self)
+        promise.completeWithTask { await broker.follow(generationID: generationID, afterSeq: afterSeq, endOnly: endOnly, follower: follower) }
+        return promise.futureResult
+    }
+
     private func stopFollowing(_ generationID: String) {
         guard let follow = self.follows.removeValue(forKey: generationID) else { return }
+        if follow.remote {
+            self.application.broker.unfollow(generationID: generationID, follower: follow.follower)
+            return
+        }
         if let loop = follow.ownerLoop, let generation = follow.generation {
             let follower = follow.follower
             loop.execute { generation.value.detach(follower) }

@@ -61,6 +61,15 @@ public final class ConversationMemory: Sendable {
     /// Uses queued for eviction (live and superseded); bounded by the live count plus a slack.
     var queuedUses: Int { self.state.withLock { $0.uses.count - $0.usesStart } }
 
+    /// Takes a conversation kept elsewhere (another instance made it), replacing what is here.
+    public func load(_ id: String, messages: [ChatMessage]) {
+        self.state.withLock { state in
+            state.conversations[id] = Conversation(lastUsed: state.touch(id))
+            state.evict(downTo: self.maxConversations)
+        }
+        for message in messages { self.append(message, to: id) }
+    }
+
     public func exists(_ id: String) -> Bool {
         self.state.withLock { $0.conversations[id] != nil }
     }

@@ -85,17 +85,18 @@ final class ConversationWatcher: Sendable {
     /// The watching session, so its own generations are not announced back to it.
     let sessionID: String
     let eventLoop: any EventLoop
-    private let notify: @Sendable (GenerationHub.Entry) -> Void
+    private let notify: @Sendable (String) -> Void
 
-    init(sessionID: String, eventLoop: any EventLoop, notify: @escaping @Sendable (GenerationHub.Entry) -> Void) {
+    init(sessionID: String, eventLoop: any EventLoop, notify: @escaping @Sendable (String) -> Void) {
         self.sessionID = sessionID
         self.eventLoop = eventLoop
         self.notify = notify
     }
 
-    func generationStarted(_ entry: GenerationHub.Entry) {
+    /// A generation started in the watched conversation (on this instance or another).
+    func generationStarted(_ generationID: String) {
         let notify = self.notify
-        self.eventLoop.execute { notify(entry) }
+        self.eventLoop.execute { notify(generationID) }
     }
 }
 
@@ -142,7 +143,7 @@ final class GenerationHub: Sendable {
             state.running[entry.conversationID, default: []].insert(entry.generationID)
             return (state.watchers[entry.conversationID] ?? []).filter { $0.sessionID != entry.ownerSessionID }
         }
-        for watcher in watchers { watcher.generationStarted(entry) }
+        for watcher in watchers { watcher.generationStarted(entry.generationID) }
     }
 
     func generationFinished(_ finished: FinishedGeneration) {

@@ -1,5 +1,6 @@
 import Inference
 import NIOCore
+import RedisClient
 import Sessions
 import WSServer
 
@@ -26,6 +27,8 @@ public struct SluiceConfiguration: Sendable, Equatable {
     /// Named upstreams (`upstreams:` list); when given, they replace `upstream`'s kind, URL, model
     /// and key, the first is the default, and a client's `model` picks one by name or model.
     public var upstreams: [NamedUpstream] = []
+    /// Several instances sharing generations and conversations (`redis:` section).
+    public var redis: RedisSettings = .init()
 
     /// Log levels accepted by `logLevel`, most verbose first (the names swift-log uses).
     public static let logLevels: [String] = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
@@ -43,6 +46,13 @@ public struct SluiceConfiguration: Sendable, Equatable {
     /// (so the error can point at the file line); these can only be checked once every layer
     /// (file, environment, flags) has been applied, because a later layer may fix an earlier one.
     public func validate() throws(ConfigurationError) {
+        if let url = self.redis.url {
+            do {
+                _ = try RedisURL(url)
+            } catch {
+                throw ConfigurationError(kind: .invalidValue, key: "redis.url", value: url, reason: "\(error)")
+            }
+        }
         let server = self.server
         if server.writeBufferLowWatermark > server.writeBufferHighWatermark {
             throw ConfigurationError(
@@ -187,4 +197,16 @@ public struct NamedUpstream: Sendable, Equatable {
         self.model = model
         self.apiKey = apiKey
     }
+}
+
+/// Redis for running several instances; without a URL the gateway is a single node.
+public struct RedisSettings: Sendable, Equatable {
+    /// `redis://host:port/db`; nil keeps everything in process.
+    public var url: String? = nil
+    /// `/ready` answers 503 while Redis is unreachable (so a load balancer prefers healthy
+    /// instances); local chats keep working either way.
+    public var readyRequiresRedis: Bool = true
+    public var broker: RedisBrokerConfiguration = .init()
+
+    public init() {}
 }

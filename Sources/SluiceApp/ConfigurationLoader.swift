@@ -372,6 +372,8 @@ extension ConfigurationLoader {
         .size("chat.max_content_bytes", in: 1...Int.max) { $0.chat.maxContentBytes = $1 },
         .integer("chat.max_generations_per_connection", in: 1...10_000) { $0.chat.maxGenerationsPerConnection = $1 },
         .bool("chat.cancel_on_disconnect") { $0.chat.cancelOnDisconnect = $1 },
+        .duration("chat.resume_retention", mustBePositive: true) { $0.chat.resumeRetention = $1 },
+        .integer("chat.max_retained_generations", in: 0...10_000_000) { $0.chat.maxRetainedGenerations = $1 },
 
         .duration("simulator.time_to_first_token", mustBePositive: false) { $0.simulator.timeToFirstToken = $1 },
         .integer("simulator.tokens_per_second", in: 0...100_000_000) { $0.simulator.tokensPerSecond = Double($1) },
@@ -386,6 +388,16 @@ extension ConfigurationLoader {
         .duration("upstream.first_token_timeout", mustBePositive: true) { $0.upstream.firstTokenTimeout = $1 },
         .duration("upstream.between_tokens_timeout", mustBePositive: true) { $0.upstream.betweenTokensTimeout = $1 },
         .upstreamList("upstreams") { $0.upstreams = $1 },
+
+        .optionalString("redis.url") { $0.redis.url = $1 },
+        .bool("redis.ready_requires_redis") { $0.redis.readyRequiresRedis = $1 },
+        .string("redis.key_prefix", nonEmpty: true) { $0.redis.broker.keyPrefix = $1 },
+        .integer("redis.stream_max_entries", in: 10...10_000_000) { $0.redis.broker.streamMaxEntries = $1 },
+        .duration("redis.retention_after_done", mustBePositive: true) { $0.redis.broker.retentionAfterDone = $1 },
+        .duration("redis.owner_ttl", mustBePositive: true) { $0.redis.broker.ownerTTL = $1 },
+        .duration("redis.liveness_interval", mustBePositive: true) { $0.redis.broker.livenessInterval = $1 },
+        .integer("redis.conversation_max_messages", in: 1...100_000) { $0.redis.broker.conversationMaxMessages = $1 },
+        .duration("redis.conversation_ttl", mustBePositive: true) { $0.redis.broker.conversationTTL = $1 },
     ]
 
     static let settingsByKey: [String: ConfigurationSetting] = Dictionary(

@@ -32,6 +32,10 @@ public struct ConfigurationOverrides: Sendable, Equatable {
     public var upstreamKind: String?
     /// `--model`
     public var upstreamModel: String?
+    /// `--redis-url redis://host:port/db`
+    public var redisURL: String?
+    /// `--instance-id`
+    public var instanceID: String?
 
     public init() {}
 
@@ -67,6 +71,8 @@ public struct ConfigurationOverrides: Sendable, Equatable {
         }
         add("--upstream-kind", "upstream.kind", self.upstreamKind)
         add("--model", "upstream.model", self.upstreamModel)
+        add("--redis-url", "redis.url", self.redisURL)
+        add("--instance-id", "instance_id", self.instanceID)
         return entries
     }
 }

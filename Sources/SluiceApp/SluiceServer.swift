@@ -2,6 +2,7 @@ import Foundation
 import Inference
 import Logging
 import NIOPosix
+import RedisClient
 import ServiceLifecycle
 import Sessions
 import WSServer
@@ -14,6 +15,7 @@ public enum SluiceServer {
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
         let application: any WebSocketApplication
         var httpRoutes: (any HTTPRouteProvider)?
+        var fanOut = FanOut.singleNode
         if configuration.echo {
             application = EchoApplication()
             logger.notice("echo mode: /v1/ws echoes every message")
@@ -22,19 +24,39 @@ public enum SluiceServer {
             chat.instanceID = configuration.instanceID ?? Self.generatedInstanceID()
             chat.heartbeatMs = configuration.server.heartbeatInterval.nanoseconds / 1_000_000
             let router = try await Self.makeRouter(configuration, logger: logger)
+            if let url = configuration.redis.url {
+                fanOut = .redis(
+                    url: try RedisURL(url), instanceID: chat.instanceID, configuration: configuration.redis.broker,
+                    eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)
+                logger.notice("fan-out through Redis", metadata: ["sluice.redis": "\(url)", "sluice.instance": "\(chat.instanceID)"])
+            } else {
+                logger.notice("single node (no Redis configured)", metadata: ["sluice.instance": "\(chat.instanceID)"])
+            }
             let chatApplication = ChatApplication(
-                configuration: chat, router: router, conversations: ConversationMemory(), logger: logger)
+                configuration: chat, router: router, conversations: ConversationMemory(), fanOut: fanOut, logger: logger)
             application = chatApplication
             httpRoutes = ChatStreamRoutes(application: chatApplication)
         }
+        let readiness: (@Sendable () -> String?)?
+        if fanOut.isShared && configuration.redis.readyRequiresRedis {
+            readiness = { [fanOut] in fanOut.isHealthy ? nil : "redis unreachable" }
+        } else {
+            readiness = nil
+        }
         let server = try WebSocketServer(
-            configuration: configuration.server, application: application, httpRoutes: httpRoutes, logger: logger)
+            configuration: configuration.server, application: application, httpRoutes: httpRoutes, readiness: readiness, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
-        try await group.run()
+        do {
+            try await group.run()
+        } catch {
+            await fanOut.shutdown()
+            throw error
+        }
+        await fanOut.shutdown()
     }
 
     /// The configured upstreams: the named list, or the single `upstream`.

@@ -36,12 +36,18 @@ final class ServerShared: Sendable {
     let registry = ConnectionRegistry()
     let metrics: WebSocketServerMetrics
     let connectionSettings: ConnectionSettings
+    /// The application's own readiness: nil when ready, else why not (`/ready` answers 503).
+    let readiness: (@Sendable () -> String?)?
     private let draining = Atomic<Bool>(false)
 
-    init(configuration: WebSocketServerConfiguration, application: any WebSocketApplication, httpRoutes: (any HTTPRouteProvider)? = nil) {
+    init(
+        configuration: WebSocketServerConfiguration, application: any WebSocketApplication, httpRoutes: (any HTTPRouteProvider)? = nil,
+        readiness: (@Sendable () -> String?)? = nil
+    ) {
         self.configuration = configuration
         self.application = application
         self.httpRoutes = httpRoutes
+        self.readiness = readiness
         let metrics = WebSocketServerMetrics()
         self.metrics = metrics
         self.connectionSettings = ConnectionSettings(configuration, application: application, metrics: metrics)

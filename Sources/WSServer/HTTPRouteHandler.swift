@@ -103,6 +103,8 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
         case "/ready":
             if self.server.isDraining {
                 self.respond(context: context, head: head, status: .serviceUnavailable, body: "draining")
+            } else if let reason = self.server.readiness?() {
+                self.respond(context: context, head: head, status: .serviceUnavailable, body: reason)
             } else {
                 self.respond(context: context, head: head, status: .ok, body: "ready")
             }

@@ -17,6 +17,8 @@ public struct WebSocketConnectionInfo: Sendable {
     public var subprotocol: String?
     /// Whether permessage-deflate was agreed.
     public var isCompressed: Bool
+    /// The connection's event loop: every delegate call happens on it.
+    public var eventLoop: any EventLoop
 }
 
 /// A message as it arrived: reassembled, decompressed, and for text, valid UTF-8.

@@ -25,14 +25,17 @@ public final class WebSocketServer: Service, Sendable {
     /// - Parameter httpRoutes: plain HTTP routes of the application beside the WebSocket endpoint.
     /// - Parameter eventLoopGroup: loops to run on; by default a new one with
     ///   `configuration.eventLoopThreads` threads (one per core when 0), shut down when `run` ends.
+    /// - Parameter readiness: the application's readiness for `/ready`: nil when ready, else
+    ///   the reason it is not (answered with 503).
     public init(
         configuration: WebSocketServerConfiguration,
         application: any WebSocketApplication,
         httpRoutes: (any HTTPRouteProvider)? = nil,
         eventLoopGroup: (any EventLoopGroup)? = nil,
+        readiness: (@Sendable () -> String?)? = nil,
         logger: Logger
     ) throws {
-        self.shared = ServerShared(configuration: configuration, application: application, httpRoutes: httpRoutes)
+        self.shared = ServerShared(configuration: configuration, application: application, httpRoutes: httpRoutes, readiness: readiness)
         self.logger = logger
         if let eventLoopGroup {
             self.group = eventLoopGroup

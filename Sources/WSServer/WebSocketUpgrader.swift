@@ -48,7 +48,8 @@ final class WebSocketUpgrader: HTTPServerProtocolUpgrader {
             requestHead: upgradeRequest,
             remoteAddress: context.channel.remoteAddress,
             subprotocol: agreement.subprotocol,
-            isCompressed: agreement.deflate != nil)
+            isCompressed: agreement.deflate != nil,
+            eventLoop: context.eventLoop)
         let handler = WebSocketConnectionHandler(
             settings: self.server.connectionSettings,
             deflate: agreement.deflate.map(DeflateParameters.init),

@@ -96,6 +96,12 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: .init("Model name sent upstream (default: the server's first /v1/models entry).", valueName: "name"))
     var model: String?
 
+    @Option(name: .long, help: .init("Redis for several instances: redis://host:port/db (default: none, a single node).", valueName: "url"))
+    var redisURL: String?
+
+    @Option(name: .long, help: .init("This instance's name (default: hostname-pid).", valueName: "name"))
+    var instanceID: String?
+
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
         let configuration: SluiceConfiguration
@@ -125,6 +131,8 @@ struct Serve: AsyncParsableCommand {
         overrides.upstream = self.upstream
         overrides.upstreamKind = self.upstreamKind
         overrides.upstreamModel = self.model
+        overrides.redisURL = self.redisURL
+        overrides.instanceID = self.instanceID
         overrides.maxMessageSize = self.maxMessageSize
         overrides.deflateEnabled = self.noDeflate ? false : nil
         overrides.tlsCertificatePath = self.tlsCertificatePath

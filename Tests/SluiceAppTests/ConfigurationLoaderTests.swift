@@ -311,7 +311,7 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
 
     @Test func unknownTopLevelKeyAndSection() {
         #expect(configurationError { _ = try configuration(fromYAML: "loglevel: info\n") }?.key == "loglevel")
-        #expect(configurationError { _ = try configuration(fromYAML: "redis:\n  url: x\n") }?.key == "redis")
+        #expect(configurationError { _ = try configuration(fromYAML: "database:\n  url: x\n") }?.key == "database")
         #expect(configurationError { _ = try configuration(fromYAML: "websocket:\n  deflate:\n    window: 3\n") }?.key == "websocket.deflate.window")
     }
 
@@ -499,5 +499,25 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
             ])
         }
         #expect(error?.kind == .inconsistent && error?.key == "upstreams")
+    }
+}
+
+@Suite struct RedisSettingsTests {
+    @Test func fileEnvironmentAndFlag() throws {
+        var configuration = try configuration(fromYAML: "redis:\n  url: redis://127.0.0.1:6380/2\n  stream_max_entries: 500\n  owner_ttl: 2s\n")
+        #expect(configuration.redis.url == "redis://127.0.0.1:6380/2")
+        #expect(configuration.redis.broker.streamMaxEntries == 500 && configuration.redis.broker.ownerTTL == .seconds(2))
+        configuration = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_REDIS_URL": "redis://10.0.0.1:6379/0"])
+        #expect(configuration.redis.url == "redis://10.0.0.1:6379/0")
+        var overrides = ConfigurationOverrides()
+        overrides.redisURL = "redis://127.0.0.1:7000"
+        overrides.instanceID = "gw-7"
+        configuration = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_REDIS_URL": "redis://10.0.0.1:6379/0"], overrides: overrides)
+        #expect(configuration.redis.url == "redis://127.0.0.1:7000" && configuration.instanceID == "gw-7")
+    }
+
+    @Test func aBadURLIsNamed() {
+        let error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_REDIS_URL": "http://x"]) }
+        #expect(error?.key == "redis.url" && error?.kind == .invalidValue)
     }
 }

@@ -59,7 +59,7 @@ import Testing
             self.channel = EmbeddedChannel(loop: loop)
             let info = WebSocketConnectionInfo(
                 requestHead: HTTPRequestHead(version: .http1_1, method: .GET, uri: "/v1/ws"),
-                remoteAddress: nil, subprotocol: nil, isCompressed: deflate != nil)
+                remoteAddress: nil, subprotocol: nil, isCompressed: deflate != nil, eventLoop: loop)
             try self.channel.pipeline.syncOperations.addHandler(self.reads)
             try self.channel.pipeline.syncOperations.addHandler(WebSocketConnectionHandler(
                 settings: shared ?? ConnectionSettings(configuration, application: self.app, metrics: WebSocketServerMetrics()),

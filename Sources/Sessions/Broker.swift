@@ -1,0 +1,76 @@
+import Inference
+import NIOCore
+
+/// The cross-instance side of generations and conversations. Generations of this instance are
+/// found in its `GenerationHub`; the broker reaches the others. `LocalBroker` is the embedded
+/// single-node default (there are no others); `RedisBroker` fans out through Redis.
+///
+/// Owner-side calls come from the generation's event loop once per upstream read, never per
+/// token, and must not block: failures are counted and dropped (local streaming goes on).
+protocol Broker: Sendable {
+    /// False for a single node: nothing to publish, nobody else to ask.
+    var isShared: Bool { get }
+    /// Whether the shared part works right now (false while Redis is unreachable).
+    var isHealthy: Bool { get }
+
+    // Owner side.
+    func publishStarted(_ info: GenerationInfo)
+    func publishBatch(_ info: GenerationInfo, _ update: FollowUpdate)
+    func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd)
+    func appendMessage(_ message: ChatMessage, toConversation conversationID: String)
+
+    // Conversations kept by the broker (for `chat.send` with a `conversation_id` made elsewhere).
+    func conversationContext(_ conversationID: String) async -> Result<[ChatMessage]?, BrokerError>
+
+    // Followers of generations owned by other instances.
+    func follow(generationID: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome
+    func unfollow(generationID: String, follower: GenerationFollower)
+    func cancel(generationID: String) async -> CancelOutcome
+    /// Starts telling `watcher` about generations started in the conversation on other
+    /// instances, and returns those running there now.
+    func watch(conversationID: String, watcher: ConversationWatcher) async -> Result<[String], BrokerError>
+    func unwatch(conversationID: String, watcher: ConversationWatcher)
+
+    /// Called when a cancel for one of this instance's generations arrives from elsewhere.
+    func setCancelHandler(_ handler: @escaping @Sendable (String) -> Void)
+    func shutdown() async
+}
+
+enum FollowOutcome: Sendable, Equatable {
+    /// The replay went out (or is on its way) and live updates follow.
+    case following
+    case notFound
+    /// The bounded history no longer holds `after_seq + 1`; `earliestSeq` is the first still held.
+    case gap(earliestSeq: Int64)
+    case unavailable
+}
+
+enum CancelOutcome: Sendable, Equatable {
+    case sent
+    /// It had already ended: a cancel is a no-op.
+    case alreadyEnded
+    case notFound
+    case unavailable
+}
+
+struct BrokerError: Error, Sendable, Equatable {
+    var message: String
+}
+
+/// The embedded default: one node, so there is nothing to publish and nobody else to ask.
+struct LocalBroker: Broker {
+    var isShared: Bool { false }
+    var isHealthy: Bool { true }
+    func publishStarted(_ info: GenerationInfo) {}
+    func publishBatch(_ info: GenerationInfo, _ update: FollowUpdate) {}
+    func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd) {}
+    func appendMessage(_ message: ChatMessage, toConversation conversationID: String) {}
+    func conversationContext(_ conversationID: String) async -> Result<[ChatMessage]?, BrokerError> { .success(nil) }
+    func follow(generationID: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome { .notFound }
+    func unfollow(generationID: String, follower: GenerationFollower) {}
+    func cancel(generationID: String) async -> CancelOutcome { .notFound }
+    func watch(conversationID: String, watcher: ConversationWatcher) async -> Result<[String], BrokerError> { .success([]) }
+    func unwatch(conversationID: String, watcher: ConversationWatcher) {}
+    func setCancelHandler(_ handler: @escaping @Sendable (String) -> Void) {}
+    func shutdown() async {}
+}

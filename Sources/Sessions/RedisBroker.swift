@@ -1,0 +1,493 @@
+import Inference
+import Logging
+import NIOCore
+import RedisClient
+import SluiceProtocol
+import Synchronization
+
+/// Settings of the Redis fan-out.
+public struct RedisBrokerConfiguration: Sendable, Equatable {
+    /// Prefix of every key and channel, so several deployments can share one Redis.
+    public var keyPrefix: String = "sluice:"
+    /// Entries kept per generation stream (one entry per upstream read, often several tokens).
+    public var streamMaxEntries: Int = 10_000
+    /// How long a generation stays resumable after it ended.
+    public var retentionAfterDone: TimeAmount = .minutes(5)
+    /// Upper bound on a running generation's keys, in case its owner dies and never ends it.
+    public var runningTTL: TimeAmount = .hours(2)
+    /// An instance counts as dead once its liveness key is this old.
+    public var ownerTTL: TimeAmount = .seconds(3)
+    /// How often liveness is refreshed and followed owners are checked.
+    public var livenessInterval: TimeAmount = .seconds(1)
+    /// Conversation context kept in Redis: the newest messages, for this long after last use.
+    public var conversationMaxMessages: Int = 100
+    public var conversationTTL: TimeAmount = .hours(24)
+
+    public init() {}
+}
+
+/// Fans generations out through Redis. Per generation, the owner (the instance calling the
+/// upstream) keeps:
+///
+/// - `gen:{id}` a hash: owner, conversation, request id, model, state, and the end once done;
+/// - `gen:{id}:s` a stream, one entry per upstream read with id `0-{lastSeq}` (the end is
+///   `1-0`), bounded by `streamMaxEntries`, expiring `retentionAfterDone` after the end;
+/// - channel `g:{id}`: the same encoded events, live;
+/// - `conv:{id}:m` the conversation's messages, `conv:{id}:run` its running generations and
+///   channel `c:{id}` announcing each generation started in it;
+/// - `inst:{instance}` a liveness key with a short TTL, and channel `ctl:{instance}` for cancels.
+///
+/// A follower elsewhere subscribes to `g:{id}` first, then reads the stream after its seq, then
+/// takes live events; the session drops seqs it already has (every update carries its token
+/// boundaries), so the seam has neither a gap nor a repeat. Each event is written to the stream
+/// before it is published, in one pipeline, so what a new subscriber misses is in the stream.
+final class RedisBroker: Broker {
+    let instanceID: String
+    let configuration: RedisBrokerConfiguration
+    private let client: RedisClient
+    private let subscriber: RedisSubscriber
+    private let logger: Logger
+    private let state = Mutex(State())
+    private let cancelHandler = Mutex<(@Sendable (String) -> Void)?>(nil)
+    private let livenessTask = Mutex<RepeatedTask?>(nil)
+
+    private struct State {
+        var remote: [String: RemoteGeneration] = [:]
+        var watchers: [String: [ConversationWatcher]] = [:]
+        var droppedEvents = 0
+    }
+
+    /// A generation owned elsewhere that local sessions follow.
+    private struct RemoteGeneration {
+        var owner: String
+        var lastSeq: Int64 = 0
+        var ended = false
+        var missedLiveness = 0
+        var followers: [RemoteFollower] = []
+    }
+
+    private struct RemoteFollower {
+        let follower: GenerationFollower
+        let endOnly: Bool
+        /// Until its replay went out, live events wait here (then go, duplicates and all: the
+        /// session drops seqs it has).
+        var buffered: [GenerationWire.Event]? = []
+    }
+
+    init(url: RedisURL, instanceID: String, configuration: RedisBrokerConfiguration, eventLoop: any EventLoop, logger: Logger) {
+        self.instanceID = instanceID
+        self.configuration = configuration
+        self.logger = logger
+        let redis = RedisConfiguration(url: url)
+        let resync = Mutex<RedisBroker?>(nil)
+        // Liveness is refreshed as soon as a connection is up, not only on the next tick.
+        self.client = RedisClient(configuration: redis, eventLoop: eventLoop, logger: logger, onStateChange: { state in
+            if state == .connected { resync.withLock { $0 }?.refreshLiveness() }
+        })
+        self.subscriber = RedisSubscriber(
+            configuration: redis, eventLoop: eventLoop, logger: logger,
+            onResubscribed: { resync.withLock { $0 }?.resynchronize() })
+        resync.withLock { $0 = self }
+        let control = self.key("ctl:\(instanceID)")
+        _ = self.subscriber.subscribe(control) { [weak self] message in self?.controlMessage(message) }
+        let task = eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: configuration.livenessInterval) { [weak self] _ in
+            self?.livenessTick()
+        }
+        self.livenessTask.withLock { $0 = task }
+    }
+
+    var isShared: Bool { true }
+    var isHealthy: Bool { self.client.isConnected && self.subscriber.isConnected }
+
+    func setCancelHandler(_ handler: @escaping @Sendable (String) -> Void) {
+        self.cancelHandler.withLock { $0 = handler }
+    }
+
+    func shutdown() async {
+        self.livenessTask.withLock { $0 }?.cancel()
+        // Gone at once rather than after the TTL: followers elsewhere see owner_lost sooner.
+        _ = try? await self.client.send(RedisCommand("DEL", self.key("inst:\(self.instanceID)")))
+        await self.subscriber.shutdown()
+        await self.client.shutdown()
+    }
+
+    private func key(_ suffix: String) -> String { self.configuration.keyPrefix + suffix }
+    private func milliseconds(_ amount: TimeAmount) -> Int { Int(amount.nanoseconds / 1_000_000) }
+
+    // MARK: Owner side
+
+    func publishStarted(_ info: GenerationInfo) {
+        var event = ByteBuffer()
+        GenerationWire.encodeStarted(info, owner: self.instanceID, into: &event)
+        let generation = self.key("gen:\(info.generationID)")
+        var fields = RedisCommand("HSET", generation, "owner", self.instanceID, "conversation", info.conversationID,
+                                  "model", info.model, "state", "running", "started", event)
+        if let requestID = info.requestID { fields.append(contentsOf: ["request", requestID]) }
+        self.fire([
+            fields,
+            RedisCommand("PEXPIRE", generation, self.milliseconds(self.configuration.runningTTL)),
+            RedisCommand("SADD", self.key("conv:\(info.conversationID):run"), info.generationID),
+            RedisCommand("PEXPIRE", self.key("conv:\(info.conversationID):run"), self.milliseconds(self.configuration.runningTTL)),
+            RedisCommand("PUBLISH", self.key("c:\(info.conversationID)"), event),
+        ])
+    }
+
+    func publishBatch(_ info: GenerationInfo, _ update: FollowUpdate) {
+        var event = ByteBuffer()
+        GenerationWire.encodeBatch(update, into: &event)
+        let stream = self.key("gen:\(info.generationID):s")
+        var add = RedisCommand("XADD", stream, "MAXLEN", "~", self.configuration.streamMaxEntries)
+        add.append(contentsOf: ["0-\(update.lastSeq)", "e", event])
+        var commands = [add, RedisCommand("PUBLISH", self.key("g:\(info.generationID)"), event)]
+        if update.firstSeq == 1 {
+            commands.append(RedisCommand("PEXPIRE", stream, self.milliseconds(self.configuration.runningTTL)))
+        }
+        self.fire(commands)
+    }
+
+    func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd) {
+        var event = ByteBuffer()
+        GenerationWire.encodeEnd(end, into: &event)
+        let generation = self.key("gen:\(info.generationID)")
+        let stream = generation + ":s"
+        let retention = self.milliseconds(self.configuration.retentionAfterDone)
+        var add = RedisCommand("XADD", stream, "MAXLEN", "~", self.configuration.streamMaxEntries)
+        add.append(contentsOf: ["1-0", "e", event])
+        self.fire([
+            add,
+            RedisCommand("PUBLISH", self.key("g:\(info.generationID)"), event),
+            RedisCommand("HSET", generation, "state", "done", "end", event),
+            RedisCommand("PEXPIRE", generation, retention),
+            RedisCommand("PEXPIRE", stream, retention),
+            RedisCommand("SREM", self.key("conv:\(info.conversationID):run"), info.generationID),
+        ])
+    }
+
+    func appendMessage(_ message: ChatMessage, toConversation conversationID: String) {
+        let list = self.key("conv:\(conversationID):m")
+        self.fire([
+            RedisCommand("RPUSH", list, message.role.rawValue + "\n" + message.content),
+            RedisCommand("LTRIM", list, -self.configuration.conversationMaxMessages, -1),
+            RedisCommand("PEXPIRE", list, self.milliseconds(self.configuration.conversationTTL)),
+        ])
+    }
+
+    /// Sends without waiting; a failure (Redis down) only loses the cross-instance copy.
+    private func fire(_ commands: [RedisCommand]) {
+        let results: [EventLoopFuture<RESPValue>] = self.client.send(pipeline: commands)
+        results.last?.whenFailure { [weak self] _ in self?.state.withLock { $0.droppedEvents += 1 } }
+    }
+
+    var droppedEvents: Int { self.state.withLock { $0.droppedEvents } }
+
+    // MARK: Conversations
+
+    func conversationContext(_ conversationID: String) async -> Result<[ChatMessage]?, BrokerError> {
+        do {
+            let reply = try await self.client.send(RedisCommand("LRANGE", self.key("conv:\(conversationID):m"), 0, -1))
+            guard let items = reply.array else { return .failure(BrokerError(message: "unexpected LRANGE reply")) }
+            guard !items.isEmpty else { return .success(nil) }
+            let messages = items.compactMap { item -> ChatMessage? in
+                guard let text = item.string, let newline = text.firstIndex(of: "\n"),
+                      let role = ChatMessage.Role(rawValue: String(text[..<newline]))
+                else { return nil }
+                return ChatMessage(role: role, content: String(text[text.index(after: newline)...]))
+            }
+            return .success(messages)
+        } catch {
+            return .failure(BrokerError(message: "\(error)"))
+        }
+    }
+
+    func watch(conversationID: String, watcher: ConversationWatcher) async -> Result<[String], BrokerError> {
+        let first = self.state.withLock { state in
+            state.watchers[conversationID, default: []].append(watcher)
+            return state.watchers[conversationID]!.count == 1
+        }
+        do {
+            if first {
+                try await self.subscriber.subscribe(self.key("c:\(conversationID)")) { [weak self] message in
+                    self?.conversationMessage(message, conversationID: conversationID)
+                }
+            }
+            let running = try await self.client.send(RedisCommand("SMEMBERS", self.key("conv:\(conversationID):run")))
+            return .success((running.array ?? []).compactMap(\.string))
+        } catch {
+            self.unwatch(conversationID: conversationID, watcher: watcher)
+            return .failure(BrokerError(message: "\(error)"))
+        }
+    }
+
+    func unwatch(conversationID: String, watcher: ConversationWatcher) {
+        let last = self.state.withLock { state -> Bool in
+            state.watchers[conversationID]?.removeAll { $0 === watcher }
+            guard state.watchers[conversationID]?.isEmpty ?? false else { return false }
+            state.watchers[conversationID] = nil
+            return true
+        }
+        if last { _ = self.subscriber.unsubscribe(self.key("c:\(conversationID)")) }
+    }
+
+    private func conversationMessage(_ message: RedisPubSubMessage, conversationID: String) {
+        guard case .started(let info, let owner)? = GenerationWire.decode(message.payload) else { return }
+        // This instance's own generations reach its watchers through the hub.
+        guard owner != self.instanceID else { return }
+        let watchers = self.state.withLock { $0.watchers[conversationID] ?? [] }
+        for watcher in watchers { watcher.generationStarted(info.generationID) }
+    }
+
+    // MARK: Following generations owned elsewhere
+
+    func follow(generationID: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome {
+        let channel = self.key("g:\(generationID)")
+        let first = self.state.withLock { state -> Bool in
+            let first = state.remote[generationID] == nil
+            state.remote[generationID, default: RemoteGeneration(owner: "")].followers.append(RemoteFollower(follower: follower, endOnly: endOnly))
+            return first
+        }
+        do {
+            // Subscribe before reading history: anything published after this is seen live,
+            // anything before is already in the stream.
+            if first {
+                try await self.subscriber.subscribe(channel) { [weak self] message in self?.generationMessage(message, generationID: generationID) }
+            }
+            let hash = try await self.client.send(RedisCommand("HGETALL", self.key("gen:\(generationID)")))
+            let fields = Self.fields(hash)
+            guard let owner = fields["owner"].map({ String(buffer: $0) }), let startedBytes = fields["started"],
+                  case .started(let info, _)? = GenerationWire.decode(startedBytes)
+            else {
+                self.removeFollower(follower, generationID: generationID)
+                return .notFound
+            }
+            let storedEnd = fields["end"].flatMap { bytes -> GenerationEnd? in
+                if case .end(let end)? = GenerationWire.decode(bytes) { return end }
+                return nil
+            }
+            var replay = FollowUpdate(started: endOnly ? nil : info, firstSeq: afterSeq + 1, lastSeq: afterSeq, text: "", end: nil)
+            if endOnly {
+                replay.end = storedEnd
+            } else {
+                let entries = try await self.client.xrange(self.key("gen:\(generationID):s"), start: "0-\(afterSeq + 1)", end: "+")
+                var batches: [FollowUpdate] = []
+                for entry in entries {
+                    guard let bytes = entry.fields.first(where: { $0.name == "e" })?.value else { continue }
+                    switch GenerationWire.decode(bytes) {
+                    case .batch(let firstSeq, let lastSeq, let ends, let text)?:
+                        batches.append(FollowUpdate(started: nil, firstSeq: firstSeq, lastSeq: lastSeq, text: text, tokenEnds: ends, end: nil))
+                    case .end(let end)?:
+                        replay.end = end
+                    default:
+                        continue
+                    }
+                }
+                let end = replay.end ?? storedEnd
+                let lastKnown = batches.last?.lastSeq ?? end?.seq ?? afterSeq
+                if let firstHeld = batches.first?.firstSeq, firstHeld > afterSeq + 1 {
+                    self.removeFollower(follower, generationID: generationID)
+                    return .gap(earliestSeq: firstHeld)
+                }
+                if batches.isEmpty, afterSeq < lastKnown {
+                    self.removeFollower(follower, generationID: generationID)
+                    return .gap(earliestSeq: lastKnown + 1)
+                }
+                for batch in batches {
+                    let fresh = batch.dropping(through: replay.lastSeq)
+                    guard fresh.hasText else { continue }
+                    replay.text += fresh.text
+                    let base = Int32(replay.text.utf8.count - fresh.text.utf8.count)
+                    replay.tokenEnds += fresh.tokenEnds.map { $0 + base }
+                    replay.lastSeq = fresh.lastSeq
+                }
+                replay.firstSeq = afterSeq + 1
+                replay.end = end
+            }
+            let finalReplay = replay
+            self.subscriber.eventLoop.execute {
+                self.startLive(follower, generationID: generationID, owner: owner, replay: finalReplay)
+            }
+            return .following
+        } catch {
+            self.removeFollower(follower, generationID: generationID)
+            return .unavailable
+        }
+    }
+
+    /// On the subscriber's loop (where live events arrive): the replay, then what waited, then live.
+    private func startLive(_ follower: GenerationFollower, generationID: String, owner: String, replay: FollowUpdate) {
+        let buffered: [GenerationWire.Event]? = self.state.withLock { state in
+            guard var remote = state.remote[generationID],
+                  let index = remote.followers.firstIndex(where: { $0.follower === follower })
+            else { return nil }
+            remote.owner = owner
+            remote.lastSeq = max(remote.lastSeq, replay.lastSeq)
+            let waiting = remote.followers[index].buffered ?? []
+            remote.followers[index].buffered = nil
+            state.remote[generationID] = remote
+            return waiting
+        }
+        guard let buffered else { return }  // unfollowed meanwhile
+        follower.send(replay)
+        var ended = replay.end != nil
+        for event in buffered where !ended {
+            if let update = Self.update(for: event) {
+                follower.send(update)
+                ended = update.end != nil
+            }
+        }
+        // A dead owner is found by the liveness check, which also covers this follower now.
+        if ended { self.removeFollower(follower, generationID: generationID) }
+    }
+
+    func unfollow(generationID: String, follower: GenerationFollower) {
+        self.removeFollower(follower, generationID: generationID)
+    }
+
+    private func removeFollower(_ follower: GenerationFollower, generationID: String) {
+        let last = self.state.withLock { state -> Bool in
+            state.remote[generationID]?.followers.removeAll { $0.follower === follower }
+            guard state.remote[generationID]?.followers.isEmpty ?? false else { return false }
+            state.remote[generationID] = nil
+            return true
+        }
+        if last { _ = self.subscriber.unsubscribe(self.key("g:\(generationID)")) }
+    }
+
+    private func generationMessage(_ message: RedisPubSubMessage, generationID: String) {
+        guard let event = GenerationWire.decode(message.payload) else { return }
+        self.deliver(event, generationID: generationID)
+    }
+
+    private func deliver(_ event: GenerationWire.Event, generationID: String) {
+        guard let update = Self.update(for: event) else { return }
+        let live: [RemoteFollower] = self.state.withLock { state in
+            guard var remote = state.remote[generationID] else { return [] }
+            if update.hasText { remote.lastSeq = max(remote.lastSeq, update.lastSeq) }
+            if let end = update.end {
+                remote.lastSeq = max(remote.lastSeq, end.seq)
+                remote.ended = true
+            }
+            var live: [RemoteFollower] = []
+            for index in remote.followers.indices {
+                if remote.followers[index].buffered != nil {
+                    remote.followers[index].buffered!.append(event)
+                } else {
+                    live.append(remote.followers[index])
+                }
+            }
+            state.remote[generationID] = remote
+            return live
+        }
+        for follower in live where !follower.endOnly || update.end != nil {
+            follower.follower.send(follower.endOnly ? .endOnly(update.end!) : update)
+        }
+        if update.end != nil {
+            for follower in live { self.removeFollower(follower.follower, generationID: generationID) }
+        }
+    }
+
+    private static func update(for event: GenerationWire.Event) -> FollowUpdate? {
+        switch event {
+        case .batch(let firstSeq, let lastSeq, let ends, let text):
+            return FollowUpdate(started: nil, firstSeq: firstSeq, lastSeq: lastSeq, text: text, tokenEnds: ends, end: nil)
+        case .end(let end):
+            return .endOnly(end)
+        case .started:
+            return nil
+        }
+    }
+
+    /// After Redis came back: events published meanwhile were lost on the channels, so each
+    /// followed generation is read again from the stream after the last seq seen (the session
+    /// drops what it has).
+    func resynchronize() {
+        let followed = self.state.withLock { state in state.remote.map { ($0.key, $0.value.lastSeq) } }
+        for (generationID, lastSeq) in followed {
+            Task {
+                guard let entries = try? await self.client.xrange(self.key("gen:\(generationID):s"), start: "0-\(lastSeq + 1)", end: "+")
+                else { return }
+                let events = entries.compactMap { entry in entry.fields.first(where: { $0.name == "e" }).flatMap { GenerationWire.decode($0.value) } }
+                self.subscriber.eventLoop.execute {
+                    for event in events { self.deliver(event, generationID: generationID) }
+                }
+            }
+        }
+    }
+
+    // MARK: Cancel from anywhere
+
+    func cancel(generationID: String) async -> CancelOutcome {
+        do {
+            let reply = try await self.client.send(RedisCommand("HMGET", self.key("gen:\(generationID)"), "owner", "state"))
+            guard let values = reply.array, values.count == 2, let owner = values[0].string else { return .notFound }
+            if values[1].string == "done" { return .alreadyEnded }
+            _ = try await self.client.send(RedisCommand("PUBLISH", self.key("ctl:\(owner)"), "cancel\n" + generationID))
+            return .sent
+        } catch {
+            return .unavailable
+        }
+    }
+
+    private func controlMessage(_ message: RedisPubSubMessage) {
+        guard let text = message.payload.getString(at: message.payload.readerIndex, length: message.payload.readableBytes),
+              text.hasPrefix("cancel\n")
+        else { return }
+        let generationID = String(text.dropFirst("cancel\n".count))
+        self.cancelHandler.withLock { $0 }?(generationID)
+    }
+
+    // MARK: Liveness
+
+    private func refreshLiveness() {
+        self.fire([RedisCommand("SET", self.key("inst:\(self.instanceID)"), "1", "PX", self.milliseconds(self.configuration.ownerTTL))])
+    }
+
+    /// Refreshes this instance's liveness, and checks the owners of followed generations: one
+    /// found missing twice in a row is dead (once could be a key that is being refreshed late).
+    private func livenessTick() {
+        self.refreshLiveness()
+        let owners = self.state.withLock { state in Set(state.remote.values.filter { !$0.ended && !$0.owner.isEmpty }.map(\.owner)) }
+        for owner in owners {
+            Task {
+                guard let alive = try? await self.isAlive(owner) else { return }  // Redis down: no verdict
+                let lost = self.state.withLock { state -> [String] in
+                    var lost: [String] = []
+                    for (id, var remote) in state.remote where remote.owner == owner && !remote.ended {
+                        remote.missedLiveness = alive ? 0 : remote.missedLiveness + 1
+                        state.remote[id] = remote
+                        if remote.missedLiveness >= 2 { lost.append(id) }
+                    }
+                    return lost
+                }
+                guard !lost.isEmpty else { return }
+                self.subscriber.eventLoop.execute {
+                    for generationID in lost { self.ownerLost(generationID) }
+                }
+            }
+        }
+    }
+
+    private func isAlive(_ owner: String) async throws -> Bool {
+        try await self.client.send(RedisCommand("EXISTS", self.key("inst:\(owner)"))).int == 1
+    }
+
+    /// The owner died without ending the generation: followers get `done` with `owner_lost`
+    /// (what they received stays resumable from the stream).
+    private func ownerLost(_ generationID: String) {
+        guard let lastSeq = self.state.withLock({ $0.remote[generationID].map(\.lastSeq) }) else { return }
+        let end = GenerationEnd(
+            seq: lastSeq, finishReason: .error,
+            usage: Usage(promptTokens: 0, completionTokens: Int(lastSeq), source: .gateway),
+            error: GenerationError(code: .ownerLost, message: "the instance running this generation went away"))
+        self.logger.warning("owner lost", metadata: ["sluice.generation": "\(generationID)"])
+        self.deliver(.end(end), generationID: generationID)
+    }
+
+    private static func fields(_ reply: RESPValue) -> [String: ByteBuffer] {
+        guard let items = reply.array, items.count % 2 == 0 else { return [:] }
+        var fields: [String: ByteBuffer] = [:]
+        for index in stride(from: 0, to: items.count, by: 2) {
+            if let name = items[index].string, let value = items[index + 1].buffer { fields[name] = value }
+        }
+        return fields
+    }
+}

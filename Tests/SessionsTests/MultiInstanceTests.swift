@@ -1,0 +1,294 @@
+import Foundation
+import Inference
+import Logging
+import NIOCore
+import NIOPosix
+import RedisClient
+import Sessions
+import SluiceProtocol
+@testable import SluiceTestSupport
+import Testing
+import WSServer
+
+/// Several Sluice instances (each its own WebSocket server, chat application and Redis broker,
+/// in this process) sharing a real `redis-server` on loopback.
+@Suite(.serialized) struct MultiInstanceTests {
+    typealias Client = ChatSessionTests.ChatClient
+
+    final class Instance: Sendable {
+        let name: String
+        let port: Int
+        let group: any EventLoopGroup
+        let server: WebSocketServer
+        let fanOut: FanOut
+
+        init(name: String, redisURL: String, simulator: SimulatorEngine.Configuration, broker: RedisBrokerConfiguration) async throws {
+            self.name = name
+            var logger = Logger(label: "sluice.multi-instance-test.\(name)")
+            logger.logLevel = .critical
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            self.group = group
+            var server = WebSocketServerConfiguration()
+            server.host = "127.0.0.1"
+            server.port = 0
+            server.drain.gracePeriod = .milliseconds(50)
+            server.drain.deadline = .seconds(3)
+            let fanOut = FanOut.redis(url: try RedisURL(redisURL), instanceID: name, configuration: broker,
+                                      eventLoop: group.next(), logger: logger)
+            self.fanOut = fanOut
+            let application = ChatApplication(
+                configuration: ChatConfiguration(instanceID: name), router: InferenceRouter(single: SimulatorEngine(configuration: simulator)),
+                conversations: ConversationMemory(), fanOut: fanOut, logger: logger)
+            self.server = try WebSocketServer(
+                configuration: server, application: application, eventLoopGroup: group,
+                readiness: { fanOut.isHealthy ? nil : "redis unreachable" }, logger: logger)
+            self.port = try #require(try await self.server.start().port)
+        }
+
+        func connect() async throws -> Client {
+            let raw = try await RawClient.connect(port: self.port, group: self.group)
+            let (response, _) = try await raw.handshake(extraHeaders: [("Sec-WebSocket-Protocol", "sluice.v1")])
+            #expect(response.status == 101)
+            let client = Client(raw: raw)
+            let ready = try await client.next()
+            #expect(ready["type"] as? String == "session.ready" && ready["instance_id"] as? String == self.name)
+            return client
+        }
+
+        func stop() async {
+            await self.fanOut.shutdown()
+            try? await self.group.shutdownGracefully()
+        }
+    }
+
+    /// Runs `body` with a fresh redis-server and `count` instances; everything is stopped after.
+    static func run(
+        count: Int = 2,
+        simulator configure: (inout SimulatorEngine.Configuration) -> Void = { _ in },
+        broker configureBroker: (inout RedisBrokerConfiguration) -> Void = { _ in },
+        _ body: (RedisServerProcess, [Instance]) async throws -> Void
+    ) async throws {
+        var simulator = SimulatorEngine.Configuration()
+        simulator.timeToFirstToken = .milliseconds(5)
+        simulator.tokensPerSecond = 200
+        simulator.answerTokens = 100
+        configure(&simulator)
+        var broker = RedisBrokerConfiguration()
+        broker.ownerTTL = .milliseconds(600)
+        broker.livenessInterval = .milliseconds(200)
+        configureBroker(&broker)
+        try await RedisServerProcess.withServer { redis in
+            var instances: [Instance] = []
+            do {
+                for index in 0..<count {
+                    instances.append(try await Instance(name: "gw-\(index)", redisURL: redis.url, simulator: simulator, broker: broker))
+                }
+                // Each instance's control channel and liveness key in place before the test starts.
+                try await Self.eventually("instances connected to Redis") { instances.allSatisfy { $0.fanOut.isHealthy } }
+                try await body(redis, instances)
+            } catch {
+                for instance in instances { await instance.stop() }
+                throw error
+            }
+            for instance in instances { await instance.stop() }
+        }
+    }
+
+    static func eventually(_ what: String, timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("timed out waiting for: \(what)")
+        throw CancellationError()
+    }
+
+    static let text = FollowTests.text(of:after:)
+
+    @Test func aSecondTabOnAnotherInstanceSeesIdenticalDeltas() async throws {
+        try await Self.run { _, instances in
+            let first = try await instances[0].connect()
+            try await first.send(["type": "chat.send", "content": "hello", "max_tokens": 3])
+            let conversationID = try #require(try await first.next()["conversation_id"] as? String)
+            var ignored: [[String: Any]] = []
+            _ = try await first.until("generation.done", &ignored)
+
+            let second = try await instances[1].connect()
+            try await second.send(["type": "conversation.subscribe", "conversation_id": conversationID])
+            #expect(try await second.next()["type"] as? String == "conversation.subscribed")
+            try await first.send(["type": "chat.send", "content": "watch this", "conversation_id": conversationID])
+            var firstMessages: [[String: Any]] = []
+            let firstDone = try await first.until("generation.done", &firstMessages)
+            var secondMessages: [[String: Any]] = []
+            let secondDone = try await second.until("generation.done", &secondMessages)
+            #expect(secondMessages.first?["type"] as? String == "generation.started")
+            #expect(secondMessages.first?["generation_id"] as? String == firstDone["generation_id"] as? String)
+            #expect(Self.text(secondMessages, 0).text == Self.text(firstMessages, 0).text)
+            #expect(Self.text(secondMessages, 0).text == SimulatorEngine.tokens(for: "watch this", seed: 0, count: 100).joined())
+            #expect(secondDone["seq"] as? Int == 100 && secondDone["finish_reason"] as? String == "stop")
+
+            // The conversation continues from the other instance, with its context from Redis.
+            try await second.send(["type": "chat.send", "content": "my turn", "conversation_id": conversationID, "max_tokens": 2])
+            let started = try await second.next()
+            #expect(started["type"] as? String == "generation.started" && started["conversation_id"] as? String == conversationID)
+            try await second.send(["type": "conversation.subscribe", "conversation_id": "conv_nowhere"])
+            var rest: [[String: Any]] = []
+            let error = try await second.until("error", &rest)
+            #expect(error["code"] as? String == "not_found" && error["conversation_id"] as? String == "conv_nowhere")
+        }
+    }
+
+    @Test func cancelFromAnotherInstanceStopsTheGeneration() async throws {
+        try await Self.run(simulator: { $0.tokensPerSecond = 50; $0.answerTokens = 10_000 }) { _, instances in
+            let owner = try await instances[0].connect()
+            try await owner.send(["type": "chat.send", "content": "long", "max_tokens": 10_000])
+            let generationID = try #require(try await owner.next()["generation_id"] as? String)
+            _ = try await owner.next()
+            let other = try await instances[1].connect()
+            try await other.send(["type": "generation.cancel", "generation_id": generationID])
+            let otherDone = try await other.next()
+            #expect(otherDone["type"] as? String == "generation.done" && otherDone["finish_reason"] as? String == "cancelled")
+            var ownerMessages: [[String: Any]] = []
+            let ownerDone = try await owner.until("generation.done", &ownerMessages)
+            #expect(ownerDone["finish_reason"] as? String == "cancelled" && ownerDone["seq"] as? Int == otherDone["seq"] as? Int)
+            // Again: a no-op; an id nobody knows: not_found.
+            try await other.send(["type": "generation.cancel", "generation_id": generationID])
+            try await other.send(["type": "generation.cancel", "generation_id": "gen_nobody"])
+            let error = try await other.next()
+            #expect(error["code"] as? String == "not_found" && error["generation_id"] as? String == "gen_nobody")
+        }
+    }
+
+    @Test func randomDisconnectResumeCyclesAcrossInstancesRebuildTheText() async throws {
+        try await Self.run(count: 3, simulator: { $0.tokensPerSecond = 1000; $0.answerTokens = 3000 }) { _, instances in
+            let expected = SimulatorEngine.tokens(for: "wander", seed: 0, count: 3000).joined()
+            var generator = SystemRandomNumberGenerator()
+            var client = try await instances[0].connect()
+            try await client.send(["type": "chat.send", "content": "wander", "max_tokens": 3000])
+            let generationID = try #require(try await client.next()["generation_id"] as? String)
+            var text = ""
+            var lastSeq = 0
+            var cycles = 0
+            while true {
+                var messages: [[String: Any]] = []
+                let stopAfter = Int.random(in: 1...12, using: &generator)
+                var done = false
+                while messages.count < stopAfter {
+                    let message = try await client.next()
+                    if message["type"] as? String == "generation.done" { done = true; break }
+                    messages.append(message)
+                }
+                let part = Self.text(messages, lastSeq)
+                text += part.text
+                lastSeq = part.lastSeq
+                if done { break }
+                await client.raw.close()
+                cycles += 1
+                client = try await instances.randomElement(using: &generator)!.connect()
+                try await client.send(["type": "generation.resume", "generation_id": generationID, "after_seq": lastSeq])
+                #expect(try await client.next()["type"] as? String == "generation.started")
+            }
+            #expect(text == expected)
+            #expect(lastSeq == 3000)
+            #expect(cycles >= 100)
+        }
+    }
+
+    @Test func resumeAfterTheEndAndAResumeGap() async throws {
+        try await Self.run(simulator: { $0.tokensPerSecond = 0; $0.answerTokens = 400 }, broker: { $0.streamMaxEntries = 10 }) { _, instances in
+            let owner = try await instances[0].connect()
+            try await owner.send(["type": "chat.send", "content": "done soon", "max_tokens": 400])
+            let generationID = try #require(try await owner.next()["generation_id"] as? String)
+            var all: [[String: Any]] = []
+            _ = try await owner.until("generation.done", &all)
+            let other = try await instances[1].connect()
+            // After the last seq: started again, then at once the done.
+            try await other.send(["type": "generation.resume", "generation_id": generationID, "after_seq": 400])
+            #expect(try await other.next()["type"] as? String == "generation.started")
+            let done = try await other.next()
+            #expect(done["type"] as? String == "generation.done" && done["seq"] as? Int == 400)
+            // The stream kept only its newest entries (one per simulator tick of 256 tokens or
+            // fewer), so seq 1 may be gone; whatever is held replays exactly.
+            try await other.send(["type": "generation.resume", "generation_id": generationID, "after_seq": 0])
+            let answer = try await other.next()
+            if answer["type"] as? String == "error" {
+                #expect(answer["code"] as? String == "resume_gap")
+                let earliest = try #require(answer["earliest_seq"] as? Int)
+                try await other.send(["type": "generation.resume", "generation_id": generationID, "after_seq": earliest - 1])
+                #expect(try await other.next()["type"] as? String == "generation.started")
+                var replay: [[String: Any]] = []
+                _ = try await other.until("generation.done", &replay)
+                let expected = SimulatorEngine.tokens(for: "done soon", seed: 0, count: 400).dropFirst(earliest - 1).joined()
+                #expect(Self.text(replay, earliest - 1).text == expected)
+            } else {
+                #expect(answer["type"] as? String == "generation.started")
+                var replay: [[String: Any]] = []
+                _ = try await other.until("generation.done", &replay)
+                #expect(Self.text(replay, 0).text == SimulatorEngine.tokens(for: "done soon", seed: 0, count: 400).joined())
+            }
+            try await other.send(["type": "generation.resume", "generation_id": "gen_gone"])
+            let error = try await other.next()
+            #expect(error["code"] as? String == "not_found")
+        }
+    }
+
+    @Test func anOwnerThatStopsHeartbeatingIsReportedLost() async throws {
+        try await Self.run(simulator: { $0.tokensPerSecond = 20; $0.answerTokens = 10_000 }) { _, instances in
+            let owner = try await instances[0].connect()
+            try await owner.send(["type": "chat.send", "content": "abandoned", "max_tokens": 10_000])
+            let generationID = try #require(try await owner.next()["generation_id"] as? String)
+            _ = try await owner.next()
+            let watcher = try await instances[1].connect()
+            try await watcher.send(["type": "generation.resume", "generation_id": generationID])
+            #expect(try await watcher.next()["type"] as? String == "generation.started")
+            // The owner's Redis side goes away (its liveness key is deleted at shutdown and no
+            // longer refreshed), while its generation never publishes an end.
+            await instances[0].fanOut.shutdown()
+            var messages: [[String: Any]] = []
+            let done = try await watcher.until("generation.done", &messages)
+            #expect(done["finish_reason"] as? String == "error")
+            #expect((done["error"] as? [String: Any])?["code"] as? String == "owner_lost")
+            #expect(done["seq"] as? Int == Self.text(messages, 0).lastSeq || messages.isEmpty)
+        }
+    }
+
+    @Test func redisGoingAwayLeavesLocalStreamsAloneAndEverythingRecovers() async throws {
+        try await Self.run(simulator: { $0.tokensPerSecond = 200; $0.answerTokens = 300 }) { redis, instances in
+            let local = try await instances[0].connect()
+            try await local.send(["type": "chat.send", "content": "keep going", "max_tokens": 300])
+            _ = try await local.next()
+            await redis.kill()
+            try await Self.eventually("instance notices") { !instances[0].fanOut.isHealthy }
+            // /ready reflects the outage; the local stream finishes untouched.
+            var messages: [[String: Any]] = []
+            let done = try await local.until("generation.done", &messages)
+            #expect(Self.text(messages, 0).text == SimulatorEngine.tokens(for: "keep going", seed: 0, count: 300).joined())
+            #expect(done["finish_reason"] as? String == "stop")
+            // Cross-instance features answer with a retryable error meanwhile.
+            let other = try await instances[1].connect()
+            try await other.send(["type": "generation.resume", "generation_id": "gen_somewhere"])
+            let error = try await other.next()
+            #expect(error["code"] as? String == "unavailable" && error["retry_after_ms"] != nil)
+            // New local chats still work.
+            try await other.send(["type": "chat.send", "content": "local only", "max_tokens": 3])
+            var local2: [[String: Any]] = []
+            #expect(try await other.until("generation.done", &local2)["finish_reason"] as? String == "length")
+
+            try await redis.restart()
+            try await Self.eventually("instances reconnect") { instances.allSatisfy { $0.fanOut.isHealthy } }
+            // Cross-instance again: a second tab on the other instance.
+            let owner = try await instances[0].connect()
+            try await owner.send(["type": "chat.send", "content": "after the outage", "max_tokens": 5])
+            let started = try await owner.next()
+            let generationID = try #require(started["generation_id"] as? String)
+            var ownerMessages: [[String: Any]] = []
+            _ = try await owner.until("generation.done", &ownerMessages)
+            try await other.send(["type": "generation.resume", "generation_id": generationID])
+            #expect(try await other.next()["type"] as? String == "generation.started")
+            var replay: [[String: Any]] = []
+            _ = try await other.until("generation.done", &replay)
+            #expect(Self.text(replay, 0).text == Self.text(ownerMessages, 0).text)
+        }
+    }
+}
