@@ -31,6 +31,12 @@ protocol Broker: Sendable {
     func watch(conversationID: String, watcher: ConversationWatcher) async -> Result<[String], BrokerError>
     func unwatch(conversationID: String, watcher: ConversationWatcher)
 
+    // Presence: which instance holds which user's connections.
+    func presenceOpened(user: String, sessionID: String)
+    func presenceClosed(user: String, sessionID: String)
+    /// The user's connections on every live instance (this one's included).
+    func presence(of user: String) async -> Result<[PresenceEntry], BrokerError>
+
     /// Called when a cancel for one of this instance's generations arrives from elsewhere.
     func setCancelHandler(_ handler: @escaping @Sendable (String) -> Void)
     func shutdown() async
@@ -71,6 +77,9 @@ struct LocalBroker: Broker {
     func cancel(generationID: String) async -> CancelOutcome { .notFound }
     func watch(conversationID: String, watcher: ConversationWatcher) async -> Result<[String], BrokerError> { .success([]) }
     func unwatch(conversationID: String, watcher: ConversationWatcher) {}
+    func presenceOpened(user: String, sessionID: String) {}
+    func presenceClosed(user: String, sessionID: String) {}
+    func presence(of user: String) async -> Result<[PresenceEntry], BrokerError> { .success([]) }
     func setCancelHandler(_ handler: @escaping @Sendable (String) -> Void) {}
     func shutdown() async {}
 }

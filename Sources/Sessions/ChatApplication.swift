@@ -55,6 +55,7 @@ public struct ChatApplication: WebSocketApplication {
     let conversations: ConversationMemory
     let hub: GenerationHub
     let broker: any Broker
+    let presence = LocalPresence()
     let logger: Logger
 
     public init(
@@ -80,11 +81,41 @@ public struct ChatApplication: WebSocketApplication {
         self.init(configuration: configuration, router: InferenceRouter(single: engine), conversations: conversations, logger: logger)
     }
 
+    /// After the server drained its connections: with a shared broker, generations were handed
+    /// off (clients resume them on other instances through Redis), so wait for them to finish,
+    /// up to `deadline`; whatever still runs then ends with `owner_lost`. Single node: the drain
+    /// already cancelled them.
+    public func finishGenerations(deadline: TimeAmount) async {
+        let until = NIODeadline.now() + deadline
+        var running = self.hub.running
+        if !running.isEmpty {
+            self.logger.notice("waiting for handed-off generations", metadata: ["sluice.generations": "\(running.count)"])
+        }
+        while !running.isEmpty && NIODeadline.now() < until {
+            try? await Task.sleep(for: .milliseconds(50))
+            running = self.hub.running
+        }
+        for entry in running {
+            guard case .running(let loop, let generation) = entry.state else { continue }
+            try? await loop.submit { generation.value.abandon() }.get()
+        }
+        if !running.isEmpty {
+            self.logger.warning("generations cut off at the drain deadline", metadata: ["sluice.generations": "\(running.count)"])
+        }
+    }
+
+    /// The user's open connections: this instance's, and with Redis every live instance's.
+    func presence(of user: String) async -> Result<[PresenceEntry], BrokerError> {
+        let local = self.presence.sessions(of: user).map { PresenceEntry(instanceID: self.configuration.instanceID, sessionID: $0) }
+        guard self.broker.isShared else { return .success(local) }
+        return await self.broker.presence(of: user).map { Array(Set($0 + local)) }
+    }
+
     /// The model announced in `session.ready`: the default upstream's.
     var defaultModel: String { self.router.defaultUpstream.engine.defaultModel }
 
     public func makeDelegate(for connection: WebSocketConnectionInfo) -> any WebSocketConnectionDelegate {
-        ChatSession(application: self, eventLoop: connection.eventLoop)
+        ChatSession(application: self, eventLoop: connection.eventLoop, user: UserIdentity.user(from: connection.requestHead))
     }
 }
 

@@ -215,6 +215,19 @@ final class ChatGeneration: GenerationSink {
     }
 
     private func end(_ reason: FinishReason, error: InferenceError?) {
+        self.end(reason, failure: error.map { GenerationError(code: $0.code, message: $0.message) })
+    }
+
+    /// The instance stops before the generation ended (a drain's deadline): it ends with
+    /// `owner_lost`, like an owner that died, and its upstream request is closed.
+    func abandon() {
+        guard !self.ended else { return }
+        self.handle?.cancel()
+        self.handle = nil
+        self.end(.error, failure: GenerationError(code: .ownerLost, message: "the instance running this generation shut down"))
+    }
+
+    private func end(_ reason: FinishReason, failure error: GenerationError?) {
         guard !self.ended else { return }
         self.ended = true
         // Usage is always present: the upstream's counts when it sent them, else counted here.
@@ -236,7 +249,7 @@ final class ChatGeneration: GenerationSink {
             self.output.flush()
         }
         let end = GenerationEnd(seq: self.seq, finishReason: reason, usage: usage,
-                                error: error.map { GenerationError(code: $0.code, message: $0.message) })
+                                error: error)
         self.finalEnd = end
         self.notifyFollowers(end: end)
         self.followers = []

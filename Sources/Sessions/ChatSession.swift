@@ -37,15 +37,23 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     /// The connection's event loop, kept after the connection is gone.
     private let eventLoop: any EventLoop
 
-    init(application: ChatApplication, eventLoop: any EventLoop) {
+    /// Who this connection belongs to (`user` query parameter or `X-Sluice-User`), if said.
+    private let user: String?
+
+    init(application: ChatApplication, eventLoop: any EventLoop, user: String?) {
         self.application = application
         self.eventLoop = eventLoop
+        self.user = user
     }
 
     var configuration: ChatConfiguration { self.application.configuration }
 
     func connectionOpened(_ connection: WebSocketConnection) {
         self.connection = connection
+        if let user = self.user {
+            self.application.presence.opened(user: user, sessionID: self.sessionID)
+            if self.application.broker.isShared { self.application.broker.presenceOpened(user: user, sessionID: self.sessionID) }
+        }
         connection.writeText { buffer in
             ServerMessageEncoder.sessionReady(
                 sessionID: self.sessionID, instanceID: self.configuration.instanceID,
@@ -86,15 +94,24 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     }
 
     func connectionWillClose(_ connection: WebSocketConnection, code: WebSocketCloseCode) {
-        // Drain: end running generations cleanly (`generation.done` cancelled) before Close 1012,
-        // which also closes their upstream requests.
-        if code == .serviceRestart || code == .goingAway {
+        guard code == .serviceRestart || code == .goingAway else { return }
+        if self.application.broker.isShared {
+            // Drain with hand-off: the generations go on here and stream through Redis; the
+            // client reconnects to another instance and resumes them there.
+            connection.writeText { ServerMessageEncoder.sessionDraining(retryAfterMs: 0, into: &$0) }
+        } else {
+            // Single node: nobody could resume them, so end them cleanly (`generation.done`
+            // cancelled) before Close 1012, which also closes their upstream requests.
             for generation in Array(self.generations.values) { generation.cancel() }
         }
     }
 
     func connectionClosed(_ connection: WebSocketConnection, code: WebSocketCloseCode) {
         self.connection = nil
+        if let user = self.user {
+            self.application.presence.closed(user: user, sessionID: self.sessionID)
+            if self.application.broker.isShared { self.application.broker.presenceClosed(user: user, sessionID: self.sessionID) }
+        }
         for (conversationID, watcher) in self.watching {
             self.application.hub.unwatch(conversationID, watcher)
             self.application.broker.unwatch(conversationID: conversationID, watcher: watcher)

@@ -4,6 +4,8 @@ import NIOHTTP1
 import SluiceProtocol
 import WSServer
 
+/// The chat application's plain HTTP routes: `POST /v1/chat/stream` and `GET /v1/presence`.
+///
 /// `POST /v1/chat/stream`: the same generation as over WebSocket, as Server-Sent Events:
 /// `data: <the sluice.v1 JSON object>` per event and a final `data: [DONE]`. Closing the HTTP
 /// connection cancels the generation.
@@ -17,6 +19,7 @@ public struct ChatStreamRoutes: HTTPRouteProvider {
 
     public func responder(for head: HTTPRequestHead) -> (any HTTPRouteResponder)? {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? ""
+        if path == PresenceRoutes.path { return PresenceResponder(application: self.application) }
         guard path == Self.path else { return nil }
         return ChatStreamResponder(application: self.application)
     }

@@ -184,6 +184,11 @@ final class GenerationHub: Sendable {
         }
     }
 
+    /// Generations of this instance still running.
+    var running: [Entry] {
+        self.state.withLock { state in state.running.values.flatMap { $0 }.compactMap { state.entries[$0] } }
+    }
+
     var counts: (entries: Int, watchedConversations: Int) {
         self.state.withLock { ($0.entries.count, $0.watchers.count) }
     }

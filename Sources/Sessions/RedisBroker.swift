@@ -413,6 +413,50 @@ final class RedisBroker: Broker {
         }
     }
 
+    // MARK: Presence
+
+    /// `user:{name}` holds `instance\nsession` members; members of instances whose liveness key
+    /// expired are dropped when read, so a dead instance's connections vanish within `ownerTTL`.
+    func presenceOpened(user: String, sessionID: String) {
+        let key = self.key("user:\(user)")
+        self.fire([
+            RedisCommand("SADD", key, self.instanceID + "\n" + sessionID),
+            RedisCommand("PEXPIRE", key, self.milliseconds(self.configuration.conversationTTL)),
+        ])
+    }
+
+    func presenceClosed(user: String, sessionID: String) {
+        self.fire([RedisCommand("SREM", self.key("user:\(user)"), self.instanceID + "\n" + sessionID)])
+    }
+
+    func presence(of user: String) async -> Result<[PresenceEntry], BrokerError> {
+        do {
+            let key = self.key("user:\(user)")
+            let members = try await self.client.send(RedisCommand("SMEMBERS", key)).array?.compactMap(\.string) ?? []
+            var entries: [PresenceEntry] = []
+            var alive: [String: Bool] = [:]
+            var stale: [String] = []
+            for member in members {
+                let parts = member.split(separator: "\n", maxSplits: 1).map(String.init)
+                guard parts.count == 2 else { continue }
+                if alive[parts[0]] == nil { alive[parts[0]] = try await self.isAlive(parts[0]) }
+                if alive[parts[0]] == true {
+                    entries.append(PresenceEntry(instanceID: parts[0], sessionID: parts[1]))
+                } else {
+                    stale.append(member)
+                }
+            }
+            if !stale.isEmpty {
+                var remove = RedisCommand("SREM", key)
+                remove.append(contentsOf: stale)
+                self.fire([remove])
+            }
+            return .success(entries)
+        } catch {
+            return .failure(BrokerError(message: "\(error)"))
+        }
+    }
+
     // MARK: Cancel from anywhere
 
     func cancel(generationID: String) async -> CancelOutcome {

@@ -206,6 +206,9 @@ public struct RedisSettings: Sendable, Equatable {
     /// `/ready` answers 503 while Redis is unreachable (so a load balancer prefers healthy
     /// instances); local chats keep working either way.
     public var readyRequiresRedis: Bool = true
+    /// On SIGTERM, generations handed off to other instances may run this long before the
+    /// process exits; those still running then end with `owner_lost`.
+    public var handoffDeadline: TimeAmount = .seconds(60)
     public var broker: RedisBrokerConfiguration = .init()
 
     public init() {}

@@ -391,6 +391,7 @@ extension ConfigurationLoader {
 
         .optionalString("redis.url") { $0.redis.url = $1 },
         .bool("redis.ready_requires_redis") { $0.redis.readyRequiresRedis = $1 },
+        .duration("redis.handoff_deadline", mustBePositive: false) { $0.redis.handoffDeadline = $1 },
         .string("redis.key_prefix", nonEmpty: true) { $0.redis.broker.keyPrefix = $1 },
         .integer("redis.stream_max_entries", in: 10...10_000_000) { $0.redis.broker.streamMaxEntries = $1 },
         .duration("redis.retention_after_done", mustBePositive: true) { $0.redis.broker.retentionAfterDone = $1 },

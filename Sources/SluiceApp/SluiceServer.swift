@@ -1,6 +1,7 @@
 import Foundation
 import Inference
 import Logging
+import NIOCore
 import NIOPosix
 import RedisClient
 import ServiceLifecycle
@@ -16,6 +17,8 @@ public enum SluiceServer {
         let application: any WebSocketApplication
         var httpRoutes: (any HTTPRouteProvider)?
         var fanOut = FanOut.singleNode
+        var chatApplication: ChatApplication?
+        var serverConfiguration = configuration.server
         if configuration.echo {
             application = EchoApplication()
             logger.notice("echo mode: /v1/ws echoes every message")
@@ -32,10 +35,14 @@ public enum SluiceServer {
             } else {
                 logger.notice("single node (no Redis configured)", metadata: ["sluice.instance": "\(chat.instanceID)"])
             }
-            let chatApplication = ChatApplication(
+            let chatApp = ChatApplication(
                 configuration: chat, router: router, conversations: ConversationMemory(), fanOut: fanOut, logger: logger)
-            application = chatApplication
-            httpRoutes = ChatStreamRoutes(application: chatApplication)
+            chatApplication = chatApp
+            application = chatApp
+            httpRoutes = ChatStreamRoutes(application: chatApp)
+            // Hand-off: clients are told to reconnect at once; their generations stream on
+            // through Redis from here until they end.
+            if fanOut.isShared { serverConfiguration.drain.gracePeriod = .zero }
         }
         let readiness: (@Sendable () -> String?)?
         if fanOut.isShared && configuration.redis.readyRequiresRedis {
@@ -43,20 +50,29 @@ public enum SluiceServer {
         } else {
             readiness = nil
         }
+        // The loops outlive the server's drain: handed-off generations run on them.
+        let threads = configuration.server.eventLoopThreads > 0 ? configuration.server.eventLoopThreads : System.coreCount
+        let eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let server = try WebSocketServer(
-            configuration: configuration.server, application: application, httpRoutes: httpRoutes, readiness: readiness, logger: logger)
+            configuration: serverConfiguration, application: application, httpRoutes: httpRoutes, eventLoopGroup: eventLoopGroup,
+            readiness: readiness, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: server)],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
+        var failure: (any Error)?
         do {
             try await group.run()
         } catch {
-            await fanOut.shutdown()
-            throw error
+            failure = error
+        }
+        if fanOut.isShared, let chatApplication {
+            await chatApplication.finishGenerations(deadline: configuration.redis.handoffDeadline)
         }
         await fanOut.shutdown()
+        try? await eventLoopGroup.shutdownGracefully()
+        if let failure { throw failure }
     }
 
     /// The configured upstreams: the named list, or the single `upstream`.

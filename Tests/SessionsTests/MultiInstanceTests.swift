@@ -21,6 +21,7 @@ import WSServer
         let group: any EventLoopGroup
         let server: WebSocketServer
         let fanOut: FanOut
+        let application: ChatApplication
 
         init(name: String, redisURL: String, simulator: SimulatorEngine.Configuration, broker: RedisBrokerConfiguration) async throws {
             self.name = name
@@ -31,7 +32,7 @@ import WSServer
             var server = WebSocketServerConfiguration()
             server.host = "127.0.0.1"
             server.port = 0
-            server.drain.gracePeriod = .milliseconds(50)
+            server.drain.gracePeriod = .zero
             server.drain.deadline = .seconds(3)
             let fanOut = FanOut.redis(url: try RedisURL(redisURL), instanceID: name, configuration: broker,
                                       eventLoop: group.next(), logger: logger)
@@ -39,20 +40,29 @@ import WSServer
             let application = ChatApplication(
                 configuration: ChatConfiguration(instanceID: name), router: InferenceRouter(single: SimulatorEngine(configuration: simulator)),
                 conversations: ConversationMemory(), fanOut: fanOut, logger: logger)
+            self.application = application
             self.server = try WebSocketServer(
-                configuration: server, application: application, eventLoopGroup: group,
+                configuration: server, application: application, httpRoutes: ChatStreamRoutes(application: application), eventLoopGroup: group,
                 readiness: { fanOut.isHealthy ? nil : "redis unreachable" }, logger: logger)
             self.port = try #require(try await self.server.start().port)
         }
 
-        func connect() async throws -> Client {
+        func connect(path: String = "/v1/ws", headers: [(String, String)] = []) async throws -> Client {
             let raw = try await RawClient.connect(port: self.port, group: self.group)
-            let (response, _) = try await raw.handshake(extraHeaders: [("Sec-WebSocket-Protocol", "sluice.v1")])
+            let (response, _) = try await raw.handshake(path: path, extraHeaders: [("Sec-WebSocket-Protocol", "sluice.v1")] + headers)
             #expect(response.status == 101)
             let client = Client(raw: raw)
             let ready = try await client.next()
             #expect(ready["type"] as? String == "session.ready" && ready["instance_id"] as? String == self.name)
             return client
+        }
+
+        func get(_ path: String) async throws -> RawHTTPResponse {
+            let raw = try await RawClient.connect(port: self.port, group: self.group)
+            try await raw.send("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            let response = try await raw.readHTTPResponse()
+            await raw.close()
+            return response
         }
 
         func stop() async {
@@ -289,6 +299,90 @@ import WSServer
             var replay: [[String: Any]] = []
             _ = try await other.until("generation.done", &replay)
             #expect(Self.text(replay, 0).text == Self.text(ownerMessages, 0).text)
+        }
+    }
+
+    @Test func aDrainHandsGenerationsOffToAnotherInstance() async throws {
+        try await Self.run(simulator: { $0.tokensPerSecond = 300; $0.answerTokens = 600 }) { _, instances in
+            let expected = SimulatorEngine.tokens(for: "rolling deploy", seed: 0, count: 600).joined()
+            let client = try await instances[0].connect()
+            try await client.send(["type": "chat.send", "content": "rolling deploy", "max_tokens": 600])
+            let generationID = try #require(try await client.next()["generation_id"] as? String)
+            var before: [[String: Any]] = []
+            while before.count < 10 { before.append(try await client.next()) }
+            // SIGTERM's drain: session.draining and Close 1012 at once; the generation goes on.
+            let drain = Task { await instances[0].server.drain() }
+            var closeCode: UInt16?
+            var sawDraining = false
+            while closeCode == nil {
+                let frame = try await client.raw.nextFrame()
+                if frame.opcode == 0x8 {
+                    closeCode = frame.payload.count >= 2 ? UInt16(frame.payload[0]) << 8 | UInt16(frame.payload[1]) : nil
+                    break
+                }
+                let message = try #require(try JSONSerialization.jsonObject(with: Data(frame.payload)) as? [String: Any])
+                if message["type"] as? String == "session.draining" { sawDraining = true } else { before.append(message) }
+            }
+            #expect(sawDraining && closeCode == 1012)
+            await drain.value
+            let (head, lastSeq) = Self.text(before, 0)
+            // The client reconnects elsewhere and resumes: the whole answer, no gap, no repeat.
+            let elsewhere = try await instances[1].connect()
+            try await elsewhere.send(["type": "generation.resume", "generation_id": generationID, "after_seq": lastSeq])
+            #expect(try await elsewhere.next()["type"] as? String == "generation.started")
+            var rest: [[String: Any]] = []
+            let done = try await elsewhere.until("generation.done", &rest)
+            #expect(head + Self.text(rest, lastSeq).text == expected)
+            #expect(done["finish_reason"] as? String == "stop" && done["seq"] as? Int == 600)
+            // The drained instance's process would now wait for its generations: none is left.
+            await instances[0].application.finishGenerations(deadline: .seconds(5))
+        }
+    }
+
+    @Test func generationsStillRunningAtTheHandOffDeadlineEndWithOwnerLost() async throws {
+        try await Self.run(simulator: { $0.tokensPerSecond = 20; $0.answerTokens = 10_000 }) { _, instances in
+            let client = try await instances[0].connect()
+            try await client.send(["type": "chat.send", "content": "too long", "max_tokens": 10_000])
+            let generationID = try #require(try await client.next()["generation_id"] as? String)
+            let follower = try await instances[1].connect()
+            try await follower.send(["type": "generation.resume", "generation_id": generationID])
+            #expect(try await follower.next()["type"] as? String == "generation.started")
+            await instances[0].server.drain()
+            await instances[0].application.finishGenerations(deadline: .milliseconds(300))
+            var messages: [[String: Any]] = []
+            let done = try await follower.until("generation.done", &messages)
+            #expect(done["finish_reason"] as? String == "error")
+            #expect((done["error"] as? [String: Any])?["code"] as? String == "owner_lost")
+        }
+    }
+
+    @Test func presenceListsAUsersConnectionsOnEveryInstance() async throws {
+        try await Self.run { _, instances in
+            let onA = try await instances[0].connect(path: "/v1/ws?user=alice")
+            let onB = try await instances[1].connect(headers: [("X-Sluice-User", "alice")])
+            let bob = try await instances[1].connect(path: "/v1/ws?user=bob")
+            func sessions(_ response: RawHTTPResponse) throws -> [[String: Any]] {
+                let object = try #require(try JSONSerialization.jsonObject(with: Data(response.body.utf8)) as? [String: Any])
+                return try #require(object["connections"] as? [[String: Any]])
+            }
+            try await Self.eventually("both of alice's connections are listed") {
+                try sessions(try await instances[0].get("/v1/presence?user=alice")).count == 2
+            }
+            let alice = try sessions(try await instances[1].get("/v1/presence?user=alice"))
+            #expect(Set(alice.compactMap { $0["instance_id"] as? String }) == ["gw-0", "gw-1"])
+            #expect(try sessions(try await instances[0].get("/v1/presence?user=bob")).count == 1)
+            #expect(try await instances[0].get("/v1/presence").status == 400)
+            await onB.raw.close()
+            try await Self.eventually("a closed connection leaves") {
+                try sessions(try await instances[0].get("/v1/presence?user=alice")).count == 1
+            }
+            // An instance that dies (its liveness key gone) takes its connections with it.
+            await instances[0].fanOut.shutdown()
+            try await Self.eventually("a dead instance's connections vanish") {
+                try sessions(try await instances[1].get("/v1/presence?user=alice")).isEmpty
+            }
+            _ = onA
+            _ = bob
         }
     }
 }

@@ -1,0 +1,119 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Inference
+import NIOPosix
+@testable import SluiceTestSupport
+import Testing
+
+/// Failover with real processes: `sluice serve` instances sharing a real `redis-server`; one is
+/// killed with SIGKILL, or drained with SIGTERM while it streams.
+@Suite(.serialized) struct ProcessFailoverTests {
+    static func environment(redis: RedisServerProcess, tokensPerSecond: Int, answerTokens: Int) -> [String: String] {
+        [
+            "SLUICE_REDIS_URL": redis.url,
+            "SLUICE_REDIS_OWNER_TTL": "1s",
+            "SLUICE_REDIS_LIVENESS_INTERVAL": "250ms",
+            "SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN": "0",
+            "SLUICE_SIMULATOR_TOKENS_PER_SECOND": String(tokensPerSecond),
+            "SLUICE_SIMULATOR_ANSWER_TOKENS": String(answerTokens),
+            "SLUICE_CHAT_DEFAULT_MAX_TOKENS": String(answerTokens),
+        ]
+    }
+
+    static func deltaText(_ messages: [[String: Any]]) -> (text: String, lastSeq: Int) {
+        FollowTests.text(of: messages, after: 0)
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func killingTheOwnerEndsFollowersWithOwnerLostAndKeepsWhatWasSentResumable() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        try await RedisServerProcess.withServer { redis in
+            try await SluiceProcess.withProcesses(
+                count: 2, environment: Self.environment(redis: redis, tokensPerSecond: 20, answerTokens: 10_000),
+                instanceEnvironment: { ["SLUICE_INSTANCE_ID": $0 == 0 ? "owner" : "survivor"] }, timeout: .seconds(60)
+            ) { processes in
+                let (owner, survivor) = (processes[0], processes[1])
+                let client = try await JSONWebSocketClient.connect(port: owner.port, group: group)
+                _ = try await client.next()
+                try await client.send(["type": "chat.send", "content": "doomed"])
+                let generationID = try #require(try await client.until(type: "generation.started", timeout: .seconds(10))["generation_id"] as? String)
+                let watcher = try await JSONWebSocketClient.connect(port: survivor.port, group: group)
+                _ = try await watcher.next()
+                try await watcher.send(["type": "generation.resume", "generation_id": generationID])
+                #expect(try await watcher.next()["type"] as? String == "generation.started")
+                var before: [[String: Any]] = []
+                while before.count < 3 { before.append(try await watcher.next(timeout: .seconds(10))) }
+
+                let killedAt = ContinuousClock.now
+                #expect(await owner.kill() == .signaled(SIGKILL))
+                var after: [[String: Any]] = []
+                let done = try await watcher.until(type: "generation.done", collecting: &after, timeout: .seconds(15))
+                let waited = ContinuousClock.now - killedAt
+                #expect(done["finish_reason"] as? String == "error")
+                #expect((done["error"] as? [String: Any])?["code"] as? String == "owner_lost")
+                // Bounded: owner TTL 1 s, checked every 250 ms, two misses (semantic bound, generous).
+                #expect(waited < .seconds(10), "owner_lost after \(waited)")
+                let delivered = Self.deltaText(before + after)
+                #expect(done["seq"] as? Int == delivered.lastSeq)
+
+                // What was delivered stays resumable, and ends the same way.
+                let again = try await JSONWebSocketClient.connect(port: survivor.port, group: group)
+                _ = try await again.next()
+                try await again.send(["type": "generation.resume", "generation_id": generationID])
+                var replay: [[String: Any]] = []
+                let replayDone = try await again.until(type: "generation.done", collecting: &replay, timeout: .seconds(15))
+                #expect((replayDone["error"] as? [String: Any])?["code"] as? String == "owner_lost")
+                let replayed = Self.deltaText(replay)
+                #expect(replayed.text.hasPrefix(delivered.text))
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func aSIGTERMHandsTheAnswerToAnotherInstanceAndExitsWhenItIsDone() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let expected = SimulatorEngine.tokens(for: "rolling deploy", seed: 0, count: 400).joined()
+        try await RedisServerProcess.withServer { redis in
+            try await SluiceProcess.withProcesses(
+                count: 2, environment: Self.environment(redis: redis, tokensPerSecond: 100, answerTokens: 400),
+                instanceEnvironment: { ["SLUICE_INSTANCE_ID": $0 == 0 ? "old" : "new"] }, timeout: .seconds(60)
+            ) { processes in
+                let (old, new) = (processes[0], processes[1])
+                let client = try await JSONWebSocketClient.connect(port: old.port, group: group)
+                _ = try await client.next()
+                try await client.send(["type": "chat.send", "content": "rolling deploy"])
+                let generationID = try #require(try await client.until(type: "generation.started", timeout: .seconds(10))["generation_id"] as? String)
+                var before: [[String: Any]] = []
+                while before.count < 5 { before.append(try await client.next(timeout: .seconds(10))) }
+
+                old.signal(SIGTERM)
+                var draining = false
+                do {
+                    while true {
+                        let message = try await client.next(timeout: .seconds(10))
+                        if message["type"] as? String == "session.draining" { draining = true } else { before.append(message) }
+                    }
+                } catch let closed as JSONWebSocketClient.Closed {
+                    #expect(closed.code == 1012, "\(closed)")
+                }
+                #expect(draining)
+                let readyWhileDraining = try? await old.httpGet(path: "/ready")
+                #expect(readyWhileDraining == nil || readyWhileDraining?.status == 503)
+
+                let (head, lastSeq) = Self.deltaText(before)
+                let resumed = try await JSONWebSocketClient.connect(port: new.port, group: group)
+                _ = try await resumed.next()
+                try await resumed.send(["type": "generation.resume", "generation_id": generationID, "after_seq": lastSeq])
+                var rest: [[String: Any]] = []
+                let done = try await resumed.until(type: "generation.done", collecting: &rest, timeout: .seconds(30))
+                #expect(done["finish_reason"] as? String == "stop")
+                #expect(head + FollowTests.text(of: rest, after: lastSeq).text == expected)
+                // The old instance exits once its handed-off generation has finished.
+                let status = try await old.waitForExit(timeout: .seconds(30))
+                #expect(status == .exited(0), "log:\n\(old.logTail(lines: 20))")
+            }
+        }
+    }
+}

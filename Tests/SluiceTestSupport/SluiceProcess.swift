@@ -1,0 +1,329 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Why a `SluiceProcess` could not do what was asked.
+struct SluiceProcessError: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// The real `sluice serve` executable as a child process, for multi-instance and signal tests.
+///
+/// Binds 127.0.0.1 on a free port. The child's environment is this process's minus every `SLUICE_*`
+/// variable (so a developer's settings cannot leak in) plus the variables passed to `start`;
+/// stdout and stderr go to a log file in a temporary directory (`logTail(lines:)`). The child is
+/// spawned with posix_spawn with an empty signal mask (Foundation's `Process` would pass on the
+/// blocked SIGTERM of Swift's worker threads) in its own process group (a terminal's Ctrl-C does
+/// not reach it). Prefer `withProcesses`, which always kills what is left; `deinit` SIGKILLs a
+/// child left running.
+final class SluiceProcess: Sendable {
+    static let defaultTimeout: Duration = .seconds(30)
+
+    /// How a child ended.
+    enum ExitStatus: Equatable, Sendable, CustomStringConvertible {
+        case exited(Int32)
+        case signaled(Int32)
+
+        init(waitStatus status: Int32) {
+            let signal = status & 0x7F
+            self = signal == 0 ? .exited((status >> 8) & 0xFF) : .signaled(signal)
+        }
+
+        var description: String {
+            switch self {
+            case .exited(let code): "exit status \(code)"
+            case .signaled(let signal): "killed by signal \(signal)"
+            }
+        }
+    }
+
+    let port: Int
+    let pid: pid_t
+    /// Temporary directory holding `sluice.log`; removed by `withProcesses` when the body succeeds.
+    let directory: URL
+    var logFile: URL { self.directory.appendingPathComponent("sluice.log") }
+    /// `ws://127.0.0.1:port/v1/ws`.
+    var url: String { "ws://127.0.0.1:\(self.port)/v1/ws" }
+
+    /// nil while running; the status once reaped.
+    private let exitStatus = Mutex<ExitStatus?>(nil)
+
+    private init(port: Int, pid: pid_t, directory: URL) {
+        self.port = port
+        self.pid = pid
+        self.directory = directory
+    }
+
+    deinit {
+        if self.isRunning {
+            sendSignal(SIGKILL, to: self.pid)
+            var status: Int32 = 0
+            while waitpid(self.pid, &status, 0) < 0 && errno == EINTR {}
+        }
+    }
+
+    // MARK: Starting
+
+    /// Starts `sluice serve --host 127.0.0.1 --port P --log-level info` plus `arguments` and waits
+    /// until `GET /health` answers 200. Retries on another port if the one picked was taken.
+    static func start(
+        arguments: [String] = [],
+        environment: [String: String] = [:],
+        timeout: Duration = SluiceProcess.defaultTimeout
+    ) async throws -> SluiceProcess {
+        let executable = try Self.findExecutable()
+        var childEnvironment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
+        childEnvironment.merge(environment) { _, given in given }
+        let deadline = ContinuousClock.now + timeout
+        var attempt = 0
+        while true {
+            attempt += 1
+            let directory = FileManager.default.temporaryDirectory
+                .appendingPathComponent("sluice-process-\(UUID().uuidString)", isDirectory: true)
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            let port = try Self.freePort()
+            let argv = [executable, "serve", "--host", "127.0.0.1", "--port", String(port), "--log-level", "info"] + arguments
+            let pid = try Self.spawn(
+                executable, arguments: argv, environment: childEnvironment,
+                logPath: directory.appendingPathComponent("sluice.log").path)
+            let process = SluiceProcess(port: port, pid: pid, directory: directory)
+            do {
+                try await process.waitUntilHealthy(deadline: deadline)
+                return process
+            } catch let error as EarlyExit {
+                // The port may have been taken between freePort() and the bind: try another.
+                let log = process.logTail(lines: 50)
+                try? FileManager.default.removeItem(at: directory)
+                let portTaken = log.localizedCaseInsensitiveContains("address already in use")
+                    || log.localizedCaseInsensitiveContains("EADDRINUSE")
+                if portTaken && attempt < 5 && ContinuousClock.now < deadline { continue }
+                throw SluiceProcessError(description: "sluice exited at startup (\(error.status)) on port \(port):\n\(log)")
+            } catch {
+                await process.kill()
+                let log = process.logTail(lines: 20)
+                try? FileManager.default.removeItem(at: directory)
+                throw SluiceProcessError(description: "\(error)\nlog tail:\n\(log)")
+            }
+        }
+    }
+
+    private struct EarlyExit: Error {
+        var status: ExitStatus
+    }
+
+    private func waitUntilHealthy(deadline: ContinuousClock.Instant) async throws {
+        var lastProblem = "no answer yet"
+        while true {
+            if let status = self.reapIfExited() { throw EarlyExit(status: status) }
+            do {
+                let (status, _) = try await self.httpGet(path: "/health", timeout: .seconds(2))
+                if status == 200 { return }
+                lastProblem = "GET /health answered \(status)"
+            } catch {
+                lastProblem = "\(error)"
+            }
+            if ContinuousClock.now >= deadline {
+                throw SluiceProcessError(
+                    description: "sluice (pid \(self.pid)) on port \(self.port) did not answer GET /health with 200 in time (\(lastProblem))")
+            }
+            try await Task.sleep(for: .milliseconds(25))
+        }
+    }
+
+    /// Starts `count` processes (`environment` for all, merged with `instanceEnvironment(i)` for the
+    /// i-th), runs `body`, then SIGKILLs whatever is still running — also when starting one of them
+    /// or the body throws. Log directories are removed only when the body succeeds.
+    static func withProcesses<T>(
+        count: Int,
+        arguments: [String] = [],
+        environment: [String: String] = [:],
+        instanceEnvironment: (Int) -> [String: String] = { _ in [:] },
+        timeout: Duration = SluiceProcess.defaultTimeout,
+        _ body: ([SluiceProcess]) async throws -> T
+    ) async throws -> T {
+        var processes: [SluiceProcess] = []
+        do {
+            for index in 0..<count {
+                let merged = environment.merging(instanceEnvironment(index)) { _, specific in specific }
+                processes.append(try await Self.start(arguments: arguments, environment: merged, timeout: timeout))
+            }
+            let result = try await body(processes)
+            for process in processes {
+                await process.kill()
+                try? FileManager.default.removeItem(at: process.directory)
+            }
+            return result
+        } catch {
+            for process in processes { await process.kill() }
+            throw error
+        }
+    }
+
+    // MARK: Binary
+
+    /// `SLUICE_BINARY` if set; else `sluice` next to the running test binary (the same build);
+    /// else `<package root>/.build/debug/sluice`; else `<package root>/.build/<triple>/debug/sluice`.
+    static func findExecutable() throws -> String {
+        let fileManager = FileManager.default
+        if let explicit = ProcessInfo.processInfo.environment["SLUICE_BINARY"], !explicit.isEmpty {
+            guard fileManager.isExecutableFile(atPath: explicit) else {
+                throw SluiceProcessError(description: "SLUICE_BINARY=\(explicit) is not an executable file")
+            }
+            return explicit
+        }
+        var candidates: [String] = []
+        // `swift test` runs <scratch>/<triple>/debug/<package>PackageTests.xctest; the product is beside it.
+        let testBinary = URL(fileURLWithPath: CommandLine.arguments.first ?? "").resolvingSymlinksInPath()
+        if testBinary.path.contains("/debug/") || testBinary.path.contains("/release/") {
+            candidates.append(testBinary.deletingLastPathComponent().appendingPathComponent("sluice").path)
+        }
+        // This file is <package root>/Tests/SluiceTestSupport/SluiceProcess.swift.
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let build = root.appendingPathComponent(".build")
+        candidates.append(build.appendingPathComponent("debug/sluice").path)
+        if let triples = try? fileManager.contentsOfDirectory(atPath: build.path) {
+            for triple in triples.sorted() where triple.contains("-") {
+                candidates.append(build.appendingPathComponent("\(triple)/debug/sluice").path)
+            }
+        }
+        if let found = candidates.first(where: { fileManager.isExecutableFile(atPath: $0) }) {
+            return found
+        }
+        throw SluiceProcessError(description: """
+            the sluice executable was not found (looked at \(candidates.joined(separator: ", "))); \
+            run `swift build` (or `swift build --build-tests`) first, or set SLUICE_BINARY
+            """)
+    }
+
+    // MARK: State and signals
+
+    var isRunning: Bool { self.reapIfExited() == nil }
+
+    /// Reaps the child if it exited (never blocks); the exit status once it has.
+    private func reapIfExited() -> ExitStatus? {
+        self.exitStatus.withLock { exitStatus in
+            if let exitStatus { return exitStatus }
+            var status: Int32 = 0
+            let result = waitpid(self.pid, &status, WNOHANG)
+            if result == self.pid {
+                exitStatus = ExitStatus(waitStatus: status)
+            } else if result < 0 && errno == ECHILD {
+                exitStatus = .exited(-1)  // reaped elsewhere; the status is lost
+            }
+            return exitStatus
+        }
+    }
+
+    /// Waits until the child exited; throws (leaving it running) after `timeout`.
+    @discardableResult
+    func waitForExit(timeout: Duration = SluiceProcess.defaultTimeout) async throws -> ExitStatus {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if let status = self.reapIfExited() { return status }
+            if ContinuousClock.now >= deadline {
+                throw SluiceProcessError(description: "sluice (pid \(self.pid)) did not exit within \(timeout)")
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// SIGTERM (graceful drain: `/ready` 503, then Close 1012 to every client) and waits for the exit.
+    @discardableResult
+    func terminate(timeout: Duration = SluiceProcess.defaultTimeout) async throws -> ExitStatus {
+        if let status = self.reapIfExited() { return status }
+        self.signal(SIGTERM)
+        return try await self.waitForExit(timeout: timeout)
+    }
+
+    /// SIGKILL (a crash: the kernel resets every socket) and reaps the child. nil only if it was
+    /// somehow not reaped within 10 s.
+    @discardableResult
+    func kill() async -> ExitStatus? {
+        if let status = self.reapIfExited() { return status }
+        self.signal(SIGKILL)
+        return try? await self.waitForExit(timeout: .seconds(10))
+    }
+
+    /// Sends `signal` to the child (only while it has not been reaped, so the pid is still ours).
+    func signal(_ signal: Int32) {
+        if self.isRunning { sendSignal(signal, to: self.pid) }
+    }
+
+    // MARK: Observing
+
+    /// The last `lines` lines of the child's stdout and stderr.
+    func logTail(lines: Int = 20) -> String {
+        let log = (try? String(contentsOf: self.logFile, encoding: .utf8)) ?? ""
+        return log.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
+    }
+
+    /// `GET path` over a fresh loopback connection (`Connection: close`).
+    func httpGet(path: String, timeout: Duration = .seconds(5)) async throws -> (status: Int, body: String) {
+        let client = try await RawClient.connect(port: self.port, group: MultiThreadedEventLoopGroup.singleton)
+        do {
+            try await client.send("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(self.port)\r\nConnection: close\r\n\r\n")
+            let response = try await client.readHTTPResponse(timeout: timeout)
+            await client.close()
+            return (response.status, response.body)
+        } catch {
+            await client.close()
+            throw error
+        }
+    }
+
+    // MARK: Helpers
+
+    /// A port the kernel just handed out for 127.0.0.1 (free at that moment).
+    static func freePort() throws -> Int {
+        try RedisServerProcess.freePort()
+    }
+
+    /// posix_spawn with an empty signal mask, default signal handlers and its own process group;
+    /// stdin from /dev/null, stdout and stderr appended to `logPath`.
+    private static func spawn(
+        _ executable: String, arguments: [String], environment: [String: String], logPath: String
+    ) throws -> pid_t {
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            for pointer in argv { free(pointer) }
+            for pointer in envp { free(pointer) }
+        }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        guard result == 0 else {
+            throw SluiceProcessError(description: "posix_spawn \(executable) failed: \(String(cString: strerror(result)))")
+        }
+        return pid
+    }
+}
+
+/// `kill(2)`, outside the class whose `kill()` method would shadow it.
+private func sendSignal(_ signal: Int32, to pid: pid_t) {
+    _ = kill(pid, signal)
+}
