@@ -238,6 +238,15 @@ final class ChatGeneration: GenerationSink {
         } else {
             usage = Usage(promptTokens: self.upstreamUsage?.prompt ?? self.promptEstimate, completionTokens: Int(self.seq), source: .gateway)
         }
+        let end = GenerationEnd(seq: self.seq, finishReason: reason, usage: usage, error: error)
+        self.finalEnd = end
+        // The shared copy first (the answer into the conversation, the end into the stream), so
+        // a client that reacts to `done` at once on another instance finds both there.
+        if self.publishesToBroker && self.announced {
+            self.publishBatch()
+            self.broker.appendMessage(ChatMessage(role: .assistant, content: self.answer), toConversation: self.conversationID)
+            self.broker.publishEnd(self.info, end)
+        }
         if self.output.isConnected {
             self.writePending()
             let seq = self.seq
@@ -248,16 +257,8 @@ final class ChatGeneration: GenerationSink {
             }
             self.output.flush()
         }
-        let end = GenerationEnd(seq: self.seq, finishReason: reason, usage: usage,
-                                error: error)
-        self.finalEnd = end
         self.notifyFollowers(end: end)
         self.followers = []
-        if self.publishesToBroker && self.announced {
-            self.publishBatch()
-            self.broker.publishEnd(self.info, end)
-            self.broker.appendMessage(ChatMessage(role: .assistant, content: self.answer), toConversation: self.conversationID)
-        }
         if self.announced {
             self.hub.generationFinished(FinishedGeneration(
                 info: self.info, text: Array(self.answerBytes.readableBytesView), tokenEnds: self.tokenEnds, end: end))

@@ -133,10 +133,9 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
             return
         }
         guard let connection = self.connection else { return }
-        // A conversation made on another instance: its context comes from the broker first.
-        if let conversationID = send.conversationID, self.application.broker.isShared,
-           !self.application.conversations.exists(conversationID)
-        {
+        // With Redis the conversation's context comes from there (another instance may have
+        // made it or added to it); this instance's copy is only a fallback while Redis is down.
+        if let conversationID = send.conversationID, self.application.broker.isShared {
             let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
             let application = self.application
             Task {
@@ -146,8 +145,12 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
                     case .success(let messages?):
                         application.conversations.load(conversationID, messages: messages)
                         session.value.begin(send)
+                    case .success(nil) where application.conversations.exists(conversationID):
+                        session.value.begin(send)  // made here while Redis was away
                     case .success(nil):
                         session.value.sendError(.notFound, "unknown conversation \(conversationID)", requestID: send.requestID)
+                    case .failure where application.conversations.exists(conversationID):
+                        session.value.begin(send)
                     case .failure:
                         session.value.sendError(.unavailable, "conversation store unreachable", requestID: send.requestID, retryAfterMs: 1000)
                     }

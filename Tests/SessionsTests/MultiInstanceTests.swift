@@ -142,6 +142,15 @@ import WSServer
             try await second.send(["type": "chat.send", "content": "my turn", "conversation_id": conversationID, "max_tokens": 2])
             let started = try await second.next()
             #expect(started["type"] as? String == "generation.started" && started["conversation_id"] as? String == conversationID)
+            var mine: [[String: Any]] = []
+            _ = try await second.until("generation.done", &mine)
+            // Back on the first instance: the context holds every turn, B's included. The
+            // simulator reports prompt tokens as the words of all messages plus 4 per message.
+            try await first.send(["type": "chat.send", "content": "back to me", "conversation_id": conversationID, "max_tokens": 1])
+            var last: [[String: Any]] = []
+            let lastDone = try await first.until("generation.done", &last)
+            let words = 1 + 3 + 2 + 100 + 2 + 2 + 3
+            #expect((lastDone["usage"] as? [String: Any])?["prompt_tokens"] as? Int == words + 4 * 7)
             try await second.send(["type": "conversation.subscribe", "conversation_id": "conv_nowhere"])
             var rest: [[String: Any]] = []
             let error = try await second.until("error", &rest)
