@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import RedisClient
+import NIOConcurrencyHelpers
 import Sessions
 import SluiceProtocol
 @testable import SluiceTestSupport
@@ -23,7 +24,10 @@ import WSServer
         let fanOut: FanOut
         let application: ChatApplication
 
-        init(name: String, redisURL: String, simulator: SimulatorEngine.Configuration, broker: RedisBrokerConfiguration) async throws {
+        init(
+            name: String, redisURL: String, simulator: SimulatorEngine.Configuration, broker: RedisBrokerConfiguration,
+            engine: (any InferenceEngine)? = nil
+        ) async throws {
             self.name = name
             var logger = Logger(label: "sluice.multi-instance-test.\(name)")
             logger.logLevel = .critical
@@ -38,7 +42,7 @@ import WSServer
                                       eventLoop: group.next(), logger: logger)
             self.fanOut = fanOut
             let application = ChatApplication(
-                configuration: ChatConfiguration(instanceID: name), router: InferenceRouter(single: SimulatorEngine(configuration: simulator)),
+                configuration: ChatConfiguration(instanceID: name), router: InferenceRouter(single: engine ?? SimulatorEngine(configuration: simulator)),
                 conversations: ConversationMemory(), fanOut: fanOut, logger: logger)
             self.application = application
             self.server = try WebSocketServer(
@@ -76,6 +80,7 @@ import WSServer
         count: Int = 2,
         simulator configure: (inout SimulatorEngine.Configuration) -> Void = { _ in },
         broker configureBroker: (inout RedisBrokerConfiguration) -> Void = { _ in },
+        engine: (any InferenceEngine)? = nil,
         _ body: (RedisServerProcess, [Instance]) async throws -> Void
     ) async throws {
         var simulator = SimulatorEngine.Configuration()
@@ -91,7 +96,8 @@ import WSServer
             var instances: [Instance] = []
             do {
                 for index in 0..<count {
-                    instances.append(try await Instance(name: "gw-\(index)", redisURL: redis.url, simulator: simulator, broker: broker))
+                    instances.append(try await Instance(
+                        name: "gw-\(index)", redisURL: redis.url, simulator: simulator, broker: broker, engine: index == 0 ? engine : nil))
                 }
                 // Each instance's control channel and liveness key in place before the test starts.
                 try await Self.eventually("instances connected to Redis") { instances.allSatisfy { $0.fanOut.isHealthy } }
@@ -392,6 +398,58 @@ import WSServer
             }
             _ = onA
             _ = bob
+        }
+    }
+
+    /// An OpenAI-compatible upstream that streams a chunk every 20 ms until its connection is
+    /// closed, and notes when that happens (what makes vLLM free the sequence).
+    final class EndlessUpstream: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let closed: NIOLockedValueBox<Int>
+
+        init(closed: NIOLockedValueBox<Int>) { self.closed = closed }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            context.writeAndFlush(NIOAny(ByteBuffer(string: head)), promise: nil)
+            self.tick(context)
+        }
+
+        private func tick(_ context: ChannelHandlerContext) {
+            context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(20)) {
+                guard context.channel.isActive else { return }
+                let event = #"data: {"choices":[{"delta":{"content":" word"}}]}"# + "\n\n"
+                let chunk = String(event.utf8.count, radix: 16) + "\r\n" + event + "\r\n"
+                context.writeAndFlush(NIOAny(ByteBuffer(string: chunk)), promise: nil)
+                self.tick(context)
+            }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            self.closed.withLockedValue { $0 += 1 }
+        }
+    }
+
+    @Test func cancelFromAnotherInstanceClosesTheUpstreamRequest() async throws {
+        let closed = NIOLockedValueBox(0)
+        let upstream = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(EndlessUpstream(closed: closed)) }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { upstream.close(promise: nil) }
+        let engine = try OpenAICompatibleEngine(configuration: .init(
+            baseURL: URL(string: "http://127.0.0.1:\(upstream.localAddress!.port!)")!, model: "m"))
+        try await Self.run(engine: engine) { _, instances in
+            let owner = try await instances[0].connect()
+            try await owner.send(["type": "chat.send", "content": "go on forever"])
+            let generationID = try #require(try await owner.next()["generation_id"] as? String)
+            _ = try await owner.next()  // a delta: the upstream is streaming
+            #expect(closed.withLockedValue { $0 } == 0)
+            let other = try await instances[1].connect()
+            try await other.send(["type": "generation.cancel", "generation_id": generationID])
+            #expect(try await other.next()["finish_reason"] as? String == "cancelled")
+            try await Self.eventually("the upstream connection is closed") { closed.withLockedValue { $0 } == 1 }
         }
     }
 }
