@@ -165,11 +165,13 @@ final class ChatGeneration: GenerationSink {
     }
 
     func generationDidEndBatch() {
+        // The owner's own client first; followers here and elsewhere after.
+        if self.output.isConnected {
+            if self.output.isWritable { self.writePending() }
+            self.output.flush()
+        }
         if !self.followers.isEmpty { self.notifyFollowers(end: nil) }
         if self.publishesToBroker { self.publishBatch() }
-        guard self.output.isConnected else { return }
-        if self.output.isWritable { self.writePending() }
-        self.output.flush()
     }
 
     func generationDidFinish(_ reason: FinishReason) {

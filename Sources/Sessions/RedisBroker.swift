@@ -239,6 +239,22 @@ final class RedisBroker: Broker {
     // MARK: Following generations owned elsewhere
 
     func follow(generationID: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome {
+        do {
+            // A generation that already ended needs no subscription: its stream is complete.
+            let first = try await self.client.send(RedisCommand("HGETALL", self.key("gen:\(generationID)")))
+            guard !Self.fields(first).isEmpty else { return .notFound }
+            if Self.fields(first)["state"].map({ String(buffer: $0) }) == "done" {
+                switch try await self.history(generationID, afterSeq: afterSeq, endOnly: endOnly, fields: Self.fields(first)) {
+                case .failure(let outcome):
+                    return outcome
+                case .success(let replay):
+                    follower.send(replay.update)
+                    return .following
+                }
+            }
+        } catch {
+            return .unavailable
+        }
         let channel = self.key("g:\(generationID)")
         let first = self.state.withLock { state -> Bool in
             let first = state.remote[generationID] == nil
@@ -252,64 +268,81 @@ final class RedisBroker: Broker {
                 try await self.subscriber.subscribe(channel) { [weak self] message in self?.generationMessage(message, generationID: generationID) }
             }
             let hash = try await self.client.send(RedisCommand("HGETALL", self.key("gen:\(generationID)")))
-            let fields = Self.fields(hash)
-            guard let owner = fields["owner"].map({ String(buffer: $0) }), let startedBytes = fields["started"],
-                  case .started(let info, _)? = GenerationWire.decode(startedBytes)
-            else {
+            switch try await self.history(generationID, afterSeq: afterSeq, endOnly: endOnly, fields: Self.fields(hash)) {
+            case .failure(let outcome):
                 self.removeFollower(follower, generationID: generationID)
-                return .notFound
-            }
-            let storedEnd = fields["end"].flatMap { bytes -> GenerationEnd? in
-                if case .end(let end)? = GenerationWire.decode(bytes) { return end }
-                return nil
-            }
-            var replay = FollowUpdate(started: endOnly ? nil : info, firstSeq: afterSeq + 1, lastSeq: afterSeq, text: "", end: nil)
-            if endOnly {
-                replay.end = storedEnd
-            } else {
-                let entries = try await self.client.xrange(self.key("gen:\(generationID):s"), start: "0-\(afterSeq + 1)", end: "+")
-                var batches: [FollowUpdate] = []
-                for entry in entries {
-                    guard let bytes = entry.fields.first(where: { $0.name == "e" })?.value else { continue }
-                    switch GenerationWire.decode(bytes) {
-                    case .batch(let firstSeq, let lastSeq, let ends, let text)?:
-                        batches.append(FollowUpdate(started: nil, firstSeq: firstSeq, lastSeq: lastSeq, text: text, tokenEnds: ends, end: nil))
-                    case .end(let end)?:
-                        replay.end = end
-                    default:
-                        continue
-                    }
+                return outcome
+            case .success(let replay):
+                self.subscriber.eventLoop.execute {
+                    self.startLive(follower, generationID: generationID, owner: replay.owner, replay: replay.update)
                 }
-                let end = replay.end ?? storedEnd
-                let lastKnown = batches.last?.lastSeq ?? end?.seq ?? afterSeq
-                if let firstHeld = batches.first?.firstSeq, firstHeld > afterSeq + 1 {
-                    self.removeFollower(follower, generationID: generationID)
-                    return .gap(earliestSeq: firstHeld)
-                }
-                if batches.isEmpty, afterSeq < lastKnown {
-                    self.removeFollower(follower, generationID: generationID)
-                    return .gap(earliestSeq: lastKnown + 1)
-                }
-                for batch in batches {
-                    let fresh = batch.dropping(through: replay.lastSeq)
-                    guard fresh.hasText else { continue }
-                    replay.text += fresh.text
-                    let base = Int32(replay.text.utf8.count - fresh.text.utf8.count)
-                    replay.tokenEnds += fresh.tokenEnds.map { $0 + base }
-                    replay.lastSeq = fresh.lastSeq
-                }
-                replay.firstSeq = afterSeq + 1
-                replay.end = end
+                return .following
             }
-            let finalReplay = replay
-            self.subscriber.eventLoop.execute {
-                self.startLive(follower, generationID: generationID, owner: owner, replay: finalReplay)
-            }
-            return .following
         } catch {
             self.removeFollower(follower, generationID: generationID)
             return .unavailable
         }
+    }
+
+    private struct Replay {
+        var owner: String
+        var update: FollowUpdate
+    }
+
+    private enum History {
+        case success(Replay)
+        case failure(FollowOutcome)
+    }
+
+    /// `generation.started` and everything after `afterSeq` from the stream (and the end when
+    /// there is one), or why not.
+    private func history(
+        _ generationID: String, afterSeq: Int64, endOnly: Bool, fields: [String: ByteBuffer]
+    ) async throws -> History {
+        guard let owner = fields["owner"].map({ String(buffer: $0) }), let startedBytes = fields["started"],
+              case .started(let info, _)? = GenerationWire.decode(startedBytes)
+        else { return .failure(.notFound) }
+        let storedEnd = fields["end"].flatMap { bytes -> GenerationEnd? in
+            if case .end(let end)? = GenerationWire.decode(bytes) { return end }
+            return nil
+        }
+        var replay = FollowUpdate(started: endOnly ? nil : info, firstSeq: afterSeq + 1, lastSeq: afterSeq, text: "", end: nil)
+        if endOnly {
+            replay.end = storedEnd
+            return .success(Replay(owner: owner, update: replay))
+        }
+        let entries = try await self.client.xrange(self.key("gen:\(generationID):s"), start: "0-\(afterSeq + 1)", end: "+")
+        var batches: [FollowUpdate] = []
+        for entry in entries {
+            guard let bytes = entry.fields.first(where: { $0.name == "e" })?.value else { continue }
+            switch GenerationWire.decode(bytes) {
+            case .batch(let firstSeq, let lastSeq, let ends, let text)?:
+                batches.append(FollowUpdate(started: nil, firstSeq: firstSeq, lastSeq: lastSeq, text: text, tokenEnds: ends, end: nil))
+            case .end(let end)?:
+                replay.end = end
+            default:
+                continue
+            }
+        }
+        let end = replay.end ?? storedEnd
+        let lastKnown = batches.last?.lastSeq ?? end?.seq ?? afterSeq
+        if let firstHeld = batches.first?.firstSeq, firstHeld > afterSeq + 1 {
+            return .failure(.gap(earliestSeq: firstHeld))
+        }
+        if batches.isEmpty, afterSeq < lastKnown {
+            return .failure(.gap(earliestSeq: lastKnown + 1))
+        }
+        for batch in batches {
+            let fresh = batch.dropping(through: replay.lastSeq)
+            guard fresh.hasText else { continue }
+            replay.text += fresh.text
+            let base = Int32(replay.text.utf8.count - fresh.text.utf8.count)
+            replay.tokenEnds += fresh.tokenEnds.map { $0 + base }
+            replay.lastSeq = fresh.lastSeq
+        }
+        replay.firstSeq = afterSeq + 1
+        replay.end = end
+        return .success(Replay(owner: owner, update: replay))
     }
 
     /// On the subscriber's loop (where live events arrive): the replay, then what waited, then live.

@@ -16,6 +16,9 @@ public enum SluiceServer {
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
         let application: any WebSocketApplication
         var httpRoutes: (any HTTPRouteProvider)?
+        // The loops outlive the server's drain: handed-off generations run on them.
+        let threads = configuration.server.eventLoopThreads > 0 ? configuration.server.eventLoopThreads : System.coreCount
+        let eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         var fanOut = FanOut.singleNode
         var chatApplication: ChatApplication?
         var serverConfiguration = configuration.server
@@ -30,7 +33,8 @@ public enum SluiceServer {
             if let url = configuration.redis.url {
                 fanOut = .redis(
                     url: try RedisURL(url), instanceID: chat.instanceID, configuration: configuration.redis.broker,
-                    eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)
+                    // On the server's own loops: with one thread, publishing needs no thread hop.
+                    eventLoop: eventLoopGroup.next(), logger: logger)
                 logger.notice("fan-out through Redis", metadata: ["sluice.redis": "\(url)", "sluice.instance": "\(chat.instanceID)"])
             } else {
                 logger.notice("single node (no Redis configured)", metadata: ["sluice.instance": "\(chat.instanceID)"])
@@ -50,9 +54,6 @@ public enum SluiceServer {
         } else {
             readiness = nil
         }
-        // The loops outlive the server's drain: handed-off generations run on them.
-        let threads = configuration.server.eventLoopThreads > 0 ? configuration.server.eventLoopThreads : System.coreCount
-        let eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let server = try WebSocketServer(
             configuration: serverConfiguration, application: application, httpRoutes: httpRoutes, eventLoopGroup: eventLoopGroup,
             readiness: readiness, logger: logger)
