@@ -81,14 +81,16 @@ final class RedisServerProcess: Sendable {
         timeout: Duration = RedisServerProcess.defaultTimeout,
         _ body: (RedisServerProcess) async throws -> T
     ) async throws -> T {
-        let server = try await Self.start(timeout: timeout)
-        do {
-            let result = try await body(server)
-            await server.kill()
-            return result
-        } catch {
-            await server.kill()
-            throw error
+        try await HeavyTests.exclusively {
+            let server = try await Self.start(timeout: timeout)
+            do {
+                let result = try await body(server)
+                await server.kill()
+                return result
+            } catch {
+                await server.kill()
+                throw error
+            }
         }
     }
 

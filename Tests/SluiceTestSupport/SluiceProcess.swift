@@ -147,21 +147,26 @@ final class SluiceProcess: Sendable {
         timeout: Duration = SluiceProcess.defaultTimeout,
         _ body: ([SluiceProcess]) async throws -> T
     ) async throws -> T {
-        var processes: [SluiceProcess] = []
-        do {
-            for index in 0..<count {
-                let merged = environment.merging(instanceEnvironment(index)) { _, specific in specific }
-                processes.append(try await Self.start(arguments: arguments, environment: merged, timeout: timeout))
+        try await HeavyTests.exclusively {
+            var processes: [SluiceProcess] = []
+            do {
+                for index in 0..<count {
+                    // One event loop each: the tests need no more, and the machine has 2 cores.
+                    let merged = ["SLUICE_SERVER_EVENT_LOOP_THREADS": "1"]
+                        .merging(environment) { _, given in given }
+                        .merging(instanceEnvironment(index)) { _, specific in specific }
+                    processes.append(try await Self.start(arguments: arguments, environment: merged, timeout: timeout))
+                }
+                let result = try await body(processes)
+                for process in processes {
+                    await process.kill()
+                    try? FileManager.default.removeItem(at: process.directory)
+                }
+                return result
+            } catch {
+                for process in processes { await process.kill() }
+                throw error
             }
-            let result = try await body(processes)
-            for process in processes {
-                await process.kill()
-                try? FileManager.default.removeItem(at: process.directory)
-            }
-            return result
-        } catch {
-            for process in processes { await process.kill() }
-            throw error
         }
     }
 
