@@ -1,42 +1,63 @@
-/// Tests that start servers (redis-server, `sluice serve` processes, several instances) run one
-/// at a time. On 2 cores, several of them at once starve the timing-sensitive tests that run
-/// beside them (heartbeats, close timeouts), which then fail for no fault of the code.
+/// Tests that start servers (redis-server, PostgreSQL, `sluice serve` processes, several
+/// instances) run one at a time, and never beside the timing-sensitive tests (heartbeats,
+/// close and handshake timeouts). On 2 cores those would otherwise be starved and fail for no
+/// fault of the code. A reader/writer gate: heavy tests are writers, sensitive ones readers.
 enum HeavyTests {
     @TaskLocal static var holding = false
 
     private actor Gate {
-        private var busy = false
-        private var waiters: [CheckedContinuation<Void, Never>] = []
+        private var writer = false
+        private var readers = 0
+        private var waiting: [(exclusive: Bool, continuation: CheckedContinuation<Void, Never>)] = []
 
-        func acquire() async {
-            guard self.busy else {
-                self.busy = true
+        func acquire(exclusive: Bool) async {
+            if self.canEnter(exclusive: exclusive) && self.waiting.isEmpty {
+                self.enter(exclusive: exclusive)
                 return
             }
-            await withCheckedContinuation { self.waiters.append($0) }
+            await withCheckedContinuation { self.waiting.append((exclusive, $0)) }
         }
 
-        func release() {
-            if self.waiters.isEmpty {
-                self.busy = false
-            } else {
-                self.waiters.removeFirst().resume()
+        func release(exclusive: Bool) {
+            if exclusive { self.writer = false } else { self.readers -= 1 }
+            // First come, first served; readers queued together go in together.
+            while let next = self.waiting.first, self.canEnter(exclusive: next.exclusive) {
+                self.waiting.removeFirst()
+                self.enter(exclusive: next.exclusive)
+                next.continuation.resume()
             }
+        }
+
+        private func canEnter(exclusive: Bool) -> Bool {
+            exclusive ? !self.writer && self.readers == 0 : !self.writer
+        }
+
+        private func enter(exclusive: Bool) {
+            if exclusive { self.writer = true } else { self.readers += 1 }
         }
     }
 
     private static let gate = Gate()
 
-    /// Runs `body` alone among heavy tests (re-entrant: nested helpers share the turn).
+    /// Runs `body` alone among heavy and sensitive tests (re-entrant: nested helpers share the turn).
     static func exclusively<T>(_ body: () async throws -> T) async throws -> T {
+        try await Self.run(exclusive: true, body)
+    }
+
+    /// Runs a timing-sensitive test: beside other sensitive ones, never beside a heavy one.
+    static func sensitive<T>(_ body: () async throws -> T) async throws -> T {
+        try await Self.run(exclusive: false, body)
+    }
+
+    private static func run<T>(exclusive: Bool, _ body: () async throws -> T) async throws -> T {
         if Self.holding { return try await body() }
-        await Self.gate.acquire()
+        await Self.gate.acquire(exclusive: exclusive)
         do {
             let result = try await Self.$holding.withValue(true) { try await body() }
-            await Self.gate.release()
+            await Self.gate.release(exclusive: exclusive)
             return result
         } catch {
-            await Self.gate.release()
+            await Self.gate.release(exclusive: exclusive)
             throw error
         }
     }

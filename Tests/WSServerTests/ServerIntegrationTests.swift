@@ -612,6 +612,14 @@ struct ServerHarness: Sendable {
         configure: (inout WebSocketServerConfiguration) -> Void = { _ in },
         _ body: (ServerHarness) async throws -> Void
     ) async throws {
+        // Timing-sensitive (heartbeats, timeouts): never beside the tests that start servers.
+        try await HeavyTests.sensitive { try await Self.runServer(configure: configure, body) }
+    }
+
+    private static func runServer(
+        configure: (inout WebSocketServerConfiguration) -> Void,
+        _ body: (ServerHarness) async throws -> Void
+    ) async throws {
         var configuration = WebSocketServerConfiguration()
         configuration.host = "127.0.0.1"
         configuration.port = 0

@@ -1,0 +1,441 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+import PostgresNIO
+import ServiceLifecycle
+
+/// `ConversationStorage` on PostgreSQL through PostgresNIO's `PostgresClient` (a connection pool
+/// on the given event loops; no thread ever blocks on the database).
+///
+/// **`run()` must be running** for any operation to proceed: it runs the client's pool and the
+/// partition maintenance (every `maintenanceInterval`, `ensurePartitions` for the current month
+/// and `partitionMonthsAhead` more). It is a swift-service-lifecycle `Service`: put it in the
+/// app's `ServiceGroup` *before* the `WriteBehindQueue` that writes to it, so that on graceful
+/// shutdown the queue drains first (services stop in reverse order). Outside a group, run it in
+/// a task and end it with `shutdown()` (or by cancelling that task).
+///
+/// While PostgreSQL is down, operations wait for a connection up to `operationTimeout`, then
+/// fail with `StorageError.unavailable`; the pool keeps reconnecting in the background.
+public final class PostgresStorage: ConversationStorage, Service {
+    public struct Configuration: Sendable {
+        public var url: PostgresURL
+        public var maximumConnections: Int
+        public var connectTimeout: Duration
+        /// The longest one operation (waiting for a connection included) may take.
+        public var operationTimeout: Duration
+        /// How long `migrate()` may take (it waits for other instances' migrations).
+        public var migrationTimeout: Duration
+        /// Partitions kept ready beyond the current month.
+        public var partitionMonthsAhead: Int
+        public var maintenanceInterval: Duration
+
+        public init(
+            url: PostgresURL,
+            maximumConnections: Int = 8,
+            connectTimeout: Duration = .seconds(5),
+            operationTimeout: Duration = .seconds(10),
+            migrationTimeout: Duration = .seconds(120),
+            partitionMonthsAhead: Int = 3,
+            maintenanceInterval: Duration = .seconds(6 * 3600)
+        ) {
+            self.url = url
+            self.maximumConnections = maximumConnections
+            self.connectTimeout = connectTimeout
+            self.operationTimeout = operationTimeout
+            self.migrationTimeout = migrationTimeout
+            self.partitionMonthsAhead = partitionMonthsAhead
+            self.maintenanceInterval = maintenanceInterval
+        }
+    }
+
+    public let configuration: Configuration
+    private let client: PostgresClient
+    private let logger: Logger
+    private let counters = NIOLockedValueBox(StorageMetrics())
+    private let isShutDown = NIOLockedValueBox(false)
+    private let stop = AsyncStream<Void>.makeStream()
+
+    public init(
+        configuration: Configuration,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "sluice.storage.postgres")
+    ) {
+        self.configuration = configuration
+        self.logger = logger
+        let url = configuration.url
+        var clientConfiguration = PostgresClient.Configuration(
+            host: url.host, port: url.port, username: url.username, password: url.password,
+            database: url.database, tls: Self.tls(url.tls)
+        )
+        clientConfiguration.options.maximumConnections = max(1, configuration.maximumConnections)
+        clientConfiguration.options.connectTimeout = configuration.connectTimeout
+        clientConfiguration.options.additionalStartupParameters = [("application_name", "sluice")]
+        self.client = PostgresClient(configuration: clientConfiguration, eventLoopGroup: eventLoopGroup, backgroundLogger: logger)
+    }
+
+    /// libpq's meaning of sslmode: prefer and require do not check the certificate.
+    private static func tls(_ mode: PostgresURL.TLSMode) -> PostgresClient.Configuration.TLS {
+        var unverified = TLSConfiguration.makeClientConfiguration()
+        unverified.certificateVerification = .none
+        switch mode {
+        case .disable: return .disable
+        case .prefer: return .prefer(unverified)
+        case .require: return .require(unverified)
+        case .verifyFull: return .require(.makeClientConfiguration())
+        }
+    }
+
+    public var metrics: StorageMetrics { self.counters.withLockedValue { $0 } }
+
+    // MARK: Lifecycle
+
+    /// Runs the connection pool and the partition maintenance until `shutdown()`, a graceful
+    /// shutdown of the surrounding `ServiceGroup`, or cancellation. Call it once.
+    public func run() async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.client.run() }
+            group.addTask { await self.maintainPartitions() }
+            group.addTask { for await _ in self.stop.stream {} }
+            _ = await group.next()
+            group.cancelAll()
+        }
+    }
+
+    public func shutdown() async {
+        self.isShutDown.withLockedValue { $0 = true }
+        self.stop.continuation.finish()
+    }
+
+    /// `migrate()` creates the partitions at start; this keeps them ahead of the calendar for a
+    /// long-running process. After a failure (database down) it tries again within a minute.
+    private func maintainPartitions() async {
+        var wait = self.configuration.maintenanceInterval
+        while !Task.isCancelled {
+            do {
+                try await Task.sleep(for: wait)
+            } catch {
+                return
+            }
+            do {
+                try await self.ensurePartitions(from: Date(), monthsAhead: self.configuration.partitionMonthsAhead)
+                wait = self.configuration.maintenanceInterval
+            } catch {
+                self.logger.warning("could not create message partitions ahead", metadata: ["error": "\(error)"])
+                wait = min(self.configuration.maintenanceInterval, .seconds(60))
+            }
+        }
+    }
+
+    // MARK: Schema
+
+    public func migrate() async throws(StorageError) {
+        try await self.perform(timeout: self.configuration.migrationTimeout) {
+            for migration in PostgresSchema.migrations {
+                try await self.client.withTransaction(logger: self.logger) { connection in
+                    try await self.write(connection, "SELECT pg_advisory_xact_lock(\(PostgresSchema.migrationLockKey))")
+                    try await self.write(connection, PostgresQuery(unsafeSQL: PostgresSchema.createMigrationsTable))
+                    let applied = try await self.read(connection, "SELECT 1 FROM schema_migrations WHERE version = \(migration.version)")
+                    guard applied.isEmpty else { return }
+                    for statement in migration.statements {
+                        try await self.write(connection, PostgresQuery(unsafeSQL: statement))
+                    }
+                    try await self.write(connection, "INSERT INTO schema_migrations (version) VALUES (\(migration.version))")
+                    self.logger.info("applied schema migration", metadata: ["version": "\(migration.version)"])
+                }
+            }
+        }
+        // Last month too: a message stamped just before midnight may arrive just after.
+        let lastMonth = Date().addingTimeInterval(-31 * 86400)
+        try await self.ensurePartitions(from: lastMonth, monthsAhead: self.configuration.partitionMonthsAhead + 1)
+    }
+
+    public func ensurePartitions(from start: Date, monthsAhead: Int) async throws(StorageError) {
+        try await self.ensurePartitions(PartitionMonth.range(from: start, monthsAhead: monthsAhead))
+    }
+
+    private func ensurePartitions(_ months: [PartitionMonth]) async throws(StorageError) {
+        guard !months.isEmpty else { return }
+        let sql = PostgresSchema.ensurePartitions(months)
+        try await self.perform { try await self.write(nil, PostgresQuery(unsafeSQL: sql)) }
+    }
+
+    // MARK: Writes
+
+    @discardableResult
+    public func appendMessages(_ batch: [NewMessage]) async throws(StorageError) -> AppendResult {
+        let plan = AppendPlan(batch)
+        guard !plan.messages.isEmpty else {
+            return AppendResult(alreadyStored: plan.duplicatesInBatch, rejected: plan.rejectedInBatch)
+        }
+        var binds = PostgresBindings(capacity: 2)
+        binds.append(try plan.conversationsJSON())
+        binds.append(try plan.messagesJSON())
+        let query = PostgresQuery(unsafeSQL: PostgresSchema.appendBatch, binds: binds)
+
+        let counts: (Int64, Int64, Int64, Int64)
+        do {
+            counts = try await self.appendRow(query)
+        } catch .rejected(let sqlState, let message) where sqlState == "23514" && message.contains("no partition") {
+            // A month without a partition (clock far ahead, or maintenance not run): create it
+            // and try once more. The failed statement changed nothing.
+            self.logger.notice("creating missing message partitions", metadata: ["months": "\(plan.months)"])
+            try await self.ensurePartitions(plan.months)
+            counts = try await self.appendRow(query)
+        }
+        let (inserted, rejected, unresolved, _) = counts
+        if unresolved > 0 {
+            // See PostgresSchema.appendBatch: a user row created concurrently elsewhere.
+            throw StorageError.rejected(sqlState: "40001", message: "\(unresolved) message(s) for a user created concurrently; retry the batch")
+        }
+        let stored = plan.messages.count
+        return AppendResult(
+            inserted: Int(inserted),
+            alreadyStored: stored - Int(inserted) - Int(rejected) + plan.duplicatesInBatch,
+            rejected: Int(rejected) + plan.rejectedInBatch
+        )
+    }
+
+    private func appendRow(_ query: PostgresQuery) async throws(StorageError) -> (Int64, Int64, Int64, Int64) {
+        try await self.perform {
+            let rows = try await self.client.query(query)
+            self.count(write: true)
+            for try await row in rows.decode((Int64, Int64, Int64, Int64).self) { return row }
+            throw StorageError.unexpectedRow("the batch insert returned no row")
+        }
+    }
+
+    // MARK: Reads
+
+    public func listConversations(
+        userExternalID: String,
+        before: ConversationCursor?,
+        limit: Int
+    ) async throws(StorageError) -> ConversationPage {
+        let limit = clampedLimit(limit)
+        let columns = "c.id, c.title, \(PostgresSchema.microseconds("c.created_at")), \(PostgresSchema.microseconds("c.updated_at"))"
+        var binds = PostgresBindings()
+        binds.append(userExternalID)
+        var condition = ""
+        if let before {
+            binds.append(before.updatedAtMicroseconds)
+            binds.append(before.id)
+            condition = "AND (c.updated_at, c.id) < (\(PostgresSchema.timestamp("$2")), $3)"
+        }
+        binds.append(limit + 1)
+        let sql = """
+            SELECT \(columns) FROM conversations c JOIN users u ON u.id = c.user_id
+            WHERE u.external_id = $1 \(condition)
+            ORDER BY c.updated_at DESC, c.id DESC LIMIT $\(binds.count)
+            """
+        let query = PostgresQuery(unsafeSQL: sql, binds: binds)
+        let summaries = try await self.perform {
+            var summaries: [ConversationSummary] = []
+            let rows = try await self.client.query(query)
+            self.count(write: false)
+            for try await (id, title, created, updated) in rows.decode((UUID, String?, Int64, Int64).self) {
+                summaries.append(ConversationSummary(id: id, title: title, createdAtMicroseconds: created, updatedAtMicroseconds: updated))
+            }
+            return summaries
+        }
+        return page(summaries, limit: limit, cursor: \.cursor) { ConversationPage(conversations: $0, next: $1) }
+    }
+
+    public func messages(
+        conversationID: UUID,
+        userExternalID: String?,
+        before: MessageCursor?,
+        limit: Int
+    ) async throws(StorageError) -> MessagePage? {
+        let limit = clampedLimit(limit)
+        var binds = PostgresBindings()
+        binds.append(conversationID)
+        var condition = ""
+        if let before {
+            binds.append(before.createdAtMicroseconds)
+            binds.append(before.id)
+            condition = "AND (created_at, id) < (\(PostgresSchema.timestamp("$2")), $3)"
+        }
+        binds.append(limit + 1)
+        // One statement: no row means no such conversation; one row with NULL message columns
+        // means a conversation without messages (on this page).
+        let sql = """
+            SELECT u.external_id, m.id, m.role, m.content, m.finish_reason, m.prompt_tokens,
+                   m.completion_tokens, m.model, \(PostgresSchema.microseconds("m.created_at"))
+            FROM conversations c JOIN users u ON u.id = c.user_id
+            LEFT JOIN LATERAL (
+                SELECT * FROM messages WHERE conversation_id = c.id \(condition)
+                ORDER BY created_at DESC, id DESC LIMIT $\(binds.count)
+            ) m ON true
+            WHERE c.id = $1
+            ORDER BY m.created_at DESC, m.id DESC
+            """
+        let query = PostgresQuery(unsafeSQL: sql, binds: binds)
+        let (owner, messages) = try await self.perform {
+            var owner: String?
+            var messages: [StoredMessage] = []
+            let rows = try await self.client.query(query)
+            self.count(write: false)
+            for try await (externalID, id, role, content, finishReason, promptTokens, completionTokens, model, created)
+                in rows.decode((String, UUID?, String?, String?, String?, Int?, Int?, String?, Int64?).self)
+            {
+                owner = externalID
+                guard let id, let role, let content, let created else { continue }
+                messages.append(try Self.message(
+                    id: id, conversationID: conversationID, role: role, content: content, finishReason: finishReason,
+                    promptTokens: promptTokens, completionTokens: completionTokens, model: model, created: created
+                ))
+            }
+            return (owner, messages)
+        }
+        guard let owner, userExternalID == nil || userExternalID == owner else { return nil }
+        return page(messages, limit: limit, cursor: \.cursor) { MessagePage(messages: $0, next: $1) }
+    }
+
+    public func context(conversationID: UUID, maxCharacters: Int) async throws(StorageError) -> [StoredMessage] {
+        guard maxCharacters > 0 else { return [] }
+        let query: PostgresQuery = """
+            SELECT id, role, content, finish_reason, prompt_tokens, completion_tokens, model,
+                   \(unescaped: PostgresSchema.microseconds("created_at"))
+            FROM (
+                SELECT *, sum(length(content)) OVER (ORDER BY created_at DESC, id DESC
+                                                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running
+                FROM (SELECT * FROM messages WHERE conversation_id = \(conversationID)
+                      ORDER BY created_at DESC, id DESC LIMIT \(contextMessageLimit)) newest
+            ) t
+            WHERE running <= \(Int64(maxCharacters))
+            ORDER BY created_at, id
+            """
+        return try await self.perform {
+            var messages: [StoredMessage] = []
+            let rows = try await self.client.query(query)
+            self.count(write: false)
+            for try await (id, role, content, finishReason, promptTokens, completionTokens, model, created)
+                in rows.decode((UUID, String, String, String?, Int?, Int?, String?, Int64).self)
+            {
+                messages.append(try Self.message(
+                    id: id, conversationID: conversationID, role: role, content: content, finishReason: finishReason,
+                    promptTokens: promptTokens, completionTokens: completionTokens, model: model, created: created
+                ))
+            }
+            return messages
+        }
+    }
+
+    public func conversationOwner(_ conversationID: UUID) async throws(StorageError) -> String? {
+        let query: PostgresQuery = """
+            SELECT u.external_id FROM conversations c JOIN users u ON u.id = c.user_id WHERE c.id = \(conversationID)
+            """
+        return try await self.perform {
+            let rows = try await self.client.query(query)
+            self.count(write: false)
+            for try await owner in rows.decode(String.self) { return owner }
+            return nil
+        }
+    }
+
+    // MARK: Plumbing
+
+    private static func message(
+        id: UUID, conversationID: UUID, role: String, content: String, finishReason: String?,
+        promptTokens: Int?, completionTokens: Int?, model: String?, created: Int64
+    ) throws(StorageError) -> StoredMessage {
+        guard let role = MessageRole(rawValue: role) else { throw StorageError.unexpectedRow("unknown message role \"\(role)\"") }
+        return StoredMessage(
+            id: id, conversationID: conversationID, role: role, content: content, finishReason: finishReason,
+            promptTokens: promptTokens, completionTokens: completionTokens, model: model, createdAtMicroseconds: created
+        )
+    }
+
+    private func count(write: Bool) {
+        self.counters.withLockedValue {
+            if write {
+                $0.writeStatements += 1
+                $0.writeTransactions += 1
+            } else {
+                $0.readStatements += 1
+            }
+        }
+    }
+
+    /// A data-changing statement inside a transaction (`connection`) or on its own (pool).
+    private func write(_ connection: PostgresConnection?, _ query: PostgresQuery) async throws {
+        if let connection {
+            try await connection.query(query, logger: self.logger)
+            self.counters.withLockedValue { $0.writeStatements += 1 }
+        } else {
+            try await self.client.query(query)
+            self.count(write: true)
+        }
+    }
+
+    private func read(_ connection: PostgresConnection, _ query: PostgresQuery) async throws -> [PostgresRow] {
+        let rows = try await connection.query(query, logger: self.logger).collect()
+        self.count(write: false)
+        return rows
+    }
+
+    /// Runs `body` with a deadline and maps every failure to `StorageError`. A statement already
+    /// sent is not interrupted by the deadline (PostgresNIO cannot), only the wait for a connection is.
+    private func perform<T: Sendable>(
+        timeout: Duration? = nil,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws(StorageError) -> T {
+        if self.isShutDown.withLockedValue({ $0 }) { throw StorageError.shutDown }
+        let timeout = timeout ?? self.configuration.operationTimeout
+        do {
+            return try await withThrowingTaskGroup(of: T.self) { group in
+                group.addTask { try await body() }
+                group.addTask {
+                    try await Task.sleep(for: timeout)
+                    throw StorageError.unavailable("no answer within \(timeout)")
+                }
+                defer { group.cancelAll() }
+                return try await group.next()!
+            }
+        } catch {
+            throw self.storageError(error)
+        }
+    }
+
+    private func storageError(_ error: any Error) -> StorageError {
+        if self.isShutDown.withLockedValue({ $0 }) { return .shutDown }
+        switch error {
+        case let error as StorageError:
+            return error
+        case let error as PSQLError:
+            if error.code == .server, let info = error.serverInfo {
+                return .rejected(sqlState: info[.sqlState], message: info[.message] ?? "no message")
+            }
+            let cause = error.underlying.map { ": \($0)" } ?? ""
+            return .unavailable("\(error.code)\(cause)")
+        case let error as PostgresDecodingError:
+            return .unexpectedRow("column \(error.columnName): \(error.code)")
+        case is CancellationError:
+            return .unavailable("cancelled")
+        default:
+            // ConnectionPoolError (connection attempts failing for long, pool shut down) and the like.
+            return .unavailable("\(error)")
+        }
+    }
+}
+
+/// At most this many newest messages are considered for `context` (bounds the work on very
+/// long conversations whatever the character budget).
+let contextMessageLimit = 1000
+
+func clampedLimit(_ limit: Int) -> Int {
+    min(max(limit, 1), storagePageLimit)
+}
+
+/// The first `limit` of `rows` (fetched `limit + 1` to know whether more exist), with the
+/// cursor of the last one kept when there are more.
+func page<Row, Cursor, Page>(
+    _ rows: [Row], limit: Int, cursor: (Row) -> Cursor, make: ([Row], Cursor?) -> Page
+) -> Page {
+    guard rows.count > limit else { return make(rows, nil) }
+    let kept = Array(rows.prefix(limit))
+    return make(kept, kept.last.map(cursor))
+}

@@ -1,0 +1,366 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import SQLiteNIO
+
+/// `ConversationStorage` in an embedded SQLite file (sqlite-nio, which brings its own SQLite and
+/// runs every call on NIO's thread pool, never on an event loop): the default when no database
+/// URL is given. Same tables and semantics as PostgreSQL, minus partitions; JSON columns are TEXT,
+/// UUIDs lowercase TEXT, timestamps INTEGER microseconds since 1970.
+///
+/// One connection, one operation at a time (a `SerialGate`): SQLite has a single writer anyway,
+/// and the write-behind queue batches. No `run()` is needed.
+public final class SQLiteStorage: ConversationStorage {
+    public let path: String
+    private let connection: SQLiteConnection
+    private let logger: Logger
+    private let gate = SerialGate()
+    private let counters = NIOLockedValueBox(StorageMetrics())
+    private let isShutDown = NIOLockedValueBox(false)
+
+    private init(path: String, connection: SQLiteConnection, logger: Logger) {
+        self.path = path
+        self.connection = connection
+        self.logger = logger
+    }
+
+    /// Opens (creating it and its directory if needed) the database at `path`; `":memory:"` for
+    /// a private in-memory database (tests).
+    public static func open(
+        path: String,
+        logger: Logger = Logger(label: "sluice.storage.sqlite")
+    ) async throws(StorageError) -> SQLiteStorage {
+        let inMemory = path == ":memory:"
+        do {
+            if !inMemory {
+                let directory = URL(fileURLWithPath: path).deletingLastPathComponent()
+                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            }
+            let connection = try await SQLiteConnection.open(storage: inMemory ? .memory : .file(path: path), logger: logger)
+            do {
+                // WAL: readers (other tools) do not block the writer; NORMAL is durable across
+                // process crashes, and a power loss can only lose the last transactions.
+                if !inMemory { _ = try await connection.query("PRAGMA journal_mode = WAL") }
+                _ = try await connection.query("PRAGMA synchronous = NORMAL")
+                _ = try await connection.query("PRAGMA foreign_keys = ON")
+            } catch {
+                try? await connection.close()
+                throw error
+            }
+            return SQLiteStorage(path: path, connection: connection, logger: logger)
+        } catch {
+            throw Self.storageError(error)
+        }
+    }
+
+    public var metrics: StorageMetrics { self.counters.withLockedValue { $0 } }
+
+    public func shutdown() async {
+        let wasShutDown = self.isShutDown.withLockedValue { state in
+            defer { state = true }
+            return state
+        }
+        guard !wasShutDown else { return }
+        // Waits for the operation in progress, if any.
+        await self.gate.acquire()
+        try? await self.connection.close()
+        await self.gate.release()
+    }
+
+    // MARK: Schema
+
+    public func migrate() async throws(StorageError) {
+        try await self.exclusive { () throws(StorageError) in
+            _ = try await self.run(SQLiteSchema.createMigrationsTable, write: true)
+            for migration in SQLiteSchema.migrations {
+                try await self.transaction { () throws(StorageError) in
+                    let applied = try await self.run("SELECT 1 FROM schema_migrations WHERE version = ?", [.integer(.init(migration.version))])
+                    guard applied.isEmpty else { return }
+                    for statement in migration.statements {
+                        _ = try await self.run(statement, write: true)
+                    }
+                    _ = try await self.run(
+                        "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                        [.integer(.init(migration.version)), .integer(.init(Date().microsecondsSince1970))], write: true
+                    )
+                    self.logger.info("applied schema migration", metadata: ["version": "\(migration.version)"])
+                }
+            }
+        }
+    }
+
+    /// SQLite has no partitions: nothing to do.
+    public func ensurePartitions(from start: Date, monthsAhead: Int) async throws(StorageError) {}
+
+    // MARK: Writes
+
+    @discardableResult
+    public func appendMessages(_ batch: [NewMessage]) async throws(StorageError) -> AppendResult {
+        let plan = AppendPlan(batch)
+        var result = AppendResult(alreadyStored: plan.duplicatesInBatch, rejected: plan.rejectedInBatch)
+        guard !plan.messages.isEmpty else { return result }
+        let now = Date().microsecondsSince1970
+
+        try await self.exclusive { () throws(StorageError) in
+            try await self.transaction { () throws(StorageError) in
+                var inserted = 0
+                var rejected = 0
+                for user in Set(plan.conversations.map(\.userExternalID)) {
+                    _ = try await self.run(
+                        "INSERT INTO users (id, external_id, created_at) VALUES (?, ?, ?) ON CONFLICT (external_id) DO NOTHING",
+                        [.text(UUID().lowercased), .text(user), .integer(.init(now))], write: true
+                    )
+                }
+                // Conversations this batch may write to (new, or already this user's).
+                var accepted: [UUID: String] = [:]
+                for conversation in plan.conversations {
+                    let rows = try await self.run(
+                        """
+                        INSERT INTO conversations (id, user_id, title, created_at, updated_at)
+                        SELECT ?, u.id, ?, ?, ? FROM users u WHERE u.external_id = ?
+                        ON CONFLICT (id) DO UPDATE
+                            SET updated_at = max(conversations.updated_at, excluded.updated_at),
+                                title = coalesce(conversations.title, excluded.title)
+                            WHERE conversations.user_id = excluded.user_id
+                        RETURNING id
+                        """,
+                        [.text(conversation.id.lowercased), conversation.title.map(SQLiteData.text) ?? .null,
+                         .integer(.init(conversation.firstMicroseconds)), .integer(.init(conversation.lastMicroseconds)),
+                         .text(conversation.userExternalID)],
+                        write: true
+                    )
+                    if !rows.isEmpty { accepted[conversation.id] = conversation.userExternalID }
+                }
+                var usage: [String: Int] = [:]
+                for message in plan.messages {
+                    guard let user = accepted[message.conversationID] else {
+                        rejected += 1
+                        continue
+                    }
+                    let rows = try await self.run(
+                        """
+                        INSERT INTO messages (id, conversation_id, role, content, finish_reason,
+                                              prompt_tokens, completion_tokens, model, created_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        ON CONFLICT (id, created_at) DO NOTHING
+                        RETURNING id
+                        """,
+                        [.text(message.id.lowercased), .text(message.conversationID.lowercased), .text(message.role.rawValue),
+                         .text(message.content), message.finishReason.map(SQLiteData.text) ?? .null,
+                         message.promptTokens.map { .integer(.init($0)) } ?? .null,
+                         message.completionTokens.map { .integer(.init($0)) } ?? .null,
+                         message.model.map(SQLiteData.text) ?? .null, .integer(.init(message.createdMicroseconds))],
+                        write: true
+                    )
+                    guard !rows.isEmpty else { continue }
+                    inserted += 1
+                    if message.role == .assistant {
+                        usage[user, default: 0] += (message.promptTokens ?? 0) + (message.completionTokens ?? 0)
+                    }
+                }
+                for (user, tokens) in usage {
+                    _ = try await self.run(
+                        """
+                        INSERT INTO user_quotas (user_id, tokens_used) SELECT id, ? FROM users WHERE external_id = ?
+                        ON CONFLICT (user_id) DO UPDATE SET tokens_used = user_quotas.tokens_used + excluded.tokens_used
+                        """,
+                        [.integer(.init(tokens)), .text(user)], write: true
+                    )
+                }
+                result.inserted = inserted
+                result.rejected += rejected
+                result.alreadyStored += plan.messages.count - inserted - rejected
+            }
+        }
+        return result
+    }
+
+    // MARK: Reads
+
+    public func listConversations(
+        userExternalID: String,
+        before: ConversationCursor?,
+        limit: Int
+    ) async throws(StorageError) -> ConversationPage {
+        let limit = clampedLimit(limit)
+        var binds: [SQLiteData] = [.text(userExternalID)]
+        var condition = ""
+        if let before {
+            condition = "AND (c.updated_at, c.id) < (?, ?)"
+            binds += [.integer(.init(before.updatedAtMicroseconds)), .text(before.id.lowercased)]
+        }
+        binds.append(.integer(.init(limit + 1)))
+        let rows = try await self.exclusive { () throws(StorageError) in
+            try await self.run(
+                """
+                SELECT c.id, c.title, c.created_at, c.updated_at FROM conversations c JOIN users u ON u.id = c.user_id
+                WHERE u.external_id = ? \(condition)
+                ORDER BY c.updated_at DESC, c.id DESC LIMIT ?
+                """,
+                binds
+            )
+        }
+        var summaries: [ConversationSummary] = []
+        for row in rows {
+            summaries.append(ConversationSummary(
+                id: try row.uuid("id"), title: row.column("title")?.string,
+                createdAtMicroseconds: try row.int64("created_at"), updatedAtMicroseconds: try row.int64("updated_at")
+            ))
+        }
+        return page(summaries, limit: limit, cursor: \.cursor) { ConversationPage(conversations: $0, next: $1) }
+    }
+
+    public func messages(
+        conversationID: UUID,
+        userExternalID: String?,
+        before: MessageCursor?,
+        limit: Int
+    ) async throws(StorageError) -> MessagePage? {
+        let limit = clampedLimit(limit)
+        var binds: [SQLiteData] = [.text(conversationID.lowercased)]
+        var condition = ""
+        if let before {
+            condition = "AND (created_at, id) < (?, ?)"
+            binds += [.integer(.init(before.createdAtMicroseconds)), .text(before.id.lowercased)]
+        }
+        binds.append(.integer(.init(limit + 1)))
+        let found: [SQLiteRow]? = try await self.exclusive { () throws(StorageError) in
+            let owner = try await self.owner(conversationID)
+            guard let owner, userExternalID == nil || userExternalID == owner else { return nil }
+            return try await self.run(
+                """
+                SELECT \(SQLiteSchema.messageColumns) FROM messages WHERE conversation_id = ? \(condition)
+                ORDER BY created_at DESC, id DESC LIMIT ?
+                """,
+                binds
+            )
+        }
+        guard let found else { return nil }
+        let messages = try found.map { row throws(StorageError) in try row.storedMessage() }
+        return page(messages, limit: limit, cursor: \.cursor) { MessagePage(messages: $0, next: $1) }
+    }
+
+    public func context(conversationID: UUID, maxCharacters: Int) async throws(StorageError) -> [StoredMessage] {
+        guard maxCharacters > 0 else { return [] }
+        let rows = try await self.exclusive { () throws(StorageError) in
+            try await self.run(
+                """
+                SELECT \(SQLiteSchema.messageColumns) FROM (
+                    SELECT *, sum(length(content)) OVER (ORDER BY created_at DESC, id DESC
+                                                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running
+                    FROM (SELECT * FROM messages WHERE conversation_id = ?
+                          ORDER BY created_at DESC, id DESC LIMIT \(contextMessageLimit))
+                )
+                WHERE running <= ?
+                ORDER BY created_at, id
+                """,
+                [.text(conversationID.lowercased), .integer(.init(maxCharacters))]
+            )
+        }
+        return try rows.map { row throws(StorageError) in try row.storedMessage() }
+    }
+
+    public func conversationOwner(_ conversationID: UUID) async throws(StorageError) -> String? {
+        try await self.exclusive { () throws(StorageError) in try await self.owner(conversationID) }
+    }
+
+    private func owner(_ conversationID: UUID) async throws(StorageError) -> String? {
+        let rows = try await self.run(
+            "SELECT u.external_id FROM conversations c JOIN users u ON u.id = c.user_id WHERE c.id = ?",
+            [.text(conversationID.lowercased)]
+        )
+        return rows.first?.column("external_id")?.string
+    }
+
+    // MARK: Plumbing
+
+    /// Runs `body` holding the connection.
+    private func exclusive<T>(_ body: () async throws(StorageError) -> T) async throws(StorageError) -> T {
+        if self.isShutDown.withLockedValue({ $0 }) { throw StorageError.shutDown }
+        await self.gate.acquire()
+        do throws(StorageError) {
+            if self.isShutDown.withLockedValue({ $0 }) { throw StorageError.shutDown }
+            let result = try await body()
+            await self.gate.release()
+            return result
+        } catch {
+            await self.gate.release()
+            throw error
+        }
+    }
+
+    /// `BEGIN IMMEDIATE` … `COMMIT` around `body` (rolled back if it throws), counted as one
+    /// write transaction. Call inside `exclusive`.
+    private func transaction(_ body: () async throws(StorageError) -> Void) async throws(StorageError) {
+        _ = try await self.run("BEGIN IMMEDIATE", counted: false)
+        do {
+            try await body()
+            _ = try await self.run("COMMIT", counted: false)
+            self.counters.withLockedValue { $0.writeTransactions += 1 }
+        } catch {
+            _ = try? await self.run("ROLLBACK", counted: false)
+            throw error
+        }
+    }
+
+    private func run(
+        _ sql: String, _ binds: [SQLiteData] = [], write: Bool = false, counted: Bool = true
+    ) async throws(StorageError) -> [SQLiteRow] {
+        do {
+            let rows = try await self.connection.query(sql, binds)
+            if counted {
+                self.counters.withLockedValue {
+                    if write { $0.writeStatements += 1 } else { $0.readStatements += 1 }
+                }
+            }
+            return rows
+        } catch {
+            throw Self.storageError(error)
+        }
+    }
+
+    private static func storageError(_ error: any Error) -> StorageError {
+        switch error {
+        case let error as StorageError: return error
+        case let error as SQLiteError: return .rejected(sqlState: "SQLITE_\(error.reason)", message: error.message)
+        default: return .unavailable("\(error)")
+        }
+    }
+}
+
+extension UUID {
+    /// How UUIDs are stored in SQLite (PostgreSQL prints them the same way).
+    fileprivate var lowercased: String { self.uuidString.lowercased() }
+}
+
+extension SQLiteRow {
+    fileprivate func int64(_ name: String) throws(StorageError) -> Int64 {
+        guard let value = self.column(name)?.integer else { throw StorageError.unexpectedRow("\(name) is not an integer") }
+        return Int64(value)
+    }
+
+    fileprivate func uuid(_ name: String) throws(StorageError) -> UUID {
+        guard let text = self.column(name)?.string, let id = UUID(uuidString: text) else {
+            throw StorageError.unexpectedRow("\(name) is not a UUID")
+        }
+        return id
+    }
+
+    fileprivate func optionalInt(_ name: String) -> Int? {
+        self.column(name)?.integer.map { Int($0) }
+    }
+
+    /// A row of `SQLiteSchema.messageColumns`.
+    fileprivate func storedMessage() throws(StorageError) -> StoredMessage {
+        guard let roleText = self.column("role")?.string, let role = MessageRole(rawValue: roleText) else {
+            throw StorageError.unexpectedRow("unknown message role")
+        }
+        guard let content = self.column("content")?.string else { throw StorageError.unexpectedRow("content is not text") }
+        return StoredMessage(
+            id: try self.uuid("id"), conversationID: try self.uuid("conversation_id"), role: role, content: content,
+            finishReason: self.column("finish_reason")?.string, promptTokens: self.optionalInt("prompt_tokens"),
+            completionTokens: self.optionalInt("completion_tokens"), model: self.column("model")?.string,
+            createdAtMicroseconds: try self.int64("created_at")
+        )
+    }
+}

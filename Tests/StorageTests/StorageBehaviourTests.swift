@@ -1,0 +1,263 @@
+import Foundation
+import Testing
+@testable import Storage
+
+/// The same expectations of both implementations: SQLite (a temporary file) and a real
+/// PostgreSQL started by the test (initdb into a temporary directory, random port).
+/// Serialised so that at most one PostgreSQL server of this suite runs at a time.
+@Suite(.serialized) struct StorageBehaviourTests {
+    @Test(arguments: Backend.allCases)
+    func migrationsRunFromEmptyAndAgain(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            // The harness migrated an empty database once; twice more changes nothing.
+            try await harness.storage.migrate()
+            try await harness.storage.migrate()
+            #expect(try await harness.integer("SELECT count(*) FROM schema_migrations") == 1)
+            for table in ["users", "conversations", "messages", "tool_executions", "user_quotas"] {
+                #expect(try await harness.integer("SELECT count(*) FROM \(table)") == 0, "\(table)")
+            }
+            // And it still works after the re-runs.
+            try await harness.storage.appendMessages(exchange(user: "u", conversation: UUID(), at: Date()))
+            #expect(try await harness.integer("SELECT count(*) FROM messages") == 2)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func storesAGenerationWithUsage(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            let storage = harness.storage
+            let conversation = UUID()
+            let start = Date()
+            let batch = exchange(user: "alice", conversation: conversation, at: start, text: "what is 2+2?",
+                                 title: "Arithmetic", answer: "4", promptTokens: 12, completionTokens: 1)
+            let first = try await storage.appendMessages(batch)
+            #expect(first == AppendResult(inserted: 2))
+
+            // A retried batch (reply lost) stores nothing twice and counts no usage twice.
+            let again = try await storage.appendMessages(batch)
+            #expect(again == AppendResult(inserted: 0, alreadyStored: 2))
+            #expect(try await harness.integer("SELECT count(*) FROM messages") == 2)
+            #expect(try await harness.integer("SELECT count(*) FROM users") == 1)
+            #expect(try await harness.integer("SELECT tokens_used FROM user_quotas") == 13)
+
+            let page = try #require(try await storage.messages(conversationID: conversation, userExternalID: "alice", before: nil, limit: 10))
+            #expect(page.messages.map(\.content) == ["4", "what is 2+2?"])
+            #expect(page.next == nil)
+            let answer = page.messages[0]
+            #expect(answer.role == .assistant && answer.finishReason == "stop" && answer.model == "sluice-simulator")
+            #expect(answer.promptTokens == 12 && answer.completionTokens == 1)
+            #expect(answer.createdAtMicroseconds == batch[1].createdAt.microsecondsSince1970)
+
+            let list = try await storage.listConversations(userExternalID: "alice", before: nil, limit: 10)
+            #expect(list.conversations.map(\.id) == [conversation])
+            #expect(list.conversations.first?.title == "Arithmetic")
+            #expect(list.conversations.first?.createdAtMicroseconds == start.microsecondsSince1970)
+            #expect(list.conversations.first?.updatedAtMicroseconds == batch[1].createdAt.microsecondsSince1970)
+
+            // A later message moves updated_at forward; an older retry does not move it back.
+            let later = exchange(user: "alice", conversation: conversation, at: start.addingTimeInterval(60), answer: nil)
+            try await storage.appendMessages(later)
+            try await storage.appendMessages(batch)
+            let updated = try await storage.listConversations(userExternalID: "alice", before: nil, limit: 10)
+            #expect(updated.conversations.first?.updatedAtMicroseconds == later[0].createdAt.microsecondsSince1970)
+            #expect(try await storage.conversationOwner(conversation) == "alice")
+            #expect(try await storage.conversationOwner(UUID()) == nil)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func conversationPagesHaveNoGapsAndNoDuplicates(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            let storage = harness.storage
+            let base = utc(2026, 3, 1, 12)
+            var expected: [UUID] = []
+            var batch: [NewMessage] = []
+            // 23 conversations; 6 of them share one timestamp, so ties are broken by id.
+            for index in 0..<23 {
+                let conversation = UUID()
+                expected.append(conversation)
+                let time = index < 6 ? base : base.addingTimeInterval(Double(index) * 10)
+                batch += exchange(user: "alice", conversation: conversation, at: time, answer: nil)
+            }
+            // Someone else's conversations never show up.
+            batch += exchange(user: "bob", conversation: UUID(), at: base.addingTimeInterval(5))
+            try await storage.appendMessages(batch)
+
+            var seen: [ConversationSummary] = []
+            var cursor: ConversationCursor?
+            var pages = 0
+            repeat {
+                let page = try await storage.listConversations(userExternalID: "alice", before: cursor, limit: 5)
+                #expect(page.conversations.count <= 5)
+                seen += page.conversations
+                // The cursor survives being passed around as a token.
+                cursor = try page.next.map { try #require(ConversationCursor(token: $0.token)) }
+                pages += 1
+            } while cursor != nil && pages < 20
+            #expect(pages == 5)
+            #expect(seen.count == 23)
+            #expect(Set(seen.map(\.id)) == Set(expected))
+            let keys = seen.map { ($0.updatedAtMicroseconds, $0.id.uuidString.lowercased()) }
+            #expect(zip(keys, keys.dropFirst()).allSatisfy { $0 > $1 }, "strictly newest first")
+            #expect(try await storage.listConversations(userExternalID: "nobody", before: nil, limit: 5).conversations.isEmpty)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func messagePagesHaveNoGapsAndNoDuplicates(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            let storage = harness.storage
+            let conversation = UUID()
+            let base = utc(2026, 5, 10, 8)
+            var written: [NewMessage] = []
+            for index in 0..<37 {
+                // Every third message shares the previous one's timestamp.
+                let time = base.addingTimeInterval(Double(index - index / 3))
+                written.append(NewMessage(
+                    conversationID: conversation, userExternalID: "alice", role: index.isMultiple(of: 2) ? .user : .assistant,
+                    content: "message \(index)", createdAt: time
+                ))
+            }
+            // In several batches, as the queue would.
+            for chunk in stride(from: 0, to: written.count, by: 10) {
+                try await storage.appendMessages(Array(written[chunk..<min(chunk + 10, written.count)]))
+            }
+
+            var seen: [StoredMessage] = []
+            var cursor: MessageCursor?
+            var pages = 0
+            repeat {
+                let page = try #require(try await storage.messages(conversationID: conversation, userExternalID: "alice", before: cursor, limit: 10))
+                seen += page.messages
+                cursor = try page.next.map { try #require(MessageCursor(token: $0.token)) }
+                pages += 1
+            } while cursor != nil && pages < 20
+            #expect(pages == 4)
+            #expect(seen.count == 37)
+            #expect(Set(seen.map(\.id)) == Set(written.map(\.id)))
+            let keys = seen.map { ($0.createdAtMicroseconds, $0.id.uuidString.lowercased()) }
+            #expect(zip(keys, keys.dropFirst()).allSatisfy { $0 > $1 }, "strictly newest first")
+
+            // A page past the end is empty, not nil: the conversation exists.
+            let last = try #require(seen.last)
+            let beyond = try await storage.messages(conversationID: conversation, userExternalID: "alice", before: last.cursor, limit: 10)
+            #expect(beyond?.messages.isEmpty == true && beyond?.next == nil)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func usersOnlySeeTheirOwnConversations(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            let storage = harness.storage
+            let alices = UUID()
+            try await storage.appendMessages(exchange(user: "alice", conversation: alices, at: Date(), text: "secret"))
+
+            #expect(try await storage.messages(conversationID: alices, userExternalID: "bob", before: nil, limit: 10) == nil)
+            #expect(try await storage.messages(conversationID: UUID(), userExternalID: "alice", before: nil, limit: 10) == nil)
+            #expect(try await storage.listConversations(userExternalID: "bob", before: nil, limit: 10).conversations.isEmpty)
+            #expect(try await storage.messages(conversationID: alices, userExternalID: "alice", before: nil, limit: 10)?.messages.count == 2)
+            // Without a user (an internal caller), ownership is not checked.
+            #expect(try await storage.messages(conversationID: alices, userExternalID: nil, before: nil, limit: 10)?.messages.count == 2)
+
+            // Bob cannot write into Alice's conversation, not even in a batch that also creates his own.
+            let bobs = UUID()
+            let intrusion = NewMessage(conversationID: alices, userExternalID: "bob", role: .user, content: "mine now")
+            let result = try await storage.appendMessages([intrusion] + exchange(user: "bob", conversation: bobs, at: Date()))
+            #expect(result == AppendResult(inserted: 2, rejected: 1))
+            #expect(try await storage.conversationOwner(alices) == "alice")
+            let alicePage = try await storage.messages(conversationID: alices, userExternalID: "alice", before: nil, limit: 10)
+            #expect(alicePage?.messages.contains { $0.content == "mine now" } == false)
+            #expect(try await storage.listConversations(userExternalID: "bob", before: nil, limit: 10).conversations.map(\.id) == [bobs])
+            // Bob's usage is counted, Alice's unchanged.
+            #expect(try await harness.integer("SELECT CAST(sum(tokens_used) AS bigint) FROM user_quotas") == 20)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func contextKeepsTheNewestMessagesWithinTheBudget(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            let storage = harness.storage
+            let conversation = UUID()
+            let base = Date()
+            // 10, 20, 30 and 40 characters, oldest first; the last is 40 two-byte characters.
+            let contents = [String(repeating: "a", count: 10), String(repeating: "b", count: 20),
+                            String(repeating: "c", count: 30), String(repeating: "é", count: 40)]
+            try await storage.appendMessages(contents.enumerated().map { index, content in
+                NewMessage(conversationID: conversation, userExternalID: "alice", role: index.isMultiple(of: 2) ? .user : .assistant,
+                           content: content, createdAt: base.addingTimeInterval(Double(index)))
+            })
+            func lengths(_ budget: Int) async throws -> [Int] {
+                try await storage.context(conversationID: conversation, maxCharacters: budget).map(\.content.unicodeScalars.count)
+            }
+            #expect(try await lengths(1000) == [10, 20, 30, 40])
+            #expect(try await lengths(100) == [10, 20, 30, 40])
+            #expect(try await lengths(99) == [20, 30, 40])
+            #expect(try await lengths(70) == [30, 40])
+            #expect(try await lengths(69) == [40])
+            #expect(try await lengths(39) == [])
+            #expect(try await lengths(0) == [])
+            #expect(try await storage.context(conversationID: UUID(), maxCharacters: 100).isEmpty)
+            let roles = try await storage.context(conversationID: conversation, maxCharacters: 100).map(\.role)
+            #expect(roles == [.user, .assistant, .user, .assistant])
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
+    func textThatADatabaseCannotHoldIsStoredNotRetriedForever(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            let conversation = UUID()
+            try await harness.storage.appendMessages([
+                NewMessage(conversationID: conversation, userExternalID: "nul\u{0}user", role: .user, content: "a\u{0}b 👍🏽"),
+            ])
+            let page = try await harness.storage.messages(conversationID: conversation, userExternalID: "nul\u{FFFD}user", before: nil, limit: 1)
+            #expect(page?.messages.first?.content == "a\u{FFFD}b 👍🏽")
+        }
+    }
+
+    /// The benchmark: database statements per generation through the write-behind
+    /// queue. Aim: at most 2 writes (the user message at the start, the assistant's at the end).
+    @Test(arguments: Backend.allCases)
+    func atMostTwoWritesPerGeneration(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            let storage = harness.storage
+            let queue = WriteBehindQueue(storage: storage, logger: testLogger)
+            let runner = Task { await queue.run() }
+            defer { runner.cancel() }
+
+            // One generation at a time: the worst case for batching.
+            let before = storage.metrics
+            let generations = 20
+            for index in 0..<generations {
+                let messages = exchange(user: "alice", conversation: UUID(), at: Date().addingTimeInterval(Double(index)))
+                #expect(queue.enqueue(messages[0], reservingFollowUps: 1))
+                #expect(await queue.flush(timeout: .seconds(10)))
+                queue.enqueueReserved(messages[1])
+                #expect(await queue.flush(timeout: .seconds(10)))
+            }
+            let sequential = storage.metrics.since(before)
+
+            // Many generations at once: their writes share batches.
+            let concurrentStart = storage.metrics
+            for index in 0..<generations {
+                let messages = exchange(user: "user\(index % 4)", conversation: UUID(), at: Date())
+                #expect(queue.enqueue(messages[0], reservingFollowUps: 1))
+                queue.enqueueReserved(messages[1])
+            }
+            #expect(await queue.flush(timeout: .seconds(10)))
+            let concurrent = storage.metrics.since(concurrentStart)
+
+            // A write is one statement on PostgreSQL, one transaction of a few statements on SQLite.
+            let perGeneration = backend == .postgres ? sequential.writeStatements : sequential.writeTransactions
+            print("storage benchmark [\(harness.name)]: \(generations) generations one at a time: "
+                + "\(sequential.writeStatements) write statements, \(sequential.writeTransactions) write transactions, "
+                + "\(sequential.readStatements) reads; \(generations) at once: \(concurrent.writeStatements) write statements, "
+                + "\(concurrent.writeTransactions) write transactions")
+            #expect(perGeneration <= 2 * generations)
+            #expect(sequential.readStatements == 0)
+            #expect(concurrent.writeTransactions < generations)
+            let stored = try await harness.integer("SELECT count(*) FROM messages")
+            #expect(stored == Int64(4 * generations))
+            #expect(queue.counters.written == 4 * generations && queue.counters.retries == 0)
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import Foundation
+import Testing
+@testable import Storage
+
+@Suite struct PostgresURLTests {
+    @Test func parsesTheUsualForms() throws {
+        let url = try PostgresURL("postgres://sluice:s3cret@db.internal:6543/chat")
+        #expect(url == PostgresURL(host: "db.internal", port: 6543, username: "sluice", password: "s3cret", database: "chat"))
+        #expect(url.tls == .prefer)
+
+        let minimal = try PostgresURL("postgresql://me@localhost/db?sslmode=disable")
+        #expect(minimal.port == 5432 && minimal.password == nil && minimal.tls == .disable)
+
+        let encoded = try PostgresURL("postgres://us%40er:p%3Ass@[::1]:5433/my%20db?sslmode=verify-full")
+        #expect(encoded.username == "us@er" && encoded.password == "p:ss" && encoded.host == "::1")
+        #expect(encoded.port == 5433 && encoded.database == "my db" && encoded.tls == .verifyFull)
+
+        // An unencoded "@" in the password: the last one separates the host.
+        #expect(try PostgresURL("postgres://u:a@b@h/d").password == "a@b")
+    }
+
+    @Test func rejectsBadInputClearlyWithoutLeakingThePassword() {
+        let cases = [
+            ("mysql://u:p@h/d", "unsupported scheme"),
+            ("postgres://h:5432/d", "missing user name"),
+            ("postgres://u:p@h:5432", "missing database"),
+            ("postgres://u:p@h:99999/d", "port must be"),
+            ("postgres://u:p@h:x/d", "port must be"),
+            ("postgres://u:p@:5432/d", "missing host"),
+            ("postgres://u:p@h/d?sslmode=sometimes", "sslmode must be"),
+            ("postgres://u:p@h/d?connect_timeout=3", "unsupported parameter"),
+            ("localhost:5432", "expected postgres://"),
+        ]
+        for (text, reason) in cases {
+            do {
+                _ = try PostgresURL(text)
+                Issue.record("accepted \(text)")
+            } catch {
+                #expect(error.reason.contains(reason), "\(text): \(error.reason)")
+                #expect(!error.description.contains(":p@"), "password masked: \(error.description)")
+            }
+        }
+    }
+
+    @Test func descriptionMasksThePassword() throws {
+        let url = try PostgresURL("postgres://sluice:s3cret@h/d")
+        #expect(url.description == "postgres://sluice:***@h:5432/d?sslmode=prefer")
+    }
+}
+
+@Suite struct PartitionMonthTests {
+    @Test func namesAndBoundsAreUTCMonths() {
+        let december = PartitionMonth(containing: utc(2026, 12, 31, 23, 59, 59, milliseconds: 999))
+        #expect(december.tableName == "messages_y2026m12")
+        #expect(december.lowerBound == "2026-12-01 00:00:00+00")
+        #expect(december.upperBound == "2027-01-01 00:00:00+00")
+        #expect(PartitionMonth(containing: utc(2027, 1, 1)).tableName == "messages_y2027m01")
+        #expect(december.adding(months: -12).tableName == "messages_y2025m12")
+        #expect(december.adding(months: 14).tableName == "messages_y2028m02")
+    }
+
+    @Test func rangeCoversTheStartMonthAndThoseAhead() {
+        let months = PartitionMonth.range(from: utc(2026, 11, 30), monthsAhead: 3).map(\.tableName)
+        #expect(months == ["messages_y2026m11", "messages_y2026m12", "messages_y2027m01", "messages_y2027m02"])
+        #expect(PostgresSchema.ensurePartitions(PartitionMonth.range(from: utc(2026, 1, 5), monthsAhead: 0))
+            .contains("CREATE TABLE messages_y2026m01 PARTITION OF messages\n      FOR VALUES FROM ('2026-01-01 00:00:00+00') TO ('2026-02-01 00:00:00+00')"))
+    }
+}
+
+@Suite struct CursorTests {
+    @Test func tokensRoundTripAndRejectGarbage() {
+        let cursor = MessageCursor(createdAtMicroseconds: 1_790_000_000_123_456, id: UUID())
+        #expect(MessageCursor(token: cursor.token) == cursor)
+        let conversation = ConversationCursor(updatedAtMicroseconds: -5, id: UUID())
+        #expect(ConversationCursor(token: conversation.token) == conversation)
+        for garbage in ["", "12", "abc_\(UUID())", "1_2_3", "1_not-a-uuid"] {
+            #expect(MessageCursor(token: garbage) == nil, "\(garbage)")
+        }
+    }
+
+    @Test func microsecondsSurviveTheRoundTripThroughDate() {
+        for micros: Int64 in [0, 1, 999_999, 1_790_000_000_123_456, 1_924_991_999_999_000] {
+            #expect(Date(microsecondsSince1970: micros).microsecondsSince1970 == micros)
+        }
+    }
+}
