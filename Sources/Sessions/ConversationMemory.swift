@@ -3,7 +3,8 @@ import Synchronization
 
 /// Conversations kept in process memory, for context until the persistence issue stores them.
 /// Bounded: at most `maxConversations` (the least recently used is forgotten) and, per
-/// conversation, the newest messages within `maxContextCharacters`.
+/// conversation, the newest messages within `maxContextCharacters` (counted as UTF-8 bytes:
+/// O(1) per message, where counting Characters walks every grapheme of every answer).
 public final class ConversationMemory: Sendable {
     struct Conversation {
         var messages: [ChatMessage] = []
@@ -89,9 +90,9 @@ public final class ConversationMemory: Sendable {
         self.state.withLock { state in
             guard var conversation = state.conversations[id] else { return }
             conversation.messages.append(message)
-            var total = conversation.messages.reduce(0) { $0 + $1.content.count }
+            var total = conversation.messages.reduce(0) { $0 + $1.content.utf8.count }
             while total > self.maxContextCharacters, conversation.messages.count > 1 {
-                total -= conversation.messages.removeFirst().content.count
+                total -= conversation.messages.removeFirst().content.utf8.count
             }
             state.conversations[id] = conversation
         }

@@ -29,6 +29,9 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     private let deflate: DeflateParameters?
     /// Outbound messages are compressed (the server's window bits were agreed).
     private let compressesOutbound: Bool
+    /// `settings.maxOutboundBytes`, kept here: read per message, and a class's property read
+    /// through another class costs a retain and a release.
+    private let maxOutboundBytes: Int
     /// The channel's writability as its last `channelWritabilityChanged` said: read per message
     /// on the streaming path, where asking the channel costs a pipeline lookup and refcounting.
     private var channelIsWritable = false
@@ -68,6 +71,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         self.settings = settings
         self.deflate = deflate
         self.compressesOutbound = deflate?.serverWindowBits != nil
+        self.maxOutboundBytes = settings.maxOutboundBytes
         self.info = info
         self.parser = WebSocketFrameParser(maxFrameSize: settings.maxFrameSize, allowsRSV1: deflate != nil)
     }
@@ -404,7 +408,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
             outbound.fixWebSocketFrameHeader(at: headerIndex, opcode: opcode, payloadLength: length)
             let pending = outbound.readableBytes
             self.outbound = outbound
-            if pending > self.settings.maxOutboundBytes, let context = self.context {
+            if pending > self.maxOutboundBytes, let context = self.context {
                 self.outboundGrew(context: context, flush: false)
             }
             return
