@@ -49,6 +49,7 @@ final class RedisBroker: Broker {
     private let logger: Logger
     private let state = Mutex(State())
     private let cancelHandler = Mutex<(@Sendable (String) -> Void)?>(nil)
+    private let outgoing = Mutex(Outgoing())
     private let livenessTask = Mutex<RepeatedTask?>(nil)
 
     private struct State {
@@ -173,9 +174,35 @@ final class RedisBroker: Broker {
     }
 
     /// Sends without waiting; a failure (Redis down) only loses the cross-instance copy.
+    /// Commands fired during one event-loop tick (from every generation) leave in one pipeline:
+    /// one write instead of one per upstream read, in the order they were fired.
     private func fire(_ commands: [RedisCommand]) {
+        let scheduleFlush = self.outgoing.withLock { outgoing -> Bool in
+            outgoing.commands.append(contentsOf: commands)
+            guard !outgoing.flushScheduled else { return false }
+            outgoing.flushScheduled = true
+            return true
+        }
+        if scheduleFlush {
+            self.client.eventLoop.execute { self.flushOutgoing() }
+        }
+    }
+
+    private func flushOutgoing() {
+        let commands = self.outgoing.withLock { outgoing -> [RedisCommand] in
+            outgoing.flushScheduled = false
+            defer { outgoing.commands.removeAll(keepingCapacity: true) }
+            return outgoing.commands
+        }
+        guard !commands.isEmpty else { return }
         let results: [EventLoopFuture<RESPValue>] = self.client.send(pipeline: commands)
-        results.last?.whenFailure { [weak self] _ in self?.state.withLock { $0.droppedEvents += 1 } }
+        let count = commands.count
+        results.last?.whenFailure { [weak self] _ in self?.state.withLock { $0.droppedEvents += count } }
+    }
+
+    private struct Outgoing {
+        var commands: [RedisCommand] = []
+        var flushScheduled = false
     }
 
     var droppedEvents: Int { self.state.withLock { $0.droppedEvents } }
