@@ -309,7 +309,11 @@ final class PostgresServerProcess: Sendable {
         environment["LC_ALL"] = "C"
         // Home of the user it runs as; a root HOME would be unreadable for postgres.
         if let runAs { environment["HOME"] = runAs.home }
-        return try spawnProcess(program, arguments: argv, environment: environment, stdin: stdin, output: output)
+        do {
+            return try ChildSpawn.spawn(program, arguments: argv, environment: environment, stdin: stdin, output: output)
+        } catch {
+            throw PostgresServerProcessError(description: error.description)
+        }
     }
 
     /// A port the kernel just handed out for 127.0.0.1 (free at that moment).
@@ -396,44 +400,6 @@ private struct ServerChild {
         while waitpid(self.pid, &raw, 0) < 0 && errno == EINTR {}
         self.exited = true
     }
-}
-
-/// posix_spawn with an empty signal mask and default signal handlers (Swift's worker threads
-/// block SIGTERM/SIGINT, and a child would inherit that mask and ignore `stop()`); stdin from
-/// `stdin` or /dev/null, stdout and stderr appended to `output`.
-private func spawnProcess(
-    _ executable: String, arguments: [String], environment: [String: String], stdin: String?, output: String
-) throws -> pid_t {
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var noSignals = sigset_t()
-    sigemptyset(&noSignals)
-    posix_spawnattr_setsigmask(&attributes, &noSignals)
-    var allSignals = sigset_t()
-    sigfillset(&allSignals)
-    posix_spawnattr_setsigdefault(&attributes, &allSignals)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, stdin ?? "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-
-    let argv = arguments.map { strdup($0) } + [nil]
-    let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-    defer {
-        for pointer in argv { free(pointer) }
-        for pointer in envp { free(pointer) }
-    }
-    var pid: pid_t = 0
-    let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-    guard result == 0 else {
-        throw PostgresServerProcessError(description: "posix_spawn \(executable) failed: errno \(result)")
-    }
-    return pid
 }
 
 /// `kill(2)`, outside the class whose `kill()` method would shadow it.

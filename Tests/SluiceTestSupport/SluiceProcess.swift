@@ -289,42 +289,15 @@ final class SluiceProcess: Sendable {
         try RedisServerProcess.freePort()
     }
 
-    /// posix_spawn with an empty signal mask, default signal handlers and its own process group;
-    /// stdin from /dev/null, stdout and stderr appended to `logPath`.
+    /// Its own process group; stdin from /dev/null, stdout and stderr appended to `logPath`.
     private static func spawn(
         _ executable: String, arguments: [String], environment: [String: String], logPath: String
     ) throws -> pid_t {
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        var allSignals = sigset_t()
-        sigfillset(&allSignals)
-        posix_spawnattr_setsigdefault(&attributes, &allSignals)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
-
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-
-        let argv = arguments.map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for pointer in argv { free(pointer) }
-            for pointer in envp { free(pointer) }
+        do {
+            return try ChildSpawn.spawn(executable, arguments: arguments, environment: environment, output: logPath, newProcessGroup: true)
+        } catch {
+            throw SluiceProcessError(description: error.description)
         }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-        guard result == 0 else {
-            throw SluiceProcessError(description: "posix_spawn \(executable) failed: \(String(cString: strerror(result)))")
-        }
-        return pid
     }
 }
 

@@ -1,0 +1,61 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the test helpers start servers (redis-server, PostgreSQL, `sluice serve`): posix_spawn
+/// with an empty signal mask and default signal handlers. Not Foundation's `Process`: it passes
+/// on the spawning thread's mask, and Swift's worker threads block SIGTERM/SIGINT, so the child
+/// would ignore a clean stop.
+enum ChildSpawn {
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// stdin from `stdin` (or /dev/null); stdout and stderr appended to `output` (or /dev/null);
+    /// `newProcessGroup` puts the child in a group of its own.
+    static func spawn(
+        _ executable: String, arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment,
+        stdin: String? = nil, output: String? = nil, newProcessGroup: Bool = false
+    ) throws(Failure) -> pid_t {
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        var flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF
+        if newProcessGroup {
+            posix_spawnattr_setpgroup(&attributes, 0)
+            flags |= POSIX_SPAWN_SETPGROUP
+        }
+        posix_spawnattr_setflags(&attributes, Int16(flags))
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, stdin ?? "/dev/null", O_RDONLY, 0)
+        if let output {
+            posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        }
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            for pointer in argv { free(pointer) }
+            for pointer in envp { free(pointer) }
+        }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        guard result == 0 else {
+            throw Failure(description: "posix_spawn \(executable) failed: \(String(cString: strerror(result)))")
+        }
+        return pid
+    }
+}
