@@ -20,6 +20,13 @@ public enum RedisClientError: Error, Sendable, Hashable, CustomStringConvertible
     /// hiredis could not format the command (out of memory, or over 2 GiB).
     case encodingFailed
 
+    /// What pending commands fail with when the channel reports `error`: a RESP error cannot be
+    /// recovered from, and I/O errors (reset by peer) end the connection too.
+    static func channelFailed(_ error: any Error) -> RedisClientError {
+        if let error = error as? RESPProtocolError { return .protocolError(error.message) }
+        return .connectionClosed
+    }
+
     public var description: String {
         switch self {
         case .server(let message): "Redis error: \(message)"

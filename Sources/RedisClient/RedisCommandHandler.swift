@@ -69,12 +69,7 @@ final class RedisCommandHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // A RESP error cannot be recovered from; I/O errors (reset by peer) end the connection too.
-        if let error = error as? RESPProtocolError {
-            self.failAll(.protocolError(error.message))
-        } else {
-            self.failAll(.connectionClosed)
-        }
+        self.failAll(.channelFailed(error))
         context.close(promise: nil)
     }
 

@@ -139,11 +139,7 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let error = error as? RESPProtocolError {
-            self.failAll(.protocolError(error.message))
-        } else {
-            self.failAll(.connectionClosed)
-        }
+        self.failAll(.channelFailed(error))
         context.close(promise: nil)
     }
 

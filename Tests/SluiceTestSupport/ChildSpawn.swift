@@ -59,3 +59,53 @@ enum ChildSpawn {
         return pid
     }
 }
+
+/// A spawned process and whether it has been reaped.
+struct SpawnedChild {
+    let pid: pid_t
+    var exited = false
+    var status: Int32?
+
+    /// Reaps the process if it exited (never blocks).
+    mutating func isRunning() -> Bool {
+        self.poll()
+        return !self.exited
+    }
+
+    /// The exit code once it has exited (128 + signal if a signal ended it).
+    mutating func exitStatus() -> Int32? {
+        self.poll()
+        return self.exited ? (self.status ?? -1) : nil
+    }
+
+    private mutating func poll() {
+        guard !self.exited else { return }
+        var raw: Int32 = 0
+        let result = waitpid(self.pid, &raw, WNOHANG)
+        if result == self.pid {
+            self.exited = true
+            // WIFEXITED / WEXITSTATUS / WTERMSIG by hand: the C macros are not imported.
+            let signal = raw & 0x7F
+            self.status = signal == 0 ? (raw >> 8) & 0xFF : 128 + signal
+        } else if result < 0 && errno == ECHILD {
+            self.exited = true
+        }
+    }
+
+    /// Waits up to `seconds` for the exit (blocking: for `deinit` only).
+    mutating func waitForExit(seconds: Int) -> Bool {
+        for _ in 0..<(seconds * 100) {
+            if !self.isRunning() { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    /// Waits for the exit (after SIGKILL, so briefly).
+    mutating func reap() {
+        guard !self.exited else { return }
+        var raw: Int32 = 0
+        while waitpid(self.pid, &raw, 0) < 0 && errno == EINTR {}
+        self.exited = true
+    }
+}

@@ -35,7 +35,7 @@ final class PostgresServerProcess: Sendable {
     let password: String
     private let binDirectory: String
     private let runAs: SystemUser?
-    private let child = Mutex<ServerChild?>(nil)
+    private let child = Mutex<SpawnedChild?>(nil)
     private let chosenPort: Mutex<Int>
 
     /// `postgres://sluice:<password>@127.0.0.1:<port>/sluice?sslmode=disable`
@@ -236,7 +236,7 @@ final class PostgresServerProcess: Sendable {
         ]
         let pid = try self.spawn(self.binDirectory + "/postgres", arguments: arguments,
                                  stdin: nil, output: self.logPath)
-        self.child.withLock { $0 = ServerChild(pid: pid) }
+        self.child.withLock { $0 = SpawnedChild(pid: pid) }
 
         // postgres writes "ready" as the 8th line of postmaster.pid once it accepts connections
         // (what `pg_ctl -w` waits for); the pid on the first line tells a stale file apart.
@@ -285,7 +285,7 @@ final class PostgresServerProcess: Sendable {
     private func runToCompletion(
         _ executable: String, arguments: [String], stdin: String?, output: String, timeout: Duration
     ) async throws -> Int32 {
-        var process = ServerChild(pid: try self.spawn(executable, arguments: arguments, stdin: stdin, output: output))
+        var process = SpawnedChild(pid: try self.spawn(executable, arguments: arguments, stdin: stdin, output: output))
         let deadline = ContinuousClock.now + timeout
         while true {
             if let status = process.exitStatus() { return status }
@@ -349,56 +349,6 @@ private struct SystemUser: Sendable {
         self.uid = entry.pointee.pw_uid
         self.gid = entry.pointee.pw_gid
         self.home = String(cString: entry.pointee.pw_dir)
-    }
-}
-
-/// A spawned process and whether it has been reaped.
-private struct ServerChild {
-    let pid: pid_t
-    var exited = false
-    var status: Int32?
-
-    /// Reaps the process if it exited (never blocks).
-    mutating func isRunning() -> Bool {
-        self.poll()
-        return !self.exited
-    }
-
-    /// The exit code once it has exited (128 + signal if a signal ended it).
-    mutating func exitStatus() -> Int32? {
-        self.poll()
-        return self.exited ? (self.status ?? -1) : nil
-    }
-
-    private mutating func poll() {
-        guard !self.exited else { return }
-        var raw: Int32 = 0
-        let result = waitpid(self.pid, &raw, WNOHANG)
-        if result == self.pid {
-            self.exited = true
-            // WIFEXITED / WEXITSTATUS / WTERMSIG by hand: the C macros are not imported.
-            let signal = raw & 0x7F
-            self.status = signal == 0 ? (raw >> 8) & 0xFF : 128 + signal
-        } else if result < 0 && errno == ECHILD {
-            self.exited = true
-        }
-    }
-
-    /// Waits up to `seconds` for the exit (blocking: for `deinit` only).
-    mutating func waitForExit(seconds: Int) -> Bool {
-        for _ in 0..<(seconds * 100) {
-            if !self.isRunning() { return true }
-            usleep(10_000)
-        }
-        return false
-    }
-
-    /// Waits for the exit (after SIGKILL, so briefly).
-    mutating func reap() {
-        guard !self.exited else { return }
-        var raw: Int32 = 0
-        while waitpid(self.pid, &raw, 0) < 0 && errno == EINTR {}
-        self.exited = true
     }
 }
 

@@ -25,7 +25,7 @@ final class RedisServerProcess: Sendable {
     /// The running child, if any. Spawned with posix_spawn, not Foundation's `Process`: that one
     /// passes on the spawning thread's signal mask, and Swift's worker threads block SIGTERM, so
     /// the server would ignore `stop()`.
-    private let child = Mutex<Child?>(nil)
+    private let child = Mutex<SpawnedChild?>(nil)
 
     /// `redis://127.0.0.1:port`.
     var url: String { "redis://127.0.0.1:\(self.port)" }
@@ -134,8 +134,8 @@ final class RedisServerProcess: Sendable {
             "--daemonize", "no",
             "--logfile", self.directory.appendingPathComponent("redis.log").path,
         ]
-        let pid = try Child.spawn(self.executable, arguments: arguments)
-        self.child.withLock { $0 = Child(pid: pid) }
+        let pid = try Self.spawn(self.executable, arguments: arguments)
+        self.child.withLock { $0 = SpawnedChild(pid: pid) }
 
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
@@ -213,30 +213,9 @@ final class RedisServerProcess: Sendable {
     }
 }
 
-/// A spawned process and whether it has been reaped.
-private struct Child {
-    let pid: pid_t
-    var exited = false
-
-    /// Reaps the process if it exited (never blocks).
-    mutating func isRunning() -> Bool {
-        guard !self.exited else { return false }
-        var status: Int32 = 0
-        let result = waitpid(self.pid, &status, WNOHANG)
-        if result == self.pid || (result < 0 && errno == ECHILD) { self.exited = true }
-        return !self.exited
-    }
-
-    /// Waits for the exit (after SIGKILL, so briefly).
-    mutating func reap() {
-        guard !self.exited else { return }
-        var status: Int32 = 0
-        while waitpid(self.pid, &status, 0) < 0 && errno == EINTR {}
-        self.exited = true
-    }
-
+extension RedisServerProcess {
     /// Stdio on /dev/null.
-    static func spawn(_ executable: String, arguments: [String]) throws -> pid_t {
+    fileprivate static func spawn(_ executable: String, arguments: [String]) throws -> pid_t {
         do {
             return try ChildSpawn.spawn(executable, arguments: arguments)
         } catch {
