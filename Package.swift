@@ -77,16 +77,17 @@ let package = Package(
         .target(
             name: "Sessions",
             dependencies: [
-                "WSServer", "Inference", "SluiceProtocol", "RedisClient",
+                "WSServer", "Inference", "SluiceProtocol", "RedisClient", "Storage",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: strict
         ),
         .target(
             name: "SluiceApp",
             dependencies: [
-                "WSServer", "Sessions", "Inference", "RedisClient",
+                "WSServer", "Sessions", "Inference", "RedisClient", "Storage",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -151,6 +152,7 @@ let package = Package(
                 "WSServer", "CZlib",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             path: "Tests/SluiceTestSupport",
@@ -189,7 +191,7 @@ let package = Package(
         .testTarget(
             name: "SessionsTests",
             dependencies: [
-                "Sessions", "Inference", "SluiceProtocol", "WSServer", "SluiceTestSupport", "RedisClient",
+                "Sessions", "Inference", "SluiceProtocol", "WSServer", "SluiceTestSupport", "RedisClient", "Storage",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -216,7 +218,7 @@ let package = Package(
         .testTarget(
             name: "InferenceTests",
             dependencies: [
-                "Inference", "SluiceProtocol",
+                "Inference", "SluiceProtocol", "SluiceTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -17,10 +17,16 @@ protocol Broker: Sendable {
     func publishStarted(_ info: GenerationInfo)
     func publishBatch(_ info: GenerationInfo, _ update: FollowUpdate)
     func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd)
-    func appendMessage(_ message: ChatMessage, toConversation conversationID: String)
 
-    // Conversations kept by the broker (for `chat.send` with a `conversation_id` made elsewhere).
-    func conversationContext(_ conversationID: String) async -> Result<[ChatMessage]?, BrokerError>
+    // The conversation cache shared by the instances (Redis): context without a database read.
+    /// Starts the cached copy of a conversation just made here (its first message).
+    func createConversation(_ conversationID: String, owner: String, first message: ChatMessage)
+    /// Adds to the cached copy, if there is one (a cold cache is filled by the next reader).
+    func appendMessage(_ message: ChatMessage, toConversation conversationID: String)
+    /// Caches what a reader loaded from storage, unless another instance cached it meanwhile.
+    func fillConversation(_ conversationID: String, owner: String, messages: [ChatMessage])
+    /// The cached copy, `nil` when not cached.
+    func conversationContext(_ conversationID: String) async -> Result<CachedConversation?, BrokerError>
 
     // Followers of generations owned by other instances.
     func follow(generationID: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome
@@ -59,6 +65,12 @@ enum CancelOutcome: Sendable, Equatable {
     case unavailable
 }
 
+/// A conversation as the shared cache holds it.
+struct CachedConversation: Sendable, Equatable {
+    var owner: String
+    var messages: [ChatMessage]
+}
+
 struct BrokerError: Error, Sendable, Equatable {
     var message: String
 }
@@ -70,8 +82,10 @@ struct LocalBroker: Broker {
     func publishStarted(_ info: GenerationInfo) {}
     func publishBatch(_ info: GenerationInfo, _ update: FollowUpdate) {}
     func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd) {}
+    func createConversation(_ conversationID: String, owner: String, first message: ChatMessage) {}
     func appendMessage(_ message: ChatMessage, toConversation conversationID: String) {}
-    func conversationContext(_ conversationID: String) async -> Result<[ChatMessage]?, BrokerError> { .success(nil) }
+    func fillConversation(_ conversationID: String, owner: String, messages: [ChatMessage]) {}
+    func conversationContext(_ conversationID: String) async -> Result<CachedConversation?, BrokerError> { .success(nil) }
     func follow(generationID: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome { .notFound }
     func unfollow(generationID: String, follower: GenerationFollower) {}
     func cancel(generationID: String) async -> CancelOutcome { .notFound }

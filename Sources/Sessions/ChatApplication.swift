@@ -23,6 +23,8 @@ public struct ChatConfiguration: Sendable, Equatable {
     public var resumeRetention: TimeAmount = .minutes(5)
     /// Ended generations kept for resuming at most (oldest forgotten first).
     public var maxRetainedGenerations: Int = 10_000
+    /// The stored messages sent upstream with a new one: the newest within this many characters.
+    public var contextMaxCharacters: Int = 16_000
 
     public init(instanceID: String) {
         self.instanceID = instanceID
@@ -52,7 +54,7 @@ public struct FanOut: Sendable {
 public struct ChatApplication: WebSocketApplication {
     let configuration: ChatConfiguration
     let router: InferenceRouter
-    let conversations: ConversationMemory
+    let history: ConversationHistory
     let hub: GenerationHub
     let broker: any Broker
     let presence = LocalPresence()
@@ -60,7 +62,7 @@ public struct ChatApplication: WebSocketApplication {
 
     public init(
         configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory,
-        fanOut: FanOut = .singleNode, logger: Logger
+        fanOut: FanOut = .singleNode, persistence: Persistence = .none, logger: Logger
     ) {
         self.configuration = configuration
         self.router = router
@@ -72,14 +74,28 @@ public struct ChatApplication: WebSocketApplication {
             guard case .running(let loop, let generation)? = hub.lookup(generationID)?.state else { return }
             loop.execute { generation.value.cancel() }
         }
-        self.conversations = conversations
+        self.history = ConversationHistory(
+            memory: conversations, persistence: persistence, broker: fanOut.broker,
+            contextMaxCharacters: configuration.contextMaxCharacters, logger: logger)
         self.logger = logger
     }
 
     /// One upstream for everything.
-    public init(configuration: ChatConfiguration, engine: any InferenceEngine, conversations: ConversationMemory, logger: Logger) {
-        self.init(configuration: configuration, router: InferenceRouter(single: engine), conversations: conversations, logger: logger)
+    public init(
+        configuration: ChatConfiguration, engine: any InferenceEngine, conversations: ConversationMemory,
+        persistence: Persistence = .none, logger: Logger
+    ) {
+        self.init(
+            configuration: configuration, router: InferenceRouter(single: engine), conversations: conversations,
+            persistence: persistence, logger: logger)
     }
+
+    /// Whether the shared part (Redis) works now; always true for a single node.
+    public var isSharedHealthy: Bool { self.broker.isHealthy }
+
+    /// Context lookups answered by a cache (Redis, or this process's memory) and those that read
+    /// the storage, since start.
+    public var conversationCacheCounts: (hits: Int, misses: Int) { self.history.cacheCounts }
 
     /// After the server drained its connections: with a shared broker, generations were handed
     /// off (clients resume them on other instances through Redis), so wait for them to finish,
@@ -120,43 +136,61 @@ public struct ChatApplication: WebSocketApplication {
 }
 
 extension ChatApplication {
-    /// Resolves the conversation, records the user message and prepares the generation;
+    /// Finds the conversation a `chat.send` continues (or makes a new one) and calls `completion`
+    /// on `eventLoop`: at once when a cache answers, after a Redis or storage read otherwise.
+    func resolveConversation(
+        _ send: ClientMessage.ChatSend, user: String, on eventLoop: any EventLoop,
+        completion: @escaping @Sendable (ConversationLookup) -> Void
+    ) {
+        if let answer = self.history.lookupWithoutWaiting(send.conversationID, user: user) {
+            completion(answer)
+            return
+        }
+        let history = self.history
+        Task {
+            let answer = await history.lookup(send.conversationID, user: user)
+            eventLoop.execute { completion(answer) }
+        }
+    }
+
+    /// Records the user message and prepares the generation in the resolved conversation;
     /// `startUpstream()` then starts it, and `generation.started` goes out once the upstream
-    /// accepted the request. Fails (sending nothing) when the conversation is unknown.
+    /// accepted the request. Fails (sending nothing) for an unknown model or a full write queue.
     func beginGeneration(
-        _ send: ClientMessage.ChatSend, output: any ChatOutput, sessionID: String, on eventLoop: any EventLoop
+        _ send: ClientMessage.ChatSend, in conversation: ResolvedConversation, user: String, output: any ChatOutput,
+        sessionID: String, on eventLoop: any EventLoop
     ) -> Result<ChatGeneration, ProtocolViolation> {
         let route: InferenceRouter.Route
         switch self.router.route(model: send.model) {
         case .success(let found): route = found
         case .failure(let unknown): return .failure(ProtocolViolation(.notFound, unknown.message, requestID: send.requestID))
         }
-        let conversationID: String
-        var context: [ChatMessage] = []
-        if let requested = send.conversationID {
-            guard let stored = self.conversations.context(of: requested) else {
-                return .failure(ProtocolViolation(.notFound, "unknown conversation \(requested)", requestID: send.requestID))
-            }
-            conversationID = requested
-            context = stored
-        } else {
-            conversationID = Identifier.make("conv_")
-            self.conversations.create(id: conversationID)
+        let model = route.model ?? route.upstream.engine.defaultModel
+        guard self.history.recordUserMessage(send.content, in: conversation, user: user, model: model) else {
+            return .failure(ProtocolViolation(
+                .overloaded, "the history write queue is full (is the database down?); retry shortly", requestID: send.requestID))
         }
-        let userMessage = ChatMessage(role: .user, content: send.content)
-        self.conversations.append(userMessage, to: conversationID)
-        if self.broker.isShared { self.broker.appendMessage(userMessage, toConversation: conversationID) }
-        context.append(userMessage)
+        let context = conversation.messages + [ChatMessage(role: .user, content: send.content)]
         let request = GenerationRequest(
             messages: context, model: route.model, maxTokens: send.maxTokens ?? self.configuration.defaultMaxTokens,
             temperature: send.temperature)
         let generation = ChatGeneration(
-            id: Identifier.make("gen_"), conversationID: conversationID, requestID: send.requestID,
-            model: route.model ?? route.upstream.engine.defaultModel,
-            promptEstimate: context.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 },
+            id: Identifier.make("gen_"), conversation: conversation, user: user, requestID: send.requestID,
+            model: model, promptEstimate: context.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 },
             output: output, engine: route.upstream.engine, request: request, eventLoop: eventLoop,
-            conversations: self.conversations, hub: self.hub, broker: self.broker, ownerSessionID: sessionID)
+            history: self.history, hub: self.hub, broker: self.broker, ownerSessionID: sessionID)
         return .success(generation)
+    }
+
+    /// The wire error for a conversation that could not be resolved.
+    static func violation(for lookup: ConversationLookup, conversationID: String?, requestID: String?) -> (ProtocolViolation, retryAfterMs: Int64?)? {
+        switch lookup {
+        case .found: return nil
+        case .notFound:
+            return (ProtocolViolation(.notFound, "unknown conversation \(conversationID ?? "")", requestID: requestID), nil)
+        case .unavailable(let reason):
+            return (ProtocolViolation(.unavailable, reason, requestID: requestID), 1000)
+        }
     }
 }
 

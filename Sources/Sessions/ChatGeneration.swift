@@ -1,3 +1,4 @@
+import Foundation
 import Inference
 import NIOCore
 import SluiceProtocol
@@ -27,6 +28,9 @@ protocol ChatOutput: AnyObject {
 final class ChatGeneration: GenerationSink {
     let id: String
     let conversationID: String
+    private let conversationUUID: UUID
+    /// Whose conversation it is (the answer is stored under this user).
+    private let user: String
     let requestID: String?
     let model: String
     /// Strong on purpose: a generation outlives its connection (it may be resumed); the
@@ -53,7 +57,7 @@ final class ChatGeneration: GenerationSink {
     private let engine: any InferenceEngine
     private let request: GenerationRequest
     private let eventLoop: any EventLoop
-    private let conversations: ConversationMemory
+    private let history: ConversationHistory
 
     /// Where other connections find it (resume, cancel, conversation watchers).
     private let hub: GenerationHub
@@ -72,8 +76,9 @@ final class ChatGeneration: GenerationSink {
     private var finalEnd: GenerationEnd?
 
     init(
-        id: String, conversationID: String, requestID: String?, model: String, promptEstimate: Int, output: any ChatOutput,
-        engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop, conversations: ConversationMemory,
+        id: String, conversation: ResolvedConversation, user: String, requestID: String?, model: String, promptEstimate: Int,
+        output: any ChatOutput, engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop,
+        history: ConversationHistory,
         hub: GenerationHub, broker: any Broker, ownerSessionID: String
     ) {
         self.hub = hub
@@ -83,9 +88,11 @@ final class ChatGeneration: GenerationSink {
         self.engine = engine
         self.request = request
         self.eventLoop = eventLoop
-        self.conversations = conversations
+        self.history = history
+        self.user = user
+        self.conversationUUID = conversation.id
         self.id = id
-        self.conversationID = conversationID
+        self.conversationID = conversation.key
         self.requestID = requestID
         self.model = model
         self.promptEstimate = promptEstimate
@@ -184,6 +191,7 @@ final class ChatGeneration: GenerationSink {
         guard self.announced else {
             guard !self.ended else { return }
             self.ended = true
+            self.history.releaseAnswerReservation()
             self.output.generationFailedToStart(self, error: error)
             return
         }
@@ -244,11 +252,13 @@ final class ChatGeneration: GenerationSink {
         self.finalEnd = end
         // The shared copy first (the answer into the conversation, the end into the stream), so
         // a client that reacts to `done` at once on another instance finds both there.
-        if self.publishesToBroker && self.announced {
-            self.publishBatch()
-            self.broker.appendMessage(ChatMessage(role: .assistant, content: self.answer), toConversation: self.conversationID)
-            self.broker.publishEnd(self.info, end)
-        }
+        if self.publishesToBroker && self.announced { self.publishBatch() }
+        // Stored once, whatever the reason (a cancel keeps its partial text), with the usage.
+        self.history.recordAssistantMessage(
+            self.answer, conversationID: self.conversationUUID, key: self.conversationID, user: self.user,
+            finishReason: reason.rawValue, promptTokens: usage.promptTokens, completionTokens: usage.completionTokens,
+            model: self.model)
+        if self.publishesToBroker && self.announced { self.broker.publishEnd(self.info, end) }
         if self.output.isConnected {
             self.writePending()
             let seq = self.seq
@@ -265,7 +275,6 @@ final class ChatGeneration: GenerationSink {
             self.hub.generationFinished(FinishedGeneration(
                 info: self.info, text: Array(self.answerBytes.readableBytesView), tokenEnds: self.tokenEnds, end: end))
         }
-        self.conversations.append(ChatMessage(role: .assistant, content: self.answer), to: self.conversationID)
         self.output.generationEnded(self)
     }
 

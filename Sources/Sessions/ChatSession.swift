@@ -1,3 +1,4 @@
+import Foundation
 import Inference
 import NIOCore
 import SluiceProtocol
@@ -39,6 +40,8 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
 
     /// Who this connection belongs to (`user` query parameter or `X-Sluice-User`), if said.
     private let user: String?
+    /// Whose conversations it reads and writes: the user, or the shared anonymous one.
+    private var userID: String { self.user ?? ConversationHistory.anonymous }
 
     init(application: ChatApplication, eventLoop: any EventLoop, user: String?) {
         self.application = application
@@ -80,6 +83,10 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
                 self.subscribe(conversationID)
             case .success(.conversationUnsubscribe(let conversationID)):
                 self.unsubscribe(conversationID)
+            case .success(.conversationList(let page)):
+                self.listConversations(page)
+            case .success(.conversationHistory(let conversationID, let page)):
+                self.conversationHistory(conversationID, page)
             case .success(.chatSend(let send)):
                 self.start(send)
             }
@@ -133,43 +140,90 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
             return
         }
         guard let connection = self.connection else { return }
-        // With Redis the conversation's context comes from there (another instance may have
-        // made it or added to it); this instance's copy is only a fallback while Redis is down.
-        if let conversationID = send.conversationID, self.application.broker.isShared {
-            let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
-            let application = self.application
-            Task {
-                let result = await application.broker.conversationContext(conversationID)
-                session.eventLoop.execute {
-                    switch result {
-                    case .success(let messages?):
-                        application.conversations.load(conversationID, messages: messages)
-                        session.value.begin(send)
-                    case .success(nil) where application.conversations.exists(conversationID):
-                        session.value.begin(send)  // made here while Redis was away
-                    case .success(nil):
-                        session.value.sendError(.notFound, "unknown conversation \(conversationID)", requestID: send.requestID)
-                    case .failure where application.conversations.exists(conversationID):
-                        session.value.begin(send)
-                    case .failure:
-                        session.value.sendError(.unavailable, "conversation store unreachable", requestID: send.requestID, retryAfterMs: 1000)
-                    }
-                }
+        let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+        self.application.resolveConversation(send, user: self.userID, on: connection.eventLoop) { lookup in
+            session.value.begin(send, lookup)
+        }
+    }
+
+    private func begin(_ send: ClientMessage.ChatSend, _ lookup: ConversationLookup) {
+        guard let connection = self.connection else { return }
+        guard case .found(let conversation) = lookup else {
+            if let (violation, retryAfterMs) = ChatApplication.violation(for: lookup, conversationID: send.conversationID, requestID: send.requestID) {
+                self.sendError(violation.code, violation.message, requestID: violation.requestID, retryAfterMs: retryAfterMs)
             }
             return
         }
-        self.begin(send)
-    }
-
-    private func begin(_ send: ClientMessage.ChatSend) {
-        guard let connection = self.connection else { return }
-        switch self.application.beginGeneration(send, output: self, sessionID: self.sessionID, on: connection.eventLoop) {
+        // Counted again: a lookup that waited on Redis or the storage may have let others start.
+        guard self.generations.count < self.configuration.maxGenerationsPerConnection else {
+            self.sendError(.overloaded, "at most \(self.configuration.maxGenerationsPerConnection) generations at once per connection",
+                           requestID: send.requestID, retryAfterMs: 1000)
+            return
+        }
+        switch self.application.beginGeneration(
+            send, in: conversation, user: self.userID, output: self, sessionID: self.sessionID, on: connection.eventLoop) {
         case .success(let generation):
             self.generations[generation.id] = generation
             generation.startUpstream()
         case .failure(let violation):
-            self.sendError(violation.code, violation.message, requestID: violation.requestID)
+            self.sendError(violation.code, violation.message, requestID: violation.requestID,
+                           retryAfterMs: violation.code == .overloaded ? 1000 : nil)
         }
+    }
+
+    // MARK: History
+
+    private func listConversations(_ page: ClientMessage.HistoryPage) {
+        guard let connection = self.connection else { return }
+        let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+        let history = self.application.history
+        let user = self.userID
+        Task {
+            let result = await history.listConversations(user: user, page: page)
+            session.eventLoop.execute {
+                let session = session.value
+                switch result {
+                case .success(let (storedPage, listings)):
+                    session.connection?.writeText { buffer in
+                        ServerMessageEncoder.conversationListResult(
+                            requestID: page.requestID, conversations: listings, next: storedPage.next?.token, into: &buffer)
+                    }
+                    session.connection?.flush()
+                case .failure(let failure):
+                    session.sendHistoryFailure(failure, requestID: page.requestID, conversationID: nil)
+                }
+            }
+        }
+    }
+
+    private func conversationHistory(_ conversationID: String, _ page: ClientMessage.HistoryPage) {
+        guard let connection = self.connection else { return }
+        let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+        let history = self.application.history
+        let user = self.userID
+        Task {
+            let result = await history.messages(conversationID: conversationID, user: user, page: page)
+            session.eventLoop.execute {
+                let session = session.value
+                switch result {
+                case .success(let (storedPage, listings)):
+                    let canonical = UUID(uuidString: conversationID)?.uuidString.lowercased() ?? conversationID
+                    session.connection?.writeText { buffer in
+                        ServerMessageEncoder.conversationHistoryResult(
+                            requestID: page.requestID, conversationID: canonical, messages: listings,
+                            next: storedPage.next?.token, into: &buffer)
+                    }
+                    session.connection?.flush()
+                case .failure(let failure):
+                    session.sendHistoryFailure(failure, requestID: page.requestID, conversationID: conversationID)
+                }
+            }
+        }
+    }
+
+    private func sendHistoryFailure(_ failure: HistoryFailure, requestID: String?, conversationID: String?) {
+        let (code, message, retryAfterMs) = failure.wireError(conversationID: conversationID)
+        self.sendError(code, message, requestID: requestID, conversationID: conversationID, retryAfterMs: retryAfterMs)
     }
 
     private func cancel(_ generationID: String) {
@@ -275,47 +329,50 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         }
     }
 
-    private func subscribe(_ conversationID: String) {
+    private func subscribe(_ requested: String) {
         guard let connection = self.connection else { return }
+        let conversationID = UUID(uuidString: requested).map { $0.uuidString.lowercased() } ?? requested
         if self.watching[conversationID] != nil {
             self.writeSubscription(subscribed: true, conversationID)
-            return
-        }
-        let known = self.application.conversations.exists(conversationID)
-        guard known || self.application.broker.isShared else {
-            self.sendError(.notFound, "unknown conversation \(conversationID)", conversationID: conversationID)
             return
         }
         let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
         let watcher = ConversationWatcher(sessionID: self.sessionID, eventLoop: connection.eventLoop) { generationID in
             session.value.watchedGenerationStarted(generationID, conversationID: conversationID)
         }
-        guard self.application.broker.isShared else {
-            self.watching[conversationID] = watcher
-            let running = self.application.hub.watch(conversationID, watcher)
-            self.writeSubscription(subscribed: true, conversationID)
-            for entry in running { self.watchedGenerationStarted(entry.generationID, conversationID: conversationID) }
+        let application = self.application
+        let user = self.userID
+        let shared = application.broker.isShared
+        // Held here (single node): answer at once.
+        if !shared, let owner = application.history.memory.owner(of: conversationID) {
+            guard owner == user else {
+                self.sendError(.notFound, "unknown conversation \(conversationID)", conversationID: conversationID)
+                return
+            }
+            self.watchLocally(conversationID, watcher)
             return
         }
-        // Shared: the conversation may live elsewhere; watch here and through the broker.
-        let application = self.application
+        // Otherwise ask the shared cache or the storage whose it is; with Redis, watch here and
+        // through the broker (the conversation's generations may run elsewhere).
         Task {
-            let exists: Bool
-            if known {
-                exists = true
-            } else {
-                switch await application.broker.conversationContext(conversationID) {
-                case .success(let messages): exists = messages != nil
-                case .failure:
-                    session.eventLoop.execute {
-                        session.value.sendError(.unavailable, "conversation store unreachable", conversationID: conversationID, retryAfterMs: 1000)
-                    }
-                    return
-                }
-            }
-            guard exists else {
+            switch await application.history.isVisible(conversationID, to: user) {
+            case .found:
+                break
+            case .notFound:
                 session.eventLoop.execute {
                     session.value.sendError(.notFound, "unknown conversation \(conversationID)", conversationID: conversationID)
+                }
+                return
+            case .unavailable(let reason):
+                session.eventLoop.execute {
+                    session.value.sendError(.unavailable, reason, conversationID: conversationID, retryAfterMs: 1000)
+                }
+                return
+            }
+            guard shared else {
+                session.eventLoop.execute {
+                    guard session.value.connection != nil, session.value.watching[conversationID] == nil else { return }
+                    session.value.watchLocally(conversationID, watcher)
                 }
                 return
             }
@@ -340,7 +397,15 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         }
     }
 
-    private func unsubscribe(_ conversationID: String) {
+    private func watchLocally(_ conversationID: String, _ watcher: ConversationWatcher) {
+        self.watching[conversationID] = watcher
+        let running = self.application.hub.watch(conversationID, watcher)
+        self.writeSubscription(subscribed: true, conversationID)
+        for entry in running { self.watchedGenerationStarted(entry.generationID, conversationID: conversationID) }
+    }
+
+    private func unsubscribe(_ requested: String) {
+        let conversationID = UUID(uuidString: requested).map { $0.uuidString.lowercased() } ?? requested
         if let watcher = self.watching.removeValue(forKey: conversationID) {
             self.application.hub.unwatch(conversationID, watcher)
             self.application.broker.unwatch(conversationID: conversationID, watcher: watcher)

@@ -1,10 +1,12 @@
+import Foundation
 import Inference
 import NIOCore
 import NIOHTTP1
 import SluiceProtocol
 import WSServer
 
-/// The chat application's plain HTTP routes: `POST /v1/chat/stream` and `GET /v1/presence`.
+/// The chat application's plain HTTP routes: `POST /v1/chat/stream`, `GET /v1/presence`,
+/// `GET /v1/conversations` and `GET /v1/conversations/{id}/messages`.
 ///
 /// `POST /v1/chat/stream`: the same generation as over WebSocket, as Server-Sent Events:
 /// `data: <the sluice.v1 JSON object>` per event and a final `data: [DONE]`. Closing the HTTP
@@ -20,6 +22,8 @@ public struct ChatStreamRoutes: HTTPRouteProvider {
     public func responder(for head: HTTPRequestHead) -> (any HTTPRouteResponder)? {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? ""
         if path == PresenceRoutes.path { return PresenceResponder(application: self.application) }
+        if let route = HistoryRoute(path: path) { return HistoryResponder(application: self.application, route: route) }
+        if path == StatsResponder.path { return StatsResponder(application: self.application) }
         guard path == Self.path else { return nil }
         return ChatStreamResponder(application: self.application)
     }
@@ -50,9 +54,27 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         case .success(let request):
             send = request
         }
-        switch self.application.beginGeneration(send, output: self, sessionID: Identifier.make("sse_"), on: writer.eventLoop) {
+        let user = UserIdentity.user(from: head) ?? ConversationHistory.anonymous
+        let responder = NIOLoopBound(self, eventLoop: writer.eventLoop)
+        self.application.resolveConversation(send, user: user, on: writer.eventLoop) { lookup in
+            responder.value.begin(send, lookup, user: user)
+        }
+    }
+
+    private func begin(_ send: ClientMessage.ChatSend, _ lookup: ConversationLookup, user: String) {
+        guard let writer = self.writer, !self.disconnected else { return }
+        guard case .found(let conversation) = lookup else {
+            if let (violation, retryAfterMs) = ChatApplication.violation(for: lookup, conversationID: send.conversationID, requestID: send.requestID) {
+                self.respondError(Self.status(for: violation.code), violation.code, violation.message,
+                                  requestID: violation.requestID, retryAfterMs: retryAfterMs)
+            }
+            return
+        }
+        switch self.application.beginGeneration(
+            send, in: conversation, user: user, output: self, sessionID: Identifier.make("sse_"), on: writer.eventLoop) {
         case .failure(let violation):
-            self.respondError(Self.status(for: violation.code), violation.code, violation.message, requestID: violation.requestID)
+            self.respondError(Self.status(for: violation.code), violation.code, violation.message, requestID: violation.requestID,
+                              retryAfterMs: violation.code == .overloaded ? 1000 : nil)
         case .success(let generation):
             self.generation = generation
             generation.startUpstream()
@@ -125,7 +147,7 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         switch code {
         case .notFound: return .notFound
         case .tooLarge: return .payloadTooLarge
-        case .overloaded, .upstreamUnavailable: return .serviceUnavailable
+        case .overloaded, .upstreamUnavailable, .unavailable: return .serviceUnavailable
         case .upstreamError: return .badGateway
         case .upstreamTimeout: return .gatewayTimeout
         default: return .badRequest
@@ -135,3 +157,141 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
 
 @available(*, unavailable)
 extension ChatStreamResponder: Sendable {}
+
+/// `GET /v1/conversations[?before=&limit=]` and `GET /v1/conversations/{id}/messages[?before=&limit=]`:
+/// the same pages as `conversation.list` / `conversation.history`, as the same JSON objects.
+/// The user comes from `X-Sluice-User` or `?user=` (none: the anonymous user).
+enum HistoryRoute: Equatable {
+    case list
+    case messages(conversationID: String)
+
+    static let prefix = "/v1/conversations"
+
+    init?(path: String) {
+        guard path.hasPrefix(Self.prefix) else { return nil }
+        let rest = path.dropFirst(Self.prefix.count).split(separator: "/", omittingEmptySubsequences: false)
+        if rest.isEmpty || rest == [""] {
+            self = .list
+        } else if rest.count == 3, rest[0].isEmpty, !rest[1].isEmpty, rest[2] == "messages" {
+            self = .messages(conversationID: String(rest[1]))
+        } else {
+            return nil
+        }
+    }
+}
+
+final class HistoryResponder: HTTPRouteResponder {
+    private let application: ChatApplication
+    private let route: HistoryRoute
+
+    init(application: ChatApplication, route: HistoryRoute) {
+        self.application = application
+        self.route = route
+    }
+
+    func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
+        guard head.method == .GET else {
+            Self.respondError(writer, .methodNotAllowed, .invalidMessage, "use GET", retryAfterMs: nil)
+            return
+        }
+        let query = Self.query(head.uri)
+        var limit: Int?
+        if let text = query["limit"] {
+            guard let value = Int(text), value >= 1 else {
+                Self.respondError(writer, .badRequest, .invalidMessage, "limit must be a positive integer", retryAfterMs: nil)
+                return
+            }
+            limit = value
+        }
+        let page = ClientMessage.HistoryPage(before: query["before"], limit: limit)
+        let user = UserIdentity.user(from: head) ?? ConversationHistory.anonymous
+        let history = self.application.history
+        let route = self.route
+        let respond = NIOLoopBound(writer, eventLoop: writer.eventLoop)
+        let promise = writer.eventLoop.makePromise(of: Result<ByteBuffer, HistoryFailure>.self)
+        promise.completeWithTask {
+            var body = ByteBuffer()
+            switch route {
+            case .list:
+                switch await history.listConversations(user: user, page: page) {
+                case .success(let (stored, listings)):
+                    ServerMessageEncoder.conversationListResult(requestID: nil, conversations: listings, next: stored.next?.token, into: &body)
+                case .failure(let failure):
+                    return .failure(failure)
+                }
+            case .messages(let conversationID):
+                switch await history.messages(conversationID: conversationID, user: user, page: page) {
+                case .success(let (stored, listings)):
+                    ServerMessageEncoder.conversationHistoryResult(
+                        requestID: nil, conversationID: conversationID.lowercased(), messages: listings, next: stored.next?.token, into: &body)
+                case .failure(let failure):
+                    return .failure(failure)
+                }
+            }
+            return .success(body)
+        }
+        promise.futureResult.whenSuccess { result in
+            switch result {
+            case .success(let body):
+                respond.value.respond(status: .ok, contentType: "application/json", body: body)
+            case .failure(let failure):
+                let conversationID: String? = if case .messages(let id) = route { id } else { nil }
+                let (code, message, retryAfterMs) = failure.wireError(conversationID: conversationID)
+                Self.respondError(respond.value, ChatStreamResponder.status(for: code), code, message, retryAfterMs: retryAfterMs)
+            }
+        }
+    }
+
+    func clientDisconnected() {}
+
+    private static func respondError(
+        _ writer: HTTPResponseWriter, _ status: HTTPResponseStatus, _ code: ErrorCode, _ message: String, retryAfterMs: Int64?
+    ) {
+        var body = writer.allocator.buffer(capacity: 128)
+        ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &body)
+        writer.respond(status: status, contentType: "application/json", body: body)
+    }
+
+    /// The query parameters, percent-decoded (the last of a repeated name wins).
+    static func query(_ uri: String) -> [String: String] {
+        guard let query = uri.split(separator: "?", maxSplits: 1).dropFirst().first else { return [:] }
+        var result: [String: String] = [:]
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2 else { continue }
+            let name = String(parts[0]).removingPercentEncoding ?? String(parts[0])
+            result[name] = String(parts[1]).removingPercentEncoding ?? String(parts[1])
+        }
+        return result
+    }
+}
+
+/// `GET /v1/stats`: the conversation cache's hit ratio and the storage's counters (statements
+/// run, the write queue), as JSON. What the persistence benchmark reads; Prometheus exposition
+/// of the same counters comes with the operations issue.
+final class StatsResponder: HTTPRouteResponder {
+    static let path = "/v1/stats"
+    private let application: ChatApplication
+
+    init(application: ChatApplication) {
+        self.application = application
+    }
+
+    func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
+        var out = writer.allocator.buffer(capacity: 512)
+        let (hits, misses) = self.application.history.cacheCounts
+        out.writeString(#"{"conversation_cache":{"hits":\#(hits),"misses":\#(misses),"hit_ratio":\#(hits + misses == 0 ? 0 : Double(hits) / Double(hits + misses))}"#)
+        if let storage = self.application.history.persistence.storage, let queue = self.application.history.persistence.queue {
+            let metrics = storage.metrics
+            let counters = queue.counters
+            out.writeString(#","storage":{"read_statements":\#(metrics.readStatements),"write_statements":\#(metrics.writeStatements),"write_transactions":\#(metrics.writeTransactions)}"#)
+            out.writeString(#","write_queue":{"enqueued":\#(counters.enqueued),"written":\#(counters.written),"rejected":\#(counters.rejected),"retries":\#(counters.retries),"refused_full":\#(counters.refusedFull),"pending":\#(counters.pending),"reserved":\#(counters.reserved),"batches":\#(counters.batches)}"#)
+        } else {
+            out.writeString(#","storage":null"#)
+        }
+        out.writeString("}")
+        writer.respond(status: .ok, contentType: "application/json", body: out)
+    }
+
+    func clientDisconnected() {}
+}

@@ -1,12 +1,13 @@
 import Inference
 import Synchronization
 
-/// Conversations kept in process memory, for context until the persistence issue stores them.
-/// Bounded: at most `maxConversations` (the least recently used is forgotten) and, per
+/// Conversations kept in process memory: this instance's cache of recent contexts, in front of
+/// the storage (and the only copy when persistence is off). Bounded: at most `maxConversations` (the least recently used is forgotten) and, per
 /// conversation, the newest messages within `maxContextCharacters` (counted as UTF-8 bytes:
 /// O(1) per message, where counting Characters walks every grapheme of every answer).
 public final class ConversationMemory: Sendable {
     struct Conversation {
+        var owner: String
         var messages: [ChatMessage] = []
         var lastUsed: UInt64 = 0
     }
@@ -52,9 +53,9 @@ public final class ConversationMemory: Sendable {
         self.maxContextCharacters = maxContextCharacters
     }
 
-    public func create(id: String) {
+    public func create(id: String, owner: String) {
         self.state.withLock { state in
-            state.conversations[id] = Conversation(lastUsed: state.touch(id))
+            state.conversations[id] = Conversation(owner: owner, lastUsed: state.touch(id))
             state.evict(downTo: self.maxConversations)
         }
     }
@@ -63,9 +64,9 @@ public final class ConversationMemory: Sendable {
     var queuedUses: Int { self.state.withLock { $0.uses.count - $0.usesStart } }
 
     /// Takes a conversation kept elsewhere (another instance made it), replacing what is here.
-    public func load(_ id: String, messages: [ChatMessage]) {
+    public func load(_ id: String, owner: String, messages: [ChatMessage]) {
         self.state.withLock { state in
-            state.conversations[id] = Conversation(lastUsed: state.touch(id))
+            state.conversations[id] = Conversation(owner: owner, lastUsed: state.touch(id))
             state.evict(downTo: self.maxConversations)
         }
         for message in messages { self.append(message, to: id) }
@@ -75,15 +76,21 @@ public final class ConversationMemory: Sendable {
         self.state.withLock { $0.conversations[id] != nil }
     }
 
-    /// The context to send upstream: the stored messages, newest kept within the budget.
-    public func context(of id: String) -> [ChatMessage]? {
+    /// The context to send upstream (the newest messages within the budget) and whose it is.
+    func context(of id: String) -> CachedConversation? {
         self.state.withLock { state in
             guard state.conversations[id] != nil else { return nil }
             let stamp = state.touch(id)
             state.conversations[id]!.lastUsed = stamp
             state.evict(downTo: self.maxConversations)
-            return state.conversations[id]!.messages
+            let conversation = state.conversations[id]!
+            return CachedConversation(owner: conversation.owner, messages: conversation.messages)
         }
+    }
+
+    /// The conversation's owner, if it is held here (does not count as a use).
+    func owner(of id: String) -> String? {
+        self.state.withLock { $0.conversations[id]?.owner }
     }
 
     public func append(_ message: ChatMessage, to id: String) {

@@ -21,7 +21,7 @@ public struct RedisBrokerConfiguration: Sendable, Equatable {
     public var livenessInterval: TimeAmount = .seconds(1)
     /// Conversation context kept in Redis: the newest messages, for this long after last use.
     public var conversationMaxMessages: Int = 100
-    public var conversationTTL: TimeAmount = .hours(24)
+    public var conversationTTL: TimeAmount = .minutes(30)
 
     public init() {}
 }
@@ -33,7 +33,8 @@ public struct RedisBrokerConfiguration: Sendable, Equatable {
 /// - `gen:{id}:s` a stream, one entry per upstream read with id `0-{lastSeq}` (the end is
 ///   `1-0`), bounded by `streamMaxEntries`, expiring `retentionAfterDone` after the end;
 /// - channel `g:{id}`: the same encoded events, live;
-/// - `conv:{id}:m` the conversation's messages, `conv:{id}:run` its running generations and
+/// - `conv:{id}:m` the conversation cache (its newest messages) and `conv:{id}:o` its owner,
+///   both expiring `conversationTTL` after the last write; `conv:{id}:run` its running generations and
 ///   channel `c:{id}` announcing each generation started in it;
 /// - `inst:{instance}` a liveness key with a short TTL, and channel `ctl:{instance}` for cancels.
 ///
@@ -164,13 +165,51 @@ final class RedisBroker: Broker {
         ])
     }
 
+    func createConversation(_ conversationID: String, owner: String, first message: ChatMessage) {
+        let list = self.key("conv:\(conversationID):m")
+        let ttl = self.milliseconds(self.configuration.conversationTTL)
+        self.fire([
+            RedisCommand("DEL", list),
+            RedisCommand("RPUSH", list, Self.cacheEntry(message)),
+            RedisCommand("PEXPIRE", list, ttl),
+            RedisCommand("SET", self.key("conv:\(conversationID):o"), owner, "PX", ttl),
+        ])
+    }
+
+    /// RPUSHX, not RPUSH: appending to a cold cache would make a list holding only the newest
+    /// messages, which a reader would take for the whole conversation.
     func appendMessage(_ message: ChatMessage, toConversation conversationID: String) {
         let list = self.key("conv:\(conversationID):m")
+        let ttl = self.milliseconds(self.configuration.conversationTTL)
         self.fire([
-            RedisCommand("RPUSH", list, message.role.rawValue + "\n" + message.content),
+            RedisCommand("RPUSHX", list, Self.cacheEntry(message)),
             RedisCommand("LTRIM", list, -self.configuration.conversationMaxMessages, -1),
-            RedisCommand("PEXPIRE", list, self.milliseconds(self.configuration.conversationTTL)),
+            RedisCommand("PEXPIRE", list, ttl),
+            RedisCommand("PEXPIRE", self.key("conv:\(conversationID):o"), ttl),
         ])
+    }
+
+    /// Fills only a cold cache, in one script so that two readers filling at once, or a reader
+    /// racing a writer's `createConversation`, cannot interleave into a mixed list.
+    func fillConversation(_ conversationID: String, owner: String, messages: [ChatMessage]) {
+        guard !messages.isEmpty else { return }
+        let script = """
+            if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+            for i = 3, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+            redis.call('PEXPIRE', KEYS[1], ARGV[2])
+            redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+            return 1
+            """
+        var arguments: [any RedisArgumentConvertible] = [
+            script, 2, self.key("conv:\(conversationID):m"), self.key("conv:\(conversationID):o"),
+            owner, self.milliseconds(self.configuration.conversationTTL),
+        ]
+        for message in messages.suffix(self.configuration.conversationMaxMessages) { arguments.append(Self.cacheEntry(message)) }
+        self.fire([RedisCommand("EVAL", arguments: arguments)])
+    }
+
+    private static func cacheEntry(_ message: ChatMessage) -> String {
+        message.role.rawValue + "\n" + message.content
     }
 
     /// Sends without waiting; a failure (Redis down) only loses the cross-instance copy.
@@ -209,18 +248,22 @@ final class RedisBroker: Broker {
 
     // MARK: Conversations
 
-    func conversationContext(_ conversationID: String) async -> Result<[ChatMessage]?, BrokerError> {
+    func conversationContext(_ conversationID: String) async -> Result<CachedConversation?, BrokerError> {
         do {
-            let reply = try await self.client.send(RedisCommand("LRANGE", self.key("conv:\(conversationID):m"), 0, -1))
-            guard let items = reply.array else { return .failure(BrokerError(message: "unexpected LRANGE reply")) }
-            guard !items.isEmpty else { return .success(nil) }
+            let replies = try await self.client.send(pipeline: [
+                RedisCommand("GET", self.key("conv:\(conversationID):o")),
+                RedisCommand("LRANGE", self.key("conv:\(conversationID):m"), 0, -1),
+            ]).map { try $0.get() }
+            guard replies.count == 2, let items = replies[1].array else { return .failure(BrokerError(message: "unexpected LRANGE reply")) }
+            // Without its owner (expired apart, or written by an older version) it is not a hit.
+            guard let owner = replies[0].string, !items.isEmpty else { return .success(nil) }
             let messages = items.compactMap { item -> ChatMessage? in
                 guard let text = item.string, let newline = text.firstIndex(of: "\n"),
                       let role = ChatMessage.Role(rawValue: String(text[..<newline]))
                 else { return nil }
                 return ChatMessage(role: role, content: String(text[text.index(after: newline)...]))
             }
-            return .success(messages)
+            return .success(CachedConversation(owner: owner, messages: messages))
         } catch {
             return .failure(BrokerError(message: "\(error)"))
         }
@@ -481,7 +524,9 @@ final class RedisBroker: Broker {
         let key = self.key("user:\(user)")
         self.fire([
             RedisCommand("SADD", key, self.instanceID + "\n" + sessionID),
-            RedisCommand("PEXPIRE", key, self.milliseconds(self.configuration.conversationTTL)),
+            // Only collects the garbage of instances gone for good: members of dead instances
+            // are dropped when read, so this can be long.
+            RedisCommand("PEXPIRE", key, self.milliseconds(.hours(24))),
         ])
     }
 

@@ -1,7 +1,9 @@
+import Foundation
 import Inference
 import NIOCore
 import RedisClient
 import Sessions
+import Storage
 import WSServer
 
 /// Everything `sluice` can be told at start-up. Plain values with defaults; `ConfigurationLoader`
@@ -29,6 +31,8 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var upstreams: [NamedUpstream] = []
     /// Several instances sharing generations and conversations (`redis:` section).
     public var redis: RedisSettings = .init()
+    /// Where conversations, messages and usage are kept (`storage:` section).
+    public var storage: StorageSettings = .init()
 
     /// Log levels accepted by `logLevel`, most verbose first (the names swift-log uses).
     public static let logLevels: [String] = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
@@ -52,6 +56,11 @@ public struct SluiceConfiguration: Sendable, Equatable {
             } catch {
                 throw ConfigurationError(kind: .invalidValue, key: "redis.url", value: url, reason: "\(error)")
             }
+        }
+        do {
+            _ = try self.storage.backend
+        } catch {
+            throw ConfigurationError(kind: .invalidValue, key: "storage.database_url", value: self.storage.databaseURL, reason: "\(error)")
         }
         let server = self.server
         if server.writeBufferLowWatermark > server.writeBufferHighWatermark {
@@ -212,4 +221,57 @@ public struct RedisSettings: Sendable, Equatable {
     public var broker: RedisBrokerConfiguration = .init()
 
     public init() {}
+}
+
+/// Conversations, messages and usage: PostgreSQL, an embedded SQLite file (the default), or
+/// nowhere (`memory`).
+public struct StorageSettings: Sendable, Equatable {
+    /// `postgres://user:password@host:port/database[?sslmode=…]`; `memory` keeps nothing; unset
+    /// (the default) uses SQLite at `<data_dir>/sluice.db`.
+    public var databaseURL: String? = nil
+    /// Where the embedded SQLite database lives.
+    public var dataDirectory: String = "./.sluice"
+    /// Messages waiting to be written, at most; when full, new generations are refused with a
+    /// retryable error instead of losing history.
+    public var queueCapacity: Int = 10_000
+    /// Messages per write (one statement on PostgreSQL, one transaction on SQLite).
+    public var batchSize: Int = 100
+    /// PostgreSQL connections in the pool.
+    public var maxConnections: Int = 8
+    /// Monthly `messages` partitions kept ready ahead of the current month.
+    public var partitionMonthsAhead: Int = 3
+    /// On shutdown, how long queued writes may still take.
+    public var drainTimeout: TimeAmount = .seconds(10)
+
+    public init() {}
+
+    public enum Backend: Sendable, Equatable {
+        case postgres(String)
+        case sqlite(path: String)
+        case memory
+    }
+
+    public struct InvalidURL: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// What `databaseURL` selects.
+    public var backend: Backend {
+        get throws {
+            guard let url = self.databaseURL, !url.isEmpty else {
+                return .sqlite(path: (self.dataDirectory as NSString).appendingPathComponent("sluice.db"))
+            }
+            if url == "memory" { return .memory }
+            if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") {
+                do {
+                    _ = try PostgresURL(url)
+                } catch {
+                    throw InvalidURL(description: "\(error)")
+                }
+                return .postgres(url)
+            }
+            if url.hasPrefix("sqlite://") { return .sqlite(path: String(url.dropFirst("sqlite://".count))) }
+            throw InvalidURL(description: "expected postgres://…, sqlite://PATH or memory")
+        }
+    }
 }

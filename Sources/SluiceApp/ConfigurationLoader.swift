@@ -374,6 +374,7 @@ extension ConfigurationLoader {
         .bool("chat.cancel_on_disconnect") { $0.chat.cancelOnDisconnect = $1 },
         .duration("chat.resume_retention", mustBePositive: true) { $0.chat.resumeRetention = $1 },
         .integer("chat.max_retained_generations", in: 0...10_000_000) { $0.chat.maxRetainedGenerations = $1 },
+        .integer("chat.context_max_characters", in: 1...100_000_000) { $0.chat.contextMaxCharacters = $1 },
 
         .duration("simulator.time_to_first_token", mustBePositive: false) { $0.simulator.timeToFirstToken = $1 },
         .integer("simulator.tokens_per_second", in: 0...100_000_000) { $0.simulator.tokensPerSecond = Double($1) },
@@ -399,6 +400,14 @@ extension ConfigurationLoader {
         .duration("redis.liveness_interval", mustBePositive: true) { $0.redis.broker.livenessInterval = $1 },
         .integer("redis.conversation_max_messages", in: 1...100_000) { $0.redis.broker.conversationMaxMessages = $1 },
         .duration("redis.conversation_ttl", mustBePositive: true) { $0.redis.broker.conversationTTL = $1 },
+
+        .optionalString("storage.database_url") { $0.storage.databaseURL = $1 },
+        .string("storage.data_dir", nonEmpty: true) { $0.storage.dataDirectory = $1 },
+        .integer("storage.queue_capacity", in: 2...100_000_000) { $0.storage.queueCapacity = $1 },
+        .integer("storage.batch_size", in: 1...10_000) { $0.storage.batchSize = $1 },
+        .integer("storage.max_connections", in: 1...1_000) { $0.storage.maxConnections = $1 },
+        .integer("storage.partition_months_ahead", in: 1...120) { $0.storage.partitionMonthsAhead = $1 },
+        .duration("storage.drain_timeout", mustBePositive: false) { $0.storage.drainTimeout = $1 },
     ]
 
     static let settingsByKey: [String: ConfigurationSetting] = Dictionary(

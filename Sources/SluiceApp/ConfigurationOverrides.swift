@@ -36,6 +36,10 @@ public struct ConfigurationOverrides: Sendable, Equatable {
     public var redisURL: String?
     /// `--instance-id`
     public var instanceID: String?
+    /// `--database-url postgres://…`, `sqlite://PATH` or `memory`
+    public var databaseURL: String?
+    /// `--data-dir`
+    public var dataDirectory: String?
 
     public init() {}
 
@@ -73,6 +77,8 @@ public struct ConfigurationOverrides: Sendable, Equatable {
         add("--model", "upstream.model", self.upstreamModel)
         add("--redis-url", "redis.url", self.redisURL)
         add("--instance-id", "instance_id", self.instanceID)
+        add("--database-url", "storage.database_url", self.databaseURL)
+        add("--data-dir", "storage.data_dir", self.dataDirectory)
         return entries
     }
 }

@@ -6,6 +6,7 @@ import NIOPosix
 import RedisClient
 import ServiceLifecycle
 import Sessions
+import Storage
 import WSServer
 
 /// `sluice serve`: wires the configured application onto the WebSocket server and runs it as a
@@ -21,6 +22,7 @@ public enum SluiceServer {
         let eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         var fanOut = FanOut.singleNode
         var chatApplication: ChatApplication?
+        var opened: OpenedStorage?
         var serverConfiguration = configuration.server
         if configuration.echo {
             application = EchoApplication()
@@ -39,8 +41,16 @@ public enum SluiceServer {
             } else {
                 logger.notice("single node (no Redis configured)", metadata: ["sluice.instance": "\(chat.instanceID)"])
             }
+            opened = try await OpenedStorage.open(configuration.storage, eventLoopGroup: eventLoopGroup, logger: logger)
+            if let opened {
+                logger.notice("conversations stored", metadata: ["sluice.storage": "\(opened.description)"])
+            } else {
+                logger.notice("conversations not stored (storage.database_url: memory)")
+            }
             let chatApp = ChatApplication(
-                configuration: chat, router: router, conversations: ConversationMemory(), fanOut: fanOut, logger: logger)
+                configuration: chat, router: router,
+                conversations: ConversationMemory(maxContextCharacters: chat.contextMaxCharacters), fanOut: fanOut,
+                persistence: opened?.persistence ?? .none, logger: logger)
             chatApplication = chatApp
             application = chatApp
             httpRoutes = ChatStreamRoutes(application: chatApp)
@@ -48,18 +58,31 @@ public enum SluiceServer {
             // through Redis from here until they end.
             if fanOut.isShared { serverConfiguration.drain.gracePeriod = .zero }
         }
-        let readiness: (@Sendable () -> String?)?
-        if fanOut.isShared && configuration.redis.readyRequiresRedis {
-            readiness = { [fanOut] in fanOut.isHealthy ? nil : "redis unreachable" }
-        } else {
-            readiness = nil
+        let redisGates = fanOut.isShared && configuration.redis.readyRequiresRedis
+        let migrated = opened?.migrated
+        let readiness: (@Sendable () -> String?)? = { [fanOut] in
+            if let migrated, !migrated.isDone { return "storage schema not ready (database unreachable?)" }
+            if redisGates && !fanOut.isHealthy { return "redis unreachable" }
+            return nil
         }
         let server = try WebSocketServer(
             configuration: serverConfiguration, application: application, httpRoutes: httpRoutes, eventLoopGroup: eventLoopGroup,
             readiness: readiness, logger: logger)
+        // Started in this order, stopped in the reverse: the server drains first, then handed-off
+        // generations finish, then the queue writes what is left, then the storage closes.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let opened {
+            services.append(.init(service: StorageService(opened: opened, logger: logger)))
+            services.append(.init(service: opened.queue))
+        }
+        if let chatApplication {
+            services.append(.init(service: GenerationDrainService(
+                application: chatApplication, handoffDeadline: configuration.redis.handoffDeadline, shared: fanOut.isShared)))
+        }
+        services.append(.init(service: server))
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: server)],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         var failure: (any Error)?
@@ -67,9 +90,6 @@ public enum SluiceServer {
             try await group.run()
         } catch {
             failure = error
-        }
-        if fanOut.isShared, let chatApplication {
-            await chatApplication.finishGenerations(deadline: configuration.redis.handoffDeadline)
         }
         await fanOut.shutdown()
         try? await eventLoopGroup.shutdownGracefully()

@@ -10,7 +10,24 @@ public enum ClientMessage: Equatable, Sendable {
     /// Watch a conversation's generations (a second tab): running ones from their start, then live.
     case conversationSubscribe(conversationID: String)
     case conversationUnsubscribe(conversationID: String)
+    /// The user's conversations, most recently updated first (`conversation.list`).
+    case conversationList(HistoryPage)
+    /// A conversation's stored messages, newest first (`conversation.history`).
+    case conversationHistory(conversationID: String, page: HistoryPage)
     case ping(id: String?)
+
+    /// Which page of a history listing: `before` is the previous page's `next` cursor.
+    public struct HistoryPage: Equatable, Sendable {
+        public var before: String?
+        public var limit: Int?
+        public var requestID: String?
+
+        public init(before: String? = nil, limit: Int? = nil, requestID: String? = nil) {
+            self.before = before
+            self.limit = limit
+            self.requestID = requestID
+        }
+    }
 
     public struct ChatSend: Equatable, Sendable {
         public var content: String
@@ -123,6 +140,11 @@ public enum ClientMessageDecoder {
                 return .success(.conversationSubscribe(conversationID: try fields.requiredString("conversation_id")))
             case "conversation.unsubscribe":
                 return .success(.conversationUnsubscribe(conversationID: try fields.requiredString("conversation_id")))
+            case "conversation.list":
+                return .success(.conversationList(try fields.historyPage()))
+            case "conversation.history":
+                let conversationID = try fields.requiredString("conversation_id")
+                return .success(.conversationHistory(conversationID: conversationID, page: try fields.historyPage()))
             case "ping":
                 return .success(.ping(id: try fields.optionalString("id")))
             default:
@@ -193,6 +215,12 @@ public enum ClientMessageDecoder {
                 throw ProtocolViolation(.invalidMessage, "field \"\(name)\" must be an integer")
             }
             return int
+        }
+
+        func historyPage() throws -> ClientMessage.HistoryPage {
+            let limit = try self.optionalInt("limit")
+            if let limit, limit < 1 { throw ProtocolViolation(.invalidMessage, "limit must be at least 1") }
+            return ClientMessage.HistoryPage(before: try self.optionalString("before"), limit: limit, requestID: self.requestID)
         }
 
         func optionalDouble(_ name: String) throws -> Double? {

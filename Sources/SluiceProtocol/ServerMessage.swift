@@ -188,6 +188,82 @@ public enum ServerMessageEncoder {
         buffer.writeStaticString("}")
     }
 
+    /// `conversation.list.result`: one page of the user's conversations, newest activity first.
+    public static func conversationListResult(
+        requestID: String?, conversations: [ConversationListing], next: String?, into buffer: inout ByteBuffer
+    ) {
+        buffer.writeStaticString(#"{"type":"conversation.list.result""#)
+        Self.writeRequestID(requestID, into: &buffer)
+        buffer.writeStaticString(#","conversations":["#)
+        for (index, conversation) in conversations.enumerated() {
+            if index > 0 { buffer.writeStaticString(",") }
+            buffer.writeStaticString(#"{"id":"#)
+            buffer.writeJSONString(conversation.id)
+            buffer.writeStaticString(#","title":"#)
+            if let title = conversation.title { buffer.writeJSONString(title) } else { buffer.writeStaticString("null") }
+            buffer.writeStaticString(#","created_at":"#)
+            buffer.writeTimestamp(microseconds: conversation.createdAtMicroseconds)
+            buffer.writeStaticString(#","updated_at":"#)
+            buffer.writeTimestamp(microseconds: conversation.updatedAtMicroseconds)
+            buffer.writeStaticString("}")
+        }
+        buffer.writeStaticString("]")
+        Self.writeNext(next, into: &buffer)
+        buffer.writeStaticString("}")
+    }
+
+    /// `conversation.history.result`: one page of a conversation's messages, newest first.
+    public static func conversationHistoryResult(
+        requestID: String?, conversationID: String, messages: [MessageListing], next: String?, into buffer: inout ByteBuffer
+    ) {
+        buffer.writeStaticString(#"{"type":"conversation.history.result""#)
+        Self.writeRequestID(requestID, into: &buffer)
+        buffer.writeStaticString(#","conversation_id":"#)
+        buffer.writeJSONString(conversationID)
+        buffer.writeStaticString(#","messages":["#)
+        for (index, message) in messages.enumerated() {
+            if index > 0 { buffer.writeStaticString(",") }
+            buffer.writeStaticString(#"{"id":"#)
+            buffer.writeJSONString(message.id)
+            buffer.writeStaticString(#","role":"#)
+            buffer.writeJSONString(message.role)
+            buffer.writeStaticString(#","content":"#)
+            buffer.writeJSONString(message.content)
+            if let finishReason = message.finishReason {
+                buffer.writeStaticString(#","finish_reason":"#)
+                buffer.writeJSONString(finishReason)
+            }
+            if let model = message.model {
+                buffer.writeStaticString(#","model":"#)
+                buffer.writeJSONString(model)
+            }
+            if message.promptTokens != nil || message.completionTokens != nil {
+                buffer.writeStaticString(#","usage":{"prompt_tokens":"#)
+                buffer.writeDecimal(Int64(message.promptTokens ?? 0))
+                buffer.writeStaticString(#","completion_tokens":"#)
+                buffer.writeDecimal(Int64(message.completionTokens ?? 0))
+                buffer.writeStaticString("}")
+            }
+            buffer.writeStaticString(#","created_at":"#)
+            buffer.writeTimestamp(microseconds: message.createdAtMicroseconds)
+            buffer.writeStaticString("}")
+        }
+        buffer.writeStaticString("]")
+        Self.writeNext(next, into: &buffer)
+        buffer.writeStaticString("}")
+    }
+
+    private static func writeRequestID(_ requestID: String?, into buffer: inout ByteBuffer) {
+        guard let requestID else { return }
+        buffer.writeStaticString(#","request_id":"#)
+        buffer.writeJSONString(requestID)
+    }
+
+    private static func writeNext(_ next: String?, into buffer: inout ByteBuffer) {
+        buffer.writeStaticString(#","next":"#)
+        if let next { buffer.writeJSONString(next) } else { buffer.writeStaticString("null") }
+    }
+
     public static func pong(id: String?, into buffer: inout ByteBuffer) {
         buffer.writeStaticString(#"{"type":"pong""#)
         if let id {
@@ -198,7 +274,91 @@ public enum ServerMessageEncoder {
     }
 }
 
+/// A conversation in `conversation.list.result` (what the protocol needs, not the storage row).
+public struct ConversationListing: Sendable, Equatable {
+    public var id: String
+    public var title: String?
+    public var createdAtMicroseconds: Int64
+    public var updatedAtMicroseconds: Int64
+
+    public init(id: String, title: String?, createdAtMicroseconds: Int64, updatedAtMicroseconds: Int64) {
+        self.id = id
+        self.title = title
+        self.createdAtMicroseconds = createdAtMicroseconds
+        self.updatedAtMicroseconds = updatedAtMicroseconds
+    }
+}
+
+/// A message in `conversation.history.result`.
+public struct MessageListing: Sendable, Equatable {
+    public var id: String
+    public var role: String
+    public var content: String
+    public var finishReason: String?
+    public var promptTokens: Int?
+    public var completionTokens: Int?
+    public var model: String?
+    public var createdAtMicroseconds: Int64
+
+    public init(
+        id: String, role: String, content: String, finishReason: String?, promptTokens: Int?, completionTokens: Int?,
+        model: String?, createdAtMicroseconds: Int64
+    ) {
+        self.id = id
+        self.role = role
+        self.content = content
+        self.finishReason = finishReason
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+        self.model = model
+        self.createdAtMicroseconds = createdAtMicroseconds
+    }
+}
+
 extension ByteBuffer {
+    /// Writes `"YYYY-MM-DDTHH:MM:SS.ffffffZ"` (RFC 3339, UTC, microseconds) without Foundation's
+    /// formatters. Days to civil date after Howard Hinnant's `civil_from_days`.
+    public mutating func writeTimestamp(microseconds: Int64) {
+        let (seconds, micros) = microseconds.quotientAndRemainder(dividingBy: 1_000_000)
+        let (secondsAdjusted, microsAdjusted) = micros < 0 ? (seconds - 1, micros + 1_000_000) : (seconds, micros)
+        var days = secondsAdjusted / 86_400
+        var secondOfDay = secondsAdjusted % 86_400
+        if secondOfDay < 0 { secondOfDay += 86_400; days -= 1 }
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        func pad(_ value: Int64, _ width: Int, _ buffer: inout ByteBuffer) {
+            var digits = [UInt8](repeating: UInt8(ascii: "0"), count: width)
+            var rest = value
+            for index in stride(from: width - 1, through: 0, by: -1) {
+                digits[index] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            }
+            buffer.writeBytes(digits)
+        }
+        self.writeStaticString("\"")
+        pad(year, 4, &self)
+        self.writeStaticString("-")
+        pad(month, 2, &self)
+        self.writeStaticString("-")
+        pad(day, 2, &self)
+        self.writeStaticString("T")
+        pad(secondOfDay / 3600, 2, &self)
+        self.writeStaticString(":")
+        pad(secondOfDay % 3600 / 60, 2, &self)
+        self.writeStaticString(":")
+        pad(secondOfDay % 60, 2, &self)
+        self.writeStaticString(".")
+        pad(microsAdjusted, 6, &self)
+        self.writeStaticString("Z\"")
+    }
+
     /// Writes `"…"` with JSON escaping (RFC 8259 §7): quote, backslash and control characters;
     /// other UTF-8 bytes pass through unchanged.
     @inlinable

@@ -72,7 +72,9 @@ public final class WriteBehindQueue: Service, Sendable {
         var queue: [NewMessage] = []
         /// Index of the first message not yet taken (compacted as batches go).
         var head = 0
-        var inFlight = 0
+        /// The batch being written (its messages count as pending until it is taken).
+        var inFlightBatch: [NewMessage] = []
+        var inFlight: Int { self.inFlightBatch.count }
         var reserved = 0
         var finishing = false
         /// `run()` has returned: nothing will be written any more.
@@ -153,6 +155,28 @@ public final class WriteBehindQueue: Service, Sendable {
     /// Gives back room held for a follow-up that will not come.
     public func cancelReservation(_ count: Int = 1) {
         self.state.withLockedValue { $0.reserved = max(0, $0.reserved - count) }
+    }
+
+    /// The conversation's messages not yet written (queued or being written), oldest first:
+    /// what a read from the storage does not see yet. O(queue length); for cache misses only.
+    public func pendingMessages(conversationID: UUID) -> [NewMessage] {
+        self.state.withLockedValue { state in
+            state.inFlightBatch.filter { $0.conversationID == conversationID }
+                + state.queue[state.head...].filter { $0.conversationID == conversationID }
+        }
+    }
+
+    /// Waits until every message enqueued before this call has been written (the queue is
+    /// first in, first out), at most `timeout`: a read after it sees this instance's writes.
+    /// `true` if so. Polls every 2 ms: for history reads, not the token path.
+    public func waitForEarlierWrites(timeout: Duration) async -> Bool {
+        let target = self.state.withLockedValue { $0.counters.enqueued }
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if self.state.withLockedValue({ $0.counters.written >= target }) { return true }
+            guard ContinuousClock.now < deadline, !Task.isCancelled else { return false }
+            try? await Task.sleep(for: .milliseconds(2))
+        }
     }
 
     // MARK: Lifecycle
@@ -237,7 +261,7 @@ public final class WriteBehindQueue: Service, Sendable {
             let end = min(state.queue.count, state.head + self.configuration.batchSize)
             let batch = Array(state.queue[state.head..<end])
             state.head = end
-            state.inFlight = batch.count
+            state.inFlightBatch = batch
             if state.head == state.queue.count {
                 state.queue.removeAll(keepingCapacity: true)
                 state.head = 0
@@ -258,7 +282,7 @@ public final class WriteBehindQueue: Service, Sendable {
             do {
                 let result = try await self.storage.appendMessages(batch)
                 self.state.withLockedValue { state in
-                    state.inFlight = 0
+                    state.inFlightBatch = []
                     state.counters.written += batch.count
                     state.counters.rejected += result.rejected
                     state.counters.batches += 1

@@ -9,7 +9,7 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "WebSocket gateway.",
-        subcommands: [Serve.self, Chat.self],
+        subcommands: [Serve.self, Chat.self, Migrate.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -102,6 +102,12 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: .init("This instance's name (default: hostname-pid).", valueName: "name"))
     var instanceID: String?
 
+    @Option(name: .long, help: .init("Where conversations are kept: postgres://user:pass@host:port/db, sqlite://PATH, or memory (default: SQLite in --data-dir).", valueName: "url"))
+    var databaseURL: String?
+
+    @Option(name: .long, help: .init("Directory of the embedded SQLite database (default: ./.sluice).", valueName: "path"))
+    var dataDir: String?
+
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
         let configuration: SluiceConfiguration
@@ -133,6 +139,8 @@ struct Serve: AsyncParsableCommand {
         overrides.upstreamModel = self.model
         overrides.redisURL = self.redisURL
         overrides.instanceID = self.instanceID
+        overrides.databaseURL = self.databaseURL
+        overrides.dataDirectory = self.dataDir
         overrides.maxMessageSize = self.maxMessageSize
         overrides.deflateEnabled = self.noDeflate ? false : nil
         overrides.tlsCertificatePath = self.tlsCertificatePath
@@ -140,6 +148,45 @@ struct Serve: AsyncParsableCommand {
         overrides.allowedOrigins = self.allowedOrigins.isEmpty ? nil : self.allowedOrigins
         overrides.heartbeatInterval = self.heartbeatInterval
         return overrides
+    }
+}
+
+/// `sluice migrate`: creates or upgrades the database schema (`sluice serve` does it at start too).
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create or upgrade the database schema, then exit.",
+        discussion: "Uses the same storage settings as serve: --database-url, --data-dir, the YAML file and SLUICE_STORAGE_* variables."
+    )
+
+    @Option(name: .long, help: .init("YAML configuration file (default: $SLUICE_CONFIG, else none).", valueName: "path"))
+    var config: String?
+
+    @Option(name: .long, help: .init("postgres://user:pass@host:port/db, sqlite://PATH, or memory (default: SQLite in --data-dir).", valueName: "url"))
+    var databaseURL: String?
+
+    @Option(name: .long, help: .init("Directory of the embedded SQLite database (default: ./.sluice).", valueName: "path"))
+    var dataDir: String?
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        var overrides = ConfigurationOverrides()
+        overrides.databaseURL = self.databaseURL
+        overrides.dataDirectory = self.dataDir
+        let configuration: SluiceConfiguration
+        do {
+            configuration = try ConfigurationLoader.load(
+                filePath: ConfigurationLoader.configurationFilePath(option: self.config, environment: environment),
+                environment: environment, overrides: overrides)
+        } catch {
+            FileHandle.standardError.write(Data("sluice: configuration error: \(error)\n".utf8))
+            throw ExitCode(78)
+        }
+        do {
+            try await StorageMigration.run(configuration: configuration)
+        } catch {
+            FileHandle.standardError.write(Data("sluice: migration failed: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
     }
 }
 

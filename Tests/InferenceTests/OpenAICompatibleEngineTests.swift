@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import SluiceProtocol
+import SluiceTestSupport
 import Testing
 
 @testable import Inference

@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import SluiceProtocol
+import SluiceTestSupport
 import Testing
 
 @testable import Inference

@@ -521,3 +521,35 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         #expect(error?.key == "redis.url" && error?.kind == .invalidValue)
     }
 }
+
+@Suite struct StorageSettingsTests {
+    @Test func theEmbeddedSQLiteFileIsTheDefault() throws {
+        let configuration = try ConfigurationLoader.load(filePath: nil, environment: [:])
+        #expect(try configuration.storage.backend == .sqlite(path: "./.sluice/sluice.db"))
+        #expect(configuration.storage.queueCapacity == 10_000 && configuration.storage.batchSize == 100)
+    }
+
+    @Test func fileEnvironmentAndFlagsChooseTheBackend() throws {
+        var configuration = try configuration(fromYAML: "storage:\n  data_dir: /var/lib/sluice\n  queue_capacity: 500\n")
+        #expect(try configuration.storage.backend == .sqlite(path: "/var/lib/sluice/sluice.db"))
+        #expect(configuration.storage.queueCapacity == 500)
+        configuration = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_STORAGE_DATABASE_URL": "memory"])
+        #expect(try configuration.storage.backend == .memory)
+        var overrides = ConfigurationOverrides()
+        overrides.databaseURL = "postgres://u:p@127.0.0.1:5433/chat"
+        configuration = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_STORAGE_DATABASE_URL": "memory"], overrides: overrides)
+        #expect(try configuration.storage.backend == .postgres("postgres://u:p@127.0.0.1:5433/chat"))
+        overrides = ConfigurationOverrides()
+        overrides.databaseURL = "sqlite:///tmp/x.db"
+        overrides.dataDirectory = "/ignored"
+        configuration = try ConfigurationLoader.load(filePath: nil, environment: [:], overrides: overrides)
+        #expect(try configuration.storage.backend == .sqlite(path: "/tmp/x.db"))
+    }
+
+    @Test func aBadDatabaseURLIsNamed() {
+        for url in ["mysql://x", "postgres://"] {
+            let error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_STORAGE_DATABASE_URL": url]) }
+            #expect(error?.key == "storage.database_url" && error?.kind == .invalidValue, "\(url)")
+        }
+    }
+}

@@ -10,7 +10,9 @@ import Testing
         "Inference": ["WSServer", "Sessions", "SluiceApp", "RedisClient"],
         "RedisClient": ["WSServer", "Sessions", "Inference", "SluiceApp", "SluiceProtocol"],
         "Sessions": ["SluiceApp"],
-        "sluice": ["WSServer", "Sessions", "Inference", "RedisClient"],  // the executable only parses arguments
+        // Storage knows nothing of chats, sockets or Redis: Sessions decides what to store.
+        "Storage": ["WSServer", "Sessions", "Inference", "SluiceApp", "RedisClient", "SluiceProtocol"],
+        "sluice": ["WSServer", "Sessions", "Inference", "RedisClient", "Storage"],  // the executable only parses arguments
     ]
 
     @Test func importsPointDownOnly() throws {

@@ -32,6 +32,24 @@ import Testing
         #expect(try decode(#"{"type":"conversation.unsubscribe","conversation_id":"c"}"#).get() == .conversationUnsubscribe(conversationID: "c"))
     }
 
+    @Test func historyRequests() throws {
+        #expect(try decode(#"{"type":"conversation.list"}"#).get() == .conversationList(.init()))
+        #expect(try decode(#"{"type":"conversation.list","before":"c1","limit":5,"request_id":"r"}"#).get()
+            == .conversationList(.init(before: "c1", limit: 5, requestID: "r")))
+        #expect(try decode(#"{"type":"conversation.history","conversation_id":"x","limit":2}"#).get()
+            == .conversationHistory(conversationID: "x", page: .init(limit: 2)))
+        for bad in [#"{"type":"conversation.history"}"#, #"{"type":"conversation.list","limit":0}"#,
+                    #"{"type":"conversation.list","limit":"5"}"#, #"{"type":"conversation.list","before":7,"request_id":"q"}"#] {
+            guard case .failure(let violation) = decode(bad) else {
+                Issue.record("accepted \(bad)")
+                continue
+            }
+            #expect(violation.code == .invalidMessage, "\(bad)")
+        }
+        guard case .failure(let violation) = decode(#"{"type":"conversation.list","before":7,"request_id":"q"}"#) else { return }
+        #expect(violation.requestID == "q")
+    }
+
     @Test(arguments: [
         (#"{bad json"#, ErrorCode.invalidMessage),
         (#"{"content":"x"}"#, .invalidMessage),
@@ -148,5 +166,68 @@ import Testing
             string.writeJSONString(text)
             #expect(try JSONSerialization.jsonObject(with: Data(string.readableBytesView), options: .fragmentsAllowed) as? String == text)
         }
+    }
+}
+
+@Suite struct HistoryEncodingTests {
+    private func json(_ write: (inout ByteBuffer) -> Void) throws -> [String: Any] {
+        var buffer = ByteBuffer()
+        write(&buffer)
+        return try #require(try JSONSerialization.jsonObject(with: Data(buffer.readableBytesView)) as? [String: Any])
+    }
+
+    @Test(arguments: [
+        (Int64(0), "1970-01-01T00:00:00.000000Z"),
+        (1_795_000_000_123_456, "2026-11-18T11:06:40.123456Z"),
+        (951_782_400_000_001, "2000-02-29T00:00:00.000001Z"),  // a leap day
+        (4_107_542_399_999_999, "2100-02-28T23:59:59.999999Z"),  // 2100 is not a leap year
+        (-1, "1969-12-31T23:59:59.999999Z"),
+    ])
+    func timestampsAreRFC3339InUTC(microseconds: Int64, expected: String) {
+        var buffer = ByteBuffer()
+        buffer.writeTimestamp(microseconds: microseconds)
+        #expect(String(buffer: buffer) == "\"\(expected)\"")
+    }
+
+    @Test func timestampsAgreeWithFoundation() {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<1000 {
+            let seconds = Int64.random(in: -2_000_000_000...5_000_000_000, using: &generator)
+            var buffer = ByteBuffer()
+            buffer.writeTimestamp(microseconds: seconds * 1_000_000)
+            let written = String(buffer: buffer).dropFirst().dropLast()
+            let expected = formatter.string(from: Date(timeIntervalSince1970: TimeInterval(seconds)))
+            #expect(written.replacingOccurrences(of: ".000000", with: "") == expected)
+        }
+    }
+
+    @Test func listAndHistoryResults() throws {
+        let list = try json {
+            ServerMessageEncoder.conversationListResult(
+                requestID: "r", conversations: [.init(id: "c1", title: "A \"quoted\" title", createdAtMicroseconds: 0, updatedAtMicroseconds: 1_000_000)],
+                next: "1000000_c1", into: &$0)
+        }
+        #expect(list["type"] as? String == "conversation.list.result" && list["request_id"] as? String == "r" && list["next"] as? String == "1000000_c1")
+        let conversation = try #require((list["conversations"] as? [[String: Any]])?.first)
+        #expect(conversation["title"] as? String == "A \"quoted\" title" && conversation["updated_at"] as? String == "1970-01-01T00:00:01.000000Z")
+
+        let history = try json {
+            ServerMessageEncoder.conversationHistoryResult(
+                requestID: nil, conversationID: "c1",
+                messages: [
+                    .init(id: "m2", role: "assistant", content: "line\nbreak", finishReason: "stop", promptTokens: 3, completionTokens: 4,
+                          model: "m", createdAtMicroseconds: 2),
+                    .init(id: "m1", role: "user", content: "hi", finishReason: nil, promptTokens: nil, completionTokens: nil, model: nil,
+                          createdAtMicroseconds: 1),
+                ],
+                next: nil, into: &$0)
+        }
+        #expect(history["request_id"] == nil && history["next"] is NSNull)
+        let messages = try #require(history["messages"] as? [[String: Any]])
+        #expect(messages.map { $0["content"] as? String } == ["line\nbreak", "hi"])
+        #expect((messages[0]["usage"] as? [String: Any])?["completion_tokens"] as? Int == 4 && messages[1]["usage"] == nil)
+        #expect(messages[1]["finish_reason"] == nil && messages[1]["model"] == nil)
     }
 }

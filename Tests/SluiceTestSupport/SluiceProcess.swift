@@ -70,7 +70,8 @@ final class SluiceProcess: Sendable {
 
     // MARK: Starting
 
-    /// Starts `sluice serve --host 127.0.0.1 --port P --log-level info` plus `arguments` and waits
+    /// Starts `sluice serve --host 127.0.0.1 --port P --log-level info` plus `arguments` (and a
+    /// `--data-dir` of its own unless `arguments` choose the storage) and waits
     /// until `GET /health` answers 200. Retries on another port if the one picked was taken.
     static func start(
         arguments: [String] = [],
@@ -88,7 +89,11 @@ final class SluiceProcess: Sendable {
                 .appendingPathComponent("sluice-process-\(UUID().uuidString)", isDirectory: true)
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             let port = try Self.freePort()
-            let argv = [executable, "serve", "--host", "127.0.0.1", "--port", String(port), "--log-level", "info"] + arguments
+            var argv = [executable, "serve", "--host", "127.0.0.1", "--port", String(port), "--log-level", "info"] + arguments
+            // History goes to this process's own directory unless the test chose where.
+            if !arguments.contains("--data-dir") && !arguments.contains("--database-url") {
+                argv += ["--data-dir", directory.appendingPathComponent("data").path]
+            }
             let pid = try Self.spawn(
                 executable, arguments: argv, environment: childEnvironment,
                 logPath: directory.appendingPathComponent("sluice.log").path)

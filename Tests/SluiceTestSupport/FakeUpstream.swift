@@ -7,19 +7,19 @@ import Synchronization
 
 /// A scripted HTTP upstream on 127.0.0.1: it decodes the request with NIOHTTP1, then writes the
 /// script's raw bytes (so tests choose every TCP write, split and pause), and records what it saw.
-final class FakeUpstream: Sendable {
-    struct Request: Sendable {
-        var method: HTTPMethod
-        var uri: String
-        var headers: HTTPHeaders
-        var body: String
+public final class FakeUpstream: Sendable {
+    public struct Request: Sendable {
+        public var method: HTTPMethod
+        public var uri: String
+        public var headers: HTTPHeaders
+        public var body: String
 
-        var json: [String: Any]? {
+        public var json: [String: Any]? {
             (try? JSONSerialization.jsonObject(with: Data(self.body.utf8))) as? [String: Any]
         }
     }
 
-    enum Step: Sendable {
+    public enum Step: Sendable {
         /// One TCP write.
         case write(String)
         /// One TCP write of raw bytes (which may end inside a UTF-8 sequence).
@@ -30,19 +30,19 @@ final class FakeUpstream: Sendable {
         case hang
     }
 
-    struct Log: Sendable {
-        var requests: [Request] = []
-        var connections = 0
-        var closedConnections = 0
+    public struct Log: Sendable {
+        public var requests: [Request] = []
+        public var connections = 0
+        public var closedConnections = 0
     }
 
-    let port: Int
+    public let port: Int
     private let channel: any Channel
     private let box: LogBox
 
-    var requests: [Request] { self.box.log.withLock { $0.requests } }
-    var connections: Int { self.box.log.withLock { $0.connections } }
-    var closedConnections: Int { self.box.log.withLock { $0.closedConnections } }
+    public var requests: [Request] { self.box.log.withLock { $0.requests } }
+    public var connections: Int { self.box.log.withLock { $0.connections } }
+    public var closedConnections: Int { self.box.log.withLock { $0.closedConnections } }
 
     private init(channel: any Channel, box: LogBox) {
         self.channel = channel
@@ -50,7 +50,7 @@ final class FakeUpstream: Sendable {
         self.box = box
     }
 
-    static func start(
+    public static func start(
         tls: NIOSSLContext? = nil, script: @escaping @Sendable (Request) -> [Step]
     ) async throws -> FakeUpstream {
         let recorder = LogBox()
@@ -73,12 +73,12 @@ final class FakeUpstream: Sendable {
         return FakeUpstream(channel: channel, box: recorder)
     }
 
-    func stop() async {
+    public func stop() async {
         try? await self.channel.close()
     }
 
     /// Waits until `condition` holds for the log (polling; every wait has a deadline).
-    func wait(timeout: Duration = .seconds(5), until condition: (Log) -> Bool) async -> Bool {
+    public func wait(timeout: Duration = .seconds(5), until condition: (Log) -> Bool) async -> Bool {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if self.box.log.withLock({ condition($0) }) { return true }
@@ -88,30 +88,30 @@ final class FakeUpstream: Sendable {
     }
 
     /// The reference to the log shared with the handlers, before the server exists.
-    final class LogBox: Sendable {
+    public final class LogBox: Sendable {
         let log = Mutex(Log())
     }
 
     // MARK: Script helpers
 
-    static func head(status: String = "200 OK", contentType: String = "text/event-stream", extra: String = "") -> String {
+    public static func head(status: String = "200 OK", contentType: String = "text/event-stream", extra: String = "") -> String {
         "HTTP/1.1 \(status)\r\nContent-Type: \(contentType)\r\nConnection: close\r\n\(extra)\r\n"
     }
 
-    static func chunkedHead() -> String {
+    public static func chunkedHead() -> String {
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     }
 
     /// One HTTP/1.1 chunk.
-    static func chunk(_ text: String) -> String {
+    public static func chunk(_ text: String) -> String {
         "\(String(text.utf8.count, radix: 16))\r\n\(text)\r\n"
     }
 
-    static let lastChunk = "0\r\n\r\n"
+    public static let lastChunk = "0\r\n\r\n"
 
-    static func event(_ json: String) -> String { "data: \(json)\n\n" }
+    public static func event(_ json: String) -> String { "data: \(json)\n\n" }
 
-    static func delta(_ text: String) -> String {
+    public static func delta(_ text: String) -> String {
         Self.event(#"{"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"\#(text)"},"finish_reason":null}]}"#)
     }
 }
