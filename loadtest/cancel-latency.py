@@ -70,6 +70,7 @@ async def main():
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     proc = subprocess.Popen([args.sluice, "serve", "--port", str(port), "--threads", "1", "--log-level", "warning",
+                             "--database-url", "memory",  # measures cancels, not persistence
                              "--upstream", f"http://127.0.0.1:{up_port}"], env=env)
     try:
         for _ in range(100):

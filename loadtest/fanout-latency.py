@@ -428,7 +428,9 @@ def main():
             logs[name] = os.path.join(tmp, f"sluice-{name}.log")
             procs.append(subprocess.Popen(
                 pinned(args.server_cpu, [args.sluice, "serve", "--host", "127.0.0.1", "--port", str(port), "--threads", "1",
-                                         "--max-connections", "20000", "--log-level", "warning"]),
+                                         "--max-connections", "20000", "--log-level", "warning",
+                                         # Measures fan-out, not persistence (loadtest/persistence-bench.py does).
+                                         "--database-url", "memory"]),
                 env=dict(env, SLUICE_INSTANCE_ID=name), stdout=open(logs[name], "wb"), stderr=subprocess.STDOUT))
         for port in (a_port, b_port):
             if not wait_port(port, b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b" 200 ", time.monotonic() + 30):

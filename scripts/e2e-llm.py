@@ -9,7 +9,7 @@ SmolLM2-135M (../shared/tools/llm-upstream/start-smollm2.sh), with ONE decoding 
      stalling behind the cancelled one (which would have run to 1,500 tokens).
 Usage: e2e-llm.py SLUICE_BINARY UPSTREAM_URL. Loopback only; Sluice is stopped by PID.
 """
-import asyncio, json, os, re, signal, socket, subprocess, sys, time, urllib.request
+import asyncio, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
 import websockets
 
@@ -27,20 +27,24 @@ def processing():
     return float(match.group(1)) if match else None
 
 
-async def answer(ws, content, max_tokens, cancel_after=None):
-    await ws.send(json.dumps({"type": "chat.send", "content": content, "max_tokens": max_tokens}))
+async def answer(ws, content, max_tokens, cancel_after=None, conversation=None):
+    message = {"type": "chat.send", "content": content, "max_tokens": max_tokens}
+    if conversation: message["conversation_id"] = conversation
+    await ws.send(json.dumps(message))
     started = time.monotonic()
     text, first_delta_at, gid, seqs = "", None, None, []
     while True:
         m = json.loads(await asyncio.wait_for(ws.recv(), 120))
         if m["type"] == "generation.started":
             gid = m["generation_id"]
+            conversation_id = m["conversation_id"]
         elif m["type"] == "generation.delta":
             first_delta_at = first_delta_at or time.monotonic() - started
             seqs.append(m["seq"]); text += m["text"]
             if cancel_after and len(seqs) == cancel_after:
                 await ws.send(json.dumps({"type": "generation.cancel", "generation_id": gid}))
         elif m["type"] == "generation.done":
+            m["conversation_id"] = conversation_id
             return m, text, first_delta_at, seqs
         elif m["type"] == "error":
             raise SystemExit(f"e2e: error from Sluice: {m}")
@@ -49,7 +53,9 @@ async def answer(ws, content, max_tokens, cancel_after=None):
 async def main():
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-    proc = subprocess.Popen([sluice, "serve", "--port", str(port), "--upstream", upstream, "--log-level", "warning"], env=env)
+    data_dir = tempfile.mkdtemp(prefix="sluice-e2e-")
+    proc = subprocess.Popen([sluice, "serve", "--port", str(port), "--upstream", upstream, "--log-level", "warning",
+                             "--data-dir", data_dir], env=env)
     failures = []
     try:
         for _ in range(100):
@@ -65,6 +71,20 @@ async def main():
             if not text.strip(): failures.append("no text streamed")
             if seqs != list(range(1, len(seqs) + 1)): failures.append(f"seqs not contiguous: {seqs[:10]}")
             if done["finish_reason"] not in ("stop", "length"): failures.append(f"finish_reason {done['finish_reason']}")
+
+            # The conversation goes on with its context, and both turns are in the stored history.
+            conversation, first_text, first_prompt = done["conversation_id"], text, done["usage"]["prompt_tokens"]
+            done, second_text, _, _ = await answer(ws, "And of Germany?", 40, conversation=conversation)
+            # Alone, the shorter question would be a shorter prompt: a longer one carried the context.
+            if done["usage"]["prompt_tokens"] <= first_prompt:
+                failures.append(f"follow-up prompt {done['usage']['prompt_tokens']} tokens <= first {first_prompt}: no context sent")
+            print(f"e2e: follow-up in {conversation} ({done['finish_reason']}, prompt_tokens {done['usage']['prompt_tokens']}): {second_text.strip()[:80]!r}")
+            await ws.send(json.dumps({"type": "conversation.history", "conversation_id": conversation}))
+            history = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            stored = [m["content"] for m in reversed(history.get("messages", []))]
+            expected = ["What is the capital of France? Answer in one sentence.", first_text, "And of Germany?", second_text]
+            print(f"e2e: stored history: {len(stored)} messages")
+            if stored != expected: failures.append(f"stored history differs: {stored!r}")
 
             done, text, _, seqs = await answer(ws, "Write a very long story about a river and a gate.", 1500, cancel_after=5)
             cancelled_at = time.monotonic()
@@ -86,6 +106,7 @@ async def main():
         proc.send_signal(signal.SIGTERM)
         try: proc.wait(timeout=30)
         except subprocess.TimeoutExpired: proc.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
     if failures:
         print("e2e: FAILED: " + "; ".join(failures)); sys.exit(1)
     print("e2e: 1 passed, 0 failed")

@@ -126,7 +126,8 @@ struct GenerationDrainService: Service {
 
 /// `sluice migrate`: creates or upgrades the schema of the configured database, then exits.
 public enum StorageMigration {
-    public static func run(configuration: SluiceConfiguration) async throws {
+    /// `timeout` bounds the wait for the database (PostgreSQL: connecting included).
+    public static func run(configuration: SluiceConfiguration, timeout: Duration = .seconds(60)) async throws {
         let logger = Logger(label: "sluice.migrate")
         switch try configuration.storage.backend {
         case .memory:
@@ -144,7 +145,9 @@ public enum StorageMigration {
         case .postgres(let url):
             let parsed = try PostgresURL(url)
             let storage = PostgresStorage(
-                configuration: .init(url: parsed, maximumConnections: 1, partitionMonthsAhead: configuration.storage.partitionMonthsAhead),
+                configuration: .init(
+                    url: parsed, maximumConnections: 1, connectTimeout: min(timeout, .seconds(5)), migrationTimeout: timeout,
+                    partitionMonthsAhead: configuration.storage.partitionMonthsAhead),
                 logger: logger)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await storage.run() }

@@ -167,6 +167,9 @@ struct Migrate: AsyncParsableCommand {
     @Option(name: .long, help: .init("Directory of the embedded SQLite database (default: ./.sluice).", valueName: "path"))
     var dataDir: String?
 
+    @Option(name: .long, help: .init("Give up after this many seconds without the database.", valueName: "seconds"))
+    var timeout: Int = 60
+
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
         var overrides = ConfigurationOverrides()
@@ -182,7 +185,7 @@ struct Migrate: AsyncParsableCommand {
             throw ExitCode(78)
         }
         do {
-            try await StorageMigration.run(configuration: configuration)
+            try await StorageMigration.run(configuration: configuration, timeout: .seconds(max(1, self.timeout)))
         } catch {
             FileHandle.standardError.write(Data("sluice: migration failed: \(error)\n".utf8))
             throw ExitCode(1)

@@ -87,10 +87,30 @@ import Testing
         }
     }
 
+    @Test(.timeLimit(.minutes(1)))
+    func migrateCreatesTheEmbeddedDatabaseAndRefusesABadURL() async throws {
+        let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-migrate-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dataDirectory) }
+        for _ in 0..<2 {
+            let migrated = try await SluiceProcess.runCommand(["migrate", "--data-dir", dataDirectory])
+            #expect(migrated.status == 0 && migrated.output.contains("migrated sqlite"), "\(migrated.output)")
+        }
+        #expect(FileManager.default.fileExists(atPath: dataDirectory + "/sluice.db"))
+        let bad = try await SluiceProcess.runCommand(["migrate", "--database-url", "mysql://nope"])
+        #expect(bad.status == 78 && bad.output.contains("storage.database_url"), "\(bad.output)")
+        let unreachable = try await SluiceProcess.runCommand(["migrate", "--timeout", "2", "--database-url", "postgres://u:p@127.0.0.1:1/x?sslmode=disable"])
+        #expect(unreachable.status == 1 && unreachable.output.contains("migration failed"), "\(unreachable.output)")
+    }
+
     @Test(.timeLimit(.minutes(3)))
     func postgresStoppedMidChatThenRestartedStoresEveryMessageOnce() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         try await PostgresServerProcess.withServer { postgres in
+            // `sluice migrate` creates the schema, and running it again changes nothing.
+            for _ in 0..<2 {
+                let migrated = try await SluiceProcess.runCommand(["migrate", "--database-url", postgres.url])
+                #expect(migrated.status == 0 && migrated.output.contains("migrated postgres"), "\(migrated.output)")
+            }
             try await SluiceProcess.withProcesses(
                 count: 1, arguments: ["--database-url", postgres.url], environment: Self.environment
             ) { processes in

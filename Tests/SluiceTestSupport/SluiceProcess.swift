@@ -141,6 +141,26 @@ final class SluiceProcess: Sendable {
         }
     }
 
+    /// Runs `sluice <arguments>` to completion (a one-shot command such as `migrate`): its exit
+    /// code (128 + signal if killed) and output. SIGKILLed after `timeout`.
+    static func runCommand(_ arguments: [String], timeout: Duration = .seconds(60)) async throws -> (status: Int32, output: String) {
+        let executable = try Self.findExecutable()
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-command-\(UUID().uuidString).log").path
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        let environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
+        var child = SpawnedChild(pid: try ChildSpawn.spawn(executable, arguments: [executable] + arguments, environment: environment, output: log))
+        let deadline = ContinuousClock.now + timeout
+        while child.isRunning() {
+            if ContinuousClock.now >= deadline {
+                sendSignal(SIGKILL, to: child.pid)
+                child.reap()
+                break
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return (child.exitStatus() ?? -1, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+    }
+
     /// Starts `count` processes (`environment` for all, merged with `instanceEnvironment(i)` for the
     /// i-th), runs `body`, then SIGKILLs whatever is still running — also when starting one of them
     /// or the body throws. Log directories are removed only when the body succeeds.
