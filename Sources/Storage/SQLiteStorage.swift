@@ -103,68 +103,85 @@ public final class SQLiteStorage: ConversationStorage {
 
         try await self.exclusive { () throws(StorageError) in
             try await self.transaction { () throws(StorageError) in
-                var inserted = 0
+                // A few multi-row statements per batch, not one per message: each statement is a
+                // round trip to sqlite-nio's thread, which is what a batch's cost was made of.
                 var rejected = 0
-                for user in Set(plan.conversations.map(\.userExternalID)) {
+                for users in Array(Set(plan.conversations.map(\.userExternalID))).chunked(Self.rowsPerStatement) {
                     _ = try await self.run(
-                        "INSERT INTO users (id, external_id, created_at) VALUES (?, ?, ?) ON CONFLICT (external_id) DO NOTHING",
-                        [.text(UUID().lowercased), .text(user), .integer(.init(now))], write: true
+                        "INSERT INTO users (id, external_id, created_at) VALUES \(Self.placeholders(rows: users.count, columns: 3)) "
+                            + "ON CONFLICT (external_id) DO NOTHING",
+                        users.flatMap { [.text(UUID().lowercased), .text($0), .integer(.init(now))] }, write: true
                     )
                 }
                 // Conversations this batch may write to (new, or already this user's).
                 var accepted: [UUID: String] = [:]
-                for conversation in plan.conversations {
+                let owners = Dictionary(plan.conversations.map { ($0.id, $0.userExternalID) }, uniquingKeysWith: { first, _ in first })
+                for conversations in plan.conversations.chunked(Self.rowsPerStatement) {
+                    // `WHERE true` tells SQLite's parser the ON CONFLICT belongs to the INSERT.
                     let rows = try await self.run(
                         """
                         INSERT INTO conversations (id, user_id, title, created_at, updated_at)
-                        SELECT ?, u.id, ?, ?, ? FROM users u WHERE u.external_id = ?
+                        SELECT v.column1, u.id, v.column2, v.column3, v.column4
+                        FROM (VALUES \(Self.placeholders(rows: conversations.count, columns: 5))) AS v
+                        JOIN users u ON u.external_id = v.column5 WHERE true
                         ON CONFLICT (id) DO UPDATE
                             SET updated_at = max(conversations.updated_at, excluded.updated_at),
                                 title = coalesce(conversations.title, excluded.title)
                             WHERE conversations.user_id = excluded.user_id
                         RETURNING id
                         """,
-                        [.text(conversation.id.lowercased), conversation.title.map(SQLiteData.text) ?? .null,
-                         .integer(.init(conversation.firstMicroseconds)), .integer(.init(conversation.lastMicroseconds)),
-                         .text(conversation.userExternalID)],
+                        conversations.flatMap { conversation -> [SQLiteData] in
+                            [.text(conversation.id.lowercased), conversation.title.map(SQLiteData.text) ?? .null,
+                             .integer(.init(conversation.firstMicroseconds)), .integer(.init(conversation.lastMicroseconds)),
+                             .text(conversation.userExternalID)]
+                        },
                         write: true
                     )
-                    if !rows.isEmpty { accepted[conversation.id] = conversation.userExternalID }
-                }
-                var usage: [String: Int] = [:]
-                for message in plan.messages {
-                    guard let user = accepted[message.conversationID] else {
-                        rejected += 1
-                        continue
+                    for row in rows {
+                        let id = try row.uuid("id")
+                        accepted[id] = owners[id]
                     }
+                }
+                var writable: [AppendPlan.Message] = []
+                for message in plan.messages {
+                    if accepted[message.conversationID] == nil { rejected += 1 } else { writable.append(message) }
+                }
+                var insertedIDs = Set<UUID>()
+                for messages in writable.chunked(Self.rowsPerStatement) {
                     let rows = try await self.run(
                         """
                         INSERT INTO messages (id, conversation_id, role, content, finish_reason,
                                               prompt_tokens, completion_tokens, model, created_at)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        VALUES \(Self.placeholders(rows: messages.count, columns: 9))
                         ON CONFLICT (id, created_at) DO NOTHING
                         RETURNING id
                         """,
-                        [.text(message.id.lowercased), .text(message.conversationID.lowercased), .text(message.role.rawValue),
-                         .text(message.content), message.finishReason.map(SQLiteData.text) ?? .null,
-                         message.promptTokens.map { .integer(.init($0)) } ?? .null,
-                         message.completionTokens.map { .integer(.init($0)) } ?? .null,
-                         message.model.map(SQLiteData.text) ?? .null, .integer(.init(message.createdMicroseconds))],
+                        messages.flatMap { message -> [SQLiteData] in
+                            [.text(message.id.lowercased), .text(message.conversationID.lowercased), .text(message.role.rawValue),
+                             .text(message.content), message.finishReason.map(SQLiteData.text) ?? .null,
+                             message.promptTokens.map { .integer(.init($0)) } ?? .null,
+                             message.completionTokens.map { .integer(.init($0)) } ?? .null,
+                             message.model.map(SQLiteData.text) ?? .null, .integer(.init(message.createdMicroseconds))]
+                        },
                         write: true
                     )
-                    guard !rows.isEmpty else { continue }
-                    inserted += 1
-                    if message.role == .assistant {
-                        usage[user, default: 0] += (message.promptTokens ?? 0) + (message.completionTokens ?? 0)
-                    }
+                    for row in rows { insertedIDs.insert(try row.uuid("id")) }
                 }
-                for (user, tokens) in usage {
+                let inserted = insertedIDs.count
+                var usage: [String: Int] = [:]
+                for message in writable where message.role == .assistant && insertedIDs.contains(message.id) {
+                    guard let user = accepted[message.conversationID] else { continue }
+                    usage[user, default: 0] += (message.promptTokens ?? 0) + (message.completionTokens ?? 0)
+                }
+                for users in Array(usage).chunked(Self.rowsPerStatement) {
                     _ = try await self.run(
                         """
-                        INSERT INTO user_quotas (user_id, tokens_used) SELECT id, ? FROM users WHERE external_id = ?
+                        INSERT INTO user_quotas (user_id, tokens_used)
+                        SELECT u.id, v.column2 FROM (VALUES \(Self.placeholders(rows: users.count, columns: 2))) AS v
+                        JOIN users u ON u.external_id = v.column1 WHERE true
                         ON CONFLICT (user_id) DO UPDATE SET tokens_used = user_quotas.tokens_used + excluded.tokens_used
                         """,
-                        [.integer(.init(tokens)), .text(user)], write: true
+                        users.flatMap { [.text($0.key), .integer(.init($0.value))] }, write: true
                     )
                 }
                 result.inserted = inserted
@@ -173,6 +190,15 @@ public final class SQLiteStorage: ConversationStorage {
             }
         }
         return result
+    }
+
+    /// Rows per multi-row statement: 500 × 9 columns stays far below SQLite's 32,766 variables.
+    static let rowsPerStatement = 500
+
+    /// `(?, ?, ?), (?, ?, ?)` for `rows` rows of `columns` values.
+    static func placeholders(rows: Int, columns: Int) -> String {
+        let row = "(" + Array(repeating: "?", count: columns).joined(separator: ", ") + ")"
+        return Array(repeating: row, count: rows).joined(separator: ", ")
     }
 
     // MARK: Reads
@@ -362,5 +388,11 @@ extension SQLiteRow {
             completionTokens: self.optionalInt("completion_tokens"), model: self.column("model")?.string,
             createdAtMicroseconds: try self.int64("created_at")
         )
+    }
+}
+
+extension Array {
+    fileprivate func chunked(_ size: Int) -> [ArraySlice<Element>] {
+        stride(from: 0, to: self.count, by: size).map { self[$0..<Swift.min($0 + size, self.count)] }
     }
 }
