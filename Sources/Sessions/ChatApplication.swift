@@ -56,6 +56,7 @@ public struct ChatApplication: WebSocketApplication {
     let router: InferenceRouter
     let history: ConversationHistory
     let hub: GenerationHub
+    let metrics: ChatMetrics
     let broker: any Broker
     let presence = LocalPresence()
     let logger: Logger
@@ -66,7 +67,9 @@ public struct ChatApplication: WebSocketApplication {
     ) {
         self.configuration = configuration
         self.router = router
-        let hub = GenerationHub(retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations)
+        let metrics = ChatMetrics()
+        self.metrics = metrics
+        let hub = GenerationHub(retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations, metrics: metrics)
         self.hub = hub
         self.broker = fanOut.broker
         // A cancel from another instance for one of ours.
@@ -178,7 +181,8 @@ extension ChatApplication {
             id: Identifier.make("gen_"), conversation: conversation, user: user, requestID: send.requestID,
             model: model, promptEstimate: context.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 },
             output: output, engine: route.upstream.engine, request: request, eventLoop: eventLoop,
-            history: self.history, hub: self.hub, broker: self.broker, ownerSessionID: sessionID)
+            history: self.history, hub: self.hub, broker: self.broker, ownerSessionID: sessionID,
+            metrics: self.metrics.upstream(route.upstream.name))
         return .success(generation)
     }
 

@@ -58,6 +58,11 @@ final class ChatGeneration: GenerationSink {
     private let request: GenerationRequest
     private let eventLoop: any EventLoop
     private let history: ConversationHistory
+    /// Timings and outcomes, per upstream (one clock read per upstream read, none per token).
+    private let metrics: ChatMetrics.Upstream
+    private let startedAt = NIODeadline.now()
+    private var lastReadAt: NIODeadline?
+    private var cancelRequestedAt: NIODeadline?
 
     /// Where other connections find it (resume, cancel, conversation watchers).
     private let hub: GenerationHub
@@ -79,8 +84,9 @@ final class ChatGeneration: GenerationSink {
         id: String, conversation: ResolvedConversation, user: String, requestID: String?, model: String, promptEstimate: Int,
         output: any ChatOutput, engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop,
         history: ConversationHistory,
-        hub: GenerationHub, broker: any Broker, ownerSessionID: String
+        hub: GenerationHub, broker: any Broker, ownerSessionID: String, metrics: ChatMetrics.Upstream
     ) {
+        self.metrics = metrics
         self.hub = hub
         self.broker = broker
         self.publishesToBroker = broker.isShared
@@ -111,6 +117,7 @@ final class ChatGeneration: GenerationSink {
 
     func cancel() {
         guard !self.ended else { return }
+        self.cancelRequestedAt = .now()
         // Cancelled before the upstream answered (drain, disconnect): still a generation to the client.
         self.announce()
         self.handle?.cancel()
@@ -121,6 +128,7 @@ final class ChatGeneration: GenerationSink {
     // MARK: GenerationSink
 
     func generationDidConnect() {
+        self.metrics.upstreamRequest(status: "ok")
         self.announce()
     }
 
@@ -148,6 +156,7 @@ final class ChatGeneration: GenerationSink {
     func generationDidProduce(_ text: Substring) {
         guard !self.ended else { return }
         if !self.announced { self.announce() }
+        if self.seq == 0 { self.metrics.timeToFirstToken.recordInterval(since: self.startedAt) }
         let seq = self.seq + 1
         self.seq = seq
         if text.utf8.withContiguousStorageIfAvailable({ self.answerBytes.writeBytes($0) }) == nil {
@@ -172,6 +181,9 @@ final class ChatGeneration: GenerationSink {
     }
 
     func generationDidEndBatch() {
+        let now = NIODeadline.now()
+        if let last = self.lastReadAt { self.metrics.readGap.recordNanoseconds((now - last).nanoseconds) }
+        self.lastReadAt = now
         // The owner's own client first; followers here and elsewhere after.
         if self.output.isConnected {
             if self.output.isWritable { self.writePending() }
@@ -191,6 +203,8 @@ final class ChatGeneration: GenerationSink {
         guard self.announced else {
             guard !self.ended else { return }
             self.ended = true
+            self.metrics.upstreamRequest(status: error.code.rawValue)
+            self.metrics.request(status: error.code.rawValue)
             self.history.releaseAnswerReservation()
             self.output.generationFailedToStart(self, error: error)
             return
@@ -250,6 +264,11 @@ final class ChatGeneration: GenerationSink {
         }
         let end = GenerationEnd(seq: self.seq, finishReason: reason, usage: usage, error: error)
         self.finalEnd = end
+        self.metrics.latency.recordInterval(since: self.startedAt)
+        self.metrics.request(status: error?.code.rawValue ?? reason.rawValue)
+        if let cancelRequestedAt = self.cancelRequestedAt, reason == .cancelled {
+            self.metrics.cancelled(latency: NIODeadline.now() - cancelRequestedAt)
+        }
         // The shared copy first (the answer into the conversation, the end into the stream), so
         // a client that reacts to `done` at once on another instance finds both there.
         if self.publishesToBroker && self.announced { self.publishBatch() }

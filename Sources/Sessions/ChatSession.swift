@@ -284,6 +284,7 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
             self.sendError(.invalidMessage, "generation \(generationID) is already streaming on this connection", generationID: generationID)
             return
         }
+        self.application.metrics.resumes.increment()
         self.followAnywhere(generationID, afterSeq: afterSeq, conversationID: nil, reportNotFound: true)
     }
 

@@ -76,6 +76,21 @@ final class ConversationHistory: Sendable {
     private let hitCounter = Counter(label: "sluice_conversation_cache_lookups_total", dimensions: [("result", "hit")])
     private let missCounter = Counter(label: "sluice_conversation_cache_lookups_total", dimensions: [("result", "miss")])
     private let hitRatioGauge = Gauge(label: "sluice_conversation_cache_hit_ratio")
+    private let readLatency = Timer(label: "sluice_storage_read_seconds")
+    private let readFailures = Counter(label: "sluice_storage_read_failures_total")
+
+    /// Times a storage read and counts its failure.
+    private func timedRead<T>(_ read: () async throws(StorageError) -> T) async throws(StorageError) -> T {
+        let started = ContinuousClock.now
+        do {
+            let value = try await read()
+            self.readLatency.recordNanoseconds(Int64((ContinuousClock.now - started) / .nanoseconds(1)))
+            return value
+        } catch {
+            self.readFailures.increment()
+            throw error
+        }
+    }
 
     /// The anonymous user: connections that name no user share it (authentication comes with
     /// the policy issue).
@@ -150,9 +165,12 @@ final class ConversationHistory: Sendable {
         do {
             // Taken before the read: a batch written meanwhile is in both, and merged by id.
             let pending = queue.pendingMessages(conversationID: id)
-            guard let owner = try await storage.conversationOwner(id) ?? pending.first?.userExternalID else { return .notFound }
+            guard let owner = try await self.timedRead({ () throws(StorageError) in try await storage.conversationOwner(id) })
+                ?? pending.first?.userExternalID else { return .notFound }
             guard owner == user else { return .notFound }
-            let stored = try await storage.context(conversationID: id, maxCharacters: self.contextMaxCharacters)
+            let stored = try await self.timedRead { () throws(StorageError) in
+                try await storage.context(conversationID: id, maxCharacters: self.contextMaxCharacters)
+            }
             let storedIDs = Set(stored.map(\.id))
             var messages = stored.map { ChatMessage(role: ChatMessage.Role($0.role), content: $0.content) }
             messages += pending.filter { !storedIDs.contains($0.id) }.map { ChatMessage(role: ChatMessage.Role($0.role), content: $0.content) }
@@ -276,8 +294,10 @@ final class ConversationHistory: Sendable {
         }
         _ = await queue.waitForEarlierWrites(timeout: self.readYourWritesTimeout)
         do {
-            let result = try await storage.listConversations(
-                userExternalID: user, before: cursor, limit: min(page.limit ?? Self.defaultPageSize, storagePageLimit))
+            let limit = min(page.limit ?? Self.defaultPageSize, storagePageLimit)
+            let result = try await self.timedRead { () throws(StorageError) in
+                try await storage.listConversations(userExternalID: user, before: cursor, limit: limit)
+            }
             let listings = result.conversations.map {
                 ConversationListing(
                     id: $0.id.uuidString.lowercased(), title: $0.title, createdAtMicroseconds: $0.createdAtMicroseconds,
@@ -299,9 +319,10 @@ final class ConversationHistory: Sendable {
         }
         _ = await queue.waitForEarlierWrites(timeout: self.readYourWritesTimeout)
         do {
-            guard let result = try await storage.messages(
-                conversationID: id, userExternalID: user, before: cursor, limit: min(page.limit ?? Self.defaultPageSize, storagePageLimit))
-            else { return .failure(.notFound) }
+            let limit = min(page.limit ?? Self.defaultPageSize, storagePageLimit)
+            guard let result = try await self.timedRead({ () throws(StorageError) in
+                try await storage.messages(conversationID: id, userExternalID: user, before: cursor, limit: limit)
+            }) else { return .failure(.notFound) }
             let listings = result.messages.map {
                 MessageListing(
                     id: $0.id.uuidString.lowercased(), role: $0.role.rawValue, content: $0.content, finishReason: $0.finishReason,

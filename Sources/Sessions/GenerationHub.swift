@@ -123,6 +123,7 @@ final class GenerationHub: Sendable {
     private struct State {
         var entries: [String: Entry] = [:]
         var running: [String: Set<String>] = [:]  // conversation → running generation ids
+        var runningCount = 0
         var watchers: [String: [ConversationWatcher]] = [:]  // conversation → watchers
         var ended: [(id: String, at: NIODeadline)] = []
         var endedStart = 0
@@ -132,17 +133,29 @@ final class GenerationHub: Sendable {
     let retention: TimeAmount
     let maxRetained: Int
 
-    init(retention: TimeAmount = .minutes(5), maxRetained: Int = 10_000) {
+    /// Running generations and the conversations they are in, as gauges.
+    private let metrics: ChatMetrics?
+
+    init(retention: TimeAmount = .minutes(5), maxRetained: Int = 10_000, metrics: ChatMetrics? = nil) {
         self.retention = retention
         self.maxRetained = maxRetained
+        self.metrics = metrics
+    }
+
+    private func recordRunning(_ generations: Int, _ conversations: Int) {
+        guard let metrics = self.metrics else { return }
+        metrics.activeGenerations.record(generations)
+        metrics.activeConversations.record(conversations)
     }
 
     func register(_ entry: Entry) {
-        let watchers: [ConversationWatcher] = self.state.withLock { state in
+        let (watchers, generations, conversations) = self.state.withLock { state in
             state.entries[entry.generationID] = entry
-            state.running[entry.conversationID, default: []].insert(entry.generationID)
-            return (state.watchers[entry.conversationID] ?? []).filter { $0.sessionID != entry.ownerSessionID }
+            if state.running[entry.conversationID, default: []].insert(entry.generationID).inserted { state.runningCount += 1 }
+            let watchers = (state.watchers[entry.conversationID] ?? []).filter { $0.sessionID != entry.ownerSessionID }
+            return (watchers, state.runningCount, state.running.count)
         }
+        self.recordRunning(generations, conversations)
         for watcher in watchers { watcher.generationStarted(entry.generationID) }
     }
 
@@ -150,13 +163,15 @@ final class GenerationHub: Sendable {
         let now = NIODeadline.now()
         let generationID = finished.info.generationID
         let conversationID = finished.info.conversationID
-        self.state.withLock { state in
+        let (generations, conversations) = self.state.withLock { state in
             state.entries[generationID]?.state = .finished(finished)
-            state.running[conversationID]?.remove(generationID)
+            if state.running[conversationID]?.remove(generationID) != nil { state.runningCount -= 1 }
             if state.running[conversationID]?.isEmpty == true { state.running[conversationID] = nil }
             state.ended.append((generationID, now))
             Self.evict(&state, now: now, retention: self.retention, maxRetained: self.maxRetained)
+            return (state.runningCount, state.running.count)
         }
+        self.recordRunning(generations, conversations)
     }
 
     func lookup(_ generationID: String) -> Entry? {

@@ -1,5 +1,6 @@
 import Inference
 import Logging
+import Metrics
 import NIOCore
 import RedisClient
 import SluiceProtocol
@@ -227,6 +228,10 @@ final class RedisBroker: Broker {
         }
     }
 
+    /// Redis round trips (one pipeline per event-loop tick, and reads) and failed ones.
+    private let redisLatency = Timer(label: "sluice_redis_command_seconds")
+    private let redisErrors = Counter(label: "sluice_redis_errors_total")
+
     private func flushOutgoing() {
         let commands = self.outgoing.withLock { outgoing -> [RedisCommand] in
             outgoing.flushScheduled = false
@@ -236,7 +241,16 @@ final class RedisBroker: Broker {
         guard !commands.isEmpty else { return }
         let results: [EventLoopFuture<RESPValue>] = self.client.send(pipeline: commands)
         let count = commands.count
-        results.last?.whenFailure { [weak self] _ in self?.state.withLock { $0.droppedEvents += count } }
+        let started = NIODeadline.now()
+        results.last?.whenComplete { [weak self] result in
+            guard let self else { return }
+            switch result {
+            case .success: self.redisLatency.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
+            case .failure:
+                self.redisErrors.increment()
+                self.state.withLock { $0.droppedEvents += count }
+            }
+        }
     }
 
     private struct Outgoing {
@@ -249,6 +263,8 @@ final class RedisBroker: Broker {
     // MARK: Conversations
 
     func conversationContext(_ conversationID: String) async -> Result<CachedConversation?, BrokerError> {
+        let started = NIODeadline.now()
+        defer { self.redisLatency.recordNanoseconds((NIODeadline.now() - started).nanoseconds) }
         do {
             let replies = try await self.client.send(pipeline: [
                 RedisCommand("GET", self.key("conv:\(conversationID):o")),
@@ -265,6 +281,7 @@ final class RedisBroker: Broker {
             }
             return .success(CachedConversation(owner: owner, messages: messages))
         } catch {
+            self.redisErrors.increment()
             return .failure(BrokerError(message: "\(error)"))
         }
     }

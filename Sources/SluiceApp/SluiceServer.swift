@@ -15,6 +15,8 @@ public enum SluiceServer {
     public static func run(configuration: SluiceConfiguration) async throws {
         var logger = Logger(label: "sluice")
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
+        // First: metric handles are bound to the backend when they are made.
+        let registry = MetricsExport.bootstrap()
         let application: any WebSocketApplication
         var httpRoutes: (any HTTPRouteProvider)?
         // The loops outlive the server's drain: handed-off generations run on them.
@@ -65,8 +67,9 @@ public enum SluiceServer {
             if redisGates && !fanOut.isHealthy { return "redis unreachable" }
             return nil
         }
+        let routes = RouteList(providers: [MetricsRoute(registry: registry)] + (httpRoutes.map { [$0] } ?? []))
         let server = try WebSocketServer(
-            configuration: serverConfiguration, application: application, httpRoutes: httpRoutes, eventLoopGroup: eventLoopGroup,
+            configuration: serverConfiguration, application: application, httpRoutes: routes, eventLoopGroup: eventLoopGroup,
             readiness: readiness, logger: logger)
         // Started in this order, stopped in the reverse: the server drains first, then handed-off
         // generations finish, then the queue writes what is left, then the storage closes.

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import NIOConcurrencyHelpers
 import ServiceLifecycle
 
@@ -90,6 +91,12 @@ public final class WriteBehindQueue: Service, Sendable {
     private let storage: any ConversationStorage
     private let logger: Logger
     private let state = NIOLockedValueBox(State())
+    /// Messages queued or being written (`sluice_storage_queue_depth`), write time per batch, and
+    /// failed attempts, for the operator's dashboards.
+    private let depthGauge = Gauge(label: "sluice_storage_queue_depth")
+    private let writeLatency = Timer(label: "sluice_storage_write_seconds")
+    private let writeFailures = Counter(label: "sluice_storage_write_failures_total")
+    private let refusals = Counter(label: "sluice_storage_queue_refusals_total")
     /// Wakes `run()` when there is something to do; one buffered element is enough.
     private let wakeUp = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
 
@@ -119,17 +126,18 @@ public final class WriteBehindQueue: Service, Sendable {
     /// `finish()`.
     public func enqueue(_ message: NewMessage, reservingFollowUps: Int = 0) -> Bool {
         let follow = max(0, reservingFollowUps)
-        let accepted = self.state.withLockedValue { state in
+        let (accepted, depth) = self.state.withLockedValue { state in
             guard !state.finishing, state.pending + state.reserved + 1 + follow <= self.configuration.capacity else {
                 state.counters.refusedFull += 1
-                return false
+                return (false, state.pending)
             }
             state.queue.append(message)
             state.reserved += follow
             state.counters.enqueued += 1
-            return true
+            return (true, state.pending)
         }
-        if accepted { self.wakeUp.continuation.yield() }
+        self.depthGauge.record(depth)
+        if accepted { self.wakeUp.continuation.yield() } else { self.refusals.increment() }
         return accepted
     }
 
@@ -280,13 +288,17 @@ public final class WriteBehindQueue: Service, Sendable {
         var failures = 0
         while true {
             do {
+                let started = ContinuousClock.now
                 let result = try await self.storage.appendMessages(batch)
-                self.state.withLockedValue { state in
+                self.writeLatency.recordNanoseconds(Int64((ContinuousClock.now - started) / .nanoseconds(1)))
+                let depth = self.state.withLockedValue { state in
                     state.inFlightBatch = []
                     state.counters.written += batch.count
                     state.counters.rejected += result.rejected
                     state.counters.batches += 1
+                    return state.pending
                 }
+                self.depthGauge.record(depth)
                 if failures > 0 {
                     self.logger.notice("storage write succeeded after retries", metadata: ["failures": "\(failures)"])
                 }
@@ -296,6 +308,7 @@ public final class WriteBehindQueue: Service, Sendable {
                 return true
             } catch {
                 failures += 1
+                self.writeFailures.increment()
                 self.state.withLockedValue { $0.counters.retries += 1 }
                 let metadata: Logger.Metadata = ["error": "\(error)", "messages": "\(batch.count)", "attempt": "\(failures)"]
                 if error.isRetryable {

@@ -115,8 +115,15 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         context.fireChannelInactive()
     }
 
+    private func reportTraffic() {
+        guard !self.traffic.isEmpty else { return }
+        self.settings.metrics.add(self.traffic)
+        self.traffic = WebSocketTraffic()
+    }
+
     /// Tears down once: timers, zlib state, the delegate.
     private func finish(context: ChannelHandlerContext) {
+        self.reportTraffic()
         guard self.context != nil else { return }
         self.state = .closed
         self.heartbeatScheduler?.remove(self)
@@ -137,8 +144,13 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
 
     // MARK: Inbound
 
+    /// Traffic since it was last added to the server's counters (once per read burst or flush,
+    /// not per message: the counters are shared by every connection).
+    private var traffic = WebSocketTraffic()
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = self.unwrapInboundIn(data)
+        self.traffic.wireBytesIn += buffer.readableBytes
         guard case .open = self.state else {
             // After our Close we only look for the peer's Close; keep parsing control frames.
             if case .closeSent = self.state { self.parseWhileClosing(context: context, buffer: &buffer) }
@@ -168,6 +180,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     func channelReadComplete(context: ChannelHandlerContext) {
         self.inReadBurst = false
         self.flushOutbound()
+        self.reportTraffic()
         context.fireChannelReadComplete()
     }
 
@@ -293,6 +306,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         self.messageOpcode = nil
         self.messageBuffer = nil
         self.messageIsCompressed = false
+        self.traffic.received(payloadBytes: message.readableBytes)
         guard let delegate = self.delegate else { return }
         let connection = WebSocketConnection(handler: self)
         delegate.connection(connection, didReceive: opcode == .text ? .text(message) : .binary(message))
@@ -355,6 +369,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
 
     func sendMessage(_ opcode: WebSocketOpcode, _ payload: ByteBuffer, flush: Bool) {
         guard case .open = self.state, let context = self.context else { return }
+        self.traffic.sent(payloadBytes: payload.readableBytes)
         if let deflate = self.deflate, deflate.serverWindowBits != nil,
            payload.readableBytes >= self.settings.deflateMinSize
         {
@@ -406,6 +421,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
             body(&outbound)
             let length = outbound.writerIndex - headerIndex - 2
             outbound.fixWebSocketFrameHeader(at: headerIndex, opcode: opcode, payloadLength: length)
+            self.traffic.sent(payloadBytes: length)
             let pending = outbound.readableBytes
             self.outbound = outbound
             if pending > self.maxOutboundBytes, let context = self.context {
@@ -433,7 +449,9 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         guard let context = self.context, self.outbound != nil, context.channel.isWritable else { return }
         let buffer = self.outbound!
         self.outbound = nil
+        self.traffic.wireBytesOut += buffer.readableBytes
         context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
+        if !self.inReadBurst { self.reportTraffic() }
     }
 
     private func appendFrame(opcode: WebSocketOpcode, rsv1: Bool, payload: ByteBuffer) {

@@ -11,6 +11,12 @@ final class WebSocketServerMetrics: Sendable {
     private let closedByCode: [UInt16: Counter]
     private let closedOther = Counter(label: "sluice_ws_connections_closed_total", dimensions: [("code", "other")])
     private let openCount = ManagedCounter()
+    private let messagesIn = Counter(label: "sluice_ws_messages_total", dimensions: [("direction", "in")])
+    private let messagesOut = Counter(label: "sluice_ws_messages_total", dimensions: [("direction", "out")])
+    private let wireBytesIn = Counter(label: "sluice_ws_bytes_total", dimensions: [("direction", "in"), ("stage", "wire")])
+    private let wireBytesOut = Counter(label: "sluice_ws_bytes_total", dimensions: [("direction", "out"), ("stage", "wire")])
+    private let payloadBytesIn = Counter(label: "sluice_ws_bytes_total", dimensions: [("direction", "in"), ("stage", "payload")])
+    private let payloadBytesOut = Counter(label: "sluice_ws_bytes_total", dimensions: [("direction", "out"), ("stage", "payload")])
 
     init() {
         var closed: [UInt16: Counter] = [:]
@@ -30,12 +36,46 @@ final class WebSocketServerMetrics: Sendable {
         self.open.record(self.openCount.add(-1))
     }
 
+    /// Messages and bytes: `wire` is what crossed the socket (frames, compressed), `payload` the
+    /// messages' bytes before compression (out) or after inflating (in).
+    func add(_ traffic: WebSocketTraffic) {
+        if traffic.messagesIn > 0 { self.messagesIn.increment(by: traffic.messagesIn) }
+        if traffic.messagesOut > 0 { self.messagesOut.increment(by: traffic.messagesOut) }
+        if traffic.wireBytesIn > 0 { self.wireBytesIn.increment(by: traffic.wireBytesIn) }
+        if traffic.wireBytesOut > 0 { self.wireBytesOut.increment(by: traffic.wireBytesOut) }
+        if traffic.payloadBytesIn > 0 { self.payloadBytesIn.increment(by: traffic.payloadBytesIn) }
+        if traffic.payloadBytesOut > 0 { self.payloadBytesOut.increment(by: traffic.payloadBytesOut) }
+    }
+
     func slowConsumerClosed() { self.slowConsumers.increment() }
     func heartbeatTimedOut() { self.heartbeatTimeouts.increment() }
     func handshakeRejected() { self.handshakeRejections.increment() }
 }
 
 import Synchronization
+
+/// One connection's traffic not yet added to the shared counters.
+struct WebSocketTraffic {
+    var messagesIn = 0
+    var messagesOut = 0
+    var wireBytesIn = 0
+    var wireBytesOut = 0
+    var payloadBytesIn = 0
+    var payloadBytesOut = 0
+
+    /// One access per message (each `self.traffic.x += …` is a separate exclusivity check).
+    mutating func sent(payloadBytes: Int) {
+        self.messagesOut += 1
+        self.payloadBytesOut += payloadBytes
+    }
+
+    mutating func received(payloadBytes: Int) {
+        self.messagesIn += 1
+        self.payloadBytesIn += payloadBytes
+    }
+
+    var isEmpty: Bool { self.wireBytesIn == 0 && self.wireBytesOut == 0 && self.messagesIn == 0 && self.messagesOut == 0 }
+}
 
 /// A lock-free counter for the open-connections gauge.
 final class ManagedCounter: Sendable {
