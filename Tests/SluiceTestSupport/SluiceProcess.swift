@@ -141,10 +141,13 @@ final class SluiceProcess: Sendable {
         }
     }
 
-    /// Runs `sluice <arguments>` to completion (a one-shot command such as `migrate`): its exit
+    /// Runs `sluice <arguments>` (or another `executable`) to completion (a one-shot command such
+    /// as `migrate`): its exit
     /// code (128 + signal if killed) and output. SIGKILLed after `timeout`.
-    static func runCommand(_ arguments: [String], timeout: Duration = .seconds(60)) async throws -> (status: Int32, output: String) {
-        let executable = try Self.findExecutable()
+    static func runCommand(
+        _ arguments: [String], executable: String? = nil, timeout: Duration = .seconds(60)
+    ) async throws -> (status: Int32, output: String) {
+        let executable = try executable ?? Self.findExecutable()
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-command-\(UUID().uuidString).log").path
         defer { try? FileManager.default.removeItem(atPath: log) }
         let environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }

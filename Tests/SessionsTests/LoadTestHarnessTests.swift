@@ -1,0 +1,56 @@
+import Foundation
+@testable import SluiceTestSupport
+import Testing
+
+/// `sluice-loadtest` against real `sluice serve` processes: every scenario completes, its
+/// counts add up, and it reports no seq violation (it checks every answer's seqs itself).
+@Suite struct LoadTestHarnessTests {
+    static func harness(_ arguments: [String]) async throws -> [String: Any] {
+        let executable = try SluiceProcess.findExecutable()
+        let harness = URL(fileURLWithPath: executable).deletingLastPathComponent().appendingPathComponent("sluice-loadtest").path
+        let result = try await SluiceProcess.runCommand(arguments + ["--json", "--quiet"], executable: harness, timeout: .seconds(60))
+        #expect(result.status == 0, "\(result.output)")
+        let start = try #require(result.output.firstIndex(of: "{"))
+        return try #require(try JSONSerialization.jsonObject(with: Data(result.output[start...].utf8)) as? [String: Any])
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func chatCancelResumeAndIdleAgainstOneInstance() async throws {
+        let environment = [
+            "SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN": "10ms",
+            "SLUICE_SIMULATOR_TOKENS_PER_SECOND": "500",
+        ]
+        try await SluiceProcess.withProcesses(count: 1, environment: environment) { processes in
+            let url = processes[0].url
+            let chat = try await Self.harness(["chat", "--url", url, "--users", "8", "--count", "40", "--duration", "20", "--max-tokens", "10"])
+            #expect(chat["answers"] as? Int == 40 && chat["deltas"] as? Int == 400)
+            #expect(chat["seq_violations"] as? Int == 0 && (chat["errors"] as? [String: Int])?.isEmpty == true)
+            #expect((chat["time_to_first_token_ms"] as? [String: Double])?["count"] == 40)
+
+            let cancel = try await Self.harness(["cancel", "--url", url, "--users", "4", "--count", "12", "--duration", "20", "--cancel-after", "2"])
+            #expect(cancel["answers"] as? Int == 12 && (cancel["finish_reasons"] as? [String: Int])?["cancelled"] == 12)
+            #expect((cancel["cancel_to_done_ms"] as? [String: Double])?["count"] == 12)
+
+            let resume = try await Self.harness([
+                "resume", "--url", url, "--users", "4", "--count", "12", "--duration", "20", "--max-tokens", "20", "--disconnect-after", "5",
+            ])
+            #expect(resume["answers"] as? Int == 12 && resume["resumes"] as? Int == 12 && resume["deltas"] as? Int == 240)
+            #expect(resume["seq_violations"] as? Int == 0)
+
+            let idle = try await Self.harness([
+                "idle", "--url", url, "--users", "50", "--duration", "1", "--pid", String(processes[0].pid),
+            ])
+            #expect(idle["connections"] as? Int == 50)
+            #expect((idle["rss_bytes_per_connection"] as? Double) != nil)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func echoAgainstTheEchoServer() async throws {
+        try await SluiceProcess.withProcesses(count: 1, arguments: ["--echo"]) { processes in
+            let echo = try await Self.harness(["echo", "--url", processes[0].url, "--users", "4", "--count", "200", "--duration", "20"])
+            #expect(echo["echoes"] as? Int == 200)
+            #expect((echo["echo_round_trip_ms"] as? [String: Double])?["count"] == 200)
+        }
+    }
+}
