@@ -181,6 +181,7 @@ struct Totals: Sendable {
     var errors: [String: Int] = [:]
     var seqViolations = 0
     var resumes = 0
+    var unexpectedDisconnects = 0
     var finishReasons: [String: Int] = [:]
 
     init() {}
@@ -200,6 +201,7 @@ struct Totals: Sendable {
         self.errors = stats.errors
         self.seqViolations = stats.seqViolations
         self.resumes = stats.resumes
+        self.unexpectedDisconnects = stats.unexpectedDisconnects
         self.finishReasons = stats.finishReasons
     }
 
@@ -219,6 +221,7 @@ struct Totals: Sendable {
         result.errors.merge(other.errors, uniquingKeysWith: +)
         result.seqViolations += other.seqViolations
         result.resumes += other.resumes
+        result.unexpectedDisconnects += other.unexpectedDisconnects
         result.finishReasons.merge(other.finishReasons, uniquingKeysWith: +)
         return result
     }
@@ -263,6 +266,7 @@ struct Report {
             "delta_messages": self.total.deltaMessages, "echoes": self.total.echoes,
             "echoes_per_s": Double(self.total.echoes) / self.elapsed,
             "errors": self.total.errors, "seq_violations": self.total.seqViolations, "resumes": self.total.resumes,
+            "unexpected_disconnects": self.total.unexpectedDisconnects,
             "finish_reasons": self.total.finishReasons, "timed_out": self.timedOut,
         ]
         for (name, histogram) in self.latencies {
@@ -295,7 +299,7 @@ struct Report {
         let reasons = self.total.finishReasons.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
         if !reasons.isEmpty { lines.append("finish reasons: \(reasons)") }
         let errors = self.total.errors.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
-        lines.append("errors: \(errors.isEmpty ? "none" : errors)   seq violations: \(self.total.seqViolations)   resumes: \(self.total.resumes)")
+        lines.append("errors: \(errors.isEmpty ? "none" : errors)   seq violations: \(self.total.seqViolations)   resumes: \(self.total.resumes)   unexpected disconnects: \(self.total.unexpectedDisconnects)")
         if let rss = self.rssBytesPerConnection { lines.append(String(format: "server RSS per connection: %.0f bytes", rss)) }
         if self.timedOut { lines.append("TIMED OUT: not every user finished within --duration + 30 s") }
         return lines.joined(separator: "\n")

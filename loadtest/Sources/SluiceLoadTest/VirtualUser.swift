@@ -113,6 +113,7 @@ final class LoopStats {
     var errors: [String: Int] = [:]
     var seqViolations = 0
     var resumes = 0
+    var unexpectedDisconnects = 0
     var finishReasons: [String: Int] = [:]
 
     func error(_ code: String) { self.errors[code, default: 0] += 1 }
@@ -255,11 +256,20 @@ final class VirtualUser {
             self.connect()
             return
         }
+        // The server went away (a drain: Close 1012, a crash, a proxy): reconnect, as a real
+        // client would, and resume the answer in progress from the last seq seen.
+        self.stats.unexpectedDisconnects += 1
+        if self.generationID != nil && (self.run.scenario == .chat || self.run.scenario == .resume) {
+            self.reconnectToResume = true
+            self.requestSentAt = nil
+            self.lastDeltaAt = nil
+            self.connect()
+            return
+        }
         if self.run.timeIsUp {
             self.finish()
             return
         }
-        self.stats.error("disconnected")
         self.resetAnswer()
         self.connect()
     }
@@ -341,8 +351,10 @@ final class VirtualUser {
             self.done(fields, now: now)
         case "error":
             self.stats.error(fields.string("code").map(String.init) ?? "unknown")
-            // A refused request (overloaded, unavailable…): try again after the think time.
-            if self.generationID == nil || self.run.scenario == .resume {
+            // A refused request (overloaded, unavailable…) or a resume that cannot be served
+            // (not_found, resume_gap): the answer is over for this user; go on with the next.
+            if self.generationID == nil || fields.string("generation_id") == self.generationID {
+                self.resetAnswer()
                 self.afterThinkTime { $0.sendPrompt() }
             }
         default:
