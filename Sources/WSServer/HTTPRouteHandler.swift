@@ -109,7 +109,11 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
                 self.respond(context: context, head: head, status: .ok, body: "ready")
             }
         case self.server.configuration.path:
-            if head.headers.contains(name: "upgrade") {
+            if Self.asksForWebSocket(head), (try? context.pipeline.syncOperations.handler(type: HTTPServerUpgradeHandler.self)) == nil {
+                // NIO's upgrade handler leaves after a connection's first request; a proxy that
+                // reuses a kept-alive connection (nginx's upstream pool) upgrades on a later one.
+                self.upgradeInPlace(head, context: context)
+            } else if head.headers.contains(name: "upgrade") {
                 // An Upgrade that NIO's handler passed on: not a WebSocket upgrade we understand.
                 self.respond(context: context, head: head, status: .badRequest,
                              body: "malformed WebSocket handshake", close: true)
@@ -121,6 +125,50 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
         default:
             self.respond(context: context, head: head, status: .notFound, body: "not found")
         }
+    }
+
+    private static func asksForWebSocket(_ head: HTTPRequestHead) -> Bool {
+        head.headers[canonicalForm: "upgrade"].contains { $0.lowercased() == "websocket" }
+    }
+
+    /// The WebSocket handshake on a kept-alive connection: the same checks and handlers as
+    /// `WebSocketUpgrader` behind NIO's upgrade handler, then the HTTP handlers leave.
+    private func upgradeInPlace(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let upgrader = WebSocketUpgrader(server: self.server)
+        upgrader.buildUpgradeResponse(channel: context.channel, upgradeRequest: head, initialResponseHeaders: HTTPHeaders())
+            .assumeIsolated().whenComplete { result in
+                switch result {
+                case .failure(let rejection as HandshakeRejection):
+                    self.respond(context: context, head: head, status: rejection.status, body: rejection.message,
+                                 headers: rejection.extraHeaders, close: true)
+                case .failure:
+                    context.close(promise: nil)
+                case .success(var headers):
+                    headers.add(name: "Upgrade", value: "websocket")
+                    headers.add(name: "Connection", value: "upgrade")
+                    let response = HTTPResponseHead(version: head.version, status: .switchingProtocols, headers: headers)
+                    context.writeAndFlush(self.wrapOutboundOut(.head(response)), promise: nil)
+                    let pipeline = context.pipeline.syncOperations
+                    // Codec last: its leftover bytes (frames sent right behind the handshake)
+                    // are forwarded to the WebSocket handler, which must be in place by then.
+                    let upgraded = upgrader.upgrade(context: context, upgradeRequest: head)
+                    if let encoder = try? pipeline.handler(type: HTTPResponseEncoder.self) { pipeline.removeHandler(encoder, promise: nil) }
+                    if let assistance = try? pipeline.handler(type: HTTPServerPipelineHandler.self) { pipeline.removeHandler(assistance, promise: nil) }
+                    if let validator = try? pipeline.handler(type: NIOHTTPResponseHeadersValidator.self) {
+                        pipeline.removeHandler(validator, promise: nil)
+                    }
+                    if let errors = try? pipeline.handler(type: HTTPServerProtocolErrorHandler.self) { pipeline.removeHandler(errors, promise: nil) }
+                    if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
+                        pipeline.removeHandler(decoder, promise: nil)
+                    }
+                    // The decoder hands its leftover bytes (frames right behind the handshake) over
+                    // once this read is done, after the burst's end went past; the WebSocket
+                    // handler flushes its answers at a burst's end, so give it one.
+                    let channel = context.channel
+                    context.eventLoop.execute { channel.pipeline.fireChannelReadComplete() }
+                    upgraded.assumeIsolated().whenFailure { _ in context.close(promise: nil) }
+                }
+            }
     }
 
     // MARK: Streaming responses for application routes

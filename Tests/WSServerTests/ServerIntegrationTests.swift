@@ -57,6 +57,39 @@ struct ServerIntegrationTests {
         }
     }
 
+    @Test func aHandshakeOnAKeptAliveConnectionUpgrades() async throws {
+        // What nginx's upstream keep-alive pool does: plain requests, then an upgrade on the
+        // same TCP connection, with a frame right behind the handshake in the same write.
+        try await ServerHarness.run { harness in
+            let client = try await harness.connect()
+            try await client.send("GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+            #expect(try await client.readHTTPResponse().status == 200)
+            try await client.send("GET /ready HTTP/1.1\r\nHost: test\r\n\r\n")
+            #expect(try await client.readHTTPResponse().status == 200)
+            let key = "dGhlIHNhbXBsZSBub25jZQ=="
+            let request = "GET /v1/ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + "Sec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sluice.v1\r\n\r\n"
+            try await client.send(Array(request.utf8) + TestFrames.text("right behind"))
+            let response = try await client.readHTTPResponse()
+            #expect(response.status == 101)
+            #expect(response.value("Sec-WebSocket-Accept") == WebSocketHandshake.acceptKey(for: key))
+            #expect(response.value("Upgrade")?.lowercased() == "websocket")
+            #expect(response.values("Sec-WebSocket-Protocol") == ["sluice.v1"])
+            // Answered at once, not only when the next bytes arrive.
+            let echoed = try await client.nextFrame()
+            #expect(echoed.opcode == 0x1 && String(decoding: echoed.payload, as: UTF8.self) == "right behind")
+            try await client.send(TestFrames.text("and more"))
+            #expect(String(decoding: try await client.nextFrame().payload, as: UTF8.self) == "and more")
+
+            // A bad handshake on a kept-alive connection is still refused with a status.
+            let other = try await harness.connect()
+            try await other.send("GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+            #expect(try await other.readHTTPResponse().status == 200)
+            try await other.send("GET /v1/ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            #expect(try await other.readHTTPResponse().status == 400)
+        }
+    }
+
     // MARK: Handshake
 
     @Test func handshakeAcceptsAndEchoesTheSubprotocolOnlyWhenOffered() async throws {
