@@ -18,6 +18,8 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var echo: Bool = false
     /// Minimum log level: one of `SluiceConfiguration.logLevels`.
     public var logLevel: String = "info"
+    /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
+    public var logFormat: LogFormat = .auto
     /// Name of this instance in logs and metrics; nil means one is generated at start-up.
     public var instanceID: String? = nil
     /// The chat protocol (`chat:` section); its `instanceID` is filled in at start-up.

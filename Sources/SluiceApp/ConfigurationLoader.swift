@@ -336,6 +336,7 @@ extension ConfigurationLoader {
     /// Adding a section later means adding rows here and a stored property on `SluiceConfiguration`.
     static let settings: [ConfigurationSetting] = [
         .oneOf("log_level", SluiceConfiguration.logLevels) { $0.logLevel = $1 },
+        .oneOf("log_format", LogFormat.allCases.map(\.rawValue)) { $0.logFormat = LogFormat(rawValue: $1)! },
         .bool("echo") { $0.echo = $1 },
         .optionalString("instance_id") { $0.instanceID = $1 },
 

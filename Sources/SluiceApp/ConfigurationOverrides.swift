@@ -12,6 +12,8 @@ public struct ConfigurationOverrides: Sendable, Equatable {
     public var echo: Bool?
     /// `--log-level`
     public var logLevel: String?
+    /// `--log-format auto|text|json`
+    public var logFormat: String?
     /// `--max-connections`
     public var maxConnections: Int?
     /// `--max-message-size`, as written (`4MiB`, `1048576`).
@@ -56,6 +58,7 @@ public struct ConfigurationOverrides: Sendable, Equatable {
         add("--threads", "server.event_loop_threads", self.eventLoopThreads.map(String.init))
         add("--echo", "echo", self.echo.map(String.init))
         add("--log-level", "log_level", self.logLevel)
+        add("--log-format", "log_format", self.logFormat)
         add("--max-connections", "server.max_connections", self.maxConnections.map(String.init))
         add("--max-message-size", "websocket.max_message_size", self.maxMessageSize)
         add("--no-deflate", "websocket.deflate.enabled", self.deflateEnabled.map(String.init))

@@ -13,6 +13,7 @@ import WSServer
 /// service group that drains on SIGTERM/SIGINT.
 public enum SluiceServer {
     public static func run(configuration: SluiceConfiguration) async throws {
+        LogOutput.bootstrap(configuration.logFormat)
         var logger = Logger(label: "sluice")
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
         // First: metric handles are bound to the backend when they are made.

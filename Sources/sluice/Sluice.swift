@@ -51,6 +51,9 @@ struct Serve: AsyncParsableCommand {
     )
     var logLevel: String?
 
+    @Option(name: .long, help: .init("Log lines as text, json, or auto (text on a terminal, JSON otherwise).", valueName: "format"))
+    var logFormat: String?
+
     @Option(
         name: .long,
         help: .init("Most WebSocket connections held at once.", valueName: "count")
@@ -133,6 +136,7 @@ struct Serve: AsyncParsableCommand {
         overrides.eventLoopThreads = self.threads
         overrides.echo = self.echo ? true : nil
         overrides.logLevel = self.logLevel
+        overrides.logFormat = self.logFormat
         overrides.maxConnections = self.maxConnections
         overrides.upstream = self.upstream
         overrides.upstreamKind = self.upstreamKind

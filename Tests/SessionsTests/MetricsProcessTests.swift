@@ -102,6 +102,15 @@ import Testing
             }
             // Four chat.sends, a cancel, a resume (and nothing else) came in as messages.
             #expect(samples[#"sluice_ws_messages_total{direction="in"}"#] == 6)
+
+            // Not a terminal, so `log_format: auto` wrote JSON: one object per line.
+            let log = try String(contentsOf: process.logFile, encoding: .utf8)
+            let lines = log.split(separator: "\n")
+            #expect(lines.count >= 3)
+            for line in lines {
+                let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+                #expect(object?["ts"] is String && object?["level"] is String && object?["msg"] is String, "\(line)")
+            }
         }
     }
 }

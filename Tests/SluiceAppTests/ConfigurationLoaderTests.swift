@@ -1,6 +1,6 @@
 import Foundation
 import NIOCore
-import SluiceApp
+@testable import SluiceApp
 import Testing
 import WSServer
 
@@ -551,5 +551,29 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
             let error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_STORAGE_DATABASE_URL": url]) }
             #expect(error?.key == "storage.database_url" && error?.kind == .invalidValue, "\(url)")
         }
+    }
+}
+
+@Suite struct LogOutputTests {
+    @Test func jsonFieldsAreEscapedAndTimestampsAreRFC3339() throws {
+        let quoted = JSONLogHandler.quoted("a \"b\"\n\\c\u{01}é")
+        let decoded = try JSONSerialization.jsonObject(with: Data("[\(quoted)]".utf8)) as? [String]
+        #expect(decoded == ["a \"b\"\n\\c\u{01}é"])
+        let timestamp = JSONLogHandler.timestamp()
+        #expect(timestamp.count == 27 && timestamp.hasSuffix("Z"))
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let parsed = try #require(formatter.date(from: String(timestamp.prefix(23)) + "Z"))
+        #expect(abs(parsed.timeIntervalSinceNow) < 60)
+    }
+
+    @Test func theFormatIsASetting() throws {
+        #expect(try ConfigurationLoader.load(filePath: nil, environment: [:]).logFormat == .auto)
+        #expect(try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_LOG_FORMAT": "json"]).logFormat == .json)
+        var overrides = ConfigurationOverrides()
+        overrides.logFormat = "text"
+        #expect(try ConfigurationLoader.load(filePath: nil, environment: [:], overrides: overrides).logFormat == .text)
+        let error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_LOG_FORMAT": "xml"]) }
+        #expect(error?.key == "log_format")
     }
 }
