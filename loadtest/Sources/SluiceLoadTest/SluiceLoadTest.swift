@@ -67,6 +67,9 @@ struct SluiceLoadTest: AsyncParsableCommand {
     @Flag(name: .long, help: "Print the result as JSON.")
     var json = false
 
+    @Option(name: .long, help: "Also write the JSON result to this file.")
+    var jsonFile: String?
+
     @Flag(name: .long, help: "No live progress line.")
     var quiet = false
 
@@ -142,6 +145,9 @@ struct SluiceLoadTest: AsyncParsableCommand {
             print(report.json())
         } else {
             print(report.table())
+        }
+        if let path = self.jsonFile {
+            try Data((report.json() + "\n").utf8).write(to: URL(fileURLWithPath: path))
         }
         if timedOut || total.seqViolations > 0 { throw ExitCode(1) }
     }
