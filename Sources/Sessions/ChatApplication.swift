@@ -182,7 +182,7 @@ extension ChatApplication {
             model: model, promptEstimate: context.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 },
             output: output, engine: route.upstream.engine, request: request, eventLoop: eventLoop,
             history: self.history, hub: self.hub, broker: self.broker, ownerSessionID: sessionID,
-            metrics: self.metrics.upstream(route.upstream.name))
+            metrics: self.metrics.upstream(route.upstream.name), logger: self.logger)
         return .success(generation)
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Inference
 import NIOCore
 import SluiceProtocol
@@ -61,6 +62,18 @@ final class ChatGeneration: GenerationSink {
     /// Timings and outcomes, per upstream (one clock read per upstream read, none per token).
     private let metrics: ChatMetrics.Upstream
     private let startedAt = NIODeadline.now()
+    private let logger: Logger
+
+    /// The generation's, conversation's, session's and request's ids, for every line about it
+    /// (built only when a line is actually logged: swift-log takes metadata as an autoclosure).
+    private func ids(_ extra: Logger.Metadata) -> Logger.Metadata {
+        var metadata: Logger.Metadata = [
+            "sluice.generation": "\(self.id)", "sluice.conversation": "\(self.conversationID)",
+            "sluice.session": "\(self.ownerSessionID)",
+        ]
+        if let requestID = self.requestID { metadata["sluice.request"] = "\(requestID)" }
+        return metadata.merging(extra) { _, new in new }
+    }
     private var lastReadAt: NIODeadline?
     private var cancelRequestedAt: NIODeadline?
 
@@ -84,9 +97,10 @@ final class ChatGeneration: GenerationSink {
         id: String, conversation: ResolvedConversation, user: String, requestID: String?, model: String, promptEstimate: Int,
         output: any ChatOutput, engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop,
         history: ConversationHistory,
-        hub: GenerationHub, broker: any Broker, ownerSessionID: String, metrics: ChatMetrics.Upstream
+        hub: GenerationHub, broker: any Broker, ownerSessionID: String, metrics: ChatMetrics.Upstream, logger: Logger
     ) {
         self.metrics = metrics
+        self.logger = logger
         self.hub = hub
         self.broker = broker
         self.publishesToBroker = broker.isShared
@@ -129,6 +143,7 @@ final class ChatGeneration: GenerationSink {
 
     func generationDidConnect() {
         self.metrics.upstreamRequest(status: "ok")
+        self.logger.debug("generation started", metadata: self.ids(["sluice.model": "\(self.model)"]))
         self.announce()
     }
 
@@ -205,6 +220,9 @@ final class ChatGeneration: GenerationSink {
             self.ended = true
             self.metrics.upstreamRequest(status: error.code.rawValue)
             self.metrics.request(status: error.code.rawValue)
+            self.logger.notice("upstream refused the generation", metadata: self.ids([
+                "sluice.error": "\(error.code.rawValue)", "sluice.message": "\(error.message)",
+            ]))
             self.history.releaseAnswerReservation()
             self.output.generationFailedToStart(self, error: error)
             return
@@ -265,6 +283,11 @@ final class ChatGeneration: GenerationSink {
         let end = GenerationEnd(seq: self.seq, finishReason: reason, usage: usage, error: error)
         self.finalEnd = end
         self.metrics.latency.recordInterval(since: self.startedAt)
+        self.logger.debug("generation ended", metadata: self.ids([
+            "sluice.finish_reason": "\(reason.rawValue)", "sluice.seq": "\(self.seq)",
+            "sluice.duration_ms": "\((NIODeadline.now() - self.startedAt).nanoseconds / 1_000_000)",
+            "sluice.error": "\(error?.code.rawValue ?? "")",
+        ]))
         self.metrics.request(status: error?.code.rawValue ?? reason.rawValue)
         if let cancelRequestedAt = self.cancelRequestedAt, reason == .cancelled {
             self.metrics.cancelled(latency: NIODeadline.now() - cancelRequestedAt)

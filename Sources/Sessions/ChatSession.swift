@@ -53,6 +53,7 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
 
     func connectionOpened(_ connection: WebSocketConnection) {
         self.connection = connection
+        self.application.logger.debug("session opened", metadata: ["sluice.session": "\(self.sessionID)", "sluice.user": "\(self.userID)"])
         if let user = self.user {
             self.application.presence.opened(user: user, sessionID: self.sessionID)
             if self.application.broker.isShared { self.application.broker.presenceOpened(user: user, sessionID: self.sessionID) }
@@ -115,6 +116,9 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
 
     func connectionClosed(_ connection: WebSocketConnection, code: WebSocketCloseCode) {
         self.connection = nil
+        self.application.logger.debug("session closed", metadata: [
+            "sluice.session": "\(self.sessionID)", "sluice.close_code": "\(code.rawValue)", "sluice.generations": "\(self.generations.count)",
+        ])
         if let user = self.user {
             self.application.presence.closed(user: user, sessionID: self.sessionID)
             if self.application.broker.isShared { self.application.broker.presenceClosed(user: user, sessionID: self.sessionID) }

@@ -24,7 +24,7 @@ import Testing
             "SLUICE_SIMULATOR_ANSWER_TOKENS": "60",
         ]
         let group = MultiThreadedEventLoopGroup.singleton
-        try await SluiceProcess.withProcesses(count: 1, environment: environment) { (processes: [SluiceProcess]) async throws -> Void in
+        try await SluiceProcess.withProcesses(count: 1, arguments: ["--log-level", "debug"], environment: environment) { (processes: [SluiceProcess]) async throws -> Void in
             try await Self.exercise(processes[0], group: group)
         }
     }
@@ -107,10 +107,18 @@ import Testing
             let log = try String(contentsOf: process.logFile, encoding: .utf8)
             let lines = log.split(separator: "\n")
             #expect(lines.count >= 3)
+            var ended: [[String: Any]] = []
             for line in lines {
                 let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
                 #expect(object?["ts"] is String && object?["level"] is String && object?["msg"] is String, "\(line)")
+                if object?["msg"] as? String == "generation ended", let object { ended.append(object) }
             }
+            // Each generation's end is one line carrying its ids (at debug level).
+            #expect(ended.count == 4)
+            let cancelledLine = ended.first { $0["sluice.generation"] as? String == cancelled }
+            #expect(cancelledLine?["sluice.finish_reason"] as? String == "cancelled")
+            #expect((cancelledLine?["sluice.session"] as? String)?.hasPrefix("sess_") == true)
+            #expect(ended.allSatisfy { UUID(uuidString: $0["sluice.conversation"] as? String ?? "") != nil })
         }
     }
 }
