@@ -100,7 +100,7 @@ struct ServerProcess {
         // Only built-in defaults: no config file or SLUICE_* settings from the environment.
         let environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
         let child = try ChildProcess(
-            executable, ["serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "info"],
+            executable, ["serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "info", "--log-format", "text", "--database-url", "memory"],
             environment: environment, outputPath: logPath)
         return ServerProcess(child: child, logPath: logPath)
     }

@@ -386,7 +386,7 @@ final class RecordingEngine: InferenceEngine, @unchecked Sendable {
     func waitForCancel() async throws { try await self.wait { $0.cancelled > 0 } }
 
     private func wait(_ condition: (RecordingEngine) -> Bool) async throws {
-        let deadline = ContinuousClock.now + .seconds(5)
+        let deadline = ContinuousClock.now + .seconds(15)
         while !self.lock.withLock({ condition(self) }) {
             guard ContinuousClock.now < deadline else { throw CancellationError() }
             try await Task.sleep(for: .milliseconds(10))
