@@ -105,27 +105,10 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: .init("This instance's name (default: hostname-pid).", valueName: "name"))
     var instanceID: String?
 
-    @Option(name: .long, help: .init("Where conversations are kept: postgres://user:pass@host:port/db, sqlite://PATH, or memory (default: SQLite in --data-dir).", valueName: "url"))
-    var databaseURL: String?
-
-    @Option(name: .long, help: .init("Directory of the embedded SQLite database (default: ./.sluice).", valueName: "path"))
-    var dataDir: String?
+    @OptionGroup var storage: StorageOptions
 
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
-        let configuration: SluiceConfiguration
-        do {
-            configuration = try ConfigurationLoader.load(
-                filePath: ConfigurationLoader.configurationFilePath(option: self.config, environment: environment),
-                environment: environment,
-                overrides: self.overrides
-            )
-        } catch {
-            // A bad setting is an operator error: say which one, without a usage dump.
-            FileHandle.standardError.write(Data("sluice: configuration error: \(error)\n".utf8))
-            throw ExitCode(78)  // EX_CONFIG from sysexits.h
-        }
-        try await SluiceServer.run(configuration: configuration)
+        try await SluiceServer.run(configuration: try loadConfiguration(file: self.config, overrides: self.overrides))
     }
 
     /// Only flags actually given override anything; the Bool flags can only switch away from the default.
@@ -143,8 +126,7 @@ struct Serve: AsyncParsableCommand {
         overrides.upstreamModel = self.model
         overrides.redisURL = self.redisURL
         overrides.instanceID = self.instanceID
-        overrides.databaseURL = self.databaseURL
-        overrides.dataDirectory = self.dataDir
+        self.storage.apply(to: &overrides)
         overrides.maxMessageSize = self.maxMessageSize
         overrides.deflateEnabled = self.noDeflate ? false : nil
         overrides.tlsCertificatePath = self.tlsCertificatePath
@@ -152,6 +134,35 @@ struct Serve: AsyncParsableCommand {
         overrides.allowedOrigins = self.allowedOrigins.isEmpty ? nil : self.allowedOrigins
         overrides.heartbeatInterval = self.heartbeatInterval
         return overrides
+    }
+}
+
+/// Where conversations are kept; the same options for `serve` and `migrate`.
+struct StorageOptions: ParsableArguments {
+    @Option(name: .long, help: .init("Where conversations are kept: postgres://user:pass@host:port/db, sqlite://PATH, or memory (default: SQLite in --data-dir).", valueName: "url"))
+    var databaseURL: String?
+
+    @Option(name: .long, help: .init("Directory of the embedded SQLite database (default: ./.sluice).", valueName: "path"))
+    var dataDir: String?
+
+    func apply(to overrides: inout ConfigurationOverrides) {
+        overrides.databaseURL = self.databaseURL
+        overrides.dataDirectory = self.dataDir
+    }
+}
+
+/// Defaults, then the YAML file (`--config` or `$SLUICE_CONFIG`), then `SLUICE_*` variables,
+/// then `overrides`. A bad setting is an operator error: it is named, without a usage dump, and
+/// the exit status is 78 (EX_CONFIG from sysexits.h).
+func loadConfiguration(file: String?, overrides: ConfigurationOverrides) throws -> SluiceConfiguration {
+    let environment = ProcessInfo.processInfo.environment
+    do {
+        return try ConfigurationLoader.load(
+            filePath: ConfigurationLoader.configurationFilePath(option: file, environment: environment),
+            environment: environment, overrides: overrides)
+    } catch {
+        FileHandle.standardError.write(Data("sluice: configuration error: \(error)\n".utf8))
+        throw ExitCode(78)
     }
 }
 
@@ -165,29 +176,15 @@ struct Migrate: AsyncParsableCommand {
     @Option(name: .long, help: .init("YAML configuration file (default: $SLUICE_CONFIG, else none).", valueName: "path"))
     var config: String?
 
-    @Option(name: .long, help: .init("postgres://user:pass@host:port/db, sqlite://PATH, or memory (default: SQLite in --data-dir).", valueName: "url"))
-    var databaseURL: String?
-
-    @Option(name: .long, help: .init("Directory of the embedded SQLite database (default: ./.sluice).", valueName: "path"))
-    var dataDir: String?
+    @OptionGroup var storage: StorageOptions
 
     @Option(name: .long, help: .init("Give up after this many seconds without the database.", valueName: "seconds"))
     var timeout: Int = 60
 
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
         var overrides = ConfigurationOverrides()
-        overrides.databaseURL = self.databaseURL
-        overrides.dataDirectory = self.dataDir
-        let configuration: SluiceConfiguration
-        do {
-            configuration = try ConfigurationLoader.load(
-                filePath: ConfigurationLoader.configurationFilePath(option: self.config, environment: environment),
-                environment: environment, overrides: overrides)
-        } catch {
-            FileHandle.standardError.write(Data("sluice: configuration error: \(error)\n".utf8))
-            throw ExitCode(78)
-        }
+        self.storage.apply(to: &overrides)
+        let configuration = try loadConfiguration(file: self.config, overrides: overrides)
         do {
             try await StorageMigration.run(configuration: configuration, timeout: .seconds(max(1, self.timeout)))
         } catch {

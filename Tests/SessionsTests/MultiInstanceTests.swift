@@ -111,13 +111,7 @@ import WSServer
     }
 
     static func eventually(_ what: String, timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if try await condition() { return }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        Issue.record("timed out waiting for: \(what)")
-        throw CancellationError()
+        try await SluiceTestSupport.eventually(what, timeout: timeout, condition)
     }
 
     static let text = FollowTests.text(of:after:)

@@ -35,13 +35,7 @@ import Testing
     }
 
     static func eventually(_ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if try await condition() { return }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        Issue.record("timed out waiting for: \(what)")
-        throw CancellationError()
+        try await SluiceTestSupport.eventually(what, timeout: timeout, condition)
     }
 
     @Test(.timeLimit(.minutes(2)))

@@ -62,3 +62,21 @@ enum HeavyTests {
         }
     }
 }
+
+/// A condition that did not come true in time (the test fails with this description).
+struct TimedOut: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Polls `condition` every `poll` until it holds; throws `TimedOut` naming `what` after `timeout`.
+func eventually(
+    _ what: String, timeout: Duration = .seconds(10), poll: Duration = .milliseconds(20), _ condition: () async throws -> Bool
+) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: poll)
+    }
+    if try await condition() { return }
+    throw TimedOut(description: "timed out after \(timeout) waiting for: \(what)")
+}

@@ -154,7 +154,7 @@ struct SluiceLoadTest: AsyncParsableCommand {
 
     /// Merged counters and histograms of every loop.
     static func collect(_ stats: [NIOLoopBound<LoopStats>]) -> EventLoopFuture<Totals> {
-        let parts = stats.map { bound in bound.eventLoop.submit { Totals(bound.value) } }
+        let parts = stats.map { bound in bound.eventLoop.submit { bound.value.totals } }
         return EventLoopFuture.reduce(Totals(), parts, on: stats[0].eventLoop) { $0.merged($1) }
     }
 
@@ -171,7 +171,8 @@ struct SluiceLoadTest: AsyncParsableCommand {
 
 struct LoadTestTimeout: Error {}
 
-/// Everything measured, merged over loops.
+/// Everything measured: one per event loop (in `LoopStats`), merged over loops at the end.
+/// Latencies in microseconds.
 struct Totals: Sendable {
     var timeToFirstToken = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
     var interTokenGap = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
@@ -191,25 +192,6 @@ struct Totals: Sendable {
     var finishReasons: [String: Int] = [:]
 
     init() {}
-
-    init(_ stats: LoopStats) {
-        self.timeToFirstToken = stats.timeToFirstToken
-        self.interTokenGap = stats.interTokenGap
-        self.wholeAnswer = stats.wholeAnswer
-        self.cancelToDone = stats.cancelToDone
-        self.echoRoundTrip = stats.echoRoundTrip
-        self.answers = stats.answers
-        self.deltas = stats.deltas
-        self.deltaMessages = stats.deltaMessages
-        self.echoes = stats.echoes
-        self.connections = stats.connections
-        self.connectFailures = stats.connectFailures
-        self.errors = stats.errors
-        self.seqViolations = stats.seqViolations
-        self.resumes = stats.resumes
-        self.unexpectedDisconnects = stats.unexpectedDisconnects
-        self.finishReasons = stats.finishReasons
-    }
 
     func merged(_ other: Totals) -> Totals {
         var result = self

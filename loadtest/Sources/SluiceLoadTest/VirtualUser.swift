@@ -96,27 +96,19 @@ final class Run: Sendable {
     }
 }
 
-/// One event loop's measurements: touched only on that loop, merged at the end.
+/// One event loop's measurements (a `Totals` of its own): touched only on that loop, merged at
+/// the end. Fields are reached through `Totals`' key paths, modified in place (no copy of a
+/// histogram per sample).
+@dynamicMemberLookup
 final class LoopStats {
-    /// Microseconds.
-    var timeToFirstToken = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
-    var interTokenGap = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
-    var wholeAnswer = Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
-    var cancelToDone = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
-    var echoRoundTrip = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
-    var answers = 0
-    var deltas = 0
-    var deltaMessages = 0
-    var echoes = 0
-    var connections = 0
-    var connectFailures = 0
-    var errors: [String: Int] = [:]
-    var seqViolations = 0
-    var resumes = 0
-    var unexpectedDisconnects = 0
-    var finishReasons: [String: Int] = [:]
+    var totals = Totals()
 
-    func error(_ code: String) { self.errors[code, default: 0] += 1 }
+    subscript<Value>(dynamicMember keyPath: WritableKeyPath<Totals, Value>) -> Value {
+        get { self.totals[keyPath: keyPath] }
+        _modify { yield &self.totals[keyPath: keyPath] }
+    }
+
+    func error(_ code: String) { self.totals.errors[code, default: 0] += 1 }
 }
 
 /// Forwards WebSocket frames to its user; answers pings.
