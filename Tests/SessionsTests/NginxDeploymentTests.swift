@@ -74,7 +74,9 @@ import Testing
         let port = try SluiceProcess.freePort()
         var nginx = try Self.startNginx(port: port, gateways: gateways.map(\.port), directory: directory)
         defer {
-            if nginx.isRunning() { _ = kill(nginx.pid, SIGKILL) }
+            // The whole process group: killing only the master would leave its workers running
+            // (and listening). Before reaping, so the id cannot have been reused.
+            _ = kill(-nginx.pid, SIGKILL)
             nginx.reap()
             try? FileManager.default.removeItem(at: directory)
         }

@@ -56,7 +56,8 @@ import Testing
                 ],
                 output: directory.appendingPathComponent("prometheus.log").path, newProcessGroup: true))
             defer {
-                if child.isRunning() { _ = kill(child.pid, SIGKILL) }
+                // Its process group, before reaping (the id cannot have been reused).
+                _ = kill(-child.pid, SIGKILL)
                 child.reap()
             }
             // Some traffic, so the gateway's counters move.
