@@ -133,14 +133,7 @@ public enum StorageMigration {
         case .memory:
             print("storage.database_url is memory: nothing to migrate")
         case .sqlite(let path):
-            let storage = try await SQLiteStorage.open(path: path, logger: logger)
-            do {
-                try await storage.migrate()
-            } catch {
-                await storage.shutdown()
-                throw error
-            }
-            await storage.shutdown()
+            try await Self.migrate(try await SQLiteStorage.open(path: path, logger: logger))
             print("migrated sqlite \(path)")
         case .postgres(let url):
             let parsed = try PostgresURL(url)
@@ -149,18 +142,24 @@ public enum StorageMigration {
                     url: parsed, maximumConnections: 1, connectTimeout: min(timeout, .seconds(5)), migrationTimeout: timeout,
                     partitionMonthsAhead: configuration.storage.partitionMonthsAhead),
                 logger: logger)
+            // PostgreSQL's pool works only while `run()` does.
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { await storage.run() }
-                do {
-                    try await storage.migrate()
-                } catch {
-                    await storage.shutdown()
-                    throw error
-                }
-                await storage.shutdown()
+                try await Self.migrate(storage)
                 try await group.waitForAll()
             }
             print("migrated postgres \(parsed)")
         }
+    }
+
+    /// Migrates, then shuts the storage down whether or not that worked.
+    private static func migrate(_ storage: any ConversationStorage) async throws {
+        do {
+            try await storage.migrate()
+        } catch {
+            await storage.shutdown()
+            throw error
+        }
+        await storage.shutdown()
     }
 }
