@@ -138,7 +138,8 @@ import Testing
                 #expect(pending >= 6, "\(stats)")  // at least the four turns since the stop, two messages each, minus a lucky batch
 
                 try await postgres.restart()
-                try await Self.eventually("the queue drained into PostgreSQL") {
+                // postgres-nio's pool backs off up to 60 s between reconnects while the database is down.
+                try await Self.eventually("the queue drained into PostgreSQL", timeout: .seconds(90)) {
                     let stats = try Self.json(try await process.httpGet(path: "/v1/stats").body)
                     return (stats["write_queue"] as? [String: Any])?["pending"] as? Int == 0
                 }
