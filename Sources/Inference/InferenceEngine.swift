@@ -19,11 +19,18 @@ public struct GenerationRequest: Sendable {
     public var model: String?
     public var maxTokens: Int
     public var temperature: Double?
-    public init(messages: [ChatMessage], model: String? = nil, maxTokens: Int, temperature: Double? = nil) {
+    /// Trace propagation headers (W3C `traceparent`) for the upstream request, so an upstream
+    /// that traces (vLLM with `--otlp-traces-endpoint`) joins the gateway's trace.
+    public var traceHeaders: [(name: String, value: String)]
+    public init(
+        messages: [ChatMessage], model: String? = nil, maxTokens: Int, temperature: Double? = nil,
+        traceHeaders: [(name: String, value: String)] = []
+    ) {
         self.messages = messages
         self.model = model
         self.maxTokens = maxTokens
         self.temperature = temperature
+        self.traceHeaders = traceHeaders
     }
 }
 

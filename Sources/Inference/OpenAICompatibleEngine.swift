@@ -57,7 +57,7 @@ public struct OpenAICompatibleEngine: InferenceEngine {
         let body = Self.requestBody(request, model: request.model ?? self.defaultModel)
         let head = self.endpoint.requestHead(
             .POST, path: "/v1/chat/completions", apiKey: self.configuration.apiKey,
-            bodyLength: body.readableBytes, accept: "text/event-stream")
+            bodyLength: body.readableBytes, accept: "text/event-stream", extraHeaders: request.traceHeaders)
         let generation = StreamingHTTPRequest(
             endpoint: self.endpoint, head: head, body: body, decoder: OpenAIStreamDecoder(),
             timeouts: self.configuration.timeouts, maximumEventSize: self.configuration.maximumEventSize,

@@ -48,7 +48,7 @@ public struct TritonEngine: InferenceEngine {
         let body = Self.requestBody(request)
         let head = self.endpoint.requestHead(
             .POST, path: "/v2/models/\(Self.pathSegment(model))/generate_stream", apiKey: self.configuration.apiKey,
-            bodyLength: body.readableBytes, accept: "text/event-stream")
+            bodyLength: body.readableBytes, accept: "text/event-stream", extraHeaders: request.traceHeaders)
         let generation = StreamingHTTPRequest(
             endpoint: self.endpoint, head: head, body: body, decoder: TritonStreamDecoder(),
             timeouts: self.configuration.timeouts, maximumEventSize: self.configuration.maximumEventSize,

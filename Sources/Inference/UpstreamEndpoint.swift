@@ -69,9 +69,12 @@ struct UpstreamEndpoint: Sendable {
         }
     }
 
-    func requestHead(_ method: HTTPMethod, path: String, apiKey: String?, bodyLength: Int?, accept: String) -> HTTPRequestHead {
+    func requestHead(
+        _ method: HTTPMethod, path: String, apiKey: String?, bodyLength: Int?, accept: String,
+        extraHeaders: [(name: String, value: String)] = []
+    ) -> HTTPRequestHead {
         var headers = HTTPHeaders()
-        headers.reserveCapacity(7)
+        headers.reserveCapacity(7 + extraHeaders.count)
         headers.add(name: "Host", value: self.hostHeader)
         headers.add(name: "User-Agent", value: "sluice")
         headers.add(name: "Accept", value: accept)
@@ -82,6 +85,7 @@ struct UpstreamEndpoint: Sendable {
         if let apiKey {
             headers.add(name: "Authorization", value: "Bearer \(apiKey)")
         }
+        for header in extraHeaders { headers.add(name: header.name, value: header.value) }
         // One request per connection: closing it is how a generation is stopped upstream.
         headers.add(name: "Connection", value: "close")
         return HTTPRequestHead(version: .http1_1, method: method, uri: self.basePath + path, headers: headers)

@@ -1,5 +1,7 @@
 import Inference
 import Logging
+import NIOHTTP1
+import Tracing
 import NIOCore
 import RedisClient
 import SluiceProtocol
@@ -60,11 +62,14 @@ public struct ChatApplication: WebSocketApplication {
     let broker: any Broker
     let presence = LocalPresence()
     let logger: Logger
+    /// Spans per generation (a no-op unless tracing is configured).
+    let tracer: any Tracer
 
     public init(
         configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory,
-        fanOut: FanOut = .singleNode, persistence: Persistence = .none, logger: Logger
+        fanOut: FanOut = .singleNode, persistence: Persistence = .none, tracer: any Tracer = NoOpTracer(), logger: Logger
     ) {
+        self.tracer = tracer
         self.configuration = configuration
         self.router = router
         let metrics = ChatMetrics()
@@ -91,6 +96,13 @@ public struct ChatApplication: WebSocketApplication {
         self.init(
             configuration: configuration, router: InferenceRouter(single: engine), conversations: conversations,
             persistence: persistence, logger: logger)
+    }
+
+    /// The trace a client's request continues (its `traceparent`), else a new one.
+    func traceParent(_ headers: HTTPHeaders) -> InstrumentationContext {
+        var context = InstrumentationContext.topLevel
+        self.tracer.extract(headers, into: &context, using: HTTPHeadersExtractor())
+        return context
     }
 
     /// Whether the shared part (Redis) works now; always true for a single node.
@@ -134,7 +146,9 @@ public struct ChatApplication: WebSocketApplication {
     var defaultModel: String { self.router.defaultUpstream.engine.defaultModel }
 
     public func makeDelegate(for connection: WebSocketConnectionInfo) -> any WebSocketConnectionDelegate {
-        ChatSession(application: self, eventLoop: connection.eventLoop, user: UserIdentity.user(from: connection.requestHead))
+        ChatSession(
+            application: self, eventLoop: connection.eventLoop, user: UserIdentity.user(from: connection.requestHead),
+            trace: self.traceParent(connection.requestHead.headers))
     }
 }
 
@@ -161,7 +175,7 @@ extension ChatApplication {
     /// accepted the request. Fails (sending nothing) for an unknown model or a full write queue.
     func beginGeneration(
         _ send: ClientMessage.ChatSend, in conversation: ResolvedConversation, user: String, output: any ChatOutput,
-        sessionID: String, on eventLoop: any EventLoop
+        sessionID: String, trace parent: InstrumentationContext, on eventLoop: any EventLoop
     ) -> Result<ChatGeneration, ProtocolViolation> {
         let route: InferenceRouter.Route
         switch self.router.route(model: send.model) {
@@ -174,11 +188,17 @@ extension ChatApplication {
                 .overloaded, "the history write queue is full (is the database down?); retry shortly", requestID: send.requestID))
         }
         let context = conversation.messages + [ChatMessage(role: .user, content: send.content)]
-        let request = GenerationRequest(
+        var request = GenerationRequest(
             messages: context, model: route.model, maxTokens: send.maxTokens ?? self.configuration.defaultMaxTokens,
             temperature: send.temperature)
+        let generationID = Identifier.make("gen_")
+        let startedAt = NIODeadline.now()
+        let trace = GenerationTrace(
+            tracer: self.tracer, parent: parent, model: model, upstream: route.upstream.name, generationID: generationID,
+            conversationID: conversation.key, requestID: send.requestID, request: request, startedAt: startedAt)
+        request.traceHeaders = trace.propagationHeaders(self.tracer)
         let generation = ChatGeneration(
-            id: Identifier.make("gen_"), conversation: conversation, user: user, requestID: send.requestID,
+            id: generationID, startedAt: startedAt, trace: trace, conversation: conversation, user: user, requestID: send.requestID,
             model: model, promptEstimate: context.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 },
             output: output, engine: route.upstream.engine, request: request, eventLoop: eventLoop,
             history: self.history, hub: self.hub, broker: self.broker, ownerSessionID: sessionID,

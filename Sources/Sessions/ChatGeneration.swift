@@ -61,7 +61,8 @@ final class ChatGeneration: GenerationSink {
     private let history: ConversationHistory
     /// Timings and outcomes, per upstream (one clock read per upstream read, none per token).
     private let metrics: ChatMetrics.Upstream
-    private let startedAt = NIODeadline.now()
+    private let startedAt: NIODeadline
+    private let trace: GenerationTrace
     private let logger: Logger
 
     /// The generation's, conversation's, session's and request's ids, for every line about it
@@ -94,12 +95,14 @@ final class ChatGeneration: GenerationSink {
     private var finalEnd: GenerationEnd?
 
     init(
-        id: String, conversation: ResolvedConversation, user: String, requestID: String?, model: String, promptEstimate: Int,
+        id: String, startedAt: NIODeadline, trace: GenerationTrace, conversation: ResolvedConversation, user: String, requestID: String?, model: String, promptEstimate: Int,
         output: any ChatOutput, engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop,
         history: ConversationHistory,
         hub: GenerationHub, broker: any Broker, ownerSessionID: String, metrics: ChatMetrics.Upstream, logger: Logger
     ) {
         self.metrics = metrics
+        self.startedAt = startedAt
+        self.trace = trace
         self.logger = logger
         self.hub = hub
         self.broker = broker
@@ -132,6 +135,7 @@ final class ChatGeneration: GenerationSink {
     func cancel() {
         guard !self.ended else { return }
         self.cancelRequestedAt = .now()
+        self.trace.cancelRequested()
         // Cancelled before the upstream answered (drain, disconnect): still a generation to the client.
         self.announce()
         self.handle?.cancel()
@@ -143,6 +147,7 @@ final class ChatGeneration: GenerationSink {
 
     func generationDidConnect() {
         self.metrics.upstreamRequest(status: "ok")
+        self.trace.upstreamAccepted()
         self.logger.debug("generation started", metadata: self.ids(["sluice.model": "\(self.model)"]))
         self.announce()
     }
@@ -171,7 +176,10 @@ final class ChatGeneration: GenerationSink {
     func generationDidProduce(_ text: Substring) {
         guard !self.ended else { return }
         if !self.announced { self.announce() }
-        if self.seq == 0 { self.metrics.timeToFirstToken.recordInterval(since: self.startedAt) }
+        if self.seq == 0 {
+            self.metrics.timeToFirstToken.recordInterval(since: self.startedAt)
+            self.trace.firstToken()
+        }
         let seq = self.seq + 1
         self.seq = seq
         if text.utf8.withContiguousStorageIfAvailable({ self.answerBytes.writeBytes($0) }) == nil {
@@ -224,6 +232,7 @@ final class ChatGeneration: GenerationSink {
                 "sluice.error": "\(error.code.rawValue)", "sluice.message": "\(error.message)",
             ]))
             self.history.releaseAnswerReservation()
+            self.trace.failedToStart(error)
             self.output.generationFailedToStart(self, error: error)
             return
         }
@@ -283,6 +292,7 @@ final class ChatGeneration: GenerationSink {
         let end = GenerationEnd(seq: self.seq, finishReason: reason, usage: usage, error: error)
         self.finalEnd = end
         self.metrics.latency.recordInterval(since: self.startedAt)
+        self.trace.ended(end, model: self.model)
         self.logger.debug("generation ended", metadata: self.ids([
             "sluice.finish_reason": "\(reason.rawValue)", "sluice.seq": "\(self.seq)",
             "sluice.duration_ms": "\((NIODeadline.now() - self.startedAt).nanoseconds / 1_000_000)",

@@ -1,6 +1,7 @@
 import Foundation
 import Inference
 import NIOCore
+import Tracing
 import SluiceProtocol
 import WSServer
 
@@ -43,7 +44,11 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     /// Whose conversations it reads and writes: the user, or the shared anonymous one.
     private var userID: String { self.user ?? ConversationHistory.anonymous }
 
-    init(application: ChatApplication, eventLoop: any EventLoop, user: String?) {
+    /// The trace this connection's generations continue (the upgrade request's `traceparent`).
+    private let traceParent: InstrumentationContext
+
+    init(application: ChatApplication, eventLoop: any EventLoop, user: String?, trace: InstrumentationContext) {
+        self.traceParent = trace
         self.application = application
         self.eventLoop = eventLoop
         self.user = user
@@ -165,7 +170,8 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
             return
         }
         switch self.application.beginGeneration(
-            send, in: conversation, user: self.userID, output: self, sessionID: self.sessionID, on: connection.eventLoop) {
+            send, in: conversation, user: self.userID, output: self, sessionID: self.sessionID, trace: self.traceParent,
+            on: connection.eventLoop) {
         case .success(let generation):
             self.generations[generation.id] = generation
             generation.startUpstream()

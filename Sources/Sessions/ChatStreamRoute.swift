@@ -1,6 +1,7 @@
 import Foundation
 import Inference
 import NIOCore
+import Tracing
 import NIOHTTP1
 import SluiceProtocol
 import WSServer
@@ -55,13 +56,14 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
             send = request
         }
         let user = UserIdentity.user(from: head) ?? ConversationHistory.anonymous
+        let trace = self.application.traceParent(head.headers)
         let responder = NIOLoopBound(self, eventLoop: writer.eventLoop)
         self.application.resolveConversation(send, user: user, on: writer.eventLoop) { lookup in
-            responder.value.begin(send, lookup, user: user)
+            responder.value.begin(send, lookup, user: user, trace: trace)
         }
     }
 
-    private func begin(_ send: ClientMessage.ChatSend, _ lookup: ConversationLookup, user: String) {
+    private func begin(_ send: ClientMessage.ChatSend, _ lookup: ConversationLookup, user: String, trace: InstrumentationContext) {
         guard let writer = self.writer, !self.disconnected else { return }
         guard case .found(let conversation) = lookup else {
             if let (violation, retryAfterMs) = ChatApplication.violation(for: lookup, conversationID: send.conversationID, requestID: send.requestID) {
@@ -71,7 +73,8 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
             return
         }
         switch self.application.beginGeneration(
-            send, in: conversation, user: user, output: self, sessionID: Identifier.make("sse_"), on: writer.eventLoop) {
+            send, in: conversation, user: user, output: self, sessionID: Identifier.make("sse_"), trace: trace,
+            on: writer.eventLoop) {
         case .failure(let violation):
             self.respondError(Self.status(for: violation.code), violation.code, violation.message, requestID: violation.requestID,
                               retryAfterMs: violation.code == .overloaded ? 1000 : nil)

@@ -4,6 +4,7 @@ import NIOCore
 import RedisClient
 import Sessions
 import Storage
+import Telemetry
 import WSServer
 
 /// Everything `sluice` can be told at start-up. Plain values with defaults; `ConfigurationLoader`
@@ -35,6 +36,8 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var redis: RedisSettings = .init()
     /// Where conversations, messages and usage are kept (`storage:` section).
     public var storage: StorageSettings = .init()
+    /// OpenTelemetry traces (`tracing:` section); off unless an OTLP endpoint is set.
+    public var tracing: TracingSettings = .init()
 
     /// Log levels accepted by `logLevel`, most verbose first (the names swift-log uses).
     public static let logLevels: [String] = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
@@ -63,6 +66,16 @@ public struct SluiceConfiguration: Sendable, Equatable {
             _ = try self.storage.backend
         } catch {
             throw ConfigurationError(kind: .invalidValue, key: "storage.database_url", value: self.storage.databaseURL, reason: "\(error)")
+        }
+        if let endpoint = self.tracing.otlpEndpoint {
+            do {
+                try OTLPExporter.checkEndpoint(endpoint)
+            } catch {
+                throw ConfigurationError(kind: .invalidValue, key: "tracing.otlp_endpoint", value: endpoint, reason: "\(error)")
+            }
+        }
+        if case .failure(let invalid) = self.tracing.parsedHeaders {
+            throw ConfigurationError(kind: .invalidValue, key: "tracing.headers", value: invalid.entry, reason: "expected Name=value")
         }
         let server = self.server
         if server.writeBufferLowWatermark > server.writeBufferHighWatermark {
@@ -275,5 +288,35 @@ public struct StorageSettings: Sendable, Equatable {
             if url.hasPrefix("sqlite://") { return .sqlite(path: String(url.dropFirst("sqlite://".count))) }
             throw InvalidURL(description: "expected postgres://…, sqlite://PATH or memory")
         }
+    }
+}
+
+/// Traces: one span per generation, exported over OTLP/HTTP (JSON) to a collector.
+public struct TracingSettings: Sendable, Equatable {
+    /// `http(s)://host:port[/path]` of an OTLP/HTTP collector; nil (the default) turns tracing
+    /// off. A URL without a path gets `/v1/traces`.
+    public var otlpEndpoint: String? = nil
+    /// The `service.name` resource attribute.
+    public var serviceName: String = "sluice"
+    /// The share of new traces recorded (0…1); a client's `traceparent` decides for its own.
+    public var sampleRatio: Double = 1
+    /// Extra headers for the collector, as `Name=value`.
+    public var headers: [String] = []
+
+    public init() {}
+
+    /// `headers` as (name, value) pairs; nil names the first entry that is not `Name=value`.
+    public var parsedHeaders: Result<[String: String], InvalidHeader> {
+        var parsed: [String: String] = [:]
+        for entry in self.headers {
+            guard let equals = entry.firstIndex(of: "="), equals != entry.startIndex else { return .failure(InvalidHeader(entry: entry)) }
+            parsed[String(entry[..<equals]).trimmingCharacters(in: .whitespaces)] =
+                String(entry[entry.index(after: equals)...]).trimmingCharacters(in: .whitespaces)
+        }
+        return .success(parsed)
+    }
+
+    public struct InvalidHeader: Error, Equatable {
+        public var entry: String
     }
 }

@@ -100,6 +100,10 @@ public enum ConfigurationLoader {
     /// ignored because other tools share the prefix (and `SLUICE_CONFIG` is not a key).
     /// Lists are comma-separated; an empty value clears optional keys and lists.
     public static func applyEnvironment(_ environment: [String: String], to configuration: inout SluiceConfiguration) throws(ConfigurationError) {
+        for (variable, key, value) in self.openTelemetryEnvironment(environment) {
+            guard let setting = self.settingsByKey[key] else { continue }
+            try self.apply(setting, value, source: .environment(variable: variable), to: &configuration)
+        }
         for setting in self.settings {
             let variable = self.environmentVariable(forKey: setting.key)
             guard let text = environment[variable] else {
@@ -409,7 +413,36 @@ extension ConfigurationLoader {
         .integer("storage.max_connections", in: 1...1_000) { $0.storage.maxConnections = $1 },
         .integer("storage.partition_months_ahead", in: 1...120) { $0.storage.partitionMonthsAhead = $1 },
         .duration("storage.drain_timeout", mustBePositive: false) { $0.storage.drainTimeout = $1 },
+
+        .optionalString("tracing.otlp_endpoint") { $0.tracing.otlpEndpoint = $1 },
+        .string("tracing.service_name", nonEmpty: true) { $0.tracing.serviceName = $1 },
+        .fraction("tracing.sample_ratio") { $0.tracing.sampleRatio = $1 },
+        .stringList("tracing.headers") { $0.tracing.headers = $1 },
     ]
+
+    /// OpenTelemetry's own variables, honoured so a collector set up for other services needs no
+    /// Sluice-specific setting; `SLUICE_TRACING_*` (applied after) wins over them.
+    static func openTelemetryEnvironment(_ environment: [String: String]) -> [(variable: String, key: String, value: RawValue)] {
+        var values: [(variable: String, key: String, value: RawValue)] = []
+        if let endpoint = environment["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"], !endpoint.isEmpty {
+            values.append(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "tracing.otlp_endpoint", .scalar(endpoint)))
+        } else if let base = environment["OTEL_EXPORTER_OTLP_ENDPOINT"], !base.isEmpty {
+            // The base URL: the signal's path is appended, as the OpenTelemetry specification says.
+            let trimmed = base.hasSuffix("/") ? String(base.dropLast()) : base
+            values.append(("OTEL_EXPORTER_OTLP_ENDPOINT", "tracing.otlp_endpoint", .scalar(trimmed + "/v1/traces")))
+        }
+        if let name = environment["OTEL_SERVICE_NAME"], !name.isEmpty {
+            values.append(("OTEL_SERVICE_NAME", "tracing.service_name", .scalar(name)))
+        }
+        if let ratio = environment["OTEL_TRACES_SAMPLER_ARG"], !ratio.isEmpty {
+            values.append(("OTEL_TRACES_SAMPLER_ARG", "tracing.sample_ratio", .scalar(ratio)))
+        }
+        if let headers = environment["OTEL_EXPORTER_OTLP_HEADERS"], !headers.isEmpty {
+            let list = headers.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            values.append(("OTEL_EXPORTER_OTLP_HEADERS", "tracing.headers", .list(list)))
+        }
+        return values
+    }
 
     static let settingsByKey: [String: ConfigurationSetting] = Dictionary(
         uniqueKeysWithValues: settings.map { ($0.key, $0) }
@@ -491,6 +524,21 @@ struct ConfigurationSetting: Sendable {
                 throw ValueProblem(kind: .wrongType, reason: "expected \(expected)")
             }
             try ValueParser.check(value, in: range)
+            set(&configuration, value)
+        }
+    }
+
+    /// A number from 0 to 1.
+    static func fraction(_ key: String, _ set: @escaping Setter<Double>) -> Self {
+        let expected = "a number from 0 to 1"
+        return Self(key: key, expected: expected, takesList: false) { configuration, raw throws(ValueProblem) in
+            let text = try ValueParser.scalarText(raw, expected: expected)
+            guard let value = Double(text), value.isFinite else {
+                throw ValueProblem(kind: .wrongType, reason: "expected \(expected)")
+            }
+            guard (0...1).contains(value) else {
+                throw ValueProblem(kind: .outOfRange, reason: "expected \(expected)")
+            }
             set(&configuration, value)
         }
     }

@@ -42,6 +42,8 @@ public struct ConfigurationOverrides: Sendable, Equatable {
     public var databaseURL: String?
     /// `--data-dir`
     public var dataDirectory: String?
+    /// `--otlp-endpoint http://collector:4318`
+    public var otlpEndpoint: String?
 
     public init() {}
 
@@ -82,6 +84,7 @@ public struct ConfigurationOverrides: Sendable, Equatable {
         add("--instance-id", "instance_id", self.instanceID)
         add("--database-url", "storage.database_url", self.databaseURL)
         add("--data-dir", "storage.data_dir", self.dataDirectory)
+        add("--otlp-endpoint", "tracing.otlp_endpoint", self.otlpEndpoint)
         return entries
     }
 }

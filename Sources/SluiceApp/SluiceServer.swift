@@ -7,6 +7,8 @@ import RedisClient
 import ServiceLifecycle
 import Sessions
 import Storage
+import Telemetry
+import Tracing
 import WSServer
 
 /// `sluice serve`: wires the configured application onto the WebSocket server and runs it as a
@@ -27,12 +29,24 @@ public enum SluiceServer {
         var chatApplication: ChatApplication?
         var opened: OpenedStorage?
         var serverConfiguration = configuration.server
+        let instanceID = configuration.instanceID ?? Self.generatedInstanceID()
+        var exporter: OTLPExporter?
+        if let endpoint = configuration.tracing.otlpEndpoint {
+            var settings = OTLPExporter.Configuration(endpoint: endpoint)
+            settings.serviceName = configuration.tracing.serviceName
+            settings.serviceInstanceID = instanceID
+            settings.headers = (try? configuration.tracing.parsedHeaders.get()) ?? [:]
+            exporter = try OTLPExporter(configuration: settings, eventLoopGroup: eventLoopGroup, logger: logger)
+            logger.notice("traces exported over OTLP/HTTP", metadata: [
+                "sluice.endpoint": "\(endpoint)", "sluice.sample_ratio": "\(configuration.tracing.sampleRatio)"])
+        }
+        let tracer: any Tracer = exporter.map { OTLPTracer(exporter: $0, sampleRatio: configuration.tracing.sampleRatio) } ?? NoOpTracer()
         if configuration.echo {
             application = EchoApplication()
             logger.notice("echo mode: /v1/ws echoes every message")
         } else {
             var chat = configuration.chat
-            chat.instanceID = configuration.instanceID ?? Self.generatedInstanceID()
+            chat.instanceID = instanceID
             chat.heartbeatMs = configuration.server.heartbeatInterval.nanoseconds / 1_000_000
             let router = try await Self.makeRouter(configuration, logger: logger)
             if let url = configuration.redis.url {
@@ -53,7 +67,7 @@ public enum SluiceServer {
             let chatApp = ChatApplication(
                 configuration: chat, router: router,
                 conversations: ConversationMemory(maxContextCharacters: chat.contextMaxCharacters), fanOut: fanOut,
-                persistence: opened?.persistence ?? .none, logger: logger)
+                persistence: opened?.persistence ?? .none, tracer: tracer, logger: logger)
             chatApplication = chatApp
             application = chatApp
             httpRoutes = ChatStreamRoutes(application: chatApp)
@@ -75,6 +89,8 @@ public enum SluiceServer {
         // Started in this order, stopped in the reverse: the server drains first, then handed-off
         // generations finish, then the queue writes what is left, then the storage closes.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        // Stopped last: spans of generations that end during the drain still go out.
+        if let exporter { services.append(.init(service: exporter)) }
         if let opened {
             services.append(.init(service: StorageService(opened: opened, logger: logger)))
             services.append(.init(service: opened.queue))

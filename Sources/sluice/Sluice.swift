@@ -105,6 +105,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: .init("This instance's name (default: hostname-pid).", valueName: "name"))
     var instanceID: String?
 
+    @Option(name: .long, help: .init("Send a span per generation to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318); default: no tracing.", valueName: "url"))
+    var otlpEndpoint: String?
+
     @OptionGroup var storage: StorageOptions
 
     func run() async throws {
@@ -126,6 +129,7 @@ struct Serve: AsyncParsableCommand {
         overrides.upstreamModel = self.model
         overrides.redisURL = self.redisURL
         overrides.instanceID = self.instanceID
+        overrides.otlpEndpoint = self.otlpEndpoint
         self.storage.apply(to: &overrides)
         overrides.maxMessageSize = self.maxMessageSize
         overrides.deflateEnabled = self.noDeflate ? false : nil

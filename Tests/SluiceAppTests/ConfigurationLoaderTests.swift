@@ -554,6 +554,56 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
     }
 }
 
+@Suite struct TracingSettingsTests {
+    @Test func tracingIsOffByDefault() throws {
+        let configuration = try ConfigurationLoader.load(filePath: nil, environment: [:])
+        #expect(configuration.tracing.otlpEndpoint == nil && configuration.tracing.sampleRatio == 1)
+    }
+
+    @Test func fileSluiceVariablesAndOpenTelemetryVariables() throws {
+        var configuration = try configuration(fromYAML: """
+            tracing:
+              otlp_endpoint: http://collector:4318
+              service_name: chat-gateway
+              sample_ratio: 0.25
+              headers: ["X-Key=abc"]
+            """)
+        #expect(configuration.tracing.otlpEndpoint == "http://collector:4318")
+        #expect(configuration.tracing.serviceName == "chat-gateway" && configuration.tracing.sampleRatio == 0.25)
+        #expect(try configuration.tracing.parsedHeaders.get() == ["X-Key": "abc"])
+        // OpenTelemetry's own variables: the base endpoint gets the signal path.
+        configuration = try ConfigurationLoader.load(filePath: nil, environment: [
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318/", "OTEL_SERVICE_NAME": "gw", "OTEL_TRACES_SAMPLER_ARG": "0.5",
+            "OTEL_EXPORTER_OTLP_HEADERS": "a=1, b=2",
+        ])
+        #expect(configuration.tracing.otlpEndpoint == "http://otel:4318/v1/traces")
+        #expect(configuration.tracing.serviceName == "gw" && configuration.tracing.sampleRatio == 0.5)
+        #expect(try configuration.tracing.parsedHeaders.get() == ["a": "1", "b": "2"])
+        // The traces-specific one is used as is, and SLUICE_* wins over both.
+        configuration = try ConfigurationLoader.load(filePath: nil, environment: [
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4318/custom",
+        ])
+        #expect(configuration.tracing.otlpEndpoint == "http://traces:4318/custom")
+        var overrides = ConfigurationOverrides()
+        overrides.otlpEndpoint = "http://flag:4318"
+        configuration = try ConfigurationLoader.load(
+            filePath: nil, environment: ["OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318", "SLUICE_TRACING_OTLP_ENDPOINT": "http://env:4318"],
+            overrides: overrides)
+        #expect(configuration.tracing.otlpEndpoint == "http://flag:4318")
+    }
+
+    @Test func badTracingValuesAreNamed() {
+        var error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_TRACING_OTLP_ENDPOINT": "grpc://x:4317"]) }
+        #expect(error?.key == "tracing.otlp_endpoint" && error?.kind == .invalidValue)
+        error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_TRACING_SAMPLE_RATIO": "1.5"]) }
+        #expect(error?.key == "tracing.sample_ratio" && error?.kind == .outOfRange)
+        error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: ["OTEL_TRACES_SAMPLER_ARG": "lots"]) }
+        #expect(error?.key == "tracing.sample_ratio" && error?.kind == .wrongType)
+        error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_TRACING_HEADERS": "novalue"]) }
+        #expect(error?.key == "tracing.headers" && error?.kind == .invalidValue)
+    }
+}
+
 @Suite struct LogOutputTests {
     @Test func jsonFieldsAreEscapedAndTimestampsAreRFC3339() throws {
         let quoted = JSONLogHandler.quoted("a \"b\"\n\\c\u{01}é")

@@ -9,9 +9,12 @@ import Testing
         "WSServer": ["Sessions", "Inference", "SluiceApp", "RedisClient"],
         "Inference": ["WSServer", "Sessions", "SluiceApp", "RedisClient"],
         "RedisClient": ["WSServer", "Sessions", "Inference", "SluiceApp", "SluiceProtocol"],
-        "Sessions": ["SluiceApp"],
+        "Sessions": ["SluiceApp", "Telemetry"],
         // Storage knows nothing of chats, sockets or Redis: Sessions decides what to store.
         "Storage": ["WSServer", "Sessions", "Inference", "SluiceApp", "RedisClient", "SluiceProtocol"],
+        // Telemetry is a leaf: a tracer and an exporter, for whoever wires them.
+        "Telemetry": ["WSServer", "Sessions", "Inference", "SluiceApp", "RedisClient", "Storage", "SluiceProtocol"],
+        // Sessions speaks the swift-distributed-tracing API only; the exporter is wired in SluiceApp.
         "sluice": ["WSServer", "Sessions", "Inference", "RedisClient", "Storage"],  // the executable only parses arguments
     ]
 
