@@ -18,7 +18,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
-        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        // 4.x is what jwt-kit needs; WSServer's SHA-1 works with either.
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
@@ -29,6 +30,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
     ],
     targets: [
         .systemLibrary(
@@ -95,10 +97,25 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Gateway policy: authentication (jwt-kit keys, API keys), rate limits and quotas.
+        .target(
+            name: "Policy",
+            dependencies: [
+                "RedisClient",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict
+        ),
         .target(
             name: "Sessions",
             dependencies: [
-                "WSServer", "Inference", "SluiceProtocol", "RedisClient", "Storage",
+                "WSServer", "Inference", "SluiceProtocol", "RedisClient", "Storage", "Policy",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -109,7 +126,7 @@ let package = Package(
         .target(
             name: "SluiceApp",
             dependencies: [
-                "WSServer", "Sessions", "Inference", "RedisClient", "Storage", "Telemetry",
+                "WSServer", "Sessions", "Inference", "RedisClient", "Storage", "Telemetry", "Policy",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -232,6 +249,7 @@ let package = Package(
             name: "SessionsTests",
             dependencies: [
                 "Sessions", "Inference", "SluiceProtocol", "WSServer", "SluiceTestSupport", "RedisClient", "Storage",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -252,7 +270,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ChatClientTests",
-            dependencies: ["ChatClient"],
+            dependencies: ["ChatClient", "SluiceTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(
@@ -270,6 +288,17 @@ let package = Package(
             name: "SluiceAppTests",
             dependencies: [
                 "SluiceApp", "WSServer",
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "PolicyTests",
+            dependencies: [
+                "Policy",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),

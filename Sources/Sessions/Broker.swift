@@ -14,7 +14,8 @@ protocol Broker: Sendable {
     var isHealthy: Bool { get }
 
     // Owner side.
-    func publishStarted(_ info: GenerationInfo)
+    /// `user` is recorded with it: only that user may follow or cancel it from elsewhere.
+    func publishStarted(_ info: GenerationInfo, user: String)
     func publishBatch(_ info: GenerationInfo, _ update: FollowUpdate)
     func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd)
 
@@ -29,9 +30,10 @@ protocol Broker: Sendable {
     func conversationContext(_ conversationID: String) async -> Result<CachedConversation?, BrokerError>
 
     // Followers of generations owned by other instances.
-    func follow(generationID: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome
+    /// `.notFound` also when the generation is `user`'s not (never leaks that it exists).
+    func follow(generationID: String, user: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome
     func unfollow(generationID: String, follower: GenerationFollower)
-    func cancel(generationID: String) async -> CancelOutcome
+    func cancel(generationID: String, user: String) async -> CancelOutcome
     /// Starts telling `watcher` about generations started in the conversation on other
     /// instances, and returns those running there now.
     func watch(conversationID: String, watcher: ConversationWatcher) async -> Result<[String], BrokerError>
@@ -79,16 +81,17 @@ struct BrokerError: Error, Sendable, Equatable {
 struct LocalBroker: Broker {
     var isShared: Bool { false }
     var isHealthy: Bool { true }
-    func publishStarted(_ info: GenerationInfo) {}
+    /// `user` is recorded with it: only that user may follow or cancel it from elsewhere.
+    func publishStarted(_ info: GenerationInfo, user: String) {}
     func publishBatch(_ info: GenerationInfo, _ update: FollowUpdate) {}
     func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd) {}
     func createConversation(_ conversationID: String, owner: String, first message: ChatMessage) {}
     func appendMessage(_ message: ChatMessage, toConversation conversationID: String) {}
     func fillConversation(_ conversationID: String, owner: String, messages: [ChatMessage]) {}
     func conversationContext(_ conversationID: String) async -> Result<CachedConversation?, BrokerError> { .success(nil) }
-    func follow(generationID: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome { .notFound }
+    func follow(generationID: String, user: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome { .notFound }
     func unfollow(generationID: String, follower: GenerationFollower) {}
-    func cancel(generationID: String) async -> CancelOutcome { .notFound }
+    func cancel(generationID: String, user: String) async -> CancelOutcome { .notFound }
     func watch(conversationID: String, watcher: ConversationWatcher) async -> Result<[String], BrokerError> { .success([]) }
     func unwatch(conversationID: String, watcher: ConversationWatcher) {}
     func presenceOpened(user: String, sessionID: String) {}

@@ -1,5 +1,6 @@
 import Inference
 import Logging
+import Policy
 import NIOHTTP1
 import Tracing
 import NIOCore
@@ -64,12 +65,16 @@ public struct ChatApplication: WebSocketApplication {
     let logger: Logger
     /// Spans per generation (a no-op unless tracing is configured).
     let tracer: any Tracer
+    /// Authentication (and, later, limits).
+    let policy: ChatPolicy
 
     public init(
         configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory,
-        fanOut: FanOut = .singleNode, persistence: Persistence = .none, tracer: any Tracer = NoOpTracer(), logger: Logger
+        fanOut: FanOut = .singleNode, persistence: Persistence = .none, tracer: any Tracer = NoOpTracer(),
+        policy: ChatPolicy = .open, logger: Logger
     ) {
         self.tracer = tracer
+        self.policy = policy
         self.configuration = configuration
         self.router = router
         let metrics = ChatMetrics()
@@ -145,9 +150,21 @@ public struct ChatApplication: WebSocketApplication {
     /// The model announced in `session.ready`: the default upstream's.
     var defaultModel: String { self.router.defaultUpstream.engine.defaultModel }
 
+    /// Authentication happens here, before the 101: a missing or bad credential is a 401 with a
+    /// JSON body, never an upgraded socket.
+    public func admit(_ request: UpgradeRequest) -> UpgradeAdmission {
+        switch self.policy.identify(request.head) {
+        case .success(let identity):
+            return .admit(identity)
+        case .failure(let failure):
+            self.logger.notice("upgrade refused: not authenticated", metadata: ["sluice.reason": "\(failure.message)"])
+            return .refuse(ChatPolicy.refusal(failure))
+        }
+    }
+
     public func makeDelegate(for connection: WebSocketConnectionInfo) -> any WebSocketConnectionDelegate {
         ChatSession(
-            application: self, eventLoop: connection.eventLoop, user: UserIdentity.user(from: connection.requestHead),
+            application: self, eventLoop: connection.eventLoop, identity: connection.admission as? Identity,
             trace: self.traceParent(connection.requestHead.headers))
     }
 }

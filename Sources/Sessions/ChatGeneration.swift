@@ -161,9 +161,9 @@ final class ChatGeneration: GenerationSink {
         guard !self.announced, !self.ended else { return }
         self.announced = true
         self.hub.register(GenerationHub.Entry(
-            generationID: self.id, conversationID: self.conversationID, ownerSessionID: self.ownerSessionID,
+            generationID: self.id, conversationID: self.conversationID, user: self.user, ownerSessionID: self.ownerSessionID,
             state: .running(eventLoop: self.eventLoop, generation: NIOLoopBound(self, eventLoop: self.eventLoop))))
-        if self.publishesToBroker { self.broker.publishStarted(self.info) }
+        if self.publishesToBroker { self.broker.publishStarted(self.info, user: self.user) }
         guard self.output.isConnected else { return }
         self.output.writeMessage { buffer in
             ServerMessageEncoder.generationStarted(

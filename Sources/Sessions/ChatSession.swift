@@ -1,6 +1,7 @@
 import Foundation
 import Inference
 import NIOCore
+import Policy
 import Tracing
 import SluiceProtocol
 import WSServer
@@ -39,25 +40,34 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     /// The connection's event loop, kept after the connection is gone.
     private let eventLoop: any EventLoop
 
-    /// Who this connection belongs to (`user` query parameter or `X-Sluice-User`), if said.
-    private let user: String?
+    /// Who this connection belongs to: the authenticated user, or without authentication the
+    /// `user` query parameter or `X-Sluice-User`, if said.
+    private let identity: Identity?
+    private var user: String? { self.identity?.userID }
+    /// Closes the connection when its token expires.
+    private var expiryTimer: Scheduled<Void>?
     /// Whose conversations it reads and writes: the user, or the shared anonymous one.
     private var userID: String { self.user ?? ConversationHistory.anonymous }
 
     /// The trace this connection's generations continue (the upgrade request's `traceparent`).
     private let traceParent: InstrumentationContext
 
-    init(application: ChatApplication, eventLoop: any EventLoop, user: String?, trace: InstrumentationContext) {
+    init(application: ChatApplication, eventLoop: any EventLoop, identity: Identity?, trace: InstrumentationContext) {
         self.traceParent = trace
         self.application = application
         self.eventLoop = eventLoop
-        self.user = user
+        self.identity = identity
     }
 
     var configuration: ChatConfiguration { self.application.configuration }
 
     func connectionOpened(_ connection: WebSocketConnection) {
         self.connection = connection
+        if let expiresAt = self.identity?.expiresAt, self.application.policy.closeOnExpiry {
+            let delay = TimeAmount.nanoseconds(Int64(max(0, expiresAt.timeIntervalSinceNow) * 1_000_000_000))
+            let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+            self.expiryTimer = connection.eventLoop.scheduleTask(in: delay) { session.value.credentialExpired() }
+        }
         self.application.logger.debug("session opened", metadata: ["sluice.session": "\(self.sessionID)", "sluice.user": "\(self.userID)"])
         if let user = self.user {
             self.application.presence.opened(user: user, sessionID: self.sessionID)
@@ -119,8 +129,20 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         }
     }
 
+    /// The token this connection was opened with has expired: say so, then Close 1008.
+    private func credentialExpired() {
+        self.expiryTimer = nil
+        guard let connection = self.connection else { return }
+        self.application.logger.notice("closing a connection whose token expired", metadata: [
+            "sluice.session": "\(self.sessionID)", "sluice.user": "\(self.userID)"])
+        self.sendError(.unauthorized, "token expired; reconnect with a new one")
+        connection.close(code: .policyViolation, reason: "token expired")
+    }
+
     func connectionClosed(_ connection: WebSocketConnection, code: WebSocketCloseCode) {
         self.connection = nil
+        self.expiryTimer?.cancel()
+        self.expiryTimer = nil
         self.application.logger.debug("session closed", metadata: [
             "sluice.session": "\(self.sessionID)", "sluice.close_code": "\(code.rawValue)", "sluice.generations": "\(self.generations.count)",
         ])
@@ -241,7 +263,7 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
             generation.cancel()
             return
         }
-        if let entry = self.application.hub.lookup(generationID) {
+        if let entry = self.application.hub.lookup(generationID), entry.user == self.userID {
             // Another connection's generation here: cancelling an ended one is a no-op; a running
             // one is cancelled on its loop, and this connection gets its `generation.done` too.
             guard case .running(let loop, let generation) = entry.state else { return }
@@ -262,8 +284,9 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         guard let connection = self.connection else { return }
         let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
         let broker = self.application.broker
+        let user = self.userID
         Task {
-            let result = await broker.cancel(generationID: generationID)
+            let result = await broker.cancel(generationID: generationID, user: user)
             session.eventLoop.execute { session.value.remoteCancelAnswered(generationID, result) }
         }
     }
@@ -300,7 +323,7 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
 
     /// Follows a generation of this instance (through the hub) or of another (through the broker).
     private func followAnywhere(_ generationID: String, afterSeq: Int64, conversationID: String?, reportNotFound: Bool) {
-        if let entry = self.application.hub.lookup(generationID) {
+        if let entry = self.application.hub.lookup(generationID), entry.user == self.userID {
             self.followLocal(entry, afterSeq: afterSeq, endOnly: false, conversationID: conversationID)
             return
         }
@@ -487,7 +510,8 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         self.follows[generationID] = follow
         let broker = self.application.broker
         let promise = eventLoop.makePromise(of: FollowOutcome.self)
-        promise.completeWithTask { await broker.follow(generationID: generationID, afterSeq: afterSeq, endOnly: endOnly, follower: follower) }
+        let user = self.userID
+        promise.completeWithTask { await broker.follow(generationID: generationID, user: user, afterSeq: afterSeq, endOnly: endOnly, follower: follower) }
         return promise.futureResult
     }
 

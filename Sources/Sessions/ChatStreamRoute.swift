@@ -1,6 +1,7 @@
 import Foundation
 import Inference
 import NIOCore
+import Policy
 import Tracing
 import NIOHTTP1
 import SluiceProtocol
@@ -55,7 +56,15 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         case .success(let request):
             send = request
         }
-        let user = UserIdentity.user(from: head) ?? ConversationHistory.anonymous
+        let user: String
+        switch self.application.policy.identify(head) {
+        case .failure(let failure):
+            writer.respond(ChatPolicy.refusal(failure))
+            self.writer = nil
+            return
+        case .success(let identity):
+            user = identity?.userID ?? ConversationHistory.anonymous
+        }
         let trace = self.application.traceParent(head.headers)
         let responder = NIOLoopBound(self, eventLoop: writer.eventLoop)
         self.application.resolveConversation(send, user: user, on: writer.eventLoop) { lookup in
@@ -207,7 +216,14 @@ final class HistoryResponder: HTTPRouteResponder {
             limit = value
         }
         let page = ClientMessage.HistoryPage(before: query["before"], limit: limit)
-        let user = UserIdentity.user(from: head) ?? ConversationHistory.anonymous
+        let user: String
+        switch self.application.policy.identify(head) {
+        case .failure(let failure):
+            writer.respond(ChatPolicy.refusal(failure))
+            return
+        case .success(let identity):
+            user = identity?.userID ?? ConversationHistory.anonymous
+        }
         let history = self.application.history
         let route = self.route
         let respond = NIOLoopBound(writer, eventLoop: writer.eventLoop)

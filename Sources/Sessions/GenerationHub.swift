@@ -108,6 +108,8 @@ final class GenerationHub: Sendable {
     struct Entry: Sendable {
         let generationID: String
         let conversationID: String
+        /// Whose it is: only this user may resume or cancel it (anyone else gets `not_found`).
+        let user: String
         /// The session that started it (followers of the conversation other than it are told).
         let ownerSessionID: String
         var state: EntryState

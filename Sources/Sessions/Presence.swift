@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import Policy
 import NIOHTTP1
 import Synchronization
 import WSServer
@@ -87,7 +88,16 @@ final class PresenceResponder: HTTPRouteResponder {
             writer.respond(status: .methodNotAllowed, contentType: "application/json", body: ByteBuffer(string: #"{"error":"use GET"}"#))
             return
         }
-        guard let user = UserIdentity.user(from: head) else {
+        // With authentication on, a user sees only their own presence (the token's `sub`).
+        let identified: Identity?
+        switch self.application.policy.identify(head) {
+        case .failure(let failure):
+            writer.respond(ChatPolicy.refusal(failure))
+            return
+        case .success(let identity):
+            identified = identity
+        }
+        guard let user = identified?.userID else {
             writer.respond(status: .badRequest, contentType: "application/json",
                            body: ByteBuffer(string: #"{"error":"give ?user=NAME (1 to 128 printable characters)"}"#))
             return

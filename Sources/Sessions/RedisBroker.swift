@@ -119,12 +119,12 @@ final class RedisBroker: Broker {
 
     // MARK: Owner side
 
-    func publishStarted(_ info: GenerationInfo) {
+    func publishStarted(_ info: GenerationInfo, user: String) {
         var event = ByteBuffer()
         GenerationWire.encodeStarted(info, owner: self.instanceID, into: &event)
         let generation = self.key("gen:\(info.generationID)")
         var fields = RedisCommand("HSET", generation, "owner", self.instanceID, "conversation", info.conversationID,
-                                  "model", info.model, "state", "running", "started", event)
+                                  "model", info.model, "state", "running", "started", event, "user", user)
         if let requestID = info.requestID { fields.append(contentsOf: ["request", requestID]) }
         self.fire([
             fields,
@@ -325,11 +325,13 @@ final class RedisBroker: Broker {
 
     // MARK: Following generations owned elsewhere
 
-    func follow(generationID: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome {
+    func follow(generationID: String, user: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome {
         do {
             // A generation that already ended needs no subscription: its stream is complete.
             let first = try await self.client.send(RedisCommand("HGETALL", self.key("gen:\(generationID)")))
             guard !Self.fields(first).isEmpty else { return .notFound }
+            // Someone else's generation does not exist, as far as this user can tell.
+            guard Self.fields(first)["user"].map({ String(buffer: $0) }) == user else { return .notFound }
             if Self.fields(first)["state"].map({ String(buffer: $0) }) == "done" {
                 switch try await self.history(generationID, afterSeq: afterSeq, endOnly: endOnly, fields: Self.fields(first)) {
                 case .failure(let outcome):
@@ -581,10 +583,10 @@ final class RedisBroker: Broker {
 
     // MARK: Cancel from anywhere
 
-    func cancel(generationID: String) async -> CancelOutcome {
+    func cancel(generationID: String, user: String) async -> CancelOutcome {
         do {
-            let reply = try await self.client.send(RedisCommand("HMGET", self.key("gen:\(generationID)"), "owner", "state"))
-            guard let values = reply.array, values.count == 2, let owner = values[0].string else { return .notFound }
+            let reply = try await self.client.send(RedisCommand("HMGET", self.key("gen:\(generationID)"), "owner", "state", "user"))
+            guard let values = reply.array, values.count == 3, let owner = values[0].string, values[2].string == user else { return .notFound }
             if values[1].string == "done" { return .alreadyEnded }
             _ = try await self.client.send(RedisCommand("PUBLISH", self.key("ctl:\(owner)"), "cancel\n" + generationID))
             return .sent

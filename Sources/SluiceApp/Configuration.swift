@@ -4,6 +4,7 @@ import NIOCore
 import RedisClient
 import Sessions
 import Storage
+import Policy
 import Telemetry
 import WSServer
 
@@ -36,6 +37,8 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var redis: RedisSettings = .init()
     /// Where conversations, messages and usage are kept (`storage:` section).
     public var storage: StorageSettings = .init()
+    /// Who may connect (`auth:` section); off unless a key is configured.
+    public var auth: AuthSettings = .init()
     /// OpenTelemetry traces (`tracing:` section); off unless an OTLP endpoint is set.
     public var tracing: TracingSettings = .init()
 
@@ -66,6 +69,18 @@ public struct SluiceConfiguration: Sendable, Equatable {
             _ = try self.storage.backend
         } catch {
             throw ConfigurationError(kind: .invalidValue, key: "storage.database_url", value: self.storage.databaseURL, reason: "\(error)")
+        }
+        if let secret = self.auth.jwtSecret, secret.utf8.count < JWTKeySpec.minimumSecretBytes("HS256") {
+            throw ConfigurationError(kind: .invalidValue, key: "auth.jwt_secret", value: nil, reason: "an HS256 secret needs at least 32 bytes (RFC 7518)")
+        }
+        for key in self.auth.keys {
+            if let secret = key.secret, secret.utf8.count < JWTKeySpec.minimumSecretBytes(key.algorithm) {
+                throw ConfigurationError(kind: .invalidValue, key: "auth.keys", value: key.kid,
+                                         reason: "an \(key.algorithm) secret needs at least \(JWTKeySpec.minimumSecretBytes(key.algorithm)) bytes (RFC 7518)")
+            }
+        }
+        for entry in self.auth.apiKeys where APIKeySpec(entry: entry) == nil {
+            throw ConfigurationError(kind: .invalidValue, key: "auth.api_keys", value: entry, reason: "expected user:sha256hex (64 hex digits)")
         }
         if let endpoint = self.tracing.otlpEndpoint {
             do {
@@ -318,5 +333,48 @@ public struct TracingSettings: Sendable, Equatable {
 
     public struct InvalidHeader: Error, Equatable {
         public var entry: String
+    }
+}
+
+/// Authentication: JWTs (HS256 secrets, RS/ES public keys, a JWKS file) and static API keys.
+/// With none of them configured, authentication is off (development: `?user=` names the user).
+public struct AuthSettings: Sendable, Equatable {
+    /// One HS256 secret (`--jwt-secret`, `SLUICE_JWT_SECRET`): the simple setup.
+    public var jwtSecret: String? = nil
+    /// Further keys, each `{kid, alg, secret | public_key | public_key_file}`.
+    public var keys: [JWTKeySetting] = []
+    /// A JWKS document on disk (keys need `kid` and `alg`).
+    public var jwksFile: String? = nil
+    /// Static API keys as `user:sha256hex` (`sluice hash-key KEY` prints the hash).
+    public var apiKeys: [String] = []
+    /// Clock skew allowed on `exp` and `nbf`.
+    public var leeway: TimeAmount = .seconds(30)
+    public var issuer: String? = nil
+    public var audience: String? = nil
+    /// Query parameter that may carry a token (browsers that cannot set headers); nil: none.
+    public var queryParameter: String? = "token"
+    /// Tokens without `exp` are refused.
+    public var requireExpiry: Bool = true
+    /// A connection whose token expires is closed (1008) at expiry.
+    public var closeOnExpiry: Bool = true
+
+    public init() {}
+
+    public var isEnabled: Bool { self.jwtSecret != nil || !self.keys.isEmpty || self.jwksFile != nil || !self.apiKeys.isEmpty }
+}
+
+public struct JWTKeySetting: Sendable, Equatable {
+    public var kid: String?
+    public var algorithm: String
+    public var secret: String?
+    public var publicKey: String?
+    public var publicKeyFile: String?
+
+    public init(kid: String? = nil, algorithm: String, secret: String? = nil, publicKey: String? = nil, publicKeyFile: String? = nil) {
+        self.kid = kid
+        self.algorithm = algorithm
+        self.secret = secret
+        self.publicKey = publicKey
+        self.publicKeyFile = publicKeyFile
     }
 }

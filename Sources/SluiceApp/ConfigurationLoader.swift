@@ -1,4 +1,5 @@
 import Foundation
+import Policy
 import NIOCore
 import WSServer
 import Yams
@@ -100,6 +101,10 @@ public enum ConfigurationLoader {
     /// ignored because other tools share the prefix (and `SLUICE_CONFIG` is not a key).
     /// Lists are comma-separated; an empty value clears optional keys and lists.
     public static func applyEnvironment(_ environment: [String: String], to configuration: inout SluiceConfiguration) throws(ConfigurationError) {
+        // The issue's (and most deployments') name for the one-secret setup.
+        if let secret = environment["SLUICE_JWT_SECRET"], let setting = self.settingsByKey["auth.jwt_secret"] {
+            try self.apply(setting, secret.isEmpty ? .null : .scalar(secret), source: .environment(variable: "SLUICE_JWT_SECRET"), to: &configuration)
+        }
         for (variable, key, value) in self.openTelemetryEnvironment(environment) {
             guard let setting = self.settingsByKey[key] else { continue }
             try self.apply(setting, value, source: .environment(variable: variable), to: &configuration)
@@ -414,6 +419,17 @@ extension ConfigurationLoader {
         .integer("storage.partition_months_ahead", in: 1...120) { $0.storage.partitionMonthsAhead = $1 },
         .duration("storage.drain_timeout", mustBePositive: false) { $0.storage.drainTimeout = $1 },
 
+        .optionalString("auth.jwt_secret") { $0.auth.jwtSecret = $1 },
+        .jwtKeyList("auth.keys") { $0.auth.keys = $1 },
+        .optionalString("auth.jwks_file") { $0.auth.jwksFile = $1 },
+        .stringList("auth.api_keys") { $0.auth.apiKeys = $1 },
+        .duration("auth.leeway", mustBePositive: false) { $0.auth.leeway = $1 },
+        .optionalString("auth.issuer") { $0.auth.issuer = $1 },
+        .optionalString("auth.audience") { $0.auth.audience = $1 },
+        .optionalString("auth.query_parameter") { $0.auth.queryParameter = $1 },
+        .bool("auth.require_exp") { $0.auth.requireExpiry = $1 },
+        .bool("auth.close_on_expiry") { $0.auth.closeOnExpiry = $1 },
+
         .optionalString("tracing.otlp_endpoint") { $0.tracing.otlpEndpoint = $1 },
         .string("tracing.service_name", nonEmpty: true) { $0.tracing.serviceName = $1 },
         .fraction("tracing.sample_ratio") { $0.tracing.sampleRatio = $1 },
@@ -616,6 +632,46 @@ struct ConfigurationSetting: Sendable {
     }
 
     /// A string from a fixed set, matched case-insensitively and stored lowercased.
+    static func jwtKeyList(_ key: String, _ set: @escaping Setter<[JWTKeySetting]>) -> Self {
+        let expected = "a list of keys, each with alg and one of secret, public_key, public_key_file (and kid)"
+        return Self(key: key, expected: expected, takesList: false, takesRecords: true) { configuration, raw throws(ValueProblem) in
+            let records: [[String: String]]
+            switch raw {
+            case .records(let items): records = items
+            case .null: records = []
+            case .list(let items) where items.isEmpty: records = []
+            case .scalar, .list:
+                throw ValueProblem(kind: .wrongType, reason: "expected \(expected)")
+            }
+            var keys: [JWTKeySetting] = []
+            let allowedKeys = ["kid", "alg", "secret", "public_key", "public_key_file"]
+            for (index, record) in records.enumerated() {
+                let at = "entry \(index + 1)"
+                if let unknown = record.keys.sorted().first(where: { !allowedKeys.contains($0) }) {
+                    throw ValueProblem(kind: .unknownKey, reason: "\(at): unknown key \(unknown) (expected one of \(allowedKeys.joined(separator: ", ")))")
+                }
+                let nonEmpty: (String) -> String? = { record[$0].flatMap { $0.isEmpty ? nil : $0 } }
+                guard let algorithm = nonEmpty("alg")?.uppercased(), JWTKeySpec.algorithms.contains(algorithm) else {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at): alg must be one of \(JWTKeySpec.algorithms.sorted().joined(separator: ", "))")
+                }
+                let materials = ["secret", "public_key", "public_key_file"].filter { nonEmpty($0) != nil }
+                guard materials.count == 1 else {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at): give exactly one of secret, public_key, public_key_file")
+                }
+                guard algorithm.hasPrefix("HS") == (materials[0] == "secret") else {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at): \(algorithm) needs \(algorithm.hasPrefix("HS") ? "a secret" : "a public key")")
+                }
+                if let kid = nonEmpty("kid"), keys.contains(where: { $0.kid == kid }) {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at): the kid \(kid) is used twice")
+                }
+                keys.append(JWTKeySetting(
+                    kid: nonEmpty("kid"), algorithm: algorithm, secret: nonEmpty("secret"), publicKey: nonEmpty("public_key"),
+                    publicKeyFile: nonEmpty("public_key_file")))
+            }
+            set(&configuration, keys)
+        }
+    }
+
     static func upstreamList(_ key: String, _ set: @escaping Setter<[NamedUpstream]>) -> Self {
         let expected = "a list of upstreams, each with name, kind (openai, triton or sim), base_url, model, api_key"
         return Self(key: key, expected: expected, takesList: false, takesRecords: true) { configuration, raw throws(ValueProblem) in

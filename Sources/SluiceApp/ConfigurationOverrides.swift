@@ -42,6 +42,8 @@ public struct ConfigurationOverrides: Sendable, Equatable {
     public var databaseURL: String?
     /// `--data-dir`
     public var dataDirectory: String?
+    /// `--jwt-secret S`: one HS256 key.
+    public var jwtSecret: String?
     /// `--otlp-endpoint http://collector:4318`
     public var otlpEndpoint: String?
 
@@ -85,6 +87,7 @@ public struct ConfigurationOverrides: Sendable, Equatable {
         add("--database-url", "storage.database_url", self.databaseURL)
         add("--data-dir", "storage.data_dir", self.dataDirectory)
         add("--otlp-endpoint", "tracing.otlp_endpoint", self.otlpEndpoint)
+        add("--jwt-secret", "auth.jwt_secret", self.jwtSecret)
         return entries
     }
 }

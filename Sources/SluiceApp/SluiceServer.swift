@@ -3,6 +3,7 @@ import Inference
 import Logging
 import NIOCore
 import NIOPosix
+import Policy
 import RedisClient
 import ServiceLifecycle
 import Sessions
@@ -64,10 +65,11 @@ public enum SluiceServer {
             } else {
                 logger.notice("conversations not stored (storage.database_url: memory)")
             }
+            let policy = try await Self.makePolicy(configuration, logger: logger)
             let chatApp = ChatApplication(
                 configuration: chat, router: router,
                 conversations: ConversationMemory(maxContextCharacters: chat.contextMaxCharacters), fanOut: fanOut,
-                persistence: opened?.persistence ?? .none, tracer: tracer, logger: logger)
+                persistence: opened?.persistence ?? .none, tracer: tracer, policy: policy, logger: logger)
             chatApplication = chatApp
             application = chatApp
             httpRoutes = ChatStreamRoutes(application: chatApp)
@@ -114,6 +116,51 @@ public enum SluiceServer {
         await fanOut.shutdown()
         try? await eventLoopGroup.shutdownGracefully()
         if let failure { throw failure }
+    }
+
+    /// Authentication from the `auth:` settings (key files are read now), or the development
+    /// stand-in when nothing is configured, which is said loudly.
+    static func makePolicy(_ configuration: SluiceConfiguration, logger: Logger) async throws -> ChatPolicy {
+        let settings = configuration.auth
+        guard settings.isEnabled else {
+            logger.warning("authentication is OFF (no auth keys configured): clients name themselves with ?user= or X-Sluice-User; configure --jwt-secret or auth.keys for production")
+            return ChatPolicy(authenticator: nil)
+        }
+        var authentication = Authenticator.Configuration()
+        if let secret = settings.jwtSecret { authentication.keys.append(JWTKeySpec(algorithm: "HS256", material: .secret(secret))) }
+        for key in settings.keys {
+            let material: JWTKeySpec.Material
+            if let secret = key.secret {
+                material = .secret(secret)
+            } else if let pem = key.publicKey {
+                material = .publicKeyPEM(pem)
+            } else {
+                let path = key.publicKeyFile ?? ""
+                guard let pem = try? String(contentsOfFile: path, encoding: .utf8) else {
+                    throw Authenticator.SetupError(description: "auth.keys: cannot read public_key_file \(path)")
+                }
+                material = .publicKeyPEM(pem)
+            }
+            authentication.keys.append(JWTKeySpec(kid: key.kid, algorithm: key.algorithm, material: material))
+        }
+        if let path = settings.jwksFile {
+            guard let json = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw Authenticator.SetupError(description: "auth.jwks_file: cannot read \(path)")
+            }
+            authentication.jwksJSON = json
+        }
+        authentication.apiKeys = settings.apiKeys.compactMap(APIKeySpec.init(entry:))
+        authentication.leeway = TimeInterval(settings.leeway.nanoseconds) / 1_000_000_000
+        authentication.issuer = settings.issuer
+        authentication.audience = settings.audience
+        authentication.queryParameter = settings.queryParameter
+        authentication.requireExpiry = settings.requireExpiry
+        let authenticator = try await Authenticator.make(authentication)
+        logger.notice("authentication on", metadata: [
+            "sluice.jwt_keys": "\(authentication.keys.count)", "sluice.jwks": "\(settings.jwksFile ?? "none")",
+            "sluice.api_keys": "\(authentication.apiKeys.count)",
+        ])
+        return ChatPolicy(authenticator: authenticator, closeOnExpiry: settings.closeOnExpiry)
     }
 
     /// The configured upstreams: the named list, or the single `upstream`.
@@ -177,4 +224,14 @@ public enum SluiceServer {
     static func generatedInstanceID() -> String {
         "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
     }
+}
+
+/// `sluice token` and `sluice hash-key`: credentials for development and for the `auth:` settings.
+public enum Credentials {
+    public static func developmentToken(secret: String, subject: String, expiresIn seconds: Int) async throws -> String {
+        try await DevelopmentToken.mint(secret: secret, subject: subject, expiresIn: TimeInterval(seconds))
+    }
+
+    /// What goes after `user:` in `auth.api_keys`.
+    public static func apiKeyHash(_ key: String) -> String { APIKeySpec.hash(key) }
 }

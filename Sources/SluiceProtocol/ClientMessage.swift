@@ -79,6 +79,12 @@ public enum ErrorCode: String, Sendable {
     case ownerLost = "owner_lost"
     /// A cross-instance feature is down for now (Redis unreachable); retry later.
     case unavailable = "unavailable"
+    /// No valid credential, or it expired (the connection is then closed with 1008).
+    case unauthorized = "unauthorized"
+    /// Over a request or token rate limit; `retry_after_ms` says when to try again.
+    case rateLimited = "rate_limited"
+    /// The user's token quota is used up until its reset.
+    case quotaExceeded = "quota_exceeded"
 }
 
 public enum ClientMessageDecoder {

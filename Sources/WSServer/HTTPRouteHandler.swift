@@ -94,7 +94,7 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
         if let rejection = self.rejection {
             self.rejection = nil
             self.respond(context: context, head: head, status: rejection.status, body: rejection.message,
-                         headers: rejection.extraHeaders, close: true)
+                         contentType: rejection.contentType, headers: rejection.extraHeaders, close: true)
             return
         }
         switch path {
@@ -140,7 +140,7 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
                 switch result {
                 case .failure(let rejection as HandshakeRejection):
                     self.respond(context: context, head: head, status: rejection.status, body: rejection.message,
-                                 headers: rejection.extraHeaders, close: true)
+                                 contentType: rejection.contentType, headers: rejection.extraHeaders, close: true)
                 case .failure:
                     context.close(promise: nil)
                 case .success(var headers):
@@ -208,11 +208,12 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
         head: HTTPRequestHead,
         status: HTTPResponseStatus,
         body: String,
+        contentType: String = "text/plain; charset=utf-8",
         headers extra: [(String, String)] = [],
         close: Bool = false
     ) {
         var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Type", value: contentType)
         headers.add(name: "Content-Length", value: String(body.utf8.count + 1))
         for (name, value) in extra { headers.add(name: name, value: value) }
         let keepAlive = head.isKeepAlive && !close

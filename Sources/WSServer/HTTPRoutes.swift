@@ -28,6 +28,8 @@ public struct HTTPResponseWriter {
     public var allocator: ByteBufferAllocator { self.context.channel.allocator }
     /// False while the client is behind; producers should merge or pause.
     public var isWritable: Bool { self.context.channel.isWritable }
+    /// The peer (for per-address limits).
+    public var remoteAddress: SocketAddress? { self.context.channel.remoteAddress }
 
     public func writeHead(status: HTTPResponseStatus, headers: HTTPHeaders) {
         self.handler.writeStreamingHead(context: self.context, status: status, headers: headers)
@@ -44,9 +46,19 @@ public struct HTTPResponseWriter {
         self.handler.endStreamingResponse(context: self.context)
     }
 
+    /// Writes a refusal (401, 429, ...) as a complete response.
+    public func respond(_ refusal: HTTPRefusal) {
+        var body = self.allocator.buffer(capacity: refusal.body.utf8.count + 1)
+        body.writeString(refusal.body)
+        body.writeString("\n")
+        self.respond(status: refusal.status, contentType: refusal.contentType, body: body,
+                     headers: refusal.headers.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+    }
+
     /// Writes a complete response with a body in one go.
-    public func respond(status: HTTPResponseStatus, contentType: String, body: ByteBuffer) {
+    public func respond(status: HTTPResponseStatus, contentType: String, body: ByteBuffer, headers extra: [(String, String)] = []) {
         var headers = HTTPHeaders()
+        for (name, value) in extra { headers.add(name: name, value: value) }
         headers.add(name: "Content-Type", value: contentType)
         headers.add(name: "Content-Length", value: String(body.readableBytes))
         self.writeHead(status: status, headers: headers)

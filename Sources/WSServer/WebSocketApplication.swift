@@ -4,9 +4,50 @@ import NIOHTTP1
 /// The seam between the data plane and whatever speaks over it (the chat protocol, echo).
 /// WSServer calls it; it never knows what the application does with messages.
 public protocol WebSocketApplication: Sendable {
+    /// Decides, before the 101 is written, whether a valid handshake may upgrade (who is asking,
+    /// how often). On the connection's event loop; must not block. A refusal is answered with
+    /// its own HTTP status and body, and no socket is upgraded. Default: admitted.
+    func admit(_ request: UpgradeRequest) -> UpgradeAdmission
     /// Called on the connection's event loop right after the upgrade; the returned delegate
     /// lives on that event loop for the connection's lifetime.
     func makeDelegate(for connection: WebSocketConnectionInfo) -> any WebSocketConnectionDelegate
+}
+
+extension WebSocketApplication {
+    public func admit(_ request: UpgradeRequest) -> UpgradeAdmission { .admit(nil) }
+}
+
+/// A handshake that passed the protocol's checks, as the application sees it before the upgrade.
+public struct UpgradeRequest {
+    public var head: HTTPRequestHead
+    public var remoteAddress: SocketAddress?
+
+    public init(head: HTTPRequestHead, remoteAddress: SocketAddress?) {
+        self.head = head
+        self.remoteAddress = remoteAddress
+    }
+}
+
+public enum UpgradeAdmission: Sendable {
+    /// Upgrade; `attachment` (e.g. the authenticated identity) reaches `makeDelegate` in
+    /// `WebSocketConnectionInfo.admission`.
+    case admit((any Sendable)?)
+    case refuse(HTTPRefusal)
+}
+
+/// An HTTP answer instead of an upgrade (or instead of an application route's work).
+public struct HTTPRefusal: Error, Equatable, Sendable {
+    public var status: HTTPResponseStatus
+    public var body: String
+    public var contentType: String
+    public var headers: [String: String]
+
+    public init(status: HTTPResponseStatus, body: String, contentType: String = "application/json", headers: [String: String] = [:]) {
+        self.status = status
+        self.body = body
+        self.contentType = contentType
+        self.headers = headers
+    }
 }
 
 /// What the application learns about a new connection.
@@ -19,6 +60,8 @@ public struct WebSocketConnectionInfo: Sendable {
     public var isCompressed: Bool
     /// The connection's event loop: every delegate call happens on it.
     public var eventLoop: any EventLoop
+    /// What the application's `admit` attached (e.g. the authenticated identity).
+    public var admission: (any Sendable)? = nil
 }
 
 /// A message as it arrived: reassembled, decompressed, and for text, valid UTF-8.

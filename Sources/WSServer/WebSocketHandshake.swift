@@ -13,6 +13,8 @@ public struct HandshakeRejection: Error, Equatable, Sendable {
         case originNotAllowed
         case overloaded
         case draining
+        /// The application's `admit` said no.
+        case refused(HTTPRefusal)
     }
 
     public var reason: Reason
@@ -25,6 +27,7 @@ public struct HandshakeRejection: Error, Equatable, Sendable {
         case .unsupportedVersion: return .upgradeRequired
         case .originNotAllowed: return .forbidden
         case .overloaded, .draining: return .serviceUnavailable
+        case .refused(let refusal): return refusal.status
         }
     }
 
@@ -37,13 +40,20 @@ public struct HandshakeRejection: Error, Equatable, Sendable {
         case .originNotAllowed: return "origin not allowed"
         case .overloaded: return "too many connections; retry later"
         case .draining: return "server is draining; retry on another instance"
+        case .refused(let refusal): return refusal.body
         }
+    }
+
+    var contentType: String {
+        if case .refused(let refusal) = self.reason { return refusal.contentType }
+        return "text/plain; charset=utf-8"
     }
 
     var extraHeaders: [(String, String)] {
         switch self.reason {
         case .unsupportedVersion: return [("Sec-WebSocket-Version", "13")]
         case .overloaded, .draining: return [("Retry-After", "1")]
+        case .refused(let refusal): return refusal.headers.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         default: return []
         }
     }

@@ -12,6 +12,7 @@ final class WebSocketUpgrader: HTTPServerProtocolUpgrader {
 
     private let server: ServerShared
     private var agreement: HandshakeAgreement?
+    private var admission: (any Sendable)?
 
     init(server: ServerShared) {
         self.server = server
@@ -31,6 +32,13 @@ final class WebSocketUpgrader: HTTPServerProtocolUpgrader {
                 self.server.metrics.handshakeRejected()
                 return channel.eventLoop.makeFailedFuture(HandshakeRejection(reason: .draining))
             }
+            switch self.server.application.admit(UpgradeRequest(head: upgradeRequest, remoteAddress: channel.remoteAddress)) {
+            case .refuse(let refusal):
+                self.server.metrics.handshakeRejected()
+                return channel.eventLoop.makeFailedFuture(HandshakeRejection(reason: .refused(refusal)))
+            case .admit(let attachment):
+                self.admission = attachment
+            }
             guard self.server.registry.tryAdd(channel, limit: self.server.configuration.maxConnections) else {
                 self.server.metrics.handshakeRejected()
                 return channel.eventLoop.makeFailedFuture(HandshakeRejection(reason: .overloaded))
@@ -49,7 +57,8 @@ final class WebSocketUpgrader: HTTPServerProtocolUpgrader {
             remoteAddress: context.channel.remoteAddress,
             subprotocol: agreement.subprotocol,
             isCompressed: agreement.deflate != nil,
-            eventLoop: context.eventLoop)
+            eventLoop: context.eventLoop,
+            admission: self.admission)
         let handler = WebSocketConnectionHandler(
             settings: self.server.connectionSettings,
             deflate: agreement.deflate.map(DeflateParameters.init),

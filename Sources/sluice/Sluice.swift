@@ -9,7 +9,7 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "WebSocket gateway.",
-        subcommands: [Serve.self, Chat.self, Migrate.self],
+        subcommands: [Serve.self, Chat.self, Migrate.self, Token.self, HashKey.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -108,6 +108,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: .init("Send a span per generation to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318); default: no tracing.", valueName: "url"))
     var otlpEndpoint: String?
 
+    @Option(name: .long, help: .init("Require JWTs signed with this HS256 secret (also SLUICE_JWT_SECRET); default: no authentication.", valueName: "secret"))
+    var jwtSecret: String?
+
     @OptionGroup var storage: StorageOptions
 
     func run() async throws {
@@ -130,6 +133,7 @@ struct Serve: AsyncParsableCommand {
         overrides.redisURL = self.redisURL
         overrides.instanceID = self.instanceID
         overrides.otlpEndpoint = self.otlpEndpoint
+        overrides.jwtSecret = self.jwtSecret
         self.storage.apply(to: &overrides)
         overrides.maxMessageSize = self.maxMessageSize
         overrides.deflateEnabled = self.noDeflate ? false : nil
@@ -224,5 +228,41 @@ struct Chat: AsyncParsableCommand {
     func run() async throws {
         let status = await ChatClient.run(url: self.url, maxTokens: self.maxTokens)
         if status != 0 { throw ExitCode(status) }
+    }
+}
+
+/// `sluice token --sub alice`: an HS256 JWT for development (wscat, the terminal client, tests).
+struct Token: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print an HS256 JWT for a user (development; production tokens come from your identity provider).")
+
+    @Option(name: .long, help: .init("The user id (the token's sub).", valueName: "user"))
+    var sub: String
+
+    @Option(name: .long, help: .init("The HS256 secret (default: $SLUICE_JWT_SECRET).", valueName: "secret"))
+    var jwtSecret: String?
+
+    @Option(name: .long, help: .init("Seconds until it expires.", valueName: "seconds"))
+    var ttl: Int = 3600
+
+    func run() async throws {
+        guard let secret = self.jwtSecret ?? ProcessInfo.processInfo.environment["SLUICE_JWT_SECRET"], !secret.isEmpty else {
+            FileHandle.standardError.write(Data("sluice: give --jwt-secret or set SLUICE_JWT_SECRET\n".utf8))
+            throw ExitCode(64)
+        }
+        print(try await Credentials.developmentToken(secret: secret, subject: self.sub, expiresIn: max(1, self.ttl)))
+    }
+}
+
+/// `sluice hash-key KEY`: the SHA-256 that `auth.api_keys` holds instead of the key.
+struct HashKey: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hash-key", abstract: "Print the SHA-256 of an API key, for auth.api_keys (user:HASH).")
+
+    @Argument(help: "The API key.")
+    var key: String
+
+    func run() throws {
+        print(Credentials.apiKeyHash(self.key))
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+@testable import SluiceTestSupport
 import Testing
 
 /// `sluice chat` as a person uses it: a real `sluice serve` (built-in simulator) and the
@@ -157,6 +158,7 @@ final class ChildProcess {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        ChildSpawn.closeFrom3(&actions)  // no sockets of other tests go along
 
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp = (environment ?? ProcessInfo.processInfo.environment).map { strdup("\($0.key)=\($0.value)") } + [nil]

@@ -12,6 +12,8 @@ import Testing
         "Sessions": ["SluiceApp", "Telemetry"],
         // Storage knows nothing of chats, sockets or Redis: Sessions decides what to store.
         "Storage": ["WSServer", "Sessions", "Inference", "SluiceApp", "RedisClient", "SluiceProtocol"],
+        // Policy decides (who, how much); Sessions applies it to chats and sockets.
+        "Policy": ["WSServer", "Sessions", "Inference", "SluiceApp", "Storage", "SluiceProtocol", "Telemetry"],
         // Telemetry is a leaf: a tracer and an exporter, for whoever wires them.
         "Telemetry": ["WSServer", "Sessions", "Inference", "SluiceApp", "RedisClient", "Storage", "SluiceProtocol"],
         // Sessions speaks the swift-distributed-tracing API only; the exporter is wired in SluiceApp.

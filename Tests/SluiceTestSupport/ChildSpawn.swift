@@ -12,6 +12,19 @@ enum ChildSpawn {
         var description: String
     }
 
+    private typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+
+    /// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34+), which Swift's Glibc module does not expose.
+    private static let addCloseFrom: AddCloseFrom? = {
+        guard let handle = dlopen(nil, RTLD_NOW), let symbol = dlsym(handle, "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+        return unsafeBitCast(symbol, to: AddCloseFrom.self)
+    }()
+
+    /// Closes every descriptor from 3 up in the child.
+    static func closeFrom3(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>) {
+        _ = Self.addCloseFrom?(actions, 3)
+    }
+
     /// stdin from `stdin` (or /dev/null); stdout and stderr appended to `output` (or /dev/null);
     /// `newProcessGroup` puts the child in a group of its own.
     static func spawn(
@@ -44,6 +57,10 @@ enum ChildSpawn {
             posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         }
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Nothing else of ours goes along: a socket of a test running beside (NIO does not open
+        // every descriptor close-on-exec) would otherwise stay open in the child, and its peer
+        // would never see it close.
+        Self.closeFrom3(&actions)
 
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
