@@ -294,7 +294,10 @@ let package = Package(
         .testTarget(
             name: "PolicyTests",
             dependencies: [
-                "Policy",
+                "Policy", "RedisClient", "SluiceTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),

@@ -153,9 +153,13 @@ public struct ChatApplication: WebSocketApplication {
     /// Authentication happens here, before the 101: a missing or bad credential is a 401 with a
     /// JSON body, never an upgraded socket.
     public func admit(_ request: UpgradeRequest) -> UpgradeAdmission {
+        let address = self.policy.limiter.limits.clientAddress(request.head, peer: request.remoteAddress)
+        if let refusal = self.policy.limiter.admitConnection(from: address) {
+            return .refuse(ChatPolicy.refusal(refusal))
+        }
         switch self.policy.identify(request.head) {
         case .success(let identity):
-            return .admit(identity)
+            return .admit(ChatPolicy.Admitted(identity: identity, address: address))
         case .failure(let failure):
             self.logger.notice("upgrade refused: not authenticated", metadata: ["sluice.reason": "\(failure.message)"])
             return .refuse(ChatPolicy.refusal(failure))
@@ -164,7 +168,7 @@ public struct ChatApplication: WebSocketApplication {
 
     public func makeDelegate(for connection: WebSocketConnectionInfo) -> any WebSocketConnectionDelegate {
         ChatSession(
-            application: self, eventLoop: connection.eventLoop, identity: connection.admission as? Identity,
+            application: self, eventLoop: connection.eventLoop, admitted: connection.admission as? ChatPolicy.Admitted,
             trace: self.traceParent(connection.requestHead.headers))
     }
 }
@@ -190,24 +194,52 @@ extension ChatApplication {
     /// Records the user message and prepares the generation in the resolved conversation;
     /// `startUpstream()` then starts it, and `generation.started` goes out once the upstream
     /// accepted the request. Fails (sending nothing) for an unknown model or a full write queue.
+    /// The rate limits for a generation in `conversation` (requests, then tokens: the context
+    /// plus up to `max_tokens`); `completion` runs on `eventLoop`. No limits: at once.
+    func admitGeneration(
+        _ send: ClientMessage.ChatSend, in conversation: ResolvedConversation, user: String, address: String,
+        on eventLoop: any EventLoop, _ completion: @escaping (Result<GenerationGrant, LimitRefusal>) -> Void
+    ) {
+        let maxTokens = send.maxTokens ?? self.configuration.defaultMaxTokens
+        let limiter = self.policy.limiter
+        guard limiter.limits.limitsGenerations else {
+            completion(.success(.unlimited(maxTokens: maxTokens)))
+            return
+        }
+        let prompt = Self.promptEstimate(conversation.messages + [ChatMessage(role: .user, content: send.content)])
+        let done = NIOLoopBound(completion, eventLoop: eventLoop)
+        Task {
+            let result = await limiter.admit(user: user, address: address, promptTokens: prompt, maxTokens: maxTokens)
+            eventLoop.execute { done.value(result) }
+        }
+    }
+
+    /// Tokens of a context, estimated (4 bytes a token plus a few per message), for limits and
+    /// for usage when the upstream reports none.
+    static func promptEstimate(_ messages: [ChatMessage]) -> Int {
+        messages.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 }
+    }
+
     func beginGeneration(
         _ send: ClientMessage.ChatSend, in conversation: ResolvedConversation, user: String, output: any ChatOutput,
-        sessionID: String, trace parent: InstrumentationContext, on eventLoop: any EventLoop
+        sessionID: String, trace parent: InstrumentationContext, grant: GenerationGrant, on eventLoop: any EventLoop
     ) -> Result<ChatGeneration, ProtocolViolation> {
         let route: InferenceRouter.Route
         switch self.router.route(model: send.model) {
         case .success(let found): route = found
-        case .failure(let unknown): return .failure(ProtocolViolation(.notFound, unknown.message, requestID: send.requestID))
+        case .failure(let unknown):
+            self.policy.limiter.settle(grant, usedTokens: 0)
+            return .failure(ProtocolViolation(.notFound, unknown.message, requestID: send.requestID))
         }
         let model = route.model ?? route.upstream.engine.defaultModel
         guard self.history.recordUserMessage(send.content, in: conversation, user: user, model: model) else {
+            self.policy.limiter.settle(grant, usedTokens: 0)
             return .failure(ProtocolViolation(
                 .overloaded, "the history write queue is full (is the database down?); retry shortly", requestID: send.requestID))
         }
         let context = conversation.messages + [ChatMessage(role: .user, content: send.content)]
         var request = GenerationRequest(
-            messages: context, model: route.model, maxTokens: send.maxTokens ?? self.configuration.defaultMaxTokens,
-            temperature: send.temperature)
+            messages: context, model: route.model, maxTokens: grant.maxTokens, temperature: send.temperature)
         let generationID = Identifier.make("gen_")
         let startedAt = NIODeadline.now()
         let trace = GenerationTrace(
@@ -216,7 +248,7 @@ extension ChatApplication {
         request.traceHeaders = trace.propagationHeaders(self.tracer)
         let generation = ChatGeneration(
             id: generationID, startedAt: startedAt, trace: trace, conversation: conversation, user: user, requestID: send.requestID,
-            model: model, promptEstimate: context.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 },
+            model: model, promptEstimate: Self.promptEstimate(context), grant: grant, limiter: self.policy.limiter,
             output: output, engine: route.upstream.engine, request: request, eventLoop: eventLoop,
             history: self.history, hub: self.hub, broker: self.broker, ownerSessionID: sessionID,
             metrics: self.metrics.upstream(route.upstream.name), logger: self.logger)

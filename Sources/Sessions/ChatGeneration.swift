@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Inference
 import NIOCore
+import Policy
 import SluiceProtocol
 import WSServer
 
@@ -54,6 +55,12 @@ final class ChatGeneration: GenerationSink {
     private let deltaPrefix: ByteBuffer
     private var upstreamUsage: (prompt: Int, completion: Int)?
     private let promptEstimate: Int
+    /// What the rate limits let it use; settled (unused tokens given back) at the end.
+    private let grant: GenerationGrant
+    private let limiter: GenerationLimiter
+    /// A tokens-per-minute budget ran out: the rest of the upstream's text is dropped and the
+    /// generation ends with `length` at the end of this read.
+    private var budgetReached = false
 
     private let engine: any InferenceEngine
     private let request: GenerationRequest
@@ -96,11 +103,14 @@ final class ChatGeneration: GenerationSink {
 
     init(
         id: String, startedAt: NIODeadline, trace: GenerationTrace, conversation: ResolvedConversation, user: String, requestID: String?, model: String, promptEstimate: Int,
+        grant: GenerationGrant, limiter: GenerationLimiter,
         output: any ChatOutput, engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop,
         history: ConversationHistory,
         hub: GenerationHub, broker: any Broker, ownerSessionID: String, metrics: ChatMetrics.Upstream, logger: Logger
     ) {
         self.metrics = metrics
+        self.grant = grant
+        self.limiter = limiter
         self.startedAt = startedAt
         self.trace = trace
         self.logger = logger
@@ -174,7 +184,7 @@ final class ChatGeneration: GenerationSink {
     }
 
     func generationDidProduce(_ text: Substring) {
-        guard !self.ended else { return }
+        guard !self.ended, !self.budgetReached else { return }
         if !self.announced { self.announce() }
         if self.seq == 0 {
             self.metrics.timeToFirstToken.recordInterval(since: self.startedAt)
@@ -186,6 +196,9 @@ final class ChatGeneration: GenerationSink {
             self.answerBytes.writeSubstring(text)
         }
         self.tokenEnds.append(Int32(truncatingIfNeeded: self.answerBytes.writerIndex))
+        // Counted here, not after the stream: the budget is never overshot (a chunk is a token
+        // for the OpenAI-compatible servers; the upstream was also asked for at most this many).
+        if self.grant.cutByBudget && seq >= Int64(self.grant.maxTokens) { self.budgetReached = true }
         if self.pendingFirstSeq == nil {
             let prefix = self.deltaPrefix
             let written = self.output.writeMessageIfWritable { buffer in
@@ -204,6 +217,12 @@ final class ChatGeneration: GenerationSink {
     }
 
     func generationDidEndBatch() {
+        if self.budgetReached && !self.ended {
+            self.handle?.cancel()
+            self.handle = nil
+            self.end(.length, failure: nil)
+            return
+        }
         let now = NIODeadline.now()
         if let last = self.lastReadAt { self.metrics.readGap.recordNanoseconds((now - last).nanoseconds) }
         self.lastReadAt = now
@@ -232,6 +251,7 @@ final class ChatGeneration: GenerationSink {
                 "sluice.error": "\(error.code.rawValue)", "sluice.message": "\(error.message)",
             ]))
             self.history.releaseAnswerReservation()
+            self.limiter.settle(self.grant, usedTokens: 0)
             self.trace.failedToStart(error)
             self.output.generationFailedToStart(self, error: error)
             return
@@ -293,6 +313,7 @@ final class ChatGeneration: GenerationSink {
         self.finalEnd = end
         self.metrics.latency.recordInterval(since: self.startedAt)
         self.trace.ended(end, model: self.model)
+        self.limiter.settle(self.grant, usedTokens: usage.promptTokens + usage.completionTokens)
         self.logger.debug("generation ended", metadata: self.ids([
             "sluice.finish_reason": "\(reason.rawValue)", "sluice.seq": "\(self.seq)",
             "sluice.duration_ms": "\((NIODeadline.now() - self.startedAt).nanoseconds / 1_000_000)",
@@ -318,6 +339,15 @@ final class ChatGeneration: GenerationSink {
                 ServerMessageEncoder.generationDone(
                     generationID: self.id, seq: seq, finishReason: reason, usage: usage,
                     error: error.map { ($0.code, $0.message) }, into: &buffer)
+            }
+            if reason == .length && self.grant.cutByBudget {
+                // Why it stopped short of the client's max_tokens, and when a full one fits again.
+                let retryAfterMs = self.grant.budgetRetryAfterMs
+                self.output.writeMessage { buffer in
+                    ServerMessageEncoder.error(
+                        code: .rateLimited, message: "stopped at \(self.grant.maxTokens) tokens: the tokens-per-minute budget is used up",
+                        generationID: self.id, retryAfterMs: retryAfterMs, into: &buffer)
+                }
             }
             self.output.flush()
         }

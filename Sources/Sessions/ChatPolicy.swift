@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOCore
 import NIOHTTP1
 import Policy
@@ -12,10 +13,30 @@ public struct ChatPolicy: Sendable {
     public var authenticator: Authenticator?
     /// A connection whose token expires gets `error` `unauthorized` and Close 1008 at expiry.
     public var closeOnExpiry: Bool = true
+    /// Rate limits (requests and tokens per user and address, connections per address,
+    /// messages per connection).
+    public var limiter: GenerationLimiter
 
-    public init(authenticator: Authenticator? = nil, closeOnExpiry: Bool = true) {
+    public init(authenticator: Authenticator? = nil, closeOnExpiry: Bool = true, limiter: GenerationLimiter? = nil) {
         self.authenticator = authenticator
         self.closeOnExpiry = closeOnExpiry
+        self.limiter = limiter ?? GenerationLimiter(
+            limits: GatewayLimits(), limiter: RateLimiter(redis: nil, logger: Logger(label: "sluice.limits")))
+    }
+
+    /// What `admit` hands a new connection.
+    struct Admitted: Sendable {
+        var identity: Identity?
+        /// The client's address (for per-address limits).
+        var address: String
+    }
+
+    /// 429 with `Retry-After` (whole seconds, at least 1) and the protocol's error object.
+    static func refusal(_ refusal: LimitRefusal) -> HTTPRefusal {
+        var body = ByteBuffer()
+        ServerMessageEncoder.error(code: .rateLimited, message: refusal.message, retryAfterMs: refusal.retryAfterMs, into: &body)
+        return HTTPRefusal(status: .tooManyRequests, body: String(buffer: body),
+                           headers: ["Retry-After": String(max(1, (refusal.retryAfterMs + 999) / 1000))])
     }
 
     public static let open = ChatPolicy()

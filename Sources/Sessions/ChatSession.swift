@@ -44,6 +44,14 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     /// `user` query parameter or `X-Sluice-User`, if said.
     private let identity: Identity?
     private var user: String? { self.identity?.userID }
+    /// The client's address (the peer, or from `X-Forwarded-For` behind our proxies).
+    private let address: String
+    /// Messages this connection may send per second (bursts of twice that).
+    private var messageBudget: TokenBucket?
+    /// Dropped messages: past ten seconds' worth of them, the connection is closed (1008).
+    private var floodBudget: TokenBucket?
+    /// The last `rate_limited` error for dropped messages (at most one a second is sent).
+    private var lastFloodError: NIODeadline?
     /// Closes the connection when its token expires.
     private var expiryTimer: Scheduled<Void>?
     /// Whose conversations it reads and writes: the user, or the shared anonymous one.
@@ -52,11 +60,44 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     /// The trace this connection's generations continue (the upgrade request's `traceparent`).
     private let traceParent: InstrumentationContext
 
-    init(application: ChatApplication, eventLoop: any EventLoop, identity: Identity?, trace: InstrumentationContext) {
+    init(application: ChatApplication, eventLoop: any EventLoop, admitted: ChatPolicy.Admitted?, trace: InstrumentationContext) {
         self.traceParent = trace
         self.application = application
         self.eventLoop = eventLoop
-        self.identity = identity
+        self.identity = admitted?.identity
+        self.address = admitted?.address ?? "unknown"
+        let perSecond = Double(application.policy.limiter.limits.messagesPerSecondPerConnection)
+        if perSecond > 0 {
+            self.messageBudget = TokenBucket(capacity: perSecond * 2, ratePerSecond: perSecond)
+            self.floodBudget = TokenBucket(capacity: perSecond * 10, ratePerSecond: perSecond)
+        }
+    }
+
+    /// Whether this message may be handled; a flood gets throttled errors, then Close 1008.
+    private func withinMessageRate(_ connection: WebSocketConnection) -> Bool {
+        guard var budget = self.messageBudget else { return true }
+        let now = NIODeadline.now()
+        let decision = budget.take(1, now: now)
+        self.messageBudget = budget
+        guard case .limited(let retryAfterMs) = decision else { return true }
+        let refusal = LimitRefusal(scope: .connection, limit: .messages, retryAfterMs: retryAfterMs,
+                                   message: "over \(self.application.policy.limiter.limits.messagesPerSecondPerConnection) messages per second; message dropped")
+        self.application.policy.limiter.countRejection(refusal)
+        if var flood = self.floodBudget {
+            let allowed = flood.take(1, now: now).isAllowed
+            self.floodBudget = flood
+            if !allowed {
+                self.application.logger.notice("closing a connection that keeps flooding", metadata: [
+                    "sluice.session": "\(self.sessionID)", "sluice.address": "\(self.address)"])
+                connection.close(code: .policyViolation, reason: "message rate exceeded")
+                return false
+            }
+        }
+        if self.lastFloodError.map({ now - $0 >= .seconds(1) }) ?? true {
+            self.lastFloodError = now
+            self.sendError(.rateLimited, refusal.message, retryAfterMs: retryAfterMs)
+        }
+        return false
     }
 
     var configuration: ChatConfiguration { self.application.configuration }
@@ -82,6 +123,8 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     }
 
     func connection(_ connection: WebSocketConnection, didReceive message: WebSocketMessage) {
+        // Before any decoding: a flood of tiny frames costs as little as possible.
+        guard self.withinMessageRate(connection) else { return }
         switch message {
         case .binary:
             self.sendError(.invalidMessage, "binary frames are not part of sluice.v1; send JSON text")
@@ -185,15 +228,35 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
             }
             return
         }
+        let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+        self.application.admitGeneration(send, in: conversation, user: self.userID, address: self.address, on: connection.eventLoop) { result in
+            session.value.beginAdmitted(send, conversation, result)
+        }
+    }
+
+    private func beginAdmitted(_ send: ClientMessage.ChatSend, _ conversation: ResolvedConversation, _ admission: Result<GenerationGrant, LimitRefusal>) {
+        let grant: GenerationGrant
+        switch admission {
+        case .failure(let refusal):
+            self.sendError(.rateLimited, refusal.message, requestID: send.requestID, retryAfterMs: refusal.retryAfterMs)
+            return
+        case .success(let granted):
+            grant = granted
+        }
+        guard let connection = self.connection else {
+            self.application.policy.limiter.settle(grant, usedTokens: 0)
+            return
+        }
         // Counted again: a lookup that waited on Redis or the storage may have let others start.
         guard self.generations.count < self.configuration.maxGenerationsPerConnection else {
+            self.application.policy.limiter.settle(grant, usedTokens: 0)
             self.sendError(.overloaded, "at most \(self.configuration.maxGenerationsPerConnection) generations at once per connection",
                            requestID: send.requestID, retryAfterMs: 1000)
             return
         }
         switch self.application.beginGeneration(
             send, in: conversation, user: self.userID, output: self, sessionID: self.sessionID, trace: self.traceParent,
-            on: connection.eventLoop) {
+            grant: grant, on: connection.eventLoop) {
         case .success(let generation):
             self.generations[generation.id] = generation
             generation.startUpstream()

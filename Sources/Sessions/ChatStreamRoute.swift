@@ -48,6 +48,12 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
             self.respondError(.methodNotAllowed, .invalidMessage, "use POST with a JSON body")
             return
         }
+        let address = self.application.policy.limiter.limits.clientAddress(head, peer: writer.remoteAddress)
+        if let refusal = self.application.policy.limiter.admitConnection(from: address) {
+            writer.respond(ChatPolicy.refusal(refusal))
+            self.writer = nil
+            return
+        }
         let send: ClientMessage.ChatSend
         switch ClientMessageDecoder.decodeChatRequest(body, maxContentBytes: self.application.configuration.maxContentBytes) {
         case .failure(let violation):
@@ -68,11 +74,11 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         let trace = self.application.traceParent(head.headers)
         let responder = NIOLoopBound(self, eventLoop: writer.eventLoop)
         self.application.resolveConversation(send, user: user, on: writer.eventLoop) { lookup in
-            responder.value.begin(send, lookup, user: user, trace: trace)
+            responder.value.begin(send, lookup, user: user, address: address, trace: trace)
         }
     }
 
-    private func begin(_ send: ClientMessage.ChatSend, _ lookup: ConversationLookup, user: String, trace: InstrumentationContext) {
+    private func begin(_ send: ClientMessage.ChatSend, _ lookup: ConversationLookup, user: String, address: String, trace: InstrumentationContext) {
         guard let writer = self.writer, !self.disconnected else { return }
         guard case .found(let conversation) = lookup else {
             if let (violation, retryAfterMs) = ChatApplication.violation(for: lookup, conversationID: send.conversationID, requestID: send.requestID) {
@@ -81,9 +87,34 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
             }
             return
         }
+        let responder = NIOLoopBound(self, eventLoop: writer.eventLoop)
+        self.application.admitGeneration(send, in: conversation, user: user, address: address, on: writer.eventLoop) { result in
+            responder.value.beginAdmitted(send, conversation, user: user, trace: trace, result)
+        }
+    }
+
+    private func beginAdmitted(
+        _ send: ClientMessage.ChatSend, _ conversation: ResolvedConversation, user: String, trace: InstrumentationContext,
+        _ admission: Result<GenerationGrant, LimitRefusal>
+    ) {
+        let grant: GenerationGrant
+        switch admission {
+        case .failure(let refusal):
+            if let writer = self.writer, !self.disconnected {
+                writer.respond(ChatPolicy.refusal(refusal))
+                self.writer = nil
+            }
+            return
+        case .success(let granted):
+            grant = granted
+        }
+        guard let writer = self.writer, !self.disconnected else {
+            self.application.policy.limiter.settle(grant, usedTokens: 0)
+            return
+        }
         switch self.application.beginGeneration(
             send, in: conversation, user: user, output: self, sessionID: Identifier.make("sse_"), trace: trace,
-            on: writer.eventLoop) {
+            grant: grant, on: writer.eventLoop) {
         case .failure(let violation):
             self.respondError(Self.status(for: violation.code), violation.code, violation.message, requestID: violation.requestID,
                               retryAfterMs: violation.code == .overloaded ? 1000 : nil)

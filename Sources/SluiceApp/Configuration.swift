@@ -39,6 +39,8 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var storage: StorageSettings = .init()
     /// Who may connect (`auth:` section); off unless a key is configured.
     public var auth: AuthSettings = .init()
+    /// Rate limits (`limits:` section): per user and address, shared through Redis.
+    public var limits: GatewayLimits = .init()
     /// OpenTelemetry traces (`tracing:` section); off unless an OTLP endpoint is set.
     public var tracing: TracingSettings = .init()
 

@@ -430,6 +430,14 @@ extension ConfigurationLoader {
         .bool("auth.require_exp") { $0.auth.requireExpiry = $1 },
         .bool("auth.close_on_expiry") { $0.auth.closeOnExpiry = $1 },
 
+        .integer("limits.requests_per_minute_per_user", in: 0...100_000_000) { $0.limits.requestsPerMinutePerUser = $1 },
+        .integer("limits.tokens_per_minute_per_user", in: 0...1_000_000_000) { $0.limits.tokensPerMinutePerUser = $1 },
+        .integer("limits.requests_per_minute_per_ip", in: 0...100_000_000) { $0.limits.requestsPerMinutePerIP = $1 },
+        .integer("limits.tokens_per_minute_per_ip", in: 0...1_000_000_000) { $0.limits.tokensPerMinutePerIP = $1 },
+        .integer("limits.connections_per_second_per_ip", in: 0...1_000_000) { $0.limits.connectionsPerSecondPerIP = $1 },
+        .integer("limits.messages_per_second_per_connection", in: 0...1_000_000) { $0.limits.messagesPerSecondPerConnection = $1 },
+        .integer("limits.forwarded_for_hops", in: 0...10) { $0.limits.forwardedForHops = $1 },
+
         .optionalString("tracing.otlp_endpoint") { $0.tracing.otlpEndpoint = $1 },
         .string("tracing.service_name", nonEmpty: true) { $0.tracing.serviceName = $1 },
         .fraction("tracing.sample_ratio") { $0.tracing.sampleRatio = $1 },

@@ -30,6 +30,7 @@ public enum SluiceServer {
         var chatApplication: ChatApplication?
         var opened: OpenedStorage?
         var serverConfiguration = configuration.server
+        var rateLimitRedis: RedisClient?
         let instanceID = configuration.instanceID ?? Self.generatedInstanceID()
         var exporter: OTLPExporter?
         if let endpoint = configuration.tracing.otlpEndpoint {
@@ -65,7 +66,16 @@ public enum SluiceServer {
             } else {
                 logger.notice("conversations not stored (storage.database_url: memory)")
             }
-            let policy = try await Self.makePolicy(configuration, logger: logger)
+            var limitsRedis: RedisClient?
+            if let url = configuration.redis.url, configuration.limits.limitsGenerations {
+                // Its own connection: a limit check never waits behind fan-out traffic.
+                limitsRedis = RedisClient(configuration: RedisConfiguration(url: try RedisURL(url)), eventLoop: eventLoopGroup.next(), logger: logger)
+            }
+            rateLimitRedis = limitsRedis
+            let limiter = GenerationLimiter(
+                limits: configuration.limits,
+                limiter: RateLimiter(redis: limitsRedis, keyPrefix: configuration.redis.broker.keyPrefix, logger: logger))
+            let policy = try await Self.makePolicy(configuration, limiter: limiter, logger: logger)
             let chatApp = ChatApplication(
                 configuration: chat, router: router,
                 conversations: ConversationMemory(maxContextCharacters: chat.contextMaxCharacters), fanOut: fanOut,
@@ -114,17 +124,26 @@ public enum SluiceServer {
             failure = error
         }
         await fanOut.shutdown()
+        await rateLimitRedis?.shutdown()
         try? await eventLoopGroup.shutdownGracefully()
         if let failure { throw failure }
     }
 
     /// Authentication from the `auth:` settings (key files are read now), or the development
     /// stand-in when nothing is configured, which is said loudly.
-    static func makePolicy(_ configuration: SluiceConfiguration, logger: Logger) async throws -> ChatPolicy {
+    static func makePolicy(_ configuration: SluiceConfiguration, limiter: GenerationLimiter, logger: Logger) async throws -> ChatPolicy {
+        let limits = configuration.limits
+        logger.notice("limits", metadata: [
+            "sluice.requests_per_minute": "user \(limits.requestsPerMinutePerUser), ip \(limits.requestsPerMinutePerIP)",
+            "sluice.tokens_per_minute": "user \(limits.tokensPerMinutePerUser), ip \(limits.tokensPerMinutePerIP)",
+            "sluice.connections_per_second_per_ip": "\(limits.connectionsPerSecondPerIP)",
+            "sluice.messages_per_second_per_connection": "\(limits.messagesPerSecondPerConnection)",
+            "sluice.shared": "\(configuration.redis.url != nil && limits.limitsGenerations)",
+        ])
         let settings = configuration.auth
         guard settings.isEnabled else {
             logger.warning("authentication is OFF (no auth keys configured): clients name themselves with ?user= or X-Sluice-User; configure --jwt-secret or auth.keys for production")
-            return ChatPolicy(authenticator: nil)
+            return ChatPolicy(authenticator: nil, limiter: limiter)
         }
         var authentication = Authenticator.Configuration()
         if let secret = settings.jwtSecret { authentication.keys.append(JWTKeySpec(algorithm: "HS256", material: .secret(secret))) }
@@ -160,7 +179,7 @@ public enum SluiceServer {
             "sluice.jwt_keys": "\(authentication.keys.count)", "sluice.jwks": "\(settings.jwksFile ?? "none")",
             "sluice.api_keys": "\(authentication.apiKeys.count)",
         ])
-        return ChatPolicy(authenticator: authenticator, closeOnExpiry: settings.closeOnExpiry)
+        return ChatPolicy(authenticator: authenticator, closeOnExpiry: settings.closeOnExpiry, limiter: limiter)
     }
 
     /// The configured upstreams: the named list, or the single `upstream`.

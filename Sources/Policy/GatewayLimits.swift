@@ -1,0 +1,173 @@
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+
+/// The configured limits; 0 turns one off.
+public struct GatewayLimits: Sendable, Equatable {
+    public var requestsPerMinutePerUser: Int = 0
+    public var tokensPerMinutePerUser: Int = 0
+    public var requestsPerMinutePerIP: Int = 0
+    public var tokensPerMinutePerIP: Int = 0
+    /// New WebSocket connections (and HTTP chat requests) per second from one address.
+    public var connectionsPerSecondPerIP: Int = 0
+    /// Messages per second one connection may send (bursts of twice that).
+    public var messagesPerSecondPerConnection: Int = 100
+    /// 0: the peer address is the client. n: the n-th address from the right of
+    /// `X-Forwarded-For` is (n proxies of ours in front, each appending the address it saw).
+    public var forwardedForHops: Int = 0
+
+    public init() {}
+
+    public var limitsGenerations: Bool {
+        self.requestsPerMinutePerUser > 0 || self.tokensPerMinutePerUser > 0 || self.requestsPerMinutePerIP > 0 || self.tokensPerMinutePerIP > 0
+    }
+
+    /// The client's address: the peer, or the configured hop of `X-Forwarded-For`.
+    public func clientAddress(_ head: HTTPRequestHead, peer: SocketAddress?) -> String {
+        let peerAddress = peer?.ipAddress ?? "unknown"
+        guard self.forwardedForHops > 0 else { return peerAddress }
+        let hops = head.headers[canonicalForm: "x-forwarded-for"].map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let index = hops.count - self.forwardedForHops
+        return index >= 0 ? String(hops[index]) : peerAddress
+    }
+}
+
+/// Why a request was refused by a limit.
+public struct LimitRefusal: Error, Equatable, Sendable {
+    public enum Scope: String, Sendable { case user, ip, connection }
+    public enum Limit: String, Sendable { case requests, tokens, connections, messages }
+
+    public var scope: Scope
+    public var limit: Limit
+    public var retryAfterMs: Int64
+    public var message: String
+
+    public init(scope: Scope, limit: Limit, retryAfterMs: Int64, message: String) {
+        self.scope = scope
+        self.limit = limit
+        self.retryAfterMs = retryAfterMs
+        self.message = message
+    }
+}
+
+/// What a generation may use, reserved up front from the token buckets, and settled (unused
+/// tokens given back) when it ends.
+public struct GenerationGrant: Sendable {
+    /// `max_tokens` to send upstream and to stop at: the request's, or less when a tokens-per-minute
+    /// budget has less left.
+    public var maxTokens: Int
+    /// True when a budget (not the client's `max_tokens`) set `maxTokens`.
+    public var cutByBudget: Bool
+    /// When that budget has room again (for the `rate_limited` error that follows a cut).
+    public var budgetRetryAfterMs: Int64
+    fileprivate var reservations: [(key: String, limit: RateLimit, tokens: Int)]
+
+    public static func unlimited(maxTokens: Int) -> GenerationGrant {
+        GenerationGrant(maxTokens: maxTokens, cutByBudget: false, budgetRetryAfterMs: 0, reservations: [])
+    }
+}
+
+/// Applies `GatewayLimits` with a `RateLimiter`: per user and per address, requests and tokens.
+public final class GenerationLimiter: Sendable {
+    public let limits: GatewayLimits
+    private let limiter: RateLimiter
+    private let rejections = NIOLockedValueBox<[String: Counter]>([:])
+
+    public init(limits: GatewayLimits, limiter: RateLimiter) {
+        self.limits = limits
+        self.limiter = limiter
+    }
+
+    /// `sluice_rate_limited_total{scope,limit}`.
+    public func countRejection(_ refusal: LimitRefusal) {
+        let label = refusal.scope.rawValue + "/" + refusal.limit.rawValue
+        self.rejections.withLockedValue { counters in
+            if let counter = counters[label] { return counter }
+            let counter = Counter(label: "sluice_rate_limited_total", dimensions: [("scope", refusal.scope.rawValue), ("limit", refusal.limit.rawValue)])
+            counters[label] = counter
+            return counter
+        }.increment()
+    }
+
+    /// One request per limit, then the tokens: `promptTokens` plus up to `maxTokens`, at least
+    /// `promptTokens + 1`. Anything taken is given back when a later check refuses.
+    public func admit(user: String, address: String, promptTokens: Int, maxTokens: Int) async -> Result<GenerationGrant, LimitRefusal> {
+        var taken: [(key: String, limit: RateLimit, tokens: Int)] = []
+        func refuse(_ refusal: LimitRefusal) -> Result<GenerationGrant, LimitRefusal> {
+            for reservation in taken { self.limiter.refund(reservation.key, limit: reservation.limit, amount: reservation.tokens) }
+            self.countRejection(refusal)
+            return .failure(refusal)
+        }
+        let requestLimits: [(LimitRefusal.Scope, String, Int)] = [
+            (.user, "u:\(user):req", self.limits.requestsPerMinutePerUser), (.ip, "ip:\(address):req", self.limits.requestsPerMinutePerIP),
+        ]
+        for (scope, key, perMinute) in requestLimits where perMinute > 0 {
+            let limit = RateLimit(perMinute: perMinute)
+            switch await self.limiter.take(key, limit: limit, wanted: 1, minimum: 1) {
+            case .allowed: taken.append((key, limit, 1))
+            case .limited(let retryAfterMs):
+                return refuse(LimitRefusal(scope: scope, limit: .requests, retryAfterMs: retryAfterMs,
+                                           message: "over \(perMinute) requests per minute for this \(scope == .user ? "user" : "address")"))
+            }
+        }
+        var grant = GenerationGrant.unlimited(maxTokens: maxTokens)
+        let tokenLimits: [(LimitRefusal.Scope, String, Int)] = [
+            (.user, "u:\(user):tok", self.limits.tokensPerMinutePerUser), (.ip, "ip:\(address):tok", self.limits.tokensPerMinutePerIP),
+        ]
+        var tokenReservations: [(key: String, limit: RateLimit, tokens: Int)] = []
+        for (scope, key, perMinute) in tokenLimits where perMinute > 0 {
+            let limit = RateLimit(perMinute: perMinute)
+            switch await self.limiter.take(key, limit: limit, wanted: promptTokens + maxTokens, minimum: promptTokens + 1) {
+            case .allowed(let granted):
+                tokenReservations.append((key, limit, granted))
+                taken.append((key, limit, granted))
+                let completion = granted - promptTokens
+                if completion < grant.maxTokens {
+                    grant.maxTokens = completion
+                    grant.cutByBudget = true
+                    // Roughly when the whole request would have fitted.
+                    grant.budgetRetryAfterMs = Int64((Double(promptTokens + maxTokens - granted) / limit.ratePerSecond * 1000).rounded(.up))
+                }
+            case .limited(let retryAfterMs):
+                return refuse(LimitRefusal(scope: scope, limit: .tokens, retryAfterMs: retryAfterMs,
+                                           message: "over \(perMinute) tokens per minute for this \(scope == .user ? "user" : "address")"))
+            }
+        }
+        // Each bucket keeps exactly the prompt plus what this generation may produce.
+        grant.reservations = tokenReservations.map { reservation in
+            let keep = promptTokens + grant.maxTokens
+            self.limiter.refund(reservation.key, limit: reservation.limit, amount: reservation.tokens - keep)
+            return (reservation.key, reservation.limit, keep)
+        }
+        return .success(grant)
+    }
+
+    /// The generation ended having used `usedTokens` (prompt + completion): what it reserved
+    /// and did not use goes back; what it used beyond (a low prompt estimate) is taken.
+    public func settle(_ grant: GenerationGrant, usedTokens: Int) {
+        for reservation in grant.reservations {
+            let unused = reservation.tokens - usedTokens
+            if unused > 0 {
+                self.limiter.refund(reservation.key, limit: reservation.limit, amount: unused)
+            } else if unused < 0 {
+                let limiter = self.limiter
+                Task { _ = await limiter.take(reservation.key, limit: reservation.limit, wanted: -unused, minimum: 0) }
+            }
+        }
+    }
+
+    /// A new connection (or HTTP chat request) from `address`, in process.
+    public func admitConnection(from address: String) -> LimitRefusal? {
+        let perSecond = self.limits.connectionsPerSecondPerIP
+        guard perSecond > 0 else { return nil }
+        let limit = RateLimit(perMinute: perSecond * 60, burst: perSecond)
+        guard case .limited(let retryAfterMs) = self.limiter.takeLocally("conn:\(address)", limit: limit, wanted: 1, minimum: 1) else {
+            return nil
+        }
+        let refusal = LimitRefusal(scope: .ip, limit: .connections, retryAfterMs: retryAfterMs,
+                                   message: "over \(perSecond) new connections per second from this address")
+        self.countRejection(refusal)
+        return refusal
+    }
+}
