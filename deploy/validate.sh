@@ -177,6 +177,7 @@ def flatten(node, prefix=""):
 DEFAULTS = flatten(yaml.safe_load(open(os.path.join(REPO, "config", "sluice.yaml"))))
 ENV_KEYS = {"SLUICE_" + k.replace(".", "_").upper(): k for k in DEFAULTS}
 ENV_KEYS["SLUICE_CONFIG"] = None
+ENV_KEYS["SLUICE_JWT_SECRET"] = "auth.jwt_secret"  # the short name the loader also reads
 
 def check_env_names(names, where):
     for name in names:
