@@ -43,6 +43,8 @@ public struct InferenceError: Error, Equatable, Sendable {
         case upstreamError(status: Int?)
         /// No first token, or no next token, in time.
         case timeout
+        /// Every replica that could take it is at its concurrency cap.
+        case overloaded
     }
 
     public var kind: Kind
@@ -58,6 +60,7 @@ public struct InferenceError: Error, Equatable, Sendable {
         case .unavailable: return .upstreamUnavailable
         case .upstreamError: return .upstreamError
         case .timeout: return .upstreamTimeout
+        case .overloaded: return .overloaded
         }
     }
 }

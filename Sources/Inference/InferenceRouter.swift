@@ -27,11 +27,14 @@ public struct InferenceRouter: Sendable {
     }
 
     public let upstreams: [Upstream]
+    /// `model: "auto"`: which upstream by how demanding the prompt looks.
+    public let auto: AutoRouting
 
     /// `upstreams` must not be empty; the first is the default.
-    public init(upstreams: [Upstream]) {
+    public init(upstreams: [Upstream], auto: AutoRouting = .init()) {
         precondition(!upstreams.isEmpty, "an InferenceRouter needs at least one upstream")
         self.upstreams = upstreams
+        self.auto = auto
     }
 
     public init(single engine: any InferenceEngine, name: String = "default") {
@@ -40,8 +43,16 @@ public struct InferenceRouter: Sendable {
 
     public var defaultUpstream: Upstream { self.upstreams[0] }
 
-    public func route(model: String?) -> Result<Route, UnknownModel> {
+    public func route(model: String?, prompt: String = "") -> Result<Route, UnknownModel> {
         guard let model else { return .success(Route(upstream: self.defaultUpstream, model: nil)) }
+        if model == "auto" {
+            let tier = self.auto.tier(for: prompt)
+            // A tier without an upstream falls back to medium, then to the default.
+            for name in [self.auto.upstream(for: tier), self.auto.medium].compactMap({ $0 }) {
+                if let named = self.upstreams.first(where: { $0.name == name }) { return .success(Route(upstream: named, model: nil)) }
+            }
+            return .success(Route(upstream: self.defaultUpstream, model: nil))
+        }
         // A name chooses the upstream and leaves the model to its configuration.
         if let named = self.upstreams.first(where: { $0.name == model }) {
             return .success(Route(upstream: named, model: nil))
@@ -53,5 +64,35 @@ public struct InferenceRouter: Sendable {
             return .success(Route(upstream: self.defaultUpstream, model: model))
         }
         return .failure(UnknownModel(model: model, available: self.upstreams.map(\.name)))
+    }
+}
+
+/// The seed's `ModelRouter` rule, configurable: a short question is `simple`, a prompt with one
+/// of the `complexKeywords` is `complex`, anything else `medium`; each tier names an upstream.
+public struct AutoRouting: Sendable, Equatable {
+    public enum Tier: String, Sendable { case simple, medium, complex }
+
+    public var simple: String?
+    public var medium: String?
+    public var complex: String?
+    /// At most this many characters, with a `?`, is simple.
+    public var simpleMaxCharacters: Int = 100
+    public var complexKeywords: [String] = ["analyze", "research", "compare"]
+
+    public init() {}
+
+    public func tier(for prompt: String) -> Tier {
+        if prompt.count < self.simpleMaxCharacters && prompt.contains("?") { return .simple }
+        let lowered = prompt.lowercased()
+        if self.complexKeywords.contains(where: { lowered.contains($0.lowercased()) }) { return .complex }
+        return .medium
+    }
+
+    func upstream(for tier: Tier) -> String? {
+        switch tier {
+        case .simple: return self.simple
+        case .medium: return self.medium
+        case .complex: return self.complex
+        }
     }
 }

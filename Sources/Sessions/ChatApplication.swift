@@ -225,7 +225,7 @@ extension ChatApplication {
         sessionID: String, trace parent: InstrumentationContext, grant: GenerationGrant, on eventLoop: any EventLoop
     ) -> Result<ChatGeneration, ProtocolViolation> {
         let route: InferenceRouter.Route
-        switch self.router.route(model: send.model) {
+        switch self.router.route(model: send.model, prompt: send.content) {
         case .success(let found): route = found
         case .failure(let unknown):
             self.policy.limiter.settle(grant, usedTokens: 0)

@@ -263,7 +263,7 @@ final class ChatGeneration: GenerationSink {
     /// and server errors; not a 4xx such as an unknown model.
     static func retryAfterMs(for error: InferenceError) -> Int64? {
         switch error.kind {
-        case .unavailable, .timeout: return 1000
+        case .unavailable, .timeout, .overloaded: return 1000
         case .upstreamError(let status):
             guard let status else { return 1000 }
             return status == 429 || status >= 500 ? 1000 : nil

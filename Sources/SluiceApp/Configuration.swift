@@ -41,6 +41,8 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var auth: AuthSettings = .init()
     /// Rate limits (`limits:` section): per user and address, shared through Redis.
     public var limits: GatewayLimits = .init()
+    /// `model: "auto"` (`routing.auto`): which pool serves simple, medium and complex prompts.
+    public var autoRouting: AutoRouting = .init()
     /// OpenTelemetry traces (`tracing:` section); off unless an OTLP endpoint is set.
     public var tracing: TracingSettings = .init()
 
@@ -83,6 +85,14 @@ public struct SluiceConfiguration: Sendable, Equatable {
         }
         for entry in self.auth.apiKeys where APIKeySpec(entry: entry) == nil {
             throw ConfigurationError(kind: .invalidValue, key: "auth.api_keys", value: entry, reason: "expected user:sha256hex (64 hex digits)")
+        }
+        let pools = Set(self.upstreams.map(\.poolName))
+        for (key, name) in [("routing.auto.simple", self.autoRouting.simple), ("routing.auto.medium", self.autoRouting.medium),
+                            ("routing.auto.complex", self.autoRouting.complex)] {
+            if let name, !pools.contains(name) {
+                throw ConfigurationError(kind: .inconsistent, key: key, value: name,
+                                         reason: "no upstream pool is named \(name) (pools: \(pools.sorted().joined(separator: ", ")))")
+            }
         }
         if let endpoint = self.tracing.otlpEndpoint {
             do {
@@ -217,6 +227,12 @@ public struct UpstreamSettings: Sendable, Equatable {
     public var connectTimeout: TimeAmount = .seconds(5)
     public var firstTokenTimeout: TimeAmount = .seconds(60)
     public var betweenTokensTimeout: TimeAmount = .seconds(30)
+    /// Failures in a row (before or during a generation) that take a replica out.
+    public var circuitFailureThreshold: Int = 5
+    /// How long a replica stays out before one probe request may try it (doubling, up to 2 min).
+    public var circuitOpenDuration: TimeAmount = .seconds(10)
+    /// How often replicas with a `health_path` are checked.
+    public var healthCheckInterval: TimeAmount = .seconds(5)
 
     public init() {}
 }
@@ -230,14 +246,31 @@ public struct NamedUpstream: Sendable, Equatable {
     /// Model name sent upstream; nil asks an OpenAI-compatible server (Triton: `ensemble`).
     public var model: String?
     public var apiKey: String?
+    /// Entries with the same pool are replicas of one model, and clients choose the pool by
+    /// this name; nil: a pool of its own, named `name`.
+    public var pool: String?
+    /// Generations it may run at once; 0: no cap.
+    public var maxConcurrency: Int = 0
+    /// `GET` this path (e.g. `/health`) to check it; nil: no active checks (the circuit breaker
+    /// still takes it out when requests fail).
+    public var healthPath: String?
 
-    public init(name: String, kind: UpstreamSettings.Kind, baseURL: String? = nil, model: String? = nil, apiKey: String? = nil) {
+    public init(
+        name: String, kind: UpstreamSettings.Kind, baseURL: String? = nil, model: String? = nil, apiKey: String? = nil,
+        pool: String? = nil, maxConcurrency: Int = 0, healthPath: String? = nil
+    ) {
         self.name = name
         self.kind = kind
         self.baseURL = baseURL
         self.model = model
         self.apiKey = apiKey
+        self.pool = pool
+        self.maxConcurrency = maxConcurrency
+        self.healthPath = healthPath
     }
+
+    /// The pool it belongs to.
+    public var poolName: String { self.pool ?? self.name }
 }
 
 /// Redis for running several instances; without a URL the gateway is a single node.

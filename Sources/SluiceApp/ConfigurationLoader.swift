@@ -398,7 +398,15 @@ extension ConfigurationLoader {
         .duration("upstream.connect_timeout", mustBePositive: true) { $0.upstream.connectTimeout = $1 },
         .duration("upstream.first_token_timeout", mustBePositive: true) { $0.upstream.firstTokenTimeout = $1 },
         .duration("upstream.between_tokens_timeout", mustBePositive: true) { $0.upstream.betweenTokensTimeout = $1 },
+        .integer("upstream.circuit_failure_threshold", in: 1...1_000) { $0.upstream.circuitFailureThreshold = $1 },
+        .duration("upstream.circuit_open_duration", mustBePositive: true) { $0.upstream.circuitOpenDuration = $1 },
+        .duration("upstream.health_check_interval", mustBePositive: true) { $0.upstream.healthCheckInterval = $1 },
         .upstreamList("upstreams") { $0.upstreams = $1 },
+        .optionalString("routing.auto.simple") { $0.autoRouting.simple = $1 },
+        .optionalString("routing.auto.medium") { $0.autoRouting.medium = $1 },
+        .optionalString("routing.auto.complex") { $0.autoRouting.complex = $1 },
+        .integer("routing.auto.simple_max_characters", in: 0...1_000_000) { $0.autoRouting.simpleMaxCharacters = $1 },
+        .stringList("routing.auto.complex_keywords") { $0.autoRouting.complexKeywords = $1 },
 
         .optionalString("redis.url") { $0.redis.url = $1 },
         .bool("redis.ready_requires_redis") { $0.redis.readyRequiresRedis = $1 },
@@ -692,7 +700,7 @@ struct ConfigurationSetting: Sendable {
                 throw ValueProblem(kind: .wrongType, reason: "expected \(expected)")
             }
             var upstreams: [NamedUpstream] = []
-            let allowedKeys = ["name", "kind", "base_url", "model", "api_key"]
+            let allowedKeys = ["name", "kind", "base_url", "model", "api_key", "pool", "max_concurrency", "health_path"]
             for (index, record) in records.enumerated() {
                 let at = "entry \(index + 1)"
                 if let unknown = record.keys.sorted().first(where: { !allowedKeys.contains($0) }) {
@@ -713,7 +721,19 @@ struct ConfigurationSetting: Sendable {
                 if kind != .sim && baseURL == nil {
                     throw ValueProblem(kind: .invalidValue, reason: "\(at) (\(name)): kind \(kind.rawValue) needs base_url")
                 }
-                upstreams.append(NamedUpstream(name: name, kind: kind, baseURL: baseURL, model: nonEmpty("model"), apiKey: nonEmpty("api_key")))
+                var maxConcurrency = 0
+                if let text = nonEmpty("max_concurrency") {
+                    guard let value = Int(text), value >= 0 else {
+                        throw ValueProblem(kind: .invalidValue, reason: "\(at) (\(name)): max_concurrency must be a whole number, 0 for no cap")
+                    }
+                    maxConcurrency = value
+                }
+                if let path = nonEmpty("health_path"), !path.hasPrefix("/") {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at) (\(name)): health_path must start with /")
+                }
+                upstreams.append(NamedUpstream(
+                    name: name, kind: kind, baseURL: baseURL, model: nonEmpty("model"), apiKey: nonEmpty("api_key"),
+                    pool: nonEmpty("pool"), maxConcurrency: maxConcurrency, healthPath: nonEmpty("health_path")))
             }
             set(&configuration, upstreams)
         }

@@ -31,6 +31,7 @@ public enum SluiceServer {
         var opened: OpenedStorage?
         var serverConfiguration = configuration.server
         var rateLimitRedis: RedisClient?
+        var pools: [ReplicaPool] = []
         let instanceID = configuration.instanceID ?? Self.generatedInstanceID()
         var exporter: OTLPExporter?
         if let endpoint = configuration.tracing.otlpEndpoint {
@@ -50,7 +51,8 @@ public enum SluiceServer {
             var chat = configuration.chat
             chat.instanceID = instanceID
             chat.heartbeatMs = configuration.server.heartbeatInterval.nanoseconds / 1_000_000
-            let router = try await Self.makeRouter(configuration, logger: logger)
+            let (router, madePools) = try await Self.makeRouter(configuration, logger: logger)
+            pools = madePools
             if let url = configuration.redis.url {
                 fanOut = .redis(
                     url: try RedisURL(url), instanceID: chat.instanceID, configuration: configuration.redis.broker,
@@ -110,6 +112,10 @@ public enum SluiceServer {
         if let chatApplication {
             services.append(.init(service: GenerationDrainService(
                 application: chatApplication, handoffDeadline: configuration.redis.handoffDeadline, shared: fanOut.isShared)))
+        }
+        if pools.contains(where: { $0.hasHealthChecks }) {
+            services.append(.init(service: HealthCheckService(
+                pools: pools, interval: configuration.upstream.healthCheckInterval, eventLoopGroup: eventLoopGroup)))
         }
         services.append(.init(service: server))
         let group = ServiceGroup(
@@ -183,22 +189,35 @@ public enum SluiceServer {
     }
 
     /// The configured upstreams: the named list, or the single `upstream`.
-    static func makeRouter(_ configuration: SluiceConfiguration, logger: Logger) async throws -> InferenceRouter {
+    static func makeRouter(_ configuration: SluiceConfiguration, logger: Logger) async throws -> (InferenceRouter, [ReplicaPool]) {
+        var circuit = CircuitBreaker.Settings()
+        circuit.failureThreshold = configuration.upstream.circuitFailureThreshold
+        circuit.openDuration = configuration.upstream.circuitOpenDuration
         guard !configuration.upstreams.isEmpty else {
             let upstream = configuration.upstream
             let engine = try await Self.makeEngine(
                 NamedUpstream(name: "default", kind: upstream.kind, baseURL: upstream.baseURL, model: upstream.model, apiKey: upstream.apiKey),
                 configuration, logger: logger)
-            return InferenceRouter(single: engine)
+            // One replica: no failover, but its failures are still counted and fail fast while its circuit is open.
+            let pool = ReplicaPool(name: "default", replicas: [ReplicaSpec(name: "default", engine: engine)], circuit: circuit, logger: logger)
+            return (InferenceRouter(single: pool), [pool])
         }
-        var upstreams: [InferenceRouter.Upstream] = []
+        // Entries sharing a pool name are replicas of one model; pools keep the list's order.
+        var order: [String] = []
+        var replicas: [String: [ReplicaSpec]] = [:]
         for named in configuration.upstreams {
-            upstreams.append(.init(name: named.name, engine: try await Self.makeEngine(named, configuration, logger: logger)))
+            let engine = try await Self.makeEngine(named, configuration, logger: logger)
+            let healthURL = named.healthPath.flatMap { path in named.baseURL.flatMap { URL(string: $0) }?.appendingPathComponent(String(path.dropFirst())) }
+            if replicas[named.poolName] == nil { order.append(named.poolName) }
+            replicas[named.poolName, default: []].append(
+                ReplicaSpec(name: named.name, engine: engine, healthURL: healthURL, maxConcurrency: named.maxConcurrency))
         }
-        logger.notice("upstreams by name", metadata: [
-            "sluice.upstreams": "\(upstreams.map(\.name).joined(separator: ", "))", "sluice.default": "\(upstreams[0].name)",
+        let pools = order.map { ReplicaPool(name: $0, replicas: replicas[$0]!, circuit: circuit, logger: logger) }
+        logger.notice("upstream pools", metadata: [
+            "sluice.pools": "\(pools.map { "\($0.name) [\($0.replicaNames.joined(separator: ", "))]" }.joined(separator: "; "))",
+            "sluice.default": "\(pools[0].name)",
         ])
-        return InferenceRouter(upstreams: upstreams)
+        return (InferenceRouter(upstreams: pools.map { .init(name: $0.name, engine: $0) }, auto: configuration.autoRouting), pools)
     }
 
     /// One upstream's engine. An OpenAI-compatible server without a configured model is asked
@@ -253,4 +272,21 @@ public enum Credentials {
 
     /// What goes after `user:` in `auth.api_keys`.
     public static func apiKeyHash(_ key: String) -> String { APIKeySpec.hash(key) }
+}
+
+/// Checks the pools' replicas with a `health_path` until shutdown.
+struct HealthCheckService: Service {
+    let pools: [ReplicaPool]
+    let interval: TimeAmount
+    let eventLoopGroup: any EventLoopGroup
+
+    func run() async throws {
+        await withTaskGroup(of: Void.self) { group in
+            for pool in self.pools where pool.hasHealthChecks {
+                group.addTask { await pool.runHealthChecks(every: self.interval, on: self.eventLoopGroup) }
+            }
+            try? await gracefulShutdown()
+            group.cancelAll()
+        }
+    }
 }

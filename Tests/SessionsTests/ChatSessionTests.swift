@@ -3,6 +3,7 @@ import Glibc
 import Inference
 import Logging
 import NIOCore
+import Policy
 import NIOConcurrencyHelpers
 import NIOPosix
 import Sessions
@@ -25,6 +26,7 @@ import WSServer
             server configure: (inout WebSocketServerConfiguration) -> Void = { _ in },
             engine: (any InferenceEngine)? = nil,
             router: InferenceRouter? = nil,
+            limits: GatewayLimits = GatewayLimits(),
             _ body: (Harness) async throws -> Void
         ) async throws {
             var server = WebSocketServerConfiguration()
@@ -48,7 +50,9 @@ import WSServer
                 let application = ChatApplication(
                     configuration: chatConfiguration,
                     router: router ?? InferenceRouter(single: engine ?? SimulatorEngine(configuration: simulatorConfiguration)),
-                    conversations: ConversationMemory(), logger: logger)
+                    conversations: ConversationMemory(),
+                    policy: ChatPolicy(limiter: GenerationLimiter(limits: limits, limiter: RateLimiter(redis: nil, logger: logger))),
+                    logger: logger)
                 let wsServer = try WebSocketServer(
                     configuration: server, application: application, httpRoutes: ChatStreamRoutes(application: application),
                     eventLoopGroup: group, logger: logger)
@@ -213,7 +217,10 @@ import WSServer
     }
 
     @Test func badInputAnswersErrorAndTheConnectionKeepsWorking() async throws {
-        try await Harness.run(chat: { $0.maxContentBytes = 100 }) { harness in
+        // Without the per-connection message limit: this is about the protocol's answers.
+        var limits = GatewayLimits()
+        limits.messagesPerSecondPerConnection = 0
+        try await Harness.run(chat: { $0.maxContentBytes = 100 }, limits: limits) { harness in
             let client = try await harness.connect()
             _ = try await client.next()
             let cases: [(String, String)] = [

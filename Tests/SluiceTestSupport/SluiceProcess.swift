@@ -127,8 +127,15 @@ final class SluiceProcess: Sendable {
         while true {
             if let status = self.reapIfExited() { throw EarlyExit(status: status) }
             do {
-                let (status, _) = try await self.httpGet(path: "/health", timeout: .seconds(2))
-                if status == 200 { return }
+                let (status, body) = try await self.httpGet(path: "/health", timeout: .seconds(2))
+                // Only a sluice says exactly this; another test's server may have taken the port
+                // meanwhile (a scripted fake answers 200 to anything), and this process, failing
+                // to start, would then look healthy. So the process must also still be running.
+                if status == 200 && body.trimmingCharacters(in: .whitespacesAndNewlines) == "ok" {
+                    try await Task.sleep(for: .milliseconds(50))
+                    if let status = self.reapIfExited() { throw EarlyExit(status: status) }
+                    return
+                }
                 lastProblem = "GET /health answered \(status)"
             } catch {
                 lastProblem = "\(error)"
@@ -312,6 +319,10 @@ final class SluiceProcess: Sendable {
 
     // MARK: Helpers
 
+    /// A port where connections are refused for as long as the returned value lives: bound
+    /// (so no other test's server can take it) but not listening.
+    static func deadPort() throws -> DeadPort { try DeadPort() }
+
     /// A port the kernel just handed out for 127.0.0.1 (free at that moment).
     static func freePort() throws -> Int {
         try RedisServerProcess.freePort()
@@ -332,4 +343,32 @@ final class SluiceProcess: Sendable {
 /// `kill(2)`, outside the class whose `kill()` method would shadow it.
 private func sendSignal(_ signal: Int32, to pid: pid_t) {
     _ = kill(pid, signal)
+}
+
+/// A TCP port bound on 127.0.0.1 without listening: connecting is refused, and nothing else
+/// can bind it until this is released.
+final class DeadPort: Sendable {
+    let port: Int
+    private let descriptor: Int32
+
+    init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw SluiceProcessError(description: "socket() failed") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) == 0 && getsockname(descriptor, $0, &length) == 0 }
+        }
+        guard bound else {
+            close(descriptor)
+            throw SluiceProcessError(description: "bind() failed")
+        }
+        self.descriptor = descriptor
+        self.port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    deinit { close(self.descriptor) }
 }
