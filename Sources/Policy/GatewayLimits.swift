@@ -1,3 +1,4 @@
+import Foundation
 import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
@@ -57,14 +58,30 @@ public struct GenerationGrant: Sendable {
     /// `max_tokens` to send upstream and to stop at: the request's, or less when a tokens-per-minute
     /// budget has less left.
     public var maxTokens: Int
-    /// True when a budget (not the client's `max_tokens`) set `maxTokens`.
-    public var cutByBudget: Bool
-    /// When that budget has room again (for the `rate_limited` error that follows a cut).
+    /// Which budget (not the client's `max_tokens`) set `maxTokens`, if one did.
+    public var cut: Cut?
+    /// When that budget has room again (for the error that follows a cut).
     public var budgetRetryAfterMs: Int64
     fileprivate var reservations: [(key: String, limit: RateLimit, tokens: Int)]
 
+    public enum Cut: Sendable, Equatable {
+        case tokensPerMinute
+        /// The user's token quota; it resets at this time (nil: never).
+        case quota(resetAt: Date?)
+    }
+
+    public var cutByBudget: Bool { self.cut != nil }
+
     public static func unlimited(maxTokens: Int) -> GenerationGrant {
-        GenerationGrant(maxTokens: maxTokens, cutByBudget: false, budgetRetryAfterMs: 0, reservations: [])
+        GenerationGrant(maxTokens: maxTokens, cut: nil, budgetRetryAfterMs: 0, reservations: [])
+    }
+
+    /// At most `tokens` more completion tokens, because of `cut`.
+    public mutating func limit(to tokens: Int, cut: Cut, retryAfterMs: Int64) {
+        guard tokens < self.maxTokens else { return }
+        self.maxTokens = tokens
+        self.cut = cut
+        self.budgetRetryAfterMs = retryAfterMs
     }
 }
 
@@ -122,13 +139,9 @@ public final class GenerationLimiter: Sendable {
             case .allowed(let granted):
                 tokenReservations.append((key, limit, granted))
                 taken.append((key, limit, granted))
-                let completion = granted - promptTokens
-                if completion < grant.maxTokens {
-                    grant.maxTokens = completion
-                    grant.cutByBudget = true
-                    // Roughly when the whole request would have fitted.
-                    grant.budgetRetryAfterMs = Int64((Double(promptTokens + maxTokens - granted) / limit.ratePerSecond * 1000).rounded(.up))
-                }
+                // Roughly when the whole request would have fitted.
+                grant.limit(to: granted - promptTokens, cut: .tokensPerMinute,
+                            retryAfterMs: Int64((Double(promptTokens + maxTokens - granted) / limit.ratePerSecond * 1000).rounded(.up)))
             case .limited(let retryAfterMs):
                 return refuse(LimitRefusal(scope: scope, limit: .tokens, retryAfterMs: retryAfterMs,
                                            message: "over \(perMinute) tokens per minute for this \(scope == .user ? "user" : "address")"))

@@ -28,6 +28,8 @@ public struct ChatConfiguration: Sendable, Equatable {
     public var maxRetainedGenerations: Int = 10_000
     /// The stored messages sent upstream with a new one: the newest within this many characters.
     public var contextMaxCharacters: Int = 16_000
+    /// How far a token quota's `reset_at` moves at each reset (set from `quotas.period`).
+    public var quotaPeriod: TimeAmount = .hours(24 * 30)
 
     public init(instanceID: String) {
         self.instanceID = instanceID
@@ -65,8 +67,10 @@ public struct ChatApplication: WebSocketApplication {
     let logger: Logger
     /// Spans per generation (a no-op unless tracing is configured).
     let tracer: any Tracer
-    /// Authentication (and, later, limits).
+    /// Authentication and rate limits.
     let policy: ChatPolicy
+    /// Token quotas (with storage only).
+    let quotas: QuotaGuard
 
     public init(
         configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory,
@@ -75,6 +79,7 @@ public struct ChatApplication: WebSocketApplication {
     ) {
         self.tracer = tracer
         self.policy = policy
+        self.quotas = QuotaGuard(persistence: persistence, period: configuration.quotaPeriod, logger: logger)
         self.configuration = configuration
         self.router = router
         let metrics = ChatMetrics()
@@ -198,20 +203,52 @@ extension ChatApplication {
     /// plus up to `max_tokens`); `completion` runs on `eventLoop`. No limits: at once.
     func admitGeneration(
         _ send: ClientMessage.ChatSend, in conversation: ResolvedConversation, user: String, address: String,
-        on eventLoop: any EventLoop, _ completion: @escaping (Result<GenerationGrant, LimitRefusal>) -> Void
+        on eventLoop: any EventLoop, _ completion: @escaping (Result<Admission, AdmissionRefusal>) -> Void
     ) {
         let maxTokens = send.maxTokens ?? self.configuration.defaultMaxTokens
         let limiter = self.policy.limiter
-        guard limiter.limits.limitsGenerations else {
-            completion(.success(.unlimited(maxTokens: maxTokens)))
+        guard limiter.limits.limitsGenerations || self.history.persistence.isEnabled else {
+            completion(.success(Admission(grant: .unlimited(maxTokens: maxTokens), quotaReserved: 0)))
             return
         }
         let prompt = Self.promptEstimate(conversation.messages + [ChatMessage(role: .user, content: send.content)])
         let done = NIOLoopBound(completion, eventLoop: eventLoop)
+        let quotas = self.quotas
         Task {
-            let result = await limiter.admit(user: user, address: address, promptTokens: prompt, maxTokens: maxTokens)
+            let result: Result<Admission, AdmissionRefusal>
+            switch await limiter.admit(user: user, address: address, promptTokens: prompt, maxTokens: maxTokens) {
+            case .failure(let refusal):
+                result = .failure(AdmissionRefusal(code: .rateLimited, message: refusal.message, retryAfterMs: refusal.retryAfterMs))
+            case .success(let grant):
+                switch await quotas.admit(user: user, promptTokens: prompt, grant: grant) {
+                case .failure(let refusal):
+                    limiter.settle(grant, usedTokens: 0)
+                    result = .failure(AdmissionRefusal(code: .quotaExceeded, message: refusal.message, retryAfterMs: refusal.retryAfterMs))
+                case .success(let (limited, reserved)):
+                    result = .success(Admission(grant: limited, quotaReserved: reserved))
+                }
+            }
             eventLoop.execute { done.value(result) }
         }
+    }
+
+    /// What a generation may use (rate limits and quota), and what to give back at its end.
+    struct Admission: Sendable {
+        var grant: GenerationGrant
+        var quotaReserved: Int
+    }
+
+    /// Why a generation may not start: `rate_limited` or `quota_exceeded`.
+    struct AdmissionRefusal: Error, Sendable {
+        var code: ErrorCode
+        var message: String
+        var retryAfterMs: Int64?
+    }
+
+    /// Gives back what an admitted generation did not use (or everything, if it never ran).
+    func settle(_ admission: Admission, user: String, usedTokens: Int) {
+        self.policy.limiter.settle(admission.grant, usedTokens: usedTokens)
+        self.quotas.release(user: user, reserved: admission.quotaReserved)
     }
 
     /// Tokens of a context, estimated (4 bytes a token plus a few per message), for limits and
@@ -222,18 +259,19 @@ extension ChatApplication {
 
     func beginGeneration(
         _ send: ClientMessage.ChatSend, in conversation: ResolvedConversation, user: String, output: any ChatOutput,
-        sessionID: String, trace parent: InstrumentationContext, grant: GenerationGrant, on eventLoop: any EventLoop
+        sessionID: String, trace parent: InstrumentationContext, admission: Admission, on eventLoop: any EventLoop
     ) -> Result<ChatGeneration, ProtocolViolation> {
+        let grant = admission.grant
         let route: InferenceRouter.Route
         switch self.router.route(model: send.model, prompt: send.content) {
         case .success(let found): route = found
         case .failure(let unknown):
-            self.policy.limiter.settle(grant, usedTokens: 0)
+            self.settle(admission, user: user, usedTokens: 0)
             return .failure(ProtocolViolation(.notFound, unknown.message, requestID: send.requestID))
         }
         let model = route.model ?? route.upstream.engine.defaultModel
         guard self.history.recordUserMessage(send.content, in: conversation, user: user, model: model) else {
-            self.policy.limiter.settle(grant, usedTokens: 0)
+            self.settle(admission, user: user, usedTokens: 0)
             return .failure(ProtocolViolation(
                 .overloaded, "the history write queue is full (is the database down?); retry shortly", requestID: send.requestID))
         }
@@ -248,7 +286,8 @@ extension ChatApplication {
         request.traceHeaders = trace.propagationHeaders(self.tracer)
         let generation = ChatGeneration(
             id: generationID, startedAt: startedAt, trace: trace, conversation: conversation, user: user, requestID: send.requestID,
-            model: model, promptEstimate: Self.promptEstimate(context), grant: grant, limiter: self.policy.limiter,
+            model: model, promptEstimate: Self.promptEstimate(context), grant: grant,
+            settle: { [self] used in self.settle(admission, user: user, usedTokens: used) },
             output: output, engine: route.upstream.engine, request: request, eventLoop: eventLoop,
             history: self.history, hub: self.hub, broker: self.broker, ownerSessionID: sessionID,
             metrics: self.metrics.upstream(route.upstream.name), logger: self.logger)

@@ -57,7 +57,8 @@ final class ChatGeneration: GenerationSink {
     private let promptEstimate: Int
     /// What the rate limits let it use; settled (unused tokens given back) at the end.
     private let grant: GenerationGrant
-    private let limiter: GenerationLimiter
+    /// Gives back what the limits and the quota reserved and this generation did not use.
+    private let settle: (_ usedTokens: Int) -> Void
     /// A tokens-per-minute budget ran out: the rest of the upstream's text is dropped and the
     /// generation ends with `length` at the end of this read.
     private var budgetReached = false
@@ -103,14 +104,14 @@ final class ChatGeneration: GenerationSink {
 
     init(
         id: String, startedAt: NIODeadline, trace: GenerationTrace, conversation: ResolvedConversation, user: String, requestID: String?, model: String, promptEstimate: Int,
-        grant: GenerationGrant, limiter: GenerationLimiter,
+        grant: GenerationGrant, settle: @escaping (_ usedTokens: Int) -> Void,
         output: any ChatOutput, engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop,
         history: ConversationHistory,
         hub: GenerationHub, broker: any Broker, ownerSessionID: String, metrics: ChatMetrics.Upstream, logger: Logger
     ) {
         self.metrics = metrics
         self.grant = grant
-        self.limiter = limiter
+        self.settle = settle
         self.startedAt = startedAt
         self.trace = trace
         self.logger = logger
@@ -251,7 +252,7 @@ final class ChatGeneration: GenerationSink {
                 "sluice.error": "\(error.code.rawValue)", "sluice.message": "\(error.message)",
             ]))
             self.history.releaseAnswerReservation()
-            self.limiter.settle(self.grant, usedTokens: 0)
+            self.settle(0)
             self.trace.failedToStart(error)
             self.output.generationFailedToStart(self, error: error)
             return
@@ -313,7 +314,7 @@ final class ChatGeneration: GenerationSink {
         self.finalEnd = end
         self.metrics.latency.recordInterval(since: self.startedAt)
         self.trace.ended(end, model: self.model)
-        self.limiter.settle(self.grant, usedTokens: usage.promptTokens + usage.completionTokens)
+        self.settle(usage.promptTokens + usage.completionTokens)
         self.logger.debug("generation ended", metadata: self.ids([
             "sluice.finish_reason": "\(reason.rawValue)", "sluice.seq": "\(self.seq)",
             "sluice.duration_ms": "\((NIODeadline.now() - self.startedAt).nanoseconds / 1_000_000)",
@@ -340,13 +341,20 @@ final class ChatGeneration: GenerationSink {
                     generationID: self.id, seq: seq, finishReason: reason, usage: usage,
                     error: error.map { ($0.code, $0.message) }, into: &buffer)
             }
-            if reason == .length && self.grant.cutByBudget {
+            if reason == .length, let cut = self.grant.cut {
                 // Why it stopped short of the client's max_tokens, and when a full one fits again.
                 let retryAfterMs = self.grant.budgetRetryAfterMs
+                let (code, message): (ErrorCode, String)
+                switch cut {
+                case .tokensPerMinute:
+                    (code, message) = (.rateLimited, "stopped at \(self.grant.maxTokens) tokens: the tokens-per-minute budget is used up")
+                case .quota(let resetAt):
+                    (code, message) = (.quotaExceeded, "stopped at \(self.grant.maxTokens) tokens: the token quota is used up"
+                        + (resetAt.map { " until \(QuotaGuard.rfc3339($0))" } ?? ""))
+                }
                 self.output.writeMessage { buffer in
                     ServerMessageEncoder.error(
-                        code: .rateLimited, message: "stopped at \(self.grant.maxTokens) tokens: the tokens-per-minute budget is used up",
-                        generationID: self.id, retryAfterMs: retryAfterMs, into: &buffer)
+                        code: code, message: message, generationID: self.id, retryAfterMs: retryAfterMs > 0 ? retryAfterMs : nil, into: &buffer)
                 }
             }
             self.output.flush()

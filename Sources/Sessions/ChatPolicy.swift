@@ -33,10 +33,15 @@ public struct ChatPolicy: Sendable {
 
     /// 429 with `Retry-After` (whole seconds, at least 1) and the protocol's error object.
     static func refusal(_ refusal: LimitRefusal) -> HTTPRefusal {
+        Self.tooManyRequests(code: .rateLimited, message: refusal.message, retryAfterMs: refusal.retryAfterMs)
+    }
+
+    /// 429 for `rate_limited` and `quota_exceeded`, with `Retry-After` when it is known.
+    static func tooManyRequests(code: ErrorCode, message: String, retryAfterMs: Int64?) -> HTTPRefusal {
         var body = ByteBuffer()
-        ServerMessageEncoder.error(code: .rateLimited, message: refusal.message, retryAfterMs: refusal.retryAfterMs, into: &body)
+        ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &body)
         return HTTPRefusal(status: .tooManyRequests, body: String(buffer: body),
-                           headers: ["Retry-After": String(max(1, (refusal.retryAfterMs + 999) / 1000))])
+                           headers: retryAfterMs.map { ["Retry-After": String(max(1, ($0 + 999) / 1000))] } ?? [:])
     }
 
     public static let open = ChatPolicy()

@@ -234,29 +234,32 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         }
     }
 
-    private func beginAdmitted(_ send: ClientMessage.ChatSend, _ conversation: ResolvedConversation, _ admission: Result<GenerationGrant, LimitRefusal>) {
-        let grant: GenerationGrant
-        switch admission {
+    private func beginAdmitted(
+        _ send: ClientMessage.ChatSend, _ conversation: ResolvedConversation,
+        _ result: Result<ChatApplication.Admission, ChatApplication.AdmissionRefusal>
+    ) {
+        let admission: ChatApplication.Admission
+        switch result {
         case .failure(let refusal):
-            self.sendError(.rateLimited, refusal.message, requestID: send.requestID, retryAfterMs: refusal.retryAfterMs)
+            self.sendError(refusal.code, refusal.message, requestID: send.requestID, retryAfterMs: refusal.retryAfterMs)
             return
-        case .success(let granted):
-            grant = granted
+        case .success(let admitted):
+            admission = admitted
         }
         guard let connection = self.connection else {
-            self.application.policy.limiter.settle(grant, usedTokens: 0)
+            self.application.settle(admission, user: self.userID, usedTokens: 0)
             return
         }
         // Counted again: a lookup that waited on Redis or the storage may have let others start.
         guard self.generations.count < self.configuration.maxGenerationsPerConnection else {
-            self.application.policy.limiter.settle(grant, usedTokens: 0)
+            self.application.settle(admission, user: self.userID, usedTokens: 0)
             self.sendError(.overloaded, "at most \(self.configuration.maxGenerationsPerConnection) generations at once per connection",
                            requestID: send.requestID, retryAfterMs: 1000)
             return
         }
         switch self.application.beginGeneration(
             send, in: conversation, user: self.userID, output: self, sessionID: self.sessionID, trace: self.traceParent,
-            grant: grant, on: connection.eventLoop) {
+            admission: admission, on: connection.eventLoop) {
         case .success(let generation):
             self.generations[generation.id] = generation
             generation.startUpstream()

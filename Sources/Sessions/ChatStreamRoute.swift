@@ -95,26 +95,26 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
 
     private func beginAdmitted(
         _ send: ClientMessage.ChatSend, _ conversation: ResolvedConversation, user: String, trace: InstrumentationContext,
-        _ admission: Result<GenerationGrant, LimitRefusal>
+        _ result: Result<ChatApplication.Admission, ChatApplication.AdmissionRefusal>
     ) {
-        let grant: GenerationGrant
-        switch admission {
+        let admission: ChatApplication.Admission
+        switch result {
         case .failure(let refusal):
             if let writer = self.writer, !self.disconnected {
-                writer.respond(ChatPolicy.refusal(refusal))
+                writer.respond(ChatPolicy.tooManyRequests(code: refusal.code, message: refusal.message, retryAfterMs: refusal.retryAfterMs))
                 self.writer = nil
             }
             return
-        case .success(let granted):
-            grant = granted
+        case .success(let admitted):
+            admission = admitted
         }
         guard let writer = self.writer, !self.disconnected else {
-            self.application.policy.limiter.settle(grant, usedTokens: 0)
+            self.application.settle(admission, user: user, usedTokens: 0)
             return
         }
         switch self.application.beginGeneration(
             send, in: conversation, user: user, output: self, sessionID: Identifier.make("sse_"), trace: trace,
-            grant: grant, on: writer.eventLoop) {
+            admission: admission, on: writer.eventLoop) {
         case .failure(let violation):
             self.respondError(Self.status(for: violation.code), violation.code, violation.message, requestID: violation.requestID,
                               retryAfterMs: violation.code == .overloaded ? 1000 : nil)

@@ -41,6 +41,8 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var auth: AuthSettings = .init()
     /// Rate limits (`limits:` section): per user and address, shared through Redis.
     public var limits: GatewayLimits = .init()
+    /// Token quotas per user (`quotas:` section; limits are set with `sluice quota set`).
+    public var quotas: QuotaSettings = .init()
     /// `model: "auto"` (`routing.auto`): which pool serves simple, medium and complex prompts.
     public var autoRouting: AutoRouting = .init()
     /// OpenTelemetry traces (`tracing:` section); off unless an OTLP endpoint is set.
@@ -412,4 +414,15 @@ public struct JWTKeySetting: Sendable, Equatable {
         self.publicKey = publicKey
         self.publicKeyFile = publicKeyFile
     }
+}
+
+/// Token quotas: each user's limit lives in `user_quotas` (`sluice quota set`); these say how
+/// they reset.
+public struct QuotaSettings: Sendable, Equatable {
+    /// A quota's usage goes back to 0 at its `reset_at`, which then moves on by this much.
+    public var period: TimeAmount = .hours(24 * 30)
+    /// How often due resets are looked for.
+    public var resetCheckInterval: TimeAmount = .seconds(60)
+
+    public init() {}
 }

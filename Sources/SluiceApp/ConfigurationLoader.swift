@@ -446,6 +446,9 @@ extension ConfigurationLoader {
         .integer("limits.messages_per_second_per_connection", in: 0...1_000_000) { $0.limits.messagesPerSecondPerConnection = $1 },
         .integer("limits.forwarded_for_hops", in: 0...10) { $0.limits.forwardedForHops = $1 },
 
+        .duration("quotas.period", mustBePositive: true) { $0.quotas.period = $1 },
+        .duration("quotas.reset_check_interval", mustBePositive: true) { $0.quotas.resetCheckInterval = $1 },
+
         .optionalString("tracing.otlp_endpoint") { $0.tracing.otlpEndpoint = $1 },
         .string("tracing.service_name", nonEmpty: true) { $0.tracing.serviceName = $1 },
         .fraction("tracing.sample_ratio") { $0.tracing.sampleRatio = $1 },
@@ -785,11 +788,11 @@ enum ValueParser {
 
     /// Units in nanoseconds. `ms` comes before `s` and `m` because it ends with `s` and starts with `m`.
     private static let durationUnits: [(suffix: String, nanoseconds: Double)] = [
-        ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9),
+        ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9), ("d", 86_400e9),
     ]
 
     static func duration(_ text: String) throws(ValueProblem) -> TimeAmount {
-        let expected = "expected a duration such as 20s, 500ms, 2m, 1h or a number of seconds"
+        let expected = "expected a duration such as 20s, 500ms, 2m, 1h, 30d or a number of seconds"
         let trimmed = text.trimmingCharacters(in: .whitespaces)
         var number = Substring(trimmed)
         var nanosecondsPerUnit = 1e9  // a bare number is seconds

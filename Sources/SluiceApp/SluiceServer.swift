@@ -50,6 +50,7 @@ public enum SluiceServer {
         } else {
             var chat = configuration.chat
             chat.instanceID = instanceID
+            chat.quotaPeriod = configuration.quotas.period
             chat.heartbeatMs = configuration.server.heartbeatInterval.nanoseconds / 1_000_000
             let (router, madePools) = try await Self.makeRouter(configuration, logger: logger)
             pools = madePools
@@ -106,7 +107,7 @@ public enum SluiceServer {
         // Stopped last: spans of generations that end during the drain still go out.
         if let exporter { services.append(.init(service: exporter)) }
         if let opened {
-            services.append(.init(service: StorageService(opened: opened, logger: logger)))
+            services.append(.init(service: StorageService(opened: opened, quotas: configuration.quotas, logger: logger)))
             services.append(.init(service: opened.queue))
         }
         if let chatApplication {

@@ -67,6 +67,7 @@ final class MigrationState: Sendable {
 /// services after it (the write queue) have stopped. First in the service group, so last to stop.
 struct StorageService: Service {
     let opened: OpenedStorage
+    let quotas: QuotaSettings
     let logger: Logger
 
     func run() async throws {
@@ -75,6 +76,7 @@ struct StorageService: Service {
             if !self.opened.migrated.isDone {
                 group.addTask { await self.migrateUntilDone() }
             }
+            group.addTask { await self.resetQuotasWhenDue() }
             // The storage's run (or, for SQLite, the wait for shutdown) is what ends the service.
             if let postgres = storage as? PostgresStorage {
                 await postgres.run()
@@ -84,6 +86,22 @@ struct StorageService: Service {
             group.cancelAll()
         }
         await storage.shutdown()
+    }
+
+    /// Sets quotas whose `reset_at` passed back to 0 (on every instance: the update is
+    /// idempotent, the first one to run it wins).
+    private func resetQuotasWhenDue() async {
+        let period = TimeInterval(self.quotas.period.nanoseconds) / 1_000_000_000
+        while !Task.isCancelled {
+            try? await Task.sleep(nanoseconds: UInt64(self.quotas.resetCheckInterval.nanoseconds))
+            guard self.opened.migrated.isDone, !Task.isCancelled else { continue }
+            do {
+                let reset = try await self.opened.storage.resetDueQuotas(now: Date(), period: period)
+                if reset > 0 { self.logger.notice("token quotas reset", metadata: ["sluice.quotas": "\(reset)"]) }
+            } catch {
+                self.logger.debug("quota reset skipped", metadata: ["sluice.error": "\(error)"])
+            }
+        }
     }
 
     private func migrateUntilDone() async {
@@ -161,5 +179,84 @@ public enum StorageMigration {
             throw error
         }
         await storage.shutdown()
+    }
+}
+
+/// `sluice quota set|show`: a user's token quota, straight in the database every instance reads.
+public enum QuotaAdmin {
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Sets the limit (nil: none) and the next reset (nil: `quotas.period` from now; a past or
+    /// explicit time is kept as given), optionally zeroing what was used. Prints the result.
+    public static func set(
+        configuration: SluiceConfiguration, user: String, limit: Int?, resetAt: Date?, noReset: Bool, resetUsage: Bool,
+        timeout: Duration = .seconds(30)
+    ) async throws {
+        let period = TimeInterval(configuration.quotas.period.nanoseconds) / 1_000_000_000
+        let next: Date? = noReset ? nil : (resetAt ?? Date().addingTimeInterval(period))
+        try await self.withStorage(configuration, timeout: timeout) { storage in
+            try await storage.setQuota(userExternalID: user, limit: limit, resetAt: next, resetUsage: resetUsage)
+            print(Self.describe(user, try await storage.quota(userExternalID: user)))
+        }
+    }
+
+    public static func show(configuration: SluiceConfiguration, user: String, timeout: Duration = .seconds(30)) async throws {
+        try await self.withStorage(configuration, timeout: timeout) { storage in
+            print(Self.describe(user, try await storage.quota(userExternalID: user)))
+        }
+    }
+
+    /// `user=… used=… limit=… reset_at=…` (one line, easy to read and to parse).
+    static func describe(_ user: String, _ record: QuotaRecord?) -> String {
+        guard let record else { return "user=\(user) used=0 limit=none reset_at=none" }
+        let reset = record.resetAt.map { QuotaAdmin.rfc3339($0) } ?? "none"
+        return "user=\(user) used=\(record.tokensUsed) limit=\(record.tokensLimit.map(String.init) ?? "none") reset_at=\(reset)"
+    }
+
+    static func rfc3339(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: date)
+    }
+
+    /// Opens (and migrates) the configured storage, runs `body`, closes it.
+    static func withStorage(
+        _ configuration: SluiceConfiguration, timeout: Duration, _ body: @escaping @Sendable (any ConversationStorage) async throws -> Void
+    ) async throws {
+        let logger = Logger(label: "sluice.quota")
+        switch try configuration.storage.backend {
+        case .memory:
+            throw Failure(description: "storage.database_url is memory: there are no quotas to set")
+        case .sqlite(let path):
+            let storage = try await SQLiteStorage.open(path: path, logger: logger)
+            do {
+                try await storage.migrate()
+                try await body(storage)
+            } catch {
+                await storage.shutdown()
+                throw error
+            }
+            await storage.shutdown()
+        case .postgres(let url):
+            let storage = PostgresStorage(
+                configuration: .init(
+                    url: try PostgresURL(url), maximumConnections: 1, connectTimeout: min(timeout, .seconds(5)), migrationTimeout: timeout,
+                    partitionMonthsAhead: configuration.storage.partitionMonthsAhead),
+                logger: logger)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { await storage.run() }
+                do {
+                    try await storage.migrate()
+                    try await body(storage)
+                } catch {
+                    await storage.shutdown()
+                    throw error
+                }
+                await storage.shutdown()
+                try await group.waitForAll()
+            }
+        }
     }
 }

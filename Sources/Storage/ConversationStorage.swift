@@ -53,6 +53,18 @@ public protocol ConversationStorage: Sendable {
     /// The external id of the conversation's user, or `nil` if there is no such conversation.
     func conversationOwner(_ conversationID: UUID) async throws(StorageError) -> String?
 
+    /// The user's `user_quotas` row, or nil when there is none (no limit, nothing used).
+    func quota(userExternalID: String) async throws(StorageError) -> QuotaRecord?
+
+    /// Sets a user's token limit (nil: none) and next reset (nil: never), creating the user and
+    /// the row when missing; `resetUsage` also sets `tokens_used` back to 0.
+    func setQuota(userExternalID: String, limit: Int?, resetAt: Date?, resetUsage: Bool) async throws(StorageError)
+
+    /// Every quota whose `reset_at` is due: `tokens_used` back to 0 and `reset_at` moved on by
+    /// whole `period`s past `now`. Returns how many were reset.
+    @discardableResult
+    func resetDueQuotas(now: Date, period: TimeInterval) async throws(StorageError) -> Int
+
     /// Statements executed so far (for benchmarks and metrics).
     var metrics: StorageMetrics { get }
 
@@ -290,5 +302,18 @@ extension Date {
 
     var microsecondsSince1970: Int64 {
         Int64((self.timeIntervalSince1970 * 1_000_000).rounded())
+    }
+}
+
+/// A row of `user_quotas`.
+public struct QuotaRecord: Sendable, Equatable {
+    public var tokensUsed: Int
+    public var tokensLimit: Int?
+    public var resetAt: Date?
+
+    public init(tokensUsed: Int, tokensLimit: Int?, resetAt: Date?) {
+        self.tokensUsed = tokensUsed
+        self.tokensLimit = tokensLimit
+        self.resetAt = resetAt
     }
 }

@@ -336,6 +336,57 @@ public final class PostgresStorage: ConversationStorage, Service {
         }
     }
 
+    // MARK: Quotas
+
+    public func quota(userExternalID: String) async throws(StorageError) -> QuotaRecord? {
+        let query: PostgresQuery = """
+            SELECT q.tokens_used, q.tokens_limit, q.reset_at FROM user_quotas q JOIN users u ON u.id = q.user_id
+            WHERE u.external_id = \(userExternalID)
+            """
+        return try await self.perform {
+            let rows = try await self.client.query(query)
+            self.count(write: false)
+            for try await (used, limit, resetAt) in rows.decode((Int64, Int64?, Date?).self) {
+                return QuotaRecord(tokensUsed: Int(used), tokensLimit: limit.map(Int.init), resetAt: resetAt)
+            }
+            return nil
+        }
+    }
+
+    public func setQuota(userExternalID: String, limit: Int?, resetAt: Date?, resetUsage: Bool) async throws(StorageError) {
+        let limit64 = limit.map(Int64.init)
+        let query: PostgresQuery = """
+            WITH new_user AS (
+                INSERT INTO users (external_id) VALUES (\(userExternalID)) ON CONFLICT (external_id) DO NOTHING RETURNING id
+            ), the_user AS (
+                SELECT id FROM new_user UNION ALL SELECT id FROM users WHERE external_id = \(userExternalID)
+            )
+            INSERT INTO user_quotas AS q (user_id, tokens_limit, reset_at)
+            SELECT id, \(limit64), \(resetAt) FROM the_user LIMIT 1
+            ON CONFLICT (user_id) DO UPDATE SET tokens_limit = EXCLUDED.tokens_limit, reset_at = EXCLUDED.reset_at,
+                tokens_used = CASE WHEN \(resetUsage) THEN 0 ELSE q.tokens_used END
+            """
+        try await self.perform {
+            _ = try await self.client.query(query).collect()
+            self.count(write: true)
+        }
+    }
+
+    public func resetDueQuotas(now: Date, period: TimeInterval) async throws(StorageError) -> Int {
+        let seconds = max(1, period)
+        let query: PostgresQuery = """
+            UPDATE user_quotas SET tokens_used = 0,
+                reset_at = reset_at + make_interval(secs => \(seconds)) * (floor(extract(epoch FROM (\(now) - reset_at)) / \(seconds)) + 1)
+            WHERE reset_at <= \(now)
+            RETURNING user_id
+            """
+        return try await self.perform {
+            let rows = try await self.client.query(query).collect()
+            self.count(write: true)
+            return rows.count
+        }
+    }
+
     // MARK: Plumbing
 
     private static func message(

@@ -298,6 +298,46 @@ public final class SQLiteStorage: ConversationStorage {
         return rows.first?.column("external_id")?.string
     }
 
+    // MARK: Quotas (times in microseconds since 1970, as every SQLite timestamp here)
+
+    public func quota(userExternalID: String) async throws(StorageError) -> QuotaRecord? {
+        try await self.exclusive { () throws(StorageError) in
+            let rows = try await self.run(
+                "SELECT q.tokens_used, q.tokens_limit, q.reset_at FROM user_quotas q JOIN users u ON u.id = q.user_id WHERE u.external_id = ?",
+                [.text(userExternalID)])
+            guard let row = rows.first else { return nil }
+            return QuotaRecord(
+                tokensUsed: row.column("tokens_used")?.integer ?? 0, tokensLimit: row.column("tokens_limit")?.integer,
+                resetAt: row.column("reset_at")?.integer.map { Date(timeIntervalSince1970: Double($0) / 1_000_000) })
+        }
+    }
+
+    public func setQuota(userExternalID: String, limit: Int?, resetAt: Date?, resetUsage: Bool) async throws(StorageError) {
+        try await self.exclusive { () throws(StorageError) in
+            let now = Int64(Date().timeIntervalSince1970 * 1_000_000)
+            _ = try await self.run(
+                "INSERT INTO users (id, external_id, created_at) VALUES (?, ?, ?) ON CONFLICT (external_id) DO NOTHING",
+                [.text(UUID().lowercased), .text(userExternalID), .integer(.init(now))], write: true)
+            let reset: SQLiteData = resetAt.map { .integer(Int(($0.timeIntervalSince1970 * 1_000_000).rounded())) } ?? .null
+            _ = try await self.run(
+                "INSERT INTO user_quotas (user_id, tokens_limit, reset_at) SELECT id, ?, ? FROM users WHERE external_id = ? "
+                    + "ON CONFLICT (user_id) DO UPDATE SET tokens_limit = excluded.tokens_limit, reset_at = excluded.reset_at, "
+                    + "tokens_used = CASE WHEN ? THEN 0 ELSE user_quotas.tokens_used END",
+                [limit.map { .integer($0) } ?? .null, reset, .text(userExternalID), .integer(resetUsage ? 1 : 0)], write: true)
+        }
+    }
+
+    public func resetDueQuotas(now: Date, period: TimeInterval) async throws(StorageError) -> Int {
+        try await self.exclusive { () throws(StorageError) in
+            let nowMicros = Int(now.timeIntervalSince1970 * 1_000_000)
+            let periodMicros = max(1, Int(period * 1_000_000))
+            let rows = try await self.run(
+                "UPDATE user_quotas SET tokens_used = 0, reset_at = reset_at + ? * ((? - reset_at) / ? + 1) WHERE reset_at <= ? RETURNING user_id",
+                [.integer(periodMicros), .integer(nowMicros), .integer(periodMicros), .integer(nowMicros)], write: true)
+            return rows.count
+        }
+    }
+
     // MARK: Plumbing
 
     /// Runs `body` holding the connection.

@@ -9,7 +9,7 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "WebSocket gateway.",
-        subcommands: [Serve.self, Chat.self, Migrate.self, Token.self, HashKey.self],
+        subcommands: [Serve.self, Chat.self, Migrate.self, Quota.self, Token.self, HashKey.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -264,5 +264,93 @@ struct HashKey: ParsableCommand {
 
     func run() throws {
         print(Credentials.apiKeyHash(self.key))
+    }
+}
+
+/// `sluice quota set USER --limit N` / `sluice quota show USER`.
+struct Quota: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Set or show a user's token quota (prompt + completion tokens until the next reset).",
+        subcommands: [QuotaSet.self, QuotaShow.self])
+}
+
+struct QuotaSet: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "set",
+        abstract: "Set a user's token limit; generations stop where it ends, and usage resets at reset_at.",
+        discussion: "Uses the same storage settings as serve: --database-url, --data-dir, the YAML file and SLUICE_STORAGE_* variables.")
+
+    @Argument(help: "The user id (a JWT's sub, or the development ?user=).")
+    var user: String
+
+    @Option(name: .long, help: .init("Tokens allowed until the next reset; 'none' removes the limit.", valueName: "tokens"))
+    var limit: String
+
+    @Option(name: .long, help: .init("Next reset, RFC 3339 (default: quotas.period from now).", valueName: "time"))
+    var resetAt: String?
+
+    @Flag(name: .long, help: "Never reset (a lifetime budget).")
+    var noReset = false
+
+    @Flag(name: .long, help: "Also set the tokens used so far back to 0.")
+    var resetUsage = false
+
+    @Option(name: .long, help: .init("YAML configuration file (default: $SLUICE_CONFIG, else none).", valueName: "path"))
+    var config: String?
+
+    @OptionGroup var storage: StorageOptions
+
+    func run() async throws {
+        let limit: Int?
+        if self.limit.lowercased() == "none" {
+            limit = nil
+        } else if let value = Int(self.limit), value >= 0 {
+            limit = value
+        } else {
+            FileHandle.standardError.write(Data("sluice: --limit must be a whole number of tokens or none\n".utf8))
+            throw ExitCode(64)
+        }
+        var resetAt: Date?
+        if let text = self.resetAt {
+            guard let date = ISO8601DateFormatter().date(from: text) else {
+                FileHandle.standardError.write(Data("sluice: --reset-at must be RFC 3339, e.g. 2026-12-01T00:00:00Z\n".utf8))
+                throw ExitCode(64)
+            }
+            resetAt = date
+        }
+        var overrides = ConfigurationOverrides()
+        self.storage.apply(to: &overrides)
+        let configuration = try loadConfiguration(file: self.config, overrides: overrides)
+        do {
+            try await QuotaAdmin.set(
+                configuration: configuration, user: self.user, limit: limit, resetAt: resetAt, noReset: self.noReset, resetUsage: self.resetUsage)
+        } catch {
+            FileHandle.standardError.write(Data("sluice: quota set failed: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct QuotaShow: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Show a user's quota: used, limit, next reset.")
+
+    @Argument(help: "The user id.")
+    var user: String
+
+    @Option(name: .long, help: .init("YAML configuration file (default: $SLUICE_CONFIG, else none).", valueName: "path"))
+    var config: String?
+
+    @OptionGroup var storage: StorageOptions
+
+    func run() async throws {
+        var overrides = ConfigurationOverrides()
+        self.storage.apply(to: &overrides)
+        let configuration = try loadConfiguration(file: self.config, overrides: overrides)
+        do {
+            try await QuotaAdmin.show(configuration: configuration, user: self.user)
+        } catch {
+            FileHandle.standardError.write(Data("sluice: quota show failed: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
     }
 }

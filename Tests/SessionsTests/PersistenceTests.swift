@@ -174,8 +174,10 @@ import WSServer
                 "assistant:re: second question", "user:third question",
             ])
             #expect(gateway.application.conversationCacheCounts.misses == 1)
-            #expect(storage.metrics.since(before).readStatements == 2)  // owner and context, once
+            // Owner and context, once; and whether alice has a token quota (remembered for 30 s).
+            #expect(storage.metrics.since(before).readStatements == 3)
             _ = try await Self.chat(client, "fourth", in: conversation)
+            #expect(storage.metrics.since(before).readStatements == 3)
             #expect(gateway.application.conversationCacheCounts.hits == 1 && gateway.application.conversationCacheCounts.misses == 1)
 
             try await client.send(["type": "conversation.history", "conversation_id": conversation, "request_id": "h1"])

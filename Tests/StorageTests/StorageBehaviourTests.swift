@@ -261,3 +261,44 @@ import Testing
         }
     }
 }
+
+@Suite struct QuotaStorageTests {
+    @Test(arguments: Backend.allCases)
+    func quotasAreSetReadCountedAndReset(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            let storage = harness.storage
+            #expect(try await storage.quota(userExternalID: "quinn") == nil)
+            // Setting a quota for a user who never chatted creates the user.
+            let resetAt = Date(timeIntervalSince1970: 1_900_000_000)
+            try await storage.setQuota(userExternalID: "quinn", limit: 1_000, resetAt: resetAt, resetUsage: false)
+            var record = try #require(try await storage.quota(userExternalID: "quinn"))
+            #expect(record.tokensUsed == 0 && record.tokensLimit == 1_000)
+            #expect(abs((record.resetAt?.timeIntervalSince1970 ?? 0) - resetAt.timeIntervalSince1970) < 0.001)
+            // Usage stored with answers counts against it.
+            _ = try await storage.appendMessages(exchange(
+                user: "quinn", conversation: UUID(), at: Date(), text: "q", title: "t", answer: "a", promptTokens: 30, completionTokens: 12))
+            record = try #require(try await storage.quota(userExternalID: "quinn"))
+            #expect(record.tokensUsed == 42)
+            // Changing the limit keeps the usage unless asked.
+            try await storage.setQuota(userExternalID: "quinn", limit: 500, resetAt: resetAt, resetUsage: false)
+            #expect(try await storage.quota(userExternalID: "quinn")?.tokensUsed == 42)
+            // A reset that is due zeroes the usage and moves reset_at past now by whole periods.
+            let past = Date().addingTimeInterval(-250)
+            try await storage.setQuota(userExternalID: "quinn", limit: 500, resetAt: past, resetUsage: false)
+            try await storage.setQuota(userExternalID: "other", limit: 10, resetAt: resetAt, resetUsage: false)
+            let now = Date()
+            #expect(try await storage.resetDueQuotas(now: now, period: 100) == 1)
+            record = try #require(try await storage.quota(userExternalID: "quinn"))
+            #expect(record.tokensUsed == 0)
+            let next = try #require(record.resetAt)
+            #expect(next > now && next <= now.addingTimeInterval(100.001), "\(next) after \(now)")
+            let offset = next.timeIntervalSince(past).truncatingRemainder(dividingBy: 100)
+            #expect(min(offset, 100 - offset) < 0.01, "moved by whole periods: \(offset)")
+            // Nothing more is due.
+            #expect(try await storage.resetDueQuotas(now: now, period: 100) == 0)
+            try await storage.setQuota(userExternalID: "quinn", limit: nil, resetAt: nil, resetUsage: true)
+            record = try #require(try await storage.quota(userExternalID: "quinn"))
+            #expect(record.tokensLimit == nil && record.resetAt == nil && record.tokensUsed == 0)
+        }
+    }
+}

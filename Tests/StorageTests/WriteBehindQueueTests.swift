@@ -131,6 +131,9 @@ final class ScriptedStorage: ConversationStorage {
     }
     func context(conversationID: UUID, maxCharacters: Int) async throws(StorageError) -> [StoredMessage] { [] }
     func conversationOwner(_ conversationID: UUID) async throws(StorageError) -> String? { nil }
+    func quota(userExternalID: String) async throws(StorageError) -> QuotaRecord? { nil }
+    func setQuota(userExternalID: String, limit: Int?, resetAt: Date?, resetUsage: Bool) async throws(StorageError) {}
+    func resetDueQuotas(now: Date, period: TimeInterval) async throws(StorageError) -> Int { 0 }
     var metrics: StorageMetrics { StorageMetrics() }
     func shutdown() async {}
 }

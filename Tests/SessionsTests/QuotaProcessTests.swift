@@ -1,0 +1,89 @@
+import Foundation
+import NIOPosix
+@testable import SluiceTestSupport
+import Testing
+
+/// Token quotas on the real binary with PostgreSQL: set with `sluice quota set`, enforced before
+/// and during generations, and reset at `reset_at`.
+@Suite struct QuotaProcessTests {
+    static func outcome(_ client: JSONWebSocketClient) async throws -> [String: Any] {
+        while true {
+            let message = try await client.next(timeout: .seconds(10))
+            if ["generation.done", "error"].contains(message["type"] as? String) { return message }
+        }
+    }
+
+    static func quota(_ arguments: [String], _ database: String) async throws -> String {
+        let result = try await SluiceProcess.runCommand(["quota"] + arguments + ["--database-url", database])
+        #expect(result.status == 0, "\(result.output)")
+        return result.output
+    }
+
+    /// `used=N` from `sluice quota show`.
+    static func used(_ output: String) -> Int? {
+        output.split(separator: " ").first { $0.hasPrefix("used=") }.flatMap { Int($0.dropFirst(5)) }
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func aQuotaStopsAGenerationWhereItEndsAndResets() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        try await PostgresServerProcess.withServer { postgres in
+            let set = try await Self.quota(["set", "ann", "--limit", "120"], postgres.url)
+            #expect(set.contains("user=ann used=0 limit=120"), "\(set)")
+            let environment = [
+                "SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN": "0ms", "SLUICE_SIMULATOR_TOKENS_PER_SECOND": "0",
+                "SLUICE_SIMULATOR_ANSWER_TOKENS": "300", "SLUICE_QUOTAS_RESET_CHECK_INTERVAL": "500ms",
+            ]
+            try await SluiceProcess.withProcesses(count: 1, arguments: ["--database-url", postgres.url], environment: environment) { (processes: [SluiceProcess]) async throws -> Void in
+                let port = processes[0].port
+                try await PersistenceProcessTests.eventually("/ready") { try await processes[0].httpGet(path: "/ready").status == 200 }
+                let ann = try await JSONWebSocketClient.connect(port: port, group: group, query: "?user=ann")
+                _ = try await ann.next()
+                try await ann.send(["type": "chat.send", "content": "one", "max_tokens": 60])
+                let first = try await Self.outcome(ann)
+                #expect(first["finish_reason"] as? String == "length" && first["seq"] as? Int == 60, "\(first)")
+                let firstUsage = first["usage"] as? [String: Any]
+                let firstTotal = (firstUsage?["prompt_tokens"] as? Int ?? 0) + (firstUsage?["completion_tokens"] as? Int ?? 0)
+
+                // The second asks for 100 but only what is left is generated, then quota_exceeded.
+                try await ann.send(["type": "chat.send", "content": "two", "max_tokens": 100])
+                let second = try await Self.outcome(ann)
+                let cutAt = second["seq"] as? Int ?? -1
+                #expect(second["type"] as? String == "generation.done" && second["finish_reason"] as? String == "length", "\(second)")
+                let secondPrompt = (second["usage"] as? [String: Any])?["prompt_tokens"] as? Int ?? 0
+                #expect(cutAt > 0 && cutAt < 100, "\(second)")
+                #expect(firstTotal + secondPrompt + cutAt <= 120 + 8, "used \(firstTotal) then \(secondPrompt)+\(cutAt) of 120 (prompt estimates may differ by a few)")
+                let notice = try await ann.next()
+                #expect(notice["code"] as? String == "quota_exceeded" && notice["generation_id"] as? String == second["generation_id"] as? String, "\(notice)")
+
+                // Nothing left: refused before it starts, with when it comes back.
+                try await ann.send(["type": "chat.send", "content": "three", "max_tokens": 10])
+                let third = try await Self.outcome(ann)
+                #expect(third["type"] as? String == "error" && third["code"] as? String == "quota_exceeded", "\(third)")
+                #expect((third["message"] as? String)?.contains("until") == true && (third["retry_after_ms"] as? Int ?? 0) > 0, "\(third)")
+                try await PersistenceProcessTests.eventually("the usage is stored") {
+                    (Self.used(try await Self.quota(["show", "ann"], postgres.url)) ?? 0) >= firstTotal + secondPrompt + cutAt
+                }
+
+                // Someone without a quota is not affected.
+                let bob = try await JSONWebSocketClient.connect(port: port, group: group, query: "?user=bob")
+                _ = try await bob.next()
+                try await bob.send(["type": "chat.send", "content": "hi", "max_tokens": 200])
+                #expect(try await Self.outcome(bob)["seq"] as? Int == 200)
+
+                // The reset comes due: usage back to 0, reset_at a period later, ann chats again.
+                let soon = ISO8601DateFormatter().string(from: Date().addingTimeInterval(1))
+                _ = try await Self.quota(["set", "ann", "--limit", "120", "--reset-at", soon], postgres.url)
+                try await PersistenceProcessTests.eventually("the periodic reset ran", timeout: .seconds(20)) {
+                    let shown = try await Self.quota(["show", "ann"], postgres.url)
+                    return Self.used(shown) == 0 && !shown.contains("reset_at=\(soon)")
+                }
+                try await ann.send(["type": "chat.send", "content": "four", "max_tokens": 60])
+                let fourth = try await Self.outcome(ann)
+                #expect(fourth["finish_reason"] as? String == "length" && fourth["seq"] as? Int == 60, "\(fourth)")
+                await ann.close()
+                await bob.close()
+            }
+        }
+    }
+}
