@@ -205,13 +205,23 @@ extension ChatApplication {
         _ send: ClientMessage.ChatSend, in conversation: ResolvedConversation, user: String, address: String,
         on eventLoop: any EventLoop, _ completion: @escaping (Result<Admission, AdmissionRefusal>) -> Void
     ) {
-        let maxTokens = send.maxTokens ?? self.configuration.defaultMaxTokens
+        self.admit(
+            user: user, address: address,
+            context: conversation.messages + [ChatMessage(role: .user, content: send.content)],
+            maxTokens: send.maxTokens ?? self.configuration.defaultMaxTokens, on: eventLoop, completion)
+    }
+
+    /// Rate limits, then the quota, for a generation with this context.
+    func admit(
+        user: String, address: String, context: [ChatMessage], maxTokens: Int,
+        on eventLoop: any EventLoop, _ completion: @escaping (Result<Admission, AdmissionRefusal>) -> Void
+    ) {
         let limiter = self.policy.limiter
         guard limiter.limits.limitsGenerations || self.history.persistence.isEnabled else {
             completion(.success(Admission(grant: .unlimited(maxTokens: maxTokens), quotaReserved: 0)))
             return
         }
-        let prompt = Self.promptEstimate(conversation.messages + [ChatMessage(role: .user, content: send.content)])
+        let prompt = Self.promptEstimate(context)
         let done = NIOLoopBound(completion, eventLoop: eventLoop)
         let quotas = self.quotas
         Task {

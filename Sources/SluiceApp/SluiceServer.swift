@@ -22,7 +22,7 @@ public enum SluiceServer {
         // First: metric handles are bound to the backend when they are made.
         let registry = MetricsExport.bootstrap()
         let application: any WebSocketApplication
-        var httpRoutes: (any HTTPRouteProvider)?
+        var httpRoutes: [any HTTPRouteProvider] = []
         // The loops outlive the server's drain: handed-off generations run on them.
         let threads = configuration.server.eventLoopThreads > 0 ? configuration.server.eventLoopThreads : System.coreCount
         let eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: threads)
@@ -85,7 +85,7 @@ public enum SluiceServer {
                 persistence: opened?.persistence ?? .none, tracer: tracer, policy: policy, logger: logger)
             chatApplication = chatApp
             application = chatApp
-            httpRoutes = ChatStreamRoutes(application: chatApp)
+            httpRoutes = [ChatStreamRoutes(application: chatApp), OpenAIRoutes(application: chatApp)]
             // Hand-off: clients are told to reconnect at once; their generations stream on
             // through Redis from here until they end.
             if fanOut.isShared { serverConfiguration.drain.gracePeriod = .zero }
@@ -97,7 +97,7 @@ public enum SluiceServer {
             if redisGates && !fanOut.isHealthy { return "redis unreachable" }
             return nil
         }
-        let routes = RouteList(providers: [MetricsRoute(registry: registry)] + (httpRoutes.map { [$0] } ?? []))
+        let routes = RouteList(providers: [MetricsRoute(registry: registry)] + httpRoutes)
         let server = try WebSocketServer(
             configuration: serverConfiguration, application: application, httpRoutes: routes, eventLoopGroup: eventLoopGroup,
             readiness: readiness, logger: logger)

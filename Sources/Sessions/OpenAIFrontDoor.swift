@@ -1,0 +1,386 @@
+import Foundation
+import Inference
+import NIOCore
+import NIOHTTP1
+import Policy
+import SluiceProtocol
+import WSServer
+
+/// The OpenAI-compatible front door: `POST /v1/chat/completions` (streamed as SSE chunks, or
+/// one JSON answer) and `GET /v1/models`, with the same authentication, rate limits, quotas and
+/// routing as `sluice.v1`, so OpenAI SDK clients use the gateway unchanged. Stateless like the
+/// OpenAI API: the request carries the whole context, and nothing is stored as a conversation.
+public struct OpenAIRoutes: HTTPRouteProvider {
+    public static let completionsPath = "/v1/chat/completions"
+    public static let modelsPath = "/v1/models"
+    let application: ChatApplication
+
+    public init(application: ChatApplication) {
+        self.application = application
+    }
+
+    public func responder(for head: HTTPRequestHead) -> (any HTTPRouteResponder)? {
+        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? ""
+        switch path {
+        case Self.completionsPath: return ChatCompletionResponder(application: self.application)
+        case Self.modelsPath: return ModelsResponder(application: self.application)
+        default: return nil
+        }
+    }
+}
+
+/// Errors in the OpenAI shape: `{"error": {"message", "type", "code"}}`.
+enum OpenAIError {
+    static func body(_ message: String, type: String, code: String?) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeString(#"{"error":{"message":"#)
+        buffer.writeJSONString(message)
+        buffer.writeString(#","type":"#)
+        buffer.writeJSONString(type)
+        buffer.writeString(#","code":"#)
+        if let code { buffer.writeJSONString(code) } else { buffer.writeString("null") }
+        buffer.writeString("}}")
+        return buffer
+    }
+
+    static func respond(_ writer: HTTPResponseWriter, status: HTTPResponseStatus, _ message: String, type: String, code: String?,
+                        retryAfterMs: Int64? = nil) {
+        let headers = retryAfterMs.map { [("Retry-After", String(max(1, ($0 + 999) / 1000)))] } ?? []
+        writer.respond(status: status, contentType: "application/json", body: Self.body(message, type: type, code: code), headers: headers)
+    }
+}
+
+final class ModelsResponder: HTTPRouteResponder {
+    private let application: ChatApplication
+
+    init(application: ChatApplication) {
+        self.application = application
+    }
+
+    func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
+        if case .failure(let failure) = self.application.policy.identify(head) {
+            OpenAIError.respond(writer, status: .unauthorized, failure.message, type: "invalid_request_error", code: "invalid_api_key")
+            return
+        }
+        var out = ByteBuffer()
+        out.writeString(#"{"object":"list","data":["#)
+        let names = self.application.router.upstreams.map(\.name) + ["auto"]
+        for (index, name) in names.enumerated() {
+            if index > 0 { out.writeString(",") }
+            out.writeString(#"{"id":"#)
+            out.writeJSONString(name)
+            out.writeString(#","object":"model","created":0,"owned_by":"sluice"}"#)
+        }
+        out.writeString("]}")
+        writer.respond(status: .ok, contentType: "application/json", body: out)
+    }
+
+    func clientDisconnected() {}
+}
+
+/// One `POST /v1/chat/completions`, on its connection's event loop: the policy checks, then the
+/// upstream generation with this responder as its sink.
+final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
+    private let application: ChatApplication
+    private var writer: HTTPResponseWriter?
+    private var handle: (any GenerationHandle)?
+    private var admission: ChatApplication.Admission?
+    private var user = ConversationHistory.anonymous
+    private var streaming = false
+    private var includeUsage = false
+    private var headWritten = false
+    private var ended = false
+    private let id = "chatcmpl-" + Identifier.make("")
+    private let created = Int(Date().timeIntervalSince1970)
+    private var model = ""
+    private var deltas = 0
+    private var text = ByteBuffer()
+    private var usage: (prompt: Int, completion: Int)?
+    private var promptEstimate = 0
+    private var metrics: ChatMetrics.Upstream?
+    private let startedAt = NIODeadline.now()
+    /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":` once.
+    private var chunkPrefix = ByteBuffer()
+
+    init(application: ChatApplication) {
+        self.application = application
+    }
+
+    struct Request {
+        var model: String?
+        var messages: [ChatMessage]
+        var stream: Bool
+        var includeUsage: Bool
+        var maxTokens: Int?
+        var temperature: Double?
+    }
+
+    /// Parses the OpenAI request body; the error says what is wrong (and which parameter).
+    struct Problem: Error {
+        var message: String
+        var param: String?
+        init(_ message: String, _ param: String?) {
+            self.message = message
+            self.param = param
+        }
+    }
+
+    static func parse(_ body: ByteBuffer, maxContentBytes: Int) -> Result<Request, Problem> {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
+            return .failure(Problem("the body must be a JSON object", nil))
+        }
+        guard let rawMessages = object["messages"] as? [[String: Any]], !rawMessages.isEmpty else {
+            return .failure(Problem("messages must be a non-empty array of {role, content}", "messages"))
+        }
+        var messages: [ChatMessage] = []
+        var size = 0
+        for raw in rawMessages {
+            guard let roleText = raw["role"] as? String else { return .failure(Problem("every message needs a role", "messages")) }
+            let role: ChatMessage.Role
+            switch roleText {
+            case "system", "developer": role = .system
+            case "user": role = .user
+            case "assistant": role = .assistant
+            case "tool": role = .tool
+            default: return .failure(Problem("unknown role \(roleText)", "messages"))
+            }
+            let content: String
+            if let text = raw["content"] as? String {
+                content = text
+            } else if let parts = raw["content"] as? [[String: Any]] {
+                // Text parts only; images and audio are not something this gateway can pass on.
+                content = parts.compactMap { $0["type"] as? String == "text" ? $0["text"] as? String : nil }.joined()
+            } else if raw["content"] == nil || raw["content"] is NSNull, role == .assistant {
+                content = ""
+            } else {
+                return .failure(Problem("message content must be a string or text parts", "messages"))
+            }
+            size += content.utf8.count
+            messages.append(ChatMessage(role: role, content: content))
+        }
+        guard size <= maxContentBytes * 8 else { return .failure(Problem("messages are too large", "messages")) }
+        let maxTokens = (object["max_completion_tokens"] as? Int) ?? (object["max_tokens"] as? Int)
+        if let maxTokens, maxTokens < 1 { return .failure(Problem("max_tokens must be at least 1", "max_tokens")) }
+        let temperature = (object["temperature"] as? NSNumber)?.doubleValue
+        let streamOptions = object["stream_options"] as? [String: Any]
+        return .success(Request(
+            model: object["model"] as? String, messages: messages, stream: object["stream"] as? Bool ?? false,
+            includeUsage: streamOptions?["include_usage"] as? Bool ?? false, maxTokens: maxTokens, temperature: temperature))
+    }
+
+    func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
+        self.writer = writer
+        guard head.method == .POST else {
+            OpenAIError.respond(writer, status: .methodNotAllowed, "use POST", type: "invalid_request_error", code: nil)
+            return
+        }
+        let policy = self.application.policy
+        let address = policy.limiter.limits.clientAddress(head, peer: writer.remoteAddress)
+        if let refusal = policy.limiter.admitConnection(from: address) {
+            OpenAIError.respond(writer, status: .tooManyRequests, refusal.message, type: "rate_limit_exceeded", code: "rate_limited",
+                                retryAfterMs: refusal.retryAfterMs)
+            return
+        }
+        switch policy.identify(head) {
+        case .failure(let failure):
+            OpenAIError.respond(writer, status: .unauthorized, failure.message, type: "invalid_request_error", code: "invalid_api_key")
+            return
+        case .success(let identity):
+            self.user = identity?.userID ?? ConversationHistory.anonymous
+        }
+        let request: Request
+        switch Self.parse(body, maxContentBytes: self.application.configuration.maxContentBytes) {
+        case .failure(let problem):
+            OpenAIError.respond(writer, status: .badRequest, problem.message, type: "invalid_request_error", code: nil)
+            return
+        case .success(let parsed):
+            request = parsed
+        }
+        let prompt = request.messages.last(where: { $0.role == .user })?.content ?? ""
+        let route: InferenceRouter.Route
+        switch self.application.router.route(model: request.model, prompt: prompt) {
+        case .failure(let unknown):
+            OpenAIError.respond(writer, status: .notFound, unknown.message, type: "invalid_request_error", code: "model_not_found")
+            return
+        case .success(let found):
+            route = found
+        }
+        self.streaming = request.stream
+        self.includeUsage = request.includeUsage
+        self.model = route.model ?? route.upstream.engine.defaultModel
+        self.metrics = self.application.metrics.upstream(route.upstream.name)
+        self.promptEstimate = ChatApplication.promptEstimate(request.messages)
+        var prefix = ByteBuffer()
+        prefix.writeString(#"{"id":""#)
+        prefix.writeString(self.id)
+        prefix.writeString(#"","object":"chat.completion.chunk","created":\#(self.created),"model":"#)
+        prefix.writeJSONString(self.model)
+        prefix.writeString(#","choices":[{"index":0,"delta":"#)
+        self.chunkPrefix = prefix
+        let responder = NIOLoopBound(self, eventLoop: writer.eventLoop)
+        let maxTokens = request.maxTokens ?? self.application.configuration.defaultMaxTokens
+        self.application.admit(user: self.user, address: address, context: request.messages, maxTokens: maxTokens, on: writer.eventLoop) { result in
+            responder.value.admitted(result, request: request, route: route)
+        }
+    }
+
+    private func admitted(_ result: Result<ChatApplication.Admission, ChatApplication.AdmissionRefusal>, request: Request, route: InferenceRouter.Route) {
+        let admission: ChatApplication.Admission
+        switch result {
+        case .failure(let refusal):
+            guard let writer = self.writer else { return }
+            let type = refusal.code == .quotaExceeded ? "insufficient_quota" : "rate_limit_exceeded"
+            OpenAIError.respond(writer, status: .tooManyRequests, refusal.message, type: type, code: refusal.code.rawValue,
+                                retryAfterMs: refusal.retryAfterMs)
+            self.writer = nil
+            return
+        case .success(let admitted):
+            admission = admitted
+        }
+        guard let writer = self.writer else {
+            self.application.settle(admission, user: self.user, usedTokens: 0)
+            return
+        }
+        self.admission = admission
+        let generation = GenerationRequest(
+            messages: request.messages, model: route.model, maxTokens: admission.grant.maxTokens, temperature: request.temperature)
+        let handle = route.upstream.engine.startGeneration(generation, on: writer.eventLoop, sink: self)
+        if self.ended { handle.cancel() } else { self.handle = handle }
+    }
+
+    func clientDisconnected() {
+        self.writer = nil
+        guard !self.ended else { return }
+        self.handle?.cancel()
+        self.handle = nil
+        self.finish(.cancelled)
+    }
+
+    // MARK: GenerationSink
+
+    func generationDidProduce(_ text: Substring) {
+        guard !self.ended else { return }
+        if self.deltas == 0 { self.metrics?.timeToFirstToken.recordInterval(since: self.startedAt) }
+        self.deltas += 1
+        if self.streaming {
+            self.writeHeadIfNeeded()
+            var chunk = ByteBuffer()
+            chunk.writeString("data: ")
+            chunk.writeImmutableBuffer(self.chunkPrefix)
+            chunk.writeString(#"{"content":"#)
+            chunk.writeJSONString(text.utf8)
+            chunk.writeString("},\"finish_reason\":null}]}\n\n")
+            self.writer?.writeBody(chunk, flush: false)
+        } else {
+            self.text.writeSubstring(text)
+        }
+    }
+
+    func generationDidReportUsage(promptTokens: Int, completionTokens: Int) {
+        self.usage = (promptTokens, completionTokens)
+    }
+
+    func generationDidEndBatch() {
+        guard !self.ended else { return }
+        // A budget (rate limit or quota) smaller than the request's max_tokens: stop there.
+        if let admission = self.admission, admission.grant.cutByBudget, self.deltas >= admission.grant.maxTokens {
+            self.handle?.cancel()
+            self.handle = nil
+            self.finish(.length)
+            return
+        }
+        self.writer?.flush()
+    }
+
+    func generationDidFinish(_ reason: FinishReason) {
+        self.handle = nil
+        self.finish(reason)
+    }
+
+    func generationDidFail(_ error: InferenceError) {
+        self.handle = nil
+        guard !self.ended else { return }
+        guard self.headWritten || !self.streaming && self.deltas > 0 else {
+            // Nothing sent yet: an HTTP error the SDK maps to a retryable exception.
+            self.ended = true
+            self.metrics?.request(status: error.code.rawValue)
+            if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: 0) }
+            if let writer = self.writer {
+                let status: HTTPResponseStatus = error.kind == .timeout ? .gatewayTimeout
+                    : (error.kind == .unavailable || error.kind == .overloaded ? .serviceUnavailable : .badGateway)
+                OpenAIError.respond(writer, status: status, error.message, type: "api_error", code: error.code.rawValue,
+                                    retryAfterMs: ChatGeneration.retryAfterMs(for: error))
+                self.writer = nil
+            }
+            return
+        }
+        self.finish(.error, error: error)
+    }
+
+    // MARK: Output
+
+    private func writeHeadIfNeeded() {
+        guard !self.headWritten, let writer = self.writer else { return }
+        self.headWritten = true
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "text/event-stream")
+        headers.add(name: "Cache-Control", value: "no-cache")
+        writer.writeHead(status: .ok, headers: headers)
+        // The role first, as OpenAI does.
+        var chunk = ByteBuffer()
+        chunk.writeString("data: ")
+        chunk.writeImmutableBuffer(self.chunkPrefix)
+        chunk.writeString(#"{"role":"assistant","content":""},"finish_reason":null}]}"#)
+        chunk.writeString("\n\n")
+        writer.writeBody(chunk, flush: false)
+    }
+
+    private func finish(_ reason: FinishReason, error: InferenceError? = nil) {
+        guard !self.ended else { return }
+        self.ended = true
+        let usage = self.usage.map { (prompt: $0.prompt, completion: $0.completion) }
+            ?? (prompt: self.promptEstimate, completion: self.deltas)
+        self.metrics?.latency.recordInterval(since: self.startedAt)
+        self.metrics?.request(status: error?.code.rawValue ?? reason.rawValue)
+        if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: usage.prompt + usage.completion) }
+        guard let writer = self.writer else { return }
+        let finishReason = reason == .cancelled || reason == .error ? "stop" : reason.rawValue
+        let usageJSON = #"{"prompt_tokens":\#(usage.prompt),"completion_tokens":\#(usage.completion),"total_tokens":\#(usage.prompt + usage.completion)}"#
+        if self.streaming {
+            self.writeHeadIfNeeded()
+            var out = ByteBuffer()
+            if let error {
+                // Mid-stream failure: an error event, as OpenAI-compatible servers send it.
+                out.writeString("data: ")
+                out.writeImmutableBuffer(OpenAIError.body(error.message, type: "api_error", code: error.code.rawValue))
+                out.writeString("\n\n")
+            } else {
+                out.writeString("data: ")
+                out.writeImmutableBuffer(self.chunkPrefix)
+                out.writeString(#"{},"finish_reason":"\#(finishReason)"}]}"#)
+                out.writeString("\n\n")
+                if self.includeUsage {
+                    out.writeString(#"data: {"id":"\#(self.id)","object":"chat.completion.chunk","created":\#(self.created),"model":"#)
+                    out.writeJSONString(self.model)
+                    out.writeString(#","choices":[],"usage":\#(usageJSON)}"#)
+                    out.writeString("\n\n")
+                }
+            }
+            out.writeString("data: [DONE]\n\n")
+            writer.writeBody(out, flush: true)
+            writer.end()
+        } else {
+            var out = ByteBuffer()
+            out.writeString(#"{"id":"\#(self.id)","object":"chat.completion","created":\#(self.created),"model":"#)
+            out.writeJSONString(self.model)
+            out.writeString(#","choices":[{"index":0,"message":{"role":"assistant","content":"#)
+            out.writeJSONString(String(buffer: self.text))
+            out.writeString(#"},"finish_reason":"\#(finishReason)"}],"usage":\#(usageJSON)}"#)
+            writer.respond(status: .ok, contentType: "application/json", body: out)
+        }
+        self.writer = nil
+    }
+}
+
+@available(*, unavailable)
+extension ChatCompletionResponder: Sendable {}
