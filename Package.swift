@@ -119,6 +119,7 @@ let package = Package(
             dependencies: [
                 "WSServer", "Inference", "SluiceProtocol", "RedisClient", "Storage", "Policy",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -81,10 +81,13 @@ public protocol GenerationSink: AnyObject {
     func generationDidFinish(_ reason: FinishReason)
     /// The generation failed; no further calls follow.
     func generationDidFail(_ error: InferenceError)
+    /// The answer comes from the response cache, not an upstream (called before its text).
+    func generationWasCached()
 }
 
 extension GenerationSink {
     public func generationDidConnect() {}
+    public func generationWasCached() {}
 }
 
 /// A running generation. `cancel()` stops it at once (closing the upstream connection); after

@@ -42,6 +42,8 @@ final class ChatGeneration: GenerationSink {
     private var ended = false
     /// `generation.started` was sent (the upstream accepted the request).
     private var announced = false
+    /// The answer is replayed from the response cache.
+    private var cached = false
 
     /// Last seq assigned to a chunk.
     private var seq: Int64 = 0
@@ -155,6 +157,10 @@ final class ChatGeneration: GenerationSink {
     }
 
     // MARK: GenerationSink
+
+    func generationWasCached() {
+        self.cached = true
+    }
 
     func generationDidConnect() {
         self.metrics.upstreamRequest(status: "ok")
@@ -339,7 +345,7 @@ final class ChatGeneration: GenerationSink {
             self.output.writeMessage { buffer in
                 ServerMessageEncoder.generationDone(
                     generationID: self.id, seq: seq, finishReason: reason, usage: usage,
-                    error: error.map { ($0.code, $0.message) }, into: &buffer)
+                    error: error.map { ($0.code, $0.message) }, cached: self.cached, into: &buffer)
             }
             if reason == .length, let cut = self.grant.cut {
                 // Why it stopped short of the client's max_tokens, and when a full one fits again.

@@ -41,6 +41,8 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var auth: AuthSettings = .init()
     /// Rate limits (`limits:` section): per user and address, shared through Redis.
     public var limits: GatewayLimits = .init()
+    /// The response cache (`cache:` section): exact-match answers in Redis, deterministic requests only.
+    public var cache: CacheSettings = .init()
     /// Token quotas per user (`quotas:` section; limits are set with `sluice quota set`).
     public var quotas: QuotaSettings = .init()
     /// `model: "auto"` (`routing.auto`): which pool serves simple, medium and complex prompts.
@@ -423,6 +425,14 @@ public struct QuotaSettings: Sendable, Equatable {
     public var period: TimeAmount = .hours(24 * 30)
     /// How often due resets are looked for.
     public var resetCheckInterval: TimeAmount = .seconds(60)
+
+    public init() {}
+}
+
+/// The response cache: on when Redis is configured (and `enabled`).
+public struct CacheSettings: Sendable, Equatable {
+    public var enabled: Bool = true
+    public var response: ResponseCacheSettings = .init()
 
     public init() {}
 }

@@ -446,6 +446,12 @@ extension ConfigurationLoader {
         .integer("limits.messages_per_second_per_connection", in: 0...1_000_000) { $0.limits.messagesPerSecondPerConnection = $1 },
         .integer("limits.forwarded_for_hops", in: 0...10) { $0.limits.forwardedForHops = $1 },
 
+        .bool("cache.enabled") { $0.cache.enabled = $1 },
+        .duration("cache.ttl", mustBePositive: true) { $0.cache.response.ttl = $1 },
+        .bool("cache.allow_nondeterministic") { $0.cache.response.allowNondeterministic = $1 },
+        .size("cache.max_entry_bytes", in: 1...Int.max) { $0.cache.response.maxEntryBytes = $1 },
+        .duration("cache.lookup_timeout", mustBePositive: true) { $0.cache.response.lookupTimeout = $1 },
+
         .duration("quotas.period", mustBePositive: true) { $0.quotas.period = $1 },
         .duration("quotas.reset_check_interval", mustBePositive: true) { $0.quotas.resetCheckInterval = $1 },
 

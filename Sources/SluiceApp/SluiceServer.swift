@@ -52,8 +52,24 @@ public enum SluiceServer {
             chat.instanceID = instanceID
             chat.quotaPeriod = configuration.quotas.period
             chat.heartbeatMs = configuration.server.heartbeatInterval.nanoseconds / 1_000_000
-            let (router, madePools) = try await Self.makeRouter(configuration, logger: logger)
+            let (madeRouter, madePools) = try await Self.makeRouter(configuration, logger: logger)
+            var router = madeRouter
             pools = madePools
+            // One Redis connection for the limits and the response cache (not the fan-out's).
+            if let url = configuration.redis.url, configuration.limits.limitsGenerations || configuration.cache.enabled {
+                rateLimitRedis = RedisClient(configuration: RedisConfiguration(url: try RedisURL(url)), eventLoop: eventLoopGroup.next(), logger: logger)
+            }
+            if let redis = rateLimitRedis, configuration.cache.enabled {
+                router = InferenceRouter(
+                    upstreams: router.upstreams.map { upstream in
+                        .init(name: upstream.name, engine: ResponseCachingEngine(
+                            wrapping: upstream.engine, upstream: upstream.name, redis: redis,
+                            keyPrefix: configuration.redis.broker.keyPrefix, settings: configuration.cache.response))
+                    },
+                    auto: router.auto)
+                logger.notice("response cache on (deterministic requests)", metadata: [
+                    "sluice.ttl": "\(configuration.cache.response.ttl.nanoseconds / 1_000_000_000)s"])
+            }
             if let url = configuration.redis.url {
                 fanOut = .redis(
                     url: try RedisURL(url), instanceID: chat.instanceID, configuration: configuration.redis.broker,
@@ -69,15 +85,11 @@ public enum SluiceServer {
             } else {
                 logger.notice("conversations not stored (storage.database_url: memory)")
             }
-            var limitsRedis: RedisClient?
-            if let url = configuration.redis.url, configuration.limits.limitsGenerations {
-                // Its own connection: a limit check never waits behind fan-out traffic.
-                limitsRedis = RedisClient(configuration: RedisConfiguration(url: try RedisURL(url)), eventLoop: eventLoopGroup.next(), logger: logger)
-            }
-            rateLimitRedis = limitsRedis
             let limiter = GenerationLimiter(
                 limits: configuration.limits,
-                limiter: RateLimiter(redis: limitsRedis, keyPrefix: configuration.redis.broker.keyPrefix, logger: logger))
+                limiter: RateLimiter(
+                    redis: configuration.limits.limitsGenerations ? rateLimitRedis : nil, keyPrefix: configuration.redis.broker.keyPrefix,
+                    logger: logger))
             let policy = try await Self.makePolicy(configuration, limiter: limiter, logger: logger)
             let chatApp = ChatApplication(
                 configuration: chat, router: router,

@@ -116,7 +116,7 @@ public enum ServerMessageEncoder {
 
     public static func generationDone(
         generationID: String, seq: Int64, finishReason: FinishReason, usage: Usage,
-        error: (code: ErrorCode, message: String)? = nil, into buffer: inout ByteBuffer
+        error: (code: ErrorCode, message: String)? = nil, cached: Bool = false, into buffer: inout ByteBuffer
     ) {
         buffer.writeStaticString(#"{"type":"generation.done","generation_id":"#)
         buffer.writeJSONString(generationID)
@@ -140,6 +140,7 @@ public enum ServerMessageEncoder {
             buffer.writeJSONString(error.message)
             buffer.writeStaticString("}")
         }
+        if cached { buffer.writeStaticString(#","cached":true"#) }
         buffer.writeStaticString("}")
     }
 
