@@ -17,7 +17,7 @@ enum HTTPFetch {
 
     /// The answer, or a failure after `timeouts.connect` + `timeouts.timeToFirstToken` at most.
     static func fetch(
-        _ head: HTTPRequestHead, from endpoint: UpstreamEndpoint, timeouts: UpstreamTimeouts, on eventLoop: any EventLoop
+        _ head: HTTPRequestHead, body: ByteBuffer? = nil, from endpoint: UpstreamEndpoint, timeouts: UpstreamTimeouts, on eventLoop: any EventLoop
     ) -> EventLoopFuture<Response> {
         endpoint.connect(on: eventLoop, timeout: timeouts.connect) { channel in
             try channel.pipeline.syncOperations.addHandler(HTTPFetchHandler(promise: channel.eventLoop.makePromise()))
@@ -35,6 +35,7 @@ enum HTTPFetch {
                 channel.close(promise: nil)
             }
             channel.write(HTTPClientRequestPart.head(head), promise: nil)
+            if let body { channel.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
             channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
             let response = handler.response
             response.whenComplete { _ in timeout.cancel() }

@@ -205,10 +205,59 @@ extension ChatApplication {
         _ send: ClientMessage.ChatSend, in conversation: ResolvedConversation, user: String, address: String,
         on eventLoop: any EventLoop, _ completion: @escaping (Result<Admission, AdmissionRefusal>) -> Void
     ) {
-        self.admit(
-            user: user, address: address,
-            context: conversation.messages + [ChatMessage(role: .user, content: send.content)],
-            maxTokens: send.maxTokens ?? self.configuration.defaultMaxTokens, on: eventLoop, completion)
+        let done = NIOLoopBound(completion, eventLoop: eventLoop)
+        self.moderate(send.content, user: user, on: eventLoop) { [self] moderated in
+            switch moderated {
+            case .failure(let refusal):
+                done.value(.failure(refusal))
+            case .success(let content):
+                self.admit(
+                    user: user, address: address,
+                    context: conversation.messages + [ChatMessage(role: .user, content: content)],
+                    maxTokens: send.maxTokens ?? self.configuration.defaultMaxTokens, on: eventLoop
+                ) { result in
+                    done.value(result.map { var admission = $0; admission.content = content; return admission })
+                }
+            }
+        }
+    }
+
+    /// The input filter (rules, injection markers), then the moderation service if configured.
+    /// Success: the text to use (markers stripped); on `eventLoop`.
+    func moderate(_ text: String, user: String, on eventLoop: any EventLoop, _ completion: @escaping (Result<String, AdmissionRefusal>) -> Void) {
+        let rejected = AdmissionRefusal(code: .contentRejected, message: "the message was refused by the content policy", retryAfterMs: nil)
+        let cleaned: String
+        switch self.policy.inputFilter.check(text) {
+        case .rejected(let rule):
+            self.logger.notice("input refused", metadata: ["sluice.user": "\(user)", "sluice.rule": "\(rule)"])
+            self.metrics.contentRejected.increment()
+            completion(.failure(rejected))
+            return
+        case .allowed(let text):
+            cleaned = text
+        }
+        guard let moderation = self.policy.moderation else {
+            completion(.success(cleaned))
+            return
+        }
+        let failOpen = self.policy.moderationFailOpen
+        let logger = self.logger
+        let counter = self.metrics.contentRejected
+        moderation.check(cleaned, on: eventLoop).hop(to: eventLoop).whenComplete { result in
+            switch result {
+            case .success(let verdict) where verdict.flagged:
+                logger.notice("input flagged by the moderation service", metadata: [
+                    "sluice.user": "\(user)", "sluice.categories": "\(verdict.categories.joined(separator: ","))"])
+                counter.increment()
+                completion(.failure(rejected))
+            case .success:
+                completion(.success(cleaned))
+            case .failure(let error):
+                logger.warning("moderation service failed", metadata: ["sluice.error": "\(error)", "sluice.fail_open": "\(failOpen)"])
+                completion(failOpen ? .success(cleaned)
+                    : .failure(AdmissionRefusal(code: .unavailable, message: "the moderation service is unavailable; retry shortly", retryAfterMs: 1000)))
+            }
+        }
     }
 
     /// Rate limits, then the quota, for a generation with this context.
@@ -246,6 +295,8 @@ extension ChatApplication {
     struct Admission: Sendable {
         var grant: GenerationGrant
         var quotaReserved: Int
+        /// The user's message as it goes upstream and into history (injection markers stripped).
+        var content: String?
     }
 
     /// Why a generation may not start: `rate_limited` or `quota_exceeded`.
@@ -280,12 +331,13 @@ extension ChatApplication {
             return .failure(ProtocolViolation(.notFound, unknown.message, requestID: send.requestID))
         }
         let model = route.model ?? route.upstream.engine.defaultModel
-        guard self.history.recordUserMessage(send.content, in: conversation, user: user, model: model) else {
+        let content = admission.content ?? send.content
+        guard self.history.recordUserMessage(content, in: conversation, user: user, model: model) else {
             self.settle(admission, user: user, usedTokens: 0)
             return .failure(ProtocolViolation(
                 .overloaded, "the history write queue is full (is the database down?); retry shortly", requestID: send.requestID))
         }
-        let context = conversation.messages + [ChatMessage(role: .user, content: send.content)]
+        let context = conversation.messages + [ChatMessage(role: .user, content: content)]
         var request = GenerationRequest(
             messages: context, model: route.model, maxTokens: grant.maxTokens, temperature: send.temperature)
         let generationID = Identifier.make("gen_")

@@ -70,6 +70,8 @@ final class ChatMetrics: Sendable {
     let resumes = Counter(label: "sluice_resumes_total")
     let activeGenerations = Gauge(label: "sluice_active_generations")
     let activeConversations = Gauge(label: "active_conversations")
+    /// User input refused by the input filter or the moderation service.
+    let contentRejected = Counter(label: "sluice_content_rejected_total")
 
     func upstream(_ name: String) -> Upstream {
         self.upstreams.withLockedValue { upstreams in

@@ -1,4 +1,5 @@
 import Foundation
+import Inference
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -17,9 +18,22 @@ public struct ChatPolicy: Sendable {
     /// messages per connection).
     public var limiter: GenerationLimiter
 
-    public init(authenticator: Authenticator? = nil, closeOnExpiry: Bool = true, limiter: GenerationLimiter? = nil) {
+    /// Rules and injection markers checked on user input.
+    public var inputFilter: InputFilter
+    /// An OpenAI-compatible moderation service asked after the rules pass.
+    public var moderation: ModerationClient?
+    /// When the moderation service fails: let the input through (true) or refuse it as `unavailable`.
+    public var moderationFailOpen: Bool
+
+    public init(
+        authenticator: Authenticator? = nil, closeOnExpiry: Bool = true, limiter: GenerationLimiter? = nil,
+        inputFilter: InputFilter = .none, moderation: ModerationClient? = nil, moderationFailOpen: Bool = true
+    ) {
         self.authenticator = authenticator
         self.closeOnExpiry = closeOnExpiry
+        self.inputFilter = inputFilter
+        self.moderation = moderation
+        self.moderationFailOpen = moderationFailOpen
         self.limiter = limiter ?? GenerationLimiter(
             limits: GatewayLimits(), limiter: RateLimiter(redis: nil, logger: Logger(label: "sluice.limits")))
     }
@@ -36,11 +50,13 @@ public struct ChatPolicy: Sendable {
         Self.tooManyRequests(code: .rateLimited, message: refusal.message, retryAfterMs: refusal.retryAfterMs)
     }
 
-    /// 429 for `rate_limited` and `quota_exceeded`, with `Retry-After` when it is known.
+    /// 429 for `rate_limited` and `quota_exceeded`, 400 for `content_rejected`, 503 for
+    /// `unavailable`; with `Retry-After` when it is known.
     static func tooManyRequests(code: ErrorCode, message: String, retryAfterMs: Int64?) -> HTTPRefusal {
         var body = ByteBuffer()
         ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &body)
-        return HTTPRefusal(status: .tooManyRequests, body: String(buffer: body),
+        let status: HTTPResponseStatus = code == .contentRejected ? .badRequest : (code == .unavailable ? .serviceUnavailable : .tooManyRequests)
+        return HTTPRefusal(status: status, body: String(buffer: body),
                            headers: retryAfterMs.map { ["Retry-After": String(max(1, ($0 + 999) / 1000))] } ?? [:])
     }
 

@@ -188,7 +188,7 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
         case .success(let identity):
             self.user = identity?.userID ?? ConversationHistory.anonymous
         }
-        let request: Request
+        var request: Request
         switch Self.parse(body, maxContentBytes: self.application.configuration.maxContentBytes) {
         case .failure(let problem):
             OpenAIError.respond(writer, status: .badRequest, problem.message, type: "invalid_request_error", code: nil)
@@ -217,10 +217,40 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
         prefix.writeJSONString(self.model)
         prefix.writeString(#","choices":[{"index":0,"delta":"#)
         self.chunkPrefix = prefix
+        // Every user message through the input filter; the last one also to the moderation service.
+        for index in request.messages.indices where request.messages[index].role == .user {
+            switch self.application.policy.inputFilter.check(request.messages[index].content) {
+            case .rejected(let rule):
+                self.application.logger.notice("input refused", metadata: ["sluice.user": "\(self.user)", "sluice.rule": "\(rule)"])
+                self.application.metrics.contentRejected.increment()
+                OpenAIError.respond(writer, status: .badRequest, "the message was refused by the content policy", type: "invalid_request_error",
+                                    code: "content_rejected")
+                return
+            case .allowed(let cleaned):
+                request.messages[index].content = cleaned
+            }
+        }
         let responder = NIOLoopBound(self, eventLoop: writer.eventLoop)
         let maxTokens = request.maxTokens ?? self.application.configuration.defaultMaxTokens
-        self.application.admit(user: self.user, address: address, context: request.messages, maxTokens: maxTokens, on: writer.eventLoop) { result in
-            responder.value.admitted(result, request: request, route: route)
+        let application = self.application
+        let user: String = self.user
+        let moderated = request
+        let check = self.application.policy.moderation != nil ? request.messages.last(where: { $0.role == .user })?.content : nil
+        let loop = writer.eventLoop
+        let admit: @Sendable () -> Void = {
+            application.admit(user: user, address: address, context: moderated.messages, maxTokens: maxTokens, on: loop) { result in
+                responder.value.admitted(result, request: moderated, route: route)
+            }
+        }
+        guard let check else {
+            admit()
+            return
+        }
+        self.application.moderate(check, user: user, on: loop) { result in
+            switch result {
+            case .failure(let refusal): responder.value.admitted(.failure(refusal), request: moderated, route: route)
+            case .success: admit()
+            }
         }
     }
 
@@ -229,8 +259,11 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
         switch result {
         case .failure(let refusal):
             guard let writer = self.writer else { return }
-            let type = refusal.code == .quotaExceeded ? "insufficient_quota" : "rate_limit_exceeded"
-            OpenAIError.respond(writer, status: .tooManyRequests, refusal.message, type: type, code: refusal.code.rawValue,
+            let type = refusal.code == .quotaExceeded ? "insufficient_quota"
+                : (refusal.code == .contentRejected ? "invalid_request_error" : (refusal.code == .unavailable ? "api_error" : "rate_limit_exceeded"))
+            let status: HTTPResponseStatus = refusal.code == .contentRejected ? .badRequest
+                : (refusal.code == .unavailable ? .serviceUnavailable : .tooManyRequests)
+            OpenAIError.respond(writer, status: status, refusal.message, type: type, code: refusal.code.rawValue,
                                 retryAfterMs: refusal.retryAfterMs)
             self.writer = nil
             return

@@ -41,6 +41,8 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var auth: AuthSettings = .init()
     /// Rate limits (`limits:` section): per user and address, shared through Redis.
     public var limits: GatewayLimits = .init()
+    /// Checks on user input (`moderation:` section).
+    public var moderation: ModerationSettings = .init()
     /// The response cache (`cache:` section): exact-match answers in Redis, deterministic requests only.
     public var cache: CacheSettings = .init()
     /// Token quotas per user (`quotas:` section; limits are set with `sluice quota set`).
@@ -97,6 +99,14 @@ public struct SluiceConfiguration: Sendable, Equatable {
                 throw ConfigurationError(kind: .inconsistent, key: key, value: name,
                                          reason: "no upstream pool is named \(name) (pools: \(pools.sorted().joined(separator: ", ")))")
             }
+        }
+        do {
+            _ = try InputFilter(rules: self.moderation.rules)
+        } catch {
+            throw ConfigurationError(kind: .invalidValue, key: "moderation.rules", value: nil, reason: "\(error)")
+        }
+        if let endpoint = self.moderation.endpoint, URL(string: endpoint)?.scheme == nil {
+            throw ConfigurationError(kind: .invalidValue, key: "moderation.endpoint", value: endpoint, reason: "expected http(s)://host:port")
         }
         if let endpoint = self.tracing.otlpEndpoint {
             do {
@@ -433,6 +443,24 @@ public struct QuotaSettings: Sendable, Equatable {
 public struct CacheSettings: Sendable, Equatable {
     public var enabled: Bool = true
     public var response: ResponseCacheSettings = .init()
+
+    public init() {}
+}
+
+/// Checks on user input before it goes upstream.
+public struct ModerationSettings: Sendable, Equatable {
+    /// Case-insensitive substrings, or `re:` and a regular expression; a match is refused.
+    public var rules: [String] = []
+    /// Chat-template control tokens looked for in user input.
+    public var injectionMarkers: [String] = InputFilter.defaultInjectionMarkers
+    public var injectionAction: InputFilter.InjectionAction = .strip
+    /// Base URL of an OpenAI-compatible `/v1/moderations` service; nil: none.
+    public var endpoint: String? = nil
+    public var apiKey: String? = nil
+    public var model: String? = nil
+    public var timeout: TimeAmount = .seconds(2)
+    /// When the service fails: let the input through (true) or refuse it as `unavailable`.
+    public var failOpen: Bool = true
 
     public init() {}
 }

@@ -446,6 +446,17 @@ extension ConfigurationLoader {
         .integer("limits.messages_per_second_per_connection", in: 0...1_000_000) { $0.limits.messagesPerSecondPerConnection = $1 },
         .integer("limits.forwarded_for_hops", in: 0...10) { $0.limits.forwardedForHops = $1 },
 
+        .stringList("moderation.rules") { $0.moderation.rules = $1 },
+        .stringList("moderation.injection_markers") { $0.moderation.injectionMarkers = $1 },
+        .oneOf("moderation.injection_action", InputFilter.InjectionAction.allCases.map(\.rawValue)) {
+            $0.moderation.injectionAction = InputFilter.InjectionAction(rawValue: $1)!
+        },
+        .optionalString("moderation.endpoint") { $0.moderation.endpoint = $1 },
+        .optionalString("moderation.api_key") { $0.moderation.apiKey = $1 },
+        .optionalString("moderation.model") { $0.moderation.model = $1 },
+        .duration("moderation.timeout", mustBePositive: true) { $0.moderation.timeout = $1 },
+        .bool("moderation.fail_open") { $0.moderation.failOpen = $1 },
+
         .bool("cache.enabled") { $0.cache.enabled = $1 },
         .duration("cache.ttl", mustBePositive: true) { $0.cache.response.ttl = $1 },
         .bool("cache.allow_nondeterministic") { $0.cache.response.allowNondeterministic = $1 },

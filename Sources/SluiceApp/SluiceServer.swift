@@ -151,6 +151,23 @@ public enum SluiceServer {
     /// Authentication from the `auth:` settings (key files are read now), or the development
     /// stand-in when nothing is configured, which is said loudly.
     static func makePolicy(_ configuration: SluiceConfiguration, limiter: GenerationLimiter, logger: Logger) async throws -> ChatPolicy {
+        var policy = try await Self.makeAuthenticationPolicy(configuration, limiter: limiter, logger: logger)
+        let moderation = configuration.moderation
+        policy.inputFilter = try InputFilter(rules: moderation.rules, injectionMarkers: moderation.injectionMarkers, injectionAction: moderation.injectionAction)
+        if let endpoint = moderation.endpoint, let url = URL(string: endpoint) {
+            var client = ModerationClient.Configuration(baseURL: url, apiKey: moderation.apiKey, model: moderation.model)
+            client.timeout = moderation.timeout
+            policy.moderation = try ModerationClient(configuration: client)
+            policy.moderationFailOpen = moderation.failOpen
+        }
+        logger.notice("input checks", metadata: [
+            "sluice.rules": "\(moderation.rules.count)", "sluice.injection_markers": "\(moderation.injectionMarkers.count) (\(moderation.injectionAction.rawValue))",
+            "sluice.moderation_service": "\(moderation.endpoint ?? "none")",
+        ])
+        return policy
+    }
+
+    static func makeAuthenticationPolicy(_ configuration: SluiceConfiguration, limiter: GenerationLimiter, logger: Logger) async throws -> ChatPolicy {
         let limits = configuration.limits
         logger.notice("limits", metadata: [
             "sluice.requests_per_minute": "user \(limits.requestsPerMinutePerUser), ip \(limits.requestsPerMinutePerIP)",

@@ -85,6 +85,8 @@ public enum ErrorCode: String, Sendable {
     case rateLimited = "rate_limited"
     /// The user's token quota is used up until its reset.
     case quotaExceeded = "quota_exceeded"
+    /// The input was refused by the moderation rules or service (it is not stored or sent).
+    case contentRejected = "content_rejected"
 }
 
 public enum ClientMessageDecoder {
