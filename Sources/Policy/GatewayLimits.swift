@@ -107,53 +107,45 @@ public final class GenerationLimiter: Sendable {
         }.increment()
     }
 
-    /// One request per limit, then the tokens: `promptTokens` plus up to `maxTokens`, at least
-    /// `promptTokens + 1`. Anything taken is given back when a later check refuses.
+    /// One request per limit, and the tokens: `promptTokens` plus up to `maxTokens`, at least
+    /// `promptTokens + 1`, from every configured bucket at once (one Redis round trip; nothing
+    /// is taken when one of them refuses).
     public func admit(user: String, address: String, promptTokens: Int, maxTokens: Int) async -> Result<GenerationGrant, LimitRefusal> {
-        var taken: [(key: String, limit: RateLimit, tokens: Int)] = []
-        func refuse(_ refusal: LimitRefusal) -> Result<GenerationGrant, LimitRefusal> {
-            for reservation in taken { self.limiter.refund(reservation.key, limit: reservation.limit, amount: reservation.tokens) }
-            self.countRejection(refusal)
-            return .failure(refusal)
-        }
-        let requestLimits: [(LimitRefusal.Scope, String, Int)] = [
-            (.user, "u:\(user):req", self.limits.requestsPerMinutePerUser), (.ip, "ip:\(address):req", self.limits.requestsPerMinutePerIP),
+        var takes: [RateLimiter.Take] = []
+        var describe: [(scope: LimitRefusal.Scope, limit: LimitRefusal.Limit, perMinute: Int)] = []
+        let buckets: [(LimitRefusal.Scope, LimitRefusal.Limit, String, Int)] = [
+            (.user, .requests, "u:\(user):req", self.limits.requestsPerMinutePerUser),
+            (.ip, .requests, "ip:\(address):req", self.limits.requestsPerMinutePerIP),
+            (.user, .tokens, "u:\(user):tok", self.limits.tokensPerMinutePerUser),
+            (.ip, .tokens, "ip:\(address):tok", self.limits.tokensPerMinutePerIP),
         ]
-        for (scope, key, perMinute) in requestLimits where perMinute > 0 {
-            let limit = RateLimit(perMinute: perMinute)
-            switch await self.limiter.take(key, limit: limit, wanted: 1, minimum: 1) {
-            case .allowed: taken.append((key, limit, 1))
-            case .limited(let retryAfterMs):
-                return refuse(LimitRefusal(scope: scope, limit: .requests, retryAfterMs: retryAfterMs,
-                                           message: "over \(perMinute) requests per minute for this \(scope == .user ? "user" : "address")"))
-            }
+        for (scope, kind, key, perMinute) in buckets where perMinute > 0 {
+            let tokens = kind == .tokens
+            takes.append(RateLimiter.Take(
+                key: key, limit: RateLimit(perMinute: perMinute), wanted: tokens ? promptTokens + maxTokens : 1,
+                minimum: tokens ? promptTokens + 1 : 1, shared: tokens))
+            describe.append((scope, kind, perMinute))
         }
         var grant = GenerationGrant.unlimited(maxTokens: maxTokens)
-        let tokenLimits: [(LimitRefusal.Scope, String, Int)] = [
-            (.user, "u:\(user):tok", self.limits.tokensPerMinutePerUser), (.ip, "ip:\(address):tok", self.limits.tokensPerMinutePerIP),
-        ]
-        var tokenReservations: [(key: String, limit: RateLimit, tokens: Int)] = []
-        for (scope, key, perMinute) in tokenLimits where perMinute > 0 {
-            let limit = RateLimit(perMinute: perMinute)
-            switch await self.limiter.take(key, limit: limit, wanted: promptTokens + maxTokens, minimum: promptTokens + 1) {
-            case .allowed(let granted):
-                tokenReservations.append((key, limit, granted))
-                taken.append((key, limit, granted))
+        guard !takes.isEmpty else { return .success(grant) }
+        switch await self.limiter.takeAll(takes) {
+        case .limited(let index, let retryAfterMs):
+            let (scope, kind, perMinute) = describe[index]
+            let refusal = LimitRefusal(
+                scope: scope, limit: kind, retryAfterMs: retryAfterMs,
+                message: "over \(perMinute) \(kind == .tokens ? "tokens" : "requests") per minute for this \(scope == .user ? "user" : "address")")
+            self.countRejection(refusal)
+            return .failure(refusal)
+        case .allowed(let granted):
+            let tokenTakes = takes.filter(\.shared)
+            if let tightest = tokenTakes.min(by: { $0.limit.ratePerSecond < $1.limit.ratePerSecond }) {
                 // Roughly when the whole request would have fitted.
                 grant.limit(to: granted - promptTokens, cut: .tokensPerMinute,
-                            retryAfterMs: Int64((Double(promptTokens + maxTokens - granted) / limit.ratePerSecond * 1000).rounded(.up)))
-            case .limited(let retryAfterMs):
-                return refuse(LimitRefusal(scope: scope, limit: .tokens, retryAfterMs: retryAfterMs,
-                                           message: "over \(perMinute) tokens per minute for this \(scope == .user ? "user" : "address")"))
+                            retryAfterMs: Int64((Double(promptTokens + maxTokens - granted) / tightest.limit.ratePerSecond * 1000).rounded(.up)))
             }
+            grant.reservations = tokenTakes.map { ($0.key, $0.limit, granted) }
+            return .success(grant)
         }
-        // Each bucket keeps exactly the prompt plus what this generation may produce.
-        grant.reservations = tokenReservations.map { reservation in
-            let keep = promptTokens + grant.maxTokens
-            self.limiter.refund(reservation.key, limit: reservation.limit, amount: reservation.tokens - keep)
-            return (reservation.key, reservation.limit, keep)
-        }
-        return .success(grant)
     }
 
     /// The generation ended having used `usedTokens` (prompt + completion): what it reserved

@@ -57,6 +57,134 @@ public final class RateLimiter: Sendable {
         return self.takeLocally(key, limit: limit, wanted: wanted, minimum: minimum)
     }
 
+    /// One bucket of a `takeAll`.
+    public struct Take: Sendable {
+        public var key: String
+        public var limit: RateLimit
+        public var wanted: Int
+        public var minimum: Int
+        /// Shared buckets all take the same amount: the most every one of them can give.
+        public var shared: Bool
+
+        public init(key: String, limit: RateLimit, wanted: Int, minimum: Int, shared: Bool) {
+            self.key = key
+            self.limit = limit
+            self.wanted = wanted
+            self.minimum = minimum
+            self.shared = shared
+        }
+    }
+
+    public enum TakeAllDecision: Sendable, Equatable {
+        /// Every bucket gave: the others `wanted`, the shared ones `granted` each.
+        case allowed(granted: Int)
+        /// Bucket `index` had not even its `minimum`; nothing was taken from any.
+        case limited(index: Int, retryAfterMs: Int64)
+    }
+
+    /// Several buckets in one decision, all or nothing: one Redis round trip (one script) for
+    /// a request's user and address limits, rather than one per bucket.
+    public func takeAll(_ takes: [Take]) async -> TakeAllDecision {
+        guard !takes.isEmpty else { return .allowed(granted: 0) }
+        if let redis = self.redis {
+            do {
+                return try await self.takeAllFromRedis(redis, takes)
+            } catch {
+                self.fallbacks.increment()
+                self.logger.debug("rate limit decided in process (Redis failed)", metadata: ["sluice.error": "\(error)"])
+            }
+        }
+        return self.takeAllLocally(takes)
+    }
+
+    func takeAllLocally(_ takes: [Take], now: NIODeadline = .now()) -> TakeAllDecision {
+        self.local.withLockedValue { local in
+            if local.buckets.count + takes.count > Self.maximumLocalKeys { Self.evict(&local, now: now) }
+            var buckets = takes.map { local.buckets[$0.key] ?? TokenBucket(capacity: $0.limit.capacity, ratePerSecond: $0.limit.ratePerSecond, now: now) }
+            // Look first (a take of 0 refills without taking), then take.
+            var shared = Int.max
+            for (index, take) in takes.enumerated() {
+                _ = buckets[index].take(wanted: 0, minimum: 0, now: now)
+                let tokens = buckets[index].tokens
+                guard tokens >= Double(take.minimum) else {
+                    let missing = Double(take.minimum) - tokens
+                    let wait = take.limit.ratePerSecond > 0 ? missing / take.limit.ratePerSecond : 3600
+                    return .limited(index: index, retryAfterMs: Int64((wait * 1000).rounded(.up)))
+                }
+                if take.shared { shared = min(shared, min(take.wanted, Int(tokens.rounded(.down)))) }
+            }
+            for (index, take) in takes.enumerated() {
+                let amount = take.shared ? shared : take.wanted
+                _ = buckets[index].take(Double(amount), now: now)
+                local.buckets[take.key] = buckets[index]
+            }
+            return .allowed(granted: shared == Int.max ? 0 : shared)
+        }
+    }
+
+    private func takeAllFromRedis(_ redis: any RedisCommandExecutor, _ takes: [Take]) async throws -> TakeAllDecision {
+        var arguments = [String(takes.count)] + takes.map { self.keyPrefix + $0.key }
+        for take in takes {
+            arguments += [String(take.limit.capacity), String(take.limit.ratePerSecond / 1000), String(take.wanted), String(take.minimum), take.shared ? "1" : "0"]
+        }
+        var reply: RESPValue
+        do {
+            reply = try await redis.send(RedisCommand("EVALSHA", arguments: [Self.takeAllScriptSHA] + arguments)).get()
+        } catch RedisClientError.server(let message) where message.hasPrefix("NOSCRIPT") {
+            reply = try await redis.send(RedisCommand("EVAL", arguments: [Self.takeAllScript] + arguments)).get()
+        }
+        guard let values = reply.array, values.count == 3, let allowed = values[0].int, let second = values[1].int, let third = values[2].int else {
+            throw RateLimiterError(description: "unexpected reply \(reply)")
+        }
+        return allowed == 1 ? .allowed(granted: second) : .limited(index: second - 1, retryAfterMs: Int64(max(1, third)))
+    }
+
+    /// KEYS: the buckets; ARGV: five per bucket (capacity, tokens per ms, wanted, minimum, shared).
+    /// Returns {1, shared grant, 0} or {0, the 1-based bucket that refused, ms until it would not}.
+    static let takeAllScript = """
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local n = #KEYS
+        local tokens = {}
+        local shared = -1
+        for i = 1, n do
+          local base = (i - 1) * 5
+          local capacity = tonumber(ARGV[base + 1])
+          local rate = tonumber(ARGV[base + 2])
+          local wanted = tonumber(ARGV[base + 3])
+          local minimum = tonumber(ARGV[base + 4])
+          local state = redis.call('HMGET', KEYS[i], 'tokens', 'at')
+          local level = tonumber(state[1]) or capacity
+          local at = tonumber(state[2]) or now
+          if now > at then level = math.min(capacity, level + (now - at) * rate) end
+          if level < minimum then
+            local wait = 3600000
+            if rate > 0 then wait = math.ceil((minimum - level) / rate) end
+            return {0, i, wait}
+          end
+          tokens[i] = level
+          if ARGV[base + 5] == '1' then
+            local can = math.min(wanted, math.floor(level))
+            if shared < 0 or can < shared then shared = can end
+          end
+        end
+        for i = 1, n do
+          local base = (i - 1) * 5
+          local capacity = tonumber(ARGV[base + 1])
+          local rate = tonumber(ARGV[base + 2])
+          local amount = tonumber(ARGV[base + 3])
+          if ARGV[base + 5] == '1' then amount = shared end
+          redis.call('HSET', KEYS[i], 'tokens', tostring(tokens[i] - amount), 'at', tostring(now))
+          local ttl = 60000
+          if rate > 0 then ttl = math.ceil(capacity / rate) + 1000 end
+          redis.call('PEXPIRE', KEYS[i], ttl)
+        end
+        if shared < 0 then shared = 0 end
+        return {1, shared, 0}
+        """
+
+    static let takeAllScriptSHA: String = Insecure.SHA1.hash(data: Data(takeAllScript.utf8)).map { String(format: "%02x", $0) }.joined()
+
     /// Gives back what a reservation did not use (fire and forget).
     public func refund(_ key: String, limit: RateLimit, amount: Int) {
         guard amount > 0 else { return }

@@ -86,6 +86,42 @@ import Testing
         }
     }
 
+    /// `takeAll` in Redis and in process: all or nothing, and shared buckets give the same amount.
+    @Test(.timeLimit(.minutes(1)))
+    func severalBucketsAreOneAtomicDecision() async throws {
+        try await RedisServerProcess.withServer { redis in
+            let client = RedisClient(configuration: RedisConfiguration(url: try RedisURL(redis.url)), eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Self.logger)
+            defer { Task { await client.shutdown() } }
+            try await eventually("connected") { client.isConnected }
+            for limiter in [RateLimiter(redis: client, keyPrefix: "all:", logger: Self.logger), RateLimiter(redis: nil, logger: Self.logger)] {
+                let requests = RateLimit(perMinute: 2)
+                let small = RateLimit(perMinute: 30), large = RateLimit(perMinute: 100)
+                func takes(_ wanted: Int) -> [RateLimiter.Take] {
+                    [RateLimiter.Take(key: "req", limit: requests, wanted: 1, minimum: 1, shared: false),
+                     RateLimiter.Take(key: "tok-small", limit: small, wanted: wanted, minimum: 5, shared: true),
+                     RateLimiter.Take(key: "tok-large", limit: large, wanted: wanted, minimum: 5, shared: true)]
+                }
+                // Both token buckets give what the smaller one has.
+                #expect(await limiter.takeAll(takes(50)) == .allowed(granted: 30))
+                // The small one is empty now: refused, and the request bucket keeps its token.
+                guard case .limited(let index, let wait) = await limiter.takeAll(takes(50)) else {
+                    Issue.record("an empty bucket allowed a take")
+                    continue
+                }
+                #expect(index == 1 && wait > 0)
+                let onlyRequests = [RateLimiter.Take(key: "req", limit: requests, wanted: 1, minimum: 1, shared: false)]
+                #expect(await limiter.takeAll(onlyRequests) == .allowed(granted: 0))
+                guard case .limited(0, _) = await limiter.takeAll(onlyRequests) else {
+                    Issue.record("a third request of two a minute was allowed")
+                    continue
+                }
+                // The large bucket lost only the shared 30, not the refused 50.
+                let large70 = [RateLimiter.Take(key: "tok-large", limit: large, wanted: 100, minimum: 1, shared: true)]
+                #expect(await limiter.takeAll(large70) == .allowed(granted: 70))
+            }
+        }
+    }
+
     @Test func generationGrantsCutToTheBudgetAndSettle() async throws {
         var limits = GatewayLimits()
         limits.tokensPerMinutePerUser = 100
