@@ -243,7 +243,9 @@ extension ChatApplication {
         let failOpen = self.policy.moderationFailOpen
         let logger = self.logger
         let counter = self.metrics.contentRejected
+        let completion = NIOLoopBound(completion, eventLoop: eventLoop)
         moderation.check(cleaned, on: eventLoop).hop(to: eventLoop).whenComplete { result in
+            let completion = completion.value
             switch result {
             case .success(let verdict) where verdict.flagged:
                 logger.notice("input flagged by the moderation service", metadata: [

@@ -74,10 +74,12 @@ public final class ResponseCachingEngine: InferenceEngine, Sendable {
             return self.inner.startGeneration(request, on: eventLoop, sink: sink)
         }
         let attempt = CachedAttempt(engine: self, inner: self.inner, request: request, key: self.key(for: request), eventLoop: eventLoop, sink: sink)
-        let timeout = eventLoop.scheduleTask(in: self.settings.lookupTimeout) { attempt.lookupAnswered(nil) }
+        // Called on `eventLoop` (the engine contract), so the attempt can be bound to it.
+        let bound = NIOLoopBound(attempt, eventLoop: eventLoop)
+        let timeout = eventLoop.scheduleTask(in: self.settings.lookupTimeout) { bound.value.lookupAnswered(nil) }
         self.redis.send(RedisCommand("GET", attempt.key)).hop(to: eventLoop).whenComplete { result in
             timeout.cancel()
-            attempt.lookupAnswered((try? result.get())?.bytes)
+            bound.value.lookupAnswered((try? result.get())?.bytes)
         }
         return attempt
     }
