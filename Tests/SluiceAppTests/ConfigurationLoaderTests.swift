@@ -58,6 +58,21 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         }
     }
 
+    /// The production example loads and says what it claims to.
+    @Test func productionExampleFile() throws {
+        let path = configDirectory.appendingPathComponent("sluice.production.yaml").path
+        let configuration = try ConfigurationLoader.load(filePath: path, environment: [
+            "SLUICE_STORAGE_DATABASE_URL": "postgres://sluice:pw@postgres:5432/sluice?sslmode=require",
+        ])
+        #expect(configuration.upstreams.map(\.poolName) == ["small", "small", "large"])
+        #expect(configuration.autoRouting.complex == "large" && configuration.autoRouting.simple == "small")
+        #expect(configuration.auth.keys.first?.algorithm == "RS256" && configuration.auth.queryParameter == nil)
+        #expect(configuration.auth.isEnabled && configuration.limits.limitsGenerations && configuration.limits.forwardedForHops == 1)
+        #expect(configuration.quotas.period == .hours(24 * 30) && configuration.cache.enabled)
+        #expect(configuration.tracing.sampleRatio == 0.1 && configuration.redis.url == "redis://redis:6379/0")
+        #expect(try configuration.storage.backend == .postgres("postgres://sluice:pw@postgres:5432/sluice?sslmode=require"))
+    }
+
     @Test func autobahnFile() throws {
         let path = configDirectory.appendingPathComponent("autobahn.yaml").path
         let configuration = try ConfigurationLoader.load(filePath: path, environment: [:])
