@@ -72,12 +72,18 @@ public final class ReplicaPool: InferenceEngine, Sendable {
     public let name: String
     let replicas: [Replica]
     private let logger: Logger
+    /// The circuit breakers' clock (a test's own, to step through cool-downs without sleeping).
+    private let now: @Sendable () -> NIODeadline
 
-    public init(name: String, replicas: [ReplicaSpec], circuit: CircuitBreaker.Settings = .init(), logger: Logger) {
+    public init(
+        name: String, replicas: [ReplicaSpec], circuit: CircuitBreaker.Settings = .init(), logger: Logger,
+        clock now: @escaping @Sendable () -> NIODeadline = { .now() }
+    ) {
         precondition(!replicas.isEmpty, "a pool needs at least one replica")
         self.name = name
         self.replicas = replicas.map { Replica($0, pool: name, circuit: circuit) }
         self.logger = logger
+        self.now = now
     }
 
     public var defaultModel: String { self.replicas[0].spec.engine.defaultModel }
@@ -99,7 +105,8 @@ public final class ReplicaPool: InferenceEngine, Sendable {
     }
 
     /// The replica for the next attempt (reserving its slot and, if half-open, its probe).
-    func choose(excluding tried: Set<Int>, now: NIODeadline = .now()) -> Choice {
+    func choose(excluding tried: Set<Int>) -> Choice {
+        let now = self.now()
         // Healthy ones first; if health checks fail everywhere, still try (fail open): a
         // misconfigured health path must not take the whole pool down.
         var sawCapped = false
@@ -137,7 +144,8 @@ public final class ReplicaPool: InferenceEngine, Sendable {
 
     /// Updates the replica after an attempt: the circuit (connected: success; failed before or
     /// after connecting: failure) and, unless it only connected, its outstanding count.
-    func report(_ index: Int, _ outcome: Outcome, now: NIODeadline = .now()) {
+    func report(_ index: Int, _ outcome: Outcome) {
+        let now = self.now()
         let replica = self.replicas[index]
         replica.state.withLockedValue { state in
             switch outcome {

@@ -26,6 +26,7 @@ import Testing
         let environment = [
             "SLUICE_MODERATION_RULES": #"forbidden phrase,re:\bsecret-\d{4}\b"#,
             "SLUICE_MODERATION_ENDPOINT": "http://127.0.0.1:\(upstream.port)",
+            "SLUICE_MODERATION_TIMEOUT": "20s", "SLUICE_MODERATION_FAIL_OPEN": "false",
         ]
         let arguments = ["--upstream", "http://127.0.0.1:\(upstream.port)", "--model", "m"]
         try await SluiceProcess.withProcesses(count: 1, arguments: arguments, environment: environment) { (processes: [SluiceProcess]) async throws -> Void in

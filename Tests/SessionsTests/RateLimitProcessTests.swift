@@ -84,7 +84,10 @@ import Testing
                 // 4. A flood of tiny messages: dropped with rate_limited, then Close 1008.
                 let flooder = try await JSONWebSocketClient.connect(port: processes[1].port, group: group, query: "?user=flo")
                 _ = try await flooder.next()
-                for index in 0..<400 { try await flooder.send(["type": "ping", "id": "\(index)"]) }
+                // One write, so the frames arrive together whatever the machine's speed (no refill between them).
+                var burst: [UInt8] = []
+                for index in 0..<1_000 { burst += TestFrames.text(#"{"type":"ping","id":"\#(index)"}"#) }
+                try await flooder.raw.send(burst)
                 var sawRateLimited = false
                 var closeCode: UInt16?
                 do {
@@ -101,15 +104,23 @@ import Testing
                 #expect(try await bob.until(type: "pong")["id"] as? String == "still here")
 
                 // 5. New connections per second from one address: a burst past 20 gets 429.
-                var statuses: [Int] = []
-                for _ in 0..<30 {
-                    let raw = try await RawClient.connect(port: processes[0].port, group: group)
-                    let (response, _) = try await raw.handshake(path: "/v1/ws?user=burst", extraHeaders: [("Sec-WebSocket-Protocol", "sluice.v1")])
-                    statuses.append(response.status)
-                    if response.status == 429 {
-                        #expect(response.headers.contains { $0.name.lowercased() == "retry-after" })
+                // 80 at once: even if handling them takes a second, at most 20 + 20 fit.
+                let port0 = processes[0].port
+                let answers = try await withThrowingTaskGroup(of: RawHTTPResponse.self) { tasks in
+                    for _ in 0..<80 {
+                        tasks.addTask {
+                            let raw = try await RawClient.connect(port: port0, group: group)
+                            defer { Task { await raw.close() } }
+                            return try await raw.handshake(path: "/v1/ws?user=burst", extraHeaders: [("Sec-WebSocket-Protocol", "sluice.v1")]).response
+                        }
                     }
-                    await raw.close()
+                    var answers: [RawHTTPResponse] = []
+                    for try await answer in tasks { answers.append(answer) }
+                    return answers
+                }
+                let statuses = answers.map(\.status)
+                for response in answers where response.status == 429 {
+                    #expect(response.headers.contains { $0.name.lowercased() == "retry-after" })
                 }
                 #expect(statuses.contains(429) && statuses.contains(101), "\(statuses)")
                 // 6. Rejections are counted by scope and limit at /metrics.

@@ -31,7 +31,8 @@ import Testing
         defer { Task { await upstream.stop() } }
         try await RedisServerProcess.withServer { redis in
             let arguments = ["--upstream", "http://127.0.0.1:\(upstream.port)", "--model", "m", "--redis-url", redis.url]
-            try await SluiceProcess.withProcesses(count: 2, arguments: arguments) { (processes: [SluiceProcess]) async throws -> Void in
+            // A lookup slower than the timeout is a miss; a loaded test machine must not turn a hit into one.
+            try await SluiceProcess.withProcesses(count: 2, arguments: arguments, environment: ["SLUICE_CACHE_LOOKUP_TIMEOUT": "10s"]) { (processes: [SluiceProcess]) async throws -> Void in
                 let group = MultiThreadedEventLoopGroup.singleton
                 let first = try await JSONWebSocketClient.connect(port: processes[0].port, group: group)
                 _ = try await first.next()
