@@ -245,6 +245,9 @@ final class PoolAttempt: GenerationSink, GenerationHandle {
         case .replica(let index):
             self.replica = index
             self.tried.insert(index)
+            self.pool.log.debug("upstream replica chosen", metadata: [
+                "sluice.pool": "\(self.pool.name)", "sluice.replica": "\(self.pool.replicaName(index))", "sluice.attempt": "\(self.tried.count)",
+            ])
             let handle = self.pool.engine(index).startGeneration(self.request, on: self.eventLoop, sink: self)
             if self.finished { handle.cancel() } else { self.handle = handle }
         case .full:
