@@ -46,15 +46,14 @@ public final class RateLimiter: Sendable {
 
     /// Takes between `minimum` and `wanted` from the bucket `key` (all or nothing when equal).
     public func take(_ key: String, limit: RateLimit, wanted: Int, minimum: Int) async -> RateLimitDecision {
-        if let redis = self.redis {
-            do {
-                return try await self.takeFromRedis(redis, key, limit: limit, wanted: wanted, minimum: minimum)
-            } catch {
-                self.fallbacks.increment()
-                self.logger.debug("rate limit decided in process (Redis failed)", metadata: ["sluice.error": "\(error)"])
-            }
+        Self.single(await self.takeAll([Take(key: key, limit: limit, wanted: wanted, minimum: minimum, shared: true)]))
+    }
+
+    private static func single(_ decision: TakeAllDecision) -> RateLimitDecision {
+        switch decision {
+        case .allowed(let granted): return .allowed(granted: granted)
+        case .limited(_, let retryAfterMs): return .limited(retryAfterMs: retryAfterMs)
         }
-        return self.takeLocally(key, limit: limit, wanted: wanted, minimum: minimum)
     }
 
     /// One bucket of a `takeAll`.
@@ -200,13 +199,7 @@ public final class RateLimiter: Sendable {
 
     /// The in-process bucket only (connection-level limits, which need no cluster view).
     public func takeLocally(_ key: String, limit: RateLimit, wanted: Int, minimum: Int, now: NIODeadline = .now()) -> RateLimitDecision {
-        self.local.withLockedValue { local in
-            if local.buckets.count >= Self.maximumLocalKeys, local.buckets[key] == nil { Self.evict(&local, now: now) }
-            var bucket = local.buckets[key] ?? TokenBucket(capacity: limit.capacity, ratePerSecond: limit.ratePerSecond, now: now)
-            let decision = bucket.take(wanted: Double(wanted), minimum: Double(minimum), now: now)
-            local.buckets[key] = bucket
-            return decision
-        }
+        Self.single(self.takeAllLocally([Take(key: key, limit: limit, wanted: wanted, minimum: minimum, shared: true)], now: now))
     }
 
     private func refundLocally(_ key: String, limit: RateLimit, amount: Int) {
@@ -228,58 +221,9 @@ public final class RateLimiter: Sendable {
 
     // MARK: Redis
 
-    private func takeFromRedis(
-        _ redis: any RedisCommandExecutor, _ key: String, limit: RateLimit, wanted: Int, minimum: Int
-    ) async throws -> RateLimitDecision {
-        let arguments = [
-            "1", self.keyPrefix + key, String(limit.capacity), String(limit.ratePerSecond / 1000), String(wanted), String(minimum),
-        ]
-        var reply: RESPValue
-        do {
-            reply = try await redis.send(RedisCommand("EVALSHA", arguments: [Self.takeScriptSHA] + arguments)).get()
-        } catch RedisClientError.server(let message) where message.hasPrefix("NOSCRIPT") {
-            // First use on this Redis (or after SCRIPT FLUSH): send the script itself once.
-            reply = try await redis.send(RedisCommand("EVAL", arguments: [Self.takeScript] + arguments)).get()
-        }
-        guard let values = reply.array, values.count == 2, let granted = values[0].int, let wait = values[1].int else {
-            throw RateLimiterError(description: "unexpected reply \(reply)")
-        }
-        return granted > 0 || (minimum == 0 && wait == 0) ? .allowed(granted: granted) : .limited(retryAfterMs: Int64(max(1, wait)))
-    }
-
     struct RateLimiterError: Error, CustomStringConvertible {
         var description: String
     }
-
-    /// KEYS[1] the bucket; ARGV capacity, tokens per millisecond, wanted, minimum.
-    /// Returns {granted, 0} or {0, milliseconds until `minimum` would be there}.
-    static let takeScript = """
-        local t = redis.call('TIME')
-        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-        local capacity = tonumber(ARGV[1])
-        local rate = tonumber(ARGV[2])
-        local wanted = tonumber(ARGV[3])
-        local minimum = tonumber(ARGV[4])
-        local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-        local tokens = tonumber(state[1]) or capacity
-        local at = tonumber(state[2]) or now
-        if now > at then tokens = math.min(capacity, tokens + (now - at) * rate) end
-        local granted = 0
-        local wait = 0
-        if tokens >= minimum then
-          granted = math.min(wanted, math.floor(tokens))
-          tokens = tokens - granted
-        else
-          if rate > 0 then wait = math.ceil((minimum - tokens) / rate) else wait = 3600000 end
-        end
-        redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-        local ttl = 60000
-        if rate > 0 then ttl = math.ceil(capacity / rate) + 1000 end
-        redis.call('PEXPIRE', KEYS[1], ttl)
-        return {granted, wait}
-        """
-
-    static let takeScriptSHA: String = Insecure.SHA1.hash(data: Data(takeScript.utf8)).map { String(format: "%02x", $0) }.joined()
 
     /// KEYS[1] the bucket; ARGV capacity, amount. Only an existing bucket gets tokens back.
     static let refundScript = """
