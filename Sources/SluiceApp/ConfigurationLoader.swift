@@ -668,24 +668,32 @@ struct ConfigurationSetting: Sendable {
     }
 
     /// A string from a fixed set, matched case-insensitively and stored lowercased.
+    /// A list of mappings (`upstreams:`, `auth.keys:`): each mapping's keys must be `allowedKeys`.
+    static func records(_ raw: RawValue, expected: String, allowedKeys: [String]) throws(ValueProblem) -> [[String: String]] {
+        let records: [[String: String]]
+        switch raw {
+        case .records(let items): records = items
+        case .null: records = []
+        case .list(let items) where items.isEmpty: records = []
+        case .scalar, .list:
+            throw ValueProblem(kind: .wrongType, reason: "expected \(expected)")
+        }
+        for (index, record) in records.enumerated() {
+            if let unknown = record.keys.sorted().first(where: { !allowedKeys.contains($0) }) {
+                throw ValueProblem(kind: .unknownKey, reason: "entry \(index + 1): unknown key \(unknown) (expected one of \(allowedKeys.joined(separator: ", ")))")
+            }
+        }
+        return records
+    }
+
     static func jwtKeyList(_ key: String, _ set: @escaping Setter<[JWTKeySetting]>) -> Self {
         let expected = "a list of keys, each with alg and one of secret, public_key, public_key_file (and kid)"
+        let allowedKeys = ["kid", "alg", "secret", "public_key", "public_key_file"]
         return Self(key: key, expected: expected, takesList: false, takesRecords: true) { configuration, raw throws(ValueProblem) in
-            let records: [[String: String]]
-            switch raw {
-            case .records(let items): records = items
-            case .null: records = []
-            case .list(let items) where items.isEmpty: records = []
-            case .scalar, .list:
-                throw ValueProblem(kind: .wrongType, reason: "expected \(expected)")
-            }
+            let records = try Self.records(raw, expected: expected, allowedKeys: allowedKeys)
             var keys: [JWTKeySetting] = []
-            let allowedKeys = ["kid", "alg", "secret", "public_key", "public_key_file"]
             for (index, record) in records.enumerated() {
                 let at = "entry \(index + 1)"
-                if let unknown = record.keys.sorted().first(where: { !allowedKeys.contains($0) }) {
-                    throw ValueProblem(kind: .unknownKey, reason: "\(at): unknown key \(unknown) (expected one of \(allowedKeys.joined(separator: ", ")))")
-                }
                 let nonEmpty: (String) -> String? = { record[$0].flatMap { $0.isEmpty ? nil : $0 } }
                 guard let algorithm = nonEmpty("alg")?.uppercased(), JWTKeySpec.algorithms.contains(algorithm) else {
                     throw ValueProblem(kind: .invalidValue, reason: "\(at): alg must be one of \(JWTKeySpec.algorithms.sorted().joined(separator: ", "))")
@@ -710,22 +718,12 @@ struct ConfigurationSetting: Sendable {
 
     static func upstreamList(_ key: String, _ set: @escaping Setter<[NamedUpstream]>) -> Self {
         let expected = "a list of upstreams, each with name, kind (openai, triton or sim), base_url, model, api_key"
+        let allowedKeys = ["name", "kind", "base_url", "model", "api_key", "pool", "max_concurrency", "health_path"]
         return Self(key: key, expected: expected, takesList: false, takesRecords: true) { configuration, raw throws(ValueProblem) in
-            let records: [[String: String]]
-            switch raw {
-            case .records(let items): records = items
-            case .null: records = []
-            case .list(let items) where items.isEmpty: records = []
-            case .scalar, .list:
-                throw ValueProblem(kind: .wrongType, reason: "expected \(expected)")
-            }
+            let records = try Self.records(raw, expected: expected, allowedKeys: allowedKeys)
             var upstreams: [NamedUpstream] = []
-            let allowedKeys = ["name", "kind", "base_url", "model", "api_key", "pool", "max_concurrency", "health_path"]
             for (index, record) in records.enumerated() {
                 let at = "entry \(index + 1)"
-                if let unknown = record.keys.sorted().first(where: { !allowedKeys.contains($0) }) {
-                    throw ValueProblem(kind: .unknownKey, reason: "\(at): unknown key \(unknown) (expected one of \(allowedKeys.joined(separator: ", ")))")
-                }
                 guard let name = record["name"], !name.isEmpty else {
                     throw ValueProblem(kind: .invalidValue, reason: "\(at): needs a name")
                 }
