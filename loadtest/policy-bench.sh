@@ -26,25 +26,7 @@ for b in sluice sluice-loadtest; do
   [ -x "$bin/$b" ] || { echo "build first: swift build -c release --product $b" >&2; exit 1; }
 done
 command -v redis-server >/dev/null || { echo "needs redis-server" >&2; exit 1; }
-server_cpu="" client_cpu=""
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then server_cpu="taskset -c 0"; client_cpu="taskset -c 1"; fi
-
-tmp="$(mktemp -d /tmp/sluice-policy-bench.XXXX)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() {
-  for _ in $(seq 1 200); do
-    curl -sf "http://127.0.0.1:$1/ready" >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "gateway on port $1 not ready" >&2; exit 1
-}
+source "$root/loadtest/lib.sh" policy-bench
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp" --daemonize no > "$tmp/redis.log" 2>&1 &
