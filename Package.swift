@@ -114,10 +114,35 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The durable job queue (Redis Streams), its workers, schedules and job kinds.
+        .target(
+            name: "Jobs",
+            dependencies: [
+                "RedisClient", "Storage", "Inference",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
+        // Tools the model may call: the registry, argument schemas, the built-in tools.
+        .target(
+            name: "Tools",
+            dependencies: [
+                "Inference",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .target(
             name: "Sessions",
             dependencies: [
-                "WSServer", "Inference", "SluiceProtocol", "RedisClient", "Storage", "Policy",
+                "WSServer", "Inference", "SluiceProtocol", "RedisClient", "Storage", "Policy", "Jobs", "Tools",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -129,7 +154,7 @@ let package = Package(
         .target(
             name: "SluiceApp",
             dependencies: [
-                "WSServer", "Sessions", "Inference", "RedisClient", "Storage", "Telemetry", "Policy",
+                "WSServer", "Sessions", "Inference", "RedisClient", "Storage", "Telemetry", "Policy", "Jobs", "Tools",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -158,6 +183,7 @@ let package = Package(
             name: "RedisClient",
             dependencies: [
                 "CHiredis",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -305,6 +331,25 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "JobsTests",
+            dependencies: [
+                "Jobs", "RedisClient", "Storage", "Inference", "SluiceTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "ToolsTests",
+            dependencies: [
+                "Tools", "Inference", "SluiceTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),

@@ -6,9 +6,41 @@ public struct ChatMessage: Equatable, Sendable {
     public enum Role: String, Sendable { case system, user, assistant, tool }
     public var role: Role
     public var content: String
-    public init(role: Role, content: String) {
+    /// An assistant turn that asked for tools (OpenAI `tool_calls`).
+    public var toolCalls: [ToolCall]
+    /// A `tool` message: the call it answers.
+    public var toolCallID: String?
+    public init(role: Role, content: String, toolCalls: [ToolCall] = [], toolCallID: String? = nil) {
         self.role = role
         self.content = content
+        self.toolCalls = toolCalls
+        self.toolCallID = toolCallID
+    }
+}
+
+/// A function call the model asked for (OpenAI tool calling).
+public struct ToolCall: Equatable, Sendable {
+    public var id: String
+    public var name: String
+    /// The arguments as the model wrote them (JSON text, unvalidated).
+    public var arguments: String
+    public init(id: String, name: String, arguments: String) {
+        self.id = id
+        self.name = name
+        self.arguments = arguments
+    }
+}
+
+/// A tool offered to the model: `{"type":"function","function":{name, description, parameters}}`.
+public struct ToolDefinition: Equatable, Sendable {
+    public var name: String
+    public var description: String
+    /// The JSON schema of the arguments (JSON text).
+    public var parameters: String
+    public init(name: String, description: String, parameters: String) {
+        self.name = name
+        self.description = description
+        self.parameters = parameters
     }
 }
 
@@ -22,6 +54,8 @@ public struct GenerationRequest: Sendable {
     /// Trace propagation headers (W3C `traceparent`) for the upstream request, so an upstream
     /// that traces (vLLM with `--otlp-traces-endpoint`) joins the gateway's trace.
     public var traceHeaders: [(name: String, value: String)]
+    /// Tools the model may call (empty: none offered).
+    public var tools: [ToolDefinition] = []
     public init(
         messages: [ChatMessage], model: String? = nil, maxTokens: Int, temperature: Double? = nil,
         traceHeaders: [(name: String, value: String)] = []
@@ -83,11 +117,15 @@ public protocol GenerationSink: AnyObject {
     func generationDidFail(_ error: InferenceError)
     /// The answer comes from the response cache, not an upstream (called before its text).
     func generationWasCached()
+    /// The model asked for these tools to be run (called once, just before
+    /// `generationDidFinish`). The caller runs them and continues with a new request.
+    func generationDidRequestToolCalls(_ calls: [ToolCall])
 }
 
 extension GenerationSink {
     public func generationDidConnect() {}
     public func generationWasCached() {}
+    public func generationDidRequestToolCalls(_ calls: [ToolCall]) {}
 }
 
 /// A running generation. `cancel()` stops it at once (closing the upstream connection); after

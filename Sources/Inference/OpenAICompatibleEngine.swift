@@ -118,6 +118,24 @@ public struct OpenAICompatibleEngine: InferenceEngine {
             buffer.writeJSONString(message.role.rawValue)
             buffer.writeStaticString(#","content":"#)
             buffer.writeJSONString(message.content)
+            if !message.toolCalls.isEmpty {
+                buffer.writeStaticString(#","tool_calls":["#)
+                for (index, call) in message.toolCalls.enumerated() {
+                    if index > 0 { buffer.writeStaticString(",") }
+                    buffer.writeStaticString(#"{"id":"#)
+                    buffer.writeJSONString(call.id)
+                    buffer.writeStaticString(#","type":"function","function":{"name":"#)
+                    buffer.writeJSONString(call.name)
+                    buffer.writeStaticString(#","arguments":"#)
+                    buffer.writeJSONString(call.arguments)
+                    buffer.writeStaticString("}}")
+                }
+                buffer.writeStaticString("]")
+            }
+            if let callID = message.toolCallID {
+                buffer.writeStaticString(#","tool_call_id":"#)
+                buffer.writeJSONString(callID)
+            }
             buffer.writeStaticString("}")
         }
         buffer.writeStaticString(#"],"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true},"max_tokens":"#)
@@ -125,6 +143,21 @@ public struct OpenAICompatibleEngine: InferenceEngine {
         if let temperature = request.temperature, temperature.isFinite {
             buffer.writeStaticString(#","temperature":"#)
             buffer.writeString("\(temperature)")
+        }
+        if !request.tools.isEmpty {
+            buffer.writeStaticString(#","tools":["#)
+            for (index, tool) in request.tools.enumerated() {
+                if index > 0 { buffer.writeStaticString(",") }
+                buffer.writeStaticString(#"{"type":"function","function":{"name":"#)
+                buffer.writeJSONString(tool.name)
+                buffer.writeStaticString(#","description":"#)
+                buffer.writeJSONString(tool.description)
+                buffer.writeStaticString(#","parameters":"#)
+                // Validated JSON (the registry parsed it), written as is.
+                buffer.writeString(tool.parameters)
+                buffer.writeStaticString("}}")
+            }
+            buffer.writeStaticString("]")
         }
         buffer.writeStaticString("}")
         return buffer
@@ -190,10 +223,21 @@ final class DiscoveredModel: Sendable {
 struct OpenAIStreamDecoder: UpstreamStreamDecoder {
     /// `finish_reason` arrives in a chunk before the usage chunk and `[DONE]`.
     private var finishReason: FinishReason?
+    /// Tool calls arrive in pieces (`delta.tool_calls[i]`: the id and name first, then the
+    /// arguments a few characters at a time), keyed by `index`.
+    private var toolCalls: [Int: ToolCall] = [:]
+    /// Bounds what a misbehaving upstream can make us hold.
+    static let maximumToolCalls = 16
+    static let maximumArgumentsBytes = 64 * 1024
 
     mutating func decode(_ event: SSEEvent) -> UpstreamStreamOutput {
         if event.data == "[DONE]" {
-            return UpstreamStreamOutput(end: .finish(self.finishReason ?? .stop))
+            var output = UpstreamStreamOutput(end: .finish(self.finishReason ?? .stop))
+            if !self.toolCalls.isEmpty {
+                output.toolCalls = self.toolCalls.sorted { $0.key < $1.key }.map(\.value)
+                self.toolCalls = [:]
+            }
+            return output
         }
         guard let object = try? JSONSerialization.jsonObject(with: Data(event.data.utf8)) as? [String: Any] else {
             if event.type == "error" {
@@ -207,8 +251,13 @@ struct OpenAIStreamDecoder: UpstreamStreamDecoder {
         }
         var output = UpstreamStreamOutput()
         if let choices = object["choices"] as? [[String: Any]], let choice = choices.first {
-            if let delta = choice["delta"] as? [String: Any], let content = delta["content"] as? String, !content.isEmpty {
-                output.text = Substring(content)
+            if let delta = choice["delta"] as? [String: Any] {
+                if let content = delta["content"] as? String, !content.isEmpty {
+                    output.text = Substring(content)
+                }
+                if let calls = delta["tool_calls"] as? [[String: Any]], let failure = self.accumulate(calls) {
+                    return UpstreamStreamOutput(end: .fail(failure))
+                }
             }
             if let reason = choice["finish_reason"] as? String {
                 self.finishReason = reason == "length" ? .length : .stop
@@ -223,5 +272,26 @@ struct OpenAIStreamDecoder: UpstreamStreamDecoder {
 
     func endOfStream() -> UpstreamStreamEnd {
         .fail(InferenceError(.upstreamError(status: nil), "stream ended early (no [DONE])"))
+    }
+
+    /// Adds `delta.tool_calls` pieces; an error when they exceed the bounds.
+    private mutating func accumulate(_ pieces: [[String: Any]]) -> InferenceError? {
+        for (position, piece) in pieces.enumerated() {
+            let index = (piece["index"] as? Int) ?? position
+            let function = piece["function"] as? [String: Any]
+            var call = self.toolCalls[index] ?? ToolCall(id: "", name: "", arguments: "")
+            if self.toolCalls[index] == nil && self.toolCalls.count >= Self.maximumToolCalls {
+                return InferenceError(.upstreamError(status: nil), "more than \(Self.maximumToolCalls) tool calls in one turn")
+            }
+            if let id = piece["id"] as? String, !id.isEmpty { call.id = id }
+            if let name = function?["name"] as? String, !name.isEmpty, call.name.isEmpty { call.name = name }
+            if let arguments = function?["arguments"] as? String { call.arguments += arguments }
+            guard call.arguments.utf8.count <= Self.maximumArgumentsBytes else {
+                return InferenceError(.upstreamError(status: nil), "tool call arguments larger than \(Self.maximumArgumentsBytes) bytes")
+            }
+            if call.id.isEmpty { call.id = "call_\(index)" }
+            self.toolCalls[index] = call
+        }
+        return nil
     }
 }

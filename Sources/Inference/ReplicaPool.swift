@@ -299,6 +299,11 @@ final class PoolAttempt: GenerationSink, GenerationHandle {
         self.sink.generationDidEndBatch()
     }
 
+    func generationDidRequestToolCalls(_ calls: [ToolCall]) {
+        guard !self.finished else { return }
+        self.sink.generationDidRequestToolCalls(calls)
+    }
+
     func generationDidFinish(_ reason: FinishReason) {
         guard !self.finished else { return }
         self.finished = true

@@ -13,6 +13,8 @@ enum UpstreamStreamEnd: Equatable {
 struct UpstreamStreamOutput {
     var text: Substring?
     var usage: (promptTokens: Int, completionTokens: Int)?
+    /// Complete tool calls, delivered with the end.
+    var toolCalls: [ToolCall]?
     var end: UpstreamStreamEnd?
 
     init(text: Substring? = nil, usage: (promptTokens: Int, completionTokens: Int)? = nil, end: UpstreamStreamEnd? = nil) {
@@ -333,6 +335,7 @@ final class StreamingHTTPRequest<Decoder: UpstreamStreamDecoder>: GenerationHand
             if let usage = output.usage {
                 self.sink?.generationDidReportUsage(promptTokens: usage.promptTokens, completionTokens: usage.completionTokens)
             }
+            if let calls = output.toolCalls, !calls.isEmpty { self.sink?.generationDidRequestToolCalls(calls) }
             if let end = output.end { return self.end(end) }
         }
     }

@@ -122,16 +122,12 @@ public final class RateLimiter: Sendable {
     }
 
     private func takeAllFromRedis(_ redis: any RedisCommandExecutor, _ takes: [Take]) async throws -> TakeAllDecision {
-        var arguments = [String(takes.count)] + takes.map { self.keyPrefix + $0.key }
+        let keys = takes.map { self.keyPrefix + $0.key }
+        var arguments: [String] = []
         for take in takes {
             arguments += [String(take.limit.capacity), String(take.limit.ratePerSecond / 1000), String(take.wanted), String(take.minimum), take.shared ? "1" : "0"]
         }
-        var reply: RESPValue
-        do {
-            reply = try await redis.send(RedisCommand("EVALSHA", arguments: [Self.takeAllScriptSHA] + arguments)).get()
-        } catch RedisClientError.server(let message) where message.hasPrefix("NOSCRIPT") {
-            reply = try await redis.send(RedisCommand("EVAL", arguments: [Self.takeAllScript] + arguments)).get()
-        }
+        let reply = try await Self.takeAll.run(on: redis, keys: keys, arguments: arguments)
         guard let values = reply.array, values.count == 3, let allowed = values[0].int, let second = values[1].int, let third = values[2].int else {
             throw RateLimiterError(description: "unexpected reply \(reply)")
         }
@@ -182,7 +178,7 @@ public final class RateLimiter: Sendable {
         return {1, shared, 0}
         """
 
-    static let takeAllScriptSHA: String = Insecure.SHA1.hash(data: Data(takeAllScript.utf8)).map { String(format: "%02x", $0) }.joined()
+    static let takeAll = RedisScript(takeAllScript)
 
     /// Gives back what a reservation did not use (fire and forget).
     public func refund(_ key: String, limit: RateLimit, amount: Int) {

@@ -317,3 +317,52 @@ extension RedisCommandExecutor {
         return value
     }
 }
+
+// MARK: Consumer groups
+
+extension RedisCommandExecutor {
+    /// `XREADGROUP GROUP g consumer [COUNT n] [BLOCK ms] STREAMS key ... id ...` (`>` for new
+    /// entries). Like `xread`, blocking is refused on the shared `RedisClient`.
+    public func xreadgroup(
+        group: String, consumer: String, _ streams: [(key: String, afterID: String)],
+        count: Int? = nil, blockMilliseconds: Int? = nil
+    ) async throws -> [(key: String, entries: [RedisStreamEntry])] {
+        if blockMilliseconds != nil && !self.allowsBlockingCommands {
+            throw RedisClientError.blockingCommandOnSharedConnection
+        }
+        var command = RedisCommand("XREADGROUP", "GROUP", group, consumer)
+        if let count { command.append(contentsOf: ["COUNT", count]) }
+        if let blockMilliseconds { command.append(contentsOf: ["BLOCK", blockMilliseconds]) }
+        command.append("STREAMS")
+        for stream in streams { command.append(stream.key) }
+        for stream in streams { command.append(stream.afterID) }
+        let reply = try await self.send(command)
+        if reply.isNull { return [] }
+        guard let items = reply.array else { throw RedisClientError.unexpectedReply(command: "XREADGROUP", reply: reply) }
+        return try items.map { item in
+            guard let pair = item.array, pair.count == 2, let key = pair[0].string, let entries = Self.streamEntries(pair[1]) else {
+                throw RedisClientError.unexpectedReply(command: "XREADGROUP", reply: reply)
+            }
+            return (key, entries)
+        }
+    }
+
+    /// `XAUTOCLAIM key group consumer min-idle-ms start [COUNT n]`: takes over entries another
+    /// consumer has held longer than `minIdleMilliseconds` (its owner presumably died). Entries
+    /// deleted meanwhile are left out.
+    public func xautoclaim(
+        _ key: String, group: String, consumer: String, minIdleMilliseconds: Int, start: String = "0-0", count: Int = 1
+    ) async throws -> [RedisStreamEntry] {
+        let command = RedisCommand("XAUTOCLAIM", key, group, consumer, minIdleMilliseconds, start, "COUNT", count)
+        let reply = try await self.send(command)
+        guard let parts = reply.array, parts.count >= 2, let items = parts[1].array else {
+            throw RedisClientError.unexpectedReply(command: "XAUTOCLAIM", reply: reply)
+        }
+        // A deleted entry comes back as [id, nil]: skip it.
+        let live = items.filter { ($0.array?.count ?? 0) == 2 && !($0.array![1].isNull) }
+        guard let entries = Self.streamEntries(.array(live)) else {
+            throw RedisClientError.unexpectedReply(command: "XAUTOCLAIM", reply: reply)
+        }
+        return entries
+    }
+}

@@ -1,5 +1,7 @@
 import Inference
+import Jobs
 import Logging
+import Tools
 import Policy
 import NIOHTTP1
 import Tracing
@@ -71,12 +73,18 @@ public struct ChatApplication: WebSocketApplication {
     let policy: ChatPolicy
     /// Token quotas (with storage only).
     let quotas: QuotaGuard
+    /// The job queue (with Redis only).
+    let jobs: JobsGateway?
+    /// Tools offered to the model (empty: none).
+    let tools: ToolRegistry
 
     public init(
         configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory,
         fanOut: FanOut = .singleNode, persistence: Persistence = .none, tracer: any Tracer = NoOpTracer(),
-        policy: ChatPolicy = .open, logger: Logger
+        policy: ChatPolicy = .open, jobs: JobsGateway? = nil, tools: ToolRegistry = .empty, logger: Logger
     ) {
+        self.jobs = jobs
+        self.tools = tools
         self.tracer = tracer
         self.policy = policy
         self.quotas = QuotaGuard(persistence: persistence, period: configuration.quotaPeriod, logger: logger)
@@ -342,6 +350,7 @@ extension ChatApplication {
         let context = conversation.messages + [ChatMessage(role: .user, content: content)]
         var request = GenerationRequest(
             messages: context, model: route.model, maxTokens: grant.maxTokens, temperature: send.temperature)
+        if !self.tools.isEmpty { request.tools = self.tools.definitions(only: send.tools) }
         let generationID = Identifier.make("gen_")
         let startedAt = NIODeadline.now()
         let trace = GenerationTrace(
@@ -354,7 +363,7 @@ extension ChatApplication {
             settle: { [self] used in self.settle(admission, user: user, usedTokens: used) },
             output: output, engine: route.upstream.engine, request: request, eventLoop: eventLoop,
             history: self.history, hub: self.hub, broker: self.broker, ownerSessionID: sessionID,
-            metrics: self.metrics.upstream(route.upstream.name), logger: self.logger)
+            metrics: self.metrics.upstream(route.upstream.name), tools: request.tools.isEmpty ? nil : self.tools, logger: self.logger)
         return .success(generation)
     }
 

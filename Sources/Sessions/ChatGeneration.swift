@@ -4,6 +4,8 @@ import Inference
 import NIOCore
 import Policy
 import SluiceProtocol
+import Storage
+import Tools
 import WSServer
 
 /// Where a generation's messages go: a WebSocket session or an SSE response.
@@ -66,8 +68,20 @@ final class ChatGeneration: GenerationSink {
     private var budgetReached = false
 
     private let engine: any InferenceEngine
-    private let request: GenerationRequest
+    /// Grows by an assistant turn and the tool results each time the model calls tools.
+    private var request: GenerationRequest
     private let eventLoop: any EventLoop
+    /// The tools offered (`request.tools`) and their runner; nil when none are.
+    private let tools: ToolRegistry?
+    /// Calls the upstream asked for in the current turn (run when it finishes).
+    private var pendingToolCalls: [ToolCall] = []
+    private var toolRounds = 0
+    /// Rounds of tool calls per generation; then the model must answer.
+    static let maximumToolRounds = 4
+    private var toolTask: Task<Void, Never>?
+    /// Where the current turn's text starts in `answerBytes`.
+    private var turnStart = 0
+    private var earlierTurnsCompletion = 0
     private let history: ConversationHistory
     /// Timings and outcomes, per upstream (one clock read per upstream read, none per token).
     private let metrics: ChatMetrics.Upstream
@@ -109,8 +123,10 @@ final class ChatGeneration: GenerationSink {
         grant: GenerationGrant, settle: @escaping (_ usedTokens: Int) -> Void,
         output: any ChatOutput, engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop,
         history: ConversationHistory,
-        hub: GenerationHub, broker: any Broker, ownerSessionID: String, metrics: ChatMetrics.Upstream, logger: Logger
+        hub: GenerationHub, broker: any Broker, ownerSessionID: String, metrics: ChatMetrics.Upstream, tools: ToolRegistry? = nil,
+        logger: Logger
     ) {
+        self.tools = tools
         self.metrics = metrics
         self.grant = grant
         self.settle = settle
@@ -153,6 +169,8 @@ final class ChatGeneration: GenerationSink {
         self.announce()
         self.handle?.cancel()
         self.handle = nil
+        self.toolTask?.cancel()
+        self.toolTask = nil
         self.end(.cancelled, error: nil)
     }
 
@@ -242,9 +260,98 @@ final class ChatGeneration: GenerationSink {
         if self.publishesToBroker { self.publishBatch() }
     }
 
+    func generationDidRequestToolCalls(_ calls: [ToolCall]) {
+        self.pendingToolCalls = calls
+    }
+
     func generationDidFinish(_ reason: FinishReason) {
         self.handle = nil
+        let calls = self.pendingToolCalls
+        self.pendingToolCalls = []
+        if !calls.isEmpty, !self.ended, !self.budgetReached, let tools = self.tools {
+            guard self.toolRounds < Self.maximumToolRounds else {
+                self.logger.notice("tool rounds exhausted; ending the generation", metadata: self.ids(["sluice.rounds": "\(self.toolRounds)"]))
+                self.end(reason, error: nil)
+                return
+            }
+            self.runTools(calls, tools)
+            return
+        }
         self.end(reason, error: nil)
+    }
+
+    // MARK: Tools
+
+    /// Runs one turn's calls in parallel off the event loop, then continues upstream with their
+    /// results. The client sees `tool.call` for each call now and `tool.result` for each result.
+    private func runTools(_ calls: [ToolCall], _ tools: ToolRegistry) {
+        self.announce()
+        self.writePending()
+        if self.output.isConnected {
+            for call in calls {
+                self.output.writeMessage { buffer in
+                    ServerMessageEncoder.toolCall(generationID: self.id, callID: call.id, name: call.name, arguments: call.arguments, into: &buffer)
+                }
+            }
+            self.output.flush()
+        }
+        let me = NIOLoopBound(self, eventLoop: self.eventLoop)
+        let eventLoop = self.eventLoop
+        self.toolTask = Task {
+            let runs = await tools.runAll(calls)
+            eventLoop.execute { me.value.toolsFinished(calls, runs) }
+        }
+    }
+
+    private func toolsFinished(_ calls: [ToolCall], _ runs: [ToolRun]) {
+        self.toolTask = nil
+        guard !self.ended else { return }
+        self.toolRounds += 1
+        if self.output.isConnected {
+            for run in runs {
+                self.output.writeMessage { buffer in
+                    ServerMessageEncoder.toolResult(
+                        generationID: self.id, callID: run.call.id, name: run.call.name, status: run.status.rawValue,
+                        output: run.output, durationMs: run.durationMs, into: &buffer)
+                }
+            }
+            self.output.flush()
+        }
+        self.logToolRuns(runs)
+        // The next turn: the model's call turn (with any text it wrote first), then the results.
+        let turnText = String(decoding: self.answerBytes.readableBytesView.dropFirst(self.turnStart), as: UTF8.self)
+        self.request.messages.append(ChatMessage(role: .assistant, content: turnText, toolCalls: calls))
+        for run in runs {
+            self.request.messages.append(ChatMessage(role: .tool, content: run.output, toolCallID: run.call.id))
+        }
+        self.turnStart = self.answerBytes.writerIndex
+        // Each turn reports its own completion tokens; the generation's usage is their sum.
+        self.earlierTurnsCompletion += self.upstreamUsage?.completion ?? 0
+        self.upstreamUsage = nil
+        self.startUpstream()
+    }
+
+    /// `tool_executions`, written off the event loop (a failed write is logged, not retried).
+    private func logToolRuns(_ runs: [ToolRun]) {
+        let records = runs.map { run in
+            ToolExecutionRecord(
+                generationID: self.id, conversationID: self.conversationUUID, userExternalID: self.user, callID: run.call.id,
+                toolName: run.call.name, input: run.call.arguments, output: run.output, status: run.status.rawValue,
+                durationMs: run.durationMs, createdAt: run.startedAt)
+        }
+        for run in runs {
+            self.logger.info("tool ran", metadata: self.ids([
+                "sluice.tool": "\(run.call.name)", "sluice.status": "\(run.status.rawValue)", "sluice.duration_ms": "\(run.durationMs)"]))
+        }
+        guard let storage = self.history.persistence.storage else { return }
+        let logger = self.logger
+        Task {
+            do {
+                try await storage.recordToolExecutions(records)
+            } catch {
+                logger.warning("tool executions not recorded", metadata: ["sluice.error": "\(error)"])
+            }
+        }
     }
 
     func generationDidFail(_ error: InferenceError) {
@@ -311,8 +418,8 @@ final class ChatGeneration: GenerationSink {
         // Usage is always present: the upstream's counts when it sent them, else counted here.
         // A cancelled stream never gets the upstream's final count, so count what was delivered.
         let usage: Usage
-        if let upstream = self.upstreamUsage, reason != .cancelled || upstream.completion == self.seq {
-            usage = Usage(promptTokens: upstream.prompt, completionTokens: upstream.completion, source: .upstream)
+        if let upstream = self.upstreamUsage, reason != .cancelled || upstream.completion + self.earlierTurnsCompletion == self.seq {
+            usage = Usage(promptTokens: upstream.prompt, completionTokens: upstream.completion + self.earlierTurnsCompletion, source: .upstream)
         } else {
             usage = Usage(promptTokens: self.upstreamUsage?.prompt ?? self.promptEstimate, completionTokens: Int(self.seq), source: .gateway)
         }

@@ -1,5 +1,6 @@
 import Foundation
 import Inference
+import Jobs
 import NIOCore
 import Policy
 import Tracing
@@ -114,6 +115,13 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
             self.application.presence.opened(user: user, sessionID: self.sessionID)
             if self.application.broker.isShared { self.application.broker.presenceOpened(user: user, sessionID: self.sessionID) }
         }
+        if let jobs = self.application.jobs {
+            // Job events for this user, from any worker, reach every connection of theirs.
+            let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+            jobs.addListener(user: self.userID, id: ObjectIdentifier(self), eventLoop: connection.eventLoop) { json in
+                session.value.writeRawMessage(json)
+            }
+        }
         connection.writeText { buffer in
             ServerMessageEncoder.sessionReady(
                 sessionID: self.sessionID, instanceID: self.configuration.instanceID,
@@ -148,6 +156,12 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
                 self.conversationHistory(conversationID, page)
             case .success(.chatSend(let send)):
                 self.start(send)
+            case .success(.jobSubmit(let submit)):
+                self.submitJob(submit)
+            case .success(.jobCancel(let jobID, let requestID)):
+                self.cancelJob(jobID, requestID: requestID)
+            case .success(.jobGet(let jobID, let requestID)):
+                self.getJob(jobID, requestID: requestID)
             }
         }
     }
@@ -186,6 +200,7 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         self.connection = nil
         self.expiryTimer?.cancel()
         self.expiryTimer = nil
+        self.application.jobs?.removeListener(user: self.userID, id: ObjectIdentifier(self))
         self.application.logger.debug("session closed", metadata: [
             "sluice.session": "\(self.sessionID)", "sluice.close_code": "\(code.rawValue)", "sluice.generations": "\(self.generations.count)",
         ])
@@ -675,6 +690,82 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         self.generations.removeValue(forKey: generation.id)
         self.sendError(error.code, error.message, requestID: generation.requestID,
                        retryAfterMs: ChatGeneration.retryAfterMs(for: error))
+    }
+
+    // MARK: Jobs
+
+    /// A message that is already JSON (job events from the queue).
+    func writeRawMessage(_ json: Substring) {
+        guard let connection = self.connection else { return }
+        connection.writeText { $0.writeSubstring(json) }
+        connection.flush()
+    }
+
+    /// Runs a job request off the loop and answers on it.
+    private func withJobs(requestID: String?, _ body: @escaping @Sendable (JobsGateway, String) async -> String) {
+        guard let jobs = self.application.jobs else {
+            self.sendError(.unavailable, "jobs need Redis (redis.url); this gateway runs without it", requestID: requestID)
+            return
+        }
+        let user = self.userID
+        let session = NIOLoopBound(self, eventLoop: self.eventLoop)
+        let eventLoop = self.eventLoop
+        Task {
+            let json = await body(jobs, user)
+            eventLoop.execute { session.value.writeRawMessage(Substring(json)) }
+        }
+    }
+
+    private func submitJob(_ submit: ClientMessage.JobSubmit) {
+        self.withJobs(requestID: submit.requestID) { jobs, user in
+            switch await jobs.submit(submit, user: user) {
+            case .success(let (record, created)):
+                return JobEvent.accepted(record, requestID: submit.requestID, deduplicated: !created)
+            case .failure(let failure):
+                return Self.errorJSON(failure, requestID: submit.requestID)
+            }
+        }
+    }
+
+    private func cancelJob(_ jobID: String, requestID: String?) {
+        self.withJobs(requestID: requestID) { jobs, user in
+            switch await jobs.cancel(jobID, user: user) {
+            case .success(.notFound):
+                return Self.errorJSON(.init(code: .notFound, message: "unknown job \(jobID)"), requestID: requestID)
+            case .success(.cancelled(let record)), .success(.requested(let record)), .success(.alreadyEnded(let record)):
+                // `job.done` (CANCELLED) follows as an event once it is; this says where it stands now.
+                return Self.jobStatus(record, requestID: requestID, inlineResultLimit: jobs.queue.configuration.inlineResultLimit)
+            case .failure(let failure):
+                return Self.errorJSON(failure, requestID: requestID)
+            }
+        }
+    }
+
+    private func getJob(_ jobID: String, requestID: String?) {
+        self.withJobs(requestID: requestID) { jobs, user in
+            switch await jobs.record(jobID, user: user) {
+            case .success(let record?):
+                return Self.jobStatus(record, requestID: requestID, inlineResultLimit: jobs.queue.configuration.inlineResultLimit)
+            case .success(nil):
+                return Self.errorJSON(.init(code: .notFound, message: "unknown job \(jobID)"), requestID: requestID)
+            case .failure(let failure):
+                return Self.errorJSON(failure, requestID: requestID)
+            }
+        }
+    }
+
+    /// `{"type":"job.status","job":{…},"request_id":…}`
+    static func jobStatus(_ record: JobRecord, requestID: String?, inlineResultLimit: Int) -> String {
+        var object: [String: Any] = ["type": "job.status", "job": record.jsonObject(inlineResultLimit: inlineResultLimit)]
+        if let requestID { object["request_id"] = requestID }
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    static func errorJSON(_ failure: JobsGateway.Failure, requestID: String?) -> String {
+        var buffer = ByteBuffer()
+        ServerMessageEncoder.error(code: failure.code, message: failure.message, requestID: requestID, retryAfterMs: failure.retryAfterMs, into: &buffer)
+        return String(buffer: buffer)
     }
 
     func sendError(

@@ -26,6 +26,7 @@ public struct ChatStreamRoutes: HTTPRouteProvider {
         if path == PresenceRoutes.path { return PresenceResponder(application: self.application) }
         if let route = HistoryRoute(path: path) { return HistoryResponder(application: self.application, route: route) }
         if path == StatsResponder.path { return StatsResponder(application: self.application) }
+        if let route = JobsResponder.Route(path: path) { return JobsResponder(application: self.application, route: route) }
         guard path == Self.path else { return nil }
         return ChatStreamResponder(application: self.application)
     }

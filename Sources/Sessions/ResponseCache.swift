@@ -47,7 +47,8 @@ public final class ResponseCachingEngine: InferenceEngine, Sendable {
     public var defaultModel: String { self.inner.defaultModel }
 
     func isCacheable(_ request: GenerationRequest) -> Bool {
-        self.settings.allowNondeterministic || request.temperature == 0
+        // With tools the answer depends on what they return (the time, a web page): not cached.
+        request.tools.isEmpty && (self.settings.allowNondeterministic || request.temperature == 0)
     }
 
     /// The request's cache key: what decides the answer, nothing else (not trace headers).
@@ -120,6 +121,7 @@ final class CachedAttempt: GenerationSink, GenerationHandle {
     private var text = ""
     private var chunkEnds: [Int] = []
     private var usage: (Int, Int)?
+    private var askedForTools = false
 
     init(engine: ResponseCachingEngine, inner: any InferenceEngine, request: GenerationRequest, key: String, eventLoop: any EventLoop, sink: any GenerationSink) {
         self.engine = engine
@@ -186,9 +188,15 @@ final class CachedAttempt: GenerationSink, GenerationHandle {
 
     func generationDidEndBatch() { self.sink.generationDidEndBatch() }
 
+    func generationDidRequestToolCalls(_ calls: [ToolCall]) {
+        self.askedForTools = true
+        self.sink.generationDidRequestToolCalls(calls)
+    }
+
     func generationDidFinish(_ reason: FinishReason) {
         self.handle = nil
-        if reason == .stop || reason == .length {
+        // A turn that asked for tools is not an answer: never replay it.
+        if (reason == .stop || reason == .length) && !self.askedForTools {
             self.engine.store(
                 CachedAnswer(text: self.text, chunkEnds: self.chunkEnds, finishReason: reason.rawValue,
                              promptTokens: self.usage?.0, completionTokens: self.usage?.1),

@@ -1,4 +1,5 @@
 import Foundation
+import Jobs
 import Inference
 import NIOCore
 import RedisClient
@@ -51,6 +52,10 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var autoRouting: AutoRouting = .init()
     /// OpenTelemetry traces (`tracing:` section); off unless an OTLP endpoint is set.
     public var tracing: TracingSettings = .init()
+    /// The job queue and workers (`jobs:`); jobs need `redis.url`.
+    public var jobs: JobSettings = .init()
+    /// Tools offered to the model (`tools:`).
+    public var tools: ToolSettings = .init()
 
     /// Log levels accepted by `logLevel`, most verbose first (the names swift-log uses).
     public static let logLevels: [String] = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
@@ -117,6 +122,14 @@ public struct SluiceConfiguration: Sendable, Equatable {
         }
         if case .failure(let invalid) = self.tracing.parsedHeaders {
             throw ConfigurationError(kind: .invalidValue, key: "tracing.headers", value: invalid.entry, reason: "expected Name=value")
+        }
+        for name in self.tools.enabled where !ToolSettings.builtins.contains(name) && !self.tools.webhooks.contains(where: { $0.name == name }) {
+            throw ConfigurationError(kind: .invalidValue, key: "tools.enabled", value: name,
+                                     reason: "no such tool (built in: \(ToolSettings.builtins.joined(separator: ", ")); or define it under tools.webhooks)")
+        }
+        if self.tools.enabled.contains("http_get") && self.tools.httpGetAllowedHosts.isEmpty {
+            throw ConfigurationError(kind: .inconsistent, key: "tools.http_get_allowed_hosts", value: nil,
+                                     reason: "http_get is enabled but no host is allowed; list the hosts it may fetch from")
         }
         let server = self.server
         if server.writeBufferLowWatermark > server.writeBufferHighWatermark {
@@ -463,4 +476,40 @@ public struct ModerationSettings: Sendable, Equatable {
     public var failOpen: Bool = true
 
     public init() {}
+}
+
+/// `jobs:` — the durable job queue (Redis Streams) and its workers.
+public struct JobSettings: Sendable, Equatable {
+    public var queue: JobQueueConfiguration = .init()
+    /// Job slots run inside `sluice serve` (0: none; run `sluice worker` processes instead).
+    public var workersInServe: Int = 0
+    /// Slots of a `sluice worker` process (`--concurrency` overrides).
+    public var workerConcurrency: Int = 4
+    /// On SIGTERM a worker's running jobs get this long; then they are left for another worker.
+    public var shutdownGrace: TimeAmount = .seconds(30)
+    /// Sections of a `report` job written at once.
+    public var reportParallelSections: Int = 4
+    public var schedules: [JobSchedule] = []
+}
+
+/// `tools:` — what the model may call during a chat generation.
+public struct ToolSettings: Sendable, Equatable {
+    public static let builtins = ["current_time", "calculator", "http_get"]
+    /// Tools offered to the model; none by default.
+    public var enabled: [String] = []
+    /// Per-call deadline.
+    public var timeout: TimeAmount = .seconds(10)
+    /// Hosts `http_get` may fetch from (exact names); it refuses every other.
+    public var httpGetAllowedHosts: [String] = []
+    public var webhooks: [WebhookToolSetting] = []
+}
+
+/// A tool defined in configuration, served by an HTTP endpoint.
+public struct WebhookToolSetting: Sendable, Equatable {
+    public var name: String
+    public var description: String
+    /// The arguments' JSON schema (JSON text).
+    public var parameters: String
+    public var url: String
+    public var timeout: TimeAmount?
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Jobs
 import Policy
 import NIOCore
 import WSServer
@@ -466,6 +467,24 @@ extension ConfigurationLoader {
         .duration("quotas.period", mustBePositive: true) { $0.quotas.period = $1 },
         .duration("quotas.reset_check_interval", mustBePositive: true) { $0.quotas.resetCheckInterval = $1 },
 
+        .duration("jobs.visibility_timeout", mustBePositive: true) { $0.jobs.queue.visibilityTimeout = $1 },
+        .duration("jobs.heartbeat_interval", mustBePositive: true) { $0.jobs.queue.heartbeatInterval = $1 },
+        .integer("jobs.max_attempts", in: 1...100) { $0.jobs.queue.maxAttempts = $1 },
+        .duration("jobs.retry_backoff", mustBePositive: false) { $0.jobs.queue.retryBackoff = $1 },
+        .duration("jobs.max_retry_backoff", mustBePositive: false) { $0.jobs.queue.maxRetryBackoff = $1 },
+        .duration("jobs.retention", mustBePositive: true) { $0.jobs.queue.retention = $1 },
+        .size("jobs.max_input_bytes", in: 1...Int.max) { $0.jobs.queue.maxInputBytes = $1 },
+        .integer("jobs.workers_in_serve", in: 0...1_000) { $0.jobs.workersInServe = $1 },
+        .integer("jobs.worker_concurrency", in: 1...1_000) { $0.jobs.workerConcurrency = $1 },
+        .duration("jobs.shutdown_grace", mustBePositive: false) { $0.jobs.shutdownGrace = $1 },
+        .integer("jobs.report_parallel_sections", in: 1...64) { $0.jobs.reportParallelSections = $1 },
+        .scheduleList("jobs.schedules") { $0.jobs.schedules = $1 },
+
+        .stringList("tools.enabled") { $0.tools.enabled = $1 },
+        .duration("tools.timeout", mustBePositive: true) { $0.tools.timeout = $1 },
+        .stringList("tools.http_get_allowed_hosts") { $0.tools.httpGetAllowedHosts = $1 },
+        .webhookList("tools.webhooks") { $0.tools.webhooks = $1 },
+
         .optionalString("tracing.otlp_endpoint") { $0.tracing.otlpEndpoint = $1 },
         .string("tracing.service_name", nonEmpty: true) { $0.tracing.serviceName = $1 },
         .fraction("tracing.sample_ratio") { $0.tracing.sampleRatio = $1 },
@@ -713,6 +732,82 @@ struct ConfigurationSetting: Sendable {
                     publicKeyFile: nonEmpty("public_key_file")))
             }
             set(&configuration, keys)
+        }
+    }
+
+    static func scheduleList(_ key: String, _ set: @escaping Setter<[JobSchedule]>) -> Self {
+        let expected = "a list of schedules, each with name, kind, input (JSON), and every (a duration) or cron (five fields)"
+        let allowedKeys = ["name", "kind", "input", "every", "cron", "priority", "user"]
+        return Self(key: key, expected: expected, takesList: false, takesRecords: true) { configuration, raw throws(ValueProblem) in
+            var schedules: [JobSchedule] = []
+            for (index, record) in try Self.records(raw, expected: expected, allowedKeys: allowedKeys).enumerated() {
+                let nonEmpty: (String) -> String? = { record[$0].flatMap { $0.isEmpty ? nil : $0 } }
+                guard let name = nonEmpty("name"), name.range(of: "^[A-Za-z0-9_.-]{1,64}$", options: .regularExpression) != nil else {
+                    throw ValueProblem(kind: .invalidValue, reason: "entry \(index + 1): needs a name (letters, digits, _ . -)")
+                }
+                let at = "entry \(index + 1) (\(name))"
+                guard !schedules.contains(where: { $0.name == name }) else {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at): the name is used twice")
+                }
+                guard let kind = nonEmpty("kind") else { throw ValueProblem(kind: .invalidValue, reason: "\(at): needs a kind") }
+                let timing: JobSchedule.Timing
+                switch (nonEmpty("every"), nonEmpty("cron")) {
+                case (let every?, nil):
+                    let interval = try ValueParser.duration(every)
+                    guard interval >= .seconds(1) else { throw ValueProblem(kind: .invalidValue, reason: "\(at): every must be at least 1s") }
+                    timing = .every(interval)
+                case (nil, let cron?):
+                    do {
+                        timing = .cron(try CronSchedule(cron))
+                    } catch {
+                        throw ValueProblem(kind: .invalidValue, reason: "\(at): \(error)")
+                    }
+                default:
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at): give exactly one of every, cron")
+                }
+                let input = nonEmpty("input") ?? "{}"
+                guard (try? JSONSerialization.jsonObject(with: Data(input.utf8), options: [.fragmentsAllowed])) != nil else {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at): input must be JSON")
+                }
+                var priority = JobPriority.normal
+                if let text = nonEmpty("priority") {
+                    guard let parsed = JobPriority(rawValue: text.lowercased()) else {
+                        throw ValueProblem(kind: .invalidValue, reason: "\(at): priority must be high, normal or low")
+                    }
+                    priority = parsed
+                }
+                schedules.append(JobSchedule(name: name, timing: timing, kind: kind, input: input, priority: priority, user: nonEmpty("user") ?? "scheduler"))
+            }
+            set(&configuration, schedules)
+        }
+    }
+
+    static func webhookList(_ key: String, _ set: @escaping Setter<[WebhookToolSetting]>) -> Self {
+        let expected = "a list of tools, each with name, description, parameters (a JSON schema) and url (and timeout)"
+        let allowedKeys = ["name", "description", "parameters", "url", "timeout"]
+        return Self(key: key, expected: expected, takesList: false, takesRecords: true) { configuration, raw throws(ValueProblem) in
+            var tools: [WebhookToolSetting] = []
+            for (index, record) in try Self.records(raw, expected: expected, allowedKeys: allowedKeys).enumerated() {
+                let nonEmpty: (String) -> String? = { record[$0].flatMap { $0.isEmpty ? nil : $0 } }
+                guard let name = nonEmpty("name"), name.range(of: "^[a-zA-Z0-9_-]{1,64}$", options: .regularExpression) != nil else {
+                    throw ValueProblem(kind: .invalidValue, reason: "entry \(index + 1): needs a name (letters, digits, _ -)")
+                }
+                let at = "entry \(index + 1) (\(name))"
+                guard !ToolSettings.builtins.contains(name), !tools.contains(where: { $0.name == name }) else {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at): the name is taken")
+                }
+                guard let url = nonEmpty("url"), let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme?.lowercased() ?? "") else {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at): url must be an http(s) URL")
+                }
+                let parameters = nonEmpty("parameters") ?? #"{"type":"object","properties":{}}"#
+                guard (try? JSONSerialization.jsonObject(with: Data(parameters.utf8))) is [String: Any] else {
+                    throw ValueProblem(kind: .invalidValue, reason: "\(at): parameters must be a JSON schema object")
+                }
+                let timeout = try nonEmpty("timeout").map { text throws(ValueProblem) in try ValueParser.duration(text) }
+                tools.append(WebhookToolSetting(
+                    name: name, description: nonEmpty("description") ?? name, parameters: parameters, url: url, timeout: timeout))
+            }
+            set(&configuration, tools)
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Inference
+import Jobs
 import Logging
 import NIOCore
 import NIOPosix
@@ -9,6 +10,7 @@ import ServiceLifecycle
 import Sessions
 import Storage
 import Telemetry
+import Tools
 import Tracing
 import WSServer
 
@@ -32,6 +34,9 @@ public enum SluiceServer {
         var serverConfiguration = configuration.server
         var rateLimitRedis: RedisClient?
         var pools: [ReplicaPool] = []
+        var jobsRedis: RedisClient?
+        var jobsGateway: JobsGateway?
+        var jobServices: [ServiceGroupConfiguration.ServiceConfiguration] = []
         let instanceID = configuration.instanceID ?? Self.generatedInstanceID()
         var exporter: OTLPExporter?
         if let endpoint = configuration.tracing.otlpEndpoint {
@@ -91,10 +96,31 @@ public enum SluiceServer {
                     redis: configuration.limits.limitsGenerations ? rateLimitRedis : nil, keyPrefix: configuration.redis.broker.keyPrefix,
                     logger: logger))
             let policy = try await Self.makePolicy(configuration, limiter: limiter, logger: logger)
+            let tools = try Self.makeTools(configuration.tools, eventLoopGroup: eventLoopGroup, logger: logger)
+            if let url = configuration.redis.url {
+                let redis = RedisClient(configuration: RedisConfiguration(url: try RedisURL(url)), eventLoop: eventLoopGroup.next(), logger: logger)
+                jobsRedis = redis
+                let queue = Self.makeJobQueue(configuration, redis: redis, logger: logger)
+                let handlers = Self.makeJobHandlers(configuration, router: router, eventLoopGroup: eventLoopGroup)
+                let archive = opened.map { StorageJobArchive(storage: $0.storage) }
+                jobsGateway = JobsGateway(queue: queue, handlers: handlers, archive: archive, eventLoop: eventLoopGroup.next(), logger: logger)
+                jobServices.append(.init(service: JobQueueMonitor(queue: queue)))
+                if configuration.jobs.workersInServe > 0 {
+                    var settings = JobWorkerConfiguration(workerID: instanceID)
+                    settings.concurrency = configuration.jobs.workersInServe
+                    settings.shutdownGrace = configuration.jobs.shutdownGrace
+                    jobServices.append(.init(service: JobWorker(queue: queue, handlers: handlers, archive: archive, configuration: settings, logger: logger)))
+                    jobServices.append(.init(service: JobScheduler(queue: queue, schedules: configuration.jobs.schedules, logger: logger)))
+                }
+                logger.notice("job queue on Redis Streams", metadata: [
+                    "sluice.kinds": "\(handlers.kinds.joined(separator: ","))", "sluice.workers_in_serve": "\(configuration.jobs.workersInServe)"])
+            } else {
+                logger.notice("jobs off (they need redis.url)")
+            }
             let chatApp = ChatApplication(
                 configuration: chat, router: router,
                 conversations: ConversationMemory(maxContextCharacters: chat.contextMaxCharacters), fanOut: fanOut,
-                persistence: opened?.persistence ?? .none, tracer: tracer, policy: policy, logger: logger)
+                persistence: opened?.persistence ?? .none, tracer: tracer, policy: policy, jobs: jobsGateway, tools: tools, logger: logger)
             chatApplication = chatApp
             application = chatApp
             httpRoutes = [ChatStreamRoutes(application: chatApp), OpenAIRoutes(application: chatApp)]
@@ -130,6 +156,8 @@ public enum SluiceServer {
             services.append(.init(service: HealthCheckService(
                 pools: pools, interval: configuration.upstream.healthCheckInterval, eventLoopGroup: eventLoopGroup)))
         }
+        // Workers stop before the storage closes (they archive finished jobs).
+        services.append(contentsOf: jobServices)
         services.append(.init(service: server))
         let group = ServiceGroup(
             configuration: .init(
@@ -144,6 +172,8 @@ public enum SluiceServer {
         }
         await fanOut.shutdown()
         await rateLimitRedis?.shutdown()
+        await jobsGateway?.shutdown()
+        await jobsRedis?.shutdown()
         try? await eventLoopGroup.shutdownGracefully()
         if let failure { throw failure }
     }
@@ -286,6 +316,46 @@ public enum SluiceServer {
                 "sluice.upstream": name, "sluice.url": "\(url)", "sluice.model": "\(engine.defaultModel)"])
             return engine
         }
+    }
+
+    /// The tools of `tools.enabled`, built-in or webhooks.
+    static func makeTools(_ settings: ToolSettings, eventLoopGroup: any EventLoopGroup, logger: Logger) throws -> ToolRegistry {
+        var registry = ToolRegistry()
+        for name in settings.enabled {
+            switch name {
+            case "current_time": try registry.register(CurrentTimeTool(), timeout: settings.timeout)
+            case "calculator": try registry.register(CalculatorTool(), timeout: settings.timeout)
+            case "http_get":
+                try registry.register(
+                    HTTPGetTool(allowedHosts: settings.httpGetAllowedHosts, timeout: settings.timeout, eventLoopGroup: eventLoopGroup),
+                    timeout: settings.timeout)
+            default:
+                guard let hook = settings.webhooks.first(where: { $0.name == name }), let url = URL(string: hook.url) else { continue }
+                let timeout = hook.timeout ?? settings.timeout
+                try registry.register(
+                    WebhookTool(name: hook.name, description: hook.description, parameters: hook.parameters, url: url,
+                                timeout: timeout, eventLoopGroup: eventLoopGroup),
+                    timeout: timeout)
+            }
+        }
+        if !registry.isEmpty {
+            logger.notice("tools offered to the model", metadata: ["sluice.tools": "\(registry.names.joined(separator: ", "))"])
+        }
+        return registry
+    }
+
+    static func makeJobQueue(_ configuration: SluiceConfiguration, redis: RedisClient, logger: Logger) -> JobQueue {
+        var settings = configuration.jobs.queue
+        settings.keyPrefix = configuration.redis.broker.keyPrefix
+        return JobQueue(redis: redis, configuration: settings, logger: logger)
+    }
+
+    /// The job kinds every gateway and worker knows.
+    static func makeJobHandlers(_ configuration: SluiceConfiguration, router: InferenceRouter, eventLoopGroup: any EventLoopGroup) -> JobHandlers {
+        JobHandlers([
+            EchoJob(), DemoJob(),
+            ReportJob(router: router, eventLoopGroup: eventLoopGroup, parallelSections: configuration.jobs.reportParallelSections),
+        ])
     }
 
     /// `hostname-pid`: unique per process on a host, readable in logs.

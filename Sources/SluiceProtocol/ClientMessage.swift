@@ -15,6 +15,32 @@ public enum ClientMessage: Equatable, Sendable {
     /// A conversation's stored messages, newest first (`conversation.history`).
     case conversationHistory(conversationID: String, page: HistoryPage)
     case ping(id: String?)
+    /// Queues a job (`job.submit`); answered by `job.accepted`, then `job.progress`/`job.done`.
+    case jobSubmit(JobSubmit)
+    /// `job.cancel`
+    case jobCancel(jobID: String, requestID: String?)
+    /// `job.get`: the job's current record (`job.status`).
+    case jobGet(jobID: String, requestID: String?)
+
+    public struct JobSubmit: Equatable, Sendable {
+        public var kind: String
+        /// The `input` value, re-encoded as JSON text.
+        public var input: String
+        /// `high`, `normal` or `low`.
+        public var priority: String?
+        public var idempotencyKey: String?
+        public var maxAttempts: Int?
+        public var requestID: String?
+
+        public init(kind: String, input: String, priority: String? = nil, idempotencyKey: String? = nil, maxAttempts: Int? = nil, requestID: String? = nil) {
+            self.kind = kind
+            self.input = input
+            self.priority = priority
+            self.idempotencyKey = idempotencyKey
+            self.maxAttempts = maxAttempts
+            self.requestID = requestID
+        }
+    }
 
     /// Which page of a history listing: `before` is the previous page's `next` cursor.
     public struct HistoryPage: Equatable, Sendable {
@@ -36,9 +62,12 @@ public enum ClientMessage: Equatable, Sendable {
         public var model: String?
         public var maxTokens: Int?
         public var temperature: Double?
+        /// Which of the configured tools the model may call (nil: all; empty: none).
+        public var tools: [String]?
 
         public init(content: String, requestID: String? = nil, conversationID: String? = nil,
-                    model: String? = nil, maxTokens: Int? = nil, temperature: Double? = nil) {
+                    model: String? = nil, maxTokens: Int? = nil, temperature: Double? = nil, tools: [String]? = nil) {
+            self.tools = tools
             self.content = content
             self.requestID = requestID
             self.conversationID = conversationID
@@ -137,7 +166,28 @@ public enum ClientMessageDecoder {
                     content: content, requestID: requestID,
                     conversationID: try fields.optionalString("conversation_id"),
                     model: try fields.optionalString("model"),
-                    maxTokens: maxTokens, temperature: temperature)))
+                    maxTokens: maxTokens, temperature: temperature, tools: try fields.optionalStringArray("tools"))))
+            case "job.submit":
+                let kind = try fields.requiredString("kind")
+                let input = fields.object["input"] ?? [String: Any]()
+                guard JSONSerialization.isValidJSONObject([input]),
+                      let data = try? JSONSerialization.data(withJSONObject: input, options: [.fragmentsAllowed, .sortedKeys]) else {
+                    throw ProtocolViolation(.invalidMessage, "field \"input\" must be JSON")
+                }
+                guard data.count <= maxContentBytes else {
+                    throw ProtocolViolation(.tooLarge, "input exceeds \(maxContentBytes) bytes")
+                }
+                let maxAttempts = try fields.optionalInt("max_attempts")
+                if let maxAttempts, !(1...100).contains(maxAttempts) {
+                    throw ProtocolViolation(.invalidMessage, "max_attempts must be from 1 to 100")
+                }
+                return .success(.jobSubmit(.init(
+                    kind: kind, input: String(decoding: data, as: UTF8.self), priority: try fields.optionalString("priority"),
+                    idempotencyKey: try fields.optionalString("idempotency_key"), maxAttempts: maxAttempts, requestID: requestID)))
+            case "job.cancel":
+                return .success(.jobCancel(jobID: try fields.requiredString("job_id"), requestID: requestID))
+            case "job.get":
+                return .success(.jobGet(jobID: try fields.requiredString("job_id"), requestID: requestID))
             case "generation.cancel":
                 return .success(.generationCancel(generationID: try fields.requiredString("generation_id")))
             case "generation.resume":
@@ -214,6 +264,14 @@ public enum ClientMessageDecoder {
                 throw ProtocolViolation(.invalidMessage, "missing field \"\(name)\"")
             }
             return string
+        }
+
+        func optionalStringArray(_ name: String) throws -> [String]? {
+            guard let value = self.object[name], !(value is NSNull) else { return nil }
+            guard let array = value as? [Any], array.count <= 64, let strings = array as? [String] else {
+                throw ProtocolViolation(.invalidMessage, "field \"\(name)\" must be an array of strings")
+            }
+            return strings
         }
 
         func optionalInt(_ name: String) throws -> Int? {

@@ -265,6 +265,39 @@ public enum ServerMessageEncoder {
         if let next { buffer.writeJSONString(next) } else { buffer.writeStaticString("null") }
     }
 
+    /// The model asked for a tool (`tool.call`); `arguments` is the model's JSON text, as a string.
+    public static func toolCall(generationID: String, callID: String, name: String, arguments: String, into buffer: inout ByteBuffer) {
+        buffer.writeStaticString(#"{"type":"tool.call","generation_id":"#)
+        buffer.writeJSONString(generationID)
+        buffer.writeStaticString(#","call_id":"#)
+        buffer.writeJSONString(callID)
+        buffer.writeStaticString(#","name":"#)
+        buffer.writeJSONString(name)
+        buffer.writeStaticString(#","arguments":"#)
+        buffer.writeJSONString(arguments)
+        buffer.writeStaticString("}")
+    }
+
+    /// A tool call's outcome (`tool.result`): `status` ok, error, timeout, invalid_arguments or
+    /// unknown_tool; `output` is what the model gets back.
+    public static func toolResult(
+        generationID: String, callID: String, name: String, status: String, output: String, durationMs: Int, into buffer: inout ByteBuffer
+    ) {
+        buffer.writeStaticString(#"{"type":"tool.result","generation_id":"#)
+        buffer.writeJSONString(generationID)
+        buffer.writeStaticString(#","call_id":"#)
+        buffer.writeJSONString(callID)
+        buffer.writeStaticString(#","name":"#)
+        buffer.writeJSONString(name)
+        buffer.writeStaticString(#","status":"#)
+        buffer.writeJSONString(status)
+        buffer.writeStaticString(#","output":"#)
+        buffer.writeJSONString(output)
+        buffer.writeStaticString(#","duration_ms":"#)
+        buffer.writeDecimal(Int64(durationMs))
+        buffer.writeStaticString("}")
+    }
+
     public static func pong(id: String?, into buffer: inout ByteBuffer) {
         buffer.writeStaticString(#"{"type":"pong""#)
         if let id {

@@ -65,6 +65,18 @@ public protocol ConversationStorage: Sendable {
     @discardableResult
     func resetDueQuotas(now: Date, period: TimeInterval) async throws(StorageError) -> Int
 
+    /// Inserts or replaces a finished job (`jobs`): a retried job archives again.
+    func archiveJob(_ job: ArchivedJob) async throws(StorageError)
+
+    /// The archived job, nil when there is none.
+    func archivedJob(id: String) async throws(StorageError) -> ArchivedJob?
+
+    /// Appends tool runs to `tool_executions` (ids make a retried write a no-op).
+    func recordToolExecutions(_ records: [ToolExecutionRecord]) async throws(StorageError)
+
+    /// A generation's tool runs, oldest first.
+    func toolExecutions(generationID: String) async throws(StorageError) -> [ToolExecutionRecord]
+
     /// Statements executed so far (for benchmarks and metrics).
     var metrics: StorageMetrics { get }
 

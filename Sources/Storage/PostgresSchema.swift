@@ -85,6 +85,38 @@ enum PostgresSchema {
             )
             """,
         ]),
+        // Finished jobs (the queue itself lives in Redis), and tool runs tied to generations.
+        Migration(version: 2, statements: [
+            """
+            CREATE TABLE jobs (
+                id text PRIMARY KEY,
+                kind text NOT NULL,
+                user_external_id text NOT NULL,
+                priority text NOT NULL,
+                state text NOT NULL,
+                input jsonb,
+                result text,
+                result_type text,
+                error text,
+                attempts integer NOT NULL,
+                max_attempts integer NOT NULL,
+                schedule text,
+                created_at timestamptz NOT NULL,
+                started_at timestamptz,
+                finished_at timestamptz
+            )
+            """,
+            "CREATE INDEX jobs_user_created ON jobs (user_external_id, created_at DESC)",
+            "ALTER TABLE tool_executions ALTER COLUMN message_id DROP NOT NULL",
+            """
+            ALTER TABLE tool_executions
+                ADD COLUMN generation_id text,
+                ADD COLUMN conversation_id uuid,
+                ADD COLUMN user_external_id text,
+                ADD COLUMN call_id text
+            """,
+            "CREATE INDEX tool_executions_generation ON tool_executions (generation_id, created_at)",
+        ]),
     ]
 
     /// `timestamptz` from an `int8` count of microseconds since 1970 (exact below 2^53).

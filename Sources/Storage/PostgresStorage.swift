@@ -372,6 +372,93 @@ public final class PostgresStorage: ConversationStorage, Service {
         }
     }
 
+    public func archiveJob(_ job: ArchivedJob) async throws(StorageError) {
+        func date(_ microseconds: Int64?) -> Date? { microseconds.map { Date(timeIntervalSince1970: Double($0) / 1_000_000) } }
+        let created = date(job.createdAt)!
+        let query: PostgresQuery = """
+            INSERT INTO jobs AS j (id, kind, user_external_id, priority, state, input, result, result_type, error,
+                                   attempts, max_attempts, schedule, created_at, started_at, finished_at)
+            VALUES (\(job.id), \(job.kind), \(job.userExternalID), \(job.priority), \(job.state), \(job.input)::jsonb,
+                    \(job.result), \(job.resultType), \(job.error), \(job.attempts), \(job.maxAttempts), \(job.schedule),
+                    \(created), \(date(job.startedAt)), \(date(job.finishedAt)))
+            ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, result = EXCLUDED.result, result_type = EXCLUDED.result_type,
+                error = EXCLUDED.error, attempts = EXCLUDED.attempts, max_attempts = EXCLUDED.max_attempts,
+                started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at
+            """
+        try await self.perform {
+            _ = try await self.client.query(query).collect()
+            self.count(write: true)
+        }
+    }
+
+    public func archivedJob(id: String) async throws(StorageError) -> ArchivedJob? {
+        let query: PostgresQuery = """
+            SELECT id, kind, user_external_id, priority, state, input::text, result, result_type, error,
+                   attempts::int8, max_attempts::int8, schedule, created_at, started_at, finished_at
+            FROM jobs WHERE id = \(id)
+            """
+        return try await self.perform {
+            let rows = try await self.client.query(query)
+            self.count(write: false)
+            func micros(_ date: Date?) -> Int64? { date.map { Int64(($0.timeIntervalSince1970 * 1_000_000).rounded()) } }
+            for try await (id, kind, user, priority, state, input, result, resultType, error, attempts, maxAttempts, schedule, created, started, finished)
+                in rows.decode((String, String, String, String, String, String?, String?, String?, String?, Int64, Int64, String?, Date, Date?, Date?).self) {
+                var job = ArchivedJob(
+                    id: id, kind: kind, userExternalID: user, priority: priority, state: state, input: input ?? "null",
+                    attempts: Int(attempts), maxAttempts: Int(maxAttempts), createdAt: micros(created)!)
+                job.result = result
+                job.resultType = resultType
+                job.error = error
+                job.schedule = schedule
+                job.startedAt = micros(started)
+                job.finishedAt = micros(finished)
+                return job
+            }
+            return nil
+        }
+    }
+
+    public func recordToolExecutions(_ records: [ToolExecutionRecord]) async throws(StorageError) {
+        guard !records.isEmpty else { return }
+        try await self.perform {
+            for record in records {
+                let created = Date(timeIntervalSince1970: Double(record.createdAt) / 1_000_000)
+                let isJSON = record.inputIsJSON
+                let query: PostgresQuery = """
+                    INSERT INTO tool_executions (id, generation_id, conversation_id, user_external_id, call_id, tool_name,
+                                                 input, output, duration_ms, status, created_at)
+                    VALUES (\(record.id), \(record.generationID), \(record.conversationID), \(record.userExternalID), \(record.callID),
+                            \(record.toolName), CASE WHEN \(isJSON) THEN \(record.input)::jsonb ELSE to_jsonb(\(record.input)::text) END,
+                            to_jsonb(\(record.output)::text), \(record.durationMs), \(record.status), \(created))
+                    ON CONFLICT (id) DO NOTHING
+                    """
+                _ = try await self.client.query(query).collect()
+                self.count(write: true)
+            }
+        }
+    }
+
+    public func toolExecutions(generationID: String) async throws(StorageError) -> [ToolExecutionRecord] {
+        let query: PostgresQuery = """
+            SELECT id, generation_id, conversation_id, user_external_id, call_id, tool_name, input::text, output #>> '{}',
+                   duration_ms::int8, status, created_at
+            FROM tool_executions WHERE generation_id = \(generationID) ORDER BY created_at, id
+            """
+        return try await self.perform {
+            let rows = try await self.client.query(query)
+            self.count(write: false)
+            var records: [ToolExecutionRecord] = []
+            for try await (id, generation, conversation, user, call, tool, input, output, duration, status, created)
+                in rows.decode((UUID, String, UUID?, String?, String?, String, String?, String?, Int64?, String, Date).self) {
+                records.append(ToolExecutionRecord(
+                    id: id, generationID: generation, conversationID: conversation, userExternalID: user ?? "", callID: call ?? "",
+                    toolName: tool, input: input ?? "", output: output ?? "", status: status, durationMs: Int(duration ?? 0),
+                    createdAt: Int64((created.timeIntervalSince1970 * 1_000_000).rounded())))
+            }
+            return records
+        }
+    }
+
     public func resetDueQuotas(now: Date, period: TimeInterval) async throws(StorageError) -> Int {
         let seconds = max(1, period)
         let query: PostgresQuery = """

@@ -69,6 +69,34 @@ enum SQLiteSchema {
             )
             """,
         ]),
+        // message_id stays NOT NULL here (SQLite cannot drop it): tool runs store ''.
+        Migration(version: 2, statements: [
+            """
+            CREATE TABLE jobs (
+                id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                user_external_id TEXT NOT NULL,
+                priority TEXT NOT NULL,
+                state TEXT NOT NULL,
+                input TEXT,
+                result TEXT,
+                result_type TEXT,
+                error TEXT,
+                attempts INTEGER NOT NULL,
+                max_attempts INTEGER NOT NULL,
+                schedule TEXT,
+                created_at INTEGER NOT NULL,
+                started_at INTEGER,
+                finished_at INTEGER
+            )
+            """,
+            "CREATE INDEX jobs_user_created ON jobs (user_external_id, created_at DESC)",
+            "ALTER TABLE tool_executions ADD COLUMN generation_id TEXT",
+            "ALTER TABLE tool_executions ADD COLUMN conversation_id TEXT",
+            "ALTER TABLE tool_executions ADD COLUMN user_external_id TEXT",
+            "ALTER TABLE tool_executions ADD COLUMN call_id TEXT",
+            "CREATE INDEX tool_executions_generation ON tool_executions (generation_id, created_at)",
+        ]),
     ]
 
     static let messageColumns =

@@ -327,6 +327,74 @@ public final class SQLiteStorage: ConversationStorage {
         }
     }
 
+    public func archiveJob(_ job: ArchivedJob) async throws(StorageError) {
+        func optional(_ text: String?) -> SQLiteData { text.map { .text($0) } ?? .null }
+        func optional(_ value: Int64?) -> SQLiteData { value.map { .integer(Int($0)) } ?? .null }
+        try await self.exclusive { () throws(StorageError) in
+            _ = try await self.run(
+                "INSERT INTO jobs (id, kind, user_external_id, priority, state, input, result, result_type, error, attempts, max_attempts, "
+                    + "schedule, created_at, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    + "ON CONFLICT (id) DO UPDATE SET state = excluded.state, result = excluded.result, result_type = excluded.result_type, "
+                    + "error = excluded.error, attempts = excluded.attempts, max_attempts = excluded.max_attempts, "
+                    + "started_at = excluded.started_at, finished_at = excluded.finished_at",
+                [.text(job.id), .text(job.kind), .text(job.userExternalID), .text(job.priority), .text(job.state), .text(job.input),
+                 optional(job.result), optional(job.resultType), optional(job.error), .integer(job.attempts), .integer(job.maxAttempts),
+                 optional(job.schedule), .integer(Int(job.createdAt)), optional(job.startedAt), optional(job.finishedAt)],
+                write: true)
+        }
+    }
+
+    public func archivedJob(id: String) async throws(StorageError) -> ArchivedJob? {
+        try await self.exclusive { () throws(StorageError) in
+            let rows = try await self.run("SELECT * FROM jobs WHERE id = ?", [.text(id)])
+            guard let row = rows.first else { return nil }
+            var job = ArchivedJob(
+                id: row.column("id")?.string ?? id, kind: row.column("kind")?.string ?? "",
+                userExternalID: row.column("user_external_id")?.string ?? "", priority: row.column("priority")?.string ?? "normal",
+                state: row.column("state")?.string ?? "", input: row.column("input")?.string ?? "null",
+                attempts: row.column("attempts")?.integer ?? 0, maxAttempts: row.column("max_attempts")?.integer ?? 0,
+                createdAt: Int64(row.column("created_at")?.integer ?? 0))
+            job.result = row.column("result")?.string
+            job.resultType = row.column("result_type")?.string
+            job.error = row.column("error")?.string
+            job.schedule = row.column("schedule")?.string
+            job.startedAt = row.column("started_at")?.integer.map(Int64.init)
+            job.finishedAt = row.column("finished_at")?.integer.map(Int64.init)
+            return job
+        }
+    }
+
+    public func recordToolExecutions(_ records: [ToolExecutionRecord]) async throws(StorageError) {
+        guard !records.isEmpty else { return }
+        try await self.exclusive { () throws(StorageError) in
+            for record in records {
+                _ = try await self.run(
+                    "INSERT INTO tool_executions (id, message_id, generation_id, conversation_id, user_external_id, call_id, tool_name, "
+                        + "input, output, duration_ms, status, created_at) VALUES (?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    [.text(record.id.lowercased), .text(record.generationID), record.conversationID.map { .text($0.lowercased) } ?? .null,
+                     .text(record.userExternalID), .text(record.callID), .text(record.toolName), .text(record.input), .text(record.output),
+                     .integer(record.durationMs), .text(record.status), .integer(Int(record.createdAt))],
+                    write: true)
+            }
+        }
+    }
+
+    public func toolExecutions(generationID: String) async throws(StorageError) -> [ToolExecutionRecord] {
+        try await self.exclusive { () throws(StorageError) in
+            let rows = try await self.run(
+                "SELECT * FROM tool_executions WHERE generation_id = ? ORDER BY created_at, id", [.text(generationID)])
+            return rows.map { row in
+                ToolExecutionRecord(
+                    id: row.column("id")?.string.flatMap(UUID.init(uuidString:)) ?? UUID(), generationID: generationID,
+                    conversationID: row.column("conversation_id")?.string.flatMap(UUID.init(uuidString:)),
+                    userExternalID: row.column("user_external_id")?.string ?? "", callID: row.column("call_id")?.string ?? "",
+                    toolName: row.column("tool_name")?.string ?? "", input: row.column("input")?.string ?? "",
+                    output: row.column("output")?.string ?? "", status: row.column("status")?.string ?? "",
+                    durationMs: row.column("duration_ms")?.integer ?? 0, createdAt: Int64(row.column("created_at")?.integer ?? 0))
+            }
+        }
+    }
+
     public func resetDueQuotas(now: Date, period: TimeInterval) async throws(StorageError) -> Int {
         try await self.exclusive { () throws(StorageError) in
             let nowMicros = Int(now.timeIntervalSince1970 * 1_000_000)

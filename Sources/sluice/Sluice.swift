@@ -9,7 +9,7 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "WebSocket gateway.",
-        subcommands: [Serve.self, Chat.self, Migrate.self, Quota.self, Token.self, HashKey.self],
+        subcommands: [Serve.self, Worker.self, Jobs.self, Chat.self, Migrate.self, Quota.self, Token.self, HashKey.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -353,4 +353,134 @@ struct QuotaShow: AsyncParsableCommand {
             throw ExitCode(1)
         }
     }
+}
+
+/// `sluice worker`: runs jobs from the Redis queue.
+struct Worker: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run queued jobs (reports, scheduled jobs) from Redis; start as many as you like, anywhere.",
+        discussion: "The same settings as serve (YAML file, SLUICE_* variables); it serves /health, /ready and /metrics on --port."
+    )
+
+    @Option(name: .long, help: .init("YAML configuration file (default: $SLUICE_CONFIG, else none).", valueName: "path"))
+    var config: String?
+
+    @Option(name: .long, help: .init("Jobs run at once (default: jobs.worker_concurrency, 4).", valueName: "count"))
+    var concurrency: Int?
+
+    @Option(name: .long, help: .init("Address for /health and /metrics.", valueName: "address"))
+    var host: String?
+
+    @Option(name: .long, help: .init("Port for /health and /metrics (0 picks a free one).", valueName: "port"))
+    var port: Int?
+
+    @Option(name: .long, help: .init("Event loop threads (0 = one per core).", valueName: "count"))
+    var threads: Int?
+
+    @Option(name: .long, help: .init("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
+    var logLevel: String?
+
+    @Option(name: .long, help: .init("Log lines as text, json, or auto.", valueName: "format"))
+    var logFormat: String?
+
+    @Option(name: .long, help: .init("Inference upstream for report jobs: an OpenAI-compatible base URL, or \"sim\".", valueName: "url"))
+    var upstream: String?
+
+    @Option(name: .long, help: .init("Upstream API: openai, triton or sim.", valueName: "kind"))
+    var upstreamKind: String?
+
+    @Option(name: .long, help: .init("Model name sent upstream.", valueName: "name"))
+    var model: String?
+
+    @Option(name: .long, help: .init("The Redis holding the queue: redis://host:port/db.", valueName: "url"))
+    var redisURL: String?
+
+    @Option(name: .long, help: .init("This worker's name (default: hostname-pid).", valueName: "name"))
+    var instanceID: String?
+
+    @OptionGroup var storage: StorageOptions
+
+    func validate() throws {
+        if let concurrency = self.concurrency, !(1...1_000).contains(concurrency) {
+            throw ValidationError("--concurrency must be from 1 to 1000")
+        }
+    }
+
+    func run() async throws {
+        var overrides = ConfigurationOverrides()
+        overrides.host = self.host
+        overrides.port = self.port
+        overrides.eventLoopThreads = self.threads
+        overrides.logLevel = self.logLevel
+        overrides.logFormat = self.logFormat
+        overrides.upstream = self.upstream
+        overrides.upstreamKind = self.upstreamKind
+        overrides.upstreamModel = self.model
+        overrides.redisURL = self.redisURL
+        overrides.instanceID = self.instanceID
+        self.storage.apply(to: &overrides)
+        let configuration = try loadConfiguration(file: self.config, overrides: overrides)
+        try await SluiceWorker.run(configuration: configuration, concurrency: self.concurrency)
+    }
+}
+
+/// `sluice jobs`: the queue from the terminal.
+struct Jobs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Inspect and manage the job queue (Redis).",
+        subcommands: [JobsList.self, JobsShow.self, JobsRetry.self, JobsCancel.self])
+}
+
+/// Where the queue is; shared by the `jobs` subcommands.
+struct QueueOptions: ParsableArguments {
+    @Option(name: .long, help: .init("YAML configuration file (default: $SLUICE_CONFIG, else none).", valueName: "path"))
+    var config: String?
+
+    @Option(name: .long, help: .init("The Redis holding the queue (default: redis.url).", valueName: "url"))
+    var redisURL: String?
+
+    @OptionGroup var storage: StorageOptions
+
+    func run(_ command: JobsAdmin.Command, what: String) async throws {
+        var overrides = ConfigurationOverrides()
+        overrides.redisURL = self.redisURL
+        self.storage.apply(to: &overrides)
+        let configuration = try loadConfiguration(file: self.config, overrides: overrides)
+        do {
+            try await JobsAdmin.run(command, configuration: configuration)
+        } catch {
+            FileHandle.standardError.write(Data("sluice: jobs \(what): \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct JobsList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "Queue depth, workers, and the most recent jobs.")
+    @Option(name: .long, help: "Only jobs in this state (pending, running, succeeded, failed, cancelled).") var state: String?
+    @Option(name: .long, help: "Only this user's jobs.") var user: String?
+    @Option(name: .long, help: "How many jobs.") var limit: Int = 20
+    @OptionGroup var queue: QueueOptions
+    func run() async throws { try await self.queue.run(.list(state: self.state, user: self.user, limit: max(1, self.limit)), what: "ls") }
+}
+
+struct JobsShow: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "A job's record as JSON.")
+    @Argument(help: "The job id.") var id: String
+    @OptionGroup var queue: QueueOptions
+    func run() async throws { try await self.queue.run(.show(self.id), what: "show") }
+}
+
+struct JobsRetry: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "retry", abstract: "Queue a FAILED or CANCELLED job again, with fresh attempts.")
+    @Argument(help: "The job id.") var id: String
+    @OptionGroup var queue: QueueOptions
+    func run() async throws { try await self.queue.run(.retry(self.id), what: "retry") }
+}
+
+struct JobsCancel: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Cancel a job (any user's).")
+    @Argument(help: "The job id.") var id: String
+    @OptionGroup var queue: QueueOptions
+    func run() async throws { try await self.queue.run(.cancel(self.id), what: "cancel") }
 }

@@ -30,7 +30,12 @@ final class RedisServerProcess: Sendable {
     /// `redis://127.0.0.1:port`.
     var url: String { "redis://127.0.0.1:\(self.port)" }
 
-    private init(executable: String, port: Int, directory: URL) {
+    /// Every write fsynced to an append-only file in `directory`, so a restart (even after
+    /// SIGKILL) comes back with all data: what a job queue's Redis must do.
+    let appendOnly: Bool
+
+    private init(executable: String, port: Int, directory: URL, appendOnly: Bool = false) {
+        self.appendOnly = appendOnly
         self.executable = executable
         self.port = port
         self.directory = directory
@@ -55,7 +60,7 @@ final class RedisServerProcess: Sendable {
 
     /// Starts a server and waits until it answers PING. Retries on another port if the one
     /// picked was taken in the meantime.
-    static func start(timeout: Duration = RedisServerProcess.defaultTimeout) async throws -> RedisServerProcess {
+    static func start(timeout: Duration = RedisServerProcess.defaultTimeout, appendOnly: Bool = false) async throws -> RedisServerProcess {
         guard let executable = Self.findExecutable() else {
             throw RedisServerProcessError(description: "redis-server not found (apt-get install redis-server)")
         }
@@ -64,7 +69,7 @@ final class RedisServerProcess: Sendable {
             let directory = FileManager.default.temporaryDirectory
                 .appendingPathComponent("sluice-redis-\(UUID().uuidString)", isDirectory: true)
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            let server = RedisServerProcess(executable: executable, port: try Self.freePort(), directory: directory)
+            let server = RedisServerProcess(executable: executable, port: try Self.freePort(), directory: directory, appendOnly: appendOnly)
             do {
                 try await server.launch(timeout: timeout)
                 return server
@@ -130,7 +135,8 @@ final class RedisServerProcess: Sendable {
             "--bind", "127.0.0.1",
             "--dir", self.directory.path,
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", self.appendOnly ? "yes" : "no",
+            "--appendfsync", "always",
             "--daemonize", "no",
             "--logfile", self.directory.appendingPathComponent("redis.log").path,
         ]

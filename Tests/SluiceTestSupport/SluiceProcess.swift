@@ -74,6 +74,7 @@ final class SluiceProcess: Sendable {
     /// `--data-dir` of its own unless `arguments` choose the storage) and waits
     /// until `GET /health` answers 200. Retries on another port if the one picked was taken.
     static func start(
+        command: String = "serve",
         arguments: [String] = [],
         environment: [String: String] = [:],
         timeout: Duration = SluiceProcess.defaultTimeout
@@ -89,7 +90,7 @@ final class SluiceProcess: Sendable {
                 .appendingPathComponent("sluice-process-\(UUID().uuidString)", isDirectory: true)
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             let port = try Self.freePort()
-            var argv = [executable, "serve", "--host", "127.0.0.1", "--port", String(port), "--log-level", "info"] + arguments
+            var argv = [executable, command, "--host", "127.0.0.1", "--port", String(port), "--log-level", "info"] + arguments
             // History goes to this process's own directory unless the test chose where.
             if !arguments.contains("--data-dir") && !arguments.contains("--database-url") {
                 argv += ["--data-dir", directory.appendingPathComponent("data").path]
@@ -308,6 +309,29 @@ final class SluiceProcess: Sendable {
         let client = try await RawClient.connect(port: self.port, group: MultiThreadedEventLoopGroup.singleton)
         do {
             try await client.send("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(self.port)\r\nConnection: close\r\n\r\n")
+            let response = try await client.readHTTPResponse(timeout: timeout)
+            await client.close()
+            return (response.status, response.body)
+        } catch {
+            await client.close()
+            throw error
+        }
+    }
+
+    /// Any request over a fresh loopback connection (`Connection: close`).
+    func httpRequest(
+        _ method: String, path: String, headers: [String: String] = [:], body: String? = nil, timeout: Duration = .seconds(10)
+    ) async throws -> (status: Int, body: String) {
+        let client = try await RawClient.connect(port: self.port, group: MultiThreadedEventLoopGroup.singleton)
+        do {
+            var request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(self.port)\r\nConnection: close\r\n"
+            for (name, value) in headers { request += "\(name): \(value)\r\n" }
+            if let body {
+                request += "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+            } else {
+                request += "\r\n"
+            }
+            try await client.send(request)
             let response = try await client.readHTTPResponse(timeout: timeout)
             await client.close()
             return (response.status, response.body)

@@ -134,6 +134,10 @@ final class ScriptedStorage: ConversationStorage {
     func quota(userExternalID: String) async throws(StorageError) -> QuotaRecord? { nil }
     func setQuota(userExternalID: String, limit: Int?, resetAt: Date?, resetUsage: Bool) async throws(StorageError) {}
     func resetDueQuotas(now: Date, period: TimeInterval) async throws(StorageError) -> Int { 0 }
+    func archiveJob(_ job: ArchivedJob) async throws(StorageError) {}
+    func archivedJob(id: String) async throws(StorageError) -> ArchivedJob? { nil }
+    func recordToolExecutions(_ records: [ToolExecutionRecord]) async throws(StorageError) {}
+    func toolExecutions(generationID: String) async throws(StorageError) -> [ToolExecutionRecord] { [] }
     var metrics: StorageMetrics { StorageMetrics() }
     func shutdown() async {}
 }

@@ -1,0 +1,168 @@
+import Foundation
+import Jobs
+import NIOCore
+import NIOHTTP1
+import SluiceProtocol
+import WSServer
+
+/// `/v1/jobs`: `POST /v1/jobs` (submit), `GET /v1/jobs` (the caller's recent jobs),
+/// `GET /v1/jobs/{id}`, `DELETE /v1/jobs/{id}` (cancel) and `GET /v1/jobs/{id}/result`.
+/// The same user identification as the chat routes; a job is visible only to its submitter.
+final class JobsResponder: HTTPRouteResponder {
+    enum Route: Equatable {
+        case collection
+        case job(String)
+        case result(String)
+
+        init?(path: String) {
+            let parts = path.split(separator: "/", omittingEmptySubsequences: true)
+            guard parts.count >= 2, parts[0] == "v1", parts[1] == "jobs" else { return nil }
+            switch parts.count {
+            case 2: self = .collection
+            case 3: self = .job(String(parts[2]))
+            case 4 where parts[3] == "result": self = .result(String(parts[2]))
+            default: return nil
+            }
+        }
+    }
+
+    private let application: ChatApplication
+    private let route: Route
+
+    init(application: ChatApplication, route: Route) {
+        self.application = application
+        self.route = route
+    }
+
+    func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
+        guard let jobs = self.application.jobs else {
+            Self.respondError(writer, .serviceUnavailable, .unavailable, "jobs need Redis (redis.url); this gateway runs without it", retryAfterMs: nil)
+            return
+        }
+        let user: String
+        switch self.application.policy.identify(head) {
+        case .failure(let failure):
+            writer.respond(ChatPolicy.refusal(failure))
+            return
+        case .success(let identity):
+            user = identity?.userID ?? ConversationHistory.anonymous
+        }
+        let route = self.route
+        let method = head.method
+        let idempotencyKey = head.headers.first(name: "Idempotency-Key")
+        let query = HistoryResponder.query(head.uri)
+        let maxBytes = self.application.configuration.maxContentBytes
+        let respond = NIOLoopBound(writer, eventLoop: writer.eventLoop)
+        let promise = writer.eventLoop.makePromise(of: Reply.self)
+        promise.completeWithTask {
+            await Self.handle(route: route, method: method, body: body, query: query, idempotencyKey: idempotencyKey,
+                              user: user, jobs: jobs, maxBytes: maxBytes)
+        }
+        promise.futureResult.whenSuccess { reply in
+            var out = respond.value.allocator.buffer(capacity: reply.body.utf8.count)
+            out.writeString(reply.body)
+            respond.value.respond(status: reply.status, contentType: reply.contentType, body: out)
+        }
+    }
+
+    func clientDisconnected() {}
+
+    struct Reply: Sendable {
+        var status: HTTPResponseStatus
+        var contentType = "application/json"
+        var body: String
+    }
+
+    static func handle(
+        route: Route, method: HTTPMethod, body: ByteBuffer, query: [String: String], idempotencyKey: String?,
+        user: String, jobs: JobsGateway, maxBytes: Int
+    ) async -> Reply {
+        let inline = jobs.queue.configuration.inlineResultLimit
+        switch (route, method) {
+        case (.collection, .POST):
+            var text = String(buffer: body)
+            if !text.contains("\"type\"") {
+                // The WebSocket decoder reads it: a job.submit without its type.
+                text = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                guard text.hasPrefix("{") else { return Self.error(.badRequest, .invalidMessage, "the body must be a JSON object") }
+                text = #"{"type":"job.submit","# + text.dropFirst()
+                if text.hasSuffix(",}") { text = String(text.dropLast(2)) + "}" }
+            }
+            switch ClientMessageDecoder.decode(ByteBuffer(string: text), maxContentBytes: maxBytes) {
+            case .success(.jobSubmit(var submit)):
+                submit.idempotencyKey = submit.idempotencyKey ?? idempotencyKey
+                switch await jobs.submit(submit, user: user) {
+                case .success(let (record, created)):
+                    return Reply(status: created ? .accepted : .ok, body: record.json(inlineResultLimit: inline))
+                case .failure(let failure):
+                    return Self.error(failure)
+                }
+            case .success:
+                return Self.error(.badRequest, .invalidMessage, "the body must be a job: {\"kind\": …, \"input\": …}")
+            case .failure(let violation):
+                return Self.error(ChatStreamResponder.status(for: violation.code), violation.code, violation.message)
+            }
+        case (.collection, .GET):
+            let limit = query["limit"].flatMap(Int.init) ?? 50
+            switch await jobs.list(user: user, limit: max(1, min(limit, 500))) {
+            case .success(let records):
+                let objects = records.map { $0.jsonObject(inlineResultLimit: 0) }
+                let data = (try? JSONSerialization.data(withJSONObject: ["jobs": objects], options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+                return Reply(status: .ok, body: String(decoding: data, as: UTF8.self))
+            case .failure(let failure):
+                return Self.error(failure)
+            }
+        case (.job(let id), .GET):
+            switch await jobs.record(id, user: user) {
+            case .success(let record?): return Reply(status: .ok, body: record.json(inlineResultLimit: inline))
+            case .success(nil): return Self.error(.notFound, .notFound, "unknown job \(id)")
+            case .failure(let failure): return Self.error(failure)
+            }
+        case (.job(let id), .DELETE):
+            switch await jobs.cancel(id, user: user) {
+            case .success(.notFound): return Self.error(.notFound, .notFound, "unknown job \(id)")
+            case .success(.cancelled(let record)), .success(.alreadyEnded(let record)):
+                return Reply(status: .ok, body: record.json(inlineResultLimit: inline))
+            case .success(.requested(let record)):
+                // Running: its worker stops it within a heartbeat.
+                return Reply(status: .accepted, body: record.json(inlineResultLimit: inline))
+            case .failure(let failure): return Self.error(failure)
+            }
+        case (.result(let id), .GET):
+            switch await jobs.record(id, user: user) {
+            case .success(let record?):
+                guard record.state == .succeeded, let result = record.result else {
+                    return Self.error(.conflict, .notFound, "job \(id) has no result (state \(record.state.rawValue))")
+                }
+                return Reply(status: .ok, contentType: record.resultType ?? "application/json", body: result)
+            case .success(nil): return Self.error(.notFound, .notFound, "unknown job \(id)")
+            case .failure(let failure): return Self.error(failure)
+            }
+        default:
+            return Self.error(.methodNotAllowed, .invalidMessage, "method \(method) not allowed here")
+        }
+    }
+
+    static func error(_ failure: JobsGateway.Failure) -> Reply {
+        let status: HTTPResponseStatus = switch failure.code {
+        case .notFound: .notFound
+        case .unavailable: .serviceUnavailable
+        default: ChatStreamResponder.status(for: failure.code)
+        }
+        return Self.error(status, failure.code, failure.message, retryAfterMs: failure.retryAfterMs)
+    }
+
+    static func error(_ status: HTTPResponseStatus, _ code: ErrorCode, _ message: String, retryAfterMs: Int64? = nil) -> Reply {
+        var buffer = ByteBuffer()
+        ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &buffer)
+        return Reply(status: status, body: String(buffer: buffer))
+    }
+
+    private static func respondError(
+        _ writer: HTTPResponseWriter, _ status: HTTPResponseStatus, _ code: ErrorCode, _ message: String, retryAfterMs: Int64?
+    ) {
+        var body = writer.allocator.buffer(capacity: 128)
+        ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &body)
+        writer.respond(status: status, contentType: "application/json", body: body)
+    }
+}

@@ -1,0 +1,128 @@
+import Foundation
+import Inference
+import NIOCore
+import NIOHTTP1
+
+/// `current_time`: the date and time now, in UTC or a named IANA time zone.
+public struct CurrentTimeTool: Tool {
+    public let name = "current_time"
+    public let description = "The current date and time. Optionally in an IANA time zone such as Europe/Paris."
+    public let parameters = #"{"type":"object","properties":{"timezone":{"type":"string","description":"IANA time zone name, e.g. America/New_York; UTC when omitted","maxLength":64}},"additionalProperties":false}"#
+    let clock: @Sendable () -> Date
+
+    public init(clock: @escaping @Sendable () -> Date = { Date() }) {
+        self.clock = clock
+    }
+
+    public func run(_ arguments: ToolArguments) async throws -> String {
+        let name = arguments.string("timezone") ?? "UTC"
+        guard let zone = TimeZone(identifier: name) else { throw ToolError("unknown time zone \"\(name)\"") }
+        let now = self.clock()
+        var style = Date.ISO8601FormatStyle(includingFractionalSeconds: false)
+        style.timeZone = zone
+        let object: [String: Any] = [
+            "iso8601": style.format(now), "timezone": zone.identifier, "unix": Int(now.timeIntervalSince1970),
+            "utc_offset_seconds": zone.secondsFromGMT(for: now),
+        ]
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// `calculator`: arithmetic by a parser of its own (no `eval`, no NSExpression).
+public struct CalculatorTool: Tool {
+    public let name = "calculator"
+    public let description = "Evaluates an arithmetic expression: + - * / % ^, parentheses, sqrt, ln, log, sin, cos, tan, abs, min, max, round, pi, e."
+    public let parameters = #"{"type":"object","properties":{"expression":{"type":"string","description":"e.g. (2+3)*4^2 or sqrt(2)/2","minLength":1,"maxLength":1024}},"required":["expression"],"additionalProperties":false}"#
+
+    public init() {}
+
+    public func run(_ arguments: ToolArguments) async throws -> String {
+        let expression = arguments.string("expression") ?? ""
+        do {
+            return Calculator.format(try Calculator.evaluate(expression))
+        } catch {
+            throw ToolError(error.description)
+        }
+    }
+}
+
+/// `http_get`: fetches a page from an allowed host (off unless hosts are configured). Only
+/// `http`/`https` to hosts on the list (exact names; no redirects followed); the answer is cut
+/// at `maximumBytes`.
+public struct HTTPGetTool: Tool {
+    public let name = "http_get"
+    public let description = "Fetches a URL with HTTP GET and returns the status and the beginning of the body. Only some hosts are allowed."
+    public let parameters = #"{"type":"object","properties":{"url":{"type":"string","description":"an http:// or https:// URL","minLength":8,"maxLength":2048}},"required":["url"],"additionalProperties":false}"#
+    let allowedHosts: Set<String>
+    let timeout: TimeAmount
+    let maximumBytes: Int
+    let eventLoopGroup: any EventLoopGroup
+
+    public init(allowedHosts: [String], timeout: TimeAmount = .seconds(10), maximumBytes: Int = 16 * 1024, eventLoopGroup: any EventLoopGroup) {
+        self.allowedHosts = Set(allowedHosts.map { $0.lowercased() })
+        self.timeout = timeout
+        self.maximumBytes = maximumBytes
+        self.eventLoopGroup = eventLoopGroup
+    }
+
+    public func run(_ arguments: ToolArguments) async throws -> String {
+        let text = arguments.string("url") ?? ""
+        guard let url = URL(string: text), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https",
+              let host = url.host?.lowercased()
+        else { throw ToolError("not an http(s) URL: \(text)") }
+        let bare = host.hasPrefix("[") ? String(host.dropFirst().dropLast()) : host
+        guard self.allowedHosts.contains(bare) else {
+            throw ToolError("host \(bare) is not on the allow-list (\(self.allowedHosts.sorted().joined(separator: ", ")))")
+        }
+        let response: SimpleHTTPClient.Response
+        do {
+            response = try await SimpleHTTPClient.request(.GET, url: url, timeout: self.timeout, on: self.eventLoopGroup.next())
+        } catch {
+            throw ToolError("fetch failed: \(error)")
+        }
+        var body = response.body
+        let bytes = body.readBytes(length: min(body.readableBytes, self.maximumBytes)) ?? []
+        let object: [String: Any] = [
+            "status": response.status, "body": String(decoding: bytes, as: UTF8.self),
+            "truncated": response.body.readableBytes > self.maximumBytes,
+        ]
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// A tool defined in configuration: the arguments are POSTed as JSON to `url`, and the response
+/// body (2xx) is the result. How an operator adds a tool without writing Swift.
+public struct WebhookTool: Tool {
+    public let name: String
+    public let description: String
+    public let parameters: String
+    let url: URL
+    let timeout: TimeAmount
+    let eventLoopGroup: any EventLoopGroup
+
+    public init(name: String, description: String, parameters: String, url: URL, timeout: TimeAmount, eventLoopGroup: any EventLoopGroup) {
+        self.name = name
+        self.description = description
+        self.parameters = parameters
+        self.url = url
+        self.timeout = timeout
+        self.eventLoopGroup = eventLoopGroup
+    }
+
+    public func run(_ arguments: ToolArguments) async throws -> String {
+        let response: SimpleHTTPClient.Response
+        do {
+            response = try await SimpleHTTPClient.request(
+                .POST, url: self.url, body: ByteBuffer(string: arguments.json), timeout: self.timeout, on: self.eventLoopGroup.next())
+        } catch {
+            throw ToolError("the tool's service failed: \(error)")
+        }
+        let body = String(buffer: response.body)
+        guard (200..<300).contains(response.status) else {
+            throw ToolError("the tool's service answered HTTP \(response.status): \(body.prefix(500))")
+        }
+        return body
+    }
+}
