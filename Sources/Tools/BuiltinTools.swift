@@ -18,8 +18,7 @@ public struct CurrentTimeTool: Tool {
         let name = arguments.string("timezone") ?? "UTC"
         guard let zone = TimeZone(identifier: name) else { throw ToolError("unknown time zone \"\(name)\"") }
         let now = self.clock()
-        var style = Date.ISO8601FormatStyle(includingFractionalSeconds: false)
-        style.timeZone = zone
+        let style = Date.ISO8601FormatStyle(timeZoneSeparator: .colon, includingFractionalSeconds: false, timeZone: zone)
         let object: [String: Any] = [
             "iso8601": style.format(now), "timezone": zone.identifier, "unix": Int(now.timeIntervalSince1970),
             "utc_offset_seconds": zone.secondsFromGMT(for: now),
