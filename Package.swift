@@ -316,7 +316,7 @@ let package = Package(
         .testTarget(
             name: "SluiceAppTests",
             dependencies: [
-                "SluiceApp", "WSServer",
+                "SluiceApp", "WSServer", "Jobs",
             ],
             swiftSettings: strict
         ),

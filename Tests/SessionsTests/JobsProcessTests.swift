@@ -372,4 +372,88 @@ import Testing
             }
         }
     }
+
+    // MARK: The report workflow, with workers inside serve
+
+    @Test(.timeLimit(.minutes(2)))
+    func aReportIsPlannedWrittenInSectionsAndDownloadableAsMarkdown() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        try await RedisServerProcess.withServer { redis in
+            var environment = Self.environment(redis: redis)
+            environment["SLUICE_JOBS_WORKERS_IN_SERVE"] = "2"
+            environment["SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN"] = "0"
+            environment["SLUICE_SIMULATOR_TOKENS_PER_SECOND"] = "2000"
+            environment["SLUICE_SIMULATOR_ANSWER_TOKENS"] = "40"
+            try await SluiceProcess.withProcesses(count: 1, environment: environment) { gateways in
+                let client = try await JSONWebSocketClient.connect(port: gateways[0].port, group: group, query: "?user=rita")
+                _ = try await client.next()
+                try await client.send(["type": "job.submit", "kind": "report", "input": ["prompt": "Rivers and gates", "sections": 3], "priority": "high"])
+                let accepted = try await client.until(type: "job.accepted")
+                let id = try #require(accepted["job_id"] as? String)
+                #expect(accepted["priority"] as? String == "high")
+                var events: [[String: Any]] = []
+                let done = try await client.until(type: "job.done", collecting: &events, timeout: .seconds(60))
+                #expect(done["state"] as? String == "SUCCEEDED")
+                // Progress per step: planned, three sections, assembled (of 5).
+                let progress = events.filter { $0["type"] as? String == "job.progress" }.compactMap { $0["progress"] as? [String: Any] }
+                #expect(progress.contains { ($0["message"] as? String)?.hasPrefix("planned") == true })
+                #expect(progress.filter { ($0["message"] as? String)?.hasPrefix("wrote section") == true }.count == 3)
+                #expect(progress.last?["current"] as? Int == 5 && progress.last?["total"] as? Int == 5)
+                let (status, markdown) = try await gateways[0].httpRequest("GET", path: "/v1/jobs/\(id)/result", headers: ["X-Sluice-User": "rita"])
+                #expect(status == 200)
+                #expect(markdown.hasPrefix("# Rivers and gates\n"))
+                let sections = markdown.components(separatedBy: "\n## ").dropFirst()
+                #expect(sections.count == 3)
+                #expect(sections.allSatisfy { $0.split(separator: "\n", omittingEmptySubsequences: true).count >= 2 }, "every section has text")
+                await client.close()
+            }
+        }
+    }
+
+    // MARK: Bad requests
+
+    @Test(.timeLimit(.minutes(2)))
+    func badJobRequestsGetErrorsAndTheConnectionStaysUp() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        try await RedisServerProcess.withServer { redis in
+            try await SluiceProcess.withProcesses(count: 1, environment: Self.environment(redis: redis)) { gateways in
+                let client = try await JSONWebSocketClient.connect(port: gateways[0].port, group: group, query: "?user=zed")
+                _ = try await client.next()
+                let cases: [([String: Any], String)] = [
+                    (["type": "job.submit", "kind": "mine-bitcoin", "input": [:]], "not_found"),
+                    (["type": "job.submit", "kind": "demo", "input": ["steps": "many"]], "invalid_message"),
+                    (["type": "job.submit", "kind": "demo", "priority": "urgent"], "invalid_message"),
+                    (["type": "job.submit", "kind": "demo", "max_attempts": 0], "invalid_message"),
+                    (["type": "job.submit", "input": [:]], "invalid_message"),
+                    (["type": "job.cancel", "job_id": "job_00000000000000000000000000000000"], "not_found"),
+                    (["type": "job.get", "job_id": "../../etc/passwd"], "not_found"),
+                ]
+                for (index, (message, code)) in cases.enumerated() {
+                    var message = message
+                    message["request_id"] = "r\(index)"
+                    try await client.send(message)
+                    let error = try await client.until(type: "error")
+                    #expect(error["code"] as? String == code, "\(message) -> \(error)")
+                    #expect(error["request_id"] as? String == "r\(index)")
+                }
+                try await client.send(["type": "ping", "id": "still-here"])
+                #expect(try await client.until(type: "pong")["id"] as? String == "still-here")
+                let (status, body) = try await gateways[0].httpRequest("POST", path: "/v1/jobs", headers: ["X-Sluice-User": "zed"], body: "[1,2]")
+                #expect(status == 400, "\(body)")
+                await client.close()
+            }
+            // Without Redis there is no queue: a clear error, not a crash.
+            try await SluiceProcess.withProcesses(count: 1, environment: ["SLUICE_STORAGE_DATABASE_URL": "memory"]) { gateways in
+                let client = try await JSONWebSocketClient.connect(port: gateways[0].port, group: group)
+                _ = try await client.next()
+                try await client.send(["type": "job.submit", "kind": "echo", "input": [:]])
+                let error = try await client.until(type: "error")
+                #expect(error["code"] as? String == "unavailable")
+                #expect((error["message"] as? String)?.contains("Redis") == true)
+                let (status, _) = try await gateways[0].httpRequest("GET", path: "/v1/jobs/job_00000000000000000000000000000000")
+                #expect(status == 503)
+                await client.close()
+            }
+        }
+    }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import Jobs
 @testable import SluiceApp
 import Testing
 import WSServer
@@ -640,5 +641,66 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         #expect(try ConfigurationLoader.load(filePath: nil, environment: [:], overrides: overrides).logFormat == .text)
         let error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_LOG_FORMAT": "xml"]) }
         #expect(error?.key == "log_format")
+    }
+}
+
+@Suite struct JobAndToolSettingsTests {
+    @Test func schedulesAndQueueSettingsInTheFile() throws {
+        let configuration = try configuration(fromYAML: """
+            jobs:
+              visibility_timeout: 5s
+              max_attempts: 5
+              retry_backoff: 250ms
+              workers_in_serve: 2
+              schedules:
+                - name: nightly-report
+                  cron: "0 3 * * *"
+                  kind: report
+                  input: '{"prompt": "yesterday"}'
+                  priority: low
+                  user: ops
+                - name: tick
+                  every: 15m
+                  kind: echo
+            """)
+        #expect(configuration.jobs.queue.visibilityTimeout == .seconds(5))
+        #expect(configuration.jobs.queue.maxAttempts == 5)
+        #expect(configuration.jobs.queue.retryBackoff == .milliseconds(250))
+        #expect(configuration.jobs.workersInServe == 2)
+        #expect(configuration.jobs.schedules.map(\.name) == ["nightly-report", "tick"])
+        #expect(configuration.jobs.schedules[0].timing == .cron(try CronSchedule("0 3 * * *")))
+        #expect(configuration.jobs.schedules[0].priority == .low && configuration.jobs.schedules[0].user == "ops")
+        #expect(configuration.jobs.schedules[0].input == #"{"prompt": "yesterday"}"#)
+        #expect(configuration.jobs.schedules[1].timing == .every(.minutes(15)) && configuration.jobs.schedules[1].input == "{}")
+        try configuration.validate()
+    }
+
+    @Test(arguments: [
+        ("jobs:\n  schedules:\n    - {name: a, kind: echo}\n", "exactly one of every, cron"),
+        ("jobs:\n  schedules:\n    - {name: a, kind: echo, cron: '61 * * * *'}\n", "minute"),
+        ("jobs:\n  schedules:\n    - {name: a, kind: echo, every: 500ms}\n", "at least 1s"),
+        ("jobs:\n  schedules:\n    - {name: a, kind: echo, every: 1m, input: '{oops'}\n", "input must be JSON"),
+        ("jobs:\n  schedules:\n    - {name: a, kind: echo, every: 1m}\n    - {name: a, kind: echo, every: 1m}\n", "used twice"),
+        ("tools:\n  webhooks:\n    - {name: calculator, url: 'http://x/'}\n", "taken"),
+        ("tools:\n  webhooks:\n    - {name: w, url: 'ftp://x/'}\n", "http(s) URL"),
+        ("tools:\n  webhooks:\n    - {name: w, url: 'http://x/', parameters: '[1]'}\n", "JSON schema object"),
+    ])
+    func badEntriesAreNamed(yaml: String, expected: String) {
+        let error = configurationError { _ = try configuration(fromYAML: yaml) }
+        #expect(error?.description.contains(expected) == true, "\(error?.description ?? "no error")")
+    }
+
+    @Test func toolsMustExistAndHttpGetNeedsHosts() throws {
+        let unknown = try configuration(fromYAML: "tools:\n  enabled: [calculator, weather]\n")
+        #expect(configurationError { try unknown.validate() }?.key == "tools.enabled")
+        let noHosts = try configuration(fromYAML: "tools:\n  enabled: [http_get]\n")
+        #expect(configurationError { try noHosts.validate() }?.key == "tools.http_get_allowed_hosts")
+        let fine = try ConfigurationLoader.load(filePath: nil, environment: [
+            "SLUICE_TOOLS_ENABLED": "calculator, http_get, lookup", "SLUICE_TOOLS_HTTP_GET_ALLOWED_HOSTS": "example.com",
+            "SLUICE_TOOLS_WEBHOOKS": #"[{"name": "lookup", "url": "http://127.0.0.1:9000/lookup", "timeout": "2s"}]"#,
+        ])
+        #expect(fine.tools.enabled == ["calculator", "http_get", "lookup"])
+        #expect(fine.tools.webhooks.first?.timeout == .seconds(2))
+        try fine.validate()
     }
 }
