@@ -7,6 +7,13 @@ SmolLM2-135M (../shared/tools/llm-upstream/start-smollm2.sh), with ONE decoding 
    - llama-server's /metrics shows no request still processing, and
    - a second request, which needs the only slot, gets its first token at once instead of
      stalling behind the cancelled one (which would have run to 1,500 tokens).
+3. A `report` job (Redis queue, a worker inside serve) plans and writes its sections with the
+   real model, with live progress on the socket, and its Markdown result is downloadable.
+4. Tools (calculator, current_time) are offered with a chat. SmolLM2-135M's chat template has no
+   tool section (llama-server's /props: chat_template_caps.supports_tools false; the prompt is
+   the same with and without tools), so the model answers in prose: checked is that a chat
+   with tools offered streams normally. Were the template to support tools, tool.call and
+   tool.result events would be required.
 Usage: e2e-llm.py SLUICE_BINARY UPSTREAM_URL. Loopback only; Sluice is stopped by PID.
 """
 import asyncio, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
@@ -50,10 +57,50 @@ async def answer(ws, content, max_tokens, cancel_after=None, conversation=None):
             raise SystemExit(f"e2e: error from Sluice: {m}")
 
 
+async def report_job(ws, failures):
+    await ws.send(json.dumps({"type": "job.submit", "kind": "report",
+                              "input": {"prompt": "Rivers and canals", "sections": 2, "max_tokens": 48}}))
+    job_id, steps = None, []
+    while True:
+        m = json.loads(await asyncio.wait_for(ws.recv(), 300))
+        if m["type"] == "job.accepted": job_id = m["job_id"]
+        elif m["type"] == "job.progress" and m.get("job_id") == job_id: steps.append(m.get("progress", {}).get("message", ""))
+        elif m["type"] == "job.done" and m.get("job_id") == job_id: break
+        elif m["type"] == "error": failures.append(f"report job: {m}"); return None, steps
+    print(f"e2e: report job {m['state']} after {len(steps)} progress events: {steps[1:3]}")
+    if m["state"] != "SUCCEEDED": failures.append(f"report job ended {m['state']}: {m.get('error')}")
+    return job_id, steps
+
+
+async def tools_chat(ws, failures):
+    caps = json.loads(urllib.request.urlopen(upstream + "/props", timeout=5).read()).get("chat_template_caps", {})
+    supports = caps.get("supports_tools")
+    await ws.send(json.dumps({"type": "chat.send", "content": "What is 6 times 7? Use the calculator tool.", "max_tokens": 40}))
+    events, text = [], ""
+    while True:
+        m = json.loads(await asyncio.wait_for(ws.recv(), 120))
+        if m["type"] in ("tool.call", "tool.result"): events.append(m)
+        elif m["type"] == "generation.delta": text += m["text"]
+        elif m["type"] == "generation.done": break
+        elif m["type"] == "error": failures.append(f"tools chat: {m}"); return
+    print(f"e2e: tools offered; template supports_tools={supports}; tool events {[e['type'] for e in events]}; "
+          f"answer ({m['finish_reason']}): {text.strip()[:80]!r}")
+    if m["finish_reason"] not in ("stop", "length"): failures.append(f"tools chat ended {m['finish_reason']}")
+    if supports and not any(e["type"] == "tool.result" for e in events):
+        failures.append("the template supports tools but no tool ran")
+    if not supports and events:
+        print("e2e: (the model called a tool although its template has no tool section)")
+
+
 async def main():
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     data_dir = tempfile.mkdtemp(prefix="sluice-e2e-")
+    redis_port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", data_dir,
+                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    env.update({"SLUICE_REDIS_URL": f"redis://127.0.0.1:{redis_port}", "SLUICE_JOBS_WORKERS_IN_SERVE": "1",
+                "SLUICE_TOOLS_ENABLED": "calculator,current_time"})
     proc = subprocess.Popen([sluice, "serve", "--port", str(port), "--upstream", upstream, "--log-level", "warning",
                              "--data-dir", data_dir], env=env)
     failures = []
@@ -102,10 +149,25 @@ async def main():
             done, text, first, _ = await answer(ws, "Say hello.", 8)
             print(f"e2e: next request on the only slot: first delta after {first * 1000:.0f} ms ({done['finish_reason']})")
             if first is None or first > 10: failures.append(f"next request stalled ({first} s): the slot was still busy")
+
+        async with websockets.connect(f"ws://127.0.0.1:{port}/v1/ws?user=e2e", subprotocols=["sluice.v1"]) as ws:
+            await ws.recv()
+            job_id, _ = await report_job(ws, failures)
+            if job_id:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/jobs/{job_id}/result", headers={"X-Sluice-User": "e2e"})
+                markdown = urllib.request.urlopen(request, timeout=10).read().decode()
+                sections = markdown.split("\n## ")[1:]
+                print(f"e2e: report: {len(markdown)} characters, {len(sections)} sections: {[s.splitlines()[0] for s in sections]}")
+                if not markdown.startswith("# Rivers and canals") or len(sections) != 2 or not all(len(s.splitlines()) > 1 for s in sections):
+                    failures.append(f"report result malformed: {markdown[:200]!r}")
+            await tools_chat(ws, failures)
     finally:
         proc.send_signal(signal.SIGTERM)
         try: proc.wait(timeout=30)
         except subprocess.TimeoutExpired: proc.kill()
+        redis.send_signal(signal.SIGTERM)
+        try: redis.wait(timeout=10)
+        except subprocess.TimeoutExpired: redis.kill()
         shutil.rmtree(data_dir, ignore_errors=True)
     if failures:
         print("e2e: FAILED: " + "; ".join(failures)); sys.exit(1)

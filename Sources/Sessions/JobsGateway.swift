@@ -39,7 +39,7 @@ public final class JobsGateway: Sendable {
                 target.eventLoop.execute { target.deliver.value(json) }
             }
         }.whenFailure { error in
-            logger.warning("job events not subscribed yet", metadata: ["sluice.error": "\(error)"])
+            logger.debug("job events: subscribed once Redis answers", metadata: ["sluice.error": "\(error)"])
         }
         Task { try? await queue.ensureGroups() }
     }
