@@ -440,7 +440,8 @@ public final class PostgresStorage: ConversationStorage, Service {
 
     public func toolExecutions(generationID: String) async throws(StorageError) -> [ToolExecutionRecord] {
         let query: PostgresQuery = """
-            SELECT id, generation_id, conversation_id, user_external_id, call_id, tool_name, input::text, output #>> '{}',
+            SELECT id, generation_id, conversation_id, user_external_id, call_id, tool_name,
+                   CASE WHEN jsonb_typeof(input) = 'string' THEN input #>> '{}' ELSE input::text END, output #>> '{}',
                    duration_ms::int8, status, created_at
             FROM tool_executions WHERE generation_id = \(generationID) ORDER BY created_at, id
             """

@@ -7,13 +7,71 @@ import Testing
 /// Serialised so that at most one PostgreSQL server of this suite runs at a time.
 @Suite(.serialized) struct StorageBehaviourTests {
     @Test(arguments: Backend.allCases)
+    func jobsAreArchivedAndReplacedOnARetry(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            var job = ArchivedJob(
+                id: "job_0123456789abcdef0123456789abcdef", kind: "report", userExternalID: "alice", priority: "high",
+                state: "FAILED", input: #"{"prompt":"rivers"}"#, attempts: 3, maxAttempts: 3, createdAt: 1_800_000_000_000_000)
+            job.error = "upstream: refused"
+            job.startedAt = 1_800_000_001_000_000
+            job.finishedAt = 1_800_000_002_000_000
+            try await harness.storage.archiveJob(job)
+            #expect(try Self.sameJob(try await harness.storage.archivedJob(id: job.id), job))
+            // Retried by an operator and archived again: the row is replaced, not duplicated.
+            job.state = "SUCCEEDED"
+            job.error = nil
+            job.result = "# Rivers"
+            job.resultType = "text/markdown; charset=utf-8"
+            job.attempts = 1
+            try await harness.storage.archiveJob(job)
+            #expect(try Self.sameJob(try await harness.storage.archivedJob(id: job.id), job))
+            #expect(try await harness.integer("SELECT count(*) FROM jobs") == 1)
+            #expect(try await harness.storage.archivedJob(id: "job_missing") == nil)
+        }
+    }
+
+    /// Equal, with the input compared as JSON (PostgreSQL's jsonb normalises its spacing).
+    static func sameJob(_ stored: ArchivedJob?, _ expected: ArchivedJob) throws -> Bool {
+        guard var stored else { return false }
+        let parse = { (text: String) in try JSONSerialization.jsonObject(with: Data(text.utf8)) as? NSDictionary }
+        guard try parse(stored.input) == parse(expected.input) else { return false }
+        stored.input = expected.input
+        return stored == expected
+    }
+
+    @Test(arguments: Backend.allCases)
+    func toolRunsAreLoggedOncePerID(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            let conversation = UUID()
+            let records = [
+                ToolExecutionRecord(generationID: "gen_1", conversationID: conversation, userExternalID: "tess", callID: "call_1",
+                                    toolName: "calculator", input: #"{"expression":"6*7"}"#, output: "42", status: "ok",
+                                    durationMs: 1, createdAt: 1_800_000_000_000_000),
+                ToolExecutionRecord(generationID: "gen_1", conversationID: conversation, userExternalID: "tess", callID: "call_2",
+                                    toolName: "lookup", input: "{not json", output: #"{"error":"invalid arguments"}"#,
+                                    status: "invalid_arguments", durationMs: 0, createdAt: 1_800_000_000_000_001),
+            ]
+            try await harness.storage.recordToolExecutions(records)
+            try await harness.storage.recordToolExecutions(records)  // a retried write
+            let logged = try await harness.storage.toolExecutions(generationID: "gen_1")
+            #expect(logged.map(\.callID) == ["call_1", "call_2"])
+            #expect(logged[0].output == "42" && logged[0].toolName == "calculator" && logged[0].conversationID == conversation)
+            #expect(logged[1].input == "{not json" && logged[1].status == "invalid_arguments")
+            let arguments = try await harness.storage.toolExecutions(generationID: "gen_1")[0].input
+            #expect(try JSONSerialization.jsonObject(with: Data(arguments.utf8)) as? [String: String] == ["expression": "6*7"])
+            #expect(try await harness.storage.toolExecutions(generationID: "gen_2").isEmpty)
+        }
+    }
+
+    @Test(arguments: Backend.allCases)
     func migrationsRunFromEmptyAndAgain(_ backend: Backend) async throws {
         try await backend.with { harness in
             // The harness migrated an empty database once; twice more changes nothing.
             try await harness.storage.migrate()
             try await harness.storage.migrate()
-            #expect(try await harness.integer("SELECT count(*) FROM schema_migrations") == 1)
-            for table in ["users", "conversations", "messages", "tool_executions", "user_quotas"] {
+            // Two migrations: the conversation tables, then jobs and the tool_executions columns.
+            #expect(try await harness.integer("SELECT count(*) FROM schema_migrations") == 2)
+            for table in ["users", "conversations", "messages", "tool_executions", "user_quotas", "jobs"] {
                 #expect(try await harness.integer("SELECT count(*) FROM \(table)") == 0, "\(table)")
             }
             // And it still works after the re-runs.

@@ -75,7 +75,8 @@ import Testing
         #expect(storage.stored.map(\.content) == ["q", "a"])
     }
 
-    @Test func aDrainGivesUpAtItsDeadline() async throws {
+    /// The drain returns (the time limit catches a hang) with the write still pending.
+    @Test(.timeLimit(.minutes(1))) func aDrainGivesUpAtItsDeadline() async throws {
         let storage = ScriptedStorage()
         storage.failing = true
         let queue = WriteBehindQueue(
@@ -85,10 +86,8 @@ import Testing
         )
         #expect(queue.enqueue(NewMessage(conversationID: UUID(), userExternalID: "u", role: .user, content: "q")))
         let runner = Task { await queue.run() }
-        let start = ContinuousClock.now
         queue.finish()
         await runner.value
-        #expect(ContinuousClock.now - start < .seconds(2))
         #expect(queue.counters.pending == 1)
     }
 }
