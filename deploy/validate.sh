@@ -151,10 +151,10 @@ def seconds(value):
     """Sluice durations: 20s, 500ms, 2m, 1h, or a plain number of seconds."""
     if isinstance(value, (int, float)):
         return float(value)
-    m = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|m|h)?\s*", str(value))
+    m = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|m|h|d)?\s*", str(value))
     if not m:
         raise ValueError(f"not a duration: {value!r}")
-    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[m.group(2)]
 
 def compose_seconds(value):
     """Compose durations: 1m30s, 110s, 500ms."""
@@ -306,7 +306,7 @@ elif cmd == "compose":
     path = os.path.join(HERE, "docker-compose.prod.yaml")
     doc = load_yaml_docs(path)[0]
     services = doc.get("services", {})
-    for name in ("gateway", "nginx", "redis", "postgres", "prometheus", "vllm"):
+    for name in ("gateway", "worker", "nginx", "redis", "postgres", "prometheus", "vllm"):
         if name not in services:
             fail(f"service {name} missing")
     if errors:
@@ -331,6 +331,18 @@ elif cmd == "compose":
     for dep, cond in (("redis", "service_healthy"), ("postgres", "service_healthy")):
         if (gw.get("depends_on") or {}).get(dep, {}).get("condition") != cond:
             fail(f"gateway: depends_on {dep} should wait for {cond}")
+    wk = services["worker"]
+    if (wk.get("command") or [""])[0] != "worker":
+        fail("worker: command should be [worker]")
+    wk_env = wk.get("environment") or {}
+    check_env_names(wk_env, "worker.environment")
+    wk_settings = {ENV_KEYS[k]: v for k, v in wk_env.items() if ENV_KEYS.get(k) and "${" not in str(v)}
+    wk_budget = seconds(wk_settings.get("jobs.shutdown_grace", DEFAULTS["jobs.shutdown_grace"])) \
+        + seconds(wk_settings.get("storage.drain_timeout", DEFAULTS["storage.drain_timeout"]))
+    if compose_seconds(wk.get("stop_grace_period", "10s")) <= wk_budget:
+        fail(f"worker: stop_grace_period must exceed jobs.shutdown_grace + storage.drain_timeout = {wk_budget:.0f}s")
+    if wk_env.get("SLUICE_REDIS_URL") != env.get("SLUICE_REDIS_URL"):
+        fail("worker: SLUICE_REDIS_URL differs from the gateway's (the queue is in that Redis)")
     if (services["nginx"].get("depends_on") or {}).get("gateway", {}).get("condition") != "service_healthy":
         fail("nginx: depends_on gateway should wait for service_healthy")
     cmdline = " ".join(map(str, services["redis"].get("command") or []))
@@ -378,7 +390,10 @@ elif cmd == "kubernetes":
         if len(found) != 1:
             raise SystemExit(f"expected exactly one {kind}, found {len(found)}")
         return found[0]
-    dep, cm, secret, svc = get("Deployment"), get("ConfigMap"), get("Secret"), get("Service")
+    dep, cm, secret, svc = objs.get(("Deployment", "sluice-gateway")), get("ConfigMap"), get("Secret"), get("Service")
+    worker = objs.get(("Deployment", "sluice-worker"))
+    if dep is None or worker is None:
+        raise SystemExit("expected the Deployments sluice-gateway and sluice-worker")
     hpa, pdb, ing = get("HorizontalPodAutoscaler"), get("PodDisruptionBudget"), get("Ingress")
 
     # The ConfigMap's sluice.yaml: only known keys (unknown ones stop the gateway at start).
@@ -445,6 +460,28 @@ elif cmd == "kubernetes":
         fail("deployment: prometheus.io scrape annotations missing or on the wrong port")
     if not spec.get("topologySpreadConstraints"):
         fail("deployment: no topologySpreadConstraints")
+
+    # The worker: same config and secrets, its own shutdown budget, probes, never behind the Service.
+    wspec = worker["spec"]["template"]["spec"]
+    wc = wspec["containers"][0]
+    if (wc.get("args") or [""])[0] != "worker":
+        fail("worker: args should start with worker")
+    wenv = {e["name"]: e for e in wc.get("env", [])}
+    check_env_names(wenv, "worker env")
+    wbudget = seconds(cm_settings.get("jobs.shutdown_grace", DEFAULTS["jobs.shutdown_grace"])) \
+        + seconds(cm_settings.get("storage.drain_timeout", DEFAULTS["storage.drain_timeout"]))
+    if wspec.get("terminationGracePeriodSeconds", 30) <= wbudget:
+        fail(f"worker: terminationGracePeriodSeconds must exceed jobs.shutdown_grace + storage.drain_timeout = {wbudget:.0f}")
+    for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+        if wc.get(probe, {}).get("httpGet", {}).get("path") != path:
+            fail(f"worker: {probe} should GET {path}")
+    wlabels = worker["spec"]["template"]["metadata"]["labels"]
+    if all(wlabels.get(k) == v for k, v in svc["spec"]["selector"].items()):
+        fail("service: selects the worker pods too (they serve no WebSockets)")
+    for name, e in wenv.items():
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref and (ref["name"] != secret["metadata"]["name"] or ref["key"] not in secret.get("stringData", {})):
+            fail(f"worker: env {name} refers to a missing Secret key {ref['name']}/{ref['key']}")
 
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     def selects(selector):

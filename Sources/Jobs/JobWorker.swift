@@ -374,22 +374,23 @@ final class JobMetrics: Sendable {
     }
 
     private func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
-        let key = label + dimensions.map { "|\($0.1)" }.joined()
-        return self.counters.withLockedValue { counters in
-            if let counter = counters[key] { return counter }
-            let counter = Counter(label: label, dimensions: dimensions)
-            counters[key] = counter
-            return counter
-        }
+        Self.cached(self.counters, label, dimensions) { Counter(label: label, dimensions: dimensions) }
     }
 
     private func timer(_ label: String, _ dimensions: [(String, String)]) -> Timer {
+        Self.cached(self.timers, label, dimensions) { Timer(label: label, dimensions: dimensions) }
+    }
+
+    /// One handle per label and dimension values, made on first use.
+    private static func cached<Handle>(
+        _ box: NIOLockedValueBox<[String: Handle]>, _ label: String, _ dimensions: [(String, String)], make: () -> Handle
+    ) -> Handle {
         let key = label + dimensions.map { "|\($0.1)" }.joined()
-        return self.timers.withLockedValue { timers in
-            if let timer = timers[key] { return timer }
-            let timer = Timer(label: label, dimensions: dimensions)
-            timers[key] = timer
-            return timer
+        return box.withLockedValue { handles in
+            if let handle = handles[key] { return handle }
+            let handle = make()
+            handles[key] = handle
+            return handle
         }
     }
 }

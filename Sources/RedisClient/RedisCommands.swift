@@ -264,12 +264,16 @@ extension RedisCommandExecutor {
         command.append("STREAMS")
         for stream in streams { command.append(stream.key) }
         for stream in streams { command.append(stream.afterID) }
-        let reply = try await self.send(command)
+        return try Self.streams(try await self.send(command), command: "XREAD")
+    }
+
+    /// Parses `[[key, entries], ...]` (a null reply: nothing).
+    static func streams(_ reply: RESPValue, command: String) throws -> [(key: String, entries: [RedisStreamEntry])] {
         if reply.isNull { return [] }
-        guard let items = reply.array else { throw RedisClientError.unexpectedReply(command: "XREAD", reply: reply) }
+        guard let items = reply.array else { throw RedisClientError.unexpectedReply(command: command, reply: reply) }
         return try items.map { item in
             guard let pair = item.array, pair.count == 2, let key = pair[0].string, let entries = Self.streamEntries(pair[1]) else {
-                throw RedisClientError.unexpectedReply(command: "XREAD", reply: reply)
+                throw RedisClientError.unexpectedReply(command: command, reply: reply)
             }
             return (key, entries)
         }
@@ -336,15 +340,7 @@ extension RedisCommandExecutor {
         command.append("STREAMS")
         for stream in streams { command.append(stream.key) }
         for stream in streams { command.append(stream.afterID) }
-        let reply = try await self.send(command)
-        if reply.isNull { return [] }
-        guard let items = reply.array else { throw RedisClientError.unexpectedReply(command: "XREADGROUP", reply: reply) }
-        return try items.map { item in
-            guard let pair = item.array, pair.count == 2, let key = pair[0].string, let entries = Self.streamEntries(pair[1]) else {
-                throw RedisClientError.unexpectedReply(command: "XREADGROUP", reply: reply)
-            }
-            return (key, entries)
-        }
+        return try Self.streams(try await self.send(command), command: "XREADGROUP")
     }
 
     /// `XAUTOCLAIM key group consumer min-idle-ms start [COUNT n]`: takes over entries another

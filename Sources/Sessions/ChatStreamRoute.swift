@@ -295,7 +295,7 @@ final class HistoryResponder: HTTPRouteResponder {
 
     func clientDisconnected() {}
 
-    private static func respondError(
+    static func respondError(
         _ writer: HTTPResponseWriter, _ status: HTTPResponseStatus, _ code: ErrorCode, _ message: String, retryAfterMs: Int64?
     ) {
         var body = writer.allocator.buffer(capacity: 128)

@@ -36,7 +36,7 @@ final class JobsResponder: HTTPRouteResponder {
 
     func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
         guard let jobs = self.application.jobs else {
-            Self.respondError(writer, .serviceUnavailable, .unavailable, "jobs need Redis (redis.url); this gateway runs without it", retryAfterMs: nil)
+            HistoryResponder.respondError(writer, .serviceUnavailable, .unavailable, "jobs need Redis (redis.url); this gateway runs without it", retryAfterMs: nil)
             return
         }
         let user: String
@@ -156,13 +156,5 @@ final class JobsResponder: HTTPRouteResponder {
         var buffer = ByteBuffer()
         ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &buffer)
         return Reply(status: status, body: String(buffer: buffer))
-    }
-
-    private static func respondError(
-        _ writer: HTTPResponseWriter, _ status: HTTPResponseStatus, _ code: ErrorCode, _ message: String, retryAfterMs: Int64?
-    ) {
-        var body = writer.allocator.buffer(capacity: 128)
-        ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &body)
-        writer.respond(status: status, contentType: "application/json", body: body)
     }
 }

@@ -306,16 +306,7 @@ final class SluiceProcess: Sendable {
 
     /// `GET path` over a fresh loopback connection (`Connection: close`).
     func httpGet(path: String, timeout: Duration = .seconds(5)) async throws -> (status: Int, body: String) {
-        let client = try await RawClient.connect(port: self.port, group: MultiThreadedEventLoopGroup.singleton)
-        do {
-            try await client.send("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(self.port)\r\nConnection: close\r\n\r\n")
-            let response = try await client.readHTTPResponse(timeout: timeout)
-            await client.close()
-            return (response.status, response.body)
-        } catch {
-            await client.close()
-            throw error
-        }
+        try await self.httpRequest("GET", path: path, timeout: timeout)
     }
 
     /// Any request over a fresh loopback connection (`Connection: close`).
