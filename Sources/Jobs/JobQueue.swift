@@ -100,6 +100,7 @@ public struct JobQueueStats: Sendable, Equatable {
 ///   `job:{id}:steps` the results of its recorded steps; `job:{id}:runs` how often each ran;
 /// - `jobs:delayed`: jobs waiting for a retry (sorted by due time);
 /// - `jobs:index`: recent job ids by creation time (for listing), capped at 100,000;
+///   `jobs:user:{user}` the same per user, capped at 1,000;
 /// - `jobs:unarchived`: finished jobs not yet written to the database;
 /// - `jobs:workers`: worker processes by last heartbeat; `jobs:stats`: counters;
 /// - channel `jobs:events`: `user\n{job.progress|job.done}` for the gateways.
@@ -127,6 +128,7 @@ public final class JobQueue: Sendable {
     public func streamKey(_ priority: JobPriority) -> String { self.key("jobs:stream:\(priority.rawValue)") }
     var delayedKey: String { self.key("jobs:delayed") }
     var indexKey: String { self.key("jobs:index") }
+    func userIndexKey(_ user: String) -> String { self.key("jobs:user:\(user)") }
     var statsKey: String { self.key("jobs:stats") }
     var workersKey: String { self.key("jobs:workers") }
     var unarchivedKey: String { self.key("jobs:unarchived") }
@@ -163,7 +165,8 @@ public final class JobQueue: Sendable {
         do {
             reply = try await Self.submitScript.run(
                 on: self.redis,
-                keys: [self.jobKey(id), self.streamKey(submission.priority), self.indexKey, idempotency ?? self.key("jobs:idem:-")],
+                keys: [self.jobKey(id), self.streamKey(submission.priority), self.indexKey, idempotency ?? self.key("jobs:idem:-"),
+                       self.userIndexKey(user)],
                 arguments: [
                     id, submission.kind, user, submission.priority.rawValue, submission.input, maxAttempts, String(now), Int(now / 1000),
                     idempotency == nil ? "0" : "1", Int(self.configuration.idempotencyWindow.nanoseconds / 1_000_000_000),
@@ -236,10 +239,13 @@ public final class JobQueue: Sendable {
         }
     }
 
-    /// The most recent jobs still in Redis, newest first.
+    /// The most recent jobs still in Redis, newest first: everyone's (the last 100,000
+    /// submitted), or one user's (their last 1,000). A state filter looks at 4 × `limit` ids.
     public func list(limit: Int, user: String? = nil, state: JobState? = nil) async throws(JobQueueError) -> [JobRecord] {
         do {
-            let ids = try await self.redis.send(RedisCommand("ZREVRANGE", self.indexKey, 0, max(0, min(limit, 10_000) * 4 - 1))).array?.compactMap(\.string) ?? []
+            let index = user.map { self.userIndexKey($0) } ?? self.indexKey
+            let scan = state == nil ? limit : limit * 4
+            let ids = try await self.redis.send(RedisCommand("ZREVRANGE", index, 0, max(0, min(scan, 40_000) - 1))).array?.compactMap(\.string) ?? []
             let replies = await self.redis.send(pipeline: ids.map { RedisCommand("HGETALL", self.jobKey($0)) })
             var records: [JobRecord] = []
             for reply in replies {
@@ -325,8 +331,8 @@ public final class JobQueue: Sendable {
 
     // MARK: Scripts (the queue's state machine; each runs atomically)
 
-    /// KEYS: job, stream, index, idempotency. ARGV: id, kind, user, priority, input, max
-    /// attempts, created µs, created ms, has idempotency, its ttl s, schedule.
+    /// KEYS: job, stream, index, idempotency, the user's index. ARGV: id, kind, user, priority,
+    /// input, max attempts, created µs, created ms, has idempotency, its ttl s, schedule.
     static let submitScript = RedisScript("""
         if ARGV[9] == '1' then
           local existing = redis.call('GET', KEYS[4])
@@ -339,6 +345,8 @@ public final class JobQueue: Sendable {
         redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
         redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1])
         redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -100001)
+        redis.call('ZADD', KEYS[5], ARGV[8], ARGV[1])
+        redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -1001)
         return {1, ARGV[1]}
         """)
 
