@@ -53,7 +53,11 @@ public enum JobsAdmin {
             }
         case .show(let id):
             var record = try await queue.get(id)
-            if record == nil, let opened = try await OpenedStorage.open(configuration.storage, eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger) {
+            // The archive, when there is one: never create an empty SQLite file just to look.
+            var archived = true
+            if case .sqlite(let path) = try configuration.storage.backend, !FileManager.default.fileExists(atPath: path) { archived = false }
+            if record == nil, archived,
+               let opened = try await OpenedStorage.open(configuration.storage, eventLoopGroup: MultiThreadedEventLoopGroup.singleton, logger: logger) {
                 record = try? await StorageJobArchive(storage: opened.storage).archivedJob(id)
                 await opened.storage.shutdown()
             }

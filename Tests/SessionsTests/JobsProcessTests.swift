@@ -456,4 +456,38 @@ import Testing
             }
         }
     }
+
+    // MARK: The admin CLI
+
+    @Test(.timeLimit(.minutes(2)))
+    func theAdminCLIListsShowsCancelsAndRetries() async throws {
+        try await RedisServerProcess.withServer { redis in
+            let environment = Self.environment(redis: redis)
+            try await SluiceProcess.withProcesses(count: 1, environment: environment) { gateways in
+                let gateway = gateways[0]
+                // No worker yet: the job waits.
+                let id = try await Self.submit(gateway, user: "olga", ["kind": "echo", "input": ["x": 1]])
+                let ls = try await SluiceProcess.runCommand(["jobs", "ls", "--redis-url", redis.url])
+                #expect(ls.status == 0, "\(ls.output)")
+                #expect(ls.output.contains("normal 1 waiting/0 running"), "\(ls.output)")
+                #expect(ls.output.contains(id) && ls.output.contains("PENDING"))
+                let cancel = try await SluiceProcess.runCommand(["jobs", "cancel", id, "--redis-url", redis.url])
+                #expect(cancel.status == 0 && cancel.output.contains("cancelled"), "\(cancel.output)")
+                let show = try await SluiceProcess.runCommand(["jobs", "show", id, "--redis-url", redis.url])
+                #expect(show.output.contains("\"state\" : \"CANCELLED\""), "\(show.output)")
+                let cancelledOnly = try await SluiceProcess.runCommand(["jobs", "ls", "--state", "cancelled", "--redis-url", redis.url])
+                #expect(cancelledOnly.output.contains(id))
+                let retry = try await SluiceProcess.runCommand(["jobs", "retry", id, "--redis-url", redis.url])
+                #expect(retry.status == 0 && retry.output.contains("queued again"), "\(retry.output)")
+                let again = try await SluiceProcess.runCommand(["jobs", "retry", id, "--redis-url", redis.url])
+                #expect(again.status == 1, "a pending job cannot be retried: \(again.output)")
+                try await Self.withWorkers(1, environment: environment) { _ in
+                    let done = try await Self.waitFor(gateway, id, user: "olga") { Self.state($0) == "SUCCEEDED" }
+                    #expect(done["result"] as? String == #"{"x":1}"#)
+                }
+                let missing = try await SluiceProcess.runCommand(["jobs", "show", "job_00000000000000000000000000000000", "--redis-url", redis.url])
+                #expect(missing.status == 1 && missing.output.contains("no job"))
+            }
+        }
+    }
 }
