@@ -150,7 +150,8 @@ import Testing
     }
 
     @Test func randomDisconnectsAndResumesRebuildTheExactText() async throws {
-        try await Harness.run(simulator: { $0.tokensPerSecond = 2000; $0.answerTokens = 2000 }) { harness in
+        // 2 s of generation: time for many reconnects even on a loaded machine.
+        try await Harness.run(simulator: { $0.tokensPerSecond = 1000; $0.answerTokens = 2000 }) { harness in
             let expected = SimulatorEngine.tokens(for: "cycles", seed: 0, count: 2000).joined()
             var generator = SystemRandomNumberGenerator()
             var client = try await Self.ready(harness)
@@ -180,7 +181,8 @@ import Testing
             }
             #expect(text == expected)
             #expect(lastSeq == 2000)
-            #expect(cycles > 10)
+            // The resume path ran several times (how many depends on the machine's speed).
+            #expect(cycles >= 5, "\(cycles) reconnects")
         }
     }
 }
