@@ -326,8 +326,9 @@ import Testing
                 #expect(status == 200)
                 let listing = try #require(try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
                 let jobs = try #require(listing["jobs"] as? [[String: Any]]).filter { $0["schedule"] as? String == "heartbeat" }
-                // 7 s of two workers: 3 or 4 periods of 2 s, each submitted once.
-                #expect((3...5).contains(jobs.count), "\(jobs.count) scheduled jobs")
+                // 7 s of two workers: 3 or 4 periods of 2 s (at least 2 on a very loaded machine),
+                // each submitted once: never two workers' submissions for one period.
+                #expect((2...5).contains(jobs.count), "\(jobs.count) scheduled jobs")
                 let formatter = ISO8601DateFormatter()
                 formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
                 let periods = jobs.compactMap { ($0["created_at"] as? String).flatMap(formatter.date(from:)) }

@@ -37,14 +37,20 @@ struct RendezvousTool: Tool {
     }
 }
 
-/// Ignores cancellation and never answers in time.
-struct StubbornTool: Tool {
+/// Ignores cancellation (a continuation resumed by a timer, not by cancellation) and answers
+/// only after 10 s, without holding a thread meanwhile.
+final class StubbornTool: Tool, Sendable {
     let name = "stubborn"
     let description = "sleeps through cancellation"
     let parameters = #"{"type":"object"}"#
+    private let answered = NIOLockedValueBox(false)
+    var hasAnswered: Bool { self.answered.withLockedValue { $0 } }
+
     func run(_ arguments: ToolArguments) async throws -> String {
-        let deadline = ContinuousClock.now + .seconds(3)
-        while ContinuousClock.now < deadline { usleep(10_000) }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().asyncAfter(deadline: .now() + 10) { continuation.resume() }
+        }
+        self.answered.withLockedValue { $0 = true }
         return "late"
     }
 }
@@ -106,13 +112,13 @@ struct ChattyTool: Tool {
 
     @Test func aToolThatIgnoresCancellationIsAnsweredAtItsDeadline() async throws {
         var registry = ToolRegistry()
-        try registry.register(StubbornTool(), timeout: .milliseconds(200))
-        let started = ContinuousClock.now
+        let stubborn = StubbornTool()
+        try registry.register(stubborn, timeout: .milliseconds(200))
         let run = await registry.run(ToolCall(id: "1", name: "stubborn", arguments: "{}"))
         #expect(run.status == .timeout)
         #expect(run.output.contains("200 ms"))
-        // Answered at the deadline, not when the tool finally returned (3 s): a semantic bound.
-        #expect(ContinuousClock.now - started < .seconds(2))
+        // Answered at the deadline, while the tool itself is still running.
+        #expect(!stubborn.hasAnswered)
     }
 
     @Test func longAnswersAreCutWithANote() async throws {
