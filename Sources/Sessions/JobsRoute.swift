@@ -80,14 +80,15 @@ final class JobsResponder: HTTPRouteResponder {
         let inline = jobs.queue.configuration.inlineResultLimit
         switch (route, method) {
         case (.collection, .POST):
-            var text = String(buffer: body)
-            if !text.contains("\"type\"") {
-                // The WebSocket decoder reads it: a job.submit without its type.
-                text = text.trimmingCharacters(in: .whitespacesAndNewlines)
-                guard text.hasPrefix("{") else { return Self.error(.badRequest, .invalidMessage, "the body must be a JSON object") }
-                text = #"{"type":"job.submit","# + text.dropFirst()
-                if text.hasSuffix(",}") { text = String(text.dropLast(2)) + "}" }
+            // The WebSocket decoder reads it, as a job.submit (the body needs no "type").
+            guard var object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
+                return Self.error(.badRequest, .invalidMessage, "the body must be a JSON object")
             }
+            if object["type"] == nil { object["type"] = "job.submit" }
+            guard let data = try? JSONSerialization.data(withJSONObject: object) else {
+                return Self.error(.badRequest, .invalidMessage, "the body must be a JSON object")
+            }
+            let text = String(decoding: data, as: UTF8.self)
             switch ClientMessageDecoder.decode(ByteBuffer(string: text), maxContentBytes: maxBytes) {
             case .success(.jobSubmit(var submit)):
                 submit.idempotencyKey = submit.idempotencyKey ?? idempotencyKey

@@ -441,6 +441,19 @@ import Testing
                 #expect(try await client.until(type: "pong")["id"] as? String == "still-here")
                 let (status, body) = try await gateways[0].httpRequest("POST", path: "/v1/jobs", headers: ["X-Sluice-User": "zed"], body: "[1,2]")
                 #expect(status == 400, "\(body)")
+                // An input with a "type" of its own is still a job (the body's top level decides).
+                let typed = try await gateways[0].httpRequest(
+                    "POST", path: "/v1/jobs", headers: ["X-Sluice-User": "zed", "Idempotency-Key": "k1"],
+                    body: #"{"kind": "echo", "input": {"type": "invoice"}}"#)
+                #expect(typed.status == 202, "\(typed.body)")
+                let same = try await gateways[0].httpRequest(
+                    "POST", path: "/v1/jobs", headers: ["X-Sluice-User": "zed", "Idempotency-Key": "k1"],
+                    body: #"{"kind": "echo", "input": {"type": "invoice"}}"#)
+                #expect(same.status == 200, "the same Idempotency-Key gives the same job: \(same.body)")
+                let jobID = { (text: String) in (try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])?["job_id"] as? String }
+                #expect(jobID(typed.body) != nil && jobID(typed.body) == jobID(same.body))
+                let empty = try await gateways[0].httpRequest("POST", path: "/v1/jobs", headers: ["X-Sluice-User": "zed"], body: "{}")
+                #expect(empty.status == 400 && empty.body.contains("kind"), "\(empty.body)")
                 await client.close()
             }
             // Without Redis there is no queue: a clear error, not a crash.
