@@ -525,17 +525,39 @@ public final class PostgresStorage: ConversationStorage, Service {
         if self.isShutDown.withLockedValue({ $0 }) { throw StorageError.shutDown }
         let timeout = timeout ?? self.configuration.operationTimeout
         do {
-            return try await withThrowingTaskGroup(of: T.self) { group in
-                group.addTask { try await body() }
-                group.addTask {
-                    try await Task.sleep(for: timeout)
-                    throw StorageError.unavailable("no answer within \(timeout)")
-                }
-                defer { group.cancelAll() }
-                return try await group.next()!
-            }
+            return try await Self.withDeadline(timeout, body)
         } catch {
             throw self.storageError(error)
+        }
+    }
+
+    /// `body`'s result, or `StorageError.unavailable` once `timeout` has passed — also when
+    /// `body` ignores cancellation (a request waiting for a pooled connection while the
+    /// database is down may): a task group would wait for it, and the write-behind queue
+    /// behind this call would stall with it. The body is cancelled and left to finish alone;
+    /// everything run here is idempotent, so a retry is safe.
+    static func withDeadline<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let waiting = NIOLockedValueBox<CheckedContinuation<T, any Error>?>(nil)
+        let timer = NIOLockedValueBox<Task<Void, Never>?>(nil)
+        return try await withCheckedThrowingContinuation { continuation in
+            waiting.withLockedValue { $0 = continuation }
+            let work = Task {
+                let result: Result<T, any Error>
+                do { result = .success(try await body()) } catch { result = .failure(error) }
+                if let continuation = waiting.withLockedValue({ state in defer { state = nil }; return state }) {
+                    timer.withLockedValue { $0 }?.cancel()
+                    continuation.resume(with: result)
+                }
+            }
+            let deadline = Task {
+                try? await Task.sleep(for: timeout)
+                guard !Task.isCancelled else { return }
+                if let continuation = waiting.withLockedValue({ state in defer { state = nil }; return state }) {
+                    work.cancel()
+                    continuation.resume(throwing: StorageError.unavailable("no answer within \(timeout)"))
+                }
+            }
+            timer.withLockedValue { $0 = deadline }
         }
     }
 

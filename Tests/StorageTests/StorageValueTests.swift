@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import Testing
 @testable import Storage
 
@@ -81,6 +82,31 @@ import Testing
     @Test func microsecondsSurviveTheRoundTripThroughDate() {
         for micros: Int64 in [0, 1, 999_999, 1_790_000_000_123_456, 1_924_991_999_999_000] {
             #expect(Date(microsecondsSince1970: micros).microsecondsSince1970 == micros)
+        }
+    }
+}
+
+@Suite struct OperationDeadlineTests {
+    /// A database call that ignores cancellation (a pooled-connection request while the database
+    /// is down) must not hold the caller past its deadline: that stalled the write queue once.
+    @Test(.timeLimit(.minutes(1))) func aBodyThatIgnoresCancellationIsAbandonedAtTheDeadline() async throws {
+        let finished = NIOLockedValueBox(false)
+        do {
+            _ = try await PostgresStorage.withDeadline(.milliseconds(100)) { () async throws -> Int in
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    DispatchQueue.global().asyncAfter(deadline: .now() + 10) { continuation.resume() }
+                }
+                finished.withLockedValue { $0 = true }
+                return 1
+            }
+            Issue.record("the deadline did not fire")
+        } catch let error as StorageError {
+            #expect("\(error)".contains("no answer within"))
+        }
+        #expect(!finished.withLockedValue { $0 }, "answered while the body was still running")
+        #expect(try await PostgresStorage.withDeadline(.seconds(10)) { 42 } == 42)
+        await #expect(throws: StorageError.self) {
+            try await PostgresStorage.withDeadline(.seconds(10)) { () async throws -> Int in throw StorageError.unavailable("down") }
         }
     }
 }
