@@ -34,7 +34,6 @@ public struct JobQueueError: Error, Sendable, CustomStringConvertible {
         /// Redis is unreachable (retry later).
         case unavailable
         case invalidInput
-        case unknownKind
     }
 
     public var kind: Kind

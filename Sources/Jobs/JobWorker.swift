@@ -54,8 +54,6 @@ public final class JobWorker: Service, Sendable {
         self.logger = logger
     }
 
-    public var busySlots: Int { self.state.withLockedValue { $0.running.count } }
-
     public func run() async throws {
         self.logger.notice("job worker starting", metadata: [
             "sluice.worker": "\(self.configuration.workerID)", "sluice.concurrency": "\(self.configuration.concurrency)",

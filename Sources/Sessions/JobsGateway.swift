@@ -124,7 +124,6 @@ public final class JobsGateway: Sendable {
         switch error.kind {
         case .unavailable: Failure(code: .unavailable, message: error.message, retryAfterMs: 1000)
         case .invalidInput: Failure(code: .invalidMessage, message: error.message)
-        case .unknownKind: Failure(code: .notFound, message: error.message)
         }
     }
 
