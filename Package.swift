@@ -368,3 +368,23 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// Fuzzing (scripts/fuzz.sh, docs/fuzzing.md): one libFuzzer binary whose targets are chosen by
+// name. It links only with `-sanitize=fuzzer` (libFuzzer supplies `main`), so it is part of the
+// manifest only when the fuzz script asks (SLUICE_FUZZ=1): `swift build` and `swift test` never
+// see it. It uses `@testable import`, so it is built in debug (testability on) into `.build-fuzz`.
+if Context.environment["SLUICE_FUZZ"] != nil {
+    package.products.append(.executable(name: "sluice-fuzz", targets: ["sluice-fuzz"]))
+    package.targets.append(.target(name: "CFuzzMain", path: "Fuzz/Sources/CFuzzMain"))
+    package.targets.append(.executableTarget(
+        name: "sluice-fuzz",
+        dependencies: [
+            "CFuzzMain", "WSServer", "Inference", "RedisClient", "SluiceProtocol", "Sessions", "Telemetry", "Jobs", "SluiceApp",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ],
+        path: "Fuzz/Sources/SluiceFuzz",
+        swiftSettings: strict + [.unsafeFlags(["-parse-as-library"])]
+    ))
+}

@@ -21,7 +21,34 @@ static inline void *sluice_hiredis_createNil(const redisReadTask *task) {
     return reply;
 }
 
-// A reader with hiredis' default reply objects except for createNil (above). The function table
+// The most elements one array reply may announce. hiredis 0.14 allocates the element array as
+// soon as it reads `*n`, before any element arrives, for any n up to INT_MAX (16 GiB of pointers
+// for `*2147483647`); a longer array is refused instead (no reply Sluice reads comes near it).
+#define SLUICE_HIREDIS_MAX_ARRAY_ELEMENTS (1 << 20)
+
+// hiredis' createArrayObject, bounded by SLUICE_HIREDIS_MAX_ARRAY_ELEMENTS. Returning NULL makes
+// the reader fail with REDIS_ERR_OOM, which RESPParser reports as a protocol error.
+static inline void *sluice_hiredis_createArray(const redisReadTask *task, int elements) {
+    if (elements > SLUICE_HIREDIS_MAX_ARRAY_ELEMENTS) return NULL;
+    redisReply *reply = (redisReply *)calloc(1, sizeof(redisReply));
+    if (reply == NULL) return NULL;
+    reply->type = REDIS_REPLY_ARRAY;
+    if (elements > 0) {
+        reply->element = (redisReply **)calloc((size_t)elements, sizeof(redisReply *));
+        if (reply->element == NULL) {
+            free(reply);
+            return NULL;
+        }
+    }
+    reply->elements = elements > 0 ? (size_t)elements : 0;
+    if (task->parent != NULL) {
+        redisReply *parent = (redisReply *)task->parent->obj;
+        parent->element[task->idx] = reply;
+    }
+    return reply;
+}
+
+// A reader with hiredis' default reply objects except for createNil and createArray (above). The function table
 // is per reader (hiredis keeps a pointer to it) and is freed by sluice_hiredis_readerFree.
 static inline redisReader *sluice_hiredis_readerCreate(void) {
     redisReader *reader = redisReaderCreate();
@@ -33,6 +60,7 @@ static inline redisReader *sluice_hiredis_readerCreate(void) {
     }
     *functions = *reader->fn;
     functions->createNil = sluice_hiredis_createNil;
+    functions->createArray = sluice_hiredis_createArray;
     reader->fn = functions;
     return reader;
 }

@@ -7,7 +7,8 @@ import NIOCore
 ///
 /// hiredis copies fed bytes into its own buffer, so the caller's buffer can be released right
 /// after `feed`. Its limits apply: nesting deeper than 7 array levels is a protocol error
-/// (no Redis command replies that deep).
+/// (no Redis command replies that deep), and so is an array announcing more than
+/// `SLUICE_HIREDIS_MAX_ARRAY_ELEMENTS` (2^20) elements (hiredis would allocate it up front).
 public final class RESPParser {
     private let reader: UnsafeMutablePointer<redisReader>
     private let allocator: ByteBufferAllocator
@@ -44,6 +45,10 @@ public final class RESPParser {
     }
 
     private func readerError() -> RESPProtocolError {
+        if self.reader.pointee.err == REDIS_ERR_OOM {
+            // Also what the shim's bounded createArray reports for an over-long `*n`.
+            return RESPProtocolError("an array reply longer than \(SLUICE_HIREDIS_MAX_ARRAY_ELEMENTS) elements, or out of memory")
+        }
         let message = withUnsafeBytes(of: self.reader.pointee.errstr) { raw in
             String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
         }
