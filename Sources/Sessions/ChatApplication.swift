@@ -36,6 +36,29 @@ public struct ChatConfiguration: Sendable, Equatable {
     public init(instanceID: String) {
         self.instanceID = instanceID
     }
+
+    /// The largest body of `POST /v1/chat/stream` and `POST /v1/jobs` (bytes): twice
+    /// `maxContentBytes` (a client that escapes non-ASCII text, as Python's `json.dumps` does,
+    /// writes CJK content in twice its UTF-8 bytes) plus 16 KiB for the other fields.
+    public var maxRequestBodyBytes: Int {
+        Self.saturating(Self.saturating(self.maxContentBytes, times: 2), plus: 16 * 1024)
+    }
+
+    /// The largest body of `POST /v1/chat/completions` (bytes): it carries the whole context,
+    /// whose text may reach 8 × `maxContentBytes`; twice that (escapes) plus 64 KiB of JSON around it.
+    public var maxCompletionsRequestBodyBytes: Int {
+        Self.saturating(Self.saturating(self.maxContentBytes, times: 16), plus: 64 * 1024)
+    }
+
+    static func saturating(_ value: Int, times factor: Int) -> Int {
+        let (product, overflow) = value.multipliedReportingOverflow(by: factor)
+        return overflow ? .max : product
+    }
+
+    static func saturating(_ value: Int, plus other: Int) -> Int {
+        let (sum, overflow) = value.addingReportingOverflow(other)
+        return overflow ? .max : sum
+    }
 }
 
 /// How generations reach other instances: not at all (one node, the embedded default), or
@@ -81,7 +104,8 @@ public struct ChatApplication: WebSocketApplication {
     public init(
         configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory,
         fanOut: FanOut = .singleNode, persistence: Persistence = .none, tracer: any Tracer = NoOpTracer(),
-        policy: ChatPolicy = .open, jobs: JobsGateway? = nil, tools: ToolRegistry = .empty, logger: Logger
+        policy: ChatPolicy = .open, jobs: JobsGateway? = nil, tools: ToolRegistry = .empty, memoryBudget: MemoryBudget = .unlimited(),
+        logger: Logger
     ) {
         self.jobs = jobs
         self.tools = tools
@@ -92,7 +116,8 @@ public struct ChatApplication: WebSocketApplication {
         self.router = router
         let metrics = ChatMetrics()
         self.metrics = metrics
-        let hub = GenerationHub(retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations, metrics: metrics)
+        let hub = GenerationHub(
+            retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations, metrics: metrics, budget: memoryBudget)
         self.hub = hub
         self.broker = fanOut.broker
         // A cancel from another instance for one of ours.

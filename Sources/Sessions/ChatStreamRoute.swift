@@ -43,6 +43,8 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         self.application = application
     }
 
+    var maxRequestBodyBytes: Int { self.application.configuration.maxRequestBodyBytes }
+
     func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
         self.writer = writer
         guard head.method == .POST else {

@@ -101,10 +101,16 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private let startedAt = NIODeadline.now()
     /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":` once.
     private var chunkPrefix = ByteBuffer()
+    /// What the answer collected for a non-streamed response holds of the memory budget.
+    private var charge = MemoryCharge(.generation)
+    /// The memory budget had no room for more of a non-streamed answer: 503 at the end of this read.
+    private var overBudget = false
 
     init(application: ChatApplication) {
         self.application = application
     }
+
+    var maxRequestBodyBytes: Int { self.application.configuration.maxCompletionsRequestBodyBytes }
 
     struct Request {
         var model: String?
@@ -292,7 +298,7 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     // MARK: GenerationSink
 
     func generationDidProduce(_ text: Substring) {
-        guard !self.ended else { return }
+        guard !self.ended, !self.overBudget else { return }
         if self.deltas == 0 { self.metrics?.timeToFirstToken.recordInterval(since: self.startedAt) }
         self.deltas += 1
         if self.streaming {
@@ -306,6 +312,11 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             self.writer?.writeBody(chunk, flush: false)
         } else {
             self.text.writeSubstring(text)
+            if self.text.capacity > self.charge.held,
+               !self.charge.grow(to: self.text.capacity, granule: 16 * 1024, in: self.application.hub.budget)
+            {
+                self.overBudget = true
+            }
         }
     }
 
@@ -315,6 +326,25 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
 
     func generationDidEndBatch() {
         guard !self.ended else { return }
+        if self.overBudget {
+            // Nothing was sent yet (a non-streamed answer): a retryable 503, and the answer dropped.
+            self.handle?.cancel()
+            self.handle = nil
+            self.ended = true
+            self.application.hub.countOverBudget()
+            self.metrics?.request(status: ErrorCode.overloaded.rawValue)
+            if let admission = self.admission {
+                self.application.settle(admission, user: self.user, usedTokens: (self.usage?.prompt ?? self.promptEstimate) + self.deltas)
+            }
+            self.text = ByteBuffer()
+            self.charge.releaseAll(to: self.application.hub.budget)
+            if let writer = self.writer {
+                OpenAIError.respond(writer, status: .serviceUnavailable, "the server's memory budget is exhausted; retry shortly",
+                                    type: "api_error", code: ErrorCode.overloaded.rawValue, retryAfterMs: 1000)
+                self.writer = nil
+            }
+            return
+        }
         // A budget (rate limit or quota) smaller than the request's max_tokens: stop there.
         if let admission = self.admission, admission.grant.cutByBudget, self.deltas >= admission.grant.maxTokens {
             self.handle?.cancel()
@@ -371,6 +401,7 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private func finish(_ reason: FinishReason, error: InferenceError? = nil) {
         guard !self.ended else { return }
         self.ended = true
+        defer { self.charge.releaseAll(to: self.application.hub.budget) }
         let usage = self.usage.map { (prompt: $0.prompt, completion: $0.completion) }
             ?? (prompt: self.promptEstimate, completion: self.deltas)
         self.metrics?.latency.recordInterval(since: self.startedAt)
