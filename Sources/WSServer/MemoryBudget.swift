@@ -69,7 +69,8 @@ public final class MemoryBudget: Sendable {
         if self.take(bytes, for: use) { return true }
         let reclaimers = self.reclaimers.withLock { $0 }
         for reclaim in reclaimers {
-            _ = reclaim(bytes)
+            // Asked for the shortfall only: what is free now stays counted.
+            _ = reclaim(max(1, bytes - self.available))
             if self.take(bytes, for: use) { return true }
         }
         self.metrics.refused(use)
@@ -99,8 +100,8 @@ public final class MemoryBudget: Sendable {
         self.byUse[to.rawValue].value.add(bytes, ordering: .relaxed)
     }
 
-    /// `reclaim(wanted)` is called when a reservation does not fit; it frees what it can
-    /// (releasing through this budget) and returns how much it freed.
+    /// `reclaim(wanted)` is called when a reservation does not fit, with the bytes missing; it
+    /// frees what it can (releasing through this budget) and returns how much it freed.
     public func addReclaimer(_ reclaim: @escaping @Sendable (_ wanted: Int) -> Int) {
         self.reclaimers.withLock { $0.append(reclaim) }
     }

@@ -66,7 +66,7 @@ import Testing
         #expect(budget.reserve(20, for: .webSocketInbound))  // fits: nobody asked
         var seen = asked.withLock { $0 }
         #expect(seen.isEmpty)
-        #expect(budget.reserve(25, for: .webSocketInbound))  // 100 used: the reclaimer frees 30
+        #expect(budget.reserve(25, for: .webSocketInbound))  // 100 used: asked for the 25 missing, frees 30
         seen = asked.withLock { $0 }
         #expect(seen == [25])
         #expect(budget.used == 95)
