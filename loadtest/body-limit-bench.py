@@ -86,7 +86,7 @@ def job_body(size, shape):
     return json.dumps({"kind": "no-such-kind", "input": {"text": text}}).encode()
 
 
-def measure(binary, args, redis_port, workdir, label):
+def measure(binary, args, redis_port, workdir, label, big_requests):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     env.update({"SLUICE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "SLUICE_SERVER_EVENT_LOOP_THREADS": "1",
@@ -101,7 +101,7 @@ def measure(binary, args, redis_port, workdir, label):
         totals = {"big": [0.0, 0, 0.0], "small": [0.0, 0, 0.0]}  # cpu, requests, wall
         statuses = {"big": set(), "small": set()}
         for _ in range(args.rounds):
-            for kind, body, count in (("big", big, args.big_requests), ("small", small, args.small_requests)):
+            for kind, body, count in (("big", big, big_requests), ("small", small, args.small_requests)):
                 before = cpu_seconds(server.pid)
                 for _ in range(count):
                     status, wall = request(port, "POST", "/v1/jobs", body)
@@ -138,7 +138,8 @@ def main():
     parser.add_argument("--before", help="an older sluice binary to measure in the same run")
     parser.add_argument("--big-bytes", type=int, default=1_400_000)
     parser.add_argument("--shape", choices=["array", "text"], default="array", help="what the big input is made of")
-    parser.add_argument("--big-requests", type=int, default=3)
+    parser.add_argument("--big-requests", type=int, default=30, help="big requests per round")
+    parser.add_argument("--before-big-requests", type=int, default=2, help="big requests per round for --before (each costs seconds)")
     parser.add_argument("--small-requests", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--server-cpu", default="taskset -c 0" if shutil.which("taskset") and os.cpu_count() >= 2 else "")
@@ -151,8 +152,8 @@ def main():
         time.sleep(0.3)
         results = {}
         if args.before:
-            results["before"] = measure(args.before, args, redis_port, workdir, "before")
-        results["after"] = measure(args.sluice, args, redis_port, workdir, "after")
+            results["before"] = measure(args.before, args, redis_port, workdir, "before", args.before_big_requests)
+        results["after"] = measure(args.sluice, args, redis_port, workdir, "after", args.big_requests)
         print(json.dumps({"big_bytes": args.big_bytes, "shape": args.shape, **results}))
         print("command: python3 " + " ".join(sys.argv))
     finally:
