@@ -33,24 +33,47 @@ struct PubSubRequest: Sendable {
 /// whenever something is published, and one `subscribe`/`unsubscribe`/... confirmation per name
 /// of each command, interleaved with messages in any order. Confirmations are matched by
 /// (command, name) to the oldest waiting request; messages go to `onMessage`.
+///
+/// Bounds, as for commands (`RedisCommandHandler`): a confirmation has a deadline
+/// (`commandTimeout`; past it the request fails with `timedOut`, and a late confirmation is
+/// ignored); a connection that sent nothing at all between a request and its deadline is
+/// stalled and closed; at most `maxPending` confirmations are awaited at once.
 final class RedisPubSubHandler: ChannelDuplexHandler {
     typealias InboundIn = RESPValue
     typealias OutboundIn = PubSubRequest
     typealias OutboundOut = ByteBuffer
+
+    struct Limits: Sendable, Hashable {
+        var commandTimeout: TimeAmount
+        var maxPending: Int
+
+        init(commandTimeout: TimeAmount, maxPending: Int) {
+            self.commandTimeout = commandTimeout
+            self.maxPending = max(1, maxPending)
+        }
+    }
 
     private struct Waiter {
         var command: PubSubCommand
         var name: String
         var requestID: Int
         var promise: EventLoopPromise<Void>
+        var deadline: NIODeadline
+        /// `valuesRead` when the request was written (unchanged at the deadline: a stall).
+        var valuesReadBefore: UInt64
     }
 
+    private let limits: Limits
     private let onMessage: (RedisPubSubMessage) -> Void
     private var waiters: [Waiter] = []
     private var nextRequestID = 0
+    private var valuesRead: UInt64 = 0
+    private var timer: Scheduled<Void>?
+    private var timerDeadline: NIODeadline?
     private var isClosed = false
 
-    init(onMessage: @escaping (RedisPubSubMessage) -> Void) {
+    init(limits: Limits, onMessage: @escaping (RedisPubSubMessage) -> Void) {
+        self.limits = limits
         self.onMessage = onMessage
     }
 
@@ -66,6 +89,11 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
             promise?.succeed()
             return
         }
+        guard request.names.count <= self.limits.maxPending - self.waiters.count else {
+            for waiter in request.promises { waiter.fail(RedisClientError.tooManyPendingCommands) }
+            promise?.fail(RedisClientError.tooManyPendingCommands)
+            return
+        }
         let command = RedisCommand(request.command.rawValue.uppercased(), arguments: request.names)
         var buffer = context.channel.allocator.buffer(capacity: 32)
         do {
@@ -76,15 +104,20 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
             return
         }
         self.nextRequestID += 1
+        let deadline = context.eventLoop.now + self.limits.commandTimeout
         for (name, waiter) in zip(request.names, request.promises) {
-            self.waiters.append(Waiter(command: request.command, name: name, requestID: self.nextRequestID, promise: waiter))
+            self.waiters.append(Waiter(
+                command: request.command, name: name, requestID: self.nextRequestID, promise: waiter,
+                deadline: deadline, valuesReadBefore: self.valuesRead))
         }
+        self.armTimer(for: deadline, context: context)
         context.write(self.wrapOutboundOut(buffer), promise: promise)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.isClosed else { return }
         let value = self.unwrapInboundIn(data)
+        self.valuesRead &+= 1
         switch value {
         case .array(let items):
             self.handlePush(items, context: context)
@@ -95,7 +128,7 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
             self.waiters.removeAll { $0.requestID == first.requestID }
             for waiter in failed { waiter.promise.fail(RedisClientError.server(message)) }
         default:
-            self.protocolViolation("unexpected reply in subscribe mode: \(value)", context: context)
+            self.protocolViolation("unexpected reply in subscribe mode", context: context)
         }
     }
 
@@ -150,9 +183,41 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
 
     private func failAll(_ error: RedisClientError) {
         self.isClosed = true
+        self.timer?.cancel()
+        self.timer = nil
+        self.timerDeadline = nil
         let waiters = self.waiters
         self.waiters = []
         for waiter in waiters { waiter.promise.fail(error) }
+    }
+
+    // MARK: Deadlines
+
+    private func armTimer(for deadline: NIODeadline, context: ChannelHandlerContext) {
+        if let armed = self.timerDeadline, armed <= deadline { return }
+        self.timer?.cancel()
+        self.timerDeadline = deadline
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.deadlinePassed(context: context)
+        }
+    }
+
+    private func deadlinePassed(context: ChannelHandlerContext) {
+        self.timer = nil
+        self.timerDeadline = nil
+        guard !self.isClosed else { return }
+        let now = context.eventLoop.now
+        let expired = self.waiters.filter { $0.deadline <= now }
+        self.waiters.removeAll { $0.deadline <= now }
+        let stalled = expired.contains { $0.valuesReadBefore == self.valuesRead }
+        if stalled {
+            for waiter in expired { waiter.promise.fail(RedisClientError.timedOut) }
+            self.failAll(.timedOut)
+            context.close(promise: nil)
+            return
+        }
+        if let next = self.waiters.map(\.deadline).min() { self.armTimer(for: next, context: context) }
+        for waiter in expired { waiter.promise.fail(RedisClientError.timedOut) }
     }
 }
 
