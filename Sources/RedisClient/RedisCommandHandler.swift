@@ -99,7 +99,11 @@ final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHandler {
             }
         }
         if let earliest { self.armTimer(for: earliest, context: context) }
-        context.write(self.wrapOutboundOut(buffer), promise: promise)
+        // The handler owns the replies' promises now: whatever ends the connection (a reset, a
+        // failed TLS handshake, a deadline) fails them with its own reason. The caller's write
+        // promise only tells whether the handler took the request.
+        context.write(self.wrapOutboundOut(buffer), promise: nil)
+        promise?.succeed()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -169,9 +173,10 @@ final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         // Fail after the bookkeeping: a callback may send the next command right away.
         if stalled || self.timedOutSlots > self.limits.maxTimedOutSlots {
-            self.isClosed = true
-            for promise in expired { promise.fail(RedisClientError.timedOut) }
-            self.giveUp(.timedOut, context: context)
+            self.closeReason = .timedOut
+            let rest = self.takeAll()
+            context.close(promise: nil)
+            for promise in expired + rest { promise.fail(RedisClientError.timedOut) }
             return
         }
         if let next { self.armTimer(for: next, context: context) }
@@ -180,22 +185,32 @@ final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Closing
 
-    /// Fails every pending command with `error` and closes the connection.
+    /// Closes the connection, then fails every pending command with `error` (closed first, so
+    /// whoever sees the failure sees the connection gone).
     private func giveUp(_ error: RedisClientError, context: ChannelHandlerContext) {
         if self.closeReason == nil { self.closeReason = error }
-        self.failAll(error)
+        let promises = self.takeAll()
         context.close(promise: nil)
+        for promise in promises { promise.fail(error) }
     }
 
     private func failAll(_ error: RedisClientError) {
+        for promise in self.takeAll() { promise.fail(error) }
+    }
+
+    /// Marks the connection unusable and empties the FIFO; the caller fails what it returns.
+    private func takeAll() -> [EventLoopPromise<RESPValue>] {
         self.isClosed = true
         self.timer?.cancel()
         self.timer = nil
         self.timerDeadline = nil
         self.timedOutSlots = 0
+        var promises: [EventLoopPromise<RESPValue>] = []
+        promises.reserveCapacity(self.pending.count)
         while let slot = self.pending.popFirst() {
-            slot.promise?.fail(error)
+            if let promise = slot.promise { promises.append(promise) }
         }
+        return promises
     }
 }
 

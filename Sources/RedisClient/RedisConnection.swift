@@ -131,7 +131,7 @@ public final class RedisConnection: RedisCommandExecutor, Sendable {
         // The handler fails the promises itself if the connection is closed; this covers a
         // pipeline whose handler was already removed (the write then fails in the head).
         self.channel.writeAndFlush(request).whenFailure { error in
-            // A TLS handshake that failed fails the writes it held back: say so.
+            // Only when the handler never took the request (it was already removed).
             let reason = RedisClientError.channelFailed(error)
             for reply in request.promises { reply.fail(reason) }
         }

@@ -37,7 +37,10 @@ struct PubSubRequest: Sendable {
 /// Bounds, as for commands (`RedisCommandHandler`): a confirmation has a deadline
 /// (`commandTimeout`; past it the request fails with `timedOut`, and a late confirmation is
 /// ignored); a connection that sent nothing at all between a request and its deadline is
-/// stalled and closed; at most `maxPending` confirmations are awaited at once.
+/// stalled and closed; at most `maxPending` confirmations are awaited at once. A subscriber is
+/// mostly silent, so it is also checked when idle: after `healthCheckInterval` with nothing
+/// read it sends a `PING`, and if nothing at all is read by the next check it is closed (the
+/// subscriber then reconnects and resubscribes).
 final class RedisPubSubHandler: ChannelDuplexHandler {
     typealias InboundIn = RESPValue
     typealias OutboundIn = PubSubRequest
@@ -46,10 +49,13 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
     struct Limits: Sendable, Hashable {
         var commandTimeout: TimeAmount
         var maxPending: Int
+        /// Nil: no idle check.
+        var healthCheckInterval: TimeAmount?
 
-        init(commandTimeout: TimeAmount, maxPending: Int) {
+        init(commandTimeout: TimeAmount, maxPending: Int, healthCheckInterval: TimeAmount? = nil) {
             self.commandTimeout = commandTimeout
             self.maxPending = max(1, maxPending)
+            self.healthCheckInterval = healthCheckInterval
         }
     }
 
@@ -71,6 +77,11 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
     private var timer: Scheduled<Void>?
     private var timerDeadline: NIODeadline?
     private var isClosed = false
+    private var healthTimer: Scheduled<Void>?
+    /// `valuesRead` at the last health check.
+    private var valuesReadAtLastCheck: UInt64 = 0
+    /// `valuesRead` when the idle check's PING went out; nil when none is outstanding.
+    private var pingSentAfter: UInt64?
 
     init(limits: Limits, onMessage: @escaping (RedisPubSubMessage) -> Void) {
         self.limits = limits
@@ -111,7 +122,9 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
                 deadline: deadline, valuesReadBefore: self.valuesRead))
         }
         self.armTimer(for: deadline, context: context)
-        context.write(self.wrapOutboundOut(buffer), promise: promise)
+        // The waiters are the handler's now (see `RedisCommandHandler.write`).
+        context.write(self.wrapOutboundOut(buffer), promise: nil)
+        promise?.succeed()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -162,6 +175,15 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
         }
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { self.scheduleHealthCheck(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.scheduleHealthCheck(context: context)
+        context.fireChannelActive()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         self.failAll(.connectionClosed)
         context.fireChannelInactive()
@@ -172,23 +194,66 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.failAll(.channelFailed(error))
-        context.close(promise: nil)
+        self.giveUp(.channelFailed(error), context: context)
     }
 
     private func protocolViolation(_ message: String, context: ChannelHandlerContext) {
-        self.failAll(.protocolError(message))
+        self.giveUp(.protocolError(message), context: context)
+    }
+
+    /// Closes the connection, then fails every waiting request with `error`.
+    private func giveUp(_ error: RedisClientError, context: ChannelHandlerContext) {
+        let waiters = self.takeAll()
         context.close(promise: nil)
+        for waiter in waiters { waiter.promise.fail(error) }
     }
 
     private func failAll(_ error: RedisClientError) {
+        for waiter in self.takeAll() { waiter.promise.fail(error) }
+    }
+
+    /// Marks the connection unusable and empties the waiters; the caller fails what it returns.
+    private func takeAll() -> [Waiter] {
         self.isClosed = true
+        self.healthTimer?.cancel()
+        self.healthTimer = nil
         self.timer?.cancel()
         self.timer = nil
         self.timerDeadline = nil
         let waiters = self.waiters
         self.waiters = []
-        for waiter in waiters { waiter.promise.fail(error) }
+        return waiters
+    }
+
+    // MARK: Idle check
+
+    private func scheduleHealthCheck(context: ChannelHandlerContext) {
+        guard let interval = self.limits.healthCheckInterval, self.healthTimer == nil, !self.isClosed else { return }
+        self.healthTimer = context.eventLoop.assumeIsolated().scheduleTask(in: interval) {
+            self.healthTimer = nil
+            self.checkHealth(context: context)
+        }
+    }
+
+    private func checkHealth(context: ChannelHandlerContext) {
+        guard !self.isClosed else { return }
+        if let sentAfter = self.pingSentAfter {
+            guard self.valuesRead != sentAfter else {
+                // Not even the PONG in a whole interval: the server is frozen or gone.
+                self.giveUp(.timedOut, context: context)
+                return
+            }
+            self.pingSentAfter = nil
+        }
+        if self.valuesRead == self.valuesReadAtLastCheck {
+            var buffer = context.channel.allocator.buffer(capacity: 14)
+            if (try? RedisCommand("PING").encode(into: &buffer)) != nil {
+                self.pingSentAfter = self.valuesRead
+                context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
+            }
+        }
+        self.valuesReadAtLastCheck = self.valuesRead
+        self.scheduleHealthCheck(context: context)
     }
 
     // MARK: Deadlines
@@ -211,9 +276,9 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
         self.waiters.removeAll { $0.deadline <= now }
         let stalled = expired.contains { $0.valuesReadBefore == self.valuesRead }
         if stalled {
-            for waiter in expired { waiter.promise.fail(RedisClientError.timedOut) }
-            self.failAll(.timedOut)
+            let rest = self.takeAll()
             context.close(promise: nil)
+            for waiter in expired + rest { waiter.promise.fail(RedisClientError.timedOut) }
             return
         }
         if let next = self.waiters.map(\.deadline).min() { self.armTimer(for: next, context: context) }

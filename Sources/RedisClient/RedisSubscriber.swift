@@ -159,8 +159,10 @@ final class PubSubConnection: ReconnectableConnection {
         on eventLoop: any EventLoop,
         onMessage: @escaping @Sendable (RedisPubSubMessage) -> Void
     ) -> EventLoopFuture<PubSubConnection> {
+        // Idle for a command timeout: PING; no answer by the next check: closed and made again.
         let limits = RedisPubSubHandler.Limits(
-            commandTimeout: connector.configuration.commandTimeout, maxPending: connector.configuration.maxPendingCommands)
+            commandTimeout: connector.configuration.commandTimeout, maxPending: connector.configuration.maxPendingCommands,
+            healthCheckInterval: connector.configuration.commandTimeout)
         return connector.connect(on: eventLoop, selectDatabase: false).flatMap { connection in
             connection.channel.pipeline.syncOperations.removeHandler(name: RedisConnection.commandHandlerName)
                 .flatMapThrowing {
@@ -189,7 +191,7 @@ final class PubSubConnection: ReconnectableConnection {
         let confirmations = names.map { _ in eventLoop.makePromise(of: Void.self) }
         let request = PubSubRequest(command: command, names: names, promises: confirmations)
         self.channel.writeAndFlush(request).whenFailure { error in
-            // A TLS handshake that failed fails the writes it held back: say so.
+            // Only when the handler never took the request (it was already removed).
             let reason = RedisClientError.channelFailed(error)
             for confirmation in confirmations { confirmation.fail(reason) }
         }

@@ -213,6 +213,32 @@ import Testing
         #expect(channel.isActive)
     }
 
+    @Test func anIdleSubscriberPingsAndIsClosedWhenNothingAnswers() throws {
+        let channel = EmbeddedChannel()
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 6379)).wait()
+        try PubSubConnection.addHandlers(
+            to: channel.pipeline.syncOperations,
+            limits: .init(commandTimeout: .seconds(2), maxPending: 10, healthCheckInterval: .seconds(5))) { _ in }
+        defer { _ = try? channel.finish() }
+        // Messages keep coming: no PING needed.
+        channel.embeddedEventLoop.advanceTime(by: .seconds(4))
+        try channel.writeInbound(ByteBuffer(string: "*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nx\r\n"))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(try self.written(channel).isEmpty)
+        // A quiet interval: PING, answered in subscribe mode with a pong push; the connection stays.
+        channel.embeddedEventLoop.advanceTime(by: .seconds(5))
+        #expect(try self.written(channel) == "*1\r\n$4\r\nPING\r\n")
+        try channel.writeInbound(ByteBuffer(string: "*2\r\n$4\r\npong\r\n$0\r\n\r\n"))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(5))
+        #expect(channel.isActive)
+        #expect(try self.written(channel).isEmpty, "the pong was news")
+        // Quiet again: another PING, and this time nothing comes back: closed at the next check.
+        channel.embeddedEventLoop.advanceTime(by: .seconds(5))
+        #expect(try self.written(channel) == "*1\r\n$4\r\nPING\r\n")
+        channel.embeddedEventLoop.advanceTime(by: .seconds(5))
+        #expect(!channel.isActive)
+    }
+
     @Test func subscribeConfirmationsHaveDeadlinesToo() throws {
         let channel = EmbeddedChannel()
         try PubSubConnection.addHandlers(to: channel.pipeline.syncOperations, limits: .init(commandTimeout: .seconds(2), maxPending: 2)) { _ in }

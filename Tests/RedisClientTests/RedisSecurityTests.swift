@@ -262,6 +262,13 @@ struct RedisSecurityTests {
             _ = try await client.set("a", to: "A")
             _ = try await client.set("b", to: "B")
             let dedicated = try await client.makeDedicatedConnection()
+            let received = NIOLockedValueBox<[String]>([])
+            let resubscribed = NIOLockedValueBox(0)
+            let subscriber = RedisSubscriber(configuration: configuration, eventLoop: self.loop, onResubscribed: {
+                resubscribed.withLockedValue { $0 += 1 }
+            })
+            try await eventually("subscriber connected") { subscriber.isConnected }
+            try await subscriber.subscribe("news") { message in received.withLockedValue { $0.append(String(buffer: message.payload)) } }
 
             server.stall()
             await #expect(throws: RedisClientError.timedOut) { try await client.get("a") }
@@ -272,8 +279,15 @@ struct RedisSecurityTests {
             await #expect(throws: RedisClientError.timedOut) { try await dedicated.xread([("s", "$")], blockMilliseconds: 200) }
             #expect(!dedicated.isActive)
 
+            // The idle subscriber notices too (its PING goes unanswered) and lets go.
+            try await eventually("the subscriber gave up the silent connection") { !subscriber.isConnected }
+
             server.resume()
             try await eventually("reconnected after SIGCONT") { client.isConnected }
+            try await eventually("resubscribed after SIGCONT") { subscriber.isConnected && resubscribed.withLockedValue { $0 } >= 1 }
+            _ = try await client.publish("after", to: "news")
+            try await eventually("messages flow again") { received.withLockedValue { $0 } == ["after"] }
+            await subscriber.shutdown()
             // Each command gets its own reply: nothing late is matched to the wrong one.
             #expect(try await client.get("b").map { String(buffer: $0) } == "B")
             #expect(try await client.get("a").map { String(buffer: $0) } == "A")
