@@ -350,6 +350,7 @@ extension ChatApplication {
         let context = conversation.messages + [ChatMessage(role: .user, content: content)]
         var request = GenerationRequest(
             messages: context, model: route.model, maxTokens: grant.maxTokens, temperature: send.temperature)
+        request.user = user
         if !self.tools.isEmpty { request.tools = self.tools.definitions(only: send.tools) }
         let generationID = Identifier.make("gen_")
         let startedAt = NIODeadline.now()
