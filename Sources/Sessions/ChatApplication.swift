@@ -87,7 +87,13 @@ public struct ChatApplication: WebSocketApplication {
         self.tools = tools
         self.tracer = tracer
         self.policy = policy
-        self.quotas = QuotaGuard(persistence: persistence, period: configuration.quotaPeriod, logger: logger)
+        let reservations: (@Sendable (String) async -> Int)? = jobs.map { jobs in
+            { user in
+                // Unreachable Redis: the jobs' reservations are not known now; chats go on.
+                (try? await jobs.queue.reservedTokens(user: user)) ?? 0
+            }
+        }
+        self.quotas = QuotaGuard(persistence: persistence, period: configuration.quotaPeriod, jobReservations: reservations, logger: logger)
         self.configuration = configuration
         self.router = router
         let metrics = ChatMetrics()

@@ -484,6 +484,7 @@ extension ConfigurationLoader {
         .stringList("tools.enabled") { $0.tools.enabled = $1 },
         .duration("tools.timeout", mustBePositive: true) { $0.tools.timeout = $1 },
         .stringList("tools.http_get_allowed_hosts") { $0.tools.httpGetAllowedHosts = $1 },
+        .stringList("tools.http_get_allowed_networks") { $0.tools.httpGetAllowedNetworks = $1 },
         .webhookList("tools.webhooks") { $0.tools.webhooks = $1 },
 
         .optionalString("tracing.otlp_endpoint") { $0.tracing.otlpEndpoint = $1 },
