@@ -87,10 +87,11 @@ public struct ChatApplication: WebSocketApplication {
         self.tools = tools
         self.tracer = tracer
         self.policy = policy
-        let reservations: (@Sendable (String) async -> Int)? = jobs.map { jobs in
-            { user in
+        var reservations: (@Sendable (String) async -> Int)?
+        if let queue = jobs?.queue {
+            reservations = { user in
                 // Unreachable Redis: the jobs' reservations are not known now; chats go on.
-                (try? await jobs.queue.reservedTokens(user: user)) ?? 0
+                (try? await queue.reservedTokens(user: user)) ?? 0
             }
         }
         self.quotas = QuotaGuard(persistence: persistence, period: configuration.quotaPeriod, jobReservations: reservations, logger: logger)

@@ -81,7 +81,7 @@ final class JobsResponder: HTTPRouteResponder {
     static func handle(
         route: Route, method: HTTPMethod, body: ByteBuffer, query: [String: String], idempotencyKey: String?,
         user: String, jobs: JobsGateway, maxBytes: Int,
-        submit: (ClientMessage.JobSubmit) async -> Result<(JobRecord, created: Bool), JobsGateway.Failure>
+        submitJob: (ClientMessage.JobSubmit) async -> Result<(JobRecord, created: Bool), JobsGateway.Failure>
     ) async -> Reply {
         let inline = jobs.queue.configuration.inlineResultLimit
         switch (route, method) {
@@ -98,7 +98,7 @@ final class JobsResponder: HTTPRouteResponder {
             switch ClientMessageDecoder.decode(ByteBuffer(string: text), maxContentBytes: maxBytes) {
             case .success(.jobSubmit(var submit)):
                 submit.idempotencyKey = submit.idempotencyKey ?? idempotencyKey
-                switch await submit(submit) {
+                switch await submitJob(submit) {
                 case .success(let (record, created)):
                     return Reply(status: created ? .accepted : .ok, body: record.json(inlineResultLimit: inline))
                 case .failure(let failure):

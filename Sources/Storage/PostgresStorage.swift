@@ -387,8 +387,9 @@ public final class PostgresStorage: ConversationStorage, Service {
                 started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
                 tokens_used = GREATEST(j.tokens_used, EXCLUDED.tokens_used)
             """
-        var count = PostgresQuery(unsafeSQL: PostgresSchema.countJobUsage)
-        count.binds.append(job.id)
+        var counting = PostgresQuery(unsafeSQL: PostgresSchema.countJobUsage)
+        counting.binds.append(job.id)
+        let count = counting
         try await self.perform {
             try await self.client.withTransaction(logger: self.logger) { connection in
                 try await self.write(connection, query)
