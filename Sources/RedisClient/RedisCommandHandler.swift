@@ -62,8 +62,6 @@ final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Set once the connection is unusable; later writes fail at once instead of queueing
     /// promises nobody would ever complete.
     private var isClosed = false
-    /// Why the handler gave the connection up itself (for the owner's log).
-    private(set) var closeReason: RedisClientError?
 
     init(limits: Limits) {
         self.limits = limits
@@ -173,7 +171,6 @@ final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         // Fail after the bookkeeping: a callback may send the next command right away.
         if stalled || self.timedOutSlots > self.limits.maxTimedOutSlots {
-            self.closeReason = .timedOut
             let rest = self.takeAll()
             context.close(promise: nil)
             for promise in expired + rest { promise.fail(RedisClientError.timedOut) }
@@ -188,7 +185,6 @@ final class RedisCommandHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Closes the connection, then fails every pending command with `error` (closed first, so
     /// whoever sees the failure sees the connection gone).
     private func giveUp(_ error: RedisClientError, context: ChannelHandlerContext) {
-        if self.closeReason == nil { self.closeReason = error }
         let promises = self.takeAll()
         context.close(promise: nil)
         for promise in promises { promise.fail(error) }

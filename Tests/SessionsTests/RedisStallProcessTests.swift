@@ -90,4 +90,44 @@ import Testing
             }
         }
     }
+
+    /// The escape hatch that turns certificate checks off is loud about it.
+    @Test(.timeLimit(.minutes(2)))
+    func unverifiedTLSIsWarnedAboutAtStartup() async throws {
+        let dead = try SluiceProcess.deadPort()
+        let environment = ["SLUICE_REDIS_URL": "rediss://:pw@127.0.0.1:\(dead.port)/0", "SLUICE_REDIS_TLS_VERIFY": "false"]
+        try await SluiceProcess.withProcesses(count: 1, environment: environment) { (processes: [SluiceProcess]) async throws -> Void in
+            try await eventually("the warning") { processes[0].logTail(lines: 1_000).contains("redis.tls.verify is false") }
+        }
+        _ = dead
+    }
+
+    /// A wrong password is an outage with a clear log line: `/ready` 503, chats still served from
+    /// this process, the password in no log line; the right one (a restart with it) connects.
+    @Test(.timeLimit(.minutes(3)))
+    func aWrongPasswordIsAClearNonSecretErrorAndAnOutage() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        try await RedisServerProcess.withServer(arguments: ["--requirepass", "the-right-one"]) { redis in
+            let environment = [
+                "SLUICE_REDIS_URL": "redis://:a-wrong-one@127.0.0.1:\(redis.port)/0",
+                "SLUICE_LIMITS_REQUESTS_PER_MINUTE_PER_USER": "1000",
+            ]
+            try await SluiceProcess.withProcesses(count: 1, environment: environment) { (processes: [SluiceProcess]) async throws -> Void in
+                let process = processes[0]
+                try await eventually("the refusal is logged") { process.logTail(lines: 10_000).contains("WRONGPASS") }
+                let ready = try await process.httpGet(path: "/ready")
+                #expect(ready.status == 503 && ready.body.contains("redis"), "\(ready)")
+                let client = try await JSONWebSocketClient.connect(port: process.port, group: group, query: "?user=dee")
+                _ = try await client.next()
+                try await client.send(["type": "chat.send", "content": "hi", "max_tokens": 3])
+                #expect(try await Self.outcome(client, within: .seconds(20))["type"] as? String == "generation.done")
+                // Still refused (tried again with backoff), still unready.
+                #expect(try await process.httpGet(path: "/ready").status == 503)
+                let log = process.logTail(lines: 10_000)
+                #expect(log.contains("Redis refused the credentials") && log.contains("redis://:***@127.0.0.1:\(redis.port)/0"))
+                #expect(!log.contains("a-wrong-one") && !log.contains("the-right-one"))
+                await client.close()
+            }
+        }
+    }
 }
