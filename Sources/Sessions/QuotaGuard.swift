@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import Policy
+import SluiceProtocol
 import Storage
 
 /// Token quotas (`user_quotas`): checked before a generation starts and enforced during it.
@@ -67,18 +68,19 @@ final class QuotaGuard: Sendable {
         }
         guard let record, let limit = record.tokensLimit else { return .success((grant, 0)) }
         let now = Date()
+        // Stored values and reservations are outside input here: the arithmetic saturates.
         let used = record.tokensUsed
         let reservedNow = self.reserved.withLockedValue { $0[user] ?? 0 }
-        let remaining = limit - used - reservedNow
-        let retryAfterMs = record.resetAt.map { Int64(max(0, $0.timeIntervalSince(now)) * 1000) }
+        let remaining = limit.subtractingSaturating(used).subtractingSaturating(reservedNow)
+        let retryAfterMs = record.resetAt.map { Int64(saturating: max(0, $0.timeIntervalSince(now)) * 1000) }
         guard remaining > promptTokens else {
             let until = record.resetAt.map { " until \(Self.rfc3339($0))" } ?? ""
             return .failure(Refusal(message: "token quota of \(limit) used up\(until)", retryAfterMs: retryAfterMs))
         }
         var limited = grant
-        limited.limit(to: remaining - promptTokens, cut: .quota(resetAt: record.resetAt), retryAfterMs: retryAfterMs ?? 0)
-        let reservation = promptTokens + limited.maxTokens
-        self.reserved.withLockedValue { $0[user, default: 0] += reservation }
+        limited.limit(to: remaining.subtractingSaturating(promptTokens), cut: .quota(resetAt: record.resetAt), retryAfterMs: retryAfterMs ?? 0)
+        let reservation = max(0, promptTokens).addingSaturating(max(0, limited.maxTokens))
+        self.reserved.withLockedValue { $0[user, default: 0] = ($0[user] ?? 0).addingSaturating(reservation) }
         return .success((limited, reservation))
     }
 
@@ -86,7 +88,7 @@ final class QuotaGuard: Sendable {
     func release(user: String, reserved: Int) {
         guard reserved > 0 else { return }
         self.reserved.withLockedValue { reservations in
-            let left = (reservations[user] ?? 0) - reserved
+            let left = (reservations[user] ?? 0).subtractingSaturating(reserved)
             reservations[user] = left > 0 ? left : nil
         }
     }
