@@ -288,7 +288,7 @@ public enum ClientMessageDecoder {
 
     /// The refusal of a `max_tokens` outside 1...limit names the limit.
     static func maxTokensMessage(_ name: String, _ limits: RequestLimits) -> String {
-        "\(name) must be an integer from 1 to \(limits.maxTokensLimit) (this gateway's limit)"
+        "\(name) must be an integer from 1 to \(limits.maxTokensRange.upperBound) (this gateway's limit)"
     }
 
     private static func historyPage(_ fields: JSONFields) throws(ProtocolViolation) -> ClientMessage.HistoryPage {

@@ -37,7 +37,7 @@ public struct RequestLimits: Sendable, Equatable {
     }
 
     /// Valid `max_tokens` values.
-    public var maxTokensRange: ClosedRange<Int64> { 1...Int64(self.maxTokensLimit) }
+    public var maxTokensRange: ClosedRange<Int64> { 1...Int64(max(1, self.maxTokensLimit)) }
 
     // Fixed field bounds (documented in docs/protocol.md).
 
