@@ -17,7 +17,10 @@ public struct ChatConfiguration: Sendable, Equatable {
     /// `max_tokens` sent upstream when the client gives none.
     public var defaultMaxTokens: Int = 1024
     /// Largest `content` accepted (bytes); bigger gets `too_large`.
-    public var maxContentBytes: Int = 64 * 1024
+    public var maxContentBytes: Int = RequestLimits.defaultMaxContentBytes
+    /// The ceiling for a client's `max_tokens` / `max_completion_tokens` on every front door;
+    /// above it the request is refused (`invalid_message`, HTTP 400) with a message naming it.
+    public var maxTokensLimit: Int = RequestLimits.defaultMaxTokensLimit
     /// Generations one connection may run at once; beyond it `overloaded`.
     public var maxGenerationsPerConnection: Int = 4
     /// Cancel a connection's generations when it disconnects (default: let them finish).
@@ -37,27 +40,9 @@ public struct ChatConfiguration: Sendable, Equatable {
         self.instanceID = instanceID
     }
 
-    /// The largest body of `POST /v1/chat/stream` and `POST /v1/jobs` (bytes): twice
-    /// `maxContentBytes` (a client that escapes non-ASCII text, as Python's `json.dumps` does,
-    /// writes CJK content in twice its UTF-8 bytes) plus 16 KiB for the other fields.
-    public var maxRequestBodyBytes: Int {
-        Self.saturating(Self.saturating(self.maxContentBytes, times: 2), plus: 16 * 1024)
-    }
-
-    /// The largest body of `POST /v1/chat/completions` (bytes): it carries the whole context,
-    /// whose text may reach 8 × `maxContentBytes`; twice that (escapes) plus 64 KiB of JSON around it.
-    public var maxCompletionsRequestBodyBytes: Int {
-        Self.saturating(Self.saturating(self.maxContentBytes, times: 16), plus: 64 * 1024)
-    }
-
-    static func saturating(_ value: Int, times factor: Int) -> Int {
-        let (product, overflow) = value.multipliedReportingOverflow(by: factor)
-        return overflow ? .max : product
-    }
-
-    static func saturating(_ value: Int, plus other: Int) -> Int {
-        let (sum, overflow) = value.addingReportingOverflow(other)
-        return overflow ? .max : sum
+    /// What the request decoders check client input against.
+    public var requestLimits: RequestLimits {
+        RequestLimits(maxContentBytes: self.maxContentBytes, maxTokensLimit: self.maxTokensLimit)
     }
 }
 
@@ -68,10 +53,17 @@ public struct FanOut: Sendable {
 
     public static let singleNode = FanOut(broker: LocalBroker())
 
+    /// Through the Redis of `redis` (URL with credentials, TLS, deadlines and bounds).
+    public static func redis(
+        _ redis: RedisConfiguration, instanceID: String, configuration: RedisBrokerConfiguration = .init(), eventLoop: any EventLoop, logger: Logger
+    ) -> FanOut {
+        FanOut(broker: RedisBroker(redis: redis, instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger))
+    }
+
     public static func redis(
         url: RedisURL, instanceID: String, configuration: RedisBrokerConfiguration = .init(), eventLoop: any EventLoop, logger: Logger
     ) -> FanOut {
-        FanOut(broker: RedisBroker(url: url, instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger))
+        Self.redis(RedisConfiguration(url: url), instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger)
     }
 
     /// Whether the shared part works now (Redis reachable); always true for one node.
@@ -111,7 +103,14 @@ public struct ChatApplication: WebSocketApplication {
         self.tools = tools
         self.tracer = tracer
         self.policy = policy
-        self.quotas = QuotaGuard(persistence: persistence, period: configuration.quotaPeriod, logger: logger)
+        var reservations: (@Sendable (String) async -> Int)?
+        if let queue = jobs?.queue {
+            reservations = { user in
+                // Unreachable Redis: the jobs' reservations are not known now; chats go on.
+                (try? await queue.reservedTokens(user: user)) ?? 0
+            }
+        }
+        self.quotas = QuotaGuard(persistence: persistence, period: configuration.quotaPeriod, jobReservations: reservations, logger: logger)
         self.configuration = configuration
         self.router = router
         let metrics = ChatMetrics()
@@ -350,7 +349,7 @@ extension ChatApplication {
     /// Tokens of a context, estimated (4 bytes a token plus a few per message), for limits and
     /// for usage when the upstream reports none.
     static func promptEstimate(_ messages: [ChatMessage]) -> Int {
-        messages.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 }
+        messages.reduce(0) { $0.addingSaturating($1.content.utf8.count / 4 + 4) }
     }
 
     func beginGeneration(
@@ -375,6 +374,7 @@ extension ChatApplication {
         let context = conversation.messages + [ChatMessage(role: .user, content: content)]
         var request = GenerationRequest(
             messages: context, model: route.model, maxTokens: grant.maxTokens, temperature: send.temperature)
+        request.user = user
         if !self.tools.isEmpty { request.tools = self.tools.definitions(only: send.tools) }
         let generationID = Identifier.make("gen_")
         let startedAt = NIODeadline.now()

@@ -71,9 +71,12 @@ final class ChatGeneration: GenerationSink {
     private let grant: GenerationGrant
     /// Gives back what the limits and the quota reserved and this generation did not use.
     private let settle: (_ usedTokens: Int) -> Void
-    /// A tokens-per-minute budget ran out: the rest of the upstream's text is dropped and the
-    /// generation ends with `length` at the end of this read.
+    /// The answer reached its `max_tokens` (the client's, or less when a budget cut it) or its
+    /// byte bound: the rest of the upstream's text is dropped and the generation ends with
+    /// `length` at the end of this read (with an error saying which budget, if one did).
     private var budgetReached = false
+    /// `GenerationRequest.maxAnswerBytes` for this generation's `max_tokens`.
+    private let maxAnswerBytes: Int
 
     private let engine: any InferenceEngine
     /// Grows by an assistant turn and the tool results each time the model calls tools.
@@ -137,6 +140,7 @@ final class ChatGeneration: GenerationSink {
         self.tools = tools
         self.metrics = metrics
         self.grant = grant
+        self.maxAnswerBytes = GenerationRequest.maxAnswerBytes(forTokens: grant.maxTokens)
         self.settle = settle
         self.startedAt = startedAt
         self.trace = trace
@@ -218,6 +222,12 @@ final class ChatGeneration: GenerationSink {
 
     func generationDidProduce(_ text: Substring) {
         guard !self.ended, !self.budgetReached, !self.overBudget else { return }
+        // An upstream that goes past max_tokens, or past the byte bound, is cut: this text is
+        // dropped and the generation ends with `length` at the end of the read.
+        if self.seq >= Int64(self.grant.maxTokens) || self.answerBytes.readableBytes.addingSaturating(text.utf8.count) > self.maxAnswerBytes {
+            self.budgetReached = true
+            return
+        }
         if !self.announced { self.announce() }
         if self.seq == 0 {
             self.metrics.timeToFirstToken.recordInterval(since: self.startedAt)
@@ -354,7 +364,7 @@ final class ChatGeneration: GenerationSink {
         }
         self.turnStart = self.answerBytes.writerIndex
         // Each turn reports its own completion tokens; the generation's usage is their sum.
-        self.earlierTurnsCompletion += self.upstreamUsage?.completion ?? 0
+        self.earlierTurnsCompletion = self.earlierTurnsCompletion.addingSaturating(self.upstreamUsage?.completion ?? 0)
         self.upstreamUsage = nil
         self.startUpstream()
     }
@@ -448,8 +458,8 @@ final class ChatGeneration: GenerationSink {
         // Usage is always present: the upstream's counts when it sent them, else counted here.
         // A cancelled stream never gets the upstream's final count, so count what was delivered.
         let usage: Usage
-        if let upstream = self.upstreamUsage, reason != .cancelled || upstream.completion + self.earlierTurnsCompletion == self.seq {
-            usage = Usage(promptTokens: upstream.prompt, completionTokens: upstream.completion + self.earlierTurnsCompletion, source: .upstream)
+        if let upstream = self.upstreamUsage, reason != .cancelled || upstream.completion.addingSaturating(self.earlierTurnsCompletion) == self.seq {
+            usage = Usage(promptTokens: upstream.prompt, completionTokens: upstream.completion.addingSaturating(self.earlierTurnsCompletion), source: .upstream)
         } else {
             usage = Usage(promptTokens: self.upstreamUsage?.prompt ?? self.promptEstimate, completionTokens: Int(self.seq), source: .gateway)
         }
@@ -457,7 +467,7 @@ final class ChatGeneration: GenerationSink {
         self.finalEnd = end
         self.metrics.latency.recordInterval(since: self.startedAt)
         self.trace.ended(end, model: self.model)
-        self.settle(usage.promptTokens + usage.completionTokens)
+        self.settle(usage.totalTokens)
         self.logger.debug("generation ended", metadata: self.ids([
             "sluice.finish_reason": "\(reason.rawValue)", "sluice.seq": "\(self.seq)",
             "sluice.duration_ms": "\((NIODeadline.now() - self.startedAt).nanoseconds / 1_000_000)",

@@ -384,6 +384,7 @@ extension ConfigurationLoader {
 
         .integer("chat.default_max_tokens", in: 1...1_000_000) { $0.chat.defaultMaxTokens = $1 },
         .size("chat.max_content_bytes", in: 1...Int.max) { $0.chat.maxContentBytes = $1 },
+        .integer("chat.max_tokens_limit", in: 1...1_000_000) { $0.chat.maxTokensLimit = $1 },
         .integer("chat.max_generations_per_connection", in: 1...10_000) { $0.chat.maxGenerationsPerConnection = $1 },
         .bool("chat.cancel_on_disconnect") { $0.chat.cancelOnDisconnect = $1 },
         .duration("chat.resume_retention", mustBePositive: true) { $0.chat.resumeRetention = $1 },
@@ -413,6 +414,15 @@ extension ConfigurationLoader {
         .stringList("routing.auto.complex_keywords") { $0.autoRouting.complexKeywords = $1 },
 
         .optionalString("redis.url") { $0.redis.url = $1 },
+        .optionalString("redis.tls.ca_file") { $0.redis.tls.caFile = $1 },
+        .optionalString("redis.tls.certificate_file") { $0.redis.tls.certificateFile = $1 },
+        .optionalString("redis.tls.private_key_file") { $0.redis.tls.privateKeyFile = $1 },
+        .optionalString("redis.tls.server_name") { $0.redis.tls.serverName = $1 },
+        .bool("redis.tls.verify") { $0.redis.tls.verify = $1 },
+        .duration("redis.command_timeout", mustBePositive: true) { $0.redis.commandTimeout = $1 },
+        .integer("redis.max_pending_commands", in: 1...10_000_000) { $0.redis.maxPendingCommands = $1 },
+        .size("redis.max_reply_bytes", in: 1024...(1 << 34)) { $0.redis.maxReplyBytes = $1 },
+        .integer("redis.max_reply_elements", in: 16...100_000_000) { $0.redis.maxReplyElements = $1 },
         .bool("redis.ready_requires_redis") { $0.redis.readyRequiresRedis = $1 },
         .duration("redis.handoff_deadline", mustBePositive: false) { $0.redis.handoffDeadline = $1 },
         .string("redis.key_prefix", nonEmpty: true) { $0.redis.broker.keyPrefix = $1 },
@@ -466,6 +476,7 @@ extension ConfigurationLoader {
         .bool("cache.allow_nondeterministic") { $0.cache.response.allowNondeterministic = $1 },
         .size("cache.max_entry_bytes", in: 1...Int.max) { $0.cache.response.maxEntryBytes = $1 },
         .duration("cache.lookup_timeout", mustBePositive: true) { $0.cache.response.lookupTimeout = $1 },
+        .optionalString("cache.tenant") { $0.cache.response.tenant = $1 },
 
         .duration("quotas.period", mustBePositive: true) { $0.quotas.period = $1 },
         .duration("quotas.reset_check_interval", mustBePositive: true) { $0.quotas.resetCheckInterval = $1 },
@@ -486,6 +497,7 @@ extension ConfigurationLoader {
         .stringList("tools.enabled") { $0.tools.enabled = $1 },
         .duration("tools.timeout", mustBePositive: true) { $0.tools.timeout = $1 },
         .stringList("tools.http_get_allowed_hosts") { $0.tools.httpGetAllowedHosts = $1 },
+        .stringList("tools.http_get_allowed_networks") { $0.tools.httpGetAllowedNetworks = $1 },
         .webhookList("tools.webhooks") { $0.tools.webhooks = $1 },
 
         .optionalString("tracing.otlp_endpoint") { $0.tracing.otlpEndpoint = $1 },

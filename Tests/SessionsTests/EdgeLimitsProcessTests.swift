@@ -169,7 +169,7 @@ import Testing
         try await SluiceProcess.withProcesses(count: 1, environment: ["SLUICE_SERVER_IDLE_TIMEOUT": "1s"]) { processes in
             let process = processes[0]
             let client = try await RawClient.connect(port: process.port, group: group)
-            // 1.4 MB announced for a route that takes about 144 KiB: 413 before a byte of it is sent.
+            // 1.4 MB announced for a route that takes about 208 KiB: 413 before a byte of it is sent.
             try await client.send("POST /v1/chat/stream HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1400000\r\n\r\n")
             let response = try await client.readHTTPResponse()
             #expect(response.status == 413)

@@ -1,4 +1,7 @@
 import Foundation
+import Inference
+import Logging
+import NIOHTTP1
 import NIOCore
 @testable import Sessions
 @testable import SluiceTestSupport
@@ -93,14 +96,25 @@ import WSServer
         }
     }
 
-    @Test func routeBodyLimitsFollowTheContentLimitAndSaturate() {
-        var chat = ChatConfiguration(instanceID: "t")
-        #expect(chat.maxRequestBodyBytes == 2 * 65536 + 16 * 1024)
-        #expect(chat.maxCompletionsRequestBodyBytes == 16 * 65536 + 64 * 1024)
-        chat.maxContentBytes = .max / 2
-        #expect(chat.maxRequestBodyBytes == .max)
-        chat.maxContentBytes = .max
-        #expect(chat.maxRequestBodyBytes == .max)
-        #expect(chat.maxCompletionsRequestBodyBytes == .max)
+    @Test func eachRouteDeclaresTheBodyItsDecoderTakes() {
+        var configuration = ChatConfiguration(instanceID: "t")
+        configuration.maxContentBytes = 10_000
+        let application = ChatApplication(
+            configuration: configuration, engine: SimulatorEngine(configuration: .init()), conversations: ConversationMemory(),
+            logger: Logger(label: "test"))
+        let limits = configuration.requestLimits
+        func limit(_ method: HTTPMethod, _ uri: String) -> Int? {
+            let head = HTTPRequestHead(version: .http1_1, method: method, uri: uri)
+            let routes: [any HTTPRouteProvider] = [ChatStreamRoutes(application: application), OpenAIRoutes(application: application)]
+            return routes.lazy.compactMap { $0.responder(for: head) }.first?.maxRequestBodyBytes
+        }
+        #expect(limit(.POST, "/v1/chat/stream") == limits.maxJSONMessageBytes)
+        #expect(limit(.POST, "/v1/jobs") == limits.maxJSONMessageBytes)
+        #expect(limit(.POST, "/v1/chat/completions") == limits.maxOpenAIBodyBytes)
+        #expect(limits.maxOpenAIBodyBytes > limits.maxJSONMessageBytes)  // it carries the context
+        #expect(limit(.GET, "/v1/jobs/job_1") == 0)
+        #expect(limit(.GET, "/v1/models") == 0)
+        #expect(limit(.GET, "/v1/presence?user=a") == 0)
+        #expect(limit(.GET, "/v1/conversations") == 0)
     }
 }
