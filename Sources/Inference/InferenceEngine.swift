@@ -56,6 +56,10 @@ public struct GenerationRequest: Sendable {
     public var traceHeaders: [(name: String, value: String)]
     /// Tools the model may call (empty: none offered).
     public var tools: [ToolDefinition] = []
+    /// The user the answer is for, as the gateway identified them (not sent upstream). The
+    /// response cache keys on it: an answer is replayed only to the user it was made for (or,
+    /// when configured, to the users of one tenant); nil: neither looked up nor stored.
+    public var user: String?
     public init(
         messages: [ChatMessage], model: String? = nil, maxTokens: Int, temperature: Double? = nil,
         traceHeaders: [(name: String, value: String)] = []
@@ -65,6 +69,16 @@ public struct GenerationRequest: Sendable {
         self.maxTokens = maxTokens
         self.temperature = temperature
         self.traceHeaders = traceHeaders
+    }
+}
+
+extension GenerationRequest {
+    /// The most answer bytes a generation of `maxTokens` tokens may bring: 64 bytes a token
+    /// (tokens are a few bytes; some stand for a run of spaces), at least 64 KiB. Whoever holds an
+    /// answer stops there, and at `maxTokens` deltas, whatever the upstream does: one that ignores
+    /// `max_tokens`, or sends a "token" of megabytes, is cut instead of growing memory.
+    public static func maxAnswerBytes(forTokens maxTokens: Int) -> Int {
+        max(64 * 1024, max(0, maxTokens).multipliedReportingOverflow(by: 64).overflow ? Int.max : max(0, maxTokens) * 64)
     }
 }
 

@@ -2,6 +2,17 @@ import Foundation
 import Inference
 import NIOCore
 
+/// Reading a job's JSON input (JSONSerialization values).
+enum JobInput {
+    /// An exact integer, not a boolean (`true` is an NSNumber too) nor a fraction.
+    static func integer(_ value: Any?) -> Int? {
+        guard let number = value as? NSNumber, String(cString: number.objCType) != "c" else { return nil }
+        let double = number.doubleValue
+        guard double.isFinite, double.rounded(.towardZero) == double, abs(double) < 9_007_199_254_740_992 else { return nil }
+        return Int(double)
+    }
+}
+
 /// `echo`: returns its input at once. The trivial job of the queue benchmark.
 public struct EchoJob: JobHandler {
     public let kind = "echo"
@@ -22,21 +33,21 @@ public struct DemoJob: JobHandler {
 
     public func validate(input: Any) -> String? {
         guard let object = input as? [String: Any] else { return "input must be a JSON object" }
-        if let steps = object["steps"], !((steps as? Int).map { (0...1000).contains($0) } ?? false) { return "steps must be an integer from 0 to 1000" }
-        if let ms = object["step_ms"], !((ms as? Int).map { (0...600_000).contains($0) } ?? false) { return "step_ms must be an integer from 0 to 600000" }
-        if let k = object["fail_attempts"], !((k as? Int).map { (0...100).contains($0) } ?? false) { return "fail_attempts must be an integer from 0 to 100" }
+        if let steps = object["steps"], !(JobInput.integer(steps).map { (0...1000).contains($0) } ?? false) { return "steps must be an integer from 0 to 1000" }
+        if let ms = object["step_ms"], !(JobInput.integer(ms).map { (0...600_000).contains($0) } ?? false) { return "step_ms must be an integer from 0 to 600000" }
+        if let k = object["fail_attempts"], !(JobInput.integer(k).map { (0...100).contains($0) } ?? false) { return "fail_attempts must be an integer from 0 to 100" }
         if let fail = object["fail"], (fail as? String) != "permanent" { return "fail must be \"permanent\"" }
         return nil
     }
 
     public func run(_ context: JobContext) async throws -> JobOutput {
         let input = context.inputObject
-        let steps = input["steps"] as? Int ?? 3
-        let stepMs = input["step_ms"] as? Int ?? 200
+        let steps = JobInput.integer(input["steps"]) ?? 3
+        let stepMs = JobInput.integer(input["step_ms"]) ?? 200
         if input["fail"] as? String == "permanent" {
             throw JobFailure("failed on purpose (fail: permanent)", retryable: false)
         }
-        let failAttempts = input["fail_attempts"] as? Int ?? 0
+        let failAttempts = JobInput.integer(input["fail_attempts"]) ?? 0
         for step in stride(from: 1, through: steps, by: 1) {
             if context.attempt <= failAttempts && step > steps / 2 {
                 throw JobFailure("failed on purpose at step \(step) (attempt \(context.attempt) of the first \(failAttempts))")
@@ -80,8 +91,8 @@ public struct ReportJob: JobHandler {
             return "input.prompt must be a non-empty string"
         }
         if prompt.count > 4000 { return "input.prompt must be at most 4000 characters" }
-        if let sections = object["sections"], !((sections as? Int).map { (1...12).contains($0) } ?? false) { return "sections must be an integer from 1 to 12" }
-        if let tokens = object["max_tokens"], !((tokens as? Int).map { (16...4096).contains($0) } ?? false) { return "max_tokens must be an integer from 16 to 4096" }
+        if let sections = object["sections"], !(JobInput.integer(sections).map { (1...12).contains($0) } ?? false) { return "sections must be an integer from 1 to 12" }
+        if let tokens = object["max_tokens"], !(JobInput.integer(tokens).map { (16...4096).contains($0) } ?? false) { return "max_tokens must be an integer from 16 to 4096" }
         if let model = object["model"] {
             guard let model = model as? String else { return "model must be a string" }
             if case .failure(let unknown) = self.router.route(model: model) { return unknown.message }
@@ -89,11 +100,27 @@ public struct ReportJob: JobHandler {
         return nil
     }
 
+    /// The plan (its prompt and 128 tokens) and every section (its prompt and `max_tokens`). A
+    /// prompt costs the user's text (4 bytes a token) plus the instructions around it.
+    public func tokenBudget(input: Any) -> Int {
+        let object = input as? [String: Any] ?? [:]
+        let promptTokens = (object["prompt"] as? String ?? "").utf8.count / 4 + Self.instructionTokens
+        let sections = JobInput.integer(object["sections"]) ?? Self.defaultSections
+        let maxTokens = JobInput.integer(object["max_tokens"]) ?? Self.defaultMaxTokens
+        return (promptTokens + Self.planTokens) + sections * (promptTokens + maxTokens)
+    }
+
+    static let defaultSections = 4
+    static let defaultMaxTokens = 256
+    static let planTokens = 128
+    /// The system message and the wording around the user's prompt, with room to spare.
+    static let instructionTokens = 64
+
     public func run(_ context: JobContext) async throws -> JobOutput {
         let input = context.inputObject
         let prompt = (input["prompt"] as? String ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
-        let count = input["sections"] as? Int ?? 4
-        let maxTokens = input["max_tokens"] as? Int ?? 256
+        let count = JobInput.integer(input["sections"]) ?? Self.defaultSections
+        let maxTokens = JobInput.integer(input["max_tokens"]) ?? Self.defaultMaxTokens
         let route: InferenceRouter.Route
         switch self.router.route(model: input["model"] as? String, prompt: prompt) {
         case .success(let found): route = found
@@ -105,7 +132,7 @@ public struct ReportJob: JobHandler {
             let answer = try await self.ask(
                 route, system: "You plan reports. Answer with section titles only.",
                 user: "List exactly \(count) short section titles for a report about: \(prompt)\nOne title per line, no numbering, no other text.",
-                maxTokens: 128)
+                maxTokens: Self.planTokens, context: context)
             let titles = Self.sectionTitles(from: answer, count: count)
             let data = try JSONSerialization.data(withJSONObject: titles)
             return String(decoding: data, as: UTF8.self)
@@ -126,7 +153,7 @@ public struct ReportJob: JobHandler {
                         try await self.ask(
                             route, system: "You write clear, factual report sections in plain prose.",
                             user: "Write the section \"\(titles[index])\" of a report about: \(prompt)\nTwo short paragraphs. No heading.",
-                            maxTokens: maxTokens)
+                            maxTokens: maxTokens, context: context)
                     }
                     return (index, text)
                 }
@@ -147,12 +174,16 @@ public struct ReportJob: JobHandler {
         return JobOutput(body: markdown, contentType: "text/markdown; charset=utf-8")
     }
 
-    private func ask(_ route: InferenceRouter.Route, system: String, user: String, maxTokens: Int) async throws -> String {
+    private func ask(_ route: InferenceRouter.Route, system: String, user: String, maxTokens: Int, context: JobContext) async throws -> String {
         let request = GenerationRequest(
             messages: [ChatMessage(role: .system, content: system), ChatMessage(role: .user, content: user)],
             model: route.model, maxTokens: maxTokens, temperature: 0.3)
         do {
             let completion = try await route.upstream.engine.complete(request, on: self.eventLoopGroup.next())
+            // What the upstream reported, else an estimate (4 bytes a token), at most what was asked.
+            let prompt = completion.promptTokens ?? (system.utf8.count + user.utf8.count) / 4 + 8
+            let answer = min(completion.completionTokens ?? completion.text.utf8.count / 4 + 1, maxTokens)
+            try await context.recordUsage(tokens: Self.saturatingSum(max(0, prompt), max(0, answer)))
             return completion.text
         } catch let error as InferenceError {
             // Upstream trouble is worth another attempt (the recorded steps are kept).
@@ -176,6 +207,11 @@ public struct ReportJob: JobHandler {
             titles.append(fallback)
         }
         return titles
+    }
+
+    static func saturatingSum(_ a: Int, _ b: Int) -> Int {
+        let (sum, overflow) = a.addingReportingOverflow(b)
+        return overflow ? Int.max : sum
     }
 
     static func fallbackTitles(_ count: Int) -> [String] {

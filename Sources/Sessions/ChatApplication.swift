@@ -17,7 +17,10 @@ public struct ChatConfiguration: Sendable, Equatable {
     /// `max_tokens` sent upstream when the client gives none.
     public var defaultMaxTokens: Int = 1024
     /// Largest `content` accepted (bytes); bigger gets `too_large`.
-    public var maxContentBytes: Int = 64 * 1024
+    public var maxContentBytes: Int = RequestLimits.defaultMaxContentBytes
+    /// The ceiling for a client's `max_tokens` / `max_completion_tokens` on every front door;
+    /// above it the request is refused (`invalid_message`, HTTP 400) with a message naming it.
+    public var maxTokensLimit: Int = RequestLimits.defaultMaxTokensLimit
     /// Generations one connection may run at once; beyond it `overloaded`.
     public var maxGenerationsPerConnection: Int = 4
     /// Cancel a connection's generations when it disconnects (default: let them finish).
@@ -36,6 +39,11 @@ public struct ChatConfiguration: Sendable, Equatable {
     public init(instanceID: String) {
         self.instanceID = instanceID
     }
+
+    /// What the request decoders check client input against.
+    public var requestLimits: RequestLimits {
+        RequestLimits(maxContentBytes: self.maxContentBytes, maxTokensLimit: self.maxTokensLimit)
+    }
 }
 
 /// How generations reach other instances: not at all (one node, the embedded default), or
@@ -45,10 +53,17 @@ public struct FanOut: Sendable {
 
     public static let singleNode = FanOut(broker: LocalBroker())
 
+    /// Through the Redis of `redis` (URL with credentials, TLS, deadlines and bounds).
+    public static func redis(
+        _ redis: RedisConfiguration, instanceID: String, configuration: RedisBrokerConfiguration = .init(), eventLoop: any EventLoop, logger: Logger
+    ) -> FanOut {
+        FanOut(broker: RedisBroker(redis: redis, instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger))
+    }
+
     public static func redis(
         url: RedisURL, instanceID: String, configuration: RedisBrokerConfiguration = .init(), eventLoop: any EventLoop, logger: Logger
     ) -> FanOut {
-        FanOut(broker: RedisBroker(url: url, instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger))
+        Self.redis(RedisConfiguration(url: url), instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger)
     }
 
     /// Whether the shared part works now (Redis reachable); always true for one node.
@@ -81,18 +96,27 @@ public struct ChatApplication: WebSocketApplication {
     public init(
         configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory,
         fanOut: FanOut = .singleNode, persistence: Persistence = .none, tracer: any Tracer = NoOpTracer(),
-        policy: ChatPolicy = .open, jobs: JobsGateway? = nil, tools: ToolRegistry = .empty, logger: Logger
+        policy: ChatPolicy = .open, jobs: JobsGateway? = nil, tools: ToolRegistry = .empty, memoryBudget: MemoryBudget = .unlimited(),
+        logger: Logger
     ) {
         self.jobs = jobs
         self.tools = tools
         self.tracer = tracer
         self.policy = policy
-        self.quotas = QuotaGuard(persistence: persistence, period: configuration.quotaPeriod, logger: logger)
+        var reservations: (@Sendable (String) async -> Int)?
+        if let queue = jobs?.queue {
+            reservations = { user in
+                // Unreachable Redis: the jobs' reservations are not known now; chats go on.
+                (try? await queue.reservedTokens(user: user)) ?? 0
+            }
+        }
+        self.quotas = QuotaGuard(persistence: persistence, period: configuration.quotaPeriod, jobReservations: reservations, logger: logger)
         self.configuration = configuration
         self.router = router
         let metrics = ChatMetrics()
         self.metrics = metrics
-        let hub = GenerationHub(retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations, metrics: metrics)
+        let hub = GenerationHub(
+            retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations, metrics: metrics, budget: memoryBudget)
         self.hub = hub
         self.broker = fanOut.broker
         // A cancel from another instance for one of ours.
@@ -325,7 +349,7 @@ extension ChatApplication {
     /// Tokens of a context, estimated (4 bytes a token plus a few per message), for limits and
     /// for usage when the upstream reports none.
     static func promptEstimate(_ messages: [ChatMessage]) -> Int {
-        messages.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 }
+        messages.reduce(0) { $0.addingSaturating($1.content.utf8.count / 4 + 4) }
     }
 
     func beginGeneration(
@@ -350,6 +374,7 @@ extension ChatApplication {
         let context = conversation.messages + [ChatMessage(role: .user, content: content)]
         var request = GenerationRequest(
             messages: context, model: route.model, maxTokens: grant.maxTokens, temperature: send.temperature)
+        request.user = user
         if !self.tools.isEmpty { request.tools = self.tools.definitions(only: send.tools) }
         let generationID = Identifier.make("gen_")
         let startedAt = NIODeadline.now()

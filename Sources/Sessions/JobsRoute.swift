@@ -34,6 +34,9 @@ final class JobsResponder: HTTPRouteResponder {
         self.route = route
     }
 
+    /// Only `POST /v1/jobs` takes a body: a job whose input is bounded like a chat message.
+    var maxRequestBodyBytes: Int { self.route == .collection ? self.application.configuration.requestLimits.maxJSONMessageBytes : 0 }
+
     func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
         guard let jobs = self.application.jobs else {
             HistoryResponder.respondError(writer, .serviceUnavailable, .unavailable, "jobs need Redis (redis.url); this gateway runs without it", retryAfterMs: nil)
@@ -51,17 +54,21 @@ final class JobsResponder: HTTPRouteResponder {
         let method = head.method
         let idempotencyKey = head.headers.first(name: "Idempotency-Key")
         let query = HistoryResponder.query(head.uri)
-        let maxBytes = self.application.configuration.maxContentBytes
+        let limits = self.application.configuration.requestLimits
+        let application = self.application
+        let address = application.policy.limiter.limits.clientAddress(head, peer: writer.remoteAddress)
         let respond = NIOLoopBound(writer, eventLoop: writer.eventLoop)
         let promise = writer.eventLoop.makePromise(of: Reply.self)
         promise.completeWithTask {
             await Self.handle(route: route, method: method, body: body, query: query, idempotencyKey: idempotencyKey,
-                              user: user, jobs: jobs, maxBytes: maxBytes)
+                              user: user, jobs: jobs, limits: limits) { submit in
+                await application.submitJob(submit, user: user, address: address)
+            }
         }
         promise.futureResult.whenSuccess { reply in
             var out = respond.value.allocator.buffer(capacity: reply.body.utf8.count)
             out.writeString(reply.body)
-            respond.value.respond(status: reply.status, contentType: reply.contentType, body: out)
+            respond.value.respond(status: reply.status, contentType: reply.contentType, body: out, headers: reply.headers)
         }
     }
 
@@ -71,41 +78,44 @@ final class JobsResponder: HTTPRouteResponder {
         var status: HTTPResponseStatus
         var contentType = "application/json"
         var body: String
+        var headers: [(String, String)] = []
     }
 
     static func handle(
         route: Route, method: HTTPMethod, body: ByteBuffer, query: [String: String], idempotencyKey: String?,
-        user: String, jobs: JobsGateway, maxBytes: Int
+        user: String, jobs: JobsGateway, limits: RequestLimits,
+        submitJob: (ClientMessage.JobSubmit) async -> Result<(JobRecord, created: Bool), JobsGateway.Failure>
     ) async -> Reply {
         let inline = jobs.queue.configuration.inlineResultLimit
         switch (route, method) {
         case (.collection, .POST):
-            // The WebSocket decoder reads it, as a job.submit (the body needs no "type").
-            guard var object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
-                return Self.error(.badRequest, .invalidMessage, "the body must be a JSON object")
+            // The WebSocket decoder's job.submit rules (the body needs no "type"); its size is
+            // checked before it is parsed.
+            if let idempotencyKey, idempotencyKey.utf8.count > RequestLimits.maxIdempotencyKeyBytes {
+                return Self.error(.badRequest, .invalidMessage, "Idempotency-Key must be at most \(RequestLimits.maxIdempotencyKeyBytes) bytes")
             }
-            if object["type"] == nil { object["type"] = "job.submit" }
-            guard let data = try? JSONSerialization.data(withJSONObject: object) else {
-                return Self.error(.badRequest, .invalidMessage, "the body must be a JSON object")
-            }
-            let text = String(decoding: data, as: UTF8.self)
-            switch ClientMessageDecoder.decode(ByteBuffer(string: text), maxContentBytes: maxBytes) {
-            case .success(.jobSubmit(var submit)):
+            switch ClientMessageDecoder.decodeJobRequest(body, limits: limits) {
+            case .success(var submit):
                 submit.idempotencyKey = submit.idempotencyKey ?? idempotencyKey
-                switch await jobs.submit(submit, user: user) {
+                switch await submitJob(submit) {
                 case .success(let (record, created)):
                     return Reply(status: created ? .accepted : .ok, body: record.json(inlineResultLimit: inline))
                 case .failure(let failure):
                     return Self.error(failure)
                 }
-            case .success:
-                return Self.error(.badRequest, .invalidMessage, "the body must be a job: {\"kind\": …, \"input\": …}")
             case .failure(let violation):
                 return Self.error(ChatStreamResponder.status(for: violation.code), violation.code, violation.message)
             }
         case (.collection, .GET):
-            let limit = query["limit"].flatMap(Int.init) ?? 50
-            switch await jobs.list(user: user, limit: max(1, min(limit, 500))) {
+            var limit = 50
+            if let text = query["limit"] {
+                let range = RequestLimits.historyPageLimitRange
+                guard let value = ClientMessageDecoder.queryInteger(text), range.contains(value) else {
+                    return Self.error(.badRequest, .invalidMessage, "limit must be an integer from \(range.lowerBound) to \(range.upperBound)")
+                }
+                limit = Int(value)
+            }
+            switch await jobs.list(user: user, limit: limit) {
             case .success(let records):
                 let objects = records.map { $0.jsonObject(inlineResultLimit: 0) }
                 let data = (try? JSONSerialization.data(withJSONObject: ["jobs": objects], options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
@@ -148,6 +158,7 @@ final class JobsResponder: HTTPRouteResponder {
         let status: HTTPResponseStatus = switch failure.code {
         case .notFound: .notFound
         case .unavailable: .serviceUnavailable
+        case .rateLimited, .quotaExceeded: .tooManyRequests
         default: ChatStreamResponder.status(for: failure.code)
         }
         return Self.error(status, failure.code, failure.message, retryAfterMs: failure.retryAfterMs)
@@ -156,6 +167,7 @@ final class JobsResponder: HTTPRouteResponder {
     static func error(_ status: HTTPResponseStatus, _ code: ErrorCode, _ message: String, retryAfterMs: Int64? = nil) -> Reply {
         var buffer = ByteBuffer()
         ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &buffer)
-        return Reply(status: status, body: String(buffer: buffer))
+        let headers = retryAfterMs.map { [("Retry-After", String(max(1, $0 / 1000 + ($0 % 1000 == 0 ? 0 : 1))))] } ?? []
+        return Reply(status: status, body: String(buffer: buffer), headers: headers)
     }
 }

@@ -31,12 +31,16 @@ public struct OpenAIRoutes: HTTPRouteProvider {
 
 /// Errors in the OpenAI shape: `{"error": {"message", "type", "code"}}`.
 enum OpenAIError {
-    static func body(_ message: String, type: String, code: String?) -> ByteBuffer {
+    static func body(_ message: String, type: String, code: String?, param: String? = nil) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.writeString(#"{"error":{"message":"#)
         buffer.writeJSONString(message)
         buffer.writeString(#","type":"#)
         buffer.writeJSONString(type)
+        if let param {
+            buffer.writeString(#","param":"#)
+            buffer.writeJSONString(param)
+        }
         buffer.writeString(#","code":"#)
         if let code { buffer.writeJSONString(code) } else { buffer.writeString("null") }
         buffer.writeString("}}")
@@ -44,9 +48,9 @@ enum OpenAIError {
     }
 
     static func respond(_ writer: HTTPResponseWriter, status: HTTPResponseStatus, _ message: String, type: String, code: String?,
-                        retryAfterMs: Int64? = nil) {
-        let headers = retryAfterMs.map { [("Retry-After", String(max(1, ($0 + 999) / 1000)))] } ?? []
-        writer.respond(status: status, contentType: "application/json", body: Self.body(message, type: type, code: code), headers: headers)
+                        param: String? = nil, retryAfterMs: Int64? = nil) {
+        let headers = retryAfterMs.map { [("Retry-After", ChatPolicy.retryAfterSeconds($0))] } ?? []
+        writer.respond(status: status, contentType: "application/json", body: Self.body(message, type: type, code: code, param: param), headers: headers)
     }
 }
 
@@ -94,6 +98,9 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private let created = Int(Date().timeIntervalSince1970)
     private var model = ""
     private var deltas = 0
+    private var answerBytes = 0
+    /// The answer reached its max_tokens or byte bound: the rest is dropped, the answer ends.
+    private var limitReached = false
     private var text = ByteBuffer()
     private var usage: (prompt: Int, completion: Int)?
     private var promptEstimate = 0
@@ -101,10 +108,17 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private let startedAt = NIODeadline.now()
     /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":` once.
     private var chunkPrefix = ByteBuffer()
+    /// What the answer collected for a non-streamed response holds of the memory budget.
+    private var charge = MemoryCharge(.generation)
+    /// The memory budget had no room for more of a non-streamed answer: 503 at the end of this read.
+    private var overBudget = false
 
     init(application: ChatApplication) {
         self.application = application
     }
+
+    /// It carries the whole context: the decoder's bound for it (eight contents, escaped, plus 16 KiB).
+    var maxRequestBodyBytes: Int { self.application.configuration.requestLimits.maxOpenAIBodyBytes }
 
     struct Request {
         var model: String?
@@ -115,57 +129,13 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
         var temperature: Double?
     }
 
-    /// Parses the OpenAI request body; the error says what is wrong (and which parameter).
-    struct Problem: Error {
-        var message: String
-        var param: String?
-        init(_ message: String, _ param: String?) {
-            self.message = message
-            self.param = param
+    /// The body, decoded and checked by `OpenAIChatRequestDecoder` (sizes, types, ranges).
+    static func parse(_ body: ByteBuffer, limits: RequestLimits) -> Result<Request, OpenAIRequestProblem> {
+        OpenAIChatRequestDecoder.decode(body, limits: limits).map { decoded in
+            Request(
+                model: decoded.model, messages: decoded.messages.map { ChatMessage(role: ChatMessage.Role($0.role), content: $0.content) },
+                stream: decoded.stream, includeUsage: decoded.includeUsage, maxTokens: decoded.maxTokens, temperature: decoded.temperature)
         }
-    }
-
-    static func parse(_ body: ByteBuffer, maxContentBytes: Int) -> Result<Request, Problem> {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
-            return .failure(Problem("the body must be a JSON object", nil))
-        }
-        guard let rawMessages = object["messages"] as? [[String: Any]], !rawMessages.isEmpty else {
-            return .failure(Problem("messages must be a non-empty array of {role, content}", "messages"))
-        }
-        var messages: [ChatMessage] = []
-        var size = 0
-        for raw in rawMessages {
-            guard let roleText = raw["role"] as? String else { return .failure(Problem("every message needs a role", "messages")) }
-            let role: ChatMessage.Role
-            switch roleText {
-            case "system", "developer": role = .system
-            case "user": role = .user
-            case "assistant": role = .assistant
-            case "tool": role = .tool
-            default: return .failure(Problem("unknown role \(roleText)", "messages"))
-            }
-            let content: String
-            if let text = raw["content"] as? String {
-                content = text
-            } else if let parts = raw["content"] as? [[String: Any]] {
-                // Text parts only; images and audio are not something this gateway can pass on.
-                content = parts.compactMap { $0["type"] as? String == "text" ? $0["text"] as? String : nil }.joined()
-            } else if raw["content"] == nil || raw["content"] is NSNull, role == .assistant {
-                content = ""
-            } else {
-                return .failure(Problem("message content must be a string or text parts", "messages"))
-            }
-            size += content.utf8.count
-            messages.append(ChatMessage(role: role, content: content))
-        }
-        guard size <= maxContentBytes * 8 else { return .failure(Problem("messages are too large", "messages")) }
-        let maxTokens = (object["max_completion_tokens"] as? Int) ?? (object["max_tokens"] as? Int)
-        if let maxTokens, maxTokens < 1 { return .failure(Problem("max_tokens must be at least 1", "max_tokens")) }
-        let temperature = (object["temperature"] as? NSNumber)?.doubleValue
-        let streamOptions = object["stream_options"] as? [String: Any]
-        return .success(Request(
-            model: object["model"] as? String, messages: messages, stream: object["stream"] as? Bool ?? false,
-            includeUsage: streamOptions?["include_usage"] as? Bool ?? false, maxTokens: maxTokens, temperature: temperature))
     }
 
     func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
@@ -189,9 +159,10 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             self.user = identity?.userID ?? ConversationHistory.anonymous
         }
         var request: Request
-        switch Self.parse(body, maxContentBytes: self.application.configuration.maxContentBytes) {
+        switch Self.parse(body, limits: self.application.configuration.requestLimits) {
         case .failure(let problem):
-            OpenAIError.respond(writer, status: .badRequest, problem.message, type: "invalid_request_error", code: nil)
+            OpenAIError.respond(writer, status: problem.tooLarge ? .payloadTooLarge : .badRequest, problem.message, type: "invalid_request_error",
+                                code: problem.tooLarge ? "too_large" : nil, param: problem.param)
             return
         case .success(let parsed):
             request = parsed
@@ -275,8 +246,9 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             return
         }
         self.admission = admission
-        let generation = GenerationRequest(
+        var generation = GenerationRequest(
             messages: request.messages, model: route.model, maxTokens: admission.grant.maxTokens, temperature: request.temperature)
+        generation.user = self.user
         let handle = route.upstream.engine.startGeneration(generation, on: writer.eventLoop, sink: self)
         if self.ended { handle.cancel() } else { self.handle = handle }
     }
@@ -292,9 +264,19 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     // MARK: GenerationSink
 
     func generationDidProduce(_ text: Substring) {
-        guard !self.ended else { return }
+        guard !self.ended, !self.limitReached, !self.overBudget else { return }
+        if let grant = self.admission?.grant {
+            // Past max_tokens, or the byte bound: cut, whatever the upstream does.
+            if self.deltas >= grant.maxTokens || self.answerBytes.addingSaturating(text.utf8.count) > GenerationRequest.maxAnswerBytes(forTokens: grant.maxTokens) {
+                self.limitReached = true
+                return
+            }
+            // A budget smaller than the request's max_tokens ends it right at the budget.
+            if grant.cutByBudget && self.deltas + 1 >= grant.maxTokens { self.limitReached = true }
+        }
         if self.deltas == 0 { self.metrics?.timeToFirstToken.recordInterval(since: self.startedAt) }
         self.deltas += 1
+        self.answerBytes = self.answerBytes.addingSaturating(text.utf8.count)
         if self.streaming {
             self.writeHeadIfNeeded()
             var chunk = ByteBuffer()
@@ -306,6 +288,11 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             self.writer?.writeBody(chunk, flush: false)
         } else {
             self.text.writeSubstring(text)
+            if self.text.capacity > self.charge.held,
+               !self.charge.grow(to: self.text.capacity, granule: 16 * 1024, in: self.application.hub.budget)
+            {
+                self.overBudget = true
+            }
         }
     }
 
@@ -315,8 +302,27 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
 
     func generationDidEndBatch() {
         guard !self.ended else { return }
-        // A budget (rate limit or quota) smaller than the request's max_tokens: stop there.
-        if let admission = self.admission, admission.grant.cutByBudget, self.deltas >= admission.grant.maxTokens {
+        if self.overBudget {
+            // Nothing was sent yet (a non-streamed answer): a retryable 503, and the answer dropped.
+            self.handle?.cancel()
+            self.handle = nil
+            self.ended = true
+            self.application.hub.countOverBudget()
+            self.metrics?.request(status: ErrorCode.overloaded.rawValue)
+            if let admission = self.admission {
+                self.application.settle(admission, user: self.user, usedTokens: (self.usage?.prompt ?? self.promptEstimate).addingSaturating(self.deltas))
+            }
+            self.text = ByteBuffer()
+            self.charge.releaseAll(to: self.application.hub.budget)
+            if let writer = self.writer {
+                OpenAIError.respond(writer, status: .serviceUnavailable, "the server's memory budget is exhausted; retry shortly",
+                                    type: "api_error", code: ErrorCode.overloaded.rawValue, retryAfterMs: 1000)
+                self.writer = nil
+            }
+            return
+        }
+        // max_tokens reached (the request's, or a smaller budget's): stop there.
+        if self.limitReached {
             self.handle?.cancel()
             self.handle = nil
             self.finish(.length)
@@ -371,14 +377,16 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private func finish(_ reason: FinishReason, error: InferenceError? = nil) {
         guard !self.ended else { return }
         self.ended = true
-        let usage = self.usage.map { (prompt: $0.prompt, completion: $0.completion) }
-            ?? (prompt: self.promptEstimate, completion: self.deltas)
+        defer { self.charge.releaseAll(to: self.application.hub.budget) }
+        // The upstream's counts are clamped where they are decoded; the sum saturates anyway.
+        let usage = self.usage.map { Usage(promptTokens: $0.prompt, completionTokens: $0.completion, source: .upstream) }
+            ?? Usage(promptTokens: self.promptEstimate, completionTokens: self.deltas, source: .gateway)
         self.metrics?.latency.recordInterval(since: self.startedAt)
         self.metrics?.request(status: error?.code.rawValue ?? reason.rawValue)
-        if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: usage.prompt + usage.completion) }
+        if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: usage.totalTokens) }
         guard let writer = self.writer else { return }
         let finishReason = reason == .cancelled || reason == .error ? "stop" : reason.rawValue
-        let usageJSON = #"{"prompt_tokens":\#(usage.prompt),"completion_tokens":\#(usage.completion),"total_tokens":\#(usage.prompt + usage.completion)}"#
+        let usageJSON = #"{"prompt_tokens":\#(usage.promptTokens),"completion_tokens":\#(usage.completionTokens),"total_tokens":\#(usage.totalTokens)}"#
         if self.streaming {
             self.writeHeadIfNeeded()
             var out = ByteBuffer()
@@ -417,3 +425,14 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
 
 @available(*, unavailable)
 extension ChatCompletionResponder: Sendable {}
+
+extension ChatMessage.Role {
+    init(_ role: OpenAIChatRequest.Message.Role) {
+        switch role {
+        case .system: self = .system
+        case .user: self = .user
+        case .assistant: self = .assistant
+        case .tool: self = .tool
+        }
+    }
+}

@@ -77,11 +77,10 @@ final class RedisBroker: Broker {
         var buffered: [GenerationWire.Event]? = []
     }
 
-    init(url: RedisURL, instanceID: String, configuration: RedisBrokerConfiguration, eventLoop: any EventLoop, logger: Logger) {
+    init(redis: RedisConfiguration, instanceID: String, configuration: RedisBrokerConfiguration, eventLoop: any EventLoop, logger: Logger) {
         self.instanceID = instanceID
         self.configuration = configuration
         self.logger = logger
-        let redis = RedisConfiguration(url: url)
         let resync = Mutex<RedisBroker?>(nil)
         // Liveness is refreshed as soon as a connection is up, not only on the next tick.
         self.client = RedisClient(configuration: redis, eventLoop: eventLoop, logger: logger, onStateChange: { state in
@@ -425,7 +424,7 @@ final class RedisBroker: Broker {
             let fresh = batch.dropping(through: replay.lastSeq)
             guard fresh.hasText else { continue }
             replay.text += fresh.text
-            let base = Int32(replay.text.utf8.count - fresh.text.utf8.count)
+            let base = Int32(clamping: replay.text.utf8.count - fresh.text.utf8.count)
             replay.tokenEnds += fresh.tokenEnds.map { $0 + base }
             replay.lastSeq = fresh.lastSeq
         }
