@@ -261,11 +261,11 @@ OPENAI_REQUESTS = {
 
 def protocol_corpus():
     for name, text in CLIENT_MESSAGES.items():
-        write("client-message", name, bytes([3]) + text.encode())
-    write("client-message", "too-large", bytes([0]) + CLIENT_MESSAGES["chat-send"].encode())
+        write("client-message", name, bytes([11]) + text.encode())  # 64 KiB content, max_tokens 32768
+    write("client-message", "too-large", bytes([8]) + CLIENT_MESSAGES["chat-send"].encode())
     for name, text in OPENAI_REQUESTS.items():
-        write("openai-request", name, bytes([3]) + text.encode())
-    write("openai-request", "too-large", bytes([0]) + OPENAI_REQUESTS["stream"].encode())
+        write("openai-request", name, bytes([11]) + text.encode())
+    write("openai-request", "too-large", bytes([8]) + OPENAI_REQUESTS["stream"].encode())
 
 
 # ---------------------------------------------------------------- traceparent, cron, configuration

@@ -2,27 +2,31 @@ import Foundation
 import NIOCore
 import SluiceProtocol
 
-/// `ClientMessageDecoder` (the `sluice.v1` client messages, and the `POST /v1/chat/stream` body)
-/// on any text frame: a refusal carries one of the decoder's wire codes; an accepted message
-/// respects the limits the decoder promises, and re-encoded as JSON decodes to itself.
+/// `ClientMessageDecoder` on any text: the `sluice.v1` client messages, the `POST /v1/chat/stream`
+/// and `POST /v1/jobs` bodies, and the history query parameters. A refusal carries one of the
+/// decoder's wire codes; an accepted message respects every bound of `RequestLimits`, and
+/// re-encoded as JSON decodes to itself.
 ///
-/// Input: [content limit choice] text...
+/// Input: [limits choice] text... (bits 0-1: content limit; bits 2-3: max_tokens limit)
 enum ClientMessageTarget {
-    static let limits = [8, 64, 1024, 65536]
+    static let contentLimits = [8, 64, 1024, RequestLimits.defaultMaxContentBytes]
+    static let tokenLimits = [1, 100, RequestLimits.defaultMaxTokensLimit, Int.max]
     static let refusalCodes: Set<ErrorCode> = [.invalidMessage, .unknownType, .tooLarge]
 
     static func run(_ data: UnsafeRawBufferPointer) {
         var input = FuzzInput(data)
-        let maxContentBytes = Self.limits[Int(input.byte() & 3)]
-        let text = ByteBuffer(bytes: input.rest())
+        let choice = Int(input.byte())
+        let limits = RequestLimits(maxContentBytes: Self.contentLimits[choice & 3], maxTokensLimit: Self.tokenLimits[(choice >> 2) & 3])
+        let bytes = input.rest()
+        let text = ByteBuffer(bytes: bytes)
 
-        switch ClientMessageDecoder.decode(text, maxContentBytes: maxContentBytes) {
+        switch ClientMessageDecoder.decode(text, limits: limits) {
         case .failure(let violation):
             require(Self.refusalCodes.contains(violation.code), "refused with \(violation.code)")
         case .success(let message):
-            Self.checkLimits(message, maxContentBytes: maxContentBytes)
+            Self.checkLimits(message, limits: limits)
             let encoded = Self.encode(message)
-            switch ClientMessageDecoder.decode(ByteBuffer(bytes: encoded), maxContentBytes: maxContentBytes) {
+            switch ClientMessageDecoder.decode(ByteBuffer(bytes: encoded), limits: limits) {
             case .success(let again):
                 require(again == message, "\(message) re-encoded decodes as \(again)")
             case .failure(let violation):
@@ -30,28 +34,54 @@ enum ClientMessageTarget {
             }
         }
 
-        switch ClientMessageDecoder.decodeChatRequest(text, maxContentBytes: maxContentBytes) {
+        switch ClientMessageDecoder.decodeChatRequest(text, limits: limits) {
         case .failure(let violation):
             require(Self.refusalCodes.contains(violation.code), "chat request refused with \(violation.code)")
         case .success(let send):
-            Self.checkLimits(.chatSend(send), maxContentBytes: maxContentBytes)
+            Self.checkLimits(.chatSend(send), limits: limits)
+        }
+        switch ClientMessageDecoder.decodeJobRequest(text, limits: limits) {
+        case .failure(let violation):
+            require(Self.refusalCodes.contains(violation.code), "job request refused with \(violation.code)")
+        case .success(let job):
+            Self.checkLimits(.jobSubmit(job), limits: limits)
+        }
+
+        // The history routes' query parameters: `limit=<text>&before=<text>` cut at the first NUL.
+        let query = String(decoding: bytes, as: UTF8.self).split(separator: "\0", maxSplits: 1, omittingEmptySubsequences: false)
+        let limitText = query.first.map(String.init), beforeText = query.count > 1 ? String(query[1]) : nil
+        switch ClientMessageDecoder.historyPage(limit: limitText, before: beforeText) {
+        case .failure(let violation):
+            require(violation.code == .invalidMessage, "query refused with \(violation.code)")
+        case .success(let page):
+            Self.checkLimits(.conversationList(page), limits: limits)
         }
     }
 
-    static func checkLimits(_ message: ClientMessage, maxContentBytes: Int) {
+    static func checkLimits(_ message: ClientMessage, limits: RequestLimits) {
         switch message {
         case .chatSend(let send):
-            require(send.content.utf8.count <= maxContentBytes, "content over the limit accepted")
-            if let maxTokens = send.maxTokens { require(maxTokens >= 1, "max_tokens \(maxTokens) accepted") }
-            if let temperature = send.temperature { require((0...2).contains(temperature), "temperature \(temperature) accepted") }
+            require(send.content.utf8.count <= limits.maxContentBytes, "content over the limit accepted")
+            if let maxTokens = send.maxTokens {
+                require(limits.maxTokensRange.contains(Int64(maxTokens)), "max_tokens \(maxTokens) accepted with a limit of \(limits.maxTokensLimit)")
+            }
+            if let temperature = send.temperature {
+                require(temperature.isFinite && RequestLimits.temperatureRange.contains(temperature), "temperature \(temperature) accepted")
+            }
             if let tools = send.tools { require(tools.count <= 64, "\(tools.count) tools accepted") }
         case .generationResume(_, let afterSeq):
-            require(afterSeq >= 0, "after_seq \(afterSeq) accepted")
+            require(RequestLimits.afterSeqRange.contains(afterSeq), "after_seq \(afterSeq) accepted")
         case .conversationList(let page), .conversationHistory(_, let page):
-            if let limit = page.limit { require(limit >= 1, "limit \(limit) accepted") }
+            if let limit = page.limit { require(RequestLimits.historyPageLimitRange.contains(Int64(limit)), "limit \(limit) accepted") }
+            if let before = page.before { require(RequestLimits.isPlausibleCursor(before), "cursor \(before.debugDescription) accepted") }
         case .jobSubmit(let job):
-            require(job.input.utf8.count <= maxContentBytes, "job input over the limit accepted")
-            if let attempts = job.maxAttempts { require((1...100).contains(attempts), "max_attempts \(attempts) accepted") }
+            require(job.input.utf8.count <= limits.maxContentBytes, "job input over the limit accepted")
+            require(job.kind.utf8.count <= RequestLimits.maxJobKindBytes, "a job kind of \(job.kind.utf8.count) bytes accepted")
+            require((job.priority?.utf8.count ?? 0) <= RequestLimits.maxPriorityBytes, "a long priority accepted")
+            require((job.idempotencyKey?.utf8.count ?? 0) <= RequestLimits.maxIdempotencyKeyBytes, "a long idempotency key accepted")
+            if let attempts = job.maxAttempts {
+                require(RequestLimits.maxAttemptsRange.contains(Int64(attempts)), "max_attempts \(attempts) accepted")
+            }
         default:
             break
         }
