@@ -138,40 +138,48 @@ def upgrade_request(path="/v1/ws", extra="", version="13", key=KEY, method="GET"
 
 
 def upgrade_corpus():
-    # [options] [split seed] bytes; options bit 0 deflate, 1 origins, 2 no slot, 3 draining, 4 small
-    # messages, 5 small frames, 6 peer stops reading, 7 refusal for URIs with "refuse".
+    # [options] [more options] [split seed] bytes; options bit 0 deflate, 1 origins, 2 no slot,
+    # 3 draining, 4 small messages, 5 small frames, 6 peer stops reading, 7 refusal for URIs with
+    # "refuse"; more options bit 0 one proxy (X-Forwarded-For), 1 one connection per address,
+    # 2 a 16 KiB memory budget, 3 no per-address cap.
     frames = frame(1, b"hello") + frame(9, b"p") + frame(8, close_payload(1000))
-    write("upgrade", "upgrade-and-frames", bytes([0, 0]) + upgrade_request(extra="Sec-WebSocket-Protocol: sluice.v1\r\n") + frames)
-    write("upgrade", "upgrade-deflate", bytes([1, 3]) + upgrade_request(
+    write("upgrade", "upgrade-and-frames", bytes([0, 0, 0]) + upgrade_request(extra="Sec-WebSocket-Protocol: sluice.v1\r\n") + frames)
+    write("upgrade", "upgrade-deflate", bytes([1, 0, 3]) + upgrade_request(
         extra="Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n")
         + frame(1, HELLO_DEFLATED, rsv1=True, key=ZERO) + frame(1, b"x" * 300) + frame(8, b""))
-    write("upgrade", "upgrade-deflate-params", bytes([1, 2]) + upgrade_request(
+    write("upgrade", "upgrade-deflate-params", bytes([1, 0, 2]) + upgrade_request(
         extra="Sec-WebSocket-Extensions: x-webkit-deflate-frame, permessage-deflate; server_no_context_takeover; "
               "client_no_context_takeover; server_max_window_bits=8; client_max_window_bits=10\r\n")
         + frame(1, deflate(b"abc" * 50), rsv1=True, key=ZERO))
-    write("upgrade", "health-then-upgrade-in-place", bytes([0, 3]) + b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
+    write("upgrade", "health-then-upgrade-in-place", bytes([0, 0, 3]) + b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
           + upgrade_request() + frame(2, b"\x00\x01\x02"))
-    write("upgrade", "pipelined-routes", bytes([0, 2]) + b"GET /ready HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\n"
+    write("upgrade", "pipelined-routes", bytes([0, 0, 2]) + b"GET /ready HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\n"
           b"GET /v1/ws HTTP/1.1\r\nHost: a\r\n\r\nHEAD /health HTTP/1.0\r\n\r\n")
-    write("upgrade", "post-echo-body", bytes([0, 0]) + b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world")
-    write("upgrade", "post-chunked-stream", bytes([16, 2]) + b"POST /stream HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    write("upgrade", "post-echo-body", bytes([0, 0, 0]) + b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world")
+    write("upgrade", "post-chunked-stream", bytes([16, 0, 2]) + b"POST /stream HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
           b"5\r\nhello\r\n0\r\n\r\nGET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
-    write("upgrade", "post-too-large", bytes([16, 3]) + b"POST /echo HTTP/1.1\r\nContent-Length: 2000\r\n\r\n" + b"z" * 2000)
-    write("upgrade", "expect-continue", bytes([16, 0]) + b"POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 999999\r\n\r\n")
-    write("upgrade", "bad-version", bytes([0, 0]) + upgrade_request(version="8"))
-    write("upgrade", "bad-key", bytes([0, 0]) + upgrade_request(key="short"))
-    write("upgrade", "post-upgrade", bytes([0, 0]) + upgrade_request(method="POST"))
-    write("upgrade", "origin-refused", bytes([2, 0]) + upgrade_request(extra="Origin: https://evil.example\r\n"))
-    write("upgrade", "origin-allowed", bytes([2, 1]) + upgrade_request(extra="Origin: https://chat.example\r\n") + frame(1, b"x"))
-    write("upgrade", "no-slot", bytes([4, 0]) + upgrade_request())
-    write("upgrade", "draining", bytes([8, 0]) + upgrade_request() + b"GET /ready HTTP/1.1\r\n\r\n")
-    write("upgrade", "application-refuses", bytes([128, 0]) + upgrade_request(path="/v1/ws?refuse=1"))
-    write("upgrade", "small-limits", bytes([48, 3]) + upgrade_request() + frame(1, b"a" * 120, fin=False) + frame(0, b"b" * 120)
+    write("upgrade", "post-too-large", bytes([16, 0, 3]) + b"POST /echo HTTP/1.1\r\nContent-Length: 2000\r\n\r\n" + b"z" * 2000)
+    write("upgrade", "expect-continue", bytes([16, 0, 0]) + b"POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 999999\r\n\r\n")
+    write("upgrade", "bad-version", bytes([0, 0, 0]) + upgrade_request(version="8"))
+    write("upgrade", "bad-key", bytes([0, 0, 0]) + upgrade_request(key="short"))
+    write("upgrade", "post-upgrade", bytes([0, 0, 0]) + upgrade_request(method="POST"))
+    write("upgrade", "origin-refused", bytes([2, 0, 0]) + upgrade_request(extra="Origin: https://evil.example\r\n"))
+    write("upgrade", "origin-allowed", bytes([2, 0, 1]) + upgrade_request(extra="Origin: https://chat.example\r\n") + frame(1, b"x"))
+    write("upgrade", "no-slot", bytes([4, 0, 0]) + upgrade_request())
+    write("upgrade", "draining", bytes([8, 0, 0]) + upgrade_request() + b"GET /ready HTTP/1.1\r\n\r\n")
+    write("upgrade", "application-refuses", bytes([128, 0, 0]) + upgrade_request(path="/v1/ws?refuse=1"))
+    write("upgrade", "small-limits", bytes([48, 0, 3]) + upgrade_request() + frame(1, b"a" * 120, fin=False) + frame(0, b"b" * 120)
           + frame(2, b"c" * 200))
-    write("upgrade", "slow-reader", bytes([64, 2]) + upgrade_request() + b"".join(frame(1, b"echo me %d" % i) for i in range(20)))
-    write("upgrade", "garbage", bytes([0, 1]) + b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
-    write("upgrade", "http10-upgrade", bytes([0, 0]) + upgrade_request().replace(b"HTTP/1.1", b"HTTP/1.0"))
-    write("upgrade", "duplicate-headers", bytes([0, 0]) + upgrade_request(extra=f"Sec-WebSocket-Key: {KEY}\r\nUpgrade: h2c\r\n"))
+    write("upgrade", "slow-reader", bytes([64, 0, 2]) + upgrade_request() + b"".join(frame(1, b"echo me %d" % i) for i in range(20)))
+    write("upgrade", "garbage", bytes([0, 0, 1]) + b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    write("upgrade", "http10-upgrade", bytes([0, 0, 0]) + upgrade_request().replace(b"HTTP/1.1", b"HTTP/1.0"))
+    write("upgrade", "forwarded-for", bytes([0, 1 | 2, 2]) + upgrade_request(extra="X-Forwarded-For: 203.0.113.9, 198.51.100.7\r\n")
+          + frame(1, b"hi"))
+    write("upgrade", "small-budget", bytes([1, 4, 3]) + upgrade_request(
+        extra="Sec-WebSocket-Extensions: permessage-deflate\r\n") + frame(2, b"m" * 3000, fin=False) + frame(0, b"n" * 3000)
+          + b"".join(frame(1, b"x" * 100) for _ in range(10)))
+    write("upgrade", "post-over-budget", bytes([0, 4, 0]) + b"POST /echo HTTP/1.1\r\nContent-Length: 20000\r\n\r\n" + b"q" * 2000)
+    write("upgrade", "duplicate-headers", bytes([0, 0, 0]) + upgrade_request(extra=f"Sec-WebSocket-Key: {KEY}\r\nUpgrade: h2c\r\n"))
 
 
 # ---------------------------------------------------------------- SSE, RESP

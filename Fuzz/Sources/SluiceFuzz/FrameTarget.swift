@@ -35,8 +35,9 @@ enum FrameTarget {
             fed += piece.count
             while true {
                 let consumed = buffer.readerIndex  // stream offset of the first unread byte
+                // A header and a whole control frame fit in 14 + 125 bytes: the reference needs no more.
                 let reference = atHeader
-                    ? ReferenceHeader.decode(stream[consumed..<fed], allowsRSV1: allowsRSV1, maxFrameSize: maxFrameSize)
+                    ? ReferenceHeader.decode(stream[consumed..<min(fed, consumed + 139)], allowsRSV1: allowsRSV1, maxFrameSize: maxFrameSize)
                     : nil
                 let event: WebSocketFrameEvent?
                 do {

@@ -14,16 +14,20 @@ import NIOHTTP1
 ///
 /// Checks: what the server writes is well-formed HTTP responses, then after a 101 well-formed
 /// unmasked server frames (text frames valid UTF-8, nothing after a Close), and once the channel
-/// closes nothing of it is left behind (registry entry, heartbeat membership).
+/// closes nothing of it is left behind: no registry entry, no heartbeat membership, no connection
+/// counted (in total or per address), no byte held in the memory budget.
 ///
-/// Input: [options] [split seed] bytes...
+/// Input: [options] [more options] [split seed] bytes...
 /// options bit 0: deflate offered by the server; 1: an Origin allow-list; 2: no connection slot
 /// left; 3: draining; 4: small message limit; 5: small frame limit; 6: the peer stops reading
 /// half-way; 7: the application refuses upgrades whose URI contains "refuse".
+/// more options bit 0: one proxy in front (X-Forwarded-For counts); 1: one connection per address;
+/// 2: a 16 KiB memory budget; 3: no per-address cap.
 enum UpgradeTarget {
     static func run(_ data: UnsafeRawBufferPointer) {
         var input = FuzzInput(data)
         let options = input.byte()
+        let moreOptions = input.byte()
         var splitter = Splitter(seed: input.byte())
         let bytes = input.rest()
 
@@ -33,6 +37,10 @@ enum UpgradeTarget {
         if options & 4 != 0 { configuration.maxConnections = 0 }
         if options & 16 != 0 { configuration.maxMessageSize = 1000 }
         if options & 32 != 0 { configuration.maxFrameSize = 125 }
+        if moreOptions & 1 != 0 { configuration.forwardedForHops = 1 }
+        if moreOptions & 2 != 0 { configuration.maxConnectionsPerAddress = 1 }
+        if moreOptions & 4 != 0 { configuration.memoryBudget = 16 << 10 }
+        if moreOptions & 8 != 0 { configuration.maxConnectionsPerAddress = 0 }
         let shared = ServerShared(
             configuration: configuration, application: FuzzApplication(refuses: options & 128 != 0),
             httpRoutes: FuzzRoutes(), readiness: nil)
@@ -41,8 +49,14 @@ enum UpgradeTarget {
         let loop = EmbeddedEventLoop()
         let channel = EmbeddedChannel(loop: loop)
         do {
-            try WebSocketServer.configurePipeline(channel, shared: shared, sslContext: nil)
-            try channel.connect(to: SocketAddress(ipAddress: "192.0.2.1", port: 50000)).wait()
+            // As the listener's child channel initializer does (the peer is known, the channel not
+            // active yet): count the connection, then build the pipeline; then it becomes active.
+            let peer = try SocketAddress(ipAddress: "192.0.2.1", port: 50000)
+            channel.remoteAddress = peer
+            if WebSocketServer.admit(channel, shared: shared, tls: false) {
+                try WebSocketServer.configurePipeline(channel, shared: shared, sslContext: nil)
+            }
+            try channel.connect(to: peer).wait()
         } catch {
             fatalError("pipeline setup failed: \(error)")
         }
@@ -76,6 +90,9 @@ enum UpgradeTarget {
         _ = try? channel.finish(acceptAlreadyClosed: true)
 
         require(shared.registry.count == 0, "a closed connection is still in the registry")
+        require(shared.connections.total == 0, "a closed connection is still counted")
+        require(shared.connections.count(for: "192.0.2.1") == 0, "a closed connection still counts against its address")
+        require(shared.budget.used == 0, "a closed connection still holds \(shared.budget.used) bytes of the memory budget")
         require(shared.connectionSettings.heartbeats.scheduler(for: loop).count == 0,
                 "a closed connection is still in the heartbeat scheduler")
         if getenv("SLUICE_FUZZ_VERBOSE") != nil {
@@ -149,6 +166,7 @@ struct ServerOutputChecker {
         while index < output.count {
             let (status, headers, headEnd) = Self.responseHead(output, from: index)
             index = headEnd
+            if (100...199).contains(status) && status != 101 { continue }  // 100 Continue: the final answer follows
             if status == 101 {
                 require(headers["upgrade"]?.lowercased() == "websocket", "101 without Upgrade: websocket")
                 require(headers["sec-websocket-accept"] != nil, "101 without Sec-WebSocket-Accept")
