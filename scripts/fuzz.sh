@@ -13,7 +13,10 @@
 #   --merge          after fuzzing, add the inputs that found new coverage, minimized, to the
 #                    checked-in corpus (the only option that writes to Fuzz/corpus)
 #   --no-build       use the binary already built
-# Environment: FUZZ_BUILD (default .build-fuzz), FUZZ_FLAGS (extra libFuzzer flags).
+#   --release        an optimized build (-O, testability on; in .build-fuzz/release): several times
+#                    the executions per second for long runs, at the cost of a longer build
+# Environment: FUZZ_BUILD (scratch path, default .build-fuzz), FUZZ_BUILD_JOBS (parallel build
+#   jobs, default: one per core), FUZZ_FLAGS (extra libFuzzer flags).
 # Exit status: 0 when no target crashed, leaked, hung or ran out of memory; 1 otherwise, with the
 # reproducer's path and the command that replays it printed.
 set -euo pipefail
@@ -21,7 +24,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH=/opt/swift/usr/bin:$PATH
 
-seconds=60 jobs=1 fresh=0 replay=0 merge=0 build=1 only=""
+seconds=60 jobs=1 fresh=0 replay=0 merge=0 build=1 only="" config=debug
 while [ $# -gt 0 ]; do
   case "$1" in
     --targets) only=$2; shift 2 ;;
@@ -30,19 +33,23 @@ while [ $# -gt 0 ]; do
     --replay) replay=1; shift ;;
     --merge) merge=1; shift ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --release) config=release; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     [0-9]*) seconds=$1; shift ;;
     *) echo "fuzz.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
 scratch=${FUZZ_BUILD:-$root/.build-fuzz}
-binary=$scratch/debug/sluice-fuzz
+binary=$scratch/$config/sluice-fuzz
+# Release needs testability switched on by hand for the targets' @testable imports.
+release_flags=()
+[ "$config" = release ] && release_flags=(-c release -Xswiftc -enable-testing)
 if [ "$build" = 1 ]; then
   start=$SECONDS
   # Coverage and ASan for Swift (-sanitize) and for every C target (BoringSSL, llhttp, libyaml...):
   # the fuzzer needs feedback from the code under test, not just from this entry point.
-  SLUICE_FUZZ=1 swift build --scratch-path "$scratch" --product sluice-fuzz \
+  SLUICE_FUZZ=1 swift build --scratch-path "$scratch" --product sluice-fuzz ${FUZZ_BUILD_JOBS:+--jobs "$FUZZ_BUILD_JOBS"} "${release_flags[@]}" \
     -Xswiftc -sanitize=fuzzer,address -Xcc -fsanitize=fuzzer-no-link,address 2>&1 \
     | grep -v -E '^\[[0-9]+/[0-9]+\]|Cannot export local symbol|unhandled; explicitly declare|CMakeLists.txt' || true
   [ -x "$binary" ] || { echo "fuzz.sh: build failed" >&2; exit 2; }
