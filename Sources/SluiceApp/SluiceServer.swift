@@ -21,6 +21,8 @@ public enum SluiceServer {
         LogOutput.bootstrap(configuration.logFormat)
         var logger = Logger(label: "sluice")
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
+        // Before any listener or client exists: room for server.max_connections descriptors.
+        DescriptorLimit.raise(maxConnections: configuration.server.maxConnections, logger: logger)
         // First: metric handles are bound to the backend when they are made.
         let registry = MetricsExport.bootstrap()
         let application: any WebSocketApplication
