@@ -63,9 +63,12 @@ final class ChatGeneration: GenerationSink {
     private let grant: GenerationGrant
     /// Gives back what the limits and the quota reserved and this generation did not use.
     private let settle: (_ usedTokens: Int) -> Void
-    /// A tokens-per-minute budget ran out: the rest of the upstream's text is dropped and the
-    /// generation ends with `length` at the end of this read.
+    /// A tokens-per-minute budget ran out, or the upstream went on past the `max_tokens` it was
+    /// asked for: the rest of the upstream's text is dropped and the generation ends with
+    /// `length` at the end of this read.
     private var budgetReached = false
+    /// Deltas of the current upstream request (a tool round starts over).
+    private var turnDeltas = 0
 
     private let engine: any InferenceEngine
     /// Grows by an assistant turn and the tool results each time the model calls tools.
@@ -210,6 +213,14 @@ final class ChatGeneration: GenerationSink {
 
     func generationDidProduce(_ text: Substring) {
         guard !self.ended, !self.budgetReached else { return }
+        // More than the max_tokens it was asked for (a chunk holds at least a token): a hostile
+        // or broken upstream streaming without end. Cut there, or it would hold this generation,
+        // its answer's memory and an event loop's time for ever.
+        guard self.turnDeltas < self.grant.maxTokens else {
+            self.budgetReached = true
+            return
+        }
+        self.turnDeltas += 1
         if !self.announced { self.announce() }
         if self.seq == 0 {
             self.metrics.timeToFirstToken.recordInterval(since: self.startedAt)
@@ -325,6 +336,7 @@ final class ChatGeneration: GenerationSink {
             self.request.messages.append(ChatMessage(role: .tool, content: run.output, toolCallID: run.call.id))
         }
         self.turnStart = self.answerBytes.writerIndex
+        self.turnDeltas = 0
         // Each turn reports its own completion tokens; the generation's usage is their sum.
         self.earlierTurnsCompletion = self.earlierTurnsCompletion.addingSaturating(self.upstreamUsage?.completion ?? 0)
         self.upstreamUsage = nil

@@ -98,6 +98,9 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private let created = Int(Date().timeIntervalSince1970)
     private var model = ""
     private var deltas = 0
+    /// The upstream went on past the max_tokens it was asked for: its text is dropped and the
+    /// answer ends (`length`) at the end of this read.
+    private var overran = false
     private var text = ByteBuffer()
     private var usage: (prompt: Int, completion: Int)?
     private var promptEstimate = 0
@@ -254,7 +257,11 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     // MARK: GenerationSink
 
     func generationDidProduce(_ text: Substring) {
-        guard !self.ended else { return }
+        guard !self.ended, !self.overran else { return }
+        if let maxTokens = self.admission?.grant.maxTokens, self.deltas >= maxTokens {
+            self.overran = true
+            return
+        }
         if self.deltas == 0 { self.metrics?.timeToFirstToken.recordInterval(since: self.startedAt) }
         self.deltas += 1
         if self.streaming {
@@ -277,8 +284,9 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
 
     func generationDidEndBatch() {
         guard !self.ended else { return }
-        // A budget (rate limit or quota) smaller than the request's max_tokens: stop there.
-        if let admission = self.admission, admission.grant.cutByBudget, self.deltas >= admission.grant.maxTokens {
+        // A budget (rate limit or quota) smaller than the request's max_tokens, or an upstream
+        // that went on past max_tokens: stop there.
+        if let admission = self.admission, self.overran || admission.grant.cutByBudget && self.deltas >= admission.grant.maxTokens {
             self.handle?.cancel()
             self.handle = nil
             self.finish(.length)

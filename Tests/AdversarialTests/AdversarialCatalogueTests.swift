@@ -107,9 +107,17 @@ extension CatalogueGateway {
     /// `CATALOGUE_FILTER=frames.,jwt.` runs only cases whose name contains one of the parts
     /// (for working on a few; CI runs them all).
     static var selected: [HostileCase] {
-        guard let filter = ProcessInfo.processInfo.environment["CATALOGUE_FILTER"], !filter.isEmpty else { return Self.catalogue }
-        let parts = filter.split(separator: ",").map(String.init)
-        return Self.catalogue.filter { hostile in parts.contains { hostile.name.contains($0) } }
+        let environment = ProcessInfo.processInfo.environment
+        var cases = Self.catalogue
+        if let filter = environment["CATALOGUE_FILTER"], !filter.isEmpty {
+            let parts = filter.split(separator: ",").map(String.init)
+            cases = cases.filter { hostile in parts.contains { hostile.name.contains($0) } }
+        }
+        if let skip = environment["CATALOGUE_SKIP"], !skip.isEmpty {
+            let parts = skip.split(separator: ",").map(String.init)
+            cases = cases.filter { hostile in !parts.contains { hostile.name.contains($0) } }
+        }
+        return cases
     }
 
     @Test func theCatalogueHasAtLeast150DistinctCasesCoveringEverySurface() {
@@ -130,7 +138,20 @@ extension CatalogueGateway {
             let pid = gateway.process.pid
             let residentBefore = ProcessResources.residentBytes(pid) ?? 0
             let started = ContinuousClock.now
+            // A watchdog: a build that buffers without bound is stopped before it takes the machine.
+            let ceiling = residentBefore + CatalogueConfiguration.memoryBudget + (512 << 20)
+            let watchdog = Task {
+                while !Task.isCancelled {
+                    if (ProcessResources.residentBytes(pid) ?? 0) > ceiling {
+                        Issue.record("RSS passed \(ceiling >> 20) MiB: the process was killed by the catalogue's watchdog")
+                        gateway.process.signal(SIGKILL)
+                        return
+                    }
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+            }
             let results = await CatalogueRunner(gateway: gateway).run(cases)
+            watchdog.cancel()
             let wall = ContinuousClock.now - started
             let residentAfter = ProcessResources.residentBytes(pid) ?? 0
             let peak = ProcessResources.peakResidentBytes(pid) ?? 0
@@ -169,6 +190,7 @@ extension CatalogueGateway {
                 for result in results.sorted(by: { $0.hostile.name < $1.hostile.name }) {
                     print("  \(result.passed ? "ok  " : "FAIL") \(result.hostile.name): \(result.observed.map { "\($0)" } ?? result.mismatch ?? "-")")
                 }
+                print(gateway.process.logTail(lines: Int(ProcessInfo.processInfo.environment["CATALOGUE_VERBOSE"] ?? "") ?? 0))
             }
         }
     }

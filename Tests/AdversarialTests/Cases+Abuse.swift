@@ -37,16 +37,17 @@ enum AbuseCases {
                 var bytes: [UInt8] = []
                 for index in 0..<60 { bytes += TestFrames.text(#"{"type":"ping","id":"\#(index)"}"#) }
                 try await client.send(bytes)
+                // Answers until a quiet half second: about 40 pongs and one rate_limited (the
+                // dropped messages are announced once a second, not each).
                 var pongs = 0, limited = 0
-                while pongs + limited < 60 {
-                    let message = try await CaseContext.nextMessage(client)
+                while let message = try? await CaseContext.nextMessage(client, timeout: .milliseconds(500)) {
                     if message["type"] as? String == "pong" { pongs += 1 }
                     if message["code"] as? String == "rate_limited" {
                         limited += 1
                         if (message["retry_after_ms"] as? Int ?? 0) <= 0 { return .failed("rate_limited without retry_after_ms: \(message)") }
                     }
                 }
-                guard pongs >= 39, limited >= 1 else { return .failed("\(pongs) pongs, \(limited) rate_limited") }
+                guard (39...59).contains(pongs), limited == 1, !client.isClosed else { return .failed("\(pongs) pongs, \(limited) rate_limited") }
                 // A second later the bucket has room again.
                 try await eventually("the session answers again", timeout: .seconds(5), poll: .milliseconds(250)) {
                     try await client.send(TestFrames.text(#"{"type":"ping","id":"later"}"#))
@@ -57,19 +58,21 @@ enum AbuseCases {
             },
             HostileCase(name: "bursts.connections-per-second", surface: .bursts, action: "30 upgrades at once from one address (10 per second allowed)",
                         expected: .verified("some 101, the rest 429 with Retry-After"), exclusive: true) { context in
-                let results = NIOLockedValueBox<[Int]>([])
+                let results = NIOLockedValueBox<[Observed]>([])
                 await withTaskGroup(of: Void.self) { group in
                     for _ in 0..<30 {
                         group.addTask {
-                            let status = (try? await context.upgrade(headers: []))?.status ?? 0
-                            results.withLockedValue { $0.append(status) }
+                            let observed = (try? await context.upgrade(headers: [])) ?? Observed()
+                            results.withLockedValue { $0.append(observed) }
                         }
                     }
                 }
-                let statuses = results.withLockedValue { $0 }
-                let accepted = statuses.filter { $0 == 101 }.count, refused = statuses.filter { $0 == 429 }.count
-                guard accepted >= 1, accepted <= 20, accepted + refused == 30 else { return .failed("statuses \(statuses.sorted())") }
-                return .verified("\(accepted) × 101, \(refused) × 429")
+                let all = results.withLockedValue { $0 }
+                let statuses = all.map { $0.status ?? 0 }
+                let accepted = statuses.filter { $0 == 101 }.count
+                let refused = all.filter { $0.status == 429 && $0.errorCode == "rate_limited" && $0.retryAfter != nil }.count
+                guard accepted >= 1, refused >= 1, accepted + refused == 30 else { return .failed("statuses \(statuses.sorted())") }
+                return .verified("\(accepted) × 101, \(refused) × 429 rate_limited with Retry-After")
             },
             HostileCase(name: "bursts.requests-per-minute", surface: .bursts, action: "21 chats in a row from one user (20 per minute allowed)",
                         expected: .verified("20 answered, the 21st rate_limited with retry_after_ms"), exclusive: true) { context in
@@ -263,6 +266,7 @@ enum AbuseCases {
         let pid = gateway.process.pid
         let before = ProcessResources.residentBytes(pid) ?? 0
         let upstreamRequests = gateway.hostile.requests.count
+        let openBefore = gateway.hostile.connections - gateway.hostile.closedConnections
         let body = #"{"type":"chat.send","content":"HOSTILE:forever-big","model":"wild","max_tokens":32768}"#
         let client: RawClient
         if webSocket {
@@ -281,7 +285,7 @@ enum AbuseCases {
         var peak = before
         let ended = await gateway.hostile.wait(timeout: .seconds(40)) { log in
             peak = max(peak, ProcessResources.residentBytes(pid) ?? 0)
-            return log.closedConnections >= log.connections
+            return log.connections - log.closedConnections <= openBefore
         }
         peak = max(peak, ProcessResources.residentBytes(pid) ?? 0)
         let grown = peak - before
@@ -365,10 +369,11 @@ enum AbuseCases {
                 Self.done(messages) == nil ? "no generation.done" : nil
             },
             upstream("upstream.hostile-tool-calls", "tool calls: 9^9^9^9^9, 5,000 nested parentheses, http_get to 169.254.169.254, an unknown tool, arguments that are not JSON",
-                     "HOSTILE:tools", "a tool.result with status error for each; the answer goes on") { messages in
+                     "HOSTILE:tools", "a tool.result that is not ok for each (error, invalid_arguments, unknown_tool); the answer goes on") { messages in
                 let results = messages.filter { $0["type"] as? String == "tool.result" }
                 guard results.count == 5 else { return "\(results.count) tool results" }
-                guard results.allSatisfy({ $0["status"] as? String == "error" }) else { return "a hostile call succeeded: \(results)" }
+                let statuses = results.compactMap { $0["status"] as? String }
+                guard statuses.count == 5, !statuses.contains("ok") else { return "a hostile call succeeded: \(statuses)" }
                 return Self.done(messages)?["finish_reason"] as? String == "stop" ? nil : "not finished"
             },
             HostileCase(name: "upstream.pool-replica-fails", surface: .upstream, action: "chats to the chat pool, whose second replica answers 500 to everything",
@@ -415,12 +420,13 @@ enum AbuseCases {
                         expected: .verified("the upstream request is closed (the generation cancelled)"), exclusive: true) { context in
                 let gateway = context.gateway
                 let before = gateway.hostile.requests.count
+                let openBefore = gateway.hostile.connections - gateway.hostile.closedConnections
                 let client = try await context.connect()
                 let body = #"{"content":"HOSTILE:forever","model":"wild","max_tokens":32768}"#
                 try await client.send("POST /v1/chat/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(context.token)\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
                 guard await gateway.hostile.wait(timeout: .seconds(10), until: { $0.requests.count > before }) else { return .failed("no upstream request") }
                 await client.close()
-                let closed = await gateway.hostile.wait(timeout: .seconds(10)) { $0.closedConnections >= $0.connections }
+                let closed = await gateway.hostile.wait(timeout: .seconds(10)) { $0.connections - $0.closedConnections <= openBefore }
                 return closed ? .verified("upstream closed") : .failed("the upstream request stayed open")
             },
         ]

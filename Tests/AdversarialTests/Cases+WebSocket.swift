@@ -226,7 +226,10 @@ enum WebSocketCases {
             noDeflate("upgrade.deflate-window-bits-huge", "client_max_window_bits=99999999999999999999999", "permessage-deflate; client_max_window_bits=99999999999999999999999"),
             noDeflate("upgrade.deflate-unknown-param", "permessage-deflate; foo=bar", "permessage-deflate; foo=bar"),
             noDeflate("upgrade.deflate-duplicate-param", "server_no_context_takeover twice", "permessage-deflate; server_no_context_takeover; server_no_context_takeover"),
-            noDeflate("upgrade.deflate-quoted-junk", "server_max_window_bits=\"1\\u007f\" (quoted junk)", "permessage-deflate; server_max_window_bits=\"1\u{7F}\""),
+            noDeflate("upgrade.deflate-quoted-junk", "server_max_window_bits=\"1a\" (a quoted non-number)", "permessage-deflate; server_max_window_bits=\"1a\""),
+            rawUpgrade("upgrade.extension-with-DEL", "an extension offer holding a DEL byte (not a header character)", .status(400)) {
+                head($0, extra: [("Sec-WebSocket-Extensions", "permessage-deflate; x=\u{7F}")])
+            },
             HostileCase(name: "upgrade.deflate-2500-offers", surface: .upgrade, action: "2,500 extension offers in one header (~60 KiB)",
                         expected: .status(101)) { context in
                 let offers = (0..<2_500).map { "x-ext-\($0); p=\($0)" }.joined(separator: ", ")

@@ -29,6 +29,8 @@ struct Observed: Sendable, CustomStringConvertible {
     /// `code` of the error object in the answer: sluice.v1's `code`, OpenAI's `error.code`.
     var errorCode: String?
     var body: String = ""
+    /// The response's `Retry-After`, if any.
+    var retryAfter: String?
     /// The WebSocket Close code the server sent (nil: none, or a Close without a code).
     var closeCode: UInt16?
     /// The server closed the connection (TCP), with or without a Close frame.
@@ -187,6 +189,7 @@ struct CaseContext: Sendable {
             return Observed(closed: true)
         }
         var observed = Observed(status: response.status, errorCode: Self.errorCode(response.body), body: response.body)
+        observed.retryAfter = response.value("Retry-After")
         observed.closed = client.isClosed
         return observed
     }
@@ -231,6 +234,7 @@ struct CaseContext: Sendable {
         if authenticated { extra.insert(self.bearer, at: 0) }
         let (response, _) = try await client.handshake(path: path, extraHeaders: extra)
         var observed = Observed(status: response.status, errorCode: Self.errorCode(response.body), body: response.body)
+        observed.retryAfter = response.value("Retry-After")
         observed.note = response.values("Sec-WebSocket-Extensions").joined(separator: ",")
         return observed
     }
