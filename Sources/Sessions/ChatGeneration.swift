@@ -63,12 +63,12 @@ final class ChatGeneration: GenerationSink {
     private let grant: GenerationGrant
     /// Gives back what the limits and the quota reserved and this generation did not use.
     private let settle: (_ usedTokens: Int) -> Void
-    /// A tokens-per-minute budget ran out, or the upstream went on past the `max_tokens` it was
-    /// asked for: the rest of the upstream's text is dropped and the generation ends with
-    /// `length` at the end of this read.
+    /// The answer reached its `max_tokens` (the client's, or less when a budget cut it) or its
+    /// byte bound: the rest of the upstream's text is dropped and the generation ends with
+    /// `length` at the end of this read (with an error saying which budget, if one did).
     private var budgetReached = false
-    /// Deltas of the current upstream request (a tool round starts over).
-    private var turnDeltas = 0
+    /// `GenerationRequest.maxAnswerBytes` for this generation's `max_tokens`.
+    private let maxAnswerBytes: Int
 
     private let engine: any InferenceEngine
     /// Grows by an assistant turn and the tool results each time the model calls tools.
@@ -132,6 +132,7 @@ final class ChatGeneration: GenerationSink {
         self.tools = tools
         self.metrics = metrics
         self.grant = grant
+        self.maxAnswerBytes = GenerationRequest.maxAnswerBytes(forTokens: grant.maxTokens)
         self.settle = settle
         self.startedAt = startedAt
         self.trace = trace
@@ -213,14 +214,12 @@ final class ChatGeneration: GenerationSink {
 
     func generationDidProduce(_ text: Substring) {
         guard !self.ended, !self.budgetReached else { return }
-        // More than the max_tokens it was asked for (a chunk holds at least a token): a hostile
-        // or broken upstream streaming without end. Cut there, or it would hold this generation,
-        // its answer's memory and an event loop's time for ever.
-        guard self.turnDeltas < self.grant.maxTokens else {
+        // An upstream that goes past max_tokens, or past the byte bound, is cut: this text is
+        // dropped and the generation ends with `length` at the end of the read.
+        if self.seq >= Int64(self.grant.maxTokens) || self.answerBytes.readableBytes.addingSaturating(text.utf8.count) > self.maxAnswerBytes {
             self.budgetReached = true
             return
         }
-        self.turnDeltas += 1
         if !self.announced { self.announce() }
         if self.seq == 0 {
             self.metrics.timeToFirstToken.recordInterval(since: self.startedAt)
@@ -336,7 +335,6 @@ final class ChatGeneration: GenerationSink {
             self.request.messages.append(ChatMessage(role: .tool, content: run.output, toolCallID: run.call.id))
         }
         self.turnStart = self.answerBytes.writerIndex
-        self.turnDeltas = 0
         // Each turn reports its own completion tokens; the generation's usage is their sum.
         self.earlierTurnsCompletion = self.earlierTurnsCompletion.addingSaturating(self.upstreamUsage?.completion ?? 0)
         self.upstreamUsage = nil
