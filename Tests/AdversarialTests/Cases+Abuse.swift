@@ -176,10 +176,11 @@ enum AbuseCases {
             let started = ContinuousClock.now
             let ((sent, closed), slowest) = try await Self.healthDuring(context) { await client.trickle(bytes, pause: pause) }
             let elapsed = ContinuousClock.now - started
-            let bound = CatalogueConfiguration.handshakeTimeout + .seconds(2)
+            // Far less than the trickle takes (30 s and more): the timeout, not the end of the request.
+            let bound = CatalogueConfiguration.handshakeTimeout + .seconds(8)
             guard closed, sent < bytes.count else { return .failed("not closed: \(sent) of \(bytes.count) bytes sent") }
             guard elapsed < bound else { return .failed("closed after \(elapsed), later than \(bound)") }
-            guard let slowest, slowest < .seconds(1) else { return .failed("/health was slow or failed meanwhile (\(slowest.map { "\($0)" } ?? "failed"))") }
+            guard let slowest, slowest < .seconds(2) else { return .failed("/health was slow or failed meanwhile (\(slowest.map { "\($0)" } ?? "failed"))") }
             return .verified("closed after \(sent)/\(bytes.count) bytes, \(elapsed); slowest /health \(slowest)")
         }
     }
@@ -201,10 +202,10 @@ enum AbuseCases {
                 let started = ContinuousClock.now
                 let ((sent, closed), slowest) = try await Self.healthDuring(context) { await client.trickle(Array(body.utf8), pause: .milliseconds(100)) }
                 let elapsed = ContinuousClock.now - started
-                guard closed, sent < body.utf8.count, elapsed < CatalogueConfiguration.handshakeTimeout + .seconds(2) else {
+                guard closed, sent < body.utf8.count, elapsed < CatalogueConfiguration.handshakeTimeout + .seconds(8) else {
                     return .failed("closed \(closed) after \(elapsed), \(sent) of \(body.utf8.count) bytes")
                 }
-                guard let slowest, slowest < .seconds(1) else { return .failed("/health slow or failed meanwhile") }
+                guard let slowest, slowest < .seconds(2) else { return .failed("/health slow or failed meanwhile") }
                 return .verified("closed after \(sent) body bytes, \(elapsed)")
             },
             HostileCase(name: "slow.silent-connection", surface: .slow, action: "a connection that never sends a byte",
@@ -226,7 +227,7 @@ enum AbuseCases {
                 return .verified("closed \(ContinuousClock.now - started) after the answer")
             },
             HostileCase(name: "slow.many-slowloris", surface: .slow, action: "60 slowloris heads at once from 60 addresses",
-                        expected: .verified("all closed by the handshake timeout; /health answers within 1 s meanwhile"), exclusive: true) { context in
+                        expected: .verified("all closed by the handshake timeout; /health answers within 2 s meanwhile"), exclusive: true) { context in
                 let closedCount = NIOLockedValueBox(0)
                 let (_, slowest) = try await Self.healthDuring(context) {
                     await withTaskGroup(of: Void.self) { group in
@@ -242,7 +243,7 @@ enum AbuseCases {
                 }
                 let closed = closedCount.withLockedValue { $0 }
                 guard closed == 60 else { return .failed("\(closed) of 60 closed by the server") }
-                guard let slowest, slowest < .seconds(1) else { return .failed("/health slow or failed meanwhile") }
+                guard let slowest, slowest < .seconds(2) else { return .failed("/health slow or failed meanwhile") }
                 return .verified("60 closed; slowest /health \(slowest)")
             },
             HostileCase(name: "slow.half-open-websocket", surface: .slow,

@@ -67,7 +67,7 @@ enum HTTPCases {
             raw("headers.request-line-garbage", "a request line of garbage", badRequest) { _ in "GARBAGE\r\n\r\n" },
             raw("headers.unknown-method", "method BREW", badRequest) { _ in "BREW /health HTTP/1.1\r\nHost: x\r\n\r\n" },
             raw("headers.lowercase-method", "method get", badRequest) { _ in "get /health HTTP/1.1\r\nHost: x\r\n\r\n" },
-            raw("headers.http-0.9", "an HTTP/0.9 request (no version)", .verified("no response, or 400")) { _ in "GET /health\r\n\r\n" },
+            raw("headers.http-0.9", "an HTTP/0.9 request (no version)", badRequest) { _ in "GET /health\r\n\r\n" },
             raw("headers.http2-preface", "the HTTP/2 connection preface", .statusIn([400, 505])) { _ in "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" },
             raw("headers.http-9.9", "HTTP/9.9", .statusIn([400, 505])) { _ in "GET /health HTTP/9.9\r\nHost: x\r\n\r\n" },
             raw("headers.uri-64KiB", "a 64 KiB query on /health", .status(200)) { _ in "GET /health?x=\(String(repeating: "q", count: 64 * 1024)) HTTP/1.1\r\nHost: x\r\n\r\n" },
