@@ -34,6 +34,10 @@ public enum SluiceServer {
         var chatApplication: ChatApplication?
         var opened: OpenedStorage?
         var serverConfiguration = configuration.server
+        // The per-address connection cap resolves clients like the rate limits do.
+        serverConfiguration.forwardedForHops = configuration.limits.forwardedForHops
+        // One byte budget for the server's buffers and the chat layer's answers.
+        let memoryBudget = MemoryBudget(limit: configuration.server.memoryBudget)
         var rateLimitRedis: RedisClient?
         var pools: [ReplicaPool] = []
         var jobsRedis: RedisClient?
@@ -124,7 +128,8 @@ public enum SluiceServer {
             let chatApp = ChatApplication(
                 configuration: chat, router: router,
                 conversations: ConversationMemory(maxContextCharacters: chat.contextMaxCharacters), fanOut: fanOut,
-                persistence: opened?.persistence ?? .none, tracer: tracer, policy: policy, jobs: jobsGateway, tools: tools, logger: logger)
+                persistence: opened?.persistence ?? .none, tracer: tracer, policy: policy, jobs: jobsGateway, tools: tools,
+                memoryBudget: memoryBudget, logger: logger)
             chatApplication = chatApp
             application = chatApp
             httpRoutes = [ChatStreamRoutes(application: chatApp), OpenAIRoutes(application: chatApp)]
@@ -139,10 +144,10 @@ public enum SluiceServer {
             if redisGates && !fanOut.isHealthy { return "redis unreachable" }
             return nil
         }
-        let routes = RouteList(providers: [MetricsRoute(registry: registry)] + httpRoutes)
+        let routes = RouteList(providers: [MetricsRoute(registry: registry, beforeScrape: { memoryBudget.recordMetrics() })] + httpRoutes)
         let server = try WebSocketServer(
             configuration: serverConfiguration, application: application, httpRoutes: routes, eventLoopGroup: eventLoopGroup,
-            readiness: readiness, logger: logger)
+            readiness: readiness, memoryBudget: memoryBudget, logger: logger)
         // Started in this order, stopped in the reverse: the server drains first, then handed-off
         // generations finish, then the queue writes what is left, then the storage closes.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
