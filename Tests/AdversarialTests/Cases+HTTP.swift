@@ -142,7 +142,7 @@ enum HTTPCases {
             bodyCase("sse.body-deep", .sse, path, "10,000 nested arrays", .status(400, code: "invalid_message")) {
                 #"{"content":"x","x":\#(String(repeating: "[", count: 10_000))\#(String(repeating: "]", count: 10_000))}"#
             },
-            bodyCase("sse.body-over-json-bound", .sse, path, "a 220 KiB body (past the JSON bound, within max_message_size)", .status(413, code: "too_large")) {
+            bodyCase("sse.body-over-json-bound", .sse, path, "a 220 KiB body (past the route's JSON bound, refused at the head)", .status(413)) {
                 #"{"content":"\#(String(repeating: "c", count: 220 * 1024))"}"#
             },
             HostileCase(name: "sse.body-invalid-utf8", surface: .sse, action: "a body with raw invalid UTF-8 (C3 28 FF)", expected: .status(400, code: "invalid_message")) { context in
@@ -246,9 +246,11 @@ enum HTTPCases {
             request("jobs.result-unknown", .jobs, "GET", "/v1/jobs/job_00000000000000000000000000000000/result", .status(404, code: "not_found")),
             request("jobs.result-extra-segment", .jobs, "GET", "/v1/jobs/x/result/y", .status(404)),
             request("jobs.delete-collection", .jobs, "DELETE", "/v1/jobs", .status(405)),
-            request("jobs.put-job", .jobs, "PUT", "/v1/jobs/job_1", body: "{}", .status(405)),
-            request("jobs.patch-job", .jobs, "PATCH", "/v1/jobs/job_1", body: "{}", .status(405)),
-            request("jobs.post-to-job", .jobs, "POST", "/v1/jobs/job_1", body: #"{"kind":"echo"}"#, .status(405)),
+            request("jobs.put-job", .jobs, "PUT", "/v1/jobs/job_1", .status(405)),
+            request("jobs.patch-job", .jobs, "PATCH", "/v1/jobs/job_1", .status(405)),
+            request("jobs.post-to-job", .jobs, "POST", "/v1/jobs/job_1", .status(405)),
+            // A route that takes no body refuses one at the head, before the method is looked at.
+            request("jobs.body-to-bodiless-route", .jobs, "PUT", "/v1/jobs/job_1", body: #"{"kind":"echo"}"#, .status(413)),
             request("jobs.delete-unknown", .jobs, "DELETE", "/v1/jobs/job_ffffffffffffffffffffffffffffffff", .status(404, code: "not_found")),
             request("jobs.unauthenticated", .jobs, "POST", "/v1/jobs", body: #"{"kind":"echo"}"#, authenticated: false, .status(401, code: "unauthorized")),
             request("jobs.input-with-type", .jobs, "POST", "/v1/jobs", body: #"{"kind":"echo","input":{"type":"chat.send","content":"x"}}"#, .status(202),
@@ -305,7 +307,8 @@ enum HTTPCases {
             request("history.sql", .history, "GET", "/v1/conversations/'%20OR%20'1'='1/messages", .status(404, code: "not_found")),
             request("history.double-slash", .history, "GET", "/v1/conversations//messages", .status(404)),
             request("history.extra-segment", .history, "GET", "/v1/conversations/00000000-0000-0000-0000-000000000000/messages/x", .status(404)),
-            request("history.post", .history, "POST", "/v1/conversations", body: "{}", .status(405)),
+            request("history.post", .history, "POST", "/v1/conversations", .status(405)),
+            request("history.post-with-body", .history, "POST", "/v1/conversations", body: "{}", .status(413), action: "POST /v1/conversations with a body (the route takes none: 413 at the head)"),
             request("history.unauthenticated", .history, "GET", "/v1/conversations", authenticated: false, .status(401, code: "unauthorized")),
             HostileCase(name: "history.user-parameter-ignored", surface: .history, action: "?user=someone-else and X-Sluice-User with a valid token",
                         expected: .verified("200 with the token's user's (empty) list")) { context in
