@@ -255,6 +255,40 @@ enum AbuseCases {
                         expected: .verified("the server stops buffering (bounded), ends the answer, and drops the connection; RSS stays within the budget"), exclusive: true) { context in
                 try await Self.halfOpen(context, webSocket: true)
             },
+            HostileCase(name: "slow.half-open-resume", surface: .slow,
+                        action: "a client that stops reading, then asks to replay eight 60 KiB answers (480 KiB, past websocket.max_outbound_bytes)",
+                        expected: .verified("closed with 1013 at the outbound bound (or dropped by the heartbeat), never buffered past it"), exclusive: true) { context in
+                let client = try await context.session(socketBufferSize: 4096)
+                defer { Task { await client.close() } }
+                var generations: [String] = []
+                for index in 0..<8 {
+                    try await client.send(TestFrames.text(#"{"type":"chat.send","content":"HOSTILE:forever-kib \#(index)","model":"wild","max_tokens":60}"#))
+                    let done = try await CaseContext.until("generation.done", client)
+                    guard let id = done["generation_id"] as? String, done["finish_reason"] as? String == "length" else { return .failed("\(done)") }
+                    generations.append(id)
+                }
+                try await client.pauseReading()
+                for id in generations {
+                    try await client.send(TestFrames.text(#"{"type":"generation.resume","generation_id":"\#(id)","after_seq":0}"#))
+                }
+                // Not reading: the server must hang up (the kernel's socket state shows it), its
+                // memory never holding the unread replays; reading again shows how it ended.
+                let pid = context.gateway.process.pid
+                let before = ProcessResources.residentBytes(pid) ?? 0
+                var peak = before
+                try await eventually("the server hangs up on the client that does not read",
+                                     timeout: CatalogueConfiguration.heartbeatInterval + CatalogueConfiguration.heartbeatTimeout + .seconds(10)) {
+                    peak = max(peak, ProcessResources.residentBytes(pid) ?? 0)
+                    return client.serverHasHungUp
+                }
+                let grown = peak - before
+                try await client.resumeReading()
+                let frames = try await client.waitForClose(timeout: CatalogueConfiguration.heartbeatInterval + CatalogueConfiguration.heartbeatTimeout + .seconds(10))
+                let close = frames.last { $0.opcode == 0x8 }?.closeCode
+                guard close == 1013 || close == nil else { return .failed("closed with \(close.map(String.init) ?? "-")") }
+                guard grown < 8 << 20 else { return .failed("RSS grew \(grown >> 20) MiB while the client did not read") }
+                return .verified("closed \(close.map { "with \($0)" } ?? "without a Close frame (heartbeat)"), RSS +\(grown >> 10) KiB meanwhile")
+            },
             HostileCase(name: "slow.half-open-sse", surface: .slow,
                         action: "a POST /v1/chat/stream client that never reads while an endless answer of 16 KiB deltas streams",
                         expected: .verified("the server stops buffering (bounded) and ends the answer; RSS stays within the budget"), exclusive: true) { context in
@@ -297,7 +331,11 @@ enum AbuseCases {
         let allowed = CatalogueConfiguration.memoryBudget + (32 << 20)
         guard ended else { return .failed("the endless upstream request was never closed (grew \(grown >> 20) MiB)") }
         guard grown < allowed else { return .failed("resident memory grew \(grown >> 20) MiB, more than the budget + 32 MiB") }
-        return .verified("answer ended, upstream closed; RSS grew \(grown >> 20) MiB (budget \(CatalogueConfiguration.memoryBudget >> 20) MiB)")
+        // The client that never reads is let go of: the heartbeat or the outbound bound
+        // (WebSocket), the idle timeout after the ended response (SSE).
+        let hungUp = (try? await eventually("the server hangs up", timeout: .seconds(20)) { client.serverHasHungUp }) != nil
+        guard hungUp else { return .failed("the server still holds the connection of the client that does not read") }
+        return .verified("answer ended, upstream closed, client dropped; RSS grew \(grown >> 20) MiB (budget \(CatalogueConfiguration.memoryBudget >> 20) MiB)")
     }
 
     // MARK: The upstream as the adversary

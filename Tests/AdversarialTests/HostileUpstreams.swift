@@ -50,6 +50,9 @@ enum HostileUpstreams {
                 .write(FakeUpstream.event(#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":1e308,"completion_tokens":-9223372036854775808,"total_tokens":"NaN"}}"#)),
                 .write(done), .close,
             ]
+        case let marker where marker.hasPrefix("HOSTILE:forever-kib"):
+            // Deltas of 1 KiB without end (cut by max_tokens).
+            return [.write(head), .forever(FakeUpstream.delta(String(repeating: "k", count: 1024)))]
         case let marker where marker.hasPrefix("HOSTILE:forever-big"):
             // Deltas of 16 KiB without end.
             return [.write(head), .forever(FakeUpstream.delta(String(repeating: "y", count: 16 * 1024)))]

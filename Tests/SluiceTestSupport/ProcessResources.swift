@@ -41,6 +41,20 @@ enum ProcessResources {
         return nil
     }
 
+    /// The kernel's state of this host's IPv4 TCP socket bound to `localPort` (/proc/net/tcp):
+    /// 1 ESTABLISHED, 8 CLOSE_WAIT (the peer closed), …; nil when there is none (closed and
+    /// gone). Lets a test that does not read see the server hang up.
+    static func tcpState(localPort: Int) -> Int? {
+        guard let table = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return nil }
+        let suffix = ":" + String(format: "%04X", localPort)
+        for line in table.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ")
+            guard fields.count > 3, fields[1].hasSuffix(suffix) else { continue }
+            return Int(fields[3], radix: 16)
+        }
+        return nil
+    }
+
     /// Raises this process's soft RLIMIT_NOFILE to its hard limit (children inherit it);
     /// returns the soft limit now in force.
     @discardableResult

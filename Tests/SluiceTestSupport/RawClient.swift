@@ -119,6 +119,17 @@ final class RawClient: Sendable {
         try? await self.channel.close().get()
     }
 
+    /// This end's port (for /proc/net/tcp).
+    var localPort: Int? { self.channel.localAddress?.port }
+
+    /// Whether the server has hung up (sent FIN or reset), seen from the kernel's socket state,
+    /// so a client that is not reading can tell.
+    var serverHasHungUp: Bool {
+        guard let port = self.localPort else { return true }
+        guard let state = ProcessResources.tcpState(localPort: port) else { return true }
+        return state != 1  // anything but ESTABLISHED: CLOSE_WAIT, CLOSE, …
+    }
+
     var isClosed: Bool { self.state.bytes.withLock { $0.isClosed } }
     var totalBytesReceived: Int { self.state.bytes.withLock { $0.totalBytesReceived } }
     /// When the connection closed (either side), if it did.
