@@ -23,6 +23,8 @@ public enum SluiceServer {
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
         // Before any listener or client exists: room for server.max_connections descriptors.
         DescriptorLimit.raise(maxConnections: configuration.server.maxConnections, logger: logger)
+        // Resident memory that follows server.memory_budget (freed large buffers go back).
+        AllocatorTuning.fixMmapThreshold(logger: logger)
         // First: metric handles are bound to the backend when they are made.
         let registry = MetricsExport.bootstrap()
         let application: any WebSocketApplication

@@ -158,7 +158,9 @@ import Testing
             // Within the budget: what got in at once is what the budget holds.
             #expect(peak <= baseline + Self.memoryBudget + Self.readBufferAllowance,
                     "peak RSS \(Self.mib(peak)) > idle-with-connections \(Self.mib(baseline)) + budget \(Self.mib(Self.memoryBudget)) + \(Self.mib(Self.readBufferAllowance))")
-            #expect(answered >= 1 && answered <= Self.memoryBudget / Self.messageSize, "\(answered) messages got in")
+            // Admitted over the burst as others finish, never more at once than the budget holds;
+            // most are refused at their frame header.
+            #expect(answered >= 1 && refused > count / 2, "\(answered) messages got in, \(refused) refused")
             #expect(refused + answered == count, "refused \(refused) + answered \(answered) of \(count); others: \(other)")
             for client in all { await client.close() }
             try await eventually("the connections are gone", timeout: .seconds(60)) {
@@ -181,10 +183,11 @@ import Testing
         let group = MultiThreadedEventLoopGroup.singleton
         ProcessResources.raiseDescriptorLimit()
         let count = 2_000
-        let idleTimeout: Duration = .seconds(3)
+        // Longer than connecting them all takes, so all 2,000 are idle at once when measured.
+        let idleTimeout: Duration = .seconds(10)
         try await SluiceProcess.withProcesses(count: 1, arguments: ["--database-url", "memory"], environment: [
             "SLUICE_JWT_SECRET": Self.secret,
-            "SLUICE_SERVER_IDLE_TIMEOUT": "3s",
+            "SLUICE_SERVER_IDLE_TIMEOUT": "10s",
             "SLUICE_SERVER_HANDSHAKE_TIMEOUT": "30s",
         ]) { processes in
             let process = processes[0]
@@ -208,6 +211,7 @@ import Testing
             let held = ProcessResources.residentBytes(pid) ?? 0
             let fresh = try await process.httpGet(path: "/health")
             #expect(fresh.status == 200)
+            #expect(open == count, "\(count - open) closed before all were connected")
             let perConnection = open > 0 ? max(0, held - idle) / open : 0
             #expect(perConnection < 64 * 1024, "\(perConnection) bytes of RSS per idle connection")
             // Closed by the idle timeout (re-armed after the response), not left open.

@@ -29,3 +29,11 @@ import Testing
         #expect(DescriptorLimit.plan(soft: 5, hard: 1, maxConnections: 0).raiseTo == nil)
     }
 }
+
+/// `sluice serve` fixes glibc's mmap threshold so freed large buffers leave the process.
+@Suite struct AllocatorTuningTests {
+    @Test func theThresholdIsFixedUnlessTheEnvironmentChoseOne() {
+        #expect(AllocatorTuning.fixMmapThreshold(environment: [:]))
+        #expect(!AllocatorTuning.fixMmapThreshold(environment: ["MALLOC_MMAP_THRESHOLD_": "65536"]))
+    }
+}
