@@ -316,7 +316,8 @@ let package = Package(
         .testTarget(
             name: "SluiceAppTests",
             dependencies: [
-                "SluiceApp", "WSServer", "Jobs",
+                "SluiceApp", "WSServer", "Jobs", "Storage",
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),

@@ -182,7 +182,12 @@ ENV_KEYS["SLUICE_JWT_SECRET"] = "auth.jwt_secret"  # the short name the loader a
 def check_env_names(names, where):
     for name in names:
         if name.startswith("SLUICE_") and name not in ENV_KEYS:
-            fail(f"{where}: {name} is not a Sluice setting (unknown SLUICE_* variables are ignored silently)")
+            fail(f"{where}: {name} is not a Sluice setting (an unknown SLUICE_* variable stops the gateway at start)")
+
+def verifies_postgres(url, where):
+    """The database URL must make the gateway check PostgreSQL's certificate and host name."""
+    if "sslmode=verify-full" not in str(url) or "sslrootcert=" not in str(url):
+        fail(f"{where}: the database URL should use sslmode=verify-full with an sslrootcert (got {str(url).split('?')[-1]!r})")
 
 def drain_budget(settings):
     """Seconds from SIGTERM to exit in the worst case: the server drains, then handed-off
@@ -328,6 +333,23 @@ elif cmd == "compose":
         fail(f"gateway: stop_grace_period {grace:.0f}s must exceed drain.deadline + redis.handoff_deadline + storage.drain_timeout = {budget:.0f}s")
     if str(env.get("SLUICE_SERVER_HOST", "0.0.0.0")) not in ("0.0.0.0", "::"):
         fail("gateway: must listen on all interfaces inside the container")
+    # The admin listener: reachable by Prometheus on the compose networks, never published.
+    admin_port = str(env.get("SLUICE_ADMIN_PORT", DEFAULTS["admin.port"]))
+    if str(env.get("SLUICE_ADMIN_HOST", "")) not in ("0.0.0.0", "::"):
+        fail("gateway: SLUICE_ADMIN_HOST should be 0.0.0.0 so Prometheus can scrape the admin port inside the network")
+    for published in gw.get("ports") or []:
+        if admin_port in str(published) or "8080" in str(published):
+            fail(f"gateway: port {published} is published; clients go through nginx and the admin port stays internal")
+    prom = load_yaml_docs(os.path.join(HERE, "prometheus", "prometheus.yml"))[0]
+    job = next((j for j in prom.get("scrape_configs", []) if j.get("job_name") == "sluice"), {})
+    ports = {str(d.get("port")) for d in job.get("dns_sd_configs", [])}
+    if ports != {admin_port}:
+        fail(f"prometheus.yml: job sluice scrapes port {sorted(ports)}, not the gateways' admin port {admin_port}")
+    verifies_postgres(env.get("SLUICE_STORAGE_DATABASE_URL"), "gateway")
+    for secret in gw.get("secrets") or []:
+        name = secret if isinstance(secret, str) else secret.get("source")
+        if name not in (doc.get("secrets") or {}):
+            fail(f"gateway: secret {name} is not defined at the top level")
     for dep, cond in (("redis", "service_healthy"), ("postgres", "service_healthy")):
         if (gw.get("depends_on") or {}).get(dep, {}).get("condition") != cond:
             fail(f"gateway: depends_on {dep} should wait for {cond}")
@@ -343,6 +365,7 @@ elif cmd == "compose":
         fail(f"worker: stop_grace_period must exceed jobs.shutdown_grace + storage.drain_timeout = {wk_budget:.0f}s")
     if wk_env.get("SLUICE_REDIS_URL") != env.get("SLUICE_REDIS_URL"):
         fail("worker: SLUICE_REDIS_URL differs from the gateway's (the queue is in that Redis)")
+    verifies_postgres(wk_env.get("SLUICE_STORAGE_DATABASE_URL"), "worker")
     if (services["nginx"].get("depends_on") or {}).get("gateway", {}).get("condition") != "service_healthy":
         fail("nginx: depends_on gateway should wait for service_healthy")
     cmdline = " ".join(map(str, services["redis"].get("command") or []))
@@ -455,9 +478,27 @@ elif cmd == "kubernetes":
         ref = e.get("valueFrom", {}).get("secretKeyRef")
         if ref and (ref["name"] != secret["metadata"]["name"] or ref["key"] not in secret.get("stringData", {})):
             fail(f"deployment: env {name} refers to a missing Secret key {ref['name']}/{ref['key']}")
+    # /metrics is on the admin listener: a container port of its own, scraped per pod, never
+    # in the Service (so never behind the Ingress either).
+    admin_port = int(cm_settings.get("admin.port", DEFAULTS["admin.port"]))
+    if str(cm_settings.get("admin.host", DEFAULTS["admin.host"])) not in ("0.0.0.0", "::"):
+        fail("configmap: admin.host must be 0.0.0.0 (or ::) for Prometheus to scrape the pod")
+    if ports.get("admin") != admin_port:
+        fail(f"deployment: containerPort admin {ports.get('admin')} differs from admin.port {admin_port}")
     ann = dep["spec"]["template"]["metadata"].get("annotations", {})
-    if ann.get("prometheus.io/scrape") != "true" or ann.get("prometheus.io/port") != str(port):
-        fail("deployment: prometheus.io scrape annotations missing or on the wrong port")
+    if ann.get("prometheus.io/scrape") != "true" or ann.get("prometheus.io/port") != str(admin_port):
+        fail("deployment: prometheus.io scrape annotations missing or not on the admin port")
+    for p in svc["spec"]["ports"]:
+        if p.get("targetPort") in ("admin", admin_port) or p.get("port") == admin_port:
+            fail("service: exposes the admin port; only Prometheus (per pod) should reach it")
+    verifies_postgres(secret.get("stringData", {}).get("SLUICE_STORAGE_DATABASE_URL"), "secret")
+    for m in c.get("volumeMounts", []):
+        vol = volumes.get(m["name"], {})
+        if "secret" in vol and vol["secret"].get("secretName") != secret["metadata"]["name"]:
+            fail(f"deployment: volume {m['name']} mounts a Secret other than {secret['metadata']['name']}")
+        for item in vol.get("secret", {}).get("items", []):
+            if item["key"] not in secret.get("stringData", {}):
+                fail(f"deployment: volume {m['name']} mounts the missing Secret key {item['key']}")
     if not spec.get("topologySpreadConstraints"):
         fail("deployment: no topologySpreadConstraints")
 
@@ -920,6 +961,7 @@ settings_accepted() {
   local env_args=()
   while IFS= read -r line; do [ -n "$line" ] && env_args+=("$line"); done <"$env_file"
   env -i PATH="$PATH" HOME="$HOME" "${env_args[@]}" SLUICE_SERVER_HOST=127.0.0.1 SLUICE_SERVER_PORT="$port" \
+    SLUICE_ADMIN_HOST=127.0.0.1 SLUICE_ADMIN_PORT=0 \
     "$tmp/sluice" serve "$@" >"$tmp/settings-$name.log" 2>&1 &
   pid="$!"; started_pids+=("$pid")
   if helper wait-http "$port" /health 15 >/dev/null 2>&1; then
@@ -941,6 +983,10 @@ run_smoke() {
   POSTGRES_PASSWORD=validate "$bin_dir/docker-compose" -f "$here/docker-compose.prod.yaml" \
     config --format json >"$tmp/compose.json" || return 1
   helper gateway-settings "$tmp" "$tmp/compose.json"
+  # The compose URL names a mounted CA (read at start): a throwaway one stands in for it here.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj "/CN=validate" \
+    -keyout "$tmp/postgres-ca.key" -out "$tmp/postgres-ca.pem" >/dev/null 2>&1 || return 1
+  sed -i "s#/run/secrets/postgres-ca#$tmp/postgres-ca.pem#" "$tmp/compose-gateway.env"
   # The ConfigMap holds no database URL (it comes from the Secret): keep nothing here.
   echo "SLUICE_STORAGE_DATABASE_URL=memory" >"$tmp/configmap.env"
   settings_accepted configmap "$tmp/configmap.env" --config "$tmp/configmap-sluice.yaml" || return 1

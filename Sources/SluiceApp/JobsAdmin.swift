@@ -26,7 +26,7 @@ public enum JobsAdmin {
         defer { Task { await redis.shutdown() } }
         let deadline = ContinuousClock.now + .seconds(5)
         while !redis.isConnected {
-            guard ContinuousClock.now < deadline else { throw WorkerSetupError(description: "Redis at \(url) does not answer") }
+            guard ContinuousClock.now < deadline else { throw WorkerSetupError(description: "Redis at \(Redaction.url(url)) does not answer") }
             try await Task.sleep(for: .milliseconds(20))
         }
         let queue = SluiceServer.makeJobQueue(configuration, redis: redis, logger: logger)

@@ -57,6 +57,11 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .head(let head):
             self.request = head
             if self.rejection == nil, let routes = self.server.httpRoutes, let responder = routes.responder(for: head) {
+                // A page's request through its visitor's browser: refused (403 once the body is read).
+                guard OriginCheck.allows(head.headers, configuration: self.server.configuration) else {
+                    self.rejection = HandshakeRejection(reason: .originNotAllowed)
+                    return
+                }
                 self.responder = responder
                 self.requestBody = context.channel.allocator.buffer(capacity: 0)
                 self.bodyTooLarge = false

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import Jobs
 @testable import SluiceApp
+import Storage
 import Testing
 import WSServer
 
@@ -63,7 +64,7 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
     @Test func productionExampleFile() throws {
         let path = configDirectory.appendingPathComponent("sluice.production.yaml").path
         let configuration = try ConfigurationLoader.load(filePath: path, environment: [
-            "SLUICE_STORAGE_DATABASE_URL": "postgres://sluice:pw@postgres:5432/sluice?sslmode=require",
+            "SLUICE_STORAGE_DATABASE_URL": "postgres://sluice:pw@postgres:5432/sluice?sslmode=verify-full&sslrootcert=/etc/sluice/tls/postgres-ca.pem",
         ])
         #expect(configuration.upstreams.map(\.poolName) == ["small", "small", "large"])
         #expect(configuration.autoRouting.complex == "large" && configuration.autoRouting.simple == "small")
@@ -71,7 +72,19 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         #expect(configuration.auth.isEnabled && configuration.limits.limitsGenerations && configuration.limits.forwardedForHops == 1)
         #expect(configuration.quotas.period == .hours(24 * 30) && configuration.cache.enabled)
         #expect(configuration.tracing.sampleRatio == 0.1 && configuration.redis.url == "redis://redis:6379/0")
-        #expect(try configuration.storage.backend == .postgres("postgres://sluice:pw@postgres:5432/sluice?sslmode=require"))
+        #expect(try configuration.storage.backend == .postgres("postgres://sluice:pw@postgres:5432/sluice?sslmode=verify-full&sslrootcert=/etc/sluice/tls/postgres-ca.pem"))
+        // Safe on the internet: the admin listener is its own port, tokens never in URLs, only its own pages.
+        #expect(configuration.admin.enabled && configuration.admin.port != configuration.server.port)
+        #expect(!configuration.server.allowedOrigins.isEmpty && !configuration.server.allowedOrigins.contains("*"))
+    }
+
+    /// What the production example tells operators to put in SLUICE_STORAGE_DATABASE_URL
+    /// verifies the server (and the example says so).
+    @Test func productionExampleVerifiesPostgreSQL() throws {
+        let text = try String(contentsOfFile: configDirectory.appendingPathComponent("sluice.production.yaml").path, encoding: .utf8)
+        let line = try #require(text.split(separator: "\n").first { $0.contains("SLUICE_STORAGE_DATABASE_URL") })
+        let url = try #require(line.split(separator: " ").first { $0.hasPrefix("postgres://") })
+        #expect(try PostgresURL(String(url)).verification == .full)
     }
 
     @Test func autobahnFile() throws {
@@ -158,7 +171,6 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
             "SLUICE_ECHO": "true",
             "SLUICE_SERVER_ALLOWED_ORIGINS": "https://a.example, https://b.example",
             "SLUICE_WEBSOCKET_MAX_FRAME_SIZE": "64KiB",
-            "SLUICE_UNRELATED_TOOL_SETTING": "ignored",  // shared prefix: not an error
             "SLUICE_CONFIG": "/not/read/by/load",
         ])
         #expect(configuration.server.port == 9100)
@@ -552,9 +564,9 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         configuration = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_STORAGE_DATABASE_URL": "memory"])
         #expect(try configuration.storage.backend == .memory)
         var overrides = ConfigurationOverrides()
-        overrides.databaseURL = "postgres://u:p@127.0.0.1:5433/chat"
+        overrides.databaseURL = "postgres://u@127.0.0.1:5433/chat"
         configuration = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_STORAGE_DATABASE_URL": "memory"], overrides: overrides)
-        #expect(try configuration.storage.backend == .postgres("postgres://u:p@127.0.0.1:5433/chat"))
+        #expect(try configuration.storage.backend == .postgres("postgres://u@127.0.0.1:5433/chat"))
         overrides = ConfigurationOverrides()
         overrides.databaseURL = "sqlite:///tmp/x.db"
         overrides.dataDirectory = "/ignored"
