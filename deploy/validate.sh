@@ -645,6 +645,7 @@ elif cmd == "smoke":
     # Two gateways (G1 drained halfway through) behind nginx on loopback.
     nginx_port, g1_port, g2_port, g1_pid = (int(a) for a in args[:4])
     with_redis = args[4] == "redis"
+    a1_port, a2_port, access_log = int(args[5]), int(args[6]), args[7]
 
     def get(port, path, headers=None):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -713,7 +714,8 @@ elif cmd == "smoke":
                         return seen, None
 
     def open_connections(port):
-        """sluice_ws_connections_open of one gateway; None if it has no /metrics (older build)."""
+        """sluice_ws_connections_open of one gateway (its admin port); None if it has no
+        /metrics there (older build)."""
         status, body = get(port, "/metrics")
         if status == 404:
             return None
@@ -735,10 +737,19 @@ elif cmd == "smoke":
         step = "GET /health through nginx"
         status, body = get(nginx_port, "/health")
         assert status == 200 and body.strip() == "ok", (status, body)
-        step = "/metrics hidden by nginx"
-        assert get(nginx_port, "/metrics")[0] == 404
-        step = "gateway /metrics"
-        before = (open_connections(g1_port), open_connections(g2_port))
+        step = "/metrics and /v1/stats hidden by nginx and by the gateways' public port"
+        for port in (nginx_port, g1_port, g2_port):
+            for path in ("/metrics", "/v1/stats"):
+                assert get(port, path)[0] == 404, (port, path)
+        step = "nginx logs the path, not the query string"
+        assert get(nginx_port, "/health?token=query-secret-123")[0] == 200
+        deadline = time.time() + 5
+        while "/health" not in open(access_log).read() and time.time() < deadline:
+            time.sleep(0.05)
+        logged = open(access_log).read()
+        assert "/health" in logged and "query-secret-123" not in logged, logged[-300:]
+        step = "gateway /metrics on the admin port"
+        before = (open_connections(a1_port), open_connections(a2_port))
         assert before in ((0, 0), (None, None)), before
 
         step = "WebSocket upgrade through nginx"
@@ -753,7 +764,7 @@ elif cmd == "smoke":
         assert {ws1.instance, ws2.instance} == {"smoke-1", "smoke-2"}, (ws1.instance, ws2.instance)
         if before != (None, None):
             time.sleep(0.3)
-            counts = (open_connections(g1_port), open_connections(g2_port))
+            counts = (open_connections(a1_port), open_connections(a2_port))
             assert counts == (1, 1), f"sluice_ws_connections_open per gateway {counts}, expected (1, 1)"
 
         step = "SSE through nginx arrives token by token (no buffering)"
@@ -912,8 +923,8 @@ redis_server="$(command -v redis-server || true)"
 # period, which nginx retries on the other gateway) or redis (drain with hand-off: the client of
 # the drained gateway resumes its generation on the other one, through nginx).
 smoke_once() {
-  local mode="$1" nginx_port g1 g2 redis_port i port
-  read -r nginx_port g1 g2 redis_port <<<"$(helper free-ports 4)"
+  local mode="$1" nginx_port g1 g2 redis_port a1 a2 i port admin
+  read -r nginx_port g1 g2 redis_port a1 a2 <<<"$(helper free-ports 6)"
   local redis_env=()
   if [ "$mode" = redis ]; then
     # A throwaway Redis on loopback, nothing written to disk.
@@ -926,10 +937,11 @@ smoke_once() {
   local pids=()
   for i in 1 2; do
     port="$([ "$i" = 1 ] && echo "$g1" || echo "$g2")"
+    admin="$([ "$i" = 1 ] && echo "$a1" || echo "$a2")"
     env -i PATH="$PATH" HOME="$HOME" "${redis_env[@]}" \
       SLUICE_SERVER_DRAIN_GRACE_PERIOD=3s SLUICE_SERVER_DRAIN_DEADLINE=10s \
       SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN=100ms SLUICE_SIMULATOR_TOKENS_PER_SECOND=20 \
-      "$tmp/sluice" serve --host 127.0.0.1 --port "$port" --upstream sim --database-url memory \
+      "$tmp/sluice" serve --host 127.0.0.1 --port "$port" --admin-port "$admin" --upstream sim --database-url memory \
       --instance-id "smoke-$i" --log-level warning >"$tmp/gateway-$mode-$i.log" 2>&1 &
     pids+=("$!"); started_pids+=("$!")
   done
@@ -937,13 +949,13 @@ smoke_once() {
   mkdir -p "$conf"
   helper nginx-render-template "$conf" "127.0.0.1:$nginx_port" \
     "server 127.0.0.1:$g1 max_fails=3 fail_timeout=10s; server 127.0.0.1:$g2 max_fails=3 fail_timeout=10s;"
-  # Keep nginx's access log out of the output.
+  # Keep nginx's access log out of the output (the smoke reads it: no query strings in it).
   sed -i "s#access_log /dev/stdout sluice;#access_log $conf/access.log sluice;#" "$conf/sluice.conf"
   "$nginx_bin" -p "$conf" -e "$conf/error.log" -c "$conf/nginx.conf" -g 'daemon off;' >"$conf/stdout.log" 2>&1 &
   started_pids+=("$!")
   if helper wait-http "$g1" /health 20 && helper wait-http "$g2" /health 20 \
     && helper wait-http "$nginx_port" /nginx-health 10 \
-    && helper smoke "$nginx_port" "$g1" "$g2" "${pids[0]}" "$mode"; then
+    && helper smoke "$nginx_port" "$g1" "$g2" "${pids[0]}" "$mode" "$a1" "$a2" "$conf/access.log"; then
     stop_started
     return 0
   fi

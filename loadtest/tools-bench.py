@@ -107,7 +107,7 @@ def main():
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     proc = subprocess.Popen([args.sluice, "serve", "--host", "127.0.0.1", "--port", str(port), "--config", config,
                              "--upstream", f"http://127.0.0.1:{upstream.server_port}", "--model", "fake",
-                             "--database-url", "memory", "--log-level", "warning"], env=env)
+                             "--database-url", "memory", "--admin-port", "0", "--log-level", "warning"], env=env)
     try:
         for _ in range(200):
             try:

@@ -8,19 +8,22 @@ import Testing
     static let wrongPassword = "Wr0ngPassw0rd-hunter2"
 
     /// A gateway whose database rejects its password keeps running (the migration is retried,
-    /// `/ready` says why) and never prints the password, nor does `sluice migrate`; neither does
-    /// anything using a Redis URL with a password.
+    /// `/ready` says why) and never prints the password, nor does `sluice migrate` (which ends
+    /// with the driver's error); neither does anything using a Redis URL with a password.
     @Test(.timeLimit(.minutes(3)))
     func wrongPasswordsNeverAppearInTheOutput() async throws {
         try await PostgresServerProcess.withServer { postgres in
             let database = "postgres://sluice:\(Self.wrongPassword)@127.0.0.1:\(postgres.port)/sluice?sslmode=disable"
             let gateway = try await SluiceProcess.start(environment: ["SLUICE_STORAGE_DATABASE_URL": database])
             defer { Task { await gateway.kill() } }
-            try await PersistenceProcessTests.eventually("the migration failed at least once") {
-                gateway.logTail(lines: 500).contains("storage migration failed")
-            }
+            // It says where it stores (masked), and /ready why it is not ready; a connection
+            // attempt was refused (the password) at least once by then.
+            try await PersistenceProcessTests.eventually("the storage line") { gateway.logTail(lines: 500).contains("conversations stored") }
             let ready = try await gateway.httpGet(path: "/ready")
-            #expect(ready.status == 503)
+            #expect(ready.status == 503 && ready.body.contains("storage schema not ready"), "\(ready)")
+            try await PersistenceProcessTests.eventually("PostgreSQL refused the password") {
+                postgres.logTail().contains("password authentication failed")
+            }
             #expect(try await gateway.terminate(timeout: .seconds(30)) == .exited(0))
             let log = try String(contentsOf: gateway.logFile, encoding: .utf8)
             #expect(log.contains("postgres://sluice:***@127.0.0.1"), "the masked URL is what is shown")
