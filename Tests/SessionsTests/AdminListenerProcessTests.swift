@@ -122,6 +122,9 @@ import Testing
             let token = AuthProcessTests.token(sub: "alice", expiresIn: 300)
             #expect(try await Self.post(processes[0], origin: "https://app.example", token: token) == 200)
             #expect(try await Self.post(processes[0], origin: "https://app.example") == 401)
+            // A token in the URL (access logs, history) is not taken unless auth.query_parameter says so.
+            #expect(try await processes[0].httpGet(path: "/v1/conversations?token=\(token)").status == 401)
+            #expect(try await processes[0].httpRequest("GET", path: "/v1/conversations", headers: ["Authorization": "Bearer \(token)"]).status == 200)
         }
     }
 }

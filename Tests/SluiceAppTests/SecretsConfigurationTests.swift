@@ -177,6 +177,15 @@ private func loadError(
     }
 }
 
+@Suite struct SafeDefaultsTests {
+    /// Tokens in URLs end up in access logs and browser history: opt-in only.
+    @Test func noQueryParameterTokenUnlessAskedFor() throws {
+        #expect(try ConfigurationLoader.load(filePath: nil, environment: [:]).auth.queryParameter == nil)
+        let on = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_AUTH_QUERY_PARAMETER": "token"])
+        #expect(on.auth.queryParameter == "token")
+    }
+}
+
 @Suite struct AdminSettingsTests {
     @Test func loopbackByDefaultAndEverySource() throws {
         #expect(try ConfigurationLoader.load(filePath: nil, environment: [:]).admin == AdminSettings())
