@@ -284,14 +284,30 @@ struct Chat: AsyncParsableCommand {
     @Option(name: .long, help: .init("Most tokens per answer.", valueName: "count"))
     var maxTokens: Int?
 
+    @Option(name: .long, help: .init("A file holding the token (JWT or API key) sent as Authorization: Bearer, for a gateway with authentication on.", valueName: "path"))
+    var tokenFile: String?
+
     func validate() throws {
         if let maxTokens = self.maxTokens, maxTokens < 1 {
             throw ValidationError("--max-tokens must be at least 1.")
         }
+        // A token in the URL would sit in argv (ps) and the gateway's access logs.
+        if Redaction.containsSecret(url: self.url) {
+            throw ValidationError("the URL carries a credential, which ps and access logs would show: put the token in a file and give --token-file PATH")
+        }
     }
 
     func run() async throws {
-        let status = await ChatClient.run(url: self.url, maxTokens: self.maxTokens)
+        var token: String?
+        if let path = self.tokenFile {
+            guard let data = FileManager.default.contents(atPath: path), var text = String(data: data, encoding: .utf8) else {
+                FileHandle.standardError.write(Data("sluice: cannot read --token-file \(path)\n".utf8))
+                throw ExitCode(66)
+            }
+            while text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }
+            token = text
+        }
+        let status = await ChatClient.run(url: self.url, maxTokens: self.maxTokens, bearerToken: token)
         if status != 0 { throw ExitCode(status) }
     }
 }

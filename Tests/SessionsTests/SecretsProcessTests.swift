@@ -102,6 +102,27 @@ import Testing
         }
     }
 
+    /// `sluice chat` against a gateway with authentication: the token from a file, never the URL.
+    @Test(.timeLimit(.minutes(2)))
+    func theChatClientTakesItsTokenFromAFile() async throws {
+        let environment = [
+            "SLUICE_JWT_SECRET": AuthProcessTests.secret, "SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN": "0ms",
+            "SLUICE_SIMULATOR_TOKENS_PER_SECOND": "0", "SLUICE_SIMULATOR_ANSWER_TOKENS": "5",
+        ]
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-token-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: file) }
+        try (AuthProcessTests.token(sub: "alice") + "\n").write(to: file, atomically: true, encoding: .utf8)
+        try await SluiceProcess.withProcesses(count: 1, environment: environment) { (processes: [SluiceProcess]) async throws -> Void in
+            let url = "ws://127.0.0.1:\(processes[0].port)/v1/ws"
+            let chat = try await SluiceProcess.runCommand(["chat", "--url", url, "--token-file", file.path], input: "hello\n", timeout: .seconds(30))
+            #expect(chat.status == 0 && chat.output.contains("5 tokens]"), "\(chat.output)")
+            let anonymous = try await SluiceProcess.runCommand(["chat", "--url", url], input: "hello\n", timeout: .seconds(30))
+            #expect(anonymous.status != 0, "\(anonymous.output)")
+            let inURL = try await SluiceProcess.runCommand(["chat", "--url", url + "?token=abc.def.ghi"], input: "hello\n")
+            #expect(inURL.status == 64 && inURL.output.contains("--token-file"), "\(inURL.output)")
+        }
+    }
+
     /// An unknown SLUICE_* variable stops the process like an unknown key in the file.
     @Test(.timeLimit(.minutes(2)))
     func aMisspeltVariableStopsTheStart() async throws {
