@@ -71,12 +71,18 @@ struct ScrubbingLogHandler: LogHandler {
 
     var metadata: Logger.Metadata {
         get { self.wrapped.metadata }
-        set { self.wrapped.metadata = newValue.mapValues { SecretScrubber.scrub($0, secrets: SecretScrubber.secrets) } }
+        set {
+            let secrets = SecretScrubber.secrets
+            self.wrapped.metadata = secrets.isEmpty ? newValue : newValue.mapValues { SecretScrubber.scrub($0, secrets: secrets) }
+        }
     }
 
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { self.wrapped[metadataKey: key] }
-        set { self.wrapped[metadataKey: key] = newValue.map { SecretScrubber.scrub($0, secrets: SecretScrubber.secrets) } }
+        set {
+            let secrets = SecretScrubber.secrets
+            self.wrapped[metadataKey: key] = secrets.isEmpty ? newValue : newValue.map { SecretScrubber.scrub($0, secrets: secrets) }
+        }
     }
 
     func log(event: LogEvent) {
