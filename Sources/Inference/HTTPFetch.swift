@@ -17,9 +17,10 @@ enum HTTPFetch {
 
     /// The answer, or a failure after `timeouts.connect` + `timeouts.timeToFirstToken` at most.
     static func fetch(
-        _ head: HTTPRequestHead, body: ByteBuffer? = nil, from endpoint: UpstreamEndpoint, timeouts: UpstreamTimeouts, on eventLoop: any EventLoop
+        _ head: HTTPRequestHead, body: ByteBuffer? = nil, from endpoint: UpstreamEndpoint, address: SocketAddress? = nil,
+        timeouts: UpstreamTimeouts, on eventLoop: any EventLoop
     ) -> EventLoopFuture<Response> {
-        endpoint.connect(on: eventLoop, timeout: timeouts.connect) { channel in
+        endpoint.connect(on: eventLoop, to: address, timeout: timeouts.connect) { channel in
             try channel.pipeline.syncOperations.addHandler(HTTPFetchHandler(promise: channel.eventLoop.makePromise()))
         }.flatMap { channel in
             // Only the channel that won the connect race gets the request.

@@ -56,6 +56,10 @@ public struct GenerationRequest: Sendable {
     public var traceHeaders: [(name: String, value: String)]
     /// Tools the model may call (empty: none offered).
     public var tools: [ToolDefinition] = []
+    /// The user the answer is for, as the gateway identified them (not sent upstream). The
+    /// response cache keys on it: an answer is replayed only to the user it was made for (or,
+    /// when configured, to the users of one tenant); nil: neither looked up nor stored.
+    public var user: String?
     public init(
         messages: [ChatMessage], model: String? = nil, maxTokens: Int, temperature: Double? = nil,
         traceHeaders: [(name: String, value: String)] = []

@@ -10,9 +10,11 @@ public enum SimpleHTTPClient {
         public var body: ByteBuffer
     }
 
+    /// - Parameter address: connect here instead of resolving the URL's host (which still goes in
+    ///   `Host` and in TLS's SNI and certificate check): for callers that checked the address.
     public static func request(
         _ method: HTTPMethod, url: URL, body: ByteBuffer? = nil, contentType: String = "application/json",
-        timeout: TimeAmount, on eventLoop: any EventLoop
+        connectingTo address: SocketAddress? = nil, timeout: TimeAmount, on eventLoop: any EventLoop
     ) async throws -> Response {
         var base = URLComponents(url: url, resolvingAgainstBaseURL: false)
         base?.path = ""
@@ -26,7 +28,7 @@ public enum SimpleHTTPClient {
         var head = endpoint.requestHead(method, path: path, apiKey: nil, bodyLength: body?.readableBytes, accept: "*/*")
         if body != nil { head.headers.replaceOrAdd(name: "Content-Type", value: contentType) }
         let timeouts = UpstreamTimeouts(connect: timeout, timeToFirstToken: timeout, betweenTokens: timeout)
-        let response = try await HTTPFetch.fetch(head, body: body, from: endpoint, timeouts: timeouts, on: eventLoop).get()
+        let response = try await HTTPFetch.fetch(head, body: body, from: endpoint, address: address, timeouts: timeouts, on: eventLoop).get()
         return Response(status: response.status, body: response.body)
     }
 }

@@ -94,8 +94,9 @@ struct UpstreamEndpoint: Sendable {
     /// Connects a new channel on `eventLoop` (so its reads arrive there with no hop), with TLS
     /// and the HTTP/1.1 client codec in place; `addHandlers` adds the rest. With a host name,
     /// Happy Eyeballs may call `addHandlers` for several channels: only the returned one won.
+    /// `address`, when given, is connected to instead of resolving the host.
     func connect(
-        on eventLoop: any EventLoop, timeout: TimeAmount,
+        on eventLoop: any EventLoop, to address: SocketAddress? = nil, timeout: TimeAmount,
         addHandlers: @escaping @Sendable (any Channel) throws -> Void
     ) -> EventLoopFuture<any Channel> {
         guard let bootstrap = ClientBootstrap(validatingGroup: eventLoop) else {
@@ -119,6 +120,7 @@ struct UpstreamEndpoint: Sendable {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }
+        if let address { return configured.connect(to: address) }
         // An IP literal needs no resolver (which would hop to a thread for getaddrinfo).
         if let address = try? SocketAddress(ipAddress: self.host, port: self.port) {
             return configured.connect(to: address)

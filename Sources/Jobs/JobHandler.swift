@@ -10,6 +10,14 @@ public protocol JobHandler: Sendable {
     /// Runs one attempt. Throw `JobFailure` to say whether another attempt may help (any other
     /// error counts as retryable); `CancellationError` when cancelled.
     func run(_ context: JobContext) async throws -> JobOutput
+    /// The most model tokens (prompts and answers of every call) one run of a valid `input` can
+    /// spend: what is taken from the submitter's rate limits and reserved in their quota at
+    /// submission. 0 for kinds that call no model.
+    func tokenBudget(input: Any) -> Int
+}
+
+extension JobHandler {
+    public func tokenBudget(input: Any) -> Int { 0 }
 }
 
 /// A finished job's result.
@@ -85,6 +93,14 @@ public final class JobContext: Sendable {
         record.state = .running
         record.progress = JobProgress(current: current, total: total, message: message)
         self.queue.publish(user: self.user, JobEvent.progress(record))
+    }
+
+    /// Counts model tokens this attempt spent (added to the submitter's quota when the job is
+    /// archived). Call it inside a `step` body, so a step replayed from its record is not
+    /// counted again; a body that ran twice (its worker died before the record) spent twice.
+    public func recordUsage(tokens: Int) async throws {
+        guard tokens > 0 else { return }
+        _ = try await self.queue.redis.send(RedisCommand("HINCRBY", self.queue.jobKey(self.id), "tokens_used", tokens)).get()
     }
 
     /// Runs `body` once per job: its result is recorded under `name`, and a later attempt (a

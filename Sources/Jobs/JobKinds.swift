@@ -89,11 +89,27 @@ public struct ReportJob: JobHandler {
         return nil
     }
 
+    /// The plan (its prompt and 128 tokens) and every section (its prompt and `max_tokens`). A
+    /// prompt costs the user's text (4 bytes a token) plus the instructions around it.
+    public func tokenBudget(input: Any) -> Int {
+        let object = input as? [String: Any] ?? [:]
+        let promptTokens = (object["prompt"] as? String ?? "").utf8.count / 4 + Self.instructionTokens
+        let sections = object["sections"] as? Int ?? Self.defaultSections
+        let maxTokens = object["max_tokens"] as? Int ?? Self.defaultMaxTokens
+        return (promptTokens + Self.planTokens) + sections * (promptTokens + maxTokens)
+    }
+
+    static let defaultSections = 4
+    static let defaultMaxTokens = 256
+    static let planTokens = 128
+    /// The system message and the wording around the user's prompt, with room to spare.
+    static let instructionTokens = 64
+
     public func run(_ context: JobContext) async throws -> JobOutput {
         let input = context.inputObject
         let prompt = (input["prompt"] as? String ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
-        let count = input["sections"] as? Int ?? 4
-        let maxTokens = input["max_tokens"] as? Int ?? 256
+        let count = input["sections"] as? Int ?? Self.defaultSections
+        let maxTokens = input["max_tokens"] as? Int ?? Self.defaultMaxTokens
         let route: InferenceRouter.Route
         switch self.router.route(model: input["model"] as? String, prompt: prompt) {
         case .success(let found): route = found
@@ -105,7 +121,7 @@ public struct ReportJob: JobHandler {
             let answer = try await self.ask(
                 route, system: "You plan reports. Answer with section titles only.",
                 user: "List exactly \(count) short section titles for a report about: \(prompt)\nOne title per line, no numbering, no other text.",
-                maxTokens: 128)
+                maxTokens: Self.planTokens, context: context)
             let titles = Self.sectionTitles(from: answer, count: count)
             let data = try JSONSerialization.data(withJSONObject: titles)
             return String(decoding: data, as: UTF8.self)
@@ -126,7 +142,7 @@ public struct ReportJob: JobHandler {
                         try await self.ask(
                             route, system: "You write clear, factual report sections in plain prose.",
                             user: "Write the section \"\(titles[index])\" of a report about: \(prompt)\nTwo short paragraphs. No heading.",
-                            maxTokens: maxTokens)
+                            maxTokens: maxTokens, context: context)
                     }
                     return (index, text)
                 }
@@ -147,12 +163,16 @@ public struct ReportJob: JobHandler {
         return JobOutput(body: markdown, contentType: "text/markdown; charset=utf-8")
     }
 
-    private func ask(_ route: InferenceRouter.Route, system: String, user: String, maxTokens: Int) async throws -> String {
+    private func ask(_ route: InferenceRouter.Route, system: String, user: String, maxTokens: Int, context: JobContext) async throws -> String {
         let request = GenerationRequest(
             messages: [ChatMessage(role: .system, content: system), ChatMessage(role: .user, content: user)],
             model: route.model, maxTokens: maxTokens, temperature: 0.3)
         do {
             let completion = try await route.upstream.engine.complete(request, on: self.eventLoopGroup.next())
+            // What the upstream reported, else an estimate (4 bytes a token), at most what was asked.
+            let prompt = completion.promptTokens ?? (system.utf8.count + user.utf8.count) / 4 + 8
+            let answer = min(completion.completionTokens ?? completion.text.utf8.count / 4 + 1, maxTokens)
+            try await context.recordUsage(tokens: Self.saturatingSum(max(0, prompt), max(0, answer)))
             return completion.text
         } catch let error as InferenceError {
             // Upstream trouble is worth another attempt (the recorded steps are kept).
@@ -176,6 +196,11 @@ public struct ReportJob: JobHandler {
             titles.append(fallback)
         }
         return titles
+    }
+
+    static func saturatingSum(_ a: Int, _ b: Int) -> Int {
+        let (sum, overflow) = a.addingReportingOverflow(b)
+        return overflow ? Int.max : sum
     }
 
     static func fallbackTitles(_ count: Int) -> [String] {

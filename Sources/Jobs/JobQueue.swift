@@ -56,13 +56,20 @@ public struct JobSubmission: Sendable {
     /// Same key (per user, within `idempotencyWindow`): the same job, not a second one.
     public var idempotencyKey: String?
     public var schedule: String?
+    /// Model tokens one run may spend (its handler's `tokenBudget`): reserved in the submitter's
+    /// quota until the job ends (`reservedTokens(user:)`).
+    public var tokenBudget: Int
 
-    public init(kind: String, input: String, priority: JobPriority = .normal, maxAttempts: Int? = nil, idempotencyKey: String? = nil) {
+    public init(
+        kind: String, input: String, priority: JobPriority = .normal, maxAttempts: Int? = nil, idempotencyKey: String? = nil,
+        tokenBudget: Int = 0
+    ) {
         self.kind = kind
         self.input = input
         self.priority = priority
         self.maxAttempts = maxAttempts
         self.idempotencyKey = idempotencyKey
+        self.tokenBudget = max(0, tokenBudget)
     }
 }
 
@@ -101,6 +108,8 @@ public struct JobQueueStats: Sendable, Equatable {
 /// - `jobs:index`: recent job ids by creation time (for listing), capped at 100,000;
 ///   `jobs:user:{user}` the same per user, capped at 1,000;
 /// - `jobs:unarchived`: finished jobs not yet written to the database;
+/// - `jobs:reserved:{user}`: the token budgets of the user's jobs that may still spend (an entry
+///   is dropped once its job ended, when the sum is next read);
 /// - `jobs:workers`: worker processes by last heartbeat; `jobs:stats`: counters;
 /// - channel `jobs:events`: `user\n{job.progress|job.done}` for the gateways.
 ///
@@ -133,6 +142,7 @@ public final class JobQueue: Sendable {
     var unarchivedKey: String { self.key("jobs:unarchived") }
     public var eventsChannel: String { self.key("jobs:events") }
     func idempotencyKey(user: String, key: String) -> String { self.key("jobs:idem:\(user):\(key)") }
+    func reservedKey(_ user: String) -> String { self.key("jobs:reserved:\(user)") }
 
     // MARK: Set-up
 
@@ -165,11 +175,11 @@ public final class JobQueue: Sendable {
             reply = try await Self.submitScript.run(
                 on: self.redis,
                 keys: [self.jobKey(id), self.streamKey(submission.priority), self.indexKey, idempotency ?? self.key("jobs:idem:-"),
-                       self.userIndexKey(user)],
+                       self.userIndexKey(user), self.reservedKey(user)],
                 arguments: [
                     id, submission.kind, user, submission.priority.rawValue, submission.input, maxAttempts, String(now), Int(now / 1000),
                     idempotency == nil ? "0" : "1", Int(self.configuration.idempotencyWindow.nanoseconds / 1_000_000_000),
-                    submission.schedule ?? "",
+                    submission.schedule ?? "", submission.tokenBudget,
                 ])
         } catch RedisClientError.server(let message) where message.contains("NOGROUP") {
             throw JobQueueError(.unavailable, "the job queue is not set up: \(message)")
@@ -184,12 +194,25 @@ public final class JobQueue: Sendable {
                 id: id, kind: submission.kind, user: user, priority: submission.priority, state: .pending,
                 input: submission.input, maxAttempts: maxAttempts, createdAt: now)
             record.schedule = submission.schedule
+            record.tokenBudget = submission.tokenBudget
             return (record, true)
         }
         guard let existing = try await self.get(jobID) else {
             throw JobQueueError(.unavailable, "the job with this idempotency key is gone; retry")
         }
         return (existing, false)
+    }
+
+    /// The token budgets of `user`'s jobs that have not ended: what their quota must keep free
+    /// for them. Budgets of jobs that ended (or left Redis) are dropped on the way.
+    public func reservedTokens(user: String) async throws(JobQueueError) -> Int {
+        do {
+            let reply = try await Self.reservedScript.run(
+                on: self.redis, keys: [self.reservedKey(user)], arguments: [self.key("job:")])
+            return max(0, reply.int ?? 0)
+        } catch {
+            throw JobQueueError(.unavailable, "the job queue is unavailable (\(error)); retry shortly")
+        }
     }
 
     /// The job as Redis holds it (nil once it left Redis: ask the archive).
@@ -330,8 +353,9 @@ public final class JobQueue: Sendable {
 
     // MARK: Scripts (the queue's state machine; each runs atomically)
 
-    /// KEYS: job, stream, index, idempotency, the user's index. ARGV: id, kind, user, priority,
-    /// input, max attempts, created µs, created ms, has idempotency, its ttl s, schedule.
+    /// KEYS: job, stream, index, idempotency, the user's index, the user's reserved budgets.
+    /// ARGV: id, kind, user, priority, input, max attempts, created µs, created ms, has
+    /// idempotency, its ttl s, schedule, token budget.
     static let submitScript = RedisScript("""
         if ARGV[9] == '1' then
           local existing = redis.call('GET', KEYS[4])
@@ -340,13 +364,30 @@ public final class JobQueue: Sendable {
         end
         redis.call('HSET', KEYS[1], 'id', ARGV[1], 'kind', ARGV[2], 'user', ARGV[3], 'priority', ARGV[4],
           'state', 'PENDING', 'input', ARGV[5], 'attempts', 0, 'max_attempts', ARGV[6], 'created_us', ARGV[7],
-          'schedule', ARGV[11])
+          'schedule', ARGV[11], 'token_budget', ARGV[12])
+        if tonumber(ARGV[12]) > 0 then redis.call('HSET', KEYS[6], ARGV[1], ARGV[12]) end
         redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
         redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1])
         redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -100001)
         redis.call('ZADD', KEYS[5], ARGV[8], ARGV[1])
         redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -1001)
         return {1, ARGV[1]}
+        """)
+
+    /// The sum of a user's reservations whose jobs still may run; the others are removed.
+    /// KEYS: the user's reserved budgets. ARGV: job key prefix.
+    static let reservedScript = RedisScript("""
+        local entries = redis.call('HGETALL', KEYS[1])
+        local sum = 0
+        for i = 1, #entries, 2 do
+          local state = redis.call('HGET', ARGV[1] .. entries[i], 'state')
+          if state == 'PENDING' or state == 'RUNNING' then
+            sum = sum + (tonumber(entries[i + 1]) or 0)
+          else
+            redis.call('HDEL', KEYS[1], entries[i])
+          end
+        end
+        return sum
         """)
 
     /// KEYS: job, stream, stats, unarchived. ARGV: entry, worker, now µs, id.

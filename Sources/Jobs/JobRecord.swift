@@ -65,6 +65,9 @@ public struct JobRecord: Sendable, Equatable {
     public var error: String?
     /// The schedule that made it, for scheduled jobs.
     public var schedule: String?
+    /// Model tokens it may spend (reserved in the submitter's quota) and has spent so far.
+    public var tokenBudget = 0
+    public var tokensUsed = 0
 
     public init(
         id: String, kind: String, user: String, priority: JobPriority, state: JobState, input: String,
@@ -102,6 +105,8 @@ public struct JobRecord: Sendable, Equatable {
         self.resultType = text("result_type")
         self.error = text("error").flatMap { $0.isEmpty ? nil : $0 }
         self.schedule = text("schedule").flatMap { $0.isEmpty ? nil : $0 }
+        self.tokenBudget = int("token_budget").map { Int(clamping: max(0, $0)) } ?? 0
+        self.tokensUsed = int("tokens_used").map { Int(clamping: max(0, $0)) } ?? 0
     }
 
     /// The public JSON shape (`GET /v1/jobs/{id}`, `sluice jobs show`). The result is included
@@ -123,6 +128,9 @@ public struct JobRecord: Sendable, Equatable {
         }
         if let error { object["error"] = error }
         if let schedule { object["schedule"] = schedule }
+        if self.tokenBudget > 0 || self.tokensUsed > 0 {
+            object["usage"] = ["token_budget": self.tokenBudget, "tokens_used": self.tokensUsed]
+        }
         if self.state == .succeeded {
             object["result_url"] = "/v1/jobs/\(self.id)/result"
             if let result, result.utf8.count <= inlineResultLimit { object["result"] = result }

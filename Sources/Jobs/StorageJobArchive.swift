@@ -19,6 +19,7 @@ public struct StorageJobArchive: JobArchive {
         job.schedule = record.schedule
         job.startedAt = record.startedAt
         job.finishedAt = record.finishedAt
+        job.tokensUsed = record.tokensUsed
         try await self.storage.archiveJob(job)
     }
 
@@ -35,6 +36,7 @@ public struct StorageJobArchive: JobArchive {
         record.schedule = job.schedule
         record.startedAt = job.startedAt
         record.finishedAt = job.finishedAt
+        record.tokensUsed = job.tokensUsed
         return record
     }
 }

@@ -87,7 +87,14 @@ public struct ChatApplication: WebSocketApplication {
         self.tools = tools
         self.tracer = tracer
         self.policy = policy
-        self.quotas = QuotaGuard(persistence: persistence, period: configuration.quotaPeriod, logger: logger)
+        var reservations: (@Sendable (String) async -> Int)?
+        if let queue = jobs?.queue {
+            reservations = { user in
+                // Unreachable Redis: the jobs' reservations are not known now; chats go on.
+                (try? await queue.reservedTokens(user: user)) ?? 0
+            }
+        }
+        self.quotas = QuotaGuard(persistence: persistence, period: configuration.quotaPeriod, jobReservations: reservations, logger: logger)
         self.configuration = configuration
         self.router = router
         let metrics = ChatMetrics()
@@ -350,6 +357,7 @@ extension ChatApplication {
         let context = conversation.messages + [ChatMessage(role: .user, content: content)]
         var request = GenerationRequest(
             messages: context, model: route.model, maxTokens: grant.maxTokens, temperature: send.temperature)
+        request.user = user
         if !self.tools.isEmpty { request.tools = self.tools.definitions(only: send.tools) }
         let generationID = Identifier.make("gen_")
         let startedAt = NIODeadline.now()

@@ -717,8 +717,10 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     }
 
     private func submitJob(_ submit: ClientMessage.JobSubmit) {
-        self.withJobs(requestID: submit.requestID) { jobs, user in
-            switch await jobs.submit(submit, user: user) {
+        let application = self.application
+        let address = self.address
+        self.withJobs(requestID: submit.requestID) { _, user in
+            switch await application.submitJob(submit, user: user, address: address) {
             case .success(let (record, created)):
                 return JobEvent.accepted(record, requestID: submit.requestID, deduplicated: !created)
             case .failure(let failure):

@@ -63,8 +63,8 @@ public final class JobsGateway: Sendable {
         var retryAfterMs: Int64?
     }
 
-    /// Checks the kind and input, then queues the job.
-    func submit(_ submit: ClientMessage.JobSubmit, user: String) async -> Result<(JobRecord, created: Bool), Failure> {
+    /// Checks the kind and input: the submission to queue (with its token budget), or why not.
+    func prepare(_ submit: ClientMessage.JobSubmit) -> Result<JobSubmission, Failure> {
         guard let handler = self.handlers[kind: submit.kind] else {
             return .failure(Failure(code: .notFound, message: "unknown job kind \"\(submit.kind)\" (known: \(self.handlers.kinds.joined(separator: ", ")))"))
         }
@@ -79,8 +79,15 @@ public final class JobsGateway: Sendable {
         if let problem = handler.validate(input: input) {
             return .failure(Failure(code: .invalidMessage, message: "invalid input for \(submit.kind): \(problem)"))
         }
-        var submission = JobSubmission(kind: submit.kind, input: submit.input, priority: priority, maxAttempts: submit.maxAttempts)
+        var submission = JobSubmission(
+            kind: submit.kind, input: submit.input, priority: priority, maxAttempts: submit.maxAttempts,
+            tokenBudget: handler.tokenBudget(input: input))
         submission.idempotencyKey = submit.idempotencyKey
+        return .success(submission)
+    }
+
+    /// Queues a prepared submission (admitted by the caller: rate limits and quota).
+    func enqueue(_ submission: JobSubmission, user: String) async -> Result<(JobRecord, created: Bool), Failure> {
         do {
             return .success(try await self.queue.submit(submission, user: user))
         } catch {

@@ -52,16 +52,20 @@ final class JobsResponder: HTTPRouteResponder {
         let idempotencyKey = head.headers.first(name: "Idempotency-Key")
         let query = HistoryResponder.query(head.uri)
         let maxBytes = self.application.configuration.maxContentBytes
+        let application = self.application
+        let address = application.policy.limiter.limits.clientAddress(head, peer: writer.remoteAddress)
         let respond = NIOLoopBound(writer, eventLoop: writer.eventLoop)
         let promise = writer.eventLoop.makePromise(of: Reply.self)
         promise.completeWithTask {
             await Self.handle(route: route, method: method, body: body, query: query, idempotencyKey: idempotencyKey,
-                              user: user, jobs: jobs, maxBytes: maxBytes)
+                              user: user, jobs: jobs, maxBytes: maxBytes) { submit in
+                await application.submitJob(submit, user: user, address: address)
+            }
         }
         promise.futureResult.whenSuccess { reply in
             var out = respond.value.allocator.buffer(capacity: reply.body.utf8.count)
             out.writeString(reply.body)
-            respond.value.respond(status: reply.status, contentType: reply.contentType, body: out)
+            respond.value.respond(status: reply.status, contentType: reply.contentType, body: out, headers: reply.headers)
         }
     }
 
@@ -71,11 +75,13 @@ final class JobsResponder: HTTPRouteResponder {
         var status: HTTPResponseStatus
         var contentType = "application/json"
         var body: String
+        var headers: [(String, String)] = []
     }
 
     static func handle(
         route: Route, method: HTTPMethod, body: ByteBuffer, query: [String: String], idempotencyKey: String?,
-        user: String, jobs: JobsGateway, maxBytes: Int
+        user: String, jobs: JobsGateway, maxBytes: Int,
+        submitJob: (ClientMessage.JobSubmit) async -> Result<(JobRecord, created: Bool), JobsGateway.Failure>
     ) async -> Reply {
         let inline = jobs.queue.configuration.inlineResultLimit
         switch (route, method) {
@@ -92,7 +98,7 @@ final class JobsResponder: HTTPRouteResponder {
             switch ClientMessageDecoder.decode(ByteBuffer(string: text), maxContentBytes: maxBytes) {
             case .success(.jobSubmit(var submit)):
                 submit.idempotencyKey = submit.idempotencyKey ?? idempotencyKey
-                switch await jobs.submit(submit, user: user) {
+                switch await submitJob(submit) {
                 case .success(let (record, created)):
                     return Reply(status: created ? .accepted : .ok, body: record.json(inlineResultLimit: inline))
                 case .failure(let failure):
@@ -148,6 +154,7 @@ final class JobsResponder: HTTPRouteResponder {
         let status: HTTPResponseStatus = switch failure.code {
         case .notFound: .notFound
         case .unavailable: .serviceUnavailable
+        case .rateLimited, .quotaExceeded: .tooManyRequests
         default: ChatStreamResponder.status(for: failure.code)
         }
         return Self.error(status, failure.code, failure.message, retryAfterMs: failure.retryAfterMs)
@@ -156,6 +163,7 @@ final class JobsResponder: HTTPRouteResponder {
     static func error(_ status: HTTPResponseStatus, _ code: ErrorCode, _ message: String, retryAfterMs: Int64? = nil) -> Reply {
         var buffer = ByteBuffer()
         ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &buffer)
-        return Reply(status: status, body: String(buffer: buffer))
+        let headers = retryAfterMs.map { [("Retry-After", String(max(1, $0 / 1000 + ($0 % 1000 == 0 ? 0 : 1))))] } ?? []
+        return Reply(status: status, body: String(buffer: buffer), headers: headers)
     }
 }

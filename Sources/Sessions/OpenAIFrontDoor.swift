@@ -275,8 +275,9 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             return
         }
         self.admission = admission
-        let generation = GenerationRequest(
+        var generation = GenerationRequest(
             messages: request.messages, model: route.model, maxTokens: admission.grant.maxTokens, temperature: request.temperature)
+        generation.user = self.user
         let handle = route.upstream.engine.startGeneration(generation, on: writer.eventLoop, sink: self)
         if self.ended { handle.cancel() } else { self.handle = handle }
     }

@@ -24,10 +24,14 @@ final class QuotaGuard: Sendable {
     static let unlimitedTTL: TimeAmount = .seconds(30)
 
     private let period: TimeInterval
+    /// Tokens the user's queued and running jobs may still spend (reserved across every
+    /// instance and worker, in Redis); nil without a job queue.
+    private let jobReservations: (@Sendable (String) async -> Int)?
 
-    init(persistence: Persistence, period: TimeAmount, logger: Logger) {
+    init(persistence: Persistence, period: TimeAmount, jobReservations: (@Sendable (String) async -> Int)? = nil, logger: Logger) {
         self.persistence = persistence
         self.period = TimeInterval(period.nanoseconds) / 1_000_000_000
+        self.jobReservations = jobReservations
         self.logger = logger
     }
 
@@ -36,11 +40,20 @@ final class QuotaGuard: Sendable {
         var retryAfterMs: Int64?
     }
 
-    /// The grant, limited to what the quota leaves, and the tokens reserved for it (settle them).
-    func admit(user: String, promptTokens: Int, grant: GenerationGrant) async -> Result<(GenerationGrant, reserved: Int), Refusal> {
-        guard let storage = self.persistence.storage else { return .success((grant, 0)) }
+    /// What a user may still spend: their limit less what is stored as used, what this
+    /// instance's generations reserved and what their jobs reserved. nil: no limit (or the
+    /// storage cannot tell now: chats go on, quotas catch up).
+    private struct Standing {
+        var limit: Int
+        var remaining: Int
+        var resetAt: Date?
+        var retryAfterMs: Int64?
+    }
+
+    private func standing(of user: String) async -> Standing? {
+        guard let storage = self.persistence.storage else { return nil }
         let checkedAt = NIODeadline.now()
-        if let until = self.unlimited.withLockedValue({ $0[user] }), until > checkedAt { return .success((grant, 0)) }
+        if let until = self.unlimited.withLockedValue({ $0[user] }), until > checkedAt { return nil }
         var record: QuotaRecord?
         do {
             record = try await storage.quota(userExternalID: user)
@@ -49,7 +62,7 @@ final class QuotaGuard: Sendable {
                     if unlimited.count >= 100_000 { unlimited.removeAll() }
                     unlimited[user] = checkedAt + Self.unlimitedTTL
                 }
-                return .success((grant, 0))
+                return nil
             }
             if let queue = self.persistence.queue, await queue.waitForEarlierWrites(timeout: .seconds(2)) {
                 record = try await storage.quota(userExternalID: user)
@@ -63,31 +76,53 @@ final class QuotaGuard: Sendable {
         } catch {
             // The database is down: chats go on (history is queued too); quotas catch up after.
             self.logger.warning("quota not checked (storage unavailable)", metadata: ["sluice.user": "\(user)", "sluice.error": "\(error)"])
-            return .success((grant, 0))
+            return nil
         }
-        guard let record, let limit = record.tokensLimit else { return .success((grant, 0)) }
-        let now = Date()
-        let used = record.tokensUsed
-        let reservedNow = self.reserved.withLockedValue { $0[user] ?? 0 }
-        let remaining = limit - used - reservedNow
-        let retryAfterMs = record.resetAt.map { Int64(max(0, $0.timeIntervalSince(now)) * 1000) }
-        guard remaining > promptTokens else {
-            let until = record.resetAt.map { " until \(Self.rfc3339($0))" } ?? ""
-            return .failure(Refusal(message: "token quota of \(limit) used up\(until)", retryAfterMs: retryAfterMs))
-        }
+        guard let record, let limit = record.tokensLimit else { return nil }
+        let reservedHere = self.reserved.withLockedValue { $0[user] ?? 0 }
+        let reservedByJobs = await self.jobReservations?(user) ?? 0
+        let taken = Saturating.sum([max(0, record.tokensUsed), reservedHere, reservedByJobs])
+        let remaining = limit > taken ? limit - taken : 0
+        let retryAfterMs = record.resetAt.map { Saturating.milliseconds(max(0, $0.timeIntervalSince(Date()))) }
+        return Standing(limit: limit, remaining: remaining, resetAt: record.resetAt, retryAfterMs: retryAfterMs)
+    }
+
+    private func usedUp(_ standing: Standing) -> Refusal {
+        let until = standing.resetAt.map { " until \(Self.rfc3339($0))" } ?? ""
+        return Refusal(message: "token quota of \(standing.limit) used up\(until)", retryAfterMs: standing.retryAfterMs)
+    }
+
+    /// The grant, limited to what the quota leaves, and the tokens reserved for it (settle them).
+    func admit(user: String, promptTokens: Int, grant: GenerationGrant) async -> Result<(GenerationGrant, reserved: Int), Refusal> {
+        guard let standing = await self.standing(of: user) else { return .success((grant, 0)) }
+        guard standing.remaining > promptTokens else { return .failure(self.usedUp(standing)) }
         var limited = grant
-        limited.limit(to: remaining - promptTokens, cut: .quota(resetAt: record.resetAt), retryAfterMs: retryAfterMs ?? 0)
-        let reservation = promptTokens + limited.maxTokens
-        self.reserved.withLockedValue { $0[user, default: 0] += reservation }
+        limited.limit(to: standing.remaining - promptTokens, cut: .quota(resetAt: standing.resetAt), retryAfterMs: standing.retryAfterMs ?? 0)
+        let reservation = Saturating.sum([promptTokens, limited.maxTokens])
+        self.reserved.withLockedValue { $0[user] = Saturating.sum([$0[user] ?? 0, reservation]) }
         return .success((limited, reservation))
+    }
+
+    /// A job that may spend `tokens`: its whole budget must be left (a job is not cut short
+    /// like a generation). Its reservation then lives with the job in the queue.
+    func admitJob(user: String, tokens: Int) async -> Result<Void, Refusal> {
+        guard tokens > 0, let standing = await self.standing(of: user) else { return .success(()) }
+        guard standing.remaining > 0 else { return .failure(self.usedUp(standing)) }
+        guard standing.remaining >= tokens else {
+            return .failure(Refusal(
+                message: "this job may use up to \(tokens) tokens and \(standing.remaining) of the \(standing.limit)-token quota are left; "
+                    + "ask for less (fewer sections, a smaller max_tokens) or wait for the reset",
+                retryAfterMs: standing.retryAfterMs))
+        }
+        return .success(())
     }
 
     /// The generation ended: its reservation is released (its usage is stored with its answer).
     func release(user: String, reserved: Int) {
         guard reserved > 0 else { return }
         self.reserved.withLockedValue { reservations in
-            let left = (reservations[user] ?? 0) - reserved
-            reservations[user] = left > 0 ? left : nil
+            let current = reservations[user] ?? 0
+            reservations[user] = current > reserved ? current - reserved : nil
         }
     }
 
@@ -95,5 +130,25 @@ final class QuotaGuard: Sendable {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime]
         return formatter.string(from: date)
+    }
+}
+
+/// Arithmetic on counts that come from outside (storage, Redis, upstreams): it stops at the
+/// bounds instead of trapping.
+enum Saturating {
+    static func sum(_ values: [Int]) -> Int {
+        var total = 0
+        for value in values {
+            let (next, overflow) = total.addingReportingOverflow(value)
+            if overflow { return value > 0 ? Int.max : Int.min }
+            total = next
+        }
+        return total
+    }
+
+    /// Whole milliseconds of `seconds`, up to a year (a later reset is as good as never).
+    static func milliseconds(_ seconds: TimeInterval) -> Int64 {
+        guard seconds.isFinite, seconds > 0 else { return 0 }
+        return Int64(min(seconds, 365 * 86_400) * 1000)
     }
 }

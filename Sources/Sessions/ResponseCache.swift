@@ -9,7 +9,9 @@ import SluiceProtocol
 
 /// Exact-match cache of completed answers in Redis, in front of an engine. Only deterministic
 /// requests are cached (temperature 0, unless `allowNondeterministic`): the key is a SHA-256 of
-/// the upstream, the model, every message and the sampling parameters. A hit is replayed with
+/// the request's cache scope (its user, or the configured tenant), the upstream, the model,
+/// every message and the sampling parameters, so one user's answer is never replayed to another
+/// (it may carry what their earlier messages or a tool told the model). A hit is replayed with
 /// the same chunks (so the same seqs) as the answer that filled it, and no upstream is asked.
 /// Answers are stored only when they ended normally (`stop` or `length`). Redis being slow or
 /// down never fails a generation: the lookup then counts as a miss.
@@ -20,6 +22,10 @@ public struct ResponseCacheSettings: Sendable, Equatable {
     public var maxEntryBytes: Int = 256 * 1024
     /// How long a lookup may take before it counts as a miss.
     public var lookupTimeout: TimeAmount = .milliseconds(50)
+    /// nil (the default): answers are cached per user. A name: every user of this gateway is
+    /// one tenant of that name and shares cached answers (for a single-tenant deployment whose
+    /// users may see each other's answers to identical requests).
+    public var tenant: String? = nil
 
     public init() {}
 }
@@ -48,16 +54,25 @@ public final class ResponseCachingEngine: InferenceEngine, Sendable {
 
     func isCacheable(_ request: GenerationRequest) -> Bool {
         // With tools the answer depends on what they return (the time, a web page): not cached.
-        request.tools.isEmpty && (self.settings.allowNondeterministic || request.temperature == 0)
+        // Without a scope nobody is known to be allowed to see a stored answer.
+        self.scope(of: request) != nil && request.tools.isEmpty && (self.settings.allowNondeterministic || request.temperature == 0)
     }
 
-    /// The request's cache key: what decides the answer, nothing else (not trace headers).
+    /// Who may share the request's answer: its user, or everyone of the configured tenant.
+    func scope(of request: GenerationRequest) -> String? {
+        if let tenant = self.settings.tenant { return "tenant:" + tenant }
+        return request.user.map { "user:" + $0 }
+    }
+
+    /// The request's cache key: who may see it and what decides the answer, nothing else (not
+    /// trace headers).
     func key(for request: GenerationRequest) -> String {
         var hasher = SHA256()
         func add(_ text: String) {
             hasher.update(data: Data(text.utf8))
             hasher.update(data: Data([0]))
         }
+        add(self.scope(of: request) ?? "")
         add(self.upstream)
         add(request.model ?? self.inner.defaultModel)
         add(String(request.maxTokens))

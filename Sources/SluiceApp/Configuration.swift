@@ -7,6 +7,7 @@ import Sessions
 import Storage
 import Policy
 import Telemetry
+import Tools
 import WSServer
 
 /// Everything `sluice` can be told at start-up. Plain values with defaults; `ConfigurationLoader`
@@ -143,6 +144,13 @@ public struct SluiceConfiguration: Sendable, Equatable {
         for name in self.tools.enabled where !ToolSettings.builtins.contains(name) && !self.tools.webhooks.contains(where: { $0.name == name }) {
             throw ConfigurationError(kind: .invalidValue, key: "tools.enabled", value: name,
                                      reason: "no such tool (built in: \(ToolSettings.builtins.joined(separator: ", ")); or define it under tools.webhooks)")
+        }
+        do {
+            _ = try HTTPGetPolicy(allowedHosts: self.tools.httpGetAllowedHosts, allowedNetworks: self.tools.httpGetAllowedNetworks)
+        } catch {
+            throw ConfigurationError(
+                kind: .invalidValue, key: self.tools.httpGetAllowedHosts.contains(error.entry) ? "tools.http_get_allowed_hosts" : "tools.http_get_allowed_networks",
+                value: error.entry, reason: error.reason)
         }
         if self.tools.enabled.contains("http_get") && self.tools.httpGetAllowedHosts.isEmpty {
             throw ConfigurationError(kind: .inconsistent, key: "tools.http_get_allowed_hosts", value: nil,
@@ -564,8 +572,12 @@ public struct ToolSettings: Sendable, Equatable {
     public var enabled: [String] = []
     /// Per-call deadline.
     public var timeout: TimeAmount = .seconds(10)
-    /// Hosts `http_get` may fetch from (exact names); it refuses every other.
+    /// Hosts `http_get` may fetch from: `host` (default port), `host:port`, `[v6]:port`; it
+    /// refuses every other, and any of them that resolves to a non-public address.
     public var httpGetAllowedHosts: [String] = []
+    /// Networks (CIDR) `http_get` may reach although they are not public (loopback, private,
+    /// link-local, ...). An allowed host that is an IP literal is allowed as well.
+    public var httpGetAllowedNetworks: [String] = []
     public var webhooks: [WebhookToolSetting] = []
 }
 

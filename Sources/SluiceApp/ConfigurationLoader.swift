@@ -529,6 +529,7 @@ extension ConfigurationLoader {
         .bool("cache.allow_nondeterministic") { $0.cache.response.allowNondeterministic = $1 },
         .size("cache.max_entry_bytes", in: 1...Int.max) { $0.cache.response.maxEntryBytes = $1 },
         .duration("cache.lookup_timeout", mustBePositive: true) { $0.cache.response.lookupTimeout = $1 },
+        .optionalString("cache.tenant") { $0.cache.response.tenant = $1 },
 
         .duration("quotas.period", mustBePositive: true) { $0.quotas.period = $1 },
         .duration("quotas.reset_check_interval", mustBePositive: true) { $0.quotas.resetCheckInterval = $1 },
@@ -549,6 +550,7 @@ extension ConfigurationLoader {
         .stringList("tools.enabled") { $0.tools.enabled = $1 },
         .duration("tools.timeout", mustBePositive: true) { $0.tools.timeout = $1 },
         .stringList("tools.http_get_allowed_hosts") { $0.tools.httpGetAllowedHosts = $1 },
+        .stringList("tools.http_get_allowed_networks") { $0.tools.httpGetAllowedNetworks = $1 },
         .webhookList("tools.webhooks") { $0.tools.webhooks = $1 },
 
         .bool("admin.enabled") { $0.admin.enabled = $1 },

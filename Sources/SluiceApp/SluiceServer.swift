@@ -383,7 +383,9 @@ public enum SluiceServer {
             case "calculator": try registry.register(CalculatorTool(), timeout: settings.timeout)
             case "http_get":
                 try registry.register(
-                    HTTPGetTool(allowedHosts: settings.httpGetAllowedHosts, timeout: settings.timeout, eventLoopGroup: eventLoopGroup),
+                    HTTPGetTool(
+                        allowedHosts: settings.httpGetAllowedHosts, allowedNetworks: settings.httpGetAllowedNetworks, timeout: settings.timeout,
+                        eventLoopGroup: eventLoopGroup),
                     timeout: settings.timeout)
             default:
                 guard let hook = settings.webhooks.first(where: { $0.name == name }), let url = URL(string: hook.url) else { continue }

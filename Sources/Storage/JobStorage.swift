@@ -19,6 +19,9 @@ public struct ArchivedJob: Sendable, Equatable {
     public var createdAt: Int64
     public var startedAt: Int64?
     public var finishedAt: Int64?
+    /// Model tokens the job spent: archiving adds what was not counted yet to the submitter's
+    /// `user_quotas.tokens_used`, once (a repeated archive adds nothing).
+    public var tokensUsed: Int = 0
 
     public init(
         id: String, kind: String, userExternalID: String, priority: String, state: String, input: String,

@@ -117,7 +117,31 @@ enum PostgresSchema {
             """,
             "CREATE INDEX tool_executions_generation ON tool_executions (generation_id, created_at)",
         ]),
+        // What a job spent, and how much of it is already in the submitter's user_quotas.
+        Migration(version: 3, statements: [
+            "ALTER TABLE jobs ADD COLUMN tokens_used bigint NOT NULL DEFAULT 0, ADD COLUMN tokens_counted bigint NOT NULL DEFAULT 0",
+        ]),
     ]
+
+    /// Adds what a job spent and was not counted yet to its submitter's `user_quotas`, once: the
+    /// job's row is locked, so two archivers of the same job count it once between them.
+    /// $1: the job id.
+    static let countJobUsage = """
+        WITH counted AS (
+            UPDATE jobs j SET tokens_counted = j.tokens_used
+            FROM (SELECT id, tokens_counted AS before FROM jobs WHERE id = $1 FOR UPDATE) b
+            WHERE j.id = b.id AND j.tokens_used > b.before
+            RETURNING j.user_external_id, j.tokens_used - b.before AS delta
+        ), new_user AS (
+            INSERT INTO users (external_id) SELECT user_external_id FROM counted
+            ON CONFLICT (external_id) DO NOTHING RETURNING id
+        ), the_user AS (
+            SELECT id FROM new_user UNION ALL SELECT u.id FROM users u JOIN counted c ON u.external_id = c.user_external_id
+        )
+        INSERT INTO user_quotas AS q (user_id, tokens_used)
+        SELECT (SELECT id FROM the_user LIMIT 1), delta FROM counted
+        ON CONFLICT (user_id) DO UPDATE SET tokens_used = q.tokens_used + EXCLUDED.tokens_used
+        """
 
     /// `timestamptz` from an `int8` count of microseconds since 1970 (exact below 2^53).
     static func timestamp(_ microseconds: String) -> String {

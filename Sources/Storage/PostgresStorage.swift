@@ -398,35 +398,42 @@ public final class PostgresStorage: ConversationStorage, Service {
 
     public func archiveJob(_ job: ArchivedJob) async throws(StorageError) {
         func date(_ microseconds: Int64?) -> Date? { microseconds.map { Date(timeIntervalSince1970: Double($0) / 1_000_000) } }
-        let created = date(job.createdAt)!
+        let created = date(job.createdAt) ?? Date(timeIntervalSince1970: 0)
+        let tokensUsed = Int64(clamping: max(0, job.tokensUsed))
         let query: PostgresQuery = """
             INSERT INTO jobs AS j (id, kind, user_external_id, priority, state, input, result, result_type, error,
-                                   attempts, max_attempts, schedule, created_at, started_at, finished_at)
+                                   attempts, max_attempts, schedule, created_at, started_at, finished_at, tokens_used)
             VALUES (\(job.id), \(job.kind), \(job.userExternalID), \(job.priority), \(job.state), \(job.input)::jsonb,
                     \(job.result), \(job.resultType), \(job.error), \(job.attempts), \(job.maxAttempts), \(job.schedule),
-                    \(created), \(date(job.startedAt)), \(date(job.finishedAt)))
+                    \(created), \(date(job.startedAt)), \(date(job.finishedAt)), \(tokensUsed))
             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, result = EXCLUDED.result, result_type = EXCLUDED.result_type,
                 error = EXCLUDED.error, attempts = EXCLUDED.attempts, max_attempts = EXCLUDED.max_attempts,
-                started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at
+                started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+                tokens_used = GREATEST(j.tokens_used, EXCLUDED.tokens_used)
             """
+        var counting = PostgresQuery(unsafeSQL: PostgresSchema.countJobUsage)
+        counting.binds.append(job.id)
+        let count = counting
         try await self.perform {
-            _ = try await self.client.query(query).collect()
-            self.count(write: true)
+            try await self.client.withTransaction(logger: self.logger) { connection in
+                try await self.write(connection, query)
+                try await self.write(connection, count)
+            }
         }
     }
 
     public func archivedJob(id: String) async throws(StorageError) -> ArchivedJob? {
         let query: PostgresQuery = """
             SELECT id, kind, user_external_id, priority, state, input::text, result, result_type, error,
-                   attempts::int8, max_attempts::int8, schedule, created_at, started_at, finished_at
+                   attempts::int8, max_attempts::int8, schedule, created_at, started_at, finished_at, tokens_used
             FROM jobs WHERE id = \(id)
             """
         return try await self.perform {
             let rows = try await self.client.query(query)
             self.count(write: false)
             func micros(_ date: Date?) -> Int64? { date.map { Int64(($0.timeIntervalSince1970 * 1_000_000).rounded()) } }
-            for try await (id, kind, user, priority, state, input, result, resultType, error, attempts, maxAttempts, schedule, created, started, finished)
-                in rows.decode((String, String, String, String, String, String?, String?, String?, String?, Int64, Int64, String?, Date, Date?, Date?).self) {
+            for try await (id, kind, user, priority, state, input, result, resultType, error, attempts, maxAttempts, schedule, created, started, finished, tokensUsed)
+                in rows.decode((String, String, String, String, String, String?, String?, String?, String?, Int64, Int64, String?, Date, Date?, Date?, Int64).self) {
                 var job = ArchivedJob(
                     id: id, kind: kind, userExternalID: user, priority: priority, state: state, input: input ?? "null",
                     attempts: Int(attempts), maxAttempts: Int(maxAttempts), createdAt: micros(created)!)
@@ -436,6 +443,7 @@ public final class PostgresStorage: ConversationStorage, Service {
                 job.schedule = schedule
                 job.startedAt = micros(started)
                 job.finishedAt = micros(finished)
+                job.tokensUsed = Int(tokensUsed)
                 return job
             }
             return nil

@@ -97,6 +97,11 @@ enum SQLiteSchema {
             "ALTER TABLE tool_executions ADD COLUMN call_id TEXT",
             "CREATE INDEX tool_executions_generation ON tool_executions (generation_id, created_at)",
         ]),
+        // What a job spent, and how much of it is already in the submitter's user_quotas.
+        Migration(version: 3, statements: [
+            "ALTER TABLE jobs ADD COLUMN tokens_used INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN tokens_counted INTEGER NOT NULL DEFAULT 0",
+        ]),
     ]
 
     static let messageColumns =

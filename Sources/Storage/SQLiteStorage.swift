@@ -336,16 +336,34 @@ public final class SQLiteStorage: ConversationStorage {
         func optional(_ text: String?) -> SQLiteData { text.map { .text($0) } ?? .null }
         func optional(_ value: Int64?) -> SQLiteData { value.map { .integer(Int($0)) } ?? .null }
         try await self.exclusive { () throws(StorageError) in
-            _ = try await self.run(
-                "INSERT INTO jobs (id, kind, user_external_id, priority, state, input, result, result_type, error, attempts, max_attempts, "
-                    + "schedule, created_at, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    + "ON CONFLICT (id) DO UPDATE SET state = excluded.state, result = excluded.result, result_type = excluded.result_type, "
-                    + "error = excluded.error, attempts = excluded.attempts, max_attempts = excluded.max_attempts, "
-                    + "started_at = excluded.started_at, finished_at = excluded.finished_at",
-                [.text(job.id), .text(job.kind), .text(job.userExternalID), .text(job.priority), .text(job.state), .text(job.input),
-                 optional(job.result), optional(job.resultType), optional(job.error), .integer(job.attempts), .integer(job.maxAttempts),
-                 optional(job.schedule), .integer(Int(job.createdAt)), optional(job.startedAt), optional(job.finishedAt)],
-                write: true)
+            try await self.transaction { () throws(StorageError) in
+                _ = try await self.run(
+                    "INSERT INTO jobs (id, kind, user_external_id, priority, state, input, result, result_type, error, attempts, max_attempts, "
+                        + "schedule, created_at, started_at, finished_at, tokens_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        + "ON CONFLICT (id) DO UPDATE SET state = excluded.state, result = excluded.result, result_type = excluded.result_type, "
+                        + "error = excluded.error, attempts = excluded.attempts, max_attempts = excluded.max_attempts, "
+                        + "started_at = excluded.started_at, finished_at = excluded.finished_at, "
+                        + "tokens_used = max(jobs.tokens_used, excluded.tokens_used)",
+                    [.text(job.id), .text(job.kind), .text(job.userExternalID), .text(job.priority), .text(job.state), .text(job.input),
+                     optional(job.result), optional(job.resultType), optional(job.error), .integer(job.attempts), .integer(job.maxAttempts),
+                     optional(job.schedule), .integer(Int(job.createdAt)), optional(job.startedAt), optional(job.finishedAt),
+                     .integer(max(0, job.tokensUsed))],
+                    write: true)
+                // What it spent and was not counted yet goes to the submitter's quota, once.
+                let rows = try await self.run("SELECT tokens_used, tokens_counted FROM jobs WHERE id = ?", [.text(job.id)])
+                let used = rows.first?.column("tokens_used")?.integer ?? 0
+                let counted = rows.first?.column("tokens_counted")?.integer ?? 0
+                guard used > counted else { return }
+                let now = Int64(Date().timeIntervalSince1970 * 1_000_000)
+                _ = try await self.run(
+                    "INSERT INTO users (id, external_id, created_at) VALUES (?, ?, ?) ON CONFLICT (external_id) DO NOTHING",
+                    [.text(UUID().lowercased), .text(job.userExternalID), .integer(.init(now))], write: true)
+                _ = try await self.run(
+                    "INSERT INTO user_quotas (user_id, tokens_used) SELECT id, ? FROM users WHERE external_id = ? "
+                        + "ON CONFLICT (user_id) DO UPDATE SET tokens_used = user_quotas.tokens_used + excluded.tokens_used",
+                    [.integer(used - counted), .text(job.userExternalID)], write: true)
+                _ = try await self.run("UPDATE jobs SET tokens_counted = ? WHERE id = ?", [.integer(used), .text(job.id)], write: true)
+            }
         }
     }
 
@@ -365,6 +383,7 @@ public final class SQLiteStorage: ConversationStorage {
             job.schedule = row.column("schedule")?.string
             job.startedAt = row.column("started_at")?.integer.map(Int64.init)
             job.finishedAt = row.column("finished_at")?.integer.map(Int64.init)
+            job.tokensUsed = row.column("tokens_used")?.integer ?? 0
             return job
         }
     }

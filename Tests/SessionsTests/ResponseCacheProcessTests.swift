@@ -16,9 +16,9 @@ import Testing
         return (deltas.compactMap { $0["text"] as? String }.joined(), deltas.compactMap { $0["seq"] as? Int }, done)
     }
 
-    @Test(.timeLimit(.minutes(2)))
-    func aSecondIdenticalDeterministicRequestIsServedFromTheCache() async throws {
-        let upstream = try await FakeUpstream.start { request in
+    /// An upstream that answers "answer to <the last message>" with usage.
+    static func echoingUpstream() async throws -> FakeUpstream {
+        try await FakeUpstream.start { request in
             let messages = request.json?["messages"] as? [[String: Any]] ?? []
             let last = messages.last?["content"] as? String ?? ""
             return [
@@ -28,6 +28,11 @@ import Testing
                 .write("data: [DONE]\n\n"), .close,
             ]
         }
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func aSecondIdenticalDeterministicRequestIsServedFromTheCache() async throws {
+        let upstream = try await Self.echoingUpstream()
         defer { Task { await upstream.stop() } }
         try await RedisServerProcess.withServer { redis in
             let arguments = ["--upstream", "http://127.0.0.1:\(upstream.port)", "--model", "m", "--redis-url", redis.url]
@@ -60,6 +65,49 @@ import Testing
                 #expect(samples[#"sluice_response_cache_lookups_total{result="not_cacheable"}"#] == 2)
                 await first.close()
                 await second.close()
+            }
+        }
+    }
+
+    /// A cached answer may carry what the user's earlier messages told the model: it is replayed
+    /// to the same user only, unless the operator declares all users one tenant.
+    @Test(.timeLimit(.minutes(2)))
+    func anAnswerIsNotReplayedToAnotherUserUnlessTheyShareATenant() async throws {
+        let upstream = try await Self.echoingUpstream()
+        defer { Task { await upstream.stop() } }
+        try await RedisServerProcess.withServer { redis in
+            let arguments = ["--upstream", "http://127.0.0.1:\(upstream.port)", "--model", "m", "--redis-url", redis.url]
+            let group = MultiThreadedEventLoopGroup.singleton
+            try await SluiceProcess.withProcesses(count: 1, arguments: arguments, environment: ["SLUICE_CACHE_LOOKUP_TIMEOUT": "10s"]) { (processes: [SluiceProcess]) async throws -> Void in
+                let alice = try await JSONWebSocketClient.connect(port: processes[0].port, group: group, query: "?user=alice")
+                _ = try await alice.next()
+                let bob = try await JSONWebSocketClient.connect(port: processes[0].port, group: group, query: "?user=bob")
+                _ = try await bob.next()
+                let first = try await Self.chat(alice, "the question", temperature: 0)
+                #expect(first.done["cached"] == nil && upstream.requests.count == 1)
+                let other = try await Self.chat(bob, "the question", temperature: 0)
+                #expect(other.done["cached"] == nil, "alice's answer was replayed to bob")
+                #expect(upstream.requests.count == 2)
+                let again = try await Self.chat(alice, "the question", temperature: 0)
+                #expect(again.done["cached"] as? Bool == true && upstream.requests.count == 2)
+                await alice.close()
+                await bob.close()
+            }
+            // One tenant: everyone shares (a new process; the cache in Redis stays).
+            try await SluiceProcess.withProcesses(
+                count: 1, arguments: arguments, environment: ["SLUICE_CACHE_LOOKUP_TIMEOUT": "10s", "SLUICE_CACHE_TENANT": "acme"]
+            ) { (processes: [SluiceProcess]) async throws -> Void in
+                let carol = try await JSONWebSocketClient.connect(port: processes[0].port, group: group, query: "?user=carol")
+                _ = try await carol.next()
+                let dave = try await JSONWebSocketClient.connect(port: processes[0].port, group: group, query: "?user=dave")
+                _ = try await dave.next()
+                let before = upstream.requests.count
+                _ = try await Self.chat(carol, "a shared question", temperature: 0)
+                let shared = try await Self.chat(dave, "a shared question", temperature: 0)
+                #expect(shared.done["cached"] as? Bool == true)
+                #expect(upstream.requests.count == before + 1)
+                await carol.close()
+                await dave.close()
             }
         }
     }

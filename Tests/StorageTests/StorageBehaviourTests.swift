@@ -30,6 +30,40 @@ import Testing
         }
     }
 
+    /// A job's spent tokens reach its submitter's quota when it is archived, once: archiving the
+    /// same record again adds nothing, a later run of the job (an operator's retry) adds only
+    /// what it spent on top.
+    @Test(arguments: Backend.allCases)
+    func aJobsTokensAreAddedToItsSubmittersQuotaOnce(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            try await harness.storage.setQuota(userExternalID: "quincy", limit: 10_000, resetAt: nil, resetUsage: false)
+            var job = ArchivedJob(
+                id: "job_00000000000000000000000000000001", kind: "report", userExternalID: "quincy", priority: "normal",
+                state: "SUCCEEDED", input: "{}", attempts: 1, maxAttempts: 3, createdAt: 1_800_000_000_000_000)
+            job.tokensUsed = 1_234
+            try await harness.storage.archiveJob(job)
+            #expect(try await harness.storage.quota(userExternalID: "quincy")?.tokensUsed == 1_234)
+            try await harness.storage.archiveJob(job)
+            #expect(try await harness.storage.quota(userExternalID: "quincy")?.tokensUsed == 1_234, "counted twice")
+            #expect(try await harness.storage.archivedJob(id: job.id)?.tokensUsed == 1_234)
+            job.tokensUsed = 2_000
+            try await harness.storage.archiveJob(job)
+            #expect(try await harness.storage.quota(userExternalID: "quincy")?.tokensUsed == 2_000)
+            // A user with no quota row yet gets one carrying the usage (a limit set later applies to it).
+            var other = job
+            other.id = "job_00000000000000000000000000000002"
+            other.userExternalID = "rhea"
+            other.tokensUsed = 77
+            try await harness.storage.archiveJob(other)
+            #expect(try await harness.storage.quota(userExternalID: "rhea")?.tokensUsed == 77)
+            // Archived again with a stale (lower) count: nothing is taken back or added.
+            other.tokensUsed = 10
+            try await harness.storage.archiveJob(other)
+            #expect(try await harness.storage.quota(userExternalID: "rhea")?.tokensUsed == 77)
+            #expect(try await harness.storage.archivedJob(id: other.id)?.tokensUsed == 77)
+        }
+    }
+
     /// Equal, with the input compared as JSON (PostgreSQL's jsonb normalises its spacing).
     static func sameJob(_ stored: ArchivedJob?, _ expected: ArchivedJob) throws -> Bool {
         guard var stored else { return false }
@@ -69,8 +103,9 @@ import Testing
             // The harness migrated an empty database once; twice more changes nothing.
             try await harness.storage.migrate()
             try await harness.storage.migrate()
-            // Two migrations: the conversation tables, then jobs and the tool_executions columns.
-            #expect(try await harness.integer("SELECT count(*) FROM schema_migrations") == 2)
+            // Three migrations: the conversation tables, then jobs and the tool_executions columns,
+            // then the jobs' token columns.
+            #expect(try await harness.integer("SELECT count(*) FROM schema_migrations") == 3)
             for table in ["users", "conversations", "messages", "tool_executions", "user_quotas", "jobs"] {
                 #expect(try await harness.integer("SELECT count(*) FROM \(table)") == 0, "\(table)")
             }

@@ -158,7 +158,7 @@ struct ChattyTool: Tool {
             [.write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello tools"), .close]
         }
         defer { Task { await page.stop() } }
-        let tool = HTTPGetTool(allowedHosts: ["127.0.0.1"], timeout: .seconds(5), eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        let tool = try HTTPGetTool(allowedHosts: ["127.0.0.1:\(page.port)"], timeout: .seconds(5), eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
         let answer = try await tool.run(ToolArguments(json: #"{"url":"http://127.0.0.1:\#(page.port)/readme?x=1"}"#))
         let object = try #require(try JSONSerialization.jsonObject(with: Data(answer.utf8)) as? [String: Any])
         #expect(object["status"] as? Int == 200)
