@@ -209,7 +209,15 @@ final class SluiceProcess: Sendable {
                 child.reap()
                 break
             }
-            try await Task.sleep(for: .milliseconds(20))
+            do {
+                try await Task.sleep(for: .milliseconds(20))
+            } catch {
+                // Cancelled (a test's time limit): the child must not outlive it (a `serve` would
+                // keep its ports).
+                sendSignal(SIGKILL, to: child.pid)
+                child.reap()
+                throw error
+            }
         }
         return (child.exitStatus() ?? -1, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
     }
