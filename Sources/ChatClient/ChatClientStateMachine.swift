@@ -109,6 +109,9 @@ public struct ChatClientStateMachine: Sendable {
         .seconds(min(30, 1 << min(max(attempt, 0), 5)))
     }
 
+    /// The longest `heartbeat_ms` taken from a server's `session.ready` (an hour).
+    static let maximumHeartbeatMs = 3_600_000
+
     public static let helpText = [
         "/new   start a new conversation",
         "/quit  quit (Ctrl-D at the prompt does too)",
@@ -244,7 +247,8 @@ public struct ChatClientStateMachine: Sendable {
         case .sessionReady(let instanceID, let model, let heartbeatMs):
             if let heartbeatMs, heartbeatMs > 0, !self.connection.isReady {
                 // The server pings every heartbeat; two missed ones plus slack mean it is gone.
-                actions.append(.watchSilence(limit: .milliseconds(2 * heartbeatMs) + .seconds(5)))
+                // The server's number: bounded (an hour) before any arithmetic.
+                actions.append(.watchSilence(limit: .milliseconds(2 * min(heartbeatMs, Self.maximumHeartbeatMs)) + .seconds(5)))
             }
             self.sessionReady(instanceID: instanceID, model: model, into: &actions)
         case .generationStarted(let generationID, let conversationID, let requestID):

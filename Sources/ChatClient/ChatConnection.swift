@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SluiceProtocol
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
@@ -43,7 +44,8 @@ final class ChatSocket: Sendable {
     /// so silence means a dead peer or path that TCP alone would notice only much later.
     func closeIfSilent(for limit: Duration) {
         let channel = self.channel
-        let timeout = TimeAmount.nanoseconds(Int64(limit.components.seconds) * 1_000_000_000 + limit.components.attoseconds / 1_000_000_000)
+        let timeout = TimeAmount.nanoseconds(
+            limit.components.seconds.multipliedSaturating(by: 1_000_000_000).addingSaturating(limit.components.attoseconds / 1_000_000_000))
         channel.eventLoop.execute {
             // At the front, so every inbound byte (pings included) counts as a sign of life.
             try? channel.pipeline.syncOperations.addHandler(CloseOnReadIdleHandler(), position: .first)

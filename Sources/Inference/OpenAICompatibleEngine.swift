@@ -263,8 +263,10 @@ struct OpenAIStreamDecoder: UpstreamStreamDecoder {
                 self.finishReason = reason == "length" ? .length : .stop
             }
         }
+        // Counts are range-checked here (non-negative integers, clamped): nothing further on
+        // adds or stores a value an upstream made up.
         if let usage = object["usage"] as? [String: Any],
-           let prompt = usage["prompt_tokens"] as? Int, let completion = usage["completion_tokens"] as? Int {
+           let prompt = Usage.count(fromJSON: usage["prompt_tokens"]), let completion = Usage.count(fromJSON: usage["completion_tokens"]) {
             output.usage = (prompt, completion)
         }
         return output
@@ -277,7 +279,9 @@ struct OpenAIStreamDecoder: UpstreamStreamDecoder {
     /// Adds `delta.tool_calls` pieces; an error when they exceed the bounds.
     private mutating func accumulate(_ pieces: [[String: Any]]) -> InferenceError? {
         for (position, piece) in pieces.enumerated() {
-            let index = (piece["index"] as? Int) ?? position
+            // Only a key: the calls live in a dictionary bounded by `maximumToolCalls`, so an
+            // index of 10^9 costs one entry, not an array of that size.
+            let index = piece["index"].flatMap { JSONNumber.integer($0) } ?? position
             let function = piece["function"] as? [String: Any]
             var call = self.toolCalls[index] ?? ToolCall(id: "", name: "", arguments: "")
             if self.toolCalls[index] == nil && self.toolCalls.count >= Self.maximumToolCalls {

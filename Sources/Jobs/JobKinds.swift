@@ -2,6 +2,17 @@ import Foundation
 import Inference
 import NIOCore
 
+/// Reading a job's JSON input (JSONSerialization values).
+enum JobInput {
+    /// An exact integer, not a boolean (`true` is an NSNumber too) nor a fraction.
+    static func integer(_ value: Any?) -> Int? {
+        guard let number = value as? NSNumber, String(cString: number.objCType) != "c" else { return nil }
+        let double = number.doubleValue
+        guard double.isFinite, double.rounded(.towardZero) == double, abs(double) < 9_007_199_254_740_992 else { return nil }
+        return Int(double)
+    }
+}
+
 /// `echo`: returns its input at once. The trivial job of the queue benchmark.
 public struct EchoJob: JobHandler {
     public let kind = "echo"
@@ -22,21 +33,21 @@ public struct DemoJob: JobHandler {
 
     public func validate(input: Any) -> String? {
         guard let object = input as? [String: Any] else { return "input must be a JSON object" }
-        if let steps = object["steps"], !((steps as? Int).map { (0...1000).contains($0) } ?? false) { return "steps must be an integer from 0 to 1000" }
-        if let ms = object["step_ms"], !((ms as? Int).map { (0...600_000).contains($0) } ?? false) { return "step_ms must be an integer from 0 to 600000" }
-        if let k = object["fail_attempts"], !((k as? Int).map { (0...100).contains($0) } ?? false) { return "fail_attempts must be an integer from 0 to 100" }
+        if let steps = object["steps"], !(JobInput.integer(steps).map { (0...1000).contains($0) } ?? false) { return "steps must be an integer from 0 to 1000" }
+        if let ms = object["step_ms"], !(JobInput.integer(ms).map { (0...600_000).contains($0) } ?? false) { return "step_ms must be an integer from 0 to 600000" }
+        if let k = object["fail_attempts"], !(JobInput.integer(k).map { (0...100).contains($0) } ?? false) { return "fail_attempts must be an integer from 0 to 100" }
         if let fail = object["fail"], (fail as? String) != "permanent" { return "fail must be \"permanent\"" }
         return nil
     }
 
     public func run(_ context: JobContext) async throws -> JobOutput {
         let input = context.inputObject
-        let steps = input["steps"] as? Int ?? 3
-        let stepMs = input["step_ms"] as? Int ?? 200
+        let steps = JobInput.integer(input["steps"]) ?? 3
+        let stepMs = JobInput.integer(input["step_ms"]) ?? 200
         if input["fail"] as? String == "permanent" {
             throw JobFailure("failed on purpose (fail: permanent)", retryable: false)
         }
-        let failAttempts = input["fail_attempts"] as? Int ?? 0
+        let failAttempts = JobInput.integer(input["fail_attempts"]) ?? 0
         for step in stride(from: 1, through: steps, by: 1) {
             if context.attempt <= failAttempts && step > steps / 2 {
                 throw JobFailure("failed on purpose at step \(step) (attempt \(context.attempt) of the first \(failAttempts))")
@@ -80,8 +91,8 @@ public struct ReportJob: JobHandler {
             return "input.prompt must be a non-empty string"
         }
         if prompt.count > 4000 { return "input.prompt must be at most 4000 characters" }
-        if let sections = object["sections"], !((sections as? Int).map { (1...12).contains($0) } ?? false) { return "sections must be an integer from 1 to 12" }
-        if let tokens = object["max_tokens"], !((tokens as? Int).map { (16...4096).contains($0) } ?? false) { return "max_tokens must be an integer from 16 to 4096" }
+        if let sections = object["sections"], !(JobInput.integer(sections).map { (1...12).contains($0) } ?? false) { return "sections must be an integer from 1 to 12" }
+        if let tokens = object["max_tokens"], !(JobInput.integer(tokens).map { (16...4096).contains($0) } ?? false) { return "max_tokens must be an integer from 16 to 4096" }
         if let model = object["model"] {
             guard let model = model as? String else { return "model must be a string" }
             if case .failure(let unknown) = self.router.route(model: model) { return unknown.message }
@@ -94,8 +105,8 @@ public struct ReportJob: JobHandler {
     public func tokenBudget(input: Any) -> Int {
         let object = input as? [String: Any] ?? [:]
         let promptTokens = (object["prompt"] as? String ?? "").utf8.count / 4 + Self.instructionTokens
-        let sections = object["sections"] as? Int ?? Self.defaultSections
-        let maxTokens = object["max_tokens"] as? Int ?? Self.defaultMaxTokens
+        let sections = JobInput.integer(object["sections"]) ?? Self.defaultSections
+        let maxTokens = JobInput.integer(object["max_tokens"]) ?? Self.defaultMaxTokens
         return (promptTokens + Self.planTokens) + sections * (promptTokens + maxTokens)
     }
 
@@ -108,8 +119,8 @@ public struct ReportJob: JobHandler {
     public func run(_ context: JobContext) async throws -> JobOutput {
         let input = context.inputObject
         let prompt = (input["prompt"] as? String ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
-        let count = input["sections"] as? Int ?? Self.defaultSections
-        let maxTokens = input["max_tokens"] as? Int ?? Self.defaultMaxTokens
+        let count = JobInput.integer(input["sections"]) ?? Self.defaultSections
+        let maxTokens = JobInput.integer(input["max_tokens"]) ?? Self.defaultMaxTokens
         let route: InferenceRouter.Route
         switch self.router.route(model: input["model"] as? String, prompt: prompt) {
         case .success(let found): route = found

@@ -33,6 +33,9 @@ public struct AuthenticationFailure: Error, Equatable, Sendable {
         case missing
         /// A credential that does not verify, or has expired (RFC 6750's `invalid_token`).
         case invalid
+        /// More than one credential (several headers, carriers or query parameters): refused
+        /// rather than resolved by precedence (RFC 6750's `invalid_request`).
+        case multiple
     }
 
     public var kind: Kind
@@ -48,6 +51,7 @@ public struct AuthenticationFailure: Error, Equatable, Sendable {
         switch self.kind {
         case .missing: return #"Bearer realm="sluice""#
         case .invalid: return #"Bearer realm="sluice", error="invalid_token""#
+        case .multiple: return #"Bearer realm="sluice", error="invalid_request""#
         }
     }
 }
@@ -224,32 +228,47 @@ public final class Authenticator: Sendable {
 
     // MARK: Requests
 
-    /// The credential a request carries, by precedence: `Authorization: Bearer`, `X-API-Key`,
-    /// a `bearer.<token>` subprotocol, the query parameter.
-    public func credential(in head: HTTPRequestHead) -> String? {
-        if let authorization = head.headers.first(name: "authorization") {
+    /// The one credential a request carries: in `Authorization: Bearer`, `X-API-Key`, a
+    /// `bearer.<token>` subprotocol or the query parameter. Exactly one is accepted: two
+    /// `Authorization` headers, a repeated query parameter, several `bearer.` subprotocols or
+    /// credentials in two carriers are `.multiple` (refused), never resolved by taking the first,
+    /// so a proxy and the gateway can never disagree about who is asking.
+    public func credential(in head: HTTPRequestHead) -> Result<String?, AuthenticationFailure> {
+        var found: [String] = []
+        let authorizations = head.headers["authorization"]
+        if authorizations.count > 1 { return .failure(Self.multipleCredentials) }
+        if let authorization = authorizations.first {
             let parts = authorization.split(separator: " ", maxSplits: 1)
-            if parts.count == 2, parts[0].lowercased() == "bearer" { return parts[1].trimmingCharacters(in: .whitespaces) }
+            if parts.count == 2, parts[0].lowercased() == "bearer" { found.append(parts[1].trimmingCharacters(in: .whitespaces)) }
         }
-        if let key = head.headers.first(name: "x-api-key"), !key.isEmpty { return key }
+        for key in head.headers["x-api-key"] where !key.isEmpty { found.append(key) }
         for value in head.headers[canonicalForm: "sec-websocket-protocol"] where value.lowercased().hasPrefix("bearer.") {
-            return String(value.dropFirst("bearer.".count))
+            found.append(String(value.dropFirst("bearer.".count)))
         }
         if let name = self.configuration.queryParameter, !name.isEmpty,
            let query = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).dropFirst().first {
             for pair in query.split(separator: "&") {
                 let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                 if parts.count == 2, parts[0] == name {
-                    return String(parts[1]).removingPercentEncoding ?? String(parts[1])
+                    found.append(String(parts[1]).removingPercentEncoding ?? String(parts[1]))
                 }
             }
         }
-        return nil
+        guard found.count <= 1 else { return .failure(Self.multipleCredentials) }
+        return .success(found.first)
     }
+
+    static let multipleCredentials = AuthenticationFailure(
+        .multiple, "send exactly one credential: this request carries several (Authorization, X-API-Key, bearer. subprotocol, query parameter)")
 
     /// Authenticates a request (only meaningful when `isEnabled`).
     public func authenticate(_ head: HTTPRequestHead, now: Date = Date()) -> Result<Identity, AuthenticationFailure> {
-        guard let credential = self.credential(in: head), !credential.isEmpty else {
+        let credential: String?
+        switch self.credential(in: head) {
+        case .failure(let failure): return .failure(failure)
+        case .success(let found): credential = found
+        }
+        guard let credential, !credential.isEmpty else {
             return .failure(AuthenticationFailure(.missing, "authentication required: send a bearer token or an API key"))
         }
         return self.authenticate(credential: credential, now: now)
@@ -278,9 +297,14 @@ public final class Authenticator: Sendable {
         var sub: String?
         var exp: Double?
         var nbf: Double?
+        var iat: Double?
         var iss: String?
         var aud: Audience?
     }
+
+    /// `exp`, `nbf` and `iat` must lie in 1970-01-01T00:00:00Z ... 9999-12-31T23:59:59Z (NumericDate
+    /// seconds); anything else (a negative time, 10^30) is refused as a malformed token.
+    static let timeClaimRange: ClosedRange<Double> = 0...253_402_300_799
 
     private enum Audience: Decodable {
         case one(String)
@@ -315,11 +339,12 @@ public final class Authenticator: Sendable {
         if let kid = header.kid {
             candidates = self.keys.filter { $0.kid == kid && $0.algorithmName == alg }
             if candidates.isEmpty {
-                return invalid(self.keys.contains { $0.kid == kid } ? "alg \(alg) does not match key \(kid)" : "unknown key id \(kid)")
+                // Fixed messages: the header's kid and alg are the client's text, never echoed.
+                return invalid(self.keys.contains { $0.kid == kid } ? "the token's alg does not match its key" : "unknown key id")
             }
         } else {
             candidates = self.keys.filter { $0.algorithmName == alg }
-            if candidates.isEmpty { return invalid("alg \(alg) is not accepted") }
+            if candidates.isEmpty { return invalid("the token's alg is not accepted") }
         }
         guard let signature = Self.base64URLDecode(parts[2]) else { return invalid("malformed signature") }
         let signed = Array(jwt.utf8.prefix(parts[0].utf8.count + 1 + parts[1].utf8.count))
@@ -330,8 +355,12 @@ public final class Authenticator: Sendable {
             return invalid("malformed claims")
         }
         guard let subject = claims.sub, !subject.isEmpty else { return invalid("token has no sub") }
+        for (name, value) in [("exp", claims.exp), ("nbf", claims.nbf), ("iat", claims.iat)] {
+            if let value, !Self.timeClaimRange.contains(value) { return invalid("token \(name) is out of range") }
+        }
         let leeway = self.configuration.leeway
         let nowSeconds = now.timeIntervalSince1970
+        if let iat = claims.iat, iat > nowSeconds + leeway { return invalid("token issued in the future (iat)") }
         if let exp = claims.exp {
             if nowSeconds > exp + leeway { return invalid("token expired") }
         } else if self.configuration.requireExpiry {

@@ -111,6 +111,9 @@ public final class GenerationLimiter: Sendable {
     /// `promptTokens + 1`, from every configured bucket at once (one Redis round trip; nothing
     /// is taken when one of them refuses).
     public func admit(user: String, address: String, promptTokens: Int, maxTokens: Int) async -> Result<GenerationGrant, LimitRefusal> {
+        // Outside values (a client's max_tokens, a prompt's size): never negative, sums saturate.
+        let promptTokens = max(0, promptTokens), maxTokens = max(0, maxTokens)
+        let wanted = promptTokens.addingSaturating(maxTokens)
         var takes: [RateLimiter.Take] = []
         var describe: [(scope: LimitRefusal.Scope, limit: LimitRefusal.Limit, perMinute: Int)] = []
         let buckets: [(LimitRefusal.Scope, LimitRefusal.Limit, String, Int)] = [
@@ -122,8 +125,8 @@ public final class GenerationLimiter: Sendable {
         for (scope, kind, key, perMinute) in buckets where perMinute > 0 {
             let tokens = kind == .tokens
             takes.append(RateLimiter.Take(
-                key: key, limit: RateLimit(perMinute: perMinute), wanted: tokens ? promptTokens + maxTokens : 1,
-                minimum: tokens ? promptTokens + 1 : 1, shared: tokens))
+                key: key, limit: RateLimit(perMinute: perMinute), wanted: tokens ? wanted : 1,
+                minimum: tokens ? promptTokens.addingSaturating(1) : 1, shared: tokens))
             describe.append((scope, kind, perMinute))
         }
         var grant = GenerationGrant.unlimited(maxTokens: maxTokens)
@@ -140,8 +143,8 @@ public final class GenerationLimiter: Sendable {
             let tokenTakes = takes.filter(\.shared)
             if let tightest = tokenTakes.min(by: { $0.limit.ratePerSecond < $1.limit.ratePerSecond }) {
                 // Roughly when the whole request would have fitted.
-                grant.limit(to: granted - promptTokens, cut: .tokensPerMinute,
-                            retryAfterMs: Int64((Double(promptTokens + maxTokens - granted) / tightest.limit.ratePerSecond * 1000).rounded(.up)))
+                grant.limit(to: max(0, granted.subtractingSaturating(promptTokens)), cut: .tokensPerMinute,
+                            retryAfterMs: Saturating.retryAfterMs(seconds: Double(wanted.subtractingSaturating(granted)) / tightest.limit.ratePerSecond))
             }
             grant.reservations = tokenTakes.map { ($0.key, $0.limit, granted) }
             return .success(grant)
@@ -151,13 +154,15 @@ public final class GenerationLimiter: Sendable {
     /// The generation ended having used `usedTokens` (prompt + completion): what it reserved
     /// and did not use goes back; what it used beyond (a low prompt estimate) is taken.
     public func settle(_ grant: GenerationGrant, usedTokens: Int) {
+        let usedTokens = max(0, usedTokens)
         for reservation in grant.reservations {
-            let unused = reservation.tokens - usedTokens
+            let unused = reservation.tokens.subtractingSaturating(usedTokens)
             if unused > 0 {
                 self.limiter.refund(reservation.key, limit: reservation.limit, amount: unused)
             } else if unused < 0 {
                 let limiter = self.limiter
-                Task { _ = await limiter.take(reservation.key, limit: reservation.limit, wanted: -unused, minimum: 0) }
+                let overdraft = 0.subtractingSaturating(unused)
+                Task { _ = await limiter.take(reservation.key, limit: reservation.limit, wanted: overdraft, minimum: 0) }
             }
         }
     }
@@ -166,7 +171,7 @@ public final class GenerationLimiter: Sendable {
     public func admitConnection(from address: String) -> LimitRefusal? {
         let perSecond = self.limits.connectionsPerSecondPerIP
         guard perSecond > 0 else { return nil }
-        let limit = RateLimit(perMinute: perSecond * 60, burst: perSecond)
+        let limit = RateLimit(perMinute: perSecond.multipliedSaturating(by: 60), burst: perSecond)
         guard case .limited(let retryAfterMs) = self.limiter.takeLocally("conn:\(address)", limit: limit, wanted: 1, minimum: 1) else {
             return nil
         }

@@ -108,9 +108,9 @@ public final class RateLimiter: Sendable {
                 guard tokens >= Double(take.minimum) else {
                     let missing = Double(take.minimum) - tokens
                     let wait = take.limit.ratePerSecond > 0 ? missing / take.limit.ratePerSecond : 3600
-                    return .limited(index: index, retryAfterMs: Int64((wait * 1000).rounded(.up)))
+                    return .limited(index: index, retryAfterMs: Saturating.retryAfterMs(seconds: wait))
                 }
-                if take.shared { shared = min(shared, min(take.wanted, Int(tokens.rounded(.down)))) }
+                if take.shared { shared = min(shared, min(take.wanted, Saturating.int(roundingDown: tokens))) }
             }
             for (index, take) in takes.enumerated() {
                 let amount = take.shared ? shared : take.wanted
@@ -128,10 +128,29 @@ public final class RateLimiter: Sendable {
             arguments += [String(take.limit.capacity), String(take.limit.ratePerSecond / 1000), String(take.wanted), String(take.minimum), take.shared ? "1" : "0"]
         }
         let reply = try await Self.takeAll.run(on: redis, keys: keys, arguments: arguments)
-        guard let values = reply.array, values.count == 3, let allowed = values[0].int, let second = values[1].int, let third = values[2].int else {
+        guard let decision = Self.decision(reply, for: takes) else {
             throw RateLimiterError(description: "unexpected reply \(reply)")
         }
-        return allowed == 1 ? .allowed(granted: second) : .limited(index: second - 1, retryAfterMs: Int64(max(1, third)))
+        return decision
+    }
+
+    /// The script's reply, range-checked: a grant no bucket could give, a bucket that is not
+    /// one of `takes`, or a wait that is not positive is not a decision (the caller falls back
+    /// to the in-process buckets, as for any Redis failure).
+    static func decision(_ reply: RESPValue, for takes: [Take]) -> TakeAllDecision? {
+        guard !takes.isEmpty, let values = reply.array, values.count == 3, let allowed = values[0].int, let second = values[1].int,
+              let third = values[2].int else { return nil }
+        switch allowed {
+        case 1:
+            let most = takes.filter(\.shared).map { max(0, $0.wanted) }.max() ?? 0
+            guard (0...most).contains(second) else { return nil }
+            return .allowed(granted: second)
+        case 0:
+            guard (1...takes.count).contains(second), third > 0 else { return nil }
+            return .limited(index: second - 1, retryAfterMs: min(Int64(third), Saturating.maximumRetryAfterMs))
+        default:
+            return nil
+        }
     }
 
     /// KEYS: the buckets; ARGV: five per bucket (capacity, tokens per ms, wanted, minimum, shared).

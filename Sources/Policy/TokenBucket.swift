@@ -30,11 +30,11 @@ public struct TokenBucket: Sendable, Equatable {
         guard self.tokens >= minimum else {
             let missing = minimum - self.tokens
             let wait = self.ratePerSecond > 0 ? missing / self.ratePerSecond : 3600
-            return .limited(retryAfterMs: Int64((wait * 1000).rounded(.up)))
+            return .limited(retryAfterMs: Saturating.retryAfterMs(seconds: wait))
         }
-        let granted = min(wanted, self.tokens.rounded(.down))
+        let granted = max(0, min(wanted, self.tokens.rounded(.down)))
         self.tokens -= granted
-        return .allowed(granted: Int(granted))
+        return .allowed(granted: Saturating.int(roundingDown: granted))
     }
 
     /// All or nothing: `cost` tokens.

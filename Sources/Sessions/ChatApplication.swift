@@ -17,7 +17,10 @@ public struct ChatConfiguration: Sendable, Equatable {
     /// `max_tokens` sent upstream when the client gives none.
     public var defaultMaxTokens: Int = 1024
     /// Largest `content` accepted (bytes); bigger gets `too_large`.
-    public var maxContentBytes: Int = 64 * 1024
+    public var maxContentBytes: Int = RequestLimits.defaultMaxContentBytes
+    /// The ceiling for a client's `max_tokens` / `max_completion_tokens` on every front door;
+    /// above it the request is refused (`invalid_message`, HTTP 400) with a message naming it.
+    public var maxTokensLimit: Int = RequestLimits.defaultMaxTokensLimit
     /// Generations one connection may run at once; beyond it `overloaded`.
     public var maxGenerationsPerConnection: Int = 4
     /// Cancel a connection's generations when it disconnects (default: let them finish).
@@ -35,6 +38,11 @@ public struct ChatConfiguration: Sendable, Equatable {
 
     public init(instanceID: String) {
         self.instanceID = instanceID
+    }
+
+    /// What the request decoders check client input against.
+    public var requestLimits: RequestLimits {
+        RequestLimits(maxContentBytes: self.maxContentBytes, maxTokensLimit: self.maxTokensLimit)
     }
 }
 
@@ -332,7 +340,7 @@ extension ChatApplication {
     /// Tokens of a context, estimated (4 bytes a token plus a few per message), for limits and
     /// for usage when the upstream reports none.
     static func promptEstimate(_ messages: [ChatMessage]) -> Int {
-        messages.reduce(0) { $0 + $1.content.utf8.count / 4 + 4 }
+        messages.reduce(0) { $0.addingSaturating($1.content.utf8.count / 4 + 4) }
     }
 
     func beginGeneration(

@@ -326,7 +326,7 @@ final class ChatGeneration: GenerationSink {
         }
         self.turnStart = self.answerBytes.writerIndex
         // Each turn reports its own completion tokens; the generation's usage is their sum.
-        self.earlierTurnsCompletion += self.upstreamUsage?.completion ?? 0
+        self.earlierTurnsCompletion = self.earlierTurnsCompletion.addingSaturating(self.upstreamUsage?.completion ?? 0)
         self.upstreamUsage = nil
         self.startUpstream()
     }
@@ -418,8 +418,8 @@ final class ChatGeneration: GenerationSink {
         // Usage is always present: the upstream's counts when it sent them, else counted here.
         // A cancelled stream never gets the upstream's final count, so count what was delivered.
         let usage: Usage
-        if let upstream = self.upstreamUsage, reason != .cancelled || upstream.completion + self.earlierTurnsCompletion == self.seq {
-            usage = Usage(promptTokens: upstream.prompt, completionTokens: upstream.completion + self.earlierTurnsCompletion, source: .upstream)
+        if let upstream = self.upstreamUsage, reason != .cancelled || upstream.completion.addingSaturating(self.earlierTurnsCompletion) == self.seq {
+            usage = Usage(promptTokens: upstream.prompt, completionTokens: upstream.completion.addingSaturating(self.earlierTurnsCompletion), source: .upstream)
         } else {
             usage = Usage(promptTokens: self.upstreamUsage?.prompt ?? self.promptEstimate, completionTokens: Int(self.seq), source: .gateway)
         }
@@ -427,7 +427,7 @@ final class ChatGeneration: GenerationSink {
         self.finalEnd = end
         self.metrics.latency.recordInterval(since: self.startedAt)
         self.trace.ended(end, model: self.model)
-        self.settle(usage.promptTokens + usage.completionTokens)
+        self.settle(usage.totalTokens)
         self.logger.debug("generation ended", metadata: self.ids([
             "sluice.finish_reason": "\(reason.rawValue)", "sluice.seq": "\(self.seq)",
             "sluice.duration_ms": "\((NIODeadline.now() - self.startedAt).nanoseconds / 1_000_000)",

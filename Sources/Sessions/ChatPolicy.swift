@@ -57,7 +57,12 @@ public struct ChatPolicy: Sendable {
         ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &body)
         let status: HTTPResponseStatus = code == .contentRejected ? .badRequest : (code == .unavailable ? .serviceUnavailable : .tooManyRequests)
         return HTTPRefusal(status: status, body: String(buffer: body),
-                           headers: retryAfterMs.map { ["Retry-After": String(max(1, ($0 + 999) / 1000))] } ?? [:])
+                           headers: retryAfterMs.map { ["Retry-After": Self.retryAfterSeconds($0)] } ?? [:])
+    }
+
+    /// `Retry-After`: whole seconds, rounded up, at least 1.
+    static func retryAfterSeconds(_ milliseconds: Int64) -> String {
+        String(max(1, milliseconds.addingSaturating(999) / 1000))
     }
 
     public static let open = ChatPolicy()

@@ -105,10 +105,8 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
 
     func connectionOpened(_ connection: WebSocketConnection) {
         self.connection = connection
-        if let expiresAt = self.identity?.expiresAt, self.application.policy.closeOnExpiry {
-            let delay = TimeAmount.nanoseconds(Int64(max(0, expiresAt.timeIntervalSinceNow) * 1_000_000_000))
-            let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
-            self.expiryTimer = connection.eventLoop.scheduleTask(in: delay) { session.value.credentialExpired() }
+        if self.identity?.expiresAt != nil, self.application.policy.closeOnExpiry {
+            self.armExpiryTimer()
         }
         self.application.logger.debug("session opened", metadata: ["sluice.session": "\(self.sessionID)", "sluice.user": "\(self.userID)"])
         if let user = self.user {
@@ -137,7 +135,7 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         case .binary:
             self.sendError(.invalidMessage, "binary frames are not part of sluice.v1; send JSON text")
         case .text(let text):
-            switch ClientMessageDecoder.decode(text, maxContentBytes: self.configuration.maxContentBytes) {
+            switch ClientMessageDecoder.decode(text, limits: self.configuration.requestLimits) {
             case .failure(let violation):
                 self.sendError(violation.code, violation.message, requestID: violation.requestID)
             case .success(.ping(let id)):
@@ -186,10 +184,34 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         }
     }
 
+    /// The expiry timer waits at most this long at a time, then re-arms: a token valid for
+    /// centuries (its `exp` is the client's to choose) needs no delay past what a timer holds.
+    static let maximumExpiryDelay: TimeAmount = .hours(24)
+
+    /// How long the expiry timer waits now: until `expiresAt`, within 0...`maximumExpiryDelay`.
+    static func expiryDelay(until expiresAt: Date, now: Date) -> TimeAmount {
+        let seconds = expiresAt.timeIntervalSince(now)
+        guard seconds > 0 else { return .zero }  // also NaN
+        let maximum = Double(Self.maximumExpiryDelay.nanoseconds) / 1_000_000_000
+        return .nanoseconds(Int64(saturating: min(seconds, maximum) * 1_000_000_000))
+    }
+
+    private func armExpiryTimer() {
+        guard let expiresAt = self.identity?.expiresAt, let connection = self.connection else { return }
+        let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
+        self.expiryTimer = connection.eventLoop.scheduleTask(in: Self.expiryDelay(until: expiresAt, now: Date())) {
+            session.value.credentialExpired()
+        }
+    }
+
     /// The token this connection was opened with has expired: say so, then Close 1008.
     private func credentialExpired() {
         self.expiryTimer = nil
         guard let connection = self.connection else { return }
+        if let expiresAt = self.identity?.expiresAt, expiresAt > Date() {
+            self.armExpiryTimer()  // a bounded wait ended before the token's time
+            return
+        }
         self.application.logger.notice("closing a connection whose token expired", metadata: [
             "sluice.session": "\(self.sessionID)", "sluice.user": "\(self.userID)"])
         self.sendError(.unauthorized, "token expired; reconnect with a new one")

@@ -56,7 +56,7 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
             return
         }
         let send: ClientMessage.ChatSend
-        switch ClientMessageDecoder.decodeChatRequest(body, maxContentBytes: self.application.configuration.maxContentBytes) {
+        switch ClientMessageDecoder.decodeChatRequest(body, limits: self.application.configuration.requestLimits) {
         case .failure(let violation):
             self.respondError(Self.status(for: violation.code), violation.code, violation.message, requestID: violation.requestID)
             return
@@ -239,15 +239,14 @@ final class HistoryResponder: HTTPRouteResponder {
             return
         }
         let query = Self.query(head.uri)
-        var limit: Int?
-        if let text = query["limit"] {
-            guard let value = Int(text), value >= 1 else {
-                Self.respondError(writer, .badRequest, .invalidMessage, "limit must be a positive integer", retryAfterMs: nil)
-                return
-            }
-            limit = value
+        let page: ClientMessage.HistoryPage
+        switch ClientMessageDecoder.historyPage(limit: query["limit"], before: query["before"]) {
+        case .success(let checked):
+            page = checked
+        case .failure(let violation):
+            Self.respondError(writer, .badRequest, violation.code, violation.message, retryAfterMs: nil)
+            return
         }
-        let page = ClientMessage.HistoryPage(before: query["before"], limit: limit)
         let user: String
         switch self.application.policy.identify(head) {
         case .failure(let failure):

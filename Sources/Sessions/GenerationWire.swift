@@ -61,7 +61,7 @@ enum GenerationWire {
                             owner: owner)
         case UInt8(ascii: "B"):
             guard let first = buffer.readInteger(as: Int64.self), let last = buffer.readInteger(as: Int64.self),
-                  let count = buffer.readInteger(as: UInt32.self), first >= 1, last >= first - 1,
+                  let count = buffer.readInteger(as: UInt32.self), first >= 1, last >= first - 1, last <= Self.maximumSeq,
                   Int64(count) == last - first + 1, Int(count) * 4 <= buffer.readableBytes
             else { return nil }
             var ends: [Int32] = []
@@ -77,7 +77,7 @@ enum GenerationWire {
             guard ends.isEmpty || Int(previous) == text.utf8.count else { return nil }
             return .batch(firstSeq: first, lastSeq: last, tokenEnds: ends, text: text)
         case UInt8(ascii: "E"):
-            guard let seq = buffer.readInteger(as: Int64.self), let reasonText = Self.readString(&buffer),
+            guard let seq = buffer.readInteger(as: Int64.self), (0...Self.maximumSeq).contains(seq), let reasonText = Self.readString(&buffer),
                   let reason = FinishReason(rawValue: reasonText),
                   let prompt = buffer.readInteger(as: Int64.self), let completion = buffer.readInteger(as: Int64.self),
                   let sourceText = Self.readString(&buffer), let source = Usage.Source(rawValue: sourceText),
@@ -95,6 +95,10 @@ enum GenerationWire {
             return nil
         }
     }
+
+    /// Seqs read back from Redis are bounded like a client's `after_seq`, so `seq + 1` anywhere
+    /// further on cannot overflow (an event past it is not one of ours).
+    static let maximumSeq = RequestLimits.afterSeqRange.upperBound
 
     private static func writeString(_ string: String, into buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt32(string.utf8.count))

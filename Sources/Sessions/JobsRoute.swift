@@ -51,14 +51,14 @@ final class JobsResponder: HTTPRouteResponder {
         let method = head.method
         let idempotencyKey = head.headers.first(name: "Idempotency-Key")
         let query = HistoryResponder.query(head.uri)
-        let maxBytes = self.application.configuration.maxContentBytes
+        let limits = self.application.configuration.requestLimits
         let application = self.application
         let address = application.policy.limiter.limits.clientAddress(head, peer: writer.remoteAddress)
         let respond = NIOLoopBound(writer, eventLoop: writer.eventLoop)
         let promise = writer.eventLoop.makePromise(of: Reply.self)
         promise.completeWithTask {
             await Self.handle(route: route, method: method, body: body, query: query, idempotencyKey: idempotencyKey,
-                              user: user, jobs: jobs, maxBytes: maxBytes) { submit in
+                              user: user, jobs: jobs, limits: limits) { submit in
                 await application.submitJob(submit, user: user, address: address)
             }
         }
@@ -80,23 +80,19 @@ final class JobsResponder: HTTPRouteResponder {
 
     static func handle(
         route: Route, method: HTTPMethod, body: ByteBuffer, query: [String: String], idempotencyKey: String?,
-        user: String, jobs: JobsGateway, maxBytes: Int,
+        user: String, jobs: JobsGateway, limits: RequestLimits,
         submitJob: (ClientMessage.JobSubmit) async -> Result<(JobRecord, created: Bool), JobsGateway.Failure>
     ) async -> Reply {
         let inline = jobs.queue.configuration.inlineResultLimit
         switch (route, method) {
         case (.collection, .POST):
-            // The WebSocket decoder reads it, as a job.submit (the body needs no "type").
-            guard var object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
-                return Self.error(.badRequest, .invalidMessage, "the body must be a JSON object")
+            // The WebSocket decoder's job.submit rules (the body needs no "type"); its size is
+            // checked before it is parsed.
+            if let idempotencyKey, idempotencyKey.utf8.count > RequestLimits.maxIdempotencyKeyBytes {
+                return Self.error(.badRequest, .invalidMessage, "Idempotency-Key must be at most \(RequestLimits.maxIdempotencyKeyBytes) bytes")
             }
-            if object["type"] == nil { object["type"] = "job.submit" }
-            guard let data = try? JSONSerialization.data(withJSONObject: object) else {
-                return Self.error(.badRequest, .invalidMessage, "the body must be a JSON object")
-            }
-            let text = String(decoding: data, as: UTF8.self)
-            switch ClientMessageDecoder.decode(ByteBuffer(string: text), maxContentBytes: maxBytes) {
-            case .success(.jobSubmit(var submit)):
+            switch ClientMessageDecoder.decodeJobRequest(body, limits: limits) {
+            case .success(var submit):
                 submit.idempotencyKey = submit.idempotencyKey ?? idempotencyKey
                 switch await submitJob(submit) {
                 case .success(let (record, created)):
@@ -104,14 +100,19 @@ final class JobsResponder: HTTPRouteResponder {
                 case .failure(let failure):
                     return Self.error(failure)
                 }
-            case .success:
-                return Self.error(.badRequest, .invalidMessage, "the body must be a job: {\"kind\": …, \"input\": …}")
             case .failure(let violation):
                 return Self.error(ChatStreamResponder.status(for: violation.code), violation.code, violation.message)
             }
         case (.collection, .GET):
-            let limit = query["limit"].flatMap(Int.init) ?? 50
-            switch await jobs.list(user: user, limit: max(1, min(limit, 500))) {
+            var limit = 50
+            if let text = query["limit"] {
+                let range = RequestLimits.historyPageLimitRange
+                guard let value = ClientMessageDecoder.queryInteger(text), range.contains(value) else {
+                    return Self.error(.badRequest, .invalidMessage, "limit must be an integer from \(range.lowerBound) to \(range.upperBound)")
+                }
+                limit = Int(value)
+            }
+            switch await jobs.list(user: user, limit: limit) {
             case .success(let records):
                 let objects = records.map { $0.jsonObject(inlineResultLimit: 0) }
                 let data = (try? JSONSerialization.data(withJSONObject: ["jobs": objects], options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()

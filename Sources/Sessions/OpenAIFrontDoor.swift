@@ -31,12 +31,16 @@ public struct OpenAIRoutes: HTTPRouteProvider {
 
 /// Errors in the OpenAI shape: `{"error": {"message", "type", "code"}}`.
 enum OpenAIError {
-    static func body(_ message: String, type: String, code: String?) -> ByteBuffer {
+    static func body(_ message: String, type: String, code: String?, param: String? = nil) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.writeString(#"{"error":{"message":"#)
         buffer.writeJSONString(message)
         buffer.writeString(#","type":"#)
         buffer.writeJSONString(type)
+        if let param {
+            buffer.writeString(#","param":"#)
+            buffer.writeJSONString(param)
+        }
         buffer.writeString(#","code":"#)
         if let code { buffer.writeJSONString(code) } else { buffer.writeString("null") }
         buffer.writeString("}}")
@@ -44,9 +48,9 @@ enum OpenAIError {
     }
 
     static func respond(_ writer: HTTPResponseWriter, status: HTTPResponseStatus, _ message: String, type: String, code: String?,
-                        retryAfterMs: Int64? = nil) {
-        let headers = retryAfterMs.map { [("Retry-After", String(max(1, ($0 + 999) / 1000)))] } ?? []
-        writer.respond(status: status, contentType: "application/json", body: Self.body(message, type: type, code: code), headers: headers)
+                        param: String? = nil, retryAfterMs: Int64? = nil) {
+        let headers = retryAfterMs.map { [("Retry-After", ChatPolicy.retryAfterSeconds($0))] } ?? []
+        writer.respond(status: status, contentType: "application/json", body: Self.body(message, type: type, code: code, param: param), headers: headers)
     }
 }
 
@@ -115,57 +119,13 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
         var temperature: Double?
     }
 
-    /// Parses the OpenAI request body; the error says what is wrong (and which parameter).
-    struct Problem: Error {
-        var message: String
-        var param: String?
-        init(_ message: String, _ param: String?) {
-            self.message = message
-            self.param = param
+    /// The body, decoded and checked by `OpenAIChatRequestDecoder` (sizes, types, ranges).
+    static func parse(_ body: ByteBuffer, limits: RequestLimits) -> Result<Request, OpenAIRequestProblem> {
+        OpenAIChatRequestDecoder.decode(body, limits: limits).map { decoded in
+            Request(
+                model: decoded.model, messages: decoded.messages.map { ChatMessage(role: ChatMessage.Role($0.role), content: $0.content) },
+                stream: decoded.stream, includeUsage: decoded.includeUsage, maxTokens: decoded.maxTokens, temperature: decoded.temperature)
         }
-    }
-
-    static func parse(_ body: ByteBuffer, maxContentBytes: Int) -> Result<Request, Problem> {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
-            return .failure(Problem("the body must be a JSON object", nil))
-        }
-        guard let rawMessages = object["messages"] as? [[String: Any]], !rawMessages.isEmpty else {
-            return .failure(Problem("messages must be a non-empty array of {role, content}", "messages"))
-        }
-        var messages: [ChatMessage] = []
-        var size = 0
-        for raw in rawMessages {
-            guard let roleText = raw["role"] as? String else { return .failure(Problem("every message needs a role", "messages")) }
-            let role: ChatMessage.Role
-            switch roleText {
-            case "system", "developer": role = .system
-            case "user": role = .user
-            case "assistant": role = .assistant
-            case "tool": role = .tool
-            default: return .failure(Problem("unknown role \(roleText)", "messages"))
-            }
-            let content: String
-            if let text = raw["content"] as? String {
-                content = text
-            } else if let parts = raw["content"] as? [[String: Any]] {
-                // Text parts only; images and audio are not something this gateway can pass on.
-                content = parts.compactMap { $0["type"] as? String == "text" ? $0["text"] as? String : nil }.joined()
-            } else if raw["content"] == nil || raw["content"] is NSNull, role == .assistant {
-                content = ""
-            } else {
-                return .failure(Problem("message content must be a string or text parts", "messages"))
-            }
-            size += content.utf8.count
-            messages.append(ChatMessage(role: role, content: content))
-        }
-        guard size <= maxContentBytes * 8 else { return .failure(Problem("messages are too large", "messages")) }
-        let maxTokens = (object["max_completion_tokens"] as? Int) ?? (object["max_tokens"] as? Int)
-        if let maxTokens, maxTokens < 1 { return .failure(Problem("max_tokens must be at least 1", "max_tokens")) }
-        let temperature = (object["temperature"] as? NSNumber)?.doubleValue
-        let streamOptions = object["stream_options"] as? [String: Any]
-        return .success(Request(
-            model: object["model"] as? String, messages: messages, stream: object["stream"] as? Bool ?? false,
-            includeUsage: streamOptions?["include_usage"] as? Bool ?? false, maxTokens: maxTokens, temperature: temperature))
     }
 
     func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
@@ -189,9 +149,10 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             self.user = identity?.userID ?? ConversationHistory.anonymous
         }
         var request: Request
-        switch Self.parse(body, maxContentBytes: self.application.configuration.maxContentBytes) {
+        switch Self.parse(body, limits: self.application.configuration.requestLimits) {
         case .failure(let problem):
-            OpenAIError.respond(writer, status: .badRequest, problem.message, type: "invalid_request_error", code: nil)
+            OpenAIError.respond(writer, status: problem.tooLarge ? .payloadTooLarge : .badRequest, problem.message, type: "invalid_request_error",
+                                code: problem.tooLarge ? "too_large" : nil, param: problem.param)
             return
         case .success(let parsed):
             request = parsed
@@ -372,14 +333,15 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private func finish(_ reason: FinishReason, error: InferenceError? = nil) {
         guard !self.ended else { return }
         self.ended = true
-        let usage = self.usage.map { (prompt: $0.prompt, completion: $0.completion) }
-            ?? (prompt: self.promptEstimate, completion: self.deltas)
+        // The upstream's counts are clamped where they are decoded; the sum saturates anyway.
+        let usage = self.usage.map { Usage(promptTokens: $0.prompt, completionTokens: $0.completion, source: .upstream) }
+            ?? Usage(promptTokens: self.promptEstimate, completionTokens: self.deltas, source: .gateway)
         self.metrics?.latency.recordInterval(since: self.startedAt)
         self.metrics?.request(status: error?.code.rawValue ?? reason.rawValue)
-        if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: usage.prompt + usage.completion) }
+        if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: usage.totalTokens) }
         guard let writer = self.writer else { return }
         let finishReason = reason == .cancelled || reason == .error ? "stop" : reason.rawValue
-        let usageJSON = #"{"prompt_tokens":\#(usage.prompt),"completion_tokens":\#(usage.completion),"total_tokens":\#(usage.prompt + usage.completion)}"#
+        let usageJSON = #"{"prompt_tokens":\#(usage.promptTokens),"completion_tokens":\#(usage.completionTokens),"total_tokens":\#(usage.totalTokens)}"#
         if self.streaming {
             self.writeHeadIfNeeded()
             var out = ByteBuffer()
@@ -418,3 +380,14 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
 
 @available(*, unavailable)
 extension ChatCompletionResponder: Sendable {}
+
+extension ChatMessage.Role {
+    init(_ role: OpenAIChatRequest.Message.Role) {
+        switch role {
+        case .system: self = .system
+        case .user: self = .user
+        case .assistant: self = .assistant
+        case .tool: self = .tool
+        }
+    }
+}

@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import Policy
+import SluiceProtocol
 import Storage
 
 /// Token quotas (`user_quotas`): checked before a generation starts and enforced during it.
@@ -81,9 +82,10 @@ final class QuotaGuard: Sendable {
         guard let record, let limit = record.tokensLimit else { return nil }
         let reservedHere = self.reserved.withLockedValue { $0[user] ?? 0 }
         let reservedByJobs = await self.jobReservations?(user) ?? 0
-        let taken = Saturating.sum([max(0, record.tokensUsed), reservedHere, reservedByJobs])
+        let taken = max(0, record.tokensUsed).addingSaturating(reservedHere).addingSaturating(reservedByJobs)
         let remaining = limit > taken ? limit - taken : 0
-        let retryAfterMs = record.resetAt.map { Saturating.milliseconds(max(0, $0.timeIntervalSince(Date()))) }
+        // A reset further than a year away is as good as never for a retry hint.
+        let retryAfterMs = record.resetAt.map { Int64(saturating: min(max(0, $0.timeIntervalSince(Date())), 365 * 86_400) * 1000) }
         return Standing(limit: limit, remaining: remaining, resetAt: record.resetAt, retryAfterMs: retryAfterMs)
     }
 
@@ -98,8 +100,8 @@ final class QuotaGuard: Sendable {
         guard standing.remaining > promptTokens else { return .failure(self.usedUp(standing)) }
         var limited = grant
         limited.limit(to: standing.remaining - promptTokens, cut: .quota(resetAt: standing.resetAt), retryAfterMs: standing.retryAfterMs ?? 0)
-        let reservation = Saturating.sum([promptTokens, limited.maxTokens])
-        self.reserved.withLockedValue { $0[user] = Saturating.sum([$0[user] ?? 0, reservation]) }
+        let reservation = promptTokens.addingSaturating(limited.maxTokens)
+        self.reserved.withLockedValue { $0[user] = ($0[user] ?? 0).addingSaturating(reservation) }
         return .success((limited, reservation))
     }
 
@@ -130,25 +132,5 @@ final class QuotaGuard: Sendable {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime]
         return formatter.string(from: date)
-    }
-}
-
-/// Arithmetic on counts that come from outside (storage, Redis, upstreams): it stops at the
-/// bounds instead of trapping.
-enum Saturating {
-    static func sum(_ values: [Int]) -> Int {
-        var total = 0
-        for value in values {
-            let (next, overflow) = total.addingReportingOverflow(value)
-            if overflow { return value > 0 ? Int.max : Int.min }
-            total = next
-        }
-        return total
-    }
-
-    /// Whole milliseconds of `seconds`, up to a year (a later reset is as good as never).
-    static func milliseconds(_ seconds: TimeInterval) -> Int64 {
-        guard seconds.isFinite, seconds > 0 else { return 0 }
-        return Int64(min(seconds, 365 * 86_400) * 1000)
     }
 }

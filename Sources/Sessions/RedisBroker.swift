@@ -425,7 +425,7 @@ final class RedisBroker: Broker {
             let fresh = batch.dropping(through: replay.lastSeq)
             guard fresh.hasText else { continue }
             replay.text += fresh.text
-            let base = Int32(replay.text.utf8.count - fresh.text.utf8.count)
+            let base = Int32(clamping: replay.text.utf8.count - fresh.text.utf8.count)
             replay.tokenEnds += fresh.tokenEnds.map { $0 + base }
             replay.lastSeq = fresh.lastSeq
         }

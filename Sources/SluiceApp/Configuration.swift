@@ -156,6 +156,11 @@ public struct SluiceConfiguration: Sendable, Equatable {
             throw ConfigurationError(kind: .inconsistent, key: "tools.http_get_allowed_hosts", value: nil,
                                      reason: "http_get is enabled but no host is allowed; list the hosts it may fetch from")
         }
+        if self.chat.defaultMaxTokens > self.chat.maxTokensLimit {
+            throw ConfigurationError(
+                kind: .inconsistent, key: "chat.default_max_tokens", value: String(self.chat.defaultMaxTokens),
+                reason: "must not exceed chat.max_tokens_limit (\(self.chat.maxTokensLimit))")
+        }
         let server = self.server
         if server.writeBufferLowWatermark > server.writeBufferHighWatermark {
             throw ConfigurationError(

@@ -446,6 +446,7 @@ extension ConfigurationLoader {
 
         .integer("chat.default_max_tokens", in: 1...1_000_000) { $0.chat.defaultMaxTokens = $1 },
         .size("chat.max_content_bytes", in: 1...Int.max) { $0.chat.maxContentBytes = $1 },
+        .integer("chat.max_tokens_limit", in: 1...1_000_000) { $0.chat.maxTokensLimit = $1 },
         .integer("chat.max_generations_per_connection", in: 1...10_000) { $0.chat.maxGenerationsPerConnection = $1 },
         .bool("chat.cancel_on_disconnect") { $0.chat.cancelOnDisconnect = $1 },
         .duration("chat.resume_retention", mustBePositive: true) { $0.chat.resumeRetention = $1 },

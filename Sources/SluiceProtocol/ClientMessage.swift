@@ -118,72 +118,144 @@ public enum ErrorCode: String, Sendable {
     case contentRejected = "content_rejected"
 }
 
+
+/// Decodes `sluice.v1` client messages. A pure function of the bytes and the limits: sizes are
+/// checked on the bytes before anything is copied, trimmed or parsed, and every field is
+/// type- and range-checked here (`RequestLimits`), so nothing further on sees an unchecked value.
 public enum ClientMessageDecoder {
+    /// `decode(_:limits:)` with the default `max_tokens` limit.
+    public static func decode(_ text: ByteBuffer, maxContentBytes: Int) -> Result<ClientMessage, ProtocolViolation> {
+        Self.decode(text, limits: RequestLimits(maxContentBytes: maxContentBytes))
+    }
+
     /// Parses one text frame. A frame whose first non-blank character is `{` must be a JSON
     /// object; any other text is a plain-text `chat.send` (so `wscat` can chat).
-    public static func decode(_ text: ByteBuffer, maxContentBytes: Int) -> Result<ClientMessage, ProtocolViolation> {
+    ///
+    /// Size before work: plain text is measured between its first and last non-blank bytes and
+    /// refused (`too_large`) before a `String` is made; a JSON message longer than
+    /// `limits.maxJSONMessageBytes` is refused before it is parsed.
+    public static func decode(_ text: ByteBuffer, limits: RequestLimits) -> Result<ClientMessage, ProtocolViolation> {
         let bytes = text.readableBytesView
         guard let first = bytes.firstIndex(where: { !Self.isBlank($0) }) else {
             return .failure(.init(.invalidMessage, "empty message"))
         }
         guard bytes[first] == UInt8(ascii: "{") else {
-            let content = String(buffer: text).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard content.utf8.count <= maxContentBytes else {
-                return .failure(.init(.tooLarge, "content exceeds \(maxContentBytes) bytes"))
-            }
-            return .success(.chatSend(.init(content: content)))
+            return Self.decodePlainText(bytes, first: first, limits: limits)
         }
-        let object: [String: Any]
+        switch Self.parseObject(bytes, maxBytes: limits.maxJSONMessageBytes, limits: limits) {
+        case .failure(let violation): return .failure(violation)
+        case .success(let object): return Self.decode(object: object, defaultType: nil, limits: limits)
+        }
+    }
+
+    /// Parses an HTTP chat request body (`POST /v1/chat/stream`): a JSON object with the fields
+    /// of `chat.send`; `type` may be left out.
+    public static func decodeChatRequest(_ body: ByteBuffer, maxContentBytes: Int) -> Result<ClientMessage.ChatSend, ProtocolViolation> {
+        Self.decodeChatRequest(body, limits: RequestLimits(maxContentBytes: maxContentBytes))
+    }
+
+    /// Parses an HTTP chat request body (`POST /v1/chat/stream`): a JSON object with the fields
+    /// of `chat.send`; `type` may be left out.
+    public static func decodeChatRequest(_ body: ByteBuffer, limits: RequestLimits) -> Result<ClientMessage.ChatSend, ProtocolViolation> {
+        switch Self.decodeBody(body, defaultType: "chat.send", limits: limits) {
+        case .success(.chatSend(let send)): return .success(send)
+        case .success: return .failure(.init(.invalidMessage, "only chat.send is accepted here"))
+        case .failure(let violation): return .failure(violation)
+        }
+    }
+
+    /// Parses a `POST /v1/jobs` body: the fields of `job.submit`; `type` may be left out (the
+    /// top level decides: an `input` may have a `type` of its own).
+    public static func decodeJobRequest(_ body: ByteBuffer, limits: RequestLimits) -> Result<ClientMessage.JobSubmit, ProtocolViolation> {
+        switch Self.decodeBody(body, defaultType: "job.submit", limits: limits) {
+        case .success(.jobSubmit(let submit)): return .success(submit)
+        case .success: return .failure(.init(.invalidMessage, "the body must be a job: {\"kind\": …, \"input\": …}"))
+        case .failure(let violation): return .failure(violation)
+        }
+    }
+
+    private static func decodeBody(_ body: ByteBuffer, defaultType: String, limits: RequestLimits) -> Result<ClientMessage, ProtocolViolation> {
+        let bytes = body.readableBytesView
+        guard let first = bytes.firstIndex(where: { !Self.isBlank($0) }), bytes[first] == UInt8(ascii: "{") else {
+            return .failure(.init(.invalidMessage, "the body must be a JSON object"))
+        }
+        switch Self.parseObject(bytes, maxBytes: limits.maxJSONMessageBytes, limits: limits) {
+        case .failure(let violation): return .failure(violation)
+        case .success(let object): return Self.decode(object: object, defaultType: defaultType, limits: limits)
+        }
+    }
+
+    /// Plain text: the trimmed text's size is known from its first and last non-blank bytes,
+    /// so an oversized message costs two scans and no copy.
+    private static func decodePlainText(_ bytes: ByteBufferView, first: ByteBufferView.Index, limits: RequestLimits) -> Result<ClientMessage, ProtocolViolation> {
+        let last = bytes.lastIndex(where: { !Self.isBlank($0) }) ?? first
+        guard last - first + 1 <= limits.maxContentBytes else {
+            return .failure(.init(.tooLarge, "content exceeds \(limits.maxContentBytes) bytes"))
+        }
+        // Bounded now; the trim also takes Unicode white space off (no-break spaces and the like).
+        let content = String(decoding: bytes[first...last], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        // Invalid UTF-8 (possible over HTTP; WebSocket text is validated) grows when repaired.
+        guard content.utf8.count <= limits.maxContentBytes else {
+            return .failure(.init(.tooLarge, "content exceeds \(limits.maxContentBytes) bytes"))
+        }
+        return .success(.chatSend(.init(content: content)))
+    }
+
+    /// A JSON object of at most `maxBytes`, checked before parsing.
+    private static func parseObject(_ bytes: ByteBufferView, maxBytes: Int, limits: RequestLimits) -> Result<[String: Any], ProtocolViolation> {
+        guard bytes.count <= maxBytes else {
+            return .failure(.init(.tooLarge, "message exceeds \(maxBytes) bytes (content is limited to \(limits.maxContentBytes) bytes)"))
+        }
         do {
             let parsed = try JSONSerialization.jsonObject(with: Data(bytes), options: [])
             guard let dictionary = parsed as? [String: Any] else {
                 return .failure(.init(.invalidMessage, "expected a JSON object"))
             }
-            object = dictionary
+            return .success(dictionary)
         } catch {
             return .failure(.init(.invalidMessage, "not valid JSON"))
         }
-        var fields = Fields(object: object)
-        do {
+    }
+
+    /// The field rules of every message type.
+    private static func decode(object: [String: Any], defaultType: String?, limits: RequestLimits) -> Result<ClientMessage, ProtocolViolation> {
+        var fields = JSONFields(object: object)
+        do throws(ProtocolViolation) {
             let requestID = try fields.optionalString("request_id")
             fields.requestID = requestID
-            guard let type = try fields.optionalString("type") else {
+            guard let type = try fields.optionalString("type") ?? defaultType else {
                 throw ProtocolViolation(.invalidMessage, "missing field \"type\"")
             }
             switch type {
             case "chat.send":
                 let content = try fields.requiredString("content")
-                guard content.utf8.count <= maxContentBytes else {
-                    throw ProtocolViolation(.tooLarge, "content exceeds \(maxContentBytes) bytes")
+                guard content.utf8.count <= limits.maxContentBytes else {
+                    throw ProtocolViolation(.tooLarge, "content exceeds \(limits.maxContentBytes) bytes")
                 }
-                let maxTokens = try fields.optionalInt("max_tokens")
-                if let maxTokens, maxTokens < 1 { throw ProtocolViolation(.invalidMessage, "max_tokens must be at least 1") }
-                let temperature = try fields.optionalDouble("temperature")
-                if let temperature, !(0...2).contains(temperature) {
-                    throw ProtocolViolation(.invalidMessage, "temperature must be between 0 and 2")
-                }
+                let maxTokens = try fields.optionalInteger(
+                    "max_tokens", in: limits.maxTokensRange, rangeMessage: Self.maxTokensMessage("max_tokens", limits))
+                let temperature = try fields.optionalNumber("temperature", in: RequestLimits.temperatureRange)
                 return .success(.chatSend(.init(
                     content: content, requestID: requestID,
                     conversationID: try fields.optionalString("conversation_id"),
                     model: try fields.optionalString("model"),
-                    maxTokens: maxTokens, temperature: temperature, tools: try fields.optionalStringArray("tools"))))
+                    maxTokens: maxTokens.map { Int($0) }, temperature: temperature, tools: try fields.optionalStringArray("tools"))))
             case "job.submit":
-                let kind = try fields.requiredString("kind")
+                let kind = try fields.requiredString("kind", maxBytes: RequestLimits.maxJobKindBytes)
                 let input = fields.object["input"] ?? [String: Any]()
                 guard JSONSerialization.isValidJSONObject([input]),
                       let data = try? JSONSerialization.data(withJSONObject: input, options: [.fragmentsAllowed, .sortedKeys]) else {
                     throw ProtocolViolation(.invalidMessage, "field \"input\" must be JSON")
                 }
-                guard data.count <= maxContentBytes else {
-                    throw ProtocolViolation(.tooLarge, "input exceeds \(maxContentBytes) bytes")
+                guard data.count <= limits.maxContentBytes else {
+                    throw ProtocolViolation(.tooLarge, "input exceeds \(limits.maxContentBytes) bytes")
                 }
-                let maxAttempts = try fields.optionalInt("max_attempts")
-                if let maxAttempts, !(1...100).contains(maxAttempts) {
-                    throw ProtocolViolation(.invalidMessage, "max_attempts must be from 1 to 100")
-                }
+                let maxAttempts = try fields.optionalInteger("max_attempts", in: RequestLimits.maxAttemptsRange)
                 return .success(.jobSubmit(.init(
-                    kind: kind, input: String(decoding: data, as: UTF8.self), priority: try fields.optionalString("priority"),
-                    idempotencyKey: try fields.optionalString("idempotency_key"), maxAttempts: maxAttempts, requestID: requestID)))
+                    kind: kind, input: String(decoding: data, as: UTF8.self),
+                    priority: try fields.optionalString("priority", maxBytes: RequestLimits.maxPriorityBytes),
+                    idempotencyKey: try fields.optionalString("idempotency_key", maxBytes: RequestLimits.maxIdempotencyKeyBytes),
+                    maxAttempts: maxAttempts.map { Int($0) }, requestID: requestID)))
             case "job.cancel":
                 return .success(.jobCancel(jobID: try fields.requiredString("job_id"), requestID: requestID))
             case "job.get":
@@ -191,114 +263,75 @@ public enum ClientMessageDecoder {
             case "generation.cancel":
                 return .success(.generationCancel(generationID: try fields.requiredString("generation_id")))
             case "generation.resume":
-                let afterSeq = try fields.optionalInt("after_seq") ?? 0
-                guard afterSeq >= 0 else { throw ProtocolViolation(.invalidMessage, "after_seq must not be negative") }
-                return .success(.generationResume(generationID: try fields.requiredString("generation_id"), afterSeq: Int64(afterSeq)))
+                let afterSeq = try fields.optionalInteger("after_seq", in: RequestLimits.afterSeqRange) ?? 0
+                return .success(.generationResume(generationID: try fields.requiredString("generation_id"), afterSeq: afterSeq))
             case "conversation.subscribe":
                 return .success(.conversationSubscribe(conversationID: try fields.requiredString("conversation_id")))
             case "conversation.unsubscribe":
                 return .success(.conversationUnsubscribe(conversationID: try fields.requiredString("conversation_id")))
             case "conversation.list":
-                return .success(.conversationList(try fields.historyPage()))
+                return .success(.conversationList(try Self.historyPage(fields)))
             case "conversation.history":
                 let conversationID = try fields.requiredString("conversation_id")
-                return .success(.conversationHistory(conversationID: conversationID, page: try fields.historyPage()))
+                return .success(.conversationHistory(conversationID: conversationID, page: try Self.historyPage(fields)))
             case "ping":
                 return .success(.ping(id: try fields.optionalString("id")))
             default:
                 throw ProtocolViolation(.unknownType, "unknown message type \"\(type)\"")
             }
-        } catch let violation as ProtocolViolation {
-            var violation = violation
+        } catch {
+            var violation = error
             violation.requestID = violation.requestID ?? fields.requestID
             return .failure(violation)
-        } catch {
-            return .failure(.init(.invalidMessage, "\(error)", requestID: fields.requestID))
         }
     }
 
-    /// Parses an HTTP chat request body (`POST /v1/chat/stream`): a JSON object with the fields
-    /// of `chat.send`; `type` may be left out.
-    public static func decodeChatRequest(_ body: ByteBuffer, maxContentBytes: Int) -> Result<ClientMessage.ChatSend, ProtocolViolation> {
-        let bytes = body.readableBytesView
-        guard let first = bytes.firstIndex(where: { !Self.isBlank($0) }), bytes[first] == UInt8(ascii: "{") else {
-            return .failure(.init(.invalidMessage, "the body must be a JSON object"))
-        }
-        var withType = ByteBuffer()
-        if let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any], object["type"] == nil {
-            // Insert the type so the WebSocket decoder's rules apply unchanged.
-            withType.writeString(#"{"type":"chat.send","#)
-            withType.writeBytes(bytes[(first + 1)...])
-            if object.isEmpty { withType = ByteBuffer(string: #"{"type":"chat.send"}"#) }
-        } else {
-            withType = body
-        }
-        switch Self.decode(withType, maxContentBytes: maxContentBytes) {
-        case .success(.chatSend(let send)): return .success(send)
-        case .success: return .failure(.init(.invalidMessage, "only chat.send is accepted here"))
-        case .failure(let violation): return .failure(violation)
+    /// The refusal of a `max_tokens` outside 1...limit names the limit.
+    static func maxTokensMessage(_ name: String, _ limits: RequestLimits) -> String {
+        "\(name) must be an integer from 1 to \(limits.maxTokensRange.upperBound) (this gateway's limit)"
+    }
+
+    private static func historyPage(_ fields: JSONFields) throws(ProtocolViolation) -> ClientMessage.HistoryPage {
+        let limit = try fields.optionalInteger("limit", in: RequestLimits.historyPageLimitRange)
+        let before = try fields.optionalString("before")
+        if let before { try Self.checkCursor(before) }
+        return ClientMessage.HistoryPage(before: before, limit: limit.map { Int($0) }, requestID: fields.requestID)
+    }
+
+    /// A `before` cursor (from a message or a query parameter) that cannot be one is refused here.
+    public static func checkCursor(_ before: String) throws(ProtocolViolation) {
+        guard RequestLimits.isPlausibleCursor(before) else {
+            throw ProtocolViolation(.invalidMessage, "before is not a cursor from a previous page")
         }
     }
 
-    private static func isBlank(_ byte: UInt8) -> Bool {
+    /// A history page from HTTP query parameters (`?limit=&before=`), with the same rules as
+    /// `conversation.list` / `conversation.history`.
+    public static func historyPage(limit: String?, before: String?) -> Result<ClientMessage.HistoryPage, ProtocolViolation> {
+        var page = ClientMessage.HistoryPage()
+        if let limit {
+            let range = RequestLimits.historyPageLimitRange
+            guard let value = Self.queryInteger(limit), range.contains(value) else {
+                return .failure(.init(.invalidMessage, "limit must be an integer from \(range.lowerBound) to \(range.upperBound)"))
+            }
+            page.limit = Int(value)
+        }
+        if let before {
+            do { try Self.checkCursor(before) } catch { return .failure(error) }
+            page.before = before
+        }
+        return .success(page)
+    }
+
+    /// A decimal integer query parameter: ASCII digits only (no sign, no spaces), at most 18 of
+    /// them, so the value always fits.
+    public static func queryInteger(_ text: String) -> Int64? {
+        let bytes = text.utf8
+        guard (1...18).contains(bytes.count), bytes.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else { return nil }
+        return Int64(text)
+    }
+
+    static func isBlank(_ byte: UInt8) -> Bool {
         byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D
-    }
-
-    /// Typed field access with errors that name the field.
-    private struct Fields {
-        let object: [String: Any]
-        var requestID: String?
-
-        init(object: [String: Any]) { self.object = object }
-
-        func optionalString(_ name: String) throws -> String? {
-            guard let value = self.object[name], !(value is NSNull) else { return nil }
-            guard let string = value as? String else {
-                throw ProtocolViolation(.invalidMessage, "field \"\(name)\" must be a string")
-            }
-            return string
-        }
-
-        func requiredString(_ name: String) throws -> String {
-            guard let string = try self.optionalString(name) else {
-                throw ProtocolViolation(.invalidMessage, "missing field \"\(name)\"")
-            }
-            return string
-        }
-
-        func optionalStringArray(_ name: String) throws -> [String]? {
-            guard let value = self.object[name], !(value is NSNull) else { return nil }
-            guard let array = value as? [Any], array.count <= 64, let strings = array as? [String] else {
-                throw ProtocolViolation(.invalidMessage, "field \"\(name)\" must be an array of strings")
-            }
-            return strings
-        }
-
-        func optionalInt(_ name: String) throws -> Int? {
-            guard let value = self.object[name], !(value is NSNull) else { return nil }
-            // JSONSerialization gives NSNumber; refuse booleans and fractions.
-            guard let number = value as? NSNumber, !Self.isBool(number), let int = Int(exactly: number.doubleValue) else {
-                throw ProtocolViolation(.invalidMessage, "field \"\(name)\" must be an integer")
-            }
-            return int
-        }
-
-        func historyPage() throws -> ClientMessage.HistoryPage {
-            let limit = try self.optionalInt("limit")
-            if let limit, limit < 1 { throw ProtocolViolation(.invalidMessage, "limit must be at least 1") }
-            return ClientMessage.HistoryPage(before: try self.optionalString("before"), limit: limit, requestID: self.requestID)
-        }
-
-        func optionalDouble(_ name: String) throws -> Double? {
-            guard let value = self.object[name], !(value is NSNull) else { return nil }
-            guard let number = value as? NSNumber, !Self.isBool(number) else {
-                throw ProtocolViolation(.invalidMessage, "field \"\(name)\" must be a number")
-            }
-            return number.doubleValue
-        }
-
-        static func isBool(_ number: NSNumber) -> Bool {
-            String(cString: number.objCType) == "c"
-        }
     }
 }

@@ -18,13 +18,22 @@ public struct Usage: Equatable, Sendable {
     public var completionTokens: Int
     public var source: Source
 
+    /// Counts are clamped to `0...maximumTokens` (an upstream may report anything).
     public init(promptTokens: Int, completionTokens: Int, source: Source) {
-        self.promptTokens = promptTokens
-        self.completionTokens = completionTokens
+        self.promptTokens = Self.clamped(promptTokens)
+        self.completionTokens = Self.clamped(completionTokens)
         self.source = source
     }
 
-    public var totalTokens: Int { self.promptTokens + self.completionTokens }
+    /// The largest token count kept (about a billion, far past any context window): two of
+    /// them still add up within a 32-bit column (`prompt_tokens + completion_tokens` in SQL).
+    public static let maximumTokens = Int(Int32.max) / 2
+
+    public static func clamped(_ tokens: Int) -> Int {
+        min(max(tokens, 0), Self.maximumTokens)
+    }
+
+    public var totalTokens: Int { self.promptTokens.addingSaturating(self.completionTokens) }
 }
 
 /// Writes server-to-client `sluice.v1` messages straight into a `ByteBuffer`. Hand-written for

@@ -50,6 +50,22 @@ import Testing
         #expect(actions.last == .prompt)
     }
 
+    /// `heartbeat_ms` is the server's number: an absurd one is bounded (an hour) before the
+    /// client computes its silence limit with it (2 × 2^63-1 used to trap).
+    @Test func aServersAbsurdHeartbeatIsBounded() {
+        for heartbeat in ["9223372036854775807", "4611686018427387904", "1e30"] {
+            var machine = Machine(configuration: .init(interactive: true, serverURL: "ws://test/v1/ws"))
+            let ready = Self.ready.replacingOccurrences(of: "20000", with: heartbeat)
+            let actions = machine.handle(.messageReceived(ready))
+            let watches = actions.compactMap { action -> Duration? in
+                if case .watchSilence(let limit) = action { return limit }
+                return nil
+            }
+            #expect(watches.allSatisfy { $0 <= .milliseconds(2 * Machine.maximumHeartbeatMs) + .seconds(5) }, "\(heartbeat): \(watches)")
+            #expect(actions.last == .prompt, "\(heartbeat)")
+        }
+    }
+
     @Test func lineSendsChatSend() throws {
         var machine = Self.connected(maxTokens: 64)
         let actions = machine.handle(.lineEntered("hello there"))

@@ -166,4 +166,30 @@ import Testing
         #expect(report.validate(input: ["prompt": "x", "sections": 50]) != nil)
         #expect(report.validate(input: ["prompt": "x", "model": "nope"])?.contains("unknown model") == true)
     }
+
+    /// JSON's `true` arrives as an NSNumber like 1: it is not an integer input.
+    @Test func booleansAndFractionsAreNotIntegerInputs() throws {
+        let parsed = try JSONSerialization.jsonObject(with: Data(#"{"steps":true,"step_ms":1.5,"fail_attempts":1e300}"#.utf8))
+        let demo = DemoJob()
+        #expect(demo.validate(input: ["steps": true]) != nil)
+        #expect(demo.validate(input: parsed) != nil)
+        #expect(JobInput.integer(true) == nil && JobInput.integer(1.5) == nil && JobInput.integer(1e300) == nil && JobInput.integer(Double.nan) == nil)
+        #expect(JobInput.integer(7) == 7 && JobInput.integer(NSNumber(value: 7.0)) == 7)
+        let report = ReportJob(router: InferenceRouter(single: SimulatorEngine(configuration: .init())), eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        #expect(report.validate(input: ["prompt": "x", "sections": true]) != nil)
+        #expect(report.validate(input: ["prompt": "x", "max_tokens": false]) != nil)
+    }
+
+    /// What a report may spend: the plan and every section, each with its prompt.
+    @Test func aReportsTokenBudgetCoversThePlanAndEverySection() {
+        let report = ReportJob(router: InferenceRouter(single: SimulatorEngine(configuration: .init())), eventLoopGroup: MultiThreadedEventLoopGroup.singleton)
+        let prompt = String(repeating: "r", count: 400)  // 100 tokens
+        let perPrompt = 100 + ReportJob.instructionTokens
+        #expect(report.tokenBudget(input: ["prompt": prompt, "sections": 3, "max_tokens": 500]) == perPrompt + 128 + 3 * (perPrompt + 500))
+        #expect(report.tokenBudget(input: ["prompt": prompt]) == perPrompt + 128 + 4 * (perPrompt + 256))
+        // The largest valid report: 12 sections of 4,096 tokens, a 4,000-character prompt.
+        let largest = report.tokenBudget(input: ["prompt": String(repeating: "r", count: 4000), "sections": 12, "max_tokens": 4096])
+        #expect(largest == (1000 + 64 + 128) + 12 * (1000 + 64 + 4096))
+        #expect(DemoJob().tokenBudget(input: ["steps": 3]) == 0 && EchoJob().tokenBudget(input: [:] as [String: Any]) == 0)
+    }
 }

@@ -93,7 +93,7 @@ import Testing
         #expect(Self.failure(authenticator.authenticate(credential: String(swapped)))?.message == "signature does not verify")
         // An algorithm no configured key has.
         let rs = Self.handmade(header: #"{"alg":"RS256"}"#, claims: claims) { _ in [1, 2, 3] }
-        #expect(Self.failure(authenticator.authenticate(credential: rs))?.message == "alg RS256 is not accepted")
+        #expect(Self.failure(authenticator.authenticate(credential: rs))?.message == "the token's alg is not accepted")
         // Critical header parameters are not understood, so refused.
         let critical = Self.handmade(header: #"{"alg":"HS256","crit":["exp"]}"#, claims: claims) { input in
             Array(HMAC<SHA256>.authenticationCode(for: Data(input.utf8), using: SymmetricKey(data: Data(Self.secret.utf8))))
@@ -177,18 +177,101 @@ import Testing
         func head(_ uri: String, _ headers: [(String, String)]) -> HTTPRequestHead {
             HTTPRequestHead(version: .http1_1, method: .GET, uri: uri, headers: HTTPHeaders(headers))
         }
-        #expect(authenticator.credential(in: head("/v1/ws", [("Authorization", "Bearer abc.def.ghi")])) == "abc.def.ghi")
-        #expect(authenticator.credential(in: head("/v1/ws", [("Sec-WebSocket-Protocol", "sluice.v1, bearer.abc.def.ghi")])) == "abc.def.ghi")
-        #expect(authenticator.credential(in: head("/v1/ws?user=x&token=abc.def.ghi", [])) == "abc.def.ghi")
-        #expect(authenticator.credential(in: head("/v1/ws", [("X-API-Key", "sk-1")])) == "sk-1")
-        #expect(authenticator.credential(in: head("/v1/ws?user=x", [])) == nil)
+        #expect(try authenticator.credential(in: head("/v1/ws", [("Authorization", "Bearer abc.def.ghi")])).get() == "abc.def.ghi")
+        #expect(try authenticator.credential(in: head("/v1/ws", [("Sec-WebSocket-Protocol", "sluice.v1, bearer.abc.def.ghi")])).get() == "abc.def.ghi")
+        #expect(try authenticator.credential(in: head("/v1/ws?user=x&token=abc.def.ghi", [])).get() == "abc.def.ghi")
+        #expect(try authenticator.credential(in: head("/v1/ws", [("X-API-Key", "sk-1")])).get() == "sk-1")
+        #expect(try authenticator.credential(in: head("/v1/ws?user=x", [])).get() == nil)
         let noQuery = try await Self.authenticator { $0.queryParameter = nil }
-        #expect(noQuery.credential(in: head("/v1/ws?token=abc.def.ghi", [])) == nil)
+        #expect(try noQuery.credential(in: head("/v1/ws?token=abc.def.ghi", [])).get() == nil)
         if case .failure(let failure) = authenticator.authenticate(head("/v1/ws", [])) {
             #expect(failure.kind == .missing && failure.challenge == #"Bearer realm="sluice""#)
         } else {
             Issue.record("a request without credentials was authenticated")
         }
+    }
+
+    /// A correctly signed HS256 token with these claims (JSON text, numbers as written).
+    static func signed(_ claims: String, header: String = #"{"alg":"HS256","typ":"JWT"}"#) -> String {
+        Self.handmade(header: header, claims: claims) { input in
+            Array(HMAC<SHA256>.authenticationCode(for: Data(input.utf8), using: SymmetricKey(data: Data(Self.secret.utf8))))
+        }
+    }
+
+    /// `exp`, `nbf`, `iat` are range-checked: 1970 ... 9999. A token valid until 2400 is a
+    /// token (its expiry is a date far away, which the session's timer must bound), 10^30 is not.
+    @Test func timeClaimsAreRangeChecked() async throws {
+        let authenticator = try await Self.authenticator()
+        let now = Int(Date().timeIntervalSince1970)
+        let year2400 = 13_569_465_600
+        let far = try authenticator.authenticate(credential: Self.signed(#"{"sub":"alice","exp":\#(year2400),"iat":\#(now)}"#)).get()
+        #expect(far.userID == "alice" && far.expiresAt == Date(timeIntervalSince1970: Double(year2400) + 30))
+        for (claims, message) in [
+            (#"{"sub":"a","exp":1e30}"#, "token exp is out of range"),
+            (#"{"sub":"a","exp":9223372036854775807}"#, "token exp is out of range"),
+            (#"{"sub":"a","exp":253402300800}"#, "token exp is out of range"),
+            (#"{"sub":"a","exp":-1}"#, "token exp is out of range"),
+            (#"{"sub":"a","exp":\#(now + 300),"nbf":-1e300}"#, "token nbf is out of range"),
+            (#"{"sub":"a","exp":\#(now + 300),"iat":1e19}"#, "token iat is out of range"),
+            (#"{"sub":"a","exp":\#(now + 300),"iat":\#(now + 3600)}"#, "token issued in the future (iat)"),
+            (#"{"sub":"a","exp":"soon"}"#, "malformed claims"),
+        ] {
+            #expect(Self.failure(authenticator.authenticate(credential: Self.signed(claims)))?.message == message, "\(claims)")
+        }
+        // Not even a Double: refused, whichever check catches it.
+        #expect(Self.failure(authenticator.authenticate(credential: Self.signed(#"{"sub":"a","exp":1e400}"#))) != nil)
+        // Within the leeway (30 s), a slightly fast issuer clock is fine.
+        #expect(try authenticator.authenticate(credential: Self.signed(#"{"sub":"a","exp":\#(now + 300),"iat":\#(now + 10)}"#)).get().userID == "a")
+    }
+
+    /// Refusals do not echo the header's `kid` or `alg` (attacker-controlled text).
+    @Test func refusalsDoNotEchoTheClientsKidOrAlg() async throws {
+        var configuration = Authenticator.Configuration()
+        configuration.keys = [JWTKeySpec(kid: "k1", algorithm: "HS256", material: .secret(Self.secret))]
+        let authenticator = try await Authenticator.make(configuration)
+        let claims = #"{"sub":"a","exp":\#(Int(Date().timeIntervalSince1970) + 300)}"#
+        let marker = "<img src=x onerror=alert(1)>"
+        for header in [#"{"alg":"HS256","kid":"\#(marker)"}"#, #"{"alg":"\#(marker)","kid":"k1"}"#, #"{"alg":"\#(marker)"}"#] {
+            let failure = try #require(Self.failure(authenticator.authenticate(credential: Self.signed(claims, header: header))))
+            #expect(!failure.message.contains(marker) && !failure.message.contains("img"), "\(failure.message)")
+        }
+        #expect(Self.failure(authenticator.authenticate(credential: Self.signed(claims, header: #"{"alg":"HS256","kid":"other"}"#)))?.message
+            == "unknown key id")
+        #expect(Self.failure(authenticator.authenticate(credential: Self.signed(claims, header: #"{"alg":"HS384","kid":"k1"}"#)))?.message
+            == "the token's alg does not match its key")
+    }
+
+    /// One credential per request: several are refused, whatever their carriers, never
+    /// resolved by taking the first.
+    @Test func moreThanOneCredentialIsRefused() async throws {
+        let authenticator = try await Self.authenticator()
+        let token = try await Self.hs256(Self.claims())
+        func head(_ uri: String, _ headers: [(String, String)]) -> HTTPRequestHead {
+            HTTPRequestHead(version: .http1_1, method: .GET, uri: uri, headers: HTTPHeaders(headers))
+        }
+        let cases: [(String, HTTPRequestHead)] = [
+            ("two Authorization headers", head("/v1/ws", [("Authorization", "Bearer \(token)"), ("Authorization", "Bearer \(token)")])),
+            ("Authorization twice, one not bearer", head("/v1/ws", [("Authorization", "Basic eDp5"), ("Authorization", "Bearer \(token)")])),
+            ("token twice in the query", head("/v1/ws?token=\(token)&token=\(token)", [])),
+            ("token twice, one empty", head("/v1/ws?token=&token=\(token)", [])),
+            ("two bearer subprotocols", head("/v1/ws", [("Sec-WebSocket-Protocol", "sluice.v1, bearer.\(token), bearer.\(token)")])),
+            ("two subprotocol headers", head("/v1/ws", [("Sec-WebSocket-Protocol", "bearer.\(token)"), ("Sec-WebSocket-Protocol", "bearer.x")])),
+            ("header and query", head("/v1/ws?token=\(token)", [("Authorization", "Bearer \(token)")])),
+            ("header and API key", head("/v1/ws", [("Authorization", "Bearer \(token)"), ("X-API-Key", "sk-1")])),
+            ("two API keys", head("/v1/ws", [("X-API-Key", "sk-1"), ("X-API-Key", "sk-2")])),
+            ("subprotocol and query", head("/v1/ws?token=x", [("Sec-WebSocket-Protocol", "bearer.\(token)")])),
+        ]
+        for (name, request) in cases {
+            let failure = try #require(Self.failure(authenticator.authenticate(request)), "\(name) was authenticated")
+            #expect(failure.kind == .multiple, "\(name)")
+            #expect(failure.message.hasPrefix("send exactly one credential") && !failure.message.contains(token), "\(name)")
+            #expect(failure.challenge == #"Bearer realm="sluice", error="invalid_request""#)
+        }
+        // One credential, with unrelated query parameters and subprotocols, is fine.
+        #expect(try authenticator.authenticate(head("/v1/ws?user=x&tokens=y", [("Sec-WebSocket-Protocol", "sluice.v1"), ("Authorization", "Bearer \(token)")])).get().userID == "alice")
+        // With the query parameter turned off, ?token= is not a credential (nor a second one).
+        let noQuery = try await Self.authenticator { $0.queryParameter = nil }
+        #expect(try noQuery.authenticate(head("/v1/ws?token=x", [("Authorization", "Bearer \(token)")])).get().userID == "alice")
     }
 
     @Test func shortHMACSecretsAndBadKeysAreSetupErrors() async {

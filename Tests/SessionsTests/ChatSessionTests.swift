@@ -267,6 +267,7 @@ import WSServer
     @Test func aClientThatFallsBehindGetsMergedDeltasWithContiguousSeqs() async throws {
         try await Harness.run(
             simulator: { $0.answerTokens = 100_000 },
+            chat: { $0.maxTokensLimit = 100_000 },
             server: { $0.writeBufferLowWatermark = 4096; $0.writeBufferHighWatermark = 8192 }
         ) { harness in
             let client = try await harness.connect(autoRead: false, socketBufferSize: 4096)

@@ -71,6 +71,7 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         #expect(configuration.auth.keys.first?.algorithm == "RS256" && configuration.auth.queryParameter == nil)
         #expect(configuration.auth.isEnabled && configuration.limits.limitsGenerations && configuration.limits.forwardedForHops == 1)
         #expect(configuration.quotas.period == .hours(24 * 30) && configuration.cache.enabled)
+        #expect(configuration.chat.maxTokensLimit == 8192)
         #expect(configuration.tracing.sampleRatio == 0.1 && configuration.redis.url == "redis://redis:6379/0")
         #expect(try configuration.storage.backend == .postgres("postgres://sluice:pw@postgres:5432/sluice?sslmode=verify-full&sslrootcert=/etc/sluice/tls/postgres-ca.pem"))
         // Safe on the internet: the admin listener is its own port, tokens never in URLs, only its own pages.
@@ -433,6 +434,23 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
             environment: ["SLUICE_WEBSOCKET_WRITE_BUFFER_HIGH_WATERMARK": "1MiB"]
         )
         #expect(repaired.server.writeBufferLowWatermark == 512 * 1024)
+    }
+
+    /// `chat.max_tokens_limit`: the ceiling for a client's max_tokens on every front door.
+    @Test func maxTokensLimitIsParsedAndBoundsTheDefault() throws {
+        #expect(SluiceConfiguration().chat.maxTokensLimit == 32_768)
+        #expect(try configuration(fromYAML: "chat:\n  max_tokens_limit: 4096\n").chat.requestLimits.maxTokensLimit == 4096)
+        let fromEnvironment = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_CHAT_MAX_TOKENS_LIMIT": "2048"])
+        #expect(fromEnvironment.chat.maxTokensLimit == 2048)
+        for bad in ["0", "1000001", "-5"] {
+            let error = configurationError { _ = try configuration(fromYAML: "chat:\n  max_tokens_limit: \(bad)\n") }
+            #expect(error?.kind == .outOfRange && error?.key == "chat.max_tokens_limit", "\(bad)")
+        }
+        // The default max_tokens must itself be within the limit.
+        let error = configurationError {
+            _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_CHAT_MAX_TOKENS_LIMIT": "512"])
+        }
+        #expect(error?.kind == .inconsistent && error?.key == "chat.default_max_tokens")
     }
 
     @Test func tlsNeedsBothPaths() {
