@@ -371,6 +371,19 @@ elif cmd == "compose":
     cmdline = " ".join(map(str, services["redis"].get("command") or []))
     if "--appendonly yes" not in cmdline:
         fail("redis: append-only persistence (--appendonly yes) not enabled")
+    # Redis runs with a password taken from the environment, never written in the file, and
+    # the gateway's and worker's URLs carry the same one.
+    redis_env = services["redis"].get("environment") or {}
+    if not re.search(r'--requirepass\s+"?\$\$REDIS_PASSWORD"?', cmdline):
+        fail('redis: should run with --requirepass "$$REDIS_PASSWORD" (a password from the environment)')
+    if not str(redis_env.get("REDIS_PASSWORD", "")).startswith("${REDIS_PASSWORD:?"):
+        fail("redis: REDIS_PASSWORD should come from the host environment (${REDIS_PASSWORD:?...}), not be written here")
+    if "REDISCLI_AUTH" not in redis_env:
+        fail("redis: the healthcheck's redis-cli needs REDISCLI_AUTH to log in")
+    for name, e in (("gateway", env), ("worker", wk_env)):
+        url = str(e.get("SLUICE_REDIS_URL", ""))
+        if not re.match(r"^rediss?://[^@/]*:\$\{REDIS_PASSWORD:\?[^}]*\}@", url):
+            fail(f"{name}: SLUICE_REDIS_URL should carry the password: redis://:${{REDIS_PASSWORD:?...}}@redis:6379/0 (got {url})")
     pg = services["postgres"]
     if not str(pg.get("image", "")).startswith("postgres:16"):
         fail("postgres: expected a postgres:16 image")
@@ -478,6 +491,17 @@ elif cmd == "kubernetes":
         ref = e.get("valueFrom", {}).get("secretKeyRef")
         if ref and (ref["name"] != secret["metadata"]["name"] or ref["key"] not in secret.get("stringData", {})):
             fail(f"deployment: env {name} refers to a missing Secret key {ref['name']}/{ref['key']}")
+    # Redis's URL carries its password: from the Secret, for the gateway and the workers alike,
+    # and never in the ConfigMap.
+    if "redis.url" in cm_settings:
+        fail("configmap: redis.url belongs in the Secret (SLUICE_REDIS_URL): it carries Redis's password")
+    redis_secret = str(secret.get("stringData", {}).get("SLUICE_REDIS_URL", ""))
+    if not re.match(r"^rediss?://[^@/]*:[^@/]+@", redis_secret):
+        fail("secret: SLUICE_REDIS_URL should carry a password (redis://:PASSWORD@host:6379/0 or rediss://USER:PASSWORD@...)")
+    for what, container in (("deployment", c), ("worker-deployment", worker["spec"]["template"]["spec"]["containers"][0])):
+        ref = next((e.get("valueFrom", {}).get("secretKeyRef") for e in container.get("env", []) if e["name"] == "SLUICE_REDIS_URL"), None)
+        if not ref or ref.get("key") != "SLUICE_REDIS_URL" or ref.get("name") != secret["metadata"]["name"]:
+            fail(f"{what}: SLUICE_REDIS_URL should come from the Secret {secret['metadata']['name']}")
     # /metrics is on the admin listener: a container port of its own, scraped per pod, never
     # in the Service (so never behind the Ingress either).
     admin_port = int(cm_settings.get("admin.port", DEFAULTS["admin.port"]))
@@ -633,7 +657,8 @@ elif cmd == "wait-redis":
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
                 c.sendall(b"PING\r\n")
-                if c.recv(64).startswith(b"+PONG"):
+                # -NOAUTH: up, and wanting the password the gateways will give.
+                if c.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                     break
         except OSError:
             pass
@@ -855,9 +880,9 @@ fi
 check "Dockerfile: hadolint" "$bin_dir/hadolint" "$here/Dockerfile"
 check "Dockerfile.dockerignore: excludes build output, keeps sources" helper dockerignore
 
-# docker compose (Compose v2's own parser and schema; a dummy password satisfies ${…:?})
+# docker compose (Compose v2's own parser and schema; dummy passwords satisfy ${…:?})
 compose_config() {
-  POSTGRES_PASSWORD=validate "$bin_dir/docker-compose" -f "$here/docker-compose.prod.yaml" "$@" config --quiet
+  POSTGRES_PASSWORD=validate REDIS_PASSWORD=validate "$bin_dir/docker-compose" -f "$here/docker-compose.prod.yaml" "$@" config --quiet
 }
 check "compose: docker compose config" compose_config
 check "compose: docker compose --profile gpu config" compose_config --profile gpu
@@ -925,12 +950,12 @@ smoke_once() {
   read -r nginx_port g1 g2 redis_port a1 a2 <<<"$(helper free-ports 6)"
   local redis_env=()
   if [ "$mode" = redis ]; then
-    # A throwaway Redis on loopback, nothing written to disk.
+    # A throwaway Redis on loopback with a password, as deployed; nothing written to disk.
     "$redis_server" --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
-      --dir "$tmp" --logfile "$tmp/redis.log" >/dev/null 2>&1 &
+      --requirepass smoke-redis-password --dir "$tmp" --logfile "$tmp/redis.log" >/dev/null 2>&1 &
     started_pids+=("$!")
     helper wait-redis "$redis_port" 10 || return 1
-    redis_env=("SLUICE_REDIS_URL=redis://127.0.0.1:$redis_port/0" "SLUICE_REDIS_HANDOFF_DEADLINE=20s")
+    redis_env=("SLUICE_REDIS_URL=redis://:smoke-redis-password@127.0.0.1:$redis_port/0" "SLUICE_REDIS_HANDOFF_DEADLINE=20s")
   fi
   local pids=()
   for i in 1 2; do
@@ -955,6 +980,11 @@ smoke_once() {
     && helper wait-http "$nginx_port" /nginx-health 10 \
     && helper smoke "$nginx_port" "$g1" "$g2" "${pids[0]}" "$mode" "$a1" "$a2" "$conf/access.log"; then
     stop_started
+    # Redis's password went in the URL: no log line may show it.
+    if grep -l smoke-redis-password "$tmp"/gateway-"$mode"-*.log; then
+      echo "the Redis password appears in the gateway log above"
+      return 1
+    fi
     return 0
   fi
   echo "--- gateway logs ($mode)"; tail -n 20 "$tmp"/gateway-"$mode"-*.log
@@ -990,7 +1020,7 @@ run_smoke() {
   [ -n "$nginx_bin" ] || { echo "no nginx"; return 1; }
   # A private copy, so a concurrent build replacing the binary cannot disturb the test.
   cp "$sluice_src" "$tmp/sluice"
-  POSTGRES_PASSWORD=validate "$bin_dir/docker-compose" -f "$here/docker-compose.prod.yaml" \
+  POSTGRES_PASSWORD=validate REDIS_PASSWORD=validate "$bin_dir/docker-compose" -f "$here/docker-compose.prod.yaml" \
     config --format json >"$tmp/compose.json" || return 1
   helper gateway-settings "$tmp" "$tmp/compose.json"
   # The compose URL names a mounted CA (read at start): a throwaway one stands in for it here.

@@ -53,10 +53,17 @@ public struct FanOut: Sendable {
 
     public static let singleNode = FanOut(broker: LocalBroker())
 
+    /// Through the Redis of `redis` (URL with credentials, TLS, deadlines and bounds).
+    public static func redis(
+        _ redis: RedisConfiguration, instanceID: String, configuration: RedisBrokerConfiguration = .init(), eventLoop: any EventLoop, logger: Logger
+    ) -> FanOut {
+        FanOut(broker: RedisBroker(redis: redis, instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger))
+    }
+
     public static func redis(
         url: RedisURL, instanceID: String, configuration: RedisBrokerConfiguration = .init(), eventLoop: any EventLoop, logger: Logger
     ) -> FanOut {
-        FanOut(broker: RedisBroker(url: url, instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger))
+        Self.redis(RedisConfiguration(url: url), instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger)
     }
 
     /// Whether the shared part works now (Redis reachable); always true for one node.

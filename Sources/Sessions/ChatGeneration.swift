@@ -63,9 +63,12 @@ final class ChatGeneration: GenerationSink {
     private let grant: GenerationGrant
     /// Gives back what the limits and the quota reserved and this generation did not use.
     private let settle: (_ usedTokens: Int) -> Void
-    /// A tokens-per-minute budget ran out: the rest of the upstream's text is dropped and the
-    /// generation ends with `length` at the end of this read.
+    /// The answer reached its `max_tokens` (the client's, or less when a budget cut it) or its
+    /// byte bound: the rest of the upstream's text is dropped and the generation ends with
+    /// `length` at the end of this read (with an error saying which budget, if one did).
     private var budgetReached = false
+    /// `GenerationRequest.maxAnswerBytes` for this generation's `max_tokens`.
+    private let maxAnswerBytes: Int
 
     private let engine: any InferenceEngine
     /// Grows by an assistant turn and the tool results each time the model calls tools.
@@ -129,6 +132,7 @@ final class ChatGeneration: GenerationSink {
         self.tools = tools
         self.metrics = metrics
         self.grant = grant
+        self.maxAnswerBytes = GenerationRequest.maxAnswerBytes(forTokens: grant.maxTokens)
         self.settle = settle
         self.startedAt = startedAt
         self.trace = trace
@@ -210,6 +214,12 @@ final class ChatGeneration: GenerationSink {
 
     func generationDidProduce(_ text: Substring) {
         guard !self.ended, !self.budgetReached else { return }
+        // An upstream that goes past max_tokens, or past the byte bound, is cut: this text is
+        // dropped and the generation ends with `length` at the end of the read.
+        if self.seq >= Int64(self.grant.maxTokens) || self.answerBytes.readableBytes.addingSaturating(text.utf8.count) > self.maxAnswerBytes {
+            self.budgetReached = true
+            return
+        }
         if !self.announced { self.announce() }
         if self.seq == 0 {
             self.metrics.timeToFirstToken.recordInterval(since: self.startedAt)

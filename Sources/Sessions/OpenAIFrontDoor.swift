@@ -98,6 +98,9 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private let created = Int(Date().timeIntervalSince1970)
     private var model = ""
     private var deltas = 0
+    private var answerBytes = 0
+    /// The answer reached its max_tokens or byte bound: the rest is dropped, the answer ends.
+    private var limitReached = false
     private var text = ByteBuffer()
     private var usage: (prompt: Int, completion: Int)?
     private var promptEstimate = 0
@@ -254,9 +257,19 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     // MARK: GenerationSink
 
     func generationDidProduce(_ text: Substring) {
-        guard !self.ended else { return }
+        guard !self.ended, !self.limitReached else { return }
+        if let grant = self.admission?.grant {
+            // Past max_tokens, or the byte bound: cut, whatever the upstream does.
+            if self.deltas >= grant.maxTokens || self.answerBytes.addingSaturating(text.utf8.count) > GenerationRequest.maxAnswerBytes(forTokens: grant.maxTokens) {
+                self.limitReached = true
+                return
+            }
+            // A budget smaller than the request's max_tokens ends it right at the budget.
+            if grant.cutByBudget && self.deltas + 1 >= grant.maxTokens { self.limitReached = true }
+        }
         if self.deltas == 0 { self.metrics?.timeToFirstToken.recordInterval(since: self.startedAt) }
         self.deltas += 1
+        self.answerBytes = self.answerBytes.addingSaturating(text.utf8.count)
         if self.streaming {
             self.writeHeadIfNeeded()
             var chunk = ByteBuffer()
@@ -277,8 +290,8 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
 
     func generationDidEndBatch() {
         guard !self.ended else { return }
-        // A budget (rate limit or quota) smaller than the request's max_tokens: stop there.
-        if let admission = self.admission, admission.grant.cutByBudget, self.deltas >= admission.grant.maxTokens {
+        // max_tokens reached (the request's, or a smaller budget's): stop there.
+        if self.limitReached {
             self.handle?.cancel()
             self.handle = nil
             self.finish(.length)

@@ -76,13 +76,7 @@ public struct SluiceConfiguration: Sendable, Equatable {
     /// (so the error can point at the file line); these can only be checked once every layer
     /// (file, environment, flags) has been applied, because a later layer may fix an earlier one.
     public func validate() throws(ConfigurationError) {
-        if let url = self.redis.url {
-            do {
-                _ = try RedisURL(url)
-            } catch {
-                throw ConfigurationError(kind: .invalidValue, key: "redis.url", value: url, reason: "\(error)")
-            }
-        }
+        _ = try self.redis.clientConfiguration(checkFiles: true)
         do {
             _ = try self.storage.backend
         } catch {
@@ -335,8 +329,22 @@ public struct NamedUpstream: Sendable, Equatable {
 
 /// Redis for running several instances; without a URL the gateway is a single node.
 public struct RedisSettings: Sendable, Equatable {
-    /// `redis://host:port/db`; nil keeps everything in process.
+    /// `redis[s]://[user:password@]host:port/db`; nil keeps everything in process. The password
+    /// (percent-encoded) is sent with AUTH on every connection and masked in every log line.
     public var url: String? = nil
+    /// TLS for `rediss://` URLs: the server's certificate is always verified, host name included.
+    public var tls: RedisTLSSettings = .init()
+    /// How long one Redis command may wait for its reply (blocking reads: plus their block
+    /// time). Past it the command fails like an outage (callers fall back), and a connection
+    /// that answered nothing in that time is closed and made again.
+    public var commandTimeout: TimeAmount = RedisConfiguration.defaultCommandTimeout
+    /// Commands waiting for replies on one Redis connection, at most; more fail at once with a
+    /// retryable error (callers fall back as when Redis is down).
+    public var maxPendingCommands: Int = RedisConfiguration.defaultMaxPendingCommands
+    /// Bytes one Redis reply may hold (its strings together); a bigger one closes the connection.
+    public var maxReplyBytes: Int = RESPParser.Limits.default.maxReplyBytes
+    /// Values one Redis reply may hold (array elements at every depth).
+    public var maxReplyElements: Int = RESPParser.Limits.default.maxReplyElements
     /// `/ready` answers 503 while Redis is unreachable (so a load balancer prefers healthy
     /// instances); local chats keep working either way.
     public var readyRequiresRedis: Bool = true
@@ -346,6 +354,67 @@ public struct RedisSettings: Sendable, Equatable {
     public var broker: RedisBrokerConfiguration = .init()
 
     public init() {}
+
+    /// The client settings for `url`, nil without one. Checks the URL, that TLS settings come
+    /// with a `rediss://` URL, and with `checkFiles` that the TLS files load. Errors never show
+    /// the password.
+    public func clientConfiguration(checkFiles: Bool = false) throws(ConfigurationError) -> RedisConfiguration? {
+        guard let text = self.url else { return nil }
+        let url: RedisURL
+        do {
+            url = try RedisURL(text)
+        } catch {
+            throw ConfigurationError(kind: .invalidValue, key: "redis.url", value: error.url, reason: error.reason)
+        }
+        if !url.usesTLS, let key = self.tls.keysSet.first {
+            throw ConfigurationError(kind: .inconsistent, key: key, value: nil,
+                                     reason: "TLS settings need a rediss:// URL (redis.url is \(url))")
+        }
+        let configuration = RedisConfiguration(
+            url: url, tls: self.tls.client, commandTimeout: self.commandTimeout, maxPendingCommands: self.maxPendingCommands,
+            replyLimits: RESPParser.Limits(maxReplyBytes: self.maxReplyBytes, maxReplyElements: self.maxReplyElements))
+        if checkFiles {
+            do {
+                try configuration.validate()
+            } catch {
+                throw ConfigurationError(kind: .invalidValue, key: "redis.tls", value: nil, reason: error.description)
+            }
+        }
+        return configuration
+    }
+}
+
+/// `redis.tls`: how a `rediss://` connection is verified and which client certificate it shows.
+public struct RedisTLSSettings: Sendable, Equatable {
+    /// PEM file of the certificate authorities to trust; unset: the system's trust roots.
+    public var caFile: String? = nil
+    /// PEM client certificate (chain) and its key, for a Redis with `tls-auth-clients yes`.
+    public var certificateFile: String? = nil
+    public var privateKeyFile: String? = nil
+    /// SNI and the name the certificate must carry; unset: the URL's host.
+    public var serverName: String? = nil
+    /// False accepts any server certificate (encrypted, not authenticated: anyone on the path
+    /// can pose as Redis). Never in production; a warning is logged at startup.
+    public var verify: Bool = true
+
+    public init() {}
+
+    var client: RedisTLSConfiguration {
+        RedisTLSConfiguration(
+            caFile: self.caFile, certificateFile: self.certificateFile, privateKeyFile: self.privateKeyFile,
+            serverName: self.serverName, verifiesCertificates: self.verify)
+    }
+
+    /// The keys set away from their defaults.
+    var keysSet: [String] {
+        var keys: [String] = []
+        if self.caFile != nil { keys.append("redis.tls.ca_file") }
+        if self.certificateFile != nil { keys.append("redis.tls.certificate_file") }
+        if self.privateKeyFile != nil { keys.append("redis.tls.private_key_file") }
+        if self.serverName != nil { keys.append("redis.tls.server_name") }
+        if !self.verify { keys.append("redis.tls.verify") }
+        return keys
+    }
 }
 
 /// Conversations, messages and usage: PostgreSQL, an embedded SQLite file (the default), or

@@ -61,9 +61,10 @@ public enum SluiceServer {
             let (madeRouter, madePools) = try await Self.makeRouter(configuration, logger: logger)
             var router = madeRouter
             pools = madePools
+            let redisConfiguration = try Self.redisConfiguration(configuration, logger: logger)
             // One Redis connection for the limits and the response cache (not the fan-out's).
-            if let url = configuration.redis.url, configuration.limits.limitsGenerations || configuration.cache.enabled {
-                rateLimitRedis = RedisClient(configuration: RedisConfiguration(url: try RedisURL(url)), eventLoop: eventLoopGroup.next(), logger: logger)
+            if let redisConfiguration, configuration.limits.limitsGenerations || configuration.cache.enabled {
+                rateLimitRedis = RedisClient(configuration: redisConfiguration, eventLoop: eventLoopGroup.next(), logger: logger)
             }
             if let redis = rateLimitRedis, configuration.cache.enabled {
                 router = InferenceRouter(
@@ -76,12 +77,13 @@ public enum SluiceServer {
                 logger.notice("response cache on (deterministic requests)", metadata: [
                     "sluice.ttl": "\(configuration.cache.response.ttl.nanoseconds / 1_000_000_000)s"])
             }
-            if let url = configuration.redis.url {
+            if let redisConfiguration {
                 fanOut = .redis(
-                    url: try RedisURL(url), instanceID: chat.instanceID, configuration: configuration.redis.broker,
+                    redisConfiguration, instanceID: chat.instanceID, configuration: configuration.redis.broker,
                     // On the server's own loops: with one thread, publishing needs no thread hop.
                     eventLoop: eventLoopGroup.next(), logger: logger)
-                logger.notice("fan-out through Redis", metadata: ["sluice.redis": "\(Redaction.url(url))", "sluice.instance": "\(chat.instanceID)"])
+                // The URL's description masks the password.
+                logger.notice("fan-out through Redis", metadata: ["sluice.redis": "\(redisConfiguration.url)", "sluice.instance": "\(chat.instanceID)"])
             } else {
                 logger.notice("single node (no Redis configured)", metadata: ["sluice.instance": "\(chat.instanceID)"])
             }
@@ -98,8 +100,8 @@ public enum SluiceServer {
                     logger: logger))
             let policy = try await Self.makePolicy(configuration, limiter: limiter, logger: logger)
             let tools = try Self.makeTools(configuration.tools, eventLoopGroup: eventLoopGroup, logger: logger)
-            if let url = configuration.redis.url {
-                let redis = RedisClient(configuration: RedisConfiguration(url: try RedisURL(url)), eventLoop: eventLoopGroup.next(), logger: logger)
+            if let redisConfiguration {
+                let redis = RedisClient(configuration: redisConfiguration, eventLoop: eventLoopGroup.next(), logger: logger)
                 jobsRedis = redis
                 let queue = Self.makeJobQueue(configuration, redis: redis, logger: logger)
                 let handlers = Self.makeJobHandlers(configuration, router: router, eventLoopGroup: eventLoopGroup)
@@ -400,6 +402,16 @@ public enum SluiceServer {
             logger.notice("tools offered to the model", metadata: ["sluice.tools": "\(registry.names.joined(separator: ", "))"])
         }
         return registry
+    }
+
+    /// The Redis client settings from `redis.*` (nil without `redis.url`); warns when TLS
+    /// certificates are not verified.
+    static func redisConfiguration(_ configuration: SluiceConfiguration, logger: Logger) throws -> RedisConfiguration? {
+        guard let redis = try configuration.redis.clientConfiguration() else { return nil }
+        if redis.url.usesTLS && !redis.tls.verifiesCertificates {
+            logger.warning("redis.tls.verify is false: the Redis server's certificate is not checked, so anyone on the network path can pose as it")
+        }
+        return redis
     }
 
     static func makeJobQueue(_ configuration: SluiceConfiguration, redis: RedisClient, logger: Logger) -> JobQueue {

@@ -17,14 +17,14 @@ public enum SluiceWorker {
         var logger = Logger(label: "sluice.worker")
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
         let registry = MetricsExport.bootstrap()
-        guard let url = configuration.redis.url else {
+        guard let redisConfiguration = try SluiceServer.redisConfiguration(configuration, logger: logger) else {
             throw WorkerSetupError(description: "sluice worker needs redis.url (--redis-url or SLUICE_REDIS_URL): the job queue lives in Redis")
         }
         let threads = configuration.server.eventLoopThreads > 0 ? configuration.server.eventLoopThreads : System.coreCount
         let eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let workerID = configuration.instanceID ?? SluiceServer.generatedInstanceID()
         let (router, pools) = try await SluiceServer.makeRouter(configuration, logger: logger)
-        let redis = RedisClient(configuration: RedisConfiguration(url: try RedisURL(url)), eventLoop: eventLoopGroup.next(), logger: logger)
+        let redis = RedisClient(configuration: redisConfiguration, eventLoop: eventLoopGroup.next(), logger: logger)
         let opened = try await OpenedStorage.open(configuration.storage, eventLoopGroup: eventLoopGroup, logger: logger)
         let queue = SluiceServer.makeJobQueue(configuration, redis: redis, logger: logger)
         let handlers = SluiceServer.makeJobHandlers(configuration, router: router, eventLoopGroup: eventLoopGroup)

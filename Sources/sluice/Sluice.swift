@@ -99,7 +99,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: .init("Model name sent upstream (default: the server's first /v1/models entry).", valueName: "name"))
     var model: String?
 
-    @Option(name: .long, help: .init("Redis for several instances: redis://host:port/db (default: none, a single node).", valueName: "url"))
+    @Option(name: .long, help: .init("Redis for several instances: redis[s]://[user:password@]host:port/db (default: none, a single node). A URL with a password belongs in SLUICE_REDIS_URL: arguments show in ps.", valueName: "url"))
     var redisURL: String?
 
     @Option(name: .long, help: .init("This instance's name (default: hostname-pid).", valueName: "name"))

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import Jobs
+import RedisClient
 @testable import SluiceApp
 import Storage
 import Testing
@@ -65,6 +66,7 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         let path = configDirectory.appendingPathComponent("sluice.production.yaml").path
         let configuration = try ConfigurationLoader.load(filePath: path, environment: [
             "SLUICE_STORAGE_DATABASE_URL": "postgres://sluice:pw@postgres:5432/sluice?sslmode=verify-full&sslrootcert=/etc/sluice/tls/postgres-ca.pem",
+            "SLUICE_REDIS_URL": "redis://sluice:pw@redis:6379/0",
         ])
         #expect(configuration.upstreams.map(\.poolName) == ["small", "small", "large"])
         #expect(configuration.autoRouting.complex == "large" && configuration.autoRouting.simple == "small")
@@ -72,7 +74,11 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         #expect(configuration.auth.isEnabled && configuration.limits.limitsGenerations && configuration.limits.forwardedForHops == 1)
         #expect(configuration.quotas.period == .hours(24 * 30) && configuration.cache.enabled)
         #expect(configuration.chat.maxTokensLimit == 8192)
-        #expect(configuration.tracing.sampleRatio == 0.1 && configuration.redis.url == "redis://redis:6379/0")
+        #expect(configuration.tracing.sampleRatio == 0.1)
+        // Redis: the URL with its password comes from the environment; certificates are verified.
+        let redis = try #require(try configuration.redis.clientConfiguration())
+        #expect(redis.url.user == "sluice" && redis.url.hasCredentials && redis.tls.verifiesCertificates)
+        #expect(redis.commandTimeout == .seconds(2))
         #expect(try configuration.storage.backend == .postgres("postgres://sluice:pw@postgres:5432/sluice?sslmode=verify-full&sslrootcert=/etc/sluice/tls/postgres-ca.pem"))
         // Safe on the internet: the admin listener is its own port, tokens never in URLs, only its own pages.
         #expect(configuration.admin.enabled && configuration.admin.port != configuration.server.port)
@@ -565,6 +571,89 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
     @Test func aBadURLIsNamed() {
         let error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_REDIS_URL": "http://x"]) }
         #expect(error?.key == "redis.url" && error?.kind == .invalidValue)
+    }
+
+    @Test func aBadURLsPasswordIsNotInTheError() {
+        let error = configurationError {
+            _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_REDIS_URL": "redis://app:hunter2-secret@redis:notaport/0"])
+        }
+        #expect(error?.key == "redis.url" && error?.kind == .invalidValue)
+        #expect(error.map { "\($0)" }?.contains("hunter2") == false, "\(String(describing: error))")
+        #expect(error?.value == "redis://app:***@redis:notaport/0")
+    }
+
+    @Test func credentialsTLSDeadlinesAndBoundsReachTheClient() throws {
+        let yaml = """
+            redis:
+              url: rediss://sluice:p%40ss@redis.internal:6380/2
+              tls:
+                server_name: redis.example.com
+                verify: true
+              command_timeout: 750ms
+              max_pending_commands: 500
+              max_reply_bytes: 8MiB
+              max_reply_elements: 4096
+            """
+        let client = try #require(try configuration(fromYAML: yaml).redis.clientConfiguration())
+        #expect(client.url == RedisURL(host: "redis.internal", port: 6380, database: 2, user: "sluice", password: "p@ss", usesTLS: true))
+        #expect(client.tls.serverName == "redis.example.com" && client.tls.verifiesCertificates && client.tls.caFile == nil)
+        #expect(client.commandTimeout == .milliseconds(750) && client.maxPendingCommands == 500)
+        #expect(client.replyLimits == RESPParser.Limits(maxReplyBytes: 8 << 20, maxReplyElements: 4096))
+        // The same from the environment.
+        // (Not validated: the files do not exist here.)
+        var environment = SluiceConfiguration()
+        try ConfigurationLoader.applyEnvironment([
+            "SLUICE_REDIS_URL": "rediss://:pw@r:6380", "SLUICE_REDIS_TLS_CA_FILE": "/etc/ca.pem",
+            "SLUICE_REDIS_TLS_CERTIFICATE_FILE": "/etc/c.pem", "SLUICE_REDIS_TLS_PRIVATE_KEY_FILE": "/etc/k.pem",
+            "SLUICE_REDIS_TLS_VERIFY": "false", "SLUICE_REDIS_COMMAND_TIMEOUT": "5s",
+        ], to: &environment)
+        let tls = environment.redis.tls
+        #expect(tls.caFile == "/etc/ca.pem" && tls.certificateFile == "/etc/c.pem" && tls.privateKeyFile == "/etc/k.pem" && !tls.verify)
+        #expect(environment.redis.commandTimeout == .seconds(5))
+    }
+
+    @Test func defaultsAreDocumented() throws {
+        let defaults = SluiceConfiguration().redis
+        #expect(defaults.commandTimeout == .seconds(2) && defaults.maxPendingCommands == 10_000)
+        #expect(defaults.maxReplyBytes == 64 << 20 && defaults.maxReplyElements == 1 << 20)
+        #expect(defaults.tls == RedisTLSSettings() && defaults.tls.verify)
+    }
+
+    @Test func tlsSettingsWithoutARedissURLAreAMistake() {
+        let error = configurationError {
+            _ = try ConfigurationLoader.load(filePath: nil, environment: [
+                "SLUICE_REDIS_URL": "redis://:pw@r:6379", "SLUICE_REDIS_TLS_CA_FILE": "/etc/ca.pem",
+            ])
+        }
+        #expect(error?.kind == .inconsistent && error?.key == "redis.tls.ca_file")
+        #expect(error.map { "\($0)" }?.contains("redis://:***@r:6379/0") == true, "\(String(describing: error))")
+    }
+
+    @Test func tlsFilesThatCannotBeLoadedStopTheStart() {
+        let missing = configurationError {
+            _ = try ConfigurationLoader.load(filePath: nil, environment: [
+                "SLUICE_REDIS_URL": "rediss://r:6380", "SLUICE_REDIS_TLS_CA_FILE": "/nonexistent/redis-ca.pem",
+            ])
+        }
+        #expect(missing?.key == "redis.tls" && missing?.reason.contains("/nonexistent/redis-ca.pem") == true, "\(String(describing: missing))")
+        let halfPair = configurationError {
+            _ = try ConfigurationLoader.load(filePath: nil, environment: [
+                "SLUICE_REDIS_URL": "rediss://r:6380", "SLUICE_REDIS_TLS_CERTIFICATE_FILE": "/etc/c.pem",
+            ])
+        }
+        #expect(halfPair?.reason.contains("private_key_file") == true, "\(String(describing: halfPair))")
+    }
+
+    @Test(arguments: [
+        ("SLUICE_REDIS_COMMAND_TIMEOUT", "0s"),
+        ("SLUICE_REDIS_MAX_PENDING_COMMANDS", "0"),
+        ("SLUICE_REDIS_MAX_REPLY_BYTES", "10"),
+        ("SLUICE_REDIS_MAX_REPLY_ELEMENTS", "1"),
+        ("SLUICE_REDIS_TLS_VERIFY", "maybe"),
+    ])
+    func outOfRangeValuesAreRefused(variable: String, value: String) {
+        let error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: [variable: value]) }
+        #expect(error != nil, "\(variable)=\(value) was accepted")
     }
 }
 

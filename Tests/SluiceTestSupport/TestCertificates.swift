@@ -1,44 +1,36 @@
 import Foundation
 
-/// Throwaway certificate authorities and certificates made with the `openssl` command for TLS
-/// tests (P-256 keys, valid for two days), in a temporary directory removed by `remove()`:
-///
-/// - `ca.crt`/`ca.key`: the CA that signed `server.crt` (SAN `DNS:localhost` only, so a
-///   connection to 127.0.0.1 does not match its name) and `client.crt` (CN `sluice-client`);
-/// - `other-ca.crt`: an unrelated CA, which signed nothing here.
+/// A throwaway PKI made with the `openssl` command line in a temporary directory: a CA, a server
+/// certificate for `localhost` (the name only, not 127.0.0.1) signed by it, a client certificate signed by it,
+/// and an unrelated CA (to be refused). P-256 keys, valid for two days. `remove()` deletes it all.
 struct TestCertificates: Sendable {
     let directory: URL
-
     var caCertificate: String { self.path("ca.crt") }
-    var otherCACertificate: String { self.path("other-ca.crt") }
     var serverCertificate: String { self.path("server.crt") }
     var serverKey: String { self.path("server.key") }
     var clientCertificate: String { self.path("client.crt") }
     var clientKey: String { self.path("client.key") }
+    /// A CA that signed nothing here.
+    var otherCACertificate: String { self.path("other-ca.crt") }
 
-    func path(_ name: String) -> String { self.directory.appendingPathComponent(name).path }
+    private func path(_ name: String) -> String { self.directory.appendingPathComponent(name).path }
 
-    static func make() throws -> TestCertificates {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-certs-\(UUID().uuidString)", isDirectory: true)
+    static func make() async throws -> TestCertificates {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-pki-\(UUID().uuidString)", isDirectory: true)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let certificates = TestCertificates(directory: directory)
-        let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        for (name, subject) in [("ca", "/CN=Sluice Test CA"), ("other-ca", "/CN=Some Other CA")] {
-            try Self.openssl(["req", "-x509"] + key + [
-                "-keyout", certificates.path("\(name).key"), "-out", certificates.path("\(name).crt"), "-days", "2", "-subj", subject,
-                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            ])
-        }
-        for (name, subject, usage) in [("server", "/CN=localhost", "serverAuth"), ("client", "/CN=sluice-client", "clientAuth")] {
-            try Self.openssl(["req"] + key + ["-keyout", certificates.path("\(name).key"), "-out", certificates.path("\(name).csr"), "-subj", subject])
-            var extensions = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=\(usage)\n"
-            if name == "server" { extensions += "subjectAltName=DNS:localhost\n" }
-            try Data(extensions.utf8).write(to: URL(fileURLWithPath: certificates.path("\(name).ext")))
-            try Self.openssl([
-                "x509", "-req", "-in", certificates.path("\(name).csr"), "-CA", certificates.caCertificate,
-                "-CAkey", certificates.path("ca.key"), "-CAcreateserial", "-out", certificates.path("\(name).crt"), "-days", "2",
-                "-extfile", certificates.path("\(name).ext"),
-            ])
+        do {
+            try await certificates.makeCA("ca", name: "Sluice Test CA")
+            try await certificates.makeCA("other-ca", name: "Somebody Else's CA")
+            try await certificates.issue(
+                "server", name: "localhost", signer: "ca",
+                extensions: "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
+            try await certificates.issue(
+                "client", name: "sluice-gateway", signer: "ca",
+                extensions: "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n")
+        } catch {
+            certificates.remove()
+            throw error
         }
         return certificates
     }
@@ -47,18 +39,30 @@ struct TestCertificates: Sendable {
         try? FileManager.default.removeItem(at: self.directory)
     }
 
-    private static func openssl(_ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw SluiceProcessError(description: "openssl \(arguments.prefix(2).joined(separator: " ")) failed: \(String(decoding: text, as: UTF8.self))")
+    private func makeCA(_ base: String, name: String) async throws {
+        try await Self.openssl([
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", self.path("\(base).key"), "-out", self.path("\(base).crt"), "-days", "2", "-subj", "/CN=\(name)",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+    }
+
+    private func issue(_ base: String, name: String, signer: String, extensions: String) async throws {
+        try await Self.openssl([
+            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", self.path("\(base).key"), "-out", self.path("\(base).csr"), "-subj", "/CN=\(name)",
+        ])
+        try extensions.write(toFile: self.path("\(base).ext"), atomically: true, encoding: .utf8)
+        try await Self.openssl([
+            "x509", "-req", "-in", self.path("\(base).csr"), "-CA", self.path("\(signer).crt"), "-CAkey", self.path("\(signer).key"),
+            "-CAcreateserial", "-out", self.path("\(base).crt"), "-days", "2", "-extfile", self.path("\(base).ext"),
+        ])
+    }
+
+    private static func openssl(_ arguments: [String]) async throws {
+        let (status, output) = try await SluiceProcess.runCommand(arguments, executable: "/usr/bin/openssl", timeout: .seconds(30))
+        guard status == 0 else {
+            throw RedisServerProcessError(description: "openssl \(arguments.prefix(2).joined(separator: " ")) failed (\(status)): \(output)")
         }
     }
 }

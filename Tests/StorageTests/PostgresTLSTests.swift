@@ -36,7 +36,7 @@ import Testing
 
     @Test(.timeLimit(.minutes(3)))
     func theServerIsVerifiedWhenAskedFor() async throws {
-        let certificates = try TestCertificates.make()
+        let certificates = try await TestCertificates.make()
         defer { certificates.remove() }
         let tls = PostgresServerProcess.TLSFiles(
             certificate: certificates.serverCertificate, key: certificates.serverKey, clientCA: certificates.caCertificate)
@@ -67,7 +67,7 @@ import Testing
             let client = try await Self.connect(
                 server, host: "localhost",
                 "sslmode=verify-full&\(ca)&sslcert=\(certificates.clientCertificate)&sslkey=\(certificates.clientKey)")
-            #expect(client?.clientDN == "/CN=sluice-client")
+            #expect(client?.clientDN == "/CN=sluice-gateway")
         }
     }
 
