@@ -34,8 +34,19 @@ import Testing
             #expect(migrate.status == 1 && migrate.output.contains("migration failed"), "\(migrate.output)")
             #expect(!migrate.output.contains(Self.wrongPassword), "\(migrate.output)")
         }
-        try await RedisServerProcess.withServer { redis in
+        // A Redis with a password of its own: AUTH with the wrong one fails on every connection.
+        try await RedisServerProcess.withServer(arguments: ["--requirepass", "the-right-one"]) { redis in
             let url = "redis://default:\(Self.wrongPassword)@127.0.0.1:\(redis.port)/0"
+            let gateway = try await SluiceProcess.start(environment: ["SLUICE_REDIS_URL": url, "SLUICE_STORAGE_DATABASE_URL": "memory"])
+            defer { Task { await gateway.kill() } }
+            try await PersistenceProcessTests.eventually("/ready says Redis is unreachable") {
+                let ready = try await gateway.httpGet(path: "/ready")
+                return ready.status == 503 && ready.body.contains("redis")
+            }
+            #expect(try await gateway.terminate(timeout: .seconds(30)) == .exited(0))
+            let log = try String(contentsOf: gateway.logFile, encoding: .utf8)
+            #expect(log.contains("redis://default:***@127.0.0.1"), "the masked URL is what is shown")
+            #expect(!log.contains(Self.wrongPassword), "\(log)")
             let jobs = try await SluiceProcess.runCommand(["jobs", "ls"], environment: ["SLUICE_REDIS_URL": url], timeout: .seconds(30))
             #expect(jobs.status != 0)
             #expect(!jobs.output.contains(Self.wrongPassword), "\(jobs.output)")
