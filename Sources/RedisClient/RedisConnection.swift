@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -207,20 +208,30 @@ struct RedisConnector: Sendable {
         let limits = RedisCommandHandler.Limits(
             commandTimeout: self.configuration.commandTimeout, maxPending: self.configuration.maxPendingCommands)
         let replyLimits = self.configuration.replyLimits
+        let handshakes = NIOLockedValueBox([ObjectIdentifier: EventLoopFuture<Void>]())
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(self.configuration.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations
-                    if let tls { try pipeline.addHandler(try tls.makeHandler()) }
+                    if let tls {
+                        try pipeline.addHandler(try tls.makeHandler())
+                        let waiter = TLSHandshakeWaiter(promise: channel.eventLoop.makePromise())
+                        // Kept by channel: with several addresses, several channels race.
+                        handshakes.withLockedValue { $0[ObjectIdentifier(channel)] = waiter.handshake }
+                        try pipeline.addHandler(waiter)
+                    }
                     try RedisConnection.addHandlers(to: pipeline, limits: limits, replyLimits: replyLimits)
                 }
             }
             .connect(host: url.host, port: url.port)
             .flatMap { channel in
                 let connection = RedisConnection(channel: channel, logger: logger)
-                return connection.handshake(url, selectDatabase: selectDatabase)
+                // With TLS: the commands go out once the server is verified.
+                let verified = handshakes.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(channel)) }
+                    ?? channel.eventLoop.makeSucceededVoidFuture()
+                return verified.flatMap { connection.handshake(url, selectDatabase: selectDatabase) }
                     .map { connection }
                     .flatMapError { error in
                         // Never hand out a connection that is not logged in or on the wrong database.

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOSSL
+import NIOTLS
 
 /// TLS for `rediss://` URLs. By default the server's certificate must chain to the system's
 /// trust roots and name the URL's host (full verification, host name included).
@@ -115,3 +116,49 @@ struct RedisTLS: Sendable {
         error is NIOSSLError || error is NIOSSLExtraError || error is BoringSSLError
     }
 }
+
+/// Sits behind the TLS handler until its handshake ends: nothing is sent on a `rediss://`
+/// connection before the server was verified, and a handshake that fails is reported as the
+/// TLS failure it is, whether the error or the close reaches the pipeline first. Removes
+/// itself once the handshake completed.
+final class TLSHandshakeWaiter: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    private let promise: EventLoopPromise<Void>
+    /// The TLS layer's own error, when it gave one before the connection closed.
+    private var failure: (any Error)?
+
+    init(promise: EventLoopPromise<Void>) {
+        self.promise = promise
+    }
+
+    /// Succeeds when the handshake completed; fails with `RedisClientError.tls` otherwise.
+    var handshake: EventLoopFuture<Void> { self.promise.futureResult }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
+            self.promise.succeed(())
+            context.pipeline.syncOperations.removeHandler(self, promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if self.failure == nil && RedisTLS.isTLSError(error) { self.failure = error }
+        self.promise.fail(RedisClientError.tls("\(self.failure ?? error)"))
+        context.fireErrorCaught(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let reason = self.failure.map { "\($0)" } ?? "the server closed the connection during the TLS handshake"
+        self.promise.fail(RedisClientError.tls(reason))
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.promise.fail(RedisClientError.tls("the TLS handshake did not complete"))
+    }
+}
+
+@available(*, unavailable)
+extension TLSHandshakeWaiter: Sendable {}
