@@ -125,6 +125,8 @@ def main():
     procs = Processes()
     log = open(os.path.join(tmp, "processes.log"), "w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    # Every client of the benchmark is 127.0.0.1: no per-address cap.
+    env["SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
     try:
         redis_port = free_port()
         procs.start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", tmp, "--save", "",

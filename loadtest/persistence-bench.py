@@ -149,6 +149,8 @@ def run_mode(mode, args, tmp, postgres):
     port, admin_port = free_port(), free_port()
     database = {"memory": "memory", "sqlite": "sqlite://" + os.path.join(tmp, f"{mode}.db"), "postgres": postgres.url if postgres else None}[mode]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    # Every client of the benchmark is 127.0.0.1: no per-address cap.
+    env["SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
     env.update(SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN="0", SLUICE_SIMULATOR_TOKENS_PER_SECOND="0",
                SLUICE_SIMULATOR_ANSWER_TOKENS=str(args.answer_tokens),
                # In the environment: sluice refuses a URL with a password on its command line.

@@ -55,6 +55,8 @@ async def main():
     release = os.path.join(root, ".build", "release")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    # Every client of the benchmark is 127.0.0.1: no per-address cap.
+    env["SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
     env.update(SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN=f"{args.ttft}ms", SLUICE_SIMULATOR_TOKENS_PER_SECOND=str(args.tps),
                SLUICE_SIMULATOR_ANSWER_TOKENS=str(args.tokens))
     server = subprocess.Popen([os.path.join(release, "sluice"), "serve", "--port", str(port), "--threads", "1", "--log-level", "warning",

@@ -96,7 +96,8 @@ public struct ChatApplication: WebSocketApplication {
     public init(
         configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory,
         fanOut: FanOut = .singleNode, persistence: Persistence = .none, tracer: any Tracer = NoOpTracer(),
-        policy: ChatPolicy = .open, jobs: JobsGateway? = nil, tools: ToolRegistry = .empty, logger: Logger
+        policy: ChatPolicy = .open, jobs: JobsGateway? = nil, tools: ToolRegistry = .empty, memoryBudget: MemoryBudget = .unlimited(),
+        logger: Logger
     ) {
         self.jobs = jobs
         self.tools = tools
@@ -114,7 +115,8 @@ public struct ChatApplication: WebSocketApplication {
         self.router = router
         let metrics = ChatMetrics()
         self.metrics = metrics
-        let hub = GenerationHub(retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations, metrics: metrics)
+        let hub = GenerationHub(
+            retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations, metrics: metrics, budget: memoryBudget)
         self.hub = hub
         self.broker = fanOut.broker
         // A cancel from another instance for one of ours.

@@ -43,6 +43,9 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         self.application = application
     }
 
+    /// The decoder's own bound (three contents' worth of escaped JSON plus 16 KiB), checked at the head.
+    var maxRequestBodyBytes: Int { self.application.configuration.requestLimits.maxJSONMessageBytes }
+
     func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
         self.writer = writer
         guard head.method == .POST else {

@@ -108,10 +108,17 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private let startedAt = NIODeadline.now()
     /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":` once.
     private var chunkPrefix = ByteBuffer()
+    /// What the answer collected for a non-streamed response holds of the memory budget.
+    private var charge = MemoryCharge(.generation)
+    /// The memory budget had no room for more of a non-streamed answer: 503 at the end of this read.
+    private var overBudget = false
 
     init(application: ChatApplication) {
         self.application = application
     }
+
+    /// It carries the whole context: the decoder's bound for it (eight contents, escaped, plus 16 KiB).
+    var maxRequestBodyBytes: Int { self.application.configuration.requestLimits.maxOpenAIBodyBytes }
 
     struct Request {
         var model: String?
@@ -257,7 +264,7 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     // MARK: GenerationSink
 
     func generationDidProduce(_ text: Substring) {
-        guard !self.ended, !self.limitReached else { return }
+        guard !self.ended, !self.limitReached, !self.overBudget else { return }
         if let grant = self.admission?.grant {
             // Past max_tokens, or the byte bound: cut, whatever the upstream does.
             if self.deltas >= grant.maxTokens || self.answerBytes.addingSaturating(text.utf8.count) > GenerationRequest.maxAnswerBytes(forTokens: grant.maxTokens) {
@@ -281,6 +288,11 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             self.writer?.writeBody(chunk, flush: false)
         } else {
             self.text.writeSubstring(text)
+            if self.text.capacity > self.charge.held,
+               !self.charge.grow(to: self.text.capacity, granule: 16 * 1024, in: self.application.hub.budget)
+            {
+                self.overBudget = true
+            }
         }
     }
 
@@ -290,6 +302,25 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
 
     func generationDidEndBatch() {
         guard !self.ended else { return }
+        if self.overBudget {
+            // Nothing was sent yet (a non-streamed answer): a retryable 503, and the answer dropped.
+            self.handle?.cancel()
+            self.handle = nil
+            self.ended = true
+            self.application.hub.countOverBudget()
+            self.metrics?.request(status: ErrorCode.overloaded.rawValue)
+            if let admission = self.admission {
+                self.application.settle(admission, user: self.user, usedTokens: (self.usage?.prompt ?? self.promptEstimate).addingSaturating(self.deltas))
+            }
+            self.text = ByteBuffer()
+            self.charge.releaseAll(to: self.application.hub.budget)
+            if let writer = self.writer {
+                OpenAIError.respond(writer, status: .serviceUnavailable, "the server's memory budget is exhausted; retry shortly",
+                                    type: "api_error", code: ErrorCode.overloaded.rawValue, retryAfterMs: 1000)
+                self.writer = nil
+            }
+            return
+        }
         // max_tokens reached (the request's, or a smaller budget's): stop there.
         if self.limitReached {
             self.handle?.cancel()
@@ -346,6 +377,7 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private func finish(_ reason: FinishReason, error: InferenceError? = nil) {
         guard !self.ended else { return }
         self.ended = true
+        defer { self.charge.releaseAll(to: self.application.hub.budget) }
         // The upstream's counts are clamped where they are decoded; the sum saturates anyway.
         let usage = self.usage.map { Usage(promptTokens: $0.prompt, completionTokens: $0.completion, source: .upstream) }
             ?? Usage(promptTokens: self.promptEstimate, completionTokens: self.deltas, source: .gateway)

@@ -33,6 +33,10 @@ public enum SluiceServer {
         var chatApplication: ChatApplication?
         var opened: OpenedStorage?
         var serverConfiguration = configuration.server
+        // The per-address connection cap resolves clients like the rate limits do.
+        serverConfiguration.forwardedForHops = configuration.limits.forwardedForHops
+        // One byte budget for the server's buffers and the chat layer's answers.
+        let memoryBudget = MemoryBudget(limit: configuration.server.memoryBudget)
         var rateLimitRedis: RedisClient?
         var pools: [ReplicaPool] = []
         var jobsRedis: RedisClient?
@@ -123,7 +127,8 @@ public enum SluiceServer {
             let chatApp = ChatApplication(
                 configuration: chat, router: router,
                 conversations: ConversationMemory(maxContextCharacters: chat.contextMaxCharacters), fanOut: fanOut,
-                persistence: opened?.persistence ?? .none, tracer: tracer, policy: policy, jobs: jobsGateway, tools: tools, logger: logger)
+                persistence: opened?.persistence ?? .none, tracer: tracer, policy: policy, jobs: jobsGateway, tools: tools,
+                memoryBudget: memoryBudget, logger: logger)
             chatApplication = chatApp
             application = chatApp
             httpRoutes = [ChatStreamRoutes(application: chatApp), OpenAIRoutes(application: chatApp)]
@@ -143,9 +148,11 @@ public enum SluiceServer {
         serverConfiguration.defaultOrigins = configuration.auth.isEnabled ? .any : .loopbackOnly
         let server = try WebSocketServer(
             configuration: serverConfiguration, application: application, httpRoutes: RouteList(providers: httpRoutes),
-            eventLoopGroup: eventLoopGroup, readiness: readiness, logger: logger)
+            eventLoopGroup: eventLoopGroup, readiness: readiness, memoryBudget: memoryBudget, logger: logger)
         let admin = try await Self.startAdminListener(
-            configuration, routes: [MetricsRoute(registry: registry)] + (chatApplication.map { [AdminRoutes(application: $0)] } ?? []),
+            configuration,
+            routes: [MetricsRoute(registry: registry, beforeScrape: { memoryBudget.recordMetrics() })]
+                + (chatApplication.map { [AdminRoutes(application: $0)] } ?? []),
             publicServer: server, readiness: readiness, eventLoopGroup: eventLoopGroup, logger: logger)
         // Started in this order, stopped in the reverse: the server drains first, then handed-off
         // generations finish, then the queue writes what is left, then the storage closes.
@@ -210,6 +217,7 @@ public enum SluiceServer {
         settings.defaultOrigins = .loopbackOnly
         settings.drain.gracePeriod = .zero
         settings.drain.deadline = .seconds(5)
+        // Its own (default) memory budget: a public listener at its limit must not starve /metrics.
         var adminLogger = logger
         adminLogger[metadataKey: "sluice.listener"] = "admin"
         let server = try WebSocketServer(

@@ -139,7 +139,7 @@ final class DeflateDecompressor {
     private var stream = z_stream()
     private var isInitialized = false
 
-    enum InflateError: Error { case tooLarge, corrupt(String) }
+    enum InflateError: Error { case tooLarge, overBudget, corrupt(String) }
 
     deinit { self.release() }
 
@@ -151,15 +151,20 @@ final class DeflateDecompressor {
     }
 
     /// Inflates the readable bytes of `input` onto the end of `output`, failing if `output`
-    /// would exceed `limit` bytes.
-    func inflate(_ input: ByteBuffer, into output: inout ByteBuffer, limit: Int) throws(InflateError) {
+    /// would exceed `limit` bytes. Before each step `reserve(bytes)` is asked whether `output`
+    /// may grow to `bytes` (the memory budget); no: `overBudget`, before anything is allocated.
+    func inflate(
+        _ input: ByteBuffer, into output: inout ByteBuffer, limit: Int, reserve: (Int) -> Bool = { _ in true }
+    ) throws(InflateError) {
         let result: Result<Void, InflateError> = input.withUnsafeReadableBytes { bytes in
-            Result { () throws(InflateError) in try self.inflate(bytes, into: &output, limit: limit) }
+            Result { () throws(InflateError) in try self.inflate(bytes, into: &output, limit: limit, reserve: reserve) }
         }
         try result.get()
     }
 
-    func inflate(_ input: UnsafeRawBufferPointer, into output: inout ByteBuffer, limit: Int) throws(InflateError) {
+    func inflate(
+        _ input: UnsafeRawBufferPointer, into output: inout ByteBuffer, limit: Int, reserve: (Int) -> Bool = { _ in true }
+    ) throws(InflateError) {
         guard input.count > 0 else { return }
         if !self.isInitialized {
             self.stream = z_stream()
@@ -173,6 +178,7 @@ final class DeflateDecompressor {
             let room = limit - output.readableBytes
             // Ask for one byte more than allowed so that crossing the limit is visible.
             let chunk = min(max(room + 1, 1), max(input.count * 4, 4096), 256 * 1024)
+            guard reserve(output.writerIndex + chunk) else { throw .overBudget }
             output.reserveCapacity(minimumWritableBytes: chunk)
             var status: Int32 = Z_OK
             let produced = output.writeWithUnsafeMutableBytes(minimumWritableBytes: chunk) { out in

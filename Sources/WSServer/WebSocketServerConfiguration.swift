@@ -20,10 +20,31 @@ public struct WebSocketServerConfiguration: Sendable, Equatable {
     /// authentication, a web page must not reach a local gateway), or any page (when every request
     /// needs a credential a page cannot take from the browser).
     public var defaultOrigins: DefaultOrigins = .loopbackOnly
-    /// Most WebSocket connections held at once; beyond it the upgrade is answered with HTTP 503.
+    /// Most client connections held at once, plain HTTP (kept alive or not) and WebSocket alike;
+    /// beyond it a new connection gets HTTP 503 with `Retry-After` and is closed, before
+    /// anything it sends is parsed.
     public var maxConnections: Int = 10_000
-    /// A TCP connection that has not completed the upgrade (or an HTTP request) within this time is closed.
+    /// Most connections one client address may hold at once (IPv6: per /64); 0 turns the cap
+    /// off. With `forwardedForHops` 0 it counts TCP connections by peer address (over it: the
+    /// same cheap 503 as `maxConnections`). Behind our proxies (`forwardedForHops` > 0) every
+    /// connection comes from a proxy, so it counts instead, per `X-Forwarded-For` client,
+    /// WebSocket connections for their lifetime and HTTP requests while they are answered
+    /// (over it: 503 with `Retry-After` for that request or upgrade).
+    public var maxConnectionsPerAddress: Int = 256
+    /// 0: the peer address is the client. n: the n-th address from the right of
+    /// `X-Forwarded-For` is (set from `limits.forwarded_for_hops`).
+    public var forwardedForHops: Int = 0
+    /// A TCP connection that has not completed the upgrade or its first HTTP request within this
+    /// time is closed; so is one whose request has begun but not arrived whole within it.
     public var handshakeTimeout: TimeAmount = .seconds(10)
+    /// A kept-alive HTTP connection idle this long after a response is closed. Longer than the
+    /// idle timeouts of common proxies' upstream pools (60 s), so a proxy in front closes first
+    /// and never sends a request on a connection the gateway is closing.
+    public var idleTimeout: TimeAmount = .seconds(75)
+    /// Bytes held on behalf of clients, process-wide (inbound messages being assembled, queued
+    /// outbound bytes, HTTP request bodies and waiting responses, running and retained answers).
+    /// Past it: Close 1013, HTTP 503 with `Retry-After`, `overloaded`. See `MemoryBudget`.
+    public var memoryBudget: Int = 512 << 20
     /// Largest single frame payload accepted (bytes); bigger closes with 1009.
     public var maxFrameSize: Int = 1 << 20
     /// Largest message accepted after reassembly and decompression (bytes); bigger closes with 1009.

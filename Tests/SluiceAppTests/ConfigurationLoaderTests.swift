@@ -386,6 +386,9 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
             ("server:\n  port: -1\n", "server.port"),
             ("server:\n  max_connections: 0\n", "server.max_connections"),
             ("server:\n  handshake_timeout: 0s\n", "server.handshake_timeout"),
+            ("server:\n  idle_timeout: 0s\n", "server.idle_timeout"),
+            ("server:\n  max_connections_per_address: -1\n", "server.max_connections_per_address"),
+            ("server:\n  memory_budget: 64000\n", "server.memory_budget"),
             ("websocket:\n  deflate:\n    server_max_window_bits: 8\n", "websocket.deflate.server_max_window_bits"),
             ("websocket:\n  deflate:\n    server_max_window_bits: 16\n", "websocket.deflate.server_max_window_bits"),
             ("websocket:\n  deflate:\n    level: 0\n", "websocket.deflate.level"),
@@ -403,6 +406,29 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
             #expect(error?.kind == .outOfRange, "\(yaml)")
             #expect(error?.key == key, "\(yaml)")
         }
+    }
+
+    @Test func edgeLimitsFromTheFileAndTheEnvironment() throws {
+        let edge = try configuration(fromYAML: """
+            server:
+              memory_budget: 2GiB
+              max_connections_per_address: 0
+              idle_timeout: 2m
+            """)
+        #expect(edge.server.memoryBudget == 2 << 30)
+        #expect(edge.server.maxConnectionsPerAddress == 0)
+        #expect(edge.server.idleTimeout == .minutes(2))
+        let defaults = SluiceConfiguration().server
+        #expect(defaults.memoryBudget == 512 << 20 && defaults.maxConnectionsPerAddress == 256 && defaults.idleTimeout == .seconds(75))
+        let fromEnvironment = try ConfigurationLoader.load(filePath: nil, environment: [
+            "SLUICE_SERVER_MEMORY_BUDGET": "64MiB", "SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS": "20", "SLUICE_SERVER_IDLE_TIMEOUT": "5s",
+        ])
+        #expect(fromEnvironment.server.memoryBudget == 64 << 20)
+        #expect(fromEnvironment.server.maxConnectionsPerAddress == 20)
+        #expect(fromEnvironment.server.idleTimeout == .seconds(5))
+        // The smallest budget accepted, and a size that does not fit is refused rather than wrapped.
+        #expect(try configuration(fromYAML: "server:\n  memory_budget: 64KiB\n").server.memoryBudget == 65536)
+        #expect(configurationError { _ = try configuration(fromYAML: "server:\n  memory_budget: 9223372036854775807KiB\n") } != nil)
     }
 
     @Test func rangeBoundsAreAccepted() throws {
