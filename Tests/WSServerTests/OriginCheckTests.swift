@@ -54,6 +54,7 @@ import Testing
 
         final class Responder: HTTPRouteResponder {
             let routes: CountingRoutes
+            var maxRequestBodyBytes: Int { 1024 }
             init(routes: CountingRoutes) { self.routes = routes }
             func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
                 self.routes.calls.add(1, ordering: .relaxed)
