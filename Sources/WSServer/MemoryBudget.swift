@@ -26,6 +26,8 @@ public final class MemoryBudget: Sendable {
         case generation
         /// Ended answers kept for `generation.resume` (reclaimable).
         case retainedGeneration
+        /// zlib state of permessage-deflate connections (about 300 KiB to compress, 40 KiB to inflate).
+        case compression
 
         public var label: String {
             switch self {
@@ -35,6 +37,7 @@ public final class MemoryBudget: Sendable {
             case .httpResponse: "http_response"
             case .generation: "generation"
             case .retainedGeneration: "retained_generation"
+            case .compression: "compression"
             }
         }
     }

@@ -141,6 +141,13 @@ final class DeflateDecompressor {
 
     enum InflateError: Error { case tooLarge, overBudget, corrupt(String) }
 
+    /// What zlib allocates to inflate with a 15-bit window (zlib's tech notes: the window
+    /// plus about 7 KiB of state), charged to the memory budget while it is held.
+    static let stateBytes = (1 << 15) + 7 * 1024
+
+    /// Whether zlib state is allocated now (released by `release()`).
+    var holdsState: Bool { self.isInitialized }
+
     deinit { self.release() }
 
     func release() {
@@ -169,7 +176,8 @@ final class DeflateDecompressor {
         if !self.isInitialized {
             self.stream = z_stream()
             // 15 bits reads any window the client may have used.
-            guard sluice_inflateInit2(&self.stream, -15) == Z_OK else { throw .corrupt("inflateInit2 failed") }
+            // Out of memory is the only way this fails with valid arguments.
+            guard sluice_inflateInit2(&self.stream, -15) == Z_OK else { throw .overBudget }
             self.isInitialized = true
         }
         self.stream.next_in = UnsafeMutablePointer(mutating: input.baseAddress!.assumingMemoryBound(to: Bytef.self))
@@ -212,6 +220,17 @@ final class DeflateCompressor {
     private let windowBits: Int32
     private let memoryLevel: Int32
 
+    /// What zlib allocates to deflate (zlib's tech notes: `2^(windowBits+2) + 2^(memLevel+9)`
+    /// plus about 6 KiB), charged to the memory budget while it is held.
+    static func stateBytes(windowBits: Int, memoryLevel: Int) -> Int {
+        (1 << (min(max(windowBits, 8), 15) + 2)) + (1 << (min(max(memoryLevel, 1), 9) + 9)) + 6 * 1024
+    }
+
+    var stateBytes: Int { Self.stateBytes(windowBits: Int(self.windowBits), memoryLevel: Int(self.memoryLevel)) }
+
+    /// Whether zlib state is allocated now (released by `release()`).
+    var holdsState: Bool { self.isInitialized }
+
     init(level: Int, windowBits: Int, memoryLevel: Int) {
         self.level = Int32(level)
         self.windowBits = Int32(windowBits)
@@ -227,12 +246,13 @@ final class DeflateCompressor {
         }
     }
 
-    /// Compresses `input` and appends the result to `output`.
-    func compress(_ input: ByteBuffer, into output: inout ByteBuffer) {
+    /// Compresses `input` and appends the result to `output`; false (nothing written) when zlib
+    /// could not set up its state (out of memory): the caller sends the message uncompressed.
+    @discardableResult
+    func compress(_ input: ByteBuffer, into output: inout ByteBuffer) -> Bool {
         if !self.isInitialized {
             self.stream = z_stream()
-            let status = sluice_deflateInit2(&self.stream, self.level, -self.windowBits, self.memoryLevel)
-            precondition(status == Z_OK, "deflateInit2 failed: \(status)")
+            guard sluice_deflateInit2(&self.stream, self.level, -self.windowBits, self.memoryLevel) == Z_OK else { return false }
             self.isInitialized = true
         }
         let start = output.writerIndex
@@ -257,5 +277,6 @@ final class DeflateCompressor {
             output.moveWriterIndex(to: start)
             output.writeInteger(UInt8(0))
         }
+        return true
     }
 }

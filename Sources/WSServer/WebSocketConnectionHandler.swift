@@ -64,6 +64,9 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     private var inboundCharge = MemoryCharge(.webSocketInbound)
     private var decompressor: DeflateDecompressor?
     private var compressor: DeflateCompressor?
+    /// What the zlib state of `compressor` and `decompressor` holds of the memory budget.
+    private var deflateCharge = MemoryCharge(.compression)
+    private var inflateCharge = MemoryCharge(.compression)
 
     /// Frames not yet handed to the channel.
     private var outbound: ByteBuffer?
@@ -143,6 +146,8 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         self.closeTimer = nil
         self.compressor?.release()
         self.decompressor?.release()
+        self.deflateCharge.releaseAll(to: self.settings.budget)
+        self.inflateCharge.releaseAll(to: self.settings.budget)
         self.outbound = nil
         self.outboundCharge.releaseAll(to: self.settings.budget)
         self.cumulation = nil
@@ -290,6 +295,11 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     private func inflate(_ input: ByteBuffer, into message: inout ByteBuffer) throws(WebSocketProtocolError) {
         let decompressor = self.decompressor ?? DeflateDecompressor()
         self.decompressor = decompressor
+        // zlib's state is allocated on first use: it must fit the budget like the message.
+        if !decompressor.holdsState && !self.inflateCharge.grow(to: DeflateDecompressor.stateBytes, in: self.settings.budget) {
+            self.settings.metrics.memoryBudgetClosed()
+            throw WebSocketProtocolError(.tryAgainLater, "server memory budget exhausted; retry later")
+        }
         let limit = self.settings.maxMessageSize
         let budget = self.settings.budget
         var charge = self.inboundCharge
@@ -332,6 +342,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
             if opcode == .text { try self.validateUTF8(message, from: before) }
             if self.deflate?.clientNoContextTakeover == true {
                 self.decompressor?.release()
+                self.inflateCharge.releaseAll(to: self.settings.budget)
             }
         }
         if opcode == .text && !self.utf8.isAtBoundary {
@@ -415,9 +426,19 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
                 memoryLevel: self.settings.deflateMemoryLevel)
             self.compressor = compressor
             var compressed = self.allocator.buffer(capacity: payload.readableBytes / 2 + 64)
-            compressor.compress(payload, into: &compressed)
-            if deflate.serverNoContextTakeover { compressor.release() }
-            self.appendFrame(opcode: opcode, rsv1: true, payload: compressed)
+            // zlib's state must fit the budget; when it does not (or zlib cannot allocate it),
+            // the message goes uncompressed, which the extension always allows.
+            if (compressor.holdsState || self.deflateCharge.grow(to: compressor.stateBytes, in: self.settings.budget))
+                && compressor.compress(payload, into: &compressed) {
+                if deflate.serverNoContextTakeover {
+                    compressor.release()
+                    self.deflateCharge.releaseAll(to: self.settings.budget)
+                }
+                self.appendFrame(opcode: opcode, rsv1: true, payload: compressed)
+            } else {
+                if !compressor.holdsState { self.deflateCharge.releaseAll(to: self.settings.budget) }
+                self.appendFrame(opcode: opcode, rsv1: false, payload: payload)
+            }
         } else {
             self.appendFrame(opcode: opcode, rsv1: false, payload: payload)
         }

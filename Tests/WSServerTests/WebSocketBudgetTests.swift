@@ -79,7 +79,40 @@ import Testing
         let fits = try Self.harness(budget: roomy, deflate: true, configure: { $0.maxMessageSize = 16 << 20 })
         try fits.feed(TestFrames.client(0x2, Array(compressed.readableBytesView), rsv1: true))
         #expect(fits.app.delegate.messages == [.binary(ByteBuffer(repeating: 0x61, count: 1 << 20))])
-        #expect(roomy.used == 0)
+        // What stays is zlib's state, kept for the next message (context takeover).
+        #expect(roomy.used == DeflateDecompressor.stateBytes && roomy.used(by: .compression) == roomy.used)
+    }
+
+    /// zlib's state is memory held for a client too (about 300 KiB to compress): it is charged,
+    /// and when the budget cannot hold it the message simply goes uncompressed.
+    @Test func outboundCompressionStateIsChargedAndWithoutRoomMessagesGoUncompressed() throws {
+        let payload = ByteBuffer(repeating: 0x62, count: 4096)
+        let stateBytes = DeflateCompressor.stateBytes(windowBits: 15, memoryLevel: 8)
+        #expect(stateBytes == (1 << 17) + (1 << 17) + 6 * 1024)
+        let roomy = MemoryBudget(limit: 1 << 20)
+        var compressing = try Self.harness(budget: roomy, deflate: true)
+        try #require(compressing.app.delegate.connection).send(binary: payload)
+        #expect(try compressing.frames().map(\.rsv1) == [true])
+        #expect(roomy.used(by: .compression) == stateBytes)
+        compressing.channel.pipeline.fireChannelInactive()
+        #expect(roomy.used == 0, "the state's charge outlived the connection")
+
+        let tight = MemoryBudget(limit: stateBytes - 1)
+        var plain = try Self.harness(budget: tight, deflate: true)
+        try #require(plain.app.delegate.connection).send(binary: payload)
+        let frames = try plain.frames()
+        #expect(frames.map(\.rsv1) == [false] && frames.first?.payload == Array(payload.readableBytesView))
+        #expect(tight.used == 0 && plain.isOpen)
+    }
+
+    @Test func inflateStateTheBudgetCannotHoldIsRefusedWith1013() throws {
+        var compressed = ByteBuffer()
+        DeflateCompressor(level: 6, windowBits: 15, memoryLevel: 8).compress(ByteBuffer(string: "hello"), into: &compressed)
+        let tight = MemoryBudget(limit: DeflateDecompressor.stateBytes - 1)
+        var harness = try Self.harness(budget: tight, deflate: true)
+        try harness.feed(TestFrames.client(0x1, Array(compressed.readableBytesView), rsv1: true))
+        #expect(try harness.frames().first?.closeCode == 1013)
+        #expect(tight.used == 0 && harness.app.delegate.messages.isEmpty)
     }
 
     @Test func bytesQueuedForASlowReaderAreChargedAndOverTheBudgetClose1013() throws {
