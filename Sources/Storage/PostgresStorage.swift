@@ -156,6 +156,10 @@ public final class PostgresStorage: ConversationStorage, Service {
     // MARK: Schema
 
     public func migrate() async throws(StorageError) {
+        // A database that cannot be reached (down, a wrong password, a refused certificate) is
+        // reported within the operation timeout, not after the migration's own (which allows
+        // for waiting on another instance's migration).
+        try await self.perform { _ = try await self.client.query("SELECT 1").collect() }
         try await self.perform(timeout: self.configuration.migrationTimeout) {
             for migration in PostgresSchema.migrations {
                 try await self.client.withTransaction(logger: self.logger) { connection in

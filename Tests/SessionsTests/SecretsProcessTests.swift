@@ -24,6 +24,10 @@ import Testing
             try await PersistenceProcessTests.eventually("PostgreSQL refused the password") {
                 postgres.logTail().contains("password authentication failed")
             }
+            // Said within the operation timeout (10 s), not the migration's (120 s).
+            try await PersistenceProcessTests.eventually("the failed migration is logged", timeout: .seconds(30)) {
+                gateway.logTail(lines: 500).contains("storage migration failed")
+            }
             #expect(try await gateway.terminate(timeout: .seconds(30)) == .exited(0))
             let log = try String(contentsOf: gateway.logFile, encoding: .utf8)
             #expect(log.contains("postgres://sluice:***@127.0.0.1"), "the masked URL is what is shown")
