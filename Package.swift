@@ -321,7 +321,8 @@ let package = Package(
         .testTarget(
             name: "SluiceAppTests",
             dependencies: [
-                "SluiceApp", "WSServer", "Jobs", "RedisClient",
+                "SluiceApp", "WSServer", "Jobs", "Storage", "RedisClient",
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),

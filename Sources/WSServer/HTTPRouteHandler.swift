@@ -107,6 +107,11 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
                 return
             }
             if self.rejection == nil, let routes = self.server.httpRoutes, let responder = routes.responder(for: head) {
+                // A page's request through its visitor's browser (OriginCheck): refused before its body is read.
+                guard OriginCheck.allows(head.headers, configuration: self.server.configuration) else {
+                    self.refuseEarly(context: context, status: .forbidden, body: "origin not allowed")
+                    return
+                }
                 self.begin(head, responder: responder, context: context)
             }
         case .body(var chunk):

@@ -136,7 +136,7 @@ import Testing
                 let done = handedOver.withLock { $0 }
                 guard clients.indices.allSatisfy({ clients[$0].isClosed || done.contains($0) }) else { return false }
                 let open = clients.filter { !$0.isClosed }.count
-                let read = Self.metric(#"sluice_ws_bytes_total{direction="in",stage="wire"}"#, in: try await process.httpGet(path: "/metrics").body)
+                let read = Self.metric(#"sluice_ws_bytes_total{direction="in",stage="wire"}"#, in: try await process.adminGet(path: "/metrics").body)
                 return read >= open * allButLast.readableBytes
             }
             let grown = Self.residentBytes(process.pid) - before
@@ -149,7 +149,7 @@ import Testing
             let holders = clients.filter { !$0.isClosed }
             #expect(holders.count == 2)
             #expect(try await process.httpGet(path: "/health").status == 200)
-            let metrics = try await process.httpGet(path: "/metrics").body
+            let metrics = try await process.adminGet(path: "/metrics").body
             #expect(metrics.contains("sluice_memory_budget_limit_bytes 9437184"))
             #expect(metrics.contains(#"sluice_memory_budget_refusals_total{use="ws_inbound"} 38"#))
             // They finish their messages and get them back whole.
