@@ -86,7 +86,8 @@ extension CatalogueGateway {
                 redis: redis.url, database: database, steady: steady.port, hostile: hostile.port, page: page.port)
             return try await SluiceProcess.withProcesses(count: 1, environment: environment, timeout: .seconds(60)) { processes in
                 let gateway = CatalogueGateway(
-                    process: processes[0], steady: steady, hostile: hostile, page: page, adminPort: nil)
+                    process: processes[0], steady: steady, hostile: hostile, page: page,
+                    adminPort: processes[0].adminPort > 0 ? processes[0].adminPort : nil)
                 try await eventually("/ready", timeout: .seconds(20)) { try await gateway.process.httpGet(path: "/ready").status == 200 }
                 return try await body(gateway)
             }

@@ -322,8 +322,14 @@ enum HTTPCases {
 
     static var presence: [HostileCase] {
         [
-            request("presence.public-presence", .presence, "GET", "/v1/presence?user=victim", .status(404),
-                    action: "GET /v1/presence?user=victim on the public listener (an admin route)"),
+            HostileCase(name: "presence.public-presence-of-another", surface: .presence,
+                        action: "GET /v1/presence?user=victim (and X-Sluice-User: victim) with a valid token, on the public listener",
+                        expected: .verified("200 with the token's own user: anyone's presence is the admin listener's")) { context in
+                let observed = try await context.request("GET", "/v1/presence?user=victim", headers: [("X-Sluice-User", "victim")])
+                let user = (try? JSONSerialization.jsonObject(with: Data(observed.body.utf8)) as? [String: Any])?["user"] as? String
+                return observed.status == 200 && user == context.user ? .verified("own presence") : .failed("\(observed)")
+            },
+            request("presence.unauthenticated", .presence, "GET", "/v1/presence?user=victim", authenticated: false, .status(401, code: "unauthorized")),
             request("presence.public-stats", .presence, "GET", "/v1/stats", .status(404), action: "GET /v1/stats on the public listener"),
             request("presence.public-metrics", .presence, "GET", "/metrics", authenticated: false, .status(404), action: "GET /metrics on the public listener"),
             HostileCase(name: "presence.admin-hostile-users", surface: .presence, action: "admin presence with no user, a 10 KiB user, %00, a 2-part user",
