@@ -131,7 +131,7 @@ extension CatalogueGateway {
         }
     }
 
-    @Test(.timeLimit(.minutes(8)))
+    @Test(.timeLimit(.minutes(15)))
     func everyHostileInputGetsItsAnswerAndTheProcessStaysUp() async throws {
         ProcessResources.raiseDescriptorLimit()
         let cases = Self.selected

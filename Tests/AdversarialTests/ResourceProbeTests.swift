@@ -76,7 +76,7 @@ struct ResourceProbeTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(8)))
+    @Test(.timeLimit(.minutes(15)))
     func tenThousandMaximumSizeMessagesAtOnceStayWithinTheMemoryBudget() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         let limit = ProcessResources.raiseDescriptorLimit()
@@ -183,7 +183,7 @@ struct ResourceProbeTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(4)))
+    @Test(.timeLimit(.minutes(15)))
     func twoThousandIdleKeepAliveConnectionsStayCheapAndAreClosedByTheIdleTimeout() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         ProcessResources.raiseDescriptorLimit()
@@ -244,7 +244,7 @@ struct ResourceProbeTests {
 /// `sluice serve` raises its soft open-file limit to the hard one at start (started here under
 /// `prlimit --nofile=512:4096`), and warns that 10,000 connections cannot fit in 4,096.
 @Suite struct DescriptorLimitProcessTests {
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func sluiceRaisesItsOpenFileLimitAndWarnsWhenMaxConnectionsCannotFit() async throws {
         // util-linux's prlimit (an essential Debian package) starts sluice with a low soft limit.
         try #require(FileManager.default.isExecutableFile(atPath: "/usr/bin/prlimit"), "prlimit (util-linux) is needed")

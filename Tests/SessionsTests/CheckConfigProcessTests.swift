@@ -8,7 +8,7 @@ import Testing
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("config/sluice.production.yaml").path
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(15)))
     func theProductionExamplePassesAndTheDefaultsDoNot() async throws {
         let environment = [
             "SLUICE_STORAGE_DATABASE_URL": "postgres://sluice:pw@postgres:5432/sluice?sslmode=verify-full",

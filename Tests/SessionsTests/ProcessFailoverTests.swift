@@ -26,7 +26,7 @@ import Testing
         FollowTests.text(of: messages, after: 0)
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func killingTheOwnerEndsFollowersWithOwnerLostAndKeepsWhatWasSentResumable() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         try await RedisServerProcess.withServer { redis in
@@ -71,7 +71,7 @@ import Testing
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func aSIGTERMHandsTheAnswerToAnotherInstanceAndExitsWhenItIsDone() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         let expected = SimulatorEngine.tokens(for: "rolling deploy", seed: 0, count: 400).joined()
