@@ -18,6 +18,11 @@ protocol Broker: Sendable {
     func publishStarted(_ info: GenerationInfo, user: String)
     func publishBatch(_ info: GenerationInfo, _ update: FollowUpdate)
     func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd)
+    /// The generation's shared copy again, whole (`whole`: every seq so far), after the shared
+    /// store missed some of its writes; `end` once it ended.
+    func republish(_ info: GenerationInfo, user: String, whole: FollowUpdate, end: GenerationEnd?)
+    /// Where this instance's generations are found when one must be published again (the hub).
+    func setLocalGenerations(_ lookup: @escaping @Sendable (String) -> GenerationHub.Entry?)
 
     // The conversation cache shared by the instances (Redis): context without a database read.
     /// Starts the cached copy of a conversation just made here (its first message).
@@ -85,6 +90,8 @@ struct LocalBroker: Broker {
     func publishStarted(_ info: GenerationInfo, user: String) {}
     func publishBatch(_ info: GenerationInfo, _ update: FollowUpdate) {}
     func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd) {}
+    func republish(_ info: GenerationInfo, user: String, whole: FollowUpdate, end: GenerationEnd?) {}
+    func setLocalGenerations(_ lookup: @escaping @Sendable (String) -> GenerationHub.Entry?) {}
     func createConversation(_ conversationID: String, owner: String, first message: ChatMessage) {}
     func appendMessage(_ message: ChatMessage, toConversation conversationID: String) {}
     func fillConversation(_ conversationID: String, owner: String, messages: [ChatMessage]) {}
