@@ -4,6 +4,7 @@ import Metrics
 import NIOCore
 import RedisClient
 import SluiceProtocol
+import Storage
 import Synchronization
 
 /// Settings of the Redis fan-out.
@@ -54,7 +55,7 @@ public struct RedisBrokerConfiguration: Sendable, Equatable {
 final class RedisBroker: Broker {
     let instanceID: String
     let configuration: RedisBrokerConfiguration
-    private let client: RedisClient
+    let client: RedisClient
     private let subscriber: RedisSubscriber
     private let logger: Logger
     private let state = Mutex(State())
@@ -65,6 +66,9 @@ final class RedisBroker: Broker {
     let incarnation: String
     /// This instance's generations, for republishing one whose shared copy missed writes.
     private let localGenerations = Mutex<(@Sendable (String) -> GenerationHub.Entry?)?>(nil)
+    /// The write-behind queue's journal here, when this instance stores conversations.
+    private let journal = Mutex<RedisWriteJournal?>(nil)
+    private let ticks = Atomic<Int>(0)
 
     private struct State {
         var remote: [String: RemoteGeneration] = [:]
@@ -113,6 +117,7 @@ final class RedisBroker: Broker {
             guard state == .connected, let broker = resync.withLock({ $0 }) else { return }
             broker.refreshLiveness()
             broker.republishDirty()
+            broker.journal.withLock { $0 }?.reconnected()
         })
         self.subscriber = RedisSubscriber(
             configuration: redis, eventLoop: eventLoop, logger: logger,
@@ -137,6 +142,15 @@ final class RedisBroker: Broker {
         self.localGenerations.withLock { $0 = lookup }
     }
 
+    func attachWriteQueue(_ queue: WriteBehindQueue) {
+        let journal = RedisWriteJournal(broker: self, queue: queue, logger: self.logger)
+        self.journal.withLock { $0 = journal }
+        queue.setJournal(journal)
+    }
+
+    /// This instance's write journal (nil without storage).
+    var writeJournal: RedisWriteJournal? { self.journal.withLock { $0 } }
+
     func shutdown() async {
         self.livenessTask.withLock { $0 }?.cancel()
         // Gone at once rather than after the TTL: followers elsewhere see owner_lost sooner. Only
@@ -148,8 +162,8 @@ final class RedisBroker: Broker {
         await self.client.shutdown()
     }
 
-    private func key(_ suffix: String) -> String { self.configuration.keyPrefix + suffix }
-    private func milliseconds(_ amount: TimeAmount) -> Int { Int(amount.nanoseconds / 1_000_000) }
+    func key(_ suffix: String) -> String { self.configuration.keyPrefix + suffix }
+    func milliseconds(_ amount: TimeAmount) -> Int { Int(amount.nanoseconds / 1_000_000) }
 
     // MARK: Owner side
 
@@ -329,7 +343,7 @@ final class RedisBroker: Broker {
     /// leave in one pipeline: one write instead of one per upstream read, in the order they were
     /// fired. A failed command of a `generation` (Redis down) marks it for `republishDirty`;
     /// others only lose their effect.
-    private func fire(_ commands: [RedisCommand], generation: String? = nil) {
+    func fire(_ commands: [RedisCommand], generation: String? = nil) {
         let scheduleFlush = self.outgoing.withLock { outgoing -> Bool in
             outgoing.commands.append(contentsOf: commands)
             outgoing.tags.append(contentsOf: repeatElement(generation, count: commands.count))
@@ -795,6 +809,10 @@ final class RedisBroker: Broker {
     private func livenessTick() {
         self.refreshLiveness()
         self.republishDirty()
+        if let journal = self.journal.withLock({ $0 }) {
+            // Journals of dead instances are looked for every few seconds, not every tick.
+            journal.tick(adopt: self.ticks.add(1, ordering: .relaxed).newValue % 5 == 0)
+        }
         for generationID in self.generationsWithGaps { self.reread(generationID) }
         struct Owner: Hashable {
             var instance: String
@@ -825,7 +843,7 @@ final class RedisBroker: Broker {
     }
 
     /// Whether `owner` is alive, and still the process that recorded `incarnation` (nil: any).
-    private func isAlive(_ owner: String, incarnation: String?) async throws -> Bool {
+    func isAlive(_ owner: String, incarnation: String?) async throws -> Bool {
         let value = try await self.client.send(RedisCommand("GET", self.key("inst:\(owner)"))).string
         guard let incarnation else { return value != nil }
         return value == incarnation

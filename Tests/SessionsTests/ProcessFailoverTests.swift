@@ -3,7 +3,9 @@ import Foundation
 import Glibc
 #endif
 import Inference
+import Logging
 import NIOPosix
+import Storage
 @testable import SluiceTestSupport
 import Testing
 
@@ -67,6 +69,60 @@ import Testing
                 #expect((replayDone["error"] as? [String: Any])?["code"] as? String == "owner_lost")
                 let replayed = Self.deltaText(replay)
                 #expect(replayed.text.hasPrefix(delivered.text))
+            }
+        }
+    }
+
+    /// Found by loadtest/chaos.sh (issue 15): a gateway killed with messages still in its write
+    /// queue lost them for good, though its clients had their answers (`generation.done`): the
+    /// milliseconds of a batch in flight normally, everything since a database outage began
+    /// here. They are journaled in Redis now, and another instance writes them, exactly once.
+    @Test(.timeLimit(.minutes(3)))
+    func messagesQueuedOnAKilledGatewayAreWrittenByAnotherInstance() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        try await RedisServerProcess.withServer { redis in
+            try await PostgresServerProcess.withServer { postgres in
+                try await SluiceProcess.withProcesses(
+                    count: 2, arguments: ["--database-url", postgres.url],
+                    environment: Self.environment(redis: redis, tokensPerSecond: 0, answerTokens: 20),
+                    instanceEnvironment: { ["SLUICE_INSTANCE_ID": $0 == 0 ? "doomed" : "survivor"] }, timeout: .seconds(60)
+                ) { processes in
+                    let (doomed, survivor) = (processes[0], processes[1])
+                    for process in processes {
+                        try await PersistenceProcessTests.eventually("/ready after migrations") { try await process.httpGet(path: "/ready").status == 200 }
+                    }
+                    // The database goes away; three turns complete on `doomed` and wait in its queue.
+                    try await postgres.stop()
+                    let client = try await JSONWebSocketClient.connect(port: doomed.port, group: group, query: "?user=grace")
+                    _ = try await client.next()
+                    var expected: [String] = []
+                    let first = try await PersistenceProcessTests.chat(client, "queued one", maxTokens: 20)
+                    expected += ["queued one", first.answer]
+                    for content in ["queued two", "queued three"] {
+                        expected += [content, try await PersistenceProcessTests.chat(client, content, in: first.conversation, maxTokens: 20).answer]
+                    }
+                    let stats = try PersistenceProcessTests.json(try await doomed.httpGet(path: "/v1/stats").body)
+                    #expect((stats["write_queue"] as? [String: Any])?["pending"] as? Int == 6, "\(stats)")
+                    #expect(await doomed.kill() == .signaled(SIGKILL))
+                    try await postgres.restart()
+
+                    // The survivor takes the dead one's journal and writes it: every message once.
+                    var logger = Logger(label: "test")
+                    logger.logLevel = .critical
+                    let reader = PostgresStorage(configuration: .init(url: try PostgresURL(postgres.url)), logger: logger)
+                    let pool = Task { await reader.run() }
+                    defer { pool.cancel() }
+                    let id = try #require(UUID(uuidString: first.conversation))
+                    try await PersistenceProcessTests.eventually("the dead gateway's messages stored", timeout: .seconds(90)) {
+                        let page = try? await reader.messages(conversationID: id, userExternalID: "grace", before: nil, limit: 100)
+                        return page?.messages.count ?? 0 >= expected.count
+                    }
+                    let page = try #require(try await reader.messages(conversationID: id, userExternalID: "grace", before: nil, limit: 100))
+                    #expect(page.messages.reversed().map(\.content) == expected)
+                    let recovered = try PersistenceProcessTests.json(try await survivor.httpGet(path: "/v1/stats").body)
+                    #expect((recovered["write_queue"] as? [String: Any])?["recovered"] as? Int == 6, "\(recovered)")
+                    await reader.shutdown()
+                }
             }
         }
     }
