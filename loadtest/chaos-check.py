@@ -186,6 +186,10 @@ def main():
           f"(resumes sent {summary['resumes']}: planned drops {summary['planned_drops']}, connections lost mid-answer {summary['cuts']})")
     print(f"endings: {dict(sorted(summary['endings'].items()))}")
     print(f"deltas {summary['deltas']}, unplanned disconnects {summary['unplanned_disconnects']}, stray messages {summary['stray']}")
+    if args.extra:
+        extra = json.loads(args.extra)
+        print(f"write queues: messages taken over from a dead gateway's journal {extra.get('messages_taken_over_from_dead_journals', '?')}, "
+              f"storage write retries {extra.get('storage_write_retries', '?')}")
     print("== what PostgreSQL stored")
     print(f"messages {figures['stored_messages']} in {figures['stored_conversations']} conversations; "
           f"completed answers stored exactly once with the received text: {figures['completed_stored_exactly']} of {figures['completed']}; "

@@ -228,15 +228,27 @@ set -e
 event "harness done (exit $harness_status)"
 cat "$tmp/harness.out"
 
-# --- Recovery: every gateway's write queue empty (polled, bounded), then the check.
+# --- Recovery: every gateway's write queue empty and every write journal in Redis empty (the
+# killed gateway's is taken over and written by another), polled with a bound; then the check.
+stat() {  # gateway index, python expression on the write_queue object
+  curl -sf "http://127.0.0.1:${gw_ports[$1]}/v1/stats" | python3 -c "import json,sys; q=json.load(sys.stdin)['write_queue']; print($2)"
+}
 drained() {
   for i in 1 2 3; do
     [ -n "${pid[gw-$i]:-}" ] || continue
-    curl -sf "http://127.0.0.1:${gw_ports[$i]}/v1/stats" | python3 -c 'import json,sys; q=json.load(sys.stdin)["write_queue"]; sys.exit(0 if q["pending"] == 0 else 1)' || return 1
+    [ "$(stat "$i" 'q["pending"]')" = 0 ] || return 1
+  done
+  for journal in $(redis-cli -p "$rport" SMEMBERS sluice:wq); do
+    [ "$(redis-cli -p "$rport" HLEN "$journal")" = 0 ] || return 1
   done
 }
-wait_for "write queues drained" 180 drained
-event "write queues drained"
+wait_for "write queues and journals drained" 180 drained
+event "write queues and journals drained"
+recovered=0 retries=0
+for i in 1 2 3; do
+  [ -n "${pid[gw-$i]:-}" ] || continue
+  recovered=$((recovered + $(stat "$i" 'q["recovered"]'))); retries=$((retries + $(stat "$i" 'q["retries"]')))
+done
 alive=""
 for i in 1 2 3; do
   if [ -n "${pid[gw-$i]:-}" ] && ! kill -0 "${pid[gw-$i]}" 2>/dev/null; then alive+="gw-$i exited unexpectedly; "; fi
@@ -246,7 +258,7 @@ for i in 1 2 3; do
   grep -E '"level":"(error|critical)"|Fatal error|runtime failure' "$tmp/gw-$i.log" | tail -3 | sed "s/^/gw-$i: /" || true
 done
 
-settings="$(python3 -c "import json,sys; print(json.dumps({'users': $users, 'duration_s': $duration, 'tokens': $tokens, 'tokens_per_s': $tps, 'think_ms': $think, 'drop_fraction': $drop, 'command': sys.argv[1]}))" "$command")"
+settings="$(python3 -c "import json,sys; print(json.dumps({'users': $users, 'duration_s': $duration, 'tokens': $tokens, 'tokens_per_s': $tps, 'think_ms': $think, 'drop_fraction': $drop, 'command': sys.argv[1], 'messages_taken_over_from_dead_journals': $recovered, 'storage_write_retries': $retries}))" "$command")"
 set +e
 python3 "$root/loadtest/chaos-check.py" --records "$tmp/records.jsonl" --summary "$tmp/summary.json" --timeline "$tmp/timeline.log" \
   --psql "$pgbin/psql" --port "$pgport" --extra "$settings" --json-out "$tmp/result.json"

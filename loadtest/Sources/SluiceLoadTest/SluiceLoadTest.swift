@@ -199,9 +199,9 @@ struct SluiceLoadTest: AsyncParsableCommand {
             Self.chaosSummary(allLogs).whenSuccess { summary in
                 let elapsed = Double((NIODeadline.now() - started).nanoseconds) / 1e9
                 FileHandle.standardError.write(Data(String(
-                    format: "\r%6.1fs  requests %d  completed %d  resumes %d  deltas %d  disconnects %d  violations %d   ",
-                    elapsed, summary.requests, summary.completed, summary.resumes, summary.deltas, summary.unplannedDisconnects,
-                    summary.violations).utf8))
+                    format: "\r%6.1fs  requests %d  completed %d  streaming %d  resumes %d  deltas %d  disconnects %d  violations %d   ",
+                    elapsed, summary.requests, summary.completed, summary.withoutTerminal, summary.resumes, summary.deltas,
+                    summary.unplannedDisconnects, summary.violations - Int64(summary.withoutTerminal)).utf8))
             }
         }
         // Bounded whatever happens (users give up at --duration + --end-timeout themselves).
