@@ -187,6 +187,8 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -281,6 +283,7 @@ let package = Package(
                 "Sessions", "Inference", "SluiceProtocol", "WSServer", "SluiceTestSupport", "RedisClient", "Storage", "Policy",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -317,7 +320,8 @@ let package = Package(
         .testTarget(
             name: "SluiceAppTests",
             dependencies: [
-                "SluiceApp", "WSServer", "Jobs",
+                "SluiceApp", "WSServer", "Jobs", "Storage", "RedisClient",
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),

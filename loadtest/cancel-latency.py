@@ -69,7 +69,9 @@ async def main():
     up_port = server.sockets[0].getsockname()[1]
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-    proc = subprocess.Popen([args.sluice, "serve", "--port", str(port), "--threads", "1", "--log-level", "warning",
+    # Every client of the benchmark is 127.0.0.1: no per-address cap.
+    env["SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
+    proc = subprocess.Popen([args.sluice, "serve", "--port", str(port), "--admin-port", "0", "--threads", "1", "--log-level", "warning",
                              "--database-url", "memory",  # measures cancels, not persistence
                              "--upstream", f"http://127.0.0.1:{up_port}"], env=env)
     try:

@@ -420,6 +420,8 @@ def main():
         if not wait_port(redis_port, b"PING\r\n", b"+PONG", time.monotonic() + 15):
             raise SystemExit("redis-server did not answer PING")
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+        # Every client of the benchmark is 127.0.0.1: no per-address cap.
+        env["SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
         env.update(SLUICE_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
                    SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN=f"{int(args.ttft * 1000)}ms",
                    SLUICE_SIMULATOR_TOKENS_PER_SECOND=f"{args.tokens_per_second:g}",
@@ -427,7 +429,7 @@ def main():
         for name, port in (("a", a_port), ("b", b_port)):
             logs[name] = os.path.join(tmp, f"sluice-{name}.log")
             procs.append(subprocess.Popen(
-                pinned(args.server_cpu, [args.sluice, "serve", "--host", "127.0.0.1", "--port", str(port), "--threads", "1",
+                pinned(args.server_cpu, [args.sluice, "serve", "--host", "127.0.0.1", "--port", str(port), "--admin-port", "0", "--threads", "1",
                                          "--max-connections", "20000", "--log-level", "warning",
                                          # Measures fan-out, not persistence (loadtest/persistence-bench.py does).
                                          "--database-url", "memory"]),

@@ -105,9 +105,11 @@ def main():
                 f"      url: http://127.0.0.1:{wait.server_port}/wait\n")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    # Every client of the benchmark is 127.0.0.1: no per-address cap.
+    env["SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
     proc = subprocess.Popen([args.sluice, "serve", "--host", "127.0.0.1", "--port", str(port), "--config", config,
                              "--upstream", f"http://127.0.0.1:{upstream.server_port}", "--model", "fake",
-                             "--database-url", "memory", "--log-level", "warning"], env=env)
+                             "--database-url", "memory", "--admin-port", "0", "--log-level", "warning"], env=env)
     try:
         for _ in range(200):
             try:

@@ -55,10 +55,12 @@ async def main():
     release = os.path.join(root, ".build", "release")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    # Every client of the benchmark is 127.0.0.1: no per-address cap.
+    env["SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
     env.update(SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN=f"{args.ttft}ms", SLUICE_SIMULATOR_TOKENS_PER_SECOND=str(args.tps),
                SLUICE_SIMULATOR_ANSWER_TOKENS=str(args.tokens))
     server = subprocess.Popen([os.path.join(release, "sluice"), "serve", "--port", str(port), "--threads", "1", "--log-level", "warning",
-                               "--database-url", "memory"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--database-url", "memory", "--admin-port", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     harness = None
     try:
         for _ in range(200):

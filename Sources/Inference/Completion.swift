@@ -20,7 +20,7 @@ extension InferenceEngine {
         let running = NIOLockedValueBox<CollectingSink.Handle?>(nil)
         return try await withTaskCancellationHandler {
             eventLoop.execute {
-                let sink = CollectingSink(promise: promise)
+                let sink = CollectingSink(promise: promise, maxTokens: request.maxTokens)
                 sink.handle = self.startGeneration(request, on: eventLoop, sink: sink)
                 running.withLockedValue { $0 = CollectingSink.Handle(sink: NIOLoopBound(sink, eventLoop: eventLoop)) }
             }
@@ -45,9 +45,15 @@ final class CollectingSink: GenerationSink {
     private var toolCalls: [ToolCall] = []
     private var usage: (Int, Int)?
     private var ended = false
+    /// The request's max_tokens and byte bound: an upstream that sends more is cut there.
+    private let maxTokens: Int
+    private let maxBytes: Int
+    private var deltas = 0
 
-    init(promise: EventLoopPromise<Completion>) {
+    init(promise: EventLoopPromise<Completion>, maxTokens: Int) {
         self.promise = promise
+        self.maxTokens = maxTokens
+        self.maxBytes = GenerationRequest.maxAnswerBytes(forTokens: maxTokens)
     }
 
     func cancel() {
@@ -58,7 +64,18 @@ final class CollectingSink: GenerationSink {
         self.promise.fail(CancellationError())
     }
 
-    func generationDidProduce(_ text: Substring) { self.text += text }
+    func generationDidProduce(_ text: Substring) {
+        guard !self.ended else { return }
+        guard self.deltas < self.maxTokens, self.text.utf8.count + text.utf8.count <= self.maxBytes else {
+            // More than was asked for: stop the upstream and keep what came within the bounds.
+            self.handle?.cancel()
+            self.handle = nil
+            self.generationDidFinish(.length)
+            return
+        }
+        self.deltas += 1
+        self.text += text
+    }
     func generationDidReportUsage(promptTokens: Int, completionTokens: Int) { self.usage = (promptTokens, completionTokens) }
     func generationDidEndBatch() {}
     func generationDidRequestToolCalls(_ calls: [ToolCall]) { self.toolCalls = calls }

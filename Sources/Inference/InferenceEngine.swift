@@ -72,6 +72,16 @@ public struct GenerationRequest: Sendable {
     }
 }
 
+extension GenerationRequest {
+    /// The most answer bytes a generation of `maxTokens` tokens may bring: 64 bytes a token
+    /// (tokens are a few bytes; some stand for a run of spaces), at least 64 KiB. Whoever holds an
+    /// answer stops there, and at `maxTokens` deltas, whatever the upstream does: one that ignores
+    /// `max_tokens`, or sends a "token" of megabytes, is cut instead of growing memory.
+    public static func maxAnswerBytes(forTokens maxTokens: Int) -> Int {
+        max(64 * 1024, max(0, maxTokens).multipliedReportingOverflow(by: 64).overflow ? Int.max : max(0, maxTokens) * 64)
+    }
+}
+
 /// Why an upstream generation failed, mapped to a wire error code in one place.
 public struct InferenceError: Error, Equatable, Sendable {
     public enum Kind: Equatable, Sendable {

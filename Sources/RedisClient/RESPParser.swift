@@ -6,18 +6,39 @@ import NIOCore
 /// it is confined to one channel's event loop like the handler that holds it.
 ///
 /// hiredis copies fed bytes into its own buffer, so the caller's buffer can be released right
-/// after `feed`. Its limits apply: nesting deeper than 7 array levels is a protocol error
-/// (no Redis command replies that deep).
+/// after `feed`. Limits: nesting deeper than 7 array levels is a protocol error (hiredis; no
+/// Redis command replies that deep), and so is a reply past `Limits` (Redis replies are outside
+/// input: a `*2147483647` header must not make us allocate 16 GiB).
 public final class RESPParser {
+    /// What one reply may make the parser hold.
+    public struct Limits: Sendable, Hashable {
+        /// Bytes of one reply: its string values together, and what is buffered of a value still
+        /// arriving (a bulk string is kept whole until its last byte is in).
+        public var maxReplyBytes: Int
+        /// Values in one reply, every array element at any depth included.
+        public var maxReplyElements: Int
+
+        /// 64 MiB and 1,048,576 values: far above anything Sluice reads back (a resume log, a
+        /// conversation cache, a cached answer), far below what would hurt the process.
+        public static let `default` = Limits(maxReplyBytes: 64 << 20, maxReplyElements: 1 << 20)
+
+        public init(maxReplyBytes: Int, maxReplyElements: Int) {
+            self.maxReplyBytes = max(1, maxReplyBytes)
+            self.maxReplyElements = max(1, maxReplyElements)
+        }
+    }
+
     private let reader: UnsafeMutablePointer<redisReader>
     private let allocator: ByteBufferAllocator
+    public let limits: Limits
 
-    public init(allocator: ByteBufferAllocator = ByteBufferAllocator()) {
-        guard let reader = sluice_hiredis_readerCreate() else {
+    public init(allocator: ByteBufferAllocator = ByteBufferAllocator(), limits: Limits = .default) {
+        guard let reader = sluice_hiredis_readerCreate(limits.maxReplyElements, limits.maxReplyBytes) else {
             fatalError("hiredis could not allocate a reader (out of memory)")
         }
         self.reader = reader
         self.allocator = allocator
+        self.limits = limits
     }
 
     deinit {
@@ -27,6 +48,7 @@ public final class RESPParser {
     /// Hands the readable bytes of `buffer` to hiredis (which copies them). Does not move
     /// `buffer`'s reader index.
     public func feed(_ buffer: ByteBuffer) throws(RESPProtocolError) {
+        if let failure = self.failure { throw failure }
         let status = buffer.withUnsafeReadableBytes { bytes in
             redisReaderFeed(self.reader, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
         }
@@ -36,14 +58,41 @@ public final class RESPParser {
     /// The next complete value, or nil when more bytes are needed. After a protocol error every
     /// call throws again: RESP cannot be resynchronised mid-stream.
     public func next() throws(RESPProtocolError) -> RESPValue? {
+        if let failure = self.failure { throw failure }
         var object: UnsafeMutableRawPointer?
-        guard redisReaderGetReply(self.reader, &object) == REDIS_OK else { throw self.readerError() }
-        guard let object else { return nil }
+        guard redisReaderGetReply(self.reader, &object) == REDIS_OK else { throw self.fail(self.readerError()) }
+        guard let object else {
+            // Incomplete: what is buffered of it (a bulk string waits whole) counts against the limit.
+            if sluice_hiredis_readerBuffered(self.reader) > self.limits.maxReplyBytes {
+                throw self.fail(RESPProtocolError("a reply is larger than \(self.limits.maxReplyBytes) bytes"))
+            }
+            return nil
+        }
         defer { freeReplyObject(object) }
-        return self.convert(object.assumingMemoryBound(to: redisReply.self))
+        do {
+            return try self.convert(object.assumingMemoryBound(to: redisReply.self))
+        } catch {
+            throw self.fail(error)
+        }
+    }
+
+    /// Set once the stream is unusable (a limit refused a reply hiredis had no quarrel with).
+    private var failure: RESPProtocolError?
+
+    private func fail(_ error: RESPProtocolError) -> RESPProtocolError {
+        self.failure = error
+        return error
     }
 
     private func readerError() -> RESPProtocolError {
+        switch sluice_hiredis_readerExceeded(self.reader) {
+        case SLUICE_HIREDIS_TOO_MANY_ELEMENTS:
+            return RESPProtocolError("a reply has more than \(self.limits.maxReplyElements) values")
+        case SLUICE_HIREDIS_TOO_MANY_BYTES:
+            return RESPProtocolError("a reply is larger than \(self.limits.maxReplyBytes) bytes")
+        default:
+            break
+        }
         let message = withUnsafeBytes(of: self.reader.pointee.errstr) { raw in
             String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
         }
@@ -51,7 +100,7 @@ public final class RESPParser {
     }
 
     /// Copies a hiredis reply tree into a `RESPValue` (the tree is freed by the caller).
-    private func convert(_ reply: UnsafeMutablePointer<redisReply>) -> RESPValue {
+    private func convert(_ reply: UnsafeMutablePointer<redisReply>) throws(RESPProtocolError) -> RESPValue {
         let reply = reply.pointee
         switch reply.type {
         case REDIS_REPLY_STATUS:
@@ -71,12 +120,13 @@ public final class RESPParser {
             var values: [RESPValue] = []
             values.reserveCapacity(reply.elements)
             for index in 0..<reply.elements {
-                values.append(self.convert(reply.element[index]!))
+                guard let element = reply.element[index] else { throw RESPProtocolError("an array element is missing") }
+                values.append(try self.convert(element))
             }
             return .array(values)
         default:
-            // hiredis 0.14 speaks RESP2 only; nothing else can come out of its reader.
-            preconditionFailure("unknown hiredis reply type \(reply.type)")
+            // hiredis 0.14 speaks RESP2 only; nothing else comes out of its reader.
+            throw RESPProtocolError("unknown hiredis reply type \(reply.type)")
         }
     }
 
@@ -96,8 +146,8 @@ public struct RESPDecoder: ByteToMessageDecoder {
 
     private let parser: RESPParser
 
-    public init(allocator: ByteBufferAllocator = ByteBufferAllocator()) {
-        self.parser = RESPParser(allocator: allocator)
+    public init(allocator: ByteBufferAllocator = ByteBufferAllocator(), limits: RESPParser.Limits = .default) {
+        self.parser = RESPParser(allocator: allocator, limits: limits)
     }
 
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {

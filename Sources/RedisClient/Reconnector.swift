@@ -8,26 +8,53 @@ public enum RedisConnectionState: Sendable, Hashable {
     case disconnected
 }
 
-/// Settings shared by `RedisClient` and `RedisSubscriber`.
+/// Settings shared by `RedisClient`, `RedisSubscriber` and every connection they make.
 public struct RedisConfiguration: Sendable {
+    /// Where Redis is, and the credentials and database used on every connection.
     public var url: RedisURL
+    /// For `rediss://` URLs (ignored otherwise).
+    public var tls: RedisTLSConfiguration
     /// How long one TCP connect may take before it counts as failed.
     public var connectTimeout: TimeAmount
+    /// How long a command may wait for its reply (blocking commands: plus their block time).
+    /// A connection that answered nothing within it is closed and made again.
+    public var commandTimeout: TimeAmount
+    /// Commands waiting for replies on one connection, at most; more fail at once with
+    /// `tooManyPendingCommands`.
+    public var maxPendingCommands: Int
+    /// What one reply may make the parser hold (replies are outside input).
+    public var replyLimits: RESPParser.Limits
     /// Delay before the first reconnect attempt; doubled after each failure up to `maximumBackoff`,
     /// and back to this after a successful connect.
     public var initialBackoff: TimeAmount
     public var maximumBackoff: TimeAmount
 
+    public static let defaultCommandTimeout: TimeAmount = .seconds(2)
+    public static let defaultMaxPendingCommands = 10_000
+
     public init(
         url: RedisURL,
+        tls: RedisTLSConfiguration = .init(),
         connectTimeout: TimeAmount = .seconds(5),
+        commandTimeout: TimeAmount = RedisConfiguration.defaultCommandTimeout,
+        maxPendingCommands: Int = RedisConfiguration.defaultMaxPendingCommands,
+        replyLimits: RESPParser.Limits = .default,
         initialBackoff: TimeAmount = .milliseconds(50),
         maximumBackoff: TimeAmount = .seconds(2)
     ) {
         self.url = url
+        self.tls = tls
         self.connectTimeout = connectTimeout
+        self.commandTimeout = commandTimeout
+        self.maxPendingCommands = maxPendingCommands
+        self.replyLimits = replyLimits
         self.initialBackoff = initialBackoff
         self.maximumBackoff = maximumBackoff
+    }
+
+    /// Checks what can be checked before connecting: the TLS files of a `rediss://` URL.
+    public func validate() throws(RedisTLSError) {
+        if self.url.usesTLS { _ = try self.tls.makeContext() }
     }
 }
 
@@ -117,7 +144,8 @@ final class Reconnector<Connection: ReconnectableConnection>: Sendable {
                     state.failures += 1
                     return state.failures
                 }
-                let level: Logger.Level = failures == 1 ? .warning : .debug
+                // The first failure, and now and then after it (a wrong password stays wrong).
+                let level: Logger.Level = failures == 1 || failures % 30 == 0 ? .warning : .debug
                 self.logger.log(level: level, "Redis connect failed; retrying with backoff",
                                 metadata: ["redis.url": "\(self.configuration.url)", "error": "\(error)", "attempt": "\(failures)"])
                 self.scheduleRetry()

@@ -6,7 +6,9 @@ import NIOCore
 /// While there is no connection (Redis down, backoff running) commands fail at once with
 /// `RedisClientError.notConnected` instead of queueing, so memory stays bounded through an
 /// outage and callers can degrade right away. When the connection drops, every command in
-/// flight fails with `RedisClientError.connectionClosed`. `isConnected` and the optional
+/// flight fails with `RedisClientError.connectionClosed`. Every command has a deadline
+/// (`commandTimeout`), so a frozen Redis (TCP open, nothing answered) fails commands with
+/// `timedOut` and then counts as down too: its connection is closed and made again. `isConnected` and the optional
 /// `onStateChange` callback report the state for health checks.
 ///
 /// Blocking commands (XREAD BLOCK, BLPOP) would stall every command queued behind them on
@@ -18,6 +20,7 @@ public final class RedisClient: RedisCommandExecutor, Sendable {
     public let configuration: RedisConfiguration
     public let eventLoop: any EventLoop
     private let logger: Logger
+    private let connector: RedisConnector
     private let reconnector: Reconnector<RedisConnection>
 
     /// Starts connecting right away (in the background); see `isConnected`.
@@ -29,17 +32,18 @@ public final class RedisClient: RedisCommandExecutor, Sendable {
         logger: Logger = Logger(label: "sluice.redis"),
         onStateChange: (@Sendable (RedisConnectionState) -> Void)? = nil
     ) {
+        let connector = RedisConnector(configuration: configuration, logger: logger)
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger
+        self.connector = connector
         self.reconnector = Reconnector(
             eventLoop: eventLoop,
             configuration: configuration,
             logger: logger,
             connect: {
-                // SELECT of the URL's database happens inside connect, before the connection is used.
-                RedisConnection.connect(to: configuration.url, on: eventLoop,
-                                        connectTimeout: configuration.connectTimeout, logger: logger)
+                // AUTH and SELECT happen inside connect, before the connection is used.
+                connector.connect(on: eventLoop)
             },
             didConnect: { _ in },
             onStateChange: onStateChange
@@ -80,8 +84,8 @@ public final class RedisClient: RedisCommandExecutor, Sendable {
 
     public var allowsBlockingCommands: Bool { false }
 
-    /// A new connection of its own to the same Redis and database, for blocking commands
-    /// (XREAD BLOCK). It does not reconnect; the caller closes it.
+    /// A new connection of its own to the same Redis and database (same credentials and TLS),
+    /// for blocking commands (XREAD BLOCK). It does not reconnect; the caller closes it.
     public func makeDedicatedConnection() -> EventLoopFuture<RedisConnection> {
         self.connectDedicated()
     }
@@ -91,8 +95,7 @@ public final class RedisClient: RedisCommandExecutor, Sendable {
     }
 
     private func connectDedicated() -> EventLoopFuture<RedisConnection> {
-        RedisConnection.connect(to: self.configuration.url, on: self.eventLoop,
-                                connectTimeout: self.configuration.connectTimeout, logger: self.logger)
+        self.connector.connect(on: self.eventLoop)
     }
 
     /// Stops reconnecting and closes the connection; pending commands fail with

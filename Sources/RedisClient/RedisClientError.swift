@@ -19,12 +19,43 @@ public enum RedisClientError: Error, Sendable, Hashable, CustomStringConvertible
     case blockingCommandOnSharedConnection
     /// hiredis could not format the command (out of memory, or over 2 GiB).
     case encodingFailed
+    /// No reply within the command's deadline (`RedisConfiguration.commandTimeout`, plus the
+    /// block time of a blocking command). The command may still run on the server. A connection
+    /// that answered nothing at all within a deadline is closed and made again.
+    case timedOut
+    /// The connection already has `RedisConfiguration.maxPendingCommands` commands waiting for
+    /// replies; this one was not sent. Retry shortly.
+    case tooManyPendingCommands
+    /// Redis refused the credentials (`WRONGPASS`), or wants some and got none (`NOAUTH`). The
+    /// message is Redis's own; it never contains the password.
+    case authenticationFailed(String)
+    /// The TLS handshake failed (untrusted certificate, wrong host name, no client certificate
+    /// where the server requires one, ...).
+    case tls(String)
 
     /// What pending commands fail with when the channel reports `error`: a RESP error cannot be
     /// recovered from, and I/O errors (reset by peer) end the connection too.
     static func channelFailed(_ error: any Error) -> RedisClientError {
         if let error = error as? RESPProtocolError { return .protocolError(error.message) }
+        if let error = error as? RedisClientError { return error }
+        if RedisTLS.isTLSError(error) { return .tls("\(error)") }
         return .connectionClosed
+    }
+
+    /// Whether the same command may succeed if tried again later: true for every fault of the
+    /// connection or the server's availability, false for a refusal of the command itself.
+    public var isRetryable: Bool {
+        switch self {
+        case .connectionClosed, .notConnected, .protocolError, .timedOut, .tooManyPendingCommands,
+             .authenticationFailed, .tls:
+            true
+        case .server(let message):
+            // Redis busy with a script, loading its data set, or a replica not yet in sync.
+            message.hasPrefix("BUSY ") || message.hasPrefix("LOADING") || message.hasPrefix("MASTERDOWN")
+                || message.hasPrefix("TRYAGAIN")
+        case .unexpectedReply, .shutDown, .blockingCommandOnSharedConnection, .encodingFailed:
+            false
+        }
     }
 
     public var description: String {
@@ -37,6 +68,10 @@ public enum RedisClientError: Error, Sendable, Hashable, CustomStringConvertible
         case .shutDown: "the Redis client was shut down"
         case .blockingCommandOnSharedConnection: "blocking commands need a dedicated Redis connection"
         case .encodingFailed: "hiredis could not format the command"
+        case .timedOut: "Redis did not answer in time"
+        case .tooManyPendingCommands: "too many Redis commands waiting for replies on this connection"
+        case .authenticationFailed(let message): "Redis refused the credentials: \(message)"
+        case .tls(let message): "TLS with Redis failed: \(message)"
         }
     }
 }

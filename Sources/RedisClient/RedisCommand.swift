@@ -37,6 +37,9 @@ extension Double: RedisArgumentConvertible {
 public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
     private var storage: ByteBuffer
     private var lengths: [Int]
+    /// How long Redis may hold the command before answering (the BLOCK of XREAD): added to the
+    /// connection's command timeout to make this command's deadline.
+    public var blockTime: TimeAmount = .zero
 
     public init(_ name: String, _ arguments: any RedisArgumentConvertible...) {
         self.init(name, arguments: arguments)
@@ -73,9 +76,11 @@ public struct RedisCommand: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    /// Name and arguments for logs; long or binary arguments are not escaped, only cut.
+    /// Name and arguments for logs; long or binary arguments are not escaped, only cut. The
+    /// arguments of AUTH (credentials) are never shown.
     public var description: String {
-        self.arguments.map { argument in
+        if self.name.uppercased() == "AUTH" { return "AUTH ***" }
+        return self.arguments.map { argument in
             argument.readableBytes > 64 ? "\(String(buffer: argument.getSlice(at: argument.readerIndex, length: 64)!))…" : String(buffer: argument)
         }.joined(separator: " ")
     }

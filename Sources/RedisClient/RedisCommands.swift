@@ -249,7 +249,8 @@ extension RedisCommandExecutor {
     ///
     /// `blockMilliseconds` is refused on `RedisClient` (`blockingCommandOnSharedConnection`):
     /// a blocked connection answers nothing else until the block ends. Block on a connection
-    /// of its own, from `RedisClient.makeDedicatedConnection()`.
+    /// of its own, from `RedisClient.makeDedicatedConnection()`. The block is at least 1 ms:
+    /// Redis's `BLOCK 0` (forever) would leave the command without a deadline.
     public func xread(
         _ streams: [(key: String, afterID: String)],
         count: Int? = nil,
@@ -260,7 +261,7 @@ extension RedisCommandExecutor {
         }
         var command = RedisCommand("XREAD")
         if let count { command.append(contentsOf: ["COUNT", count]) }
-        if let blockMilliseconds { command.append(contentsOf: ["BLOCK", blockMilliseconds]) }
+        if let blockMilliseconds { command.block(milliseconds: blockMilliseconds) }
         command.append("STREAMS")
         for stream in streams { command.append(stream.key) }
         for stream in streams { command.append(stream.afterID) }
@@ -322,6 +323,16 @@ extension RedisCommandExecutor {
     }
 }
 
+extension RedisCommand {
+    /// Appends `BLOCK ms` (at least 1: `BLOCK 0` waits forever, and every command has a
+    /// deadline) and lets the command's deadline run that much longer.
+    mutating func block(milliseconds: Int) {
+        let milliseconds = min(max(1, milliseconds), 24 * 3_600_000)
+        self.append(contentsOf: ["BLOCK", milliseconds])
+        self.blockTime = .milliseconds(Int64(milliseconds))
+    }
+}
+
 // MARK: Consumer groups
 
 extension RedisCommandExecutor {
@@ -336,7 +347,7 @@ extension RedisCommandExecutor {
         }
         var command = RedisCommand("XREADGROUP", "GROUP", group, consumer)
         if let count { command.append(contentsOf: ["COUNT", count]) }
-        if let blockMilliseconds { command.append(contentsOf: ["BLOCK", blockMilliseconds]) }
+        if let blockMilliseconds { command.block(milliseconds: blockMilliseconds) }
         command.append("STREAMS")
         for stream in streams { command.append(stream.key) }
         for stream in streams { command.append(stream.afterID) }

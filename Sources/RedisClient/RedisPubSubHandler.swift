@@ -33,24 +33,58 @@ struct PubSubRequest: Sendable {
 /// whenever something is published, and one `subscribe`/`unsubscribe`/... confirmation per name
 /// of each command, interleaved with messages in any order. Confirmations are matched by
 /// (command, name) to the oldest waiting request; messages go to `onMessage`.
+///
+/// Bounds, as for commands (`RedisCommandHandler`): a confirmation has a deadline
+/// (`commandTimeout`; past it the request fails with `timedOut`, and a late confirmation is
+/// ignored); a connection that sent nothing at all between a request and its deadline is
+/// stalled and closed; at most `maxPending` confirmations are awaited at once. A subscriber is
+/// mostly silent, so it is also checked when idle: after `healthCheckInterval` with nothing
+/// read it sends a `PING`, and if nothing at all is read by the next check it is closed (the
+/// subscriber then reconnects and resubscribes).
 final class RedisPubSubHandler: ChannelDuplexHandler {
     typealias InboundIn = RESPValue
     typealias OutboundIn = PubSubRequest
     typealias OutboundOut = ByteBuffer
+
+    struct Limits: Sendable, Hashable {
+        var commandTimeout: TimeAmount
+        var maxPending: Int
+        /// Nil: no idle check.
+        var healthCheckInterval: TimeAmount?
+
+        init(commandTimeout: TimeAmount, maxPending: Int, healthCheckInterval: TimeAmount? = nil) {
+            self.commandTimeout = commandTimeout
+            self.maxPending = max(1, maxPending)
+            self.healthCheckInterval = healthCheckInterval
+        }
+    }
 
     private struct Waiter {
         var command: PubSubCommand
         var name: String
         var requestID: Int
         var promise: EventLoopPromise<Void>
+        var deadline: NIODeadline
+        /// `valuesRead` when the request was written (unchanged at the deadline: a stall).
+        var valuesReadBefore: UInt64
     }
 
+    private let limits: Limits
     private let onMessage: (RedisPubSubMessage) -> Void
     private var waiters: [Waiter] = []
     private var nextRequestID = 0
+    private var valuesRead: UInt64 = 0
+    private var timer: Scheduled<Void>?
+    private var timerDeadline: NIODeadline?
     private var isClosed = false
+    private var healthTimer: Scheduled<Void>?
+    /// `valuesRead` at the last health check.
+    private var valuesReadAtLastCheck: UInt64 = 0
+    /// `valuesRead` when the idle check's PING went out; nil when none is outstanding.
+    private var pingSentAfter: UInt64?
 
-    init(onMessage: @escaping (RedisPubSubMessage) -> Void) {
+    init(limits: Limits, onMessage: @escaping (RedisPubSubMessage) -> Void) {
+        self.limits = limits
         self.onMessage = onMessage
     }
 
@@ -66,6 +100,11 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
             promise?.succeed()
             return
         }
+        guard request.names.count <= self.limits.maxPending - self.waiters.count else {
+            for waiter in request.promises { waiter.fail(RedisClientError.tooManyPendingCommands) }
+            promise?.fail(RedisClientError.tooManyPendingCommands)
+            return
+        }
         let command = RedisCommand(request.command.rawValue.uppercased(), arguments: request.names)
         var buffer = context.channel.allocator.buffer(capacity: 32)
         do {
@@ -76,15 +115,22 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
             return
         }
         self.nextRequestID += 1
+        let deadline = context.eventLoop.now + self.limits.commandTimeout
         for (name, waiter) in zip(request.names, request.promises) {
-            self.waiters.append(Waiter(command: request.command, name: name, requestID: self.nextRequestID, promise: waiter))
+            self.waiters.append(Waiter(
+                command: request.command, name: name, requestID: self.nextRequestID, promise: waiter,
+                deadline: deadline, valuesReadBefore: self.valuesRead))
         }
-        context.write(self.wrapOutboundOut(buffer), promise: promise)
+        self.armTimer(for: deadline, context: context)
+        // The waiters are the handler's now (see `RedisCommandHandler.write`).
+        context.write(self.wrapOutboundOut(buffer), promise: nil)
+        promise?.succeed()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.isClosed else { return }
         let value = self.unwrapInboundIn(data)
+        self.valuesRead &+= 1
         switch value {
         case .array(let items):
             self.handlePush(items, context: context)
@@ -95,7 +141,7 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
             self.waiters.removeAll { $0.requestID == first.requestID }
             for waiter in failed { waiter.promise.fail(RedisClientError.server(message)) }
         default:
-            self.protocolViolation("unexpected reply in subscribe mode: \(value)", context: context)
+            self.protocolViolation("unexpected reply in subscribe mode", context: context)
         }
     }
 
@@ -129,6 +175,15 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
         }
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { self.scheduleHealthCheck(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.scheduleHealthCheck(context: context)
+        context.fireChannelActive()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         self.failAll(.connectionClosed)
         context.fireChannelInactive()
@@ -139,20 +194,95 @@ final class RedisPubSubHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.failAll(.channelFailed(error))
-        context.close(promise: nil)
+        self.giveUp(.channelFailed(error), context: context)
     }
 
     private func protocolViolation(_ message: String, context: ChannelHandlerContext) {
-        self.failAll(.protocolError(message))
+        self.giveUp(.protocolError(message), context: context)
+    }
+
+    /// Closes the connection, then fails every waiting request with `error`.
+    private func giveUp(_ error: RedisClientError, context: ChannelHandlerContext) {
+        let waiters = self.takeAll()
         context.close(promise: nil)
+        for waiter in waiters { waiter.promise.fail(error) }
     }
 
     private func failAll(_ error: RedisClientError) {
+        for waiter in self.takeAll() { waiter.promise.fail(error) }
+    }
+
+    /// Marks the connection unusable and empties the waiters; the caller fails what it returns.
+    private func takeAll() -> [Waiter] {
         self.isClosed = true
+        self.healthTimer?.cancel()
+        self.healthTimer = nil
+        self.timer?.cancel()
+        self.timer = nil
+        self.timerDeadline = nil
         let waiters = self.waiters
         self.waiters = []
-        for waiter in waiters { waiter.promise.fail(error) }
+        return waiters
+    }
+
+    // MARK: Idle check
+
+    private func scheduleHealthCheck(context: ChannelHandlerContext) {
+        guard let interval = self.limits.healthCheckInterval, self.healthTimer == nil, !self.isClosed else { return }
+        self.healthTimer = context.eventLoop.assumeIsolated().scheduleTask(in: interval) {
+            self.healthTimer = nil
+            self.checkHealth(context: context)
+        }
+    }
+
+    private func checkHealth(context: ChannelHandlerContext) {
+        guard !self.isClosed else { return }
+        if let sentAfter = self.pingSentAfter {
+            guard self.valuesRead != sentAfter else {
+                // Not even the PONG in a whole interval: the server is frozen or gone.
+                self.giveUp(.timedOut, context: context)
+                return
+            }
+            self.pingSentAfter = nil
+        }
+        if self.valuesRead == self.valuesReadAtLastCheck {
+            var buffer = context.channel.allocator.buffer(capacity: 14)
+            if (try? RedisCommand("PING").encode(into: &buffer)) != nil {
+                self.pingSentAfter = self.valuesRead
+                context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
+            }
+        }
+        self.valuesReadAtLastCheck = self.valuesRead
+        self.scheduleHealthCheck(context: context)
+    }
+
+    // MARK: Deadlines
+
+    private func armTimer(for deadline: NIODeadline, context: ChannelHandlerContext) {
+        if let armed = self.timerDeadline, armed <= deadline { return }
+        self.timer?.cancel()
+        self.timerDeadline = deadline
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.deadlinePassed(context: context)
+        }
+    }
+
+    private func deadlinePassed(context: ChannelHandlerContext) {
+        self.timer = nil
+        self.timerDeadline = nil
+        guard !self.isClosed else { return }
+        let now = context.eventLoop.now
+        let expired = self.waiters.filter { $0.deadline <= now }
+        self.waiters.removeAll { $0.deadline <= now }
+        let stalled = expired.contains { $0.valuesReadBefore == self.valuesRead }
+        if stalled {
+            let rest = self.takeAll()
+            context.close(promise: nil)
+            for waiter in expired + rest { waiter.promise.fail(RedisClientError.timedOut) }
+            return
+        }
+        if let next = self.waiters.map(\.deadline).min() { self.armTimer(for: next, context: context) }
+        for waiter in expired { waiter.promise.fail(RedisClientError.timedOut) }
     }
 }
 

@@ -37,6 +37,7 @@ public final class RedisSubscriber: Sendable {
         onResubscribed: (@Sendable () -> Void)? = nil
     ) {
         let registry = NIOLockedValueBox(Registry())
+        let connector = RedisConnector(configuration: configuration, logger: logger)
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.registry = registry
@@ -45,7 +46,7 @@ public final class RedisSubscriber: Sendable {
             configuration: configuration,
             logger: logger,
             connect: {
-                PubSubConnection.connect(to: configuration.url, on: eventLoop, connectTimeout: configuration.connectTimeout) { message in
+                PubSubConnection.connect(with: connector, on: eventLoop) { message in
                     let handler = registry.withLockedValue { registry in
                         if let pattern = message.pattern { registry.patterns[pattern] } else { registry.channels[message.channel] }
                     }
@@ -151,31 +152,37 @@ final class PubSubConnection: ReconnectableConnection {
         self.channel = channel
     }
 
+    /// Connects and logs in like a command connection (no SELECT: pub/sub channels are global,
+    /// not per database), then swaps the command handler for the subscribe-mode one.
     static func connect(
-        to url: RedisURL,
+        with connector: RedisConnector,
         on eventLoop: any EventLoop,
-        connectTimeout: TimeAmount,
         onMessage: @escaping @Sendable (RedisPubSubMessage) -> Void
     ) -> EventLoopFuture<PubSubConnection> {
-        // No SELECT: pub/sub channels are global, not per database.
-        ClientBootstrap(group: eventLoop)
-            .connectTimeout(connectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try Self.addHandlers(to: channel.pipeline.syncOperations, onMessage: onMessage)
+        // Idle for a command timeout: PING; no answer by the next check: closed and made again.
+        let limits = RedisPubSubHandler.Limits(
+            commandTimeout: connector.configuration.commandTimeout, maxPending: connector.configuration.maxPendingCommands,
+            healthCheckInterval: connector.configuration.commandTimeout)
+        return connector.connect(on: eventLoop, selectDatabase: false).flatMap { connection in
+            connection.channel.pipeline.syncOperations.removeHandler(name: RedisConnection.commandHandlerName)
+                .flatMapThrowing {
+                    try connection.channel.pipeline.syncOperations.addHandler(RedisPubSubHandler(limits: limits, onMessage: onMessage))
+                    return PubSubConnection(channel: connection.channel)
                 }
-            }
-            .connect(host: url.host, port: url.port)
-            .map { PubSubConnection(channel: $0) }
+                .flatMapError { error in
+                    connection.close().flatMapThrowing { throw error }
+                }
+        }
     }
 
     static func addHandlers(
         to pipeline: ChannelPipeline.SynchronousOperations,
+        limits: RedisPubSubHandler.Limits = .init(commandTimeout: RedisConfiguration.defaultCommandTimeout,
+                                                  maxPending: RedisConfiguration.defaultMaxPendingCommands),
         onMessage: @escaping (RedisPubSubMessage) -> Void
     ) throws {
         try pipeline.addHandler(ByteToMessageHandler(RESPDecoder()))
-        try pipeline.addHandler(RedisPubSubHandler(onMessage: onMessage))
+        try pipeline.addHandler(RedisPubSubHandler(limits: limits, onMessage: onMessage))
     }
 
     /// Sends one SUBSCRIBE-family command; succeeds when every name was confirmed.
@@ -183,8 +190,10 @@ final class PubSubConnection: ReconnectableConnection {
         let eventLoop = self.channel.eventLoop
         let confirmations = names.map { _ in eventLoop.makePromise(of: Void.self) }
         let request = PubSubRequest(command: command, names: names, promises: confirmations)
-        self.channel.writeAndFlush(request).whenFailure { _ in
-            for confirmation in confirmations { confirmation.fail(RedisClientError.connectionClosed) }
+        self.channel.writeAndFlush(request).whenFailure { error in
+            // Only when the handler never took the request (it was already removed).
+            let reason = RedisClientError.channelFailed(error)
+            for confirmation in confirmations { confirmation.fail(reason) }
         }
         return EventLoopFuture.andAllSucceed(confirmations.map(\.futureResult), on: eventLoop)
     }

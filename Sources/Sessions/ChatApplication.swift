@@ -53,10 +53,17 @@ public struct FanOut: Sendable {
 
     public static let singleNode = FanOut(broker: LocalBroker())
 
+    /// Through the Redis of `redis` (URL with credentials, TLS, deadlines and bounds).
+    public static func redis(
+        _ redis: RedisConfiguration, instanceID: String, configuration: RedisBrokerConfiguration = .init(), eventLoop: any EventLoop, logger: Logger
+    ) -> FanOut {
+        FanOut(broker: RedisBroker(redis: redis, instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger))
+    }
+
     public static func redis(
         url: RedisURL, instanceID: String, configuration: RedisBrokerConfiguration = .init(), eventLoop: any EventLoop, logger: Logger
     ) -> FanOut {
-        FanOut(broker: RedisBroker(url: url, instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger))
+        Self.redis(RedisConfiguration(url: url), instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger)
     }
 
     /// Whether the shared part works now (Redis reachable); always true for one node.
@@ -89,7 +96,8 @@ public struct ChatApplication: WebSocketApplication {
     public init(
         configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory,
         fanOut: FanOut = .singleNode, persistence: Persistence = .none, tracer: any Tracer = NoOpTracer(),
-        policy: ChatPolicy = .open, jobs: JobsGateway? = nil, tools: ToolRegistry = .empty, logger: Logger
+        policy: ChatPolicy = .open, jobs: JobsGateway? = nil, tools: ToolRegistry = .empty, memoryBudget: MemoryBudget = .unlimited(),
+        logger: Logger
     ) {
         self.jobs = jobs
         self.tools = tools
@@ -107,7 +115,8 @@ public struct ChatApplication: WebSocketApplication {
         self.router = router
         let metrics = ChatMetrics()
         self.metrics = metrics
-        let hub = GenerationHub(retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations, metrics: metrics)
+        let hub = GenerationHub(
+            retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations, metrics: metrics, budget: memoryBudget)
         self.hub = hub
         self.broker = fanOut.broker
         // A cancel from another instance for one of ours.

@@ -52,6 +52,14 @@ final class ChatGeneration: GenerationSink {
     /// Chunks not yet written because the connection was not writable: merged into one delta.
     private var pendingText = ""
     private var pendingFirstSeq: Int64?
+    /// UTF-8 bytes of `pendingText`.
+    private var pendingBytes = 0
+    /// What the answer (the resume log) and the held-back text hold of the memory budget;
+    /// handed to the hub with the answer when it ends.
+    private var charge = MemoryCharge(.generation)
+    /// The memory budget had no room for more of the answer: it ends with `overloaded` at the
+    /// end of this read.
+    private var overBudget = false
     /// The whole answer so far, for the conversation (bytes: appending is cheaper than to a String).
     private var answerBytes = ByteBuffer()
     var answer: String { String(buffer: self.answerBytes) }
@@ -63,9 +71,12 @@ final class ChatGeneration: GenerationSink {
     private let grant: GenerationGrant
     /// Gives back what the limits and the quota reserved and this generation did not use.
     private let settle: (_ usedTokens: Int) -> Void
-    /// A tokens-per-minute budget ran out: the rest of the upstream's text is dropped and the
-    /// generation ends with `length` at the end of this read.
+    /// The answer reached its `max_tokens` (the client's, or less when a budget cut it) or its
+    /// byte bound: the rest of the upstream's text is dropped and the generation ends with
+    /// `length` at the end of this read (with an error saying which budget, if one did).
     private var budgetReached = false
+    /// `GenerationRequest.maxAnswerBytes` for this generation's `max_tokens`.
+    private let maxAnswerBytes: Int
 
     private let engine: any InferenceEngine
     /// Grows by an assistant turn and the tool results each time the model calls tools.
@@ -129,6 +140,7 @@ final class ChatGeneration: GenerationSink {
         self.tools = tools
         self.metrics = metrics
         self.grant = grant
+        self.maxAnswerBytes = GenerationRequest.maxAnswerBytes(forTokens: grant.maxTokens)
         self.settle = settle
         self.startedAt = startedAt
         self.trace = trace
@@ -209,7 +221,13 @@ final class ChatGeneration: GenerationSink {
     }
 
     func generationDidProduce(_ text: Substring) {
-        guard !self.ended, !self.budgetReached else { return }
+        guard !self.ended, !self.budgetReached, !self.overBudget else { return }
+        // An upstream that goes past max_tokens, or past the byte bound, is cut: this text is
+        // dropped and the generation ends with `length` at the end of the read.
+        if self.seq >= Int64(self.grant.maxTokens) || self.answerBytes.readableBytes.addingSaturating(text.utf8.count) > self.maxAnswerBytes {
+            self.budgetReached = true
+            return
+        }
         if !self.announced { self.announce() }
         if self.seq == 0 {
             self.metrics.timeToFirstToken.recordInterval(since: self.startedAt)
@@ -221,6 +239,7 @@ final class ChatGeneration: GenerationSink {
             self.answerBytes.writeSubstring(text)
         }
         self.tokenEnds.append(Int32(truncatingIfNeeded: self.answerBytes.writerIndex))
+        self.chargeAnswer()
         // Counted here, not after the stream: the budget is never overshot (a chunk is a token
         // for the OpenAI-compatible servers; the upstream was also asked for at most this many).
         if self.grant.cutByBudget && seq >= Int64(self.grant.maxTokens) { self.budgetReached = true }
@@ -235,6 +254,16 @@ final class ChatGeneration: GenerationSink {
             self.pendingFirstSeq = seq
         }
         self.pendingText += text
+        self.pendingBytes += text.utf8.count
+        self.chargeAnswer()
+    }
+
+    /// Keeps the budget's charge at least what the answer and the held-back text take (in
+    /// 16 KiB steps: one reservation per step, not per token). No room: `overBudget`.
+    private func chargeAnswer() {
+        let held = self.answerBytes.capacity + self.tokenEnds.capacity * MemoryLayout<Int32>.size + self.pendingBytes
+        guard held > self.charge.held else { return }
+        if !self.charge.grow(to: held, granule: 16 * 1024, in: self.hub.budget) { self.overBudget = true }
     }
 
     func generationDidReportUsage(promptTokens: Int, completionTokens: Int) {
@@ -242,6 +271,15 @@ final class ChatGeneration: GenerationSink {
     }
 
     func generationDidEndBatch() {
+        if self.overBudget && !self.ended {
+            self.handle?.cancel()
+            self.handle = nil
+            self.hub.countOverBudget()
+            self.logger.warning("generation ended: the memory budget is exhausted", metadata: self.ids([
+                "sluice.budget_used": "\(self.hub.budget.used)", "sluice.budget_limit": "\(self.hub.budget.limit)"]))
+            self.end(.error, failure: GenerationError(code: .overloaded, message: "the server's memory budget is exhausted; retry shortly"))
+            return
+        }
         if self.budgetReached && !self.ended {
             self.handle?.cancel()
             self.handle = nil
@@ -365,6 +403,7 @@ final class ChatGeneration: GenerationSink {
                 "sluice.error": "\(error.code.rawValue)", "sluice.message": "\(error.message)",
             ]))
             self.history.releaseAnswerReservation()
+            self.charge.releaseAll(to: self.hub.budget)
             self.settle(0)
             self.trace.failedToStart(error)
             self.output.generationFailedToStart(self, error: error)
@@ -397,6 +436,7 @@ final class ChatGeneration: GenerationSink {
         }
         self.pendingFirstSeq = nil
         self.pendingText = ""
+        self.pendingBytes = 0
     }
 
     private func end(_ reason: FinishReason, error: InferenceError?) {
@@ -475,8 +515,11 @@ final class ChatGeneration: GenerationSink {
         self.notifyFollowers(end: end)
         self.followers = []
         if self.announced {
-            self.hub.generationFinished(FinishedGeneration(
-                info: self.info, text: Array(self.answerBytes.readableBytesView), tokenEnds: self.tokenEnds, end: end))
+            self.hub.generationFinished(
+                FinishedGeneration(info: self.info, text: Array(self.answerBytes.readableBytesView), tokenEnds: self.tokenEnds, end: end),
+                charged: self.charge.transfer())
+        } else {
+            self.charge.releaseAll(to: self.hub.budget)
         }
         self.output.generationEnded(self)
     }

@@ -72,6 +72,12 @@ final class ChatMetrics: Sendable {
     let activeConversations = Gauge(label: "active_conversations")
     /// User input refused by the input filter or the moderation service.
     let contentRejected = Counter(label: "sluice_content_rejected_total")
+    /// Retained answers forgotten early because the memory budget needed the room.
+    let retainedEvicted = Counter(label: "sluice_resume_evictions_total", dimensions: [("reason", "memory_budget")])
+    /// Ended answers not retained for resuming because the memory budget could not hold them.
+    let retainedNotKept = Counter(label: "sluice_resume_evictions_total", dimensions: [("reason", "not_retained")])
+    /// Generations ended with `overloaded` because the memory budget could not hold their answer.
+    let overBudget = Counter(label: "sluice_generations_over_memory_budget_total")
 
     func upstream(_ name: String) -> Upstream {
         self.upstreams.withLockedValue { upstreams in

@@ -2,6 +2,7 @@ import Inference
 import NIOCore
 import SluiceProtocol
 import Synchronization
+import WSServer
 
 /// What a client needs to show a generation it did not start (`generation.started`).
 struct GenerationInfo: Sendable, Equatable {
@@ -104,6 +105,11 @@ final class ConversationWatcher: Sendable {
 /// `generation.resume`, `generation.cancel` from another connection and `conversation.subscribe`
 /// look up. Ended generations stay (with their whole text) for `retention`, at most
 /// `maxRetained` of them, so a client that reconnects can still resume.
+///
+/// Their bytes are charged to the process-wide `MemoryBudget`, and they are the first thing
+/// given back when it is tight: a reservation that does not fit evicts the oldest retained
+/// answers first. An answer the budget cannot hold at all is not retained (resuming it then
+/// finds nothing here; the stored conversation still has it).
 final class GenerationHub: Sendable {
     struct Entry: Sendable {
         let generationID: String
@@ -127,21 +133,30 @@ final class GenerationHub: Sendable {
         var running: [String: Set<String>] = [:]  // conversation → running generation ids
         var runningCount = 0
         var watchers: [String: [ConversationWatcher]] = [:]  // conversation → watchers
-        var ended: [(id: String, at: NIODeadline)] = []
+        /// Ended generations, oldest first, with the bytes each holds of the budget.
+        var ended: [(id: String, at: NIODeadline, bytes: Int)] = []
         var endedStart = 0
+        var retainedBytes = 0
     }
 
     private let state = Mutex(State())
     let retention: TimeAmount
     let maxRetained: Int
+    /// Bytes held for clients, process-wide: running answers (`ChatGeneration`) and retained ones.
+    let budget: MemoryBudget
 
     /// Running generations and the conversations they are in, as gauges.
     private let metrics: ChatMetrics?
 
-    init(retention: TimeAmount = .minutes(5), maxRetained: Int = 10_000, metrics: ChatMetrics? = nil) {
+    /// Bookkeeping of one retained answer beyond its text and seq offsets (entry, ids, end).
+    static let retainedOverhead = 512
+
+    init(retention: TimeAmount = .minutes(5), maxRetained: Int = 10_000, metrics: ChatMetrics? = nil, budget: MemoryBudget = .unlimited()) {
         self.retention = retention
         self.maxRetained = maxRetained
         self.metrics = metrics
+        self.budget = budget
+        budget.addReclaimer { [weak self] wanted in self?.reclaim(wanted) ?? 0 }
     }
 
     private func recordRunning(_ generations: Int, _ conversations: Int) {
@@ -161,16 +176,37 @@ final class GenerationHub: Sendable {
         for watcher in watchers { watcher.generationStarted(entry.generationID) }
     }
 
-    func generationFinished(_ finished: FinishedGeneration) {
+    /// A generation ended: kept for resuming if the budget holds it. `charged` is what the
+    /// running generation held of the budget (as `.generation`), handed over to the hub.
+    func generationFinished(_ finished: FinishedGeneration, charged: Int = 0) {
         let now = NIODeadline.now()
         let generationID = finished.info.generationID
         let conversationID = finished.info.conversationID
+        // What keeping it costs; taken from what the running answer held, the rest reserved
+        // now (outside the lock: reserving may ask this hub to evict older answers).
+        let cost = Self.retainedOverhead + finished.text.count + finished.tokenEnds.count * MemoryLayout<Int32>.size
+        let keep = self.maxRetained > 0 && (cost <= charged || self.budget.reserve(cost - charged, for: .retainedGeneration))
+        if charged > cost {
+            self.budget.release(charged - cost, for: .generation)
+        }
+        if keep {
+            self.budget.move(min(charged, cost), from: .generation, to: .retainedGeneration)
+        } else {
+            self.budget.release(min(charged, cost), for: .generation)
+            self.metrics?.retainedNotKept.increment()
+        }
         let (generations, conversations) = self.state.withLock { state in
-            state.entries[generationID]?.state = .finished(finished)
+            if keep && state.entries[generationID] != nil {
+                state.entries[generationID]?.state = .finished(finished)
+                state.ended.append((generationID, now, cost))
+                state.retainedBytes += cost
+            } else {
+                state.entries[generationID] = nil
+                if keep { self.budget.release(cost, for: .retainedGeneration) }
+            }
             if state.running[conversationID]?.remove(generationID) != nil { state.runningCount -= 1 }
             if state.running[conversationID]?.isEmpty == true { state.running[conversationID] = nil }
-            state.ended.append((generationID, now))
-            Self.evict(&state, now: now, retention: self.retention, maxRetained: self.maxRetained)
+            self.evict(&state, now: now)
             return (state.runningCount, state.running.count)
         }
         self.recordRunning(generations, conversations)
@@ -179,9 +215,32 @@ final class GenerationHub: Sendable {
     func lookup(_ generationID: String) -> Entry? {
         let now = NIODeadline.now()
         return self.state.withLock { state in
-            Self.evict(&state, now: now, retention: self.retention, maxRetained: self.maxRetained)
+            self.evict(&state, now: now)
             return state.entries[generationID]
         }
+    }
+
+    /// A running generation ended because the budget could not hold its answer.
+    func countOverBudget() { self.metrics?.overBudget.increment() }
+
+    /// Bytes the retained answers hold now.
+    var retainedBytes: Int { self.state.withLock { $0.retainedBytes } }
+
+    /// The budget is tight: forgets the oldest retained answers until `wanted` bytes are
+    /// freed or none is left; returns what was freed.
+    func reclaim(_ wanted: Int) -> Int {
+        let (freed, forgotten) = self.state.withLock { state -> (Int, Int) in
+            var freed = 0
+            var forgotten = 0
+            while freed < wanted, state.endedStart < state.ended.count {
+                freed += self.forgetOldest(&state)
+                forgotten += 1
+            }
+            Self.compact(&state)
+            return (freed, forgotten)
+        }
+        if forgotten > 0 { self.metrics?.retainedEvicted.increment(by: forgotten) }
+        return freed
     }
 
     /// Starts watching; returns the generations running in the conversation now (not the
@@ -211,14 +270,28 @@ final class GenerationHub: Sendable {
     }
 
     /// Forgets ended generations past their retention or beyond the count bound (oldest first).
-    private static func evict(_ state: inout State, now: NIODeadline, retention: TimeAmount, maxRetained: Int) {
+    private func evict(_ state: inout State, now: NIODeadline) {
         while state.endedStart < state.ended.count {
             let oldest = state.ended[state.endedStart]
             let retained = state.ended.count - state.endedStart
-            guard retained > maxRetained || oldest.at + retention <= now else { break }
-            state.entries[oldest.id] = nil
-            state.endedStart += 1
+            guard retained > self.maxRetained || oldest.at + self.retention <= now else { break }
+            self.forgetOldest(&state)
         }
+        Self.compact(&state)
+    }
+
+    /// Forgets the oldest retained answer and gives its bytes back; returns them.
+    @discardableResult
+    private func forgetOldest(_ state: inout State) -> Int {
+        let oldest = state.ended[state.endedStart]
+        state.entries[oldest.id] = nil
+        state.endedStart += 1
+        state.retainedBytes -= oldest.bytes
+        self.budget.release(oldest.bytes, for: .retainedGeneration)
+        return oldest.bytes
+    }
+
+    private static func compact(_ state: inout State) {
         if state.endedStart > 1024 && state.endedStart > state.ended.count / 2 {
             state.ended.removeFirst(state.endedStart)
             state.endedStart = 0

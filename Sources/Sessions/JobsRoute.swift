@@ -34,6 +34,9 @@ final class JobsResponder: HTTPRouteResponder {
         self.route = route
     }
 
+    /// Only `POST /v1/jobs` takes a body: a job whose input is bounded like a chat message.
+    var maxRequestBodyBytes: Int { self.route == .collection ? self.application.configuration.requestLimits.maxJSONMessageBytes : 0 }
+
     func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
         guard let jobs = self.application.jobs else {
             HistoryResponder.respondError(writer, .serviceUnavailable, .unavailable, "jobs need Redis (redis.url); this gateway runs without it", retryAfterMs: nil)

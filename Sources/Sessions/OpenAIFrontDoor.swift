@@ -98,6 +98,9 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private let created = Int(Date().timeIntervalSince1970)
     private var model = ""
     private var deltas = 0
+    private var answerBytes = 0
+    /// The answer reached its max_tokens or byte bound: the rest is dropped, the answer ends.
+    private var limitReached = false
     private var text = ByteBuffer()
     private var usage: (prompt: Int, completion: Int)?
     private var promptEstimate = 0
@@ -105,10 +108,17 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private let startedAt = NIODeadline.now()
     /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":` once.
     private var chunkPrefix = ByteBuffer()
+    /// What the answer collected for a non-streamed response holds of the memory budget.
+    private var charge = MemoryCharge(.generation)
+    /// The memory budget had no room for more of a non-streamed answer: 503 at the end of this read.
+    private var overBudget = false
 
     init(application: ChatApplication) {
         self.application = application
     }
+
+    /// It carries the whole context: the decoder's bound for it (eight contents, escaped, plus 16 KiB).
+    var maxRequestBodyBytes: Int { self.application.configuration.requestLimits.maxOpenAIBodyBytes }
 
     struct Request {
         var model: String?
@@ -254,9 +264,19 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     // MARK: GenerationSink
 
     func generationDidProduce(_ text: Substring) {
-        guard !self.ended else { return }
+        guard !self.ended, !self.limitReached, !self.overBudget else { return }
+        if let grant = self.admission?.grant {
+            // Past max_tokens, or the byte bound: cut, whatever the upstream does.
+            if self.deltas >= grant.maxTokens || self.answerBytes.addingSaturating(text.utf8.count) > GenerationRequest.maxAnswerBytes(forTokens: grant.maxTokens) {
+                self.limitReached = true
+                return
+            }
+            // A budget smaller than the request's max_tokens ends it right at the budget.
+            if grant.cutByBudget && self.deltas + 1 >= grant.maxTokens { self.limitReached = true }
+        }
         if self.deltas == 0 { self.metrics?.timeToFirstToken.recordInterval(since: self.startedAt) }
         self.deltas += 1
+        self.answerBytes = self.answerBytes.addingSaturating(text.utf8.count)
         if self.streaming {
             self.writeHeadIfNeeded()
             var chunk = ByteBuffer()
@@ -268,6 +288,11 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             self.writer?.writeBody(chunk, flush: false)
         } else {
             self.text.writeSubstring(text)
+            if self.text.capacity > self.charge.held,
+               !self.charge.grow(to: self.text.capacity, granule: 16 * 1024, in: self.application.hub.budget)
+            {
+                self.overBudget = true
+            }
         }
     }
 
@@ -277,8 +302,27 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
 
     func generationDidEndBatch() {
         guard !self.ended else { return }
-        // A budget (rate limit or quota) smaller than the request's max_tokens: stop there.
-        if let admission = self.admission, admission.grant.cutByBudget, self.deltas >= admission.grant.maxTokens {
+        if self.overBudget {
+            // Nothing was sent yet (a non-streamed answer): a retryable 503, and the answer dropped.
+            self.handle?.cancel()
+            self.handle = nil
+            self.ended = true
+            self.application.hub.countOverBudget()
+            self.metrics?.request(status: ErrorCode.overloaded.rawValue)
+            if let admission = self.admission {
+                self.application.settle(admission, user: self.user, usedTokens: (self.usage?.prompt ?? self.promptEstimate).addingSaturating(self.deltas))
+            }
+            self.text = ByteBuffer()
+            self.charge.releaseAll(to: self.application.hub.budget)
+            if let writer = self.writer {
+                OpenAIError.respond(writer, status: .serviceUnavailable, "the server's memory budget is exhausted; retry shortly",
+                                    type: "api_error", code: ErrorCode.overloaded.rawValue, retryAfterMs: 1000)
+                self.writer = nil
+            }
+            return
+        }
+        // max_tokens reached (the request's, or a smaller budget's): stop there.
+        if self.limitReached {
             self.handle?.cancel()
             self.handle = nil
             self.finish(.length)
@@ -333,6 +377,7 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     private func finish(_ reason: FinishReason, error: InferenceError? = nil) {
         guard !self.ended else { return }
         self.ended = true
+        defer { self.charge.releaseAll(to: self.application.hub.budget) }
         // The upstream's counts are clamped where they are decoded; the sum saturates anyway.
         let usage = self.usage.map { Usage(promptTokens: $0.prompt, completionTokens: $0.completion, source: .upstream) }
             ?? Usage(promptTokens: self.promptEstimate, completionTokens: self.deltas, source: .gateway)

@@ -105,12 +105,11 @@ final class RedisBroker: Broker {
         var ownerLost = false
     }
 
-    init(url: RedisURL, instanceID: String, configuration: RedisBrokerConfiguration, eventLoop: any EventLoop, logger: Logger) {
+    init(redis: RedisConfiguration, instanceID: String, configuration: RedisBrokerConfiguration, eventLoop: any EventLoop, logger: Logger) {
         self.instanceID = instanceID
         self.incarnation = Identifier.make("inc_")
         self.configuration = configuration
         self.logger = logger
-        let redis = RedisConfiguration(url: url)
         let resync = Mutex<RedisBroker?>(nil)
         // Liveness is refreshed as soon as a connection is up, not only on the next tick.
         self.client = RedisClient(configuration: redis, eventLoop: eventLoop, logger: logger, onStateChange: { state in

@@ -57,6 +57,8 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var jobs: JobSettings = .init()
     /// Tools offered to the model (`tools:`).
     public var tools: ToolSettings = .init()
+    /// The admin listener (`admin:`): `/metrics`, `/v1/stats`, any user's presence; loopback by default.
+    public var admin: AdminSettings = .init()
 
     /// Log levels accepted by `logLevel`, most verbose first (the names swift-log uses).
     public static let logLevels: [String] = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
@@ -74,20 +76,29 @@ public struct SluiceConfiguration: Sendable, Equatable {
     /// (so the error can point at the file line); these can only be checked once every layer
     /// (file, environment, flags) has been applied, because a later layer may fix an earlier one.
     public func validate() throws(ConfigurationError) {
-        if let url = self.redis.url {
-            do {
-                _ = try RedisURL(url)
-            } catch {
-                throw ConfigurationError(kind: .invalidValue, key: "redis.url", value: url, reason: "\(error)")
-            }
-        }
+        _ = try self.redis.clientConfiguration(checkFiles: true)
         do {
             _ = try self.storage.backend
         } catch {
             throw ConfigurationError(kind: .invalidValue, key: "storage.database_url", value: self.storage.databaseURL, reason: "\(error)")
         }
+        if self.auth.jwtSecret != nil && self.auth.jwtSecretFile != nil {
+            throw ConfigurationError(kind: .inconsistent, key: "auth.jwt_secret_file", value: nil,
+                                     reason: "give auth.jwt_secret or auth.jwt_secret_file, not both")
+        }
+        if let path = self.auth.jwtSecretFile {
+            do {
+                _ = try AuthSettings.readSecretFile(path)
+            } catch {
+                throw ConfigurationError(kind: .invalidValue, key: "auth.jwt_secret_file", value: path, reason: error.description)
+            }
+        }
         if let secret = self.auth.jwtSecret, secret.utf8.count < JWTKeySpec.minimumSecretBytes("HS256") {
             throw ConfigurationError(kind: .invalidValue, key: "auth.jwt_secret", value: nil, reason: "an HS256 secret needs at least 32 bytes (RFC 7518)")
+        }
+        if self.admin.enabled, self.admin.port != 0, self.admin.port == self.server.port {
+            throw ConfigurationError(kind: .inconsistent, key: "admin.port", value: String(self.admin.port),
+                                     reason: "must differ from server.port: the admin listener is a port of its own")
         }
         for key in self.auth.keys {
             if let secret = key.secret, secret.utf8.count < JWTKeySpec.minimumSecretBytes(key.algorithm) {
@@ -215,7 +226,8 @@ public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConver
     public var kind: Kind
     /// Dotted key path as written in the YAML file, e.g. `server.port`.
     public var key: String?
-    /// The offending value as written.
+    /// The offending value as written; for secret-bearing keys masked (`***`, or a URL without
+    /// its password: see `Redaction`).
     public var value: String?
     /// What is wrong, or what was expected.
     public var reason: String
@@ -224,8 +236,10 @@ public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConver
     public init(kind: Kind, key: String?, value: String?, reason: String, source: Source? = nil) {
         self.kind = kind
         self.key = key
-        self.value = value
-        self.reason = reason
+        // Masked here, so no error (and no log line quoting it) ever holds a secret or a password;
+        // a reason that quotes the value (a parser's message) is masked the same way.
+        self.value = Redaction.configurationValue(value, key: key)
+        self.reason = Redaction.configurationReason(reason, value: value, key: key)
         self.source = source
     }
 
@@ -315,8 +329,22 @@ public struct NamedUpstream: Sendable, Equatable {
 
 /// Redis for running several instances; without a URL the gateway is a single node.
 public struct RedisSettings: Sendable, Equatable {
-    /// `redis://host:port/db`; nil keeps everything in process.
+    /// `redis[s]://[user:password@]host:port/db`; nil keeps everything in process. The password
+    /// (percent-encoded) is sent with AUTH on every connection and masked in every log line.
     public var url: String? = nil
+    /// TLS for `rediss://` URLs: the server's certificate is always verified, host name included.
+    public var tls: RedisTLSSettings = .init()
+    /// How long one Redis command may wait for its reply (blocking reads: plus their block
+    /// time). Past it the command fails like an outage (callers fall back), and a connection
+    /// that answered nothing in that time is closed and made again.
+    public var commandTimeout: TimeAmount = RedisConfiguration.defaultCommandTimeout
+    /// Commands waiting for replies on one Redis connection, at most; more fail at once with a
+    /// retryable error (callers fall back as when Redis is down).
+    public var maxPendingCommands: Int = RedisConfiguration.defaultMaxPendingCommands
+    /// Bytes one Redis reply may hold (its strings together); a bigger one closes the connection.
+    public var maxReplyBytes: Int = RESPParser.Limits.default.maxReplyBytes
+    /// Values one Redis reply may hold (array elements at every depth).
+    public var maxReplyElements: Int = RESPParser.Limits.default.maxReplyElements
     /// `/ready` answers 503 while Redis is unreachable (so a load balancer prefers healthy
     /// instances); local chats keep working either way.
     public var readyRequiresRedis: Bool = true
@@ -326,6 +354,67 @@ public struct RedisSettings: Sendable, Equatable {
     public var broker: RedisBrokerConfiguration = .init()
 
     public init() {}
+
+    /// The client settings for `url`, nil without one. Checks the URL, that TLS settings come
+    /// with a `rediss://` URL, and with `checkFiles` that the TLS files load. Errors never show
+    /// the password.
+    public func clientConfiguration(checkFiles: Bool = false) throws(ConfigurationError) -> RedisConfiguration? {
+        guard let text = self.url else { return nil }
+        let url: RedisURL
+        do {
+            url = try RedisURL(text)
+        } catch {
+            throw ConfigurationError(kind: .invalidValue, key: "redis.url", value: error.url, reason: error.reason)
+        }
+        if !url.usesTLS, let key = self.tls.keysSet.first {
+            throw ConfigurationError(kind: .inconsistent, key: key, value: nil,
+                                     reason: "TLS settings need a rediss:// URL (redis.url is \(url))")
+        }
+        let configuration = RedisConfiguration(
+            url: url, tls: self.tls.client, commandTimeout: self.commandTimeout, maxPendingCommands: self.maxPendingCommands,
+            replyLimits: RESPParser.Limits(maxReplyBytes: self.maxReplyBytes, maxReplyElements: self.maxReplyElements))
+        if checkFiles {
+            do {
+                try configuration.validate()
+            } catch {
+                throw ConfigurationError(kind: .invalidValue, key: "redis.tls", value: nil, reason: error.description)
+            }
+        }
+        return configuration
+    }
+}
+
+/// `redis.tls`: how a `rediss://` connection is verified and which client certificate it shows.
+public struct RedisTLSSettings: Sendable, Equatable {
+    /// PEM file of the certificate authorities to trust; unset: the system's trust roots.
+    public var caFile: String? = nil
+    /// PEM client certificate (chain) and its key, for a Redis with `tls-auth-clients yes`.
+    public var certificateFile: String? = nil
+    public var privateKeyFile: String? = nil
+    /// SNI and the name the certificate must carry; unset: the URL's host.
+    public var serverName: String? = nil
+    /// False accepts any server certificate (encrypted, not authenticated: anyone on the path
+    /// can pose as Redis). Never in production; a warning is logged at startup.
+    public var verify: Bool = true
+
+    public init() {}
+
+    var client: RedisTLSConfiguration {
+        RedisTLSConfiguration(
+            caFile: self.caFile, certificateFile: self.certificateFile, privateKeyFile: self.privateKeyFile,
+            serverName: self.serverName, verifiesCertificates: self.verify)
+    }
+
+    /// The keys set away from their defaults.
+    var keysSet: [String] {
+        var keys: [String] = []
+        if self.caFile != nil { keys.append("redis.tls.ca_file") }
+        if self.certificateFile != nil { keys.append("redis.tls.certificate_file") }
+        if self.privateKeyFile != nil { keys.append("redis.tls.private_key_file") }
+        if self.serverName != nil { keys.append("redis.tls.server_name") }
+        if !self.verify { keys.append("redis.tls.verify") }
+        return keys
+    }
 }
 
 /// Conversations, messages and usage: PostgreSQL, an embedded SQLite file (the default), or
@@ -414,8 +503,12 @@ public struct TracingSettings: Sendable, Equatable {
 /// Authentication: JWTs (HS256 secrets, RS/ES public keys, a JWKS file) and static API keys.
 /// With none of them configured, authentication is off (development: `?user=` names the user).
 public struct AuthSettings: Sendable, Equatable {
-    /// One HS256 secret (`--jwt-secret`, `SLUICE_JWT_SECRET`): the simple setup.
+    /// One HS256 secret (`SLUICE_JWT_SECRET`): the simple setup. Never on the command line
+    /// (`ps` shows arguments to every user): see `jwtSecretFile`.
     public var jwtSecret: String? = nil
+    /// A file holding the HS256 secret (`--jwt-secret-file`, `SLUICE_AUTH_JWT_SECRET_FILE`; a
+    /// mounted Kubernetes or Docker secret). A final newline is not part of the secret.
+    public var jwtSecretFile: String? = nil
     /// Further keys, each `{kid, alg, secret | public_key | public_key_file}`.
     public var keys: [JWTKeySetting] = []
     /// A JWKS document on disk (keys need `kid` and `alg`).
@@ -426,8 +519,10 @@ public struct AuthSettings: Sendable, Equatable {
     public var leeway: TimeAmount = .seconds(30)
     public var issuer: String? = nil
     public var audience: String? = nil
-    /// Query parameter that may carry a token (browsers that cannot set headers); nil: none.
-    public var queryParameter: String? = "token"
+    /// Query parameter that may carry a token (browsers cannot set headers on a WebSocket);
+    /// nil, the default: none. Off unless asked for, because URLs end up in access logs and
+    /// browser history; when on, keep tokens short-lived.
+    public var queryParameter: String? = nil
     /// Tokens without `exp` are refused.
     public var requireExpiry: Bool = true
     /// A connection whose token expires is closed (1008) at expiry.
@@ -435,7 +530,46 @@ public struct AuthSettings: Sendable, Equatable {
 
     public init() {}
 
-    public var isEnabled: Bool { self.jwtSecret != nil || !self.keys.isEmpty || self.jwksFile != nil || !self.apiKeys.isEmpty }
+    public var isEnabled: Bool {
+        self.jwtSecret != nil || self.jwtSecretFile != nil || !self.keys.isEmpty || self.jwksFile != nil || !self.apiKeys.isEmpty
+    }
+
+    /// The HS256 secret, from `jwtSecret` or read from `jwtSecretFile`.
+    public func resolvedJWTSecret() throws(SecretFileError) -> String? {
+        if let secret = self.jwtSecret { return secret }
+        return try self.jwtSecretFile.map { path throws(SecretFileError) in try Self.readSecretFile(path) }
+    }
+
+    /// A secret kept in a file: its text without the final newline, at least 32 bytes.
+    public static func readSecretFile(_ path: String) throws(SecretFileError) -> String {
+        guard let data = FileManager.default.contents(atPath: path), var text = String(data: data, encoding: .utf8) else {
+            throw SecretFileError(description: "cannot read \(path)")
+        }
+        while text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }
+        guard text.utf8.count >= JWTKeySpec.minimumSecretBytes("HS256") else {
+            throw SecretFileError(description: "the secret in \(path) is shorter than 32 bytes (an HS256 secret needs at least 32, RFC 7518)")
+        }
+        return text
+    }
+
+    public struct SecretFileError: Error, CustomStringConvertible {
+        public var description: String
+    }
+}
+
+/// `admin:` — a second listener for operators: `/metrics`, `/v1/stats`, any user's presence
+/// (`GET /v1/presence?user=`), `/health` and `/ready`. The public listener answers 404 for the
+/// first three. Bound to loopback by default: expose it to Prometheus on a private network only.
+public struct AdminSettings: Sendable, Equatable {
+    /// Off: those routes are served nowhere.
+    public var enabled: Bool = true
+    public var host: String = "127.0.0.1"
+    /// 9464 (the port OpenTelemetry gives a Prometheus endpoint), away from the public 8080 and
+    /// the 8081, 8082 … that further local instances tend to take. 0 picks a free port (logged
+    /// at start-up: `admin listener` with `sluice.admin_port`).
+    public var port: Int = 9464
+
+    public init() {}
 }
 
 public struct JWTKeySetting: Sendable, Equatable {

@@ -17,16 +17,16 @@ public enum JobsAdmin {
     }
 
     public static func run(_ command: Command, configuration: SluiceConfiguration, output: @Sendable (String) -> Void = { print($0) }) async throws {
-        guard let url = configuration.redis.url else {
-            throw WorkerSetupError(description: "the job queue lives in Redis: give --redis-url (or SLUICE_REDIS_URL)")
-        }
         var logger = Logger(label: "sluice.jobs")
         logger.logLevel = .error
-        let redis = RedisClient(configuration: RedisConfiguration(url: try RedisURL(url)), eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)
+        guard let redisConfiguration = try SluiceServer.redisConfiguration(configuration, logger: logger) else {
+            throw WorkerSetupError(description: "the job queue lives in Redis: give --redis-url (or SLUICE_REDIS_URL)")
+        }
+        let redis = RedisClient(configuration: redisConfiguration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)
         defer { Task { await redis.shutdown() } }
         let deadline = ContinuousClock.now + .seconds(5)
         while !redis.isConnected {
-            guard ContinuousClock.now < deadline else { throw WorkerSetupError(description: "Redis at \(url) does not answer") }
+            guard ContinuousClock.now < deadline else { throw WorkerSetupError(description: "Redis at \(redisConfiguration.url) does not answer") }
             try await Task.sleep(for: .milliseconds(20))
         }
         let queue = SluiceServer.makeJobQueue(configuration, redis: redis, logger: logger)

@@ -47,22 +47,27 @@ enum MetricsExport {
 struct MetricsRoute: HTTPRouteProvider {
     static let path = "/metrics"
     let registry: PrometheusCollectorRegistry
+    /// Sets gauges that are read rather than kept up to date (the memory budget's use).
+    var beforeScrape: @Sendable () -> Void = {}
 
     func responder(for head: HTTPRequestHead) -> (any HTTPRouteResponder)? {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? ""
         guard path == Self.path else { return nil }
-        return MetricsResponder(registry: self.registry)
+        return MetricsResponder(registry: self.registry, beforeScrape: self.beforeScrape)
     }
 }
 
 final class MetricsResponder: HTTPRouteResponder {
     let registry: PrometheusCollectorRegistry
+    let beforeScrape: @Sendable () -> Void
 
-    init(registry: PrometheusCollectorRegistry) {
+    init(registry: PrometheusCollectorRegistry, beforeScrape: @escaping @Sendable () -> Void = {}) {
         self.registry = registry
+        self.beforeScrape = beforeScrape
     }
 
     func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
+        self.beforeScrape()
         var bytes: [UInt8] = []
         bytes.reserveCapacity(16 * 1024)
         self.registry.emit(into: &bytes)

@@ -18,6 +18,7 @@ import WSServer
 /// service group that drains on SIGTERM/SIGINT.
 public enum SluiceServer {
     public static func run(configuration: SluiceConfiguration) async throws {
+        SecretScrubber.register(configuration)
         LogOutput.bootstrap(configuration.logFormat)
         var logger = Logger(label: "sluice")
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
@@ -32,6 +33,10 @@ public enum SluiceServer {
         var chatApplication: ChatApplication?
         var opened: OpenedStorage?
         var serverConfiguration = configuration.server
+        // The per-address connection cap resolves clients like the rate limits do.
+        serverConfiguration.forwardedForHops = configuration.limits.forwardedForHops
+        // One byte budget for the server's buffers and the chat layer's answers.
+        let memoryBudget = MemoryBudget(limit: configuration.server.memoryBudget)
         var rateLimitRedis: RedisClient?
         var pools: [ReplicaPool] = []
         var jobsRedis: RedisClient?
@@ -46,7 +51,7 @@ public enum SluiceServer {
             settings.headers = (try? configuration.tracing.parsedHeaders.get()) ?? [:]
             exporter = try OTLPExporter(configuration: settings, eventLoopGroup: eventLoopGroup, logger: logger)
             logger.notice("traces exported over OTLP/HTTP", metadata: [
-                "sluice.endpoint": "\(endpoint)", "sluice.sample_ratio": "\(configuration.tracing.sampleRatio)"])
+                "sluice.endpoint": "\(Redaction.url(endpoint))", "sluice.sample_ratio": "\(configuration.tracing.sampleRatio)"])
         }
         let tracer: any Tracer = exporter.map { OTLPTracer(exporter: $0, sampleRatio: configuration.tracing.sampleRatio) } ?? NoOpTracer()
         if configuration.echo {
@@ -60,9 +65,10 @@ public enum SluiceServer {
             let (madeRouter, madePools) = try await Self.makeRouter(configuration, logger: logger)
             var router = madeRouter
             pools = madePools
+            let redisConfiguration = try Self.redisConfiguration(configuration, logger: logger)
             // One Redis connection for the limits and the response cache (not the fan-out's).
-            if let url = configuration.redis.url, configuration.limits.limitsGenerations || configuration.cache.enabled {
-                rateLimitRedis = RedisClient(configuration: RedisConfiguration(url: try RedisURL(url)), eventLoop: eventLoopGroup.next(), logger: logger)
+            if let redisConfiguration, configuration.limits.limitsGenerations || configuration.cache.enabled {
+                rateLimitRedis = RedisClient(configuration: redisConfiguration, eventLoop: eventLoopGroup.next(), logger: logger)
             }
             if let redis = rateLimitRedis, configuration.cache.enabled {
                 router = InferenceRouter(
@@ -75,12 +81,13 @@ public enum SluiceServer {
                 logger.notice("response cache on (deterministic requests)", metadata: [
                     "sluice.ttl": "\(configuration.cache.response.ttl.nanoseconds / 1_000_000_000)s"])
             }
-            if let url = configuration.redis.url {
+            if let redisConfiguration {
                 fanOut = .redis(
-                    url: try RedisURL(url), instanceID: chat.instanceID, configuration: configuration.redis.broker,
+                    redisConfiguration, instanceID: chat.instanceID, configuration: configuration.redis.broker,
                     // On the server's own loops: with one thread, publishing needs no thread hop.
                     eventLoop: eventLoopGroup.next(), logger: logger)
-                logger.notice("fan-out through Redis", metadata: ["sluice.redis": "\(url)", "sluice.instance": "\(chat.instanceID)"])
+                // The URL's description masks the password.
+                logger.notice("fan-out through Redis", metadata: ["sluice.redis": "\(redisConfiguration.url)", "sluice.instance": "\(chat.instanceID)"])
             } else {
                 logger.notice("single node (no Redis configured)", metadata: ["sluice.instance": "\(chat.instanceID)"])
             }
@@ -97,8 +104,8 @@ public enum SluiceServer {
                     logger: logger))
             let policy = try await Self.makePolicy(configuration, limiter: limiter, logger: logger)
             let tools = try Self.makeTools(configuration.tools, eventLoopGroup: eventLoopGroup, logger: logger)
-            if let url = configuration.redis.url {
-                let redis = RedisClient(configuration: RedisConfiguration(url: try RedisURL(url)), eventLoop: eventLoopGroup.next(), logger: logger)
+            if let redisConfiguration {
+                let redis = RedisClient(configuration: redisConfiguration, eventLoop: eventLoopGroup.next(), logger: logger)
                 jobsRedis = redis
                 let queue = Self.makeJobQueue(configuration, redis: redis, logger: logger)
                 let handlers = Self.makeJobHandlers(configuration, router: router, eventLoopGroup: eventLoopGroup)
@@ -120,7 +127,8 @@ public enum SluiceServer {
             let chatApp = ChatApplication(
                 configuration: chat, router: router,
                 conversations: ConversationMemory(maxContextCharacters: chat.contextMaxCharacters), fanOut: fanOut,
-                persistence: opened?.persistence ?? .none, tracer: tracer, policy: policy, jobs: jobsGateway, tools: tools, logger: logger)
+                persistence: opened?.persistence ?? .none, tracer: tracer, policy: policy, jobs: jobsGateway, tools: tools,
+                memoryBudget: memoryBudget, logger: logger)
             chatApplication = chatApp
             application = chatApp
             httpRoutes = [ChatStreamRoutes(application: chatApp), OpenAIRoutes(application: chatApp)]
@@ -135,14 +143,23 @@ public enum SluiceServer {
             if redisGates && !fanOut.isHealthy { return "redis unreachable" }
             return nil
         }
-        let routes = RouteList(providers: [MetricsRoute(registry: registry)] + httpRoutes)
+        // Without authentication any page could use the gateway through its visitor's browser:
+        // then only loopback pages may, unless server.allowed_origins says otherwise.
+        serverConfiguration.defaultOrigins = configuration.auth.isEnabled ? .any : .loopbackOnly
         let server = try WebSocketServer(
-            configuration: serverConfiguration, application: application, httpRoutes: routes, eventLoopGroup: eventLoopGroup,
-            readiness: readiness, logger: logger)
+            configuration: serverConfiguration, application: application, httpRoutes: RouteList(providers: httpRoutes),
+            eventLoopGroup: eventLoopGroup, readiness: readiness, memoryBudget: memoryBudget, logger: logger)
+        let admin = try await Self.startAdminListener(
+            configuration,
+            routes: [MetricsRoute(registry: registry, beforeScrape: { memoryBudget.recordMetrics() })]
+                + (chatApplication.map { [AdminRoutes(application: $0)] } ?? []),
+            publicServer: server, readiness: readiness, eventLoopGroup: eventLoopGroup, logger: logger)
         // Started in this order, stopped in the reverse: the server drains first, then handed-off
         // generations finish, then the queue writes what is left, then the storage closes.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
-        // Stopped last: spans of generations that end during the drain still go out.
+        // Stopped last of all: /metrics and /ready keep answering through the whole drain.
+        if let admin { services.append(.init(service: admin)) }
+        // Stopped (nearly) last: spans of generations that end during the drain still go out.
         if let exporter { services.append(.init(service: exporter)) }
         if let opened {
             services.append(.init(service: StorageService(opened: opened, quotas: configuration.quotas, logger: logger)))
@@ -178,6 +195,52 @@ public enum SluiceServer {
         if let failure { throw failure }
     }
 
+    /// The admin listener (`admin:`), bound now so that a taken port fails the start-up and the
+    /// address is logged (`admin listener`, `sluice.admin_port`) before anything else listens.
+    /// The same HTTP machinery as the public listener, without a WebSocket endpoint; its `/ready`
+    /// follows the public listener's (503 while that drains).
+    static func startAdminListener(
+        _ configuration: SluiceConfiguration, routes: [any HTTPRouteProvider], publicServer: WebSocketServer,
+        readiness: (@Sendable () -> String?)?, eventLoopGroup: any EventLoopGroup, logger: Logger
+    ) async throws -> WebSocketServer? {
+        guard configuration.admin.enabled else {
+            logger.notice("admin listener off (admin.enabled: false): /metrics and /v1/stats are served nowhere")
+            return nil
+        }
+        var settings = WebSocketServerConfiguration()
+        settings.host = configuration.admin.host
+        settings.port = configuration.admin.port
+        settings.handshakeTimeout = configuration.server.handshakeTimeout
+        settings.maxConnections = 64
+        // Operators' tools send no Origin; a web page (whatever server.allowed_origins says) is
+        // not one of them.
+        settings.defaultOrigins = .loopbackOnly
+        settings.drain.gracePeriod = .zero
+        settings.drain.deadline = .seconds(5)
+        // Its own (default) memory budget: a public listener at its limit must not starve /metrics.
+        var adminLogger = logger
+        adminLogger[metadataKey: "sluice.listener"] = "admin"
+        let server = try WebSocketServer(
+            configuration: settings, application: NoWebSocketApplication(), httpRoutes: RouteList(providers: routes),
+            eventLoopGroup: eventLoopGroup,
+            readiness: { publicServer.isDraining ? "draining" : readiness?() },
+            logger: adminLogger)
+        let address = try await server.start()
+        logger.notice("admin listener", metadata: [
+            "sluice.address": "\(address)", "sluice.admin_port": "\(address.port ?? 0)",
+            "sluice.routes": "/metrics /v1/stats /v1/presence?user= /health /ready",
+        ])
+        if !Self.isLoopback(configuration.admin.host) {
+            logger.notice("the admin listener is not on loopback: keep its port off the internet (it has no authentication)",
+                          metadata: ["sluice.admin_host": "\(configuration.admin.host)"])
+        }
+        return server
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
     /// Authentication from the `auth:` settings (key files are read now), or the development
     /// stand-in when nothing is configured, which is said loudly.
     static func makePolicy(_ configuration: SluiceConfiguration, limiter: GenerationLimiter, logger: Logger) async throws -> ChatPolicy {
@@ -192,7 +255,7 @@ public enum SluiceServer {
         }
         logger.notice("input checks", metadata: [
             "sluice.rules": "\(moderation.rules.count)", "sluice.injection_markers": "\(moderation.injectionMarkers.count) (\(moderation.injectionAction.rawValue))",
-            "sluice.moderation_service": "\(moderation.endpoint ?? "none")",
+            "sluice.moderation_service": "\(moderation.endpoint.map(Redaction.url) ?? "none")",
         ])
         return policy
     }
@@ -208,11 +271,14 @@ public enum SluiceServer {
         ])
         let settings = configuration.auth
         guard settings.isEnabled else {
-            logger.warning("authentication is OFF (no auth keys configured): clients name themselves with ?user= or X-Sluice-User; configure --jwt-secret or auth.keys for production")
+            logger.warning("authentication is OFF (no auth keys configured): clients name themselves with ?user= or X-Sluice-User; configure --jwt-secret-file (or SLUICE_JWT_SECRET) or auth.keys for production")
             return ChatPolicy(authenticator: nil, limiter: limiter)
         }
         var authentication = Authenticator.Configuration()
-        if let secret = settings.jwtSecret { authentication.keys.append(JWTKeySpec(algorithm: "HS256", material: .secret(secret))) }
+        if let secret = try settings.resolvedJWTSecret() {
+            SecretScrubber.register([secret])
+            authentication.keys.append(JWTKeySpec(algorithm: "HS256", material: .secret(secret)))
+        }
         for key in settings.keys {
             let material: JWTKeySpec.Material
             if let secret = key.secret {
@@ -293,7 +359,7 @@ public enum SluiceServer {
             logger.notice("upstream: built-in simulator (not a model)", metadata: ["sluice.upstream": name, "sluice.model": "\(engine.defaultModel)"])
             return engine
         case .openai:
-            guard let url = URL(string: upstream.baseURL ?? "") else { throw UpstreamConfigurationError.invalidBaseURL(upstream.baseURL ?? "") }
+            guard let url = URL(string: upstream.baseURL ?? "") else { throw UpstreamConfigurationError.invalidBaseURL(Redaction.url(upstream.baseURL ?? "")) }
             let engine = try OpenAICompatibleEngine(configuration: .init(
                 baseURL: url, model: upstream.model, apiKey: upstream.apiKey, timeouts: timeouts))
             if upstream.model == nil {
@@ -306,14 +372,14 @@ public enum SluiceServer {
                 }
             }
             logger.notice("upstream: OpenAI-compatible", metadata: [
-                "sluice.upstream": name, "sluice.url": "\(url)", "sluice.model": "\(engine.defaultModel)"])
+                "sluice.upstream": name, "sluice.url": "\(Redaction.url(url.absoluteString))", "sluice.model": "\(engine.defaultModel)"])
             return engine
         case .triton:
-            guard let url = URL(string: upstream.baseURL ?? "") else { throw UpstreamConfigurationError.invalidBaseURL(upstream.baseURL ?? "") }
+            guard let url = URL(string: upstream.baseURL ?? "") else { throw UpstreamConfigurationError.invalidBaseURL(Redaction.url(upstream.baseURL ?? "")) }
             let engine = try TritonEngine(configuration: .init(
                 baseURL: url, model: upstream.model ?? "ensemble", apiKey: upstream.apiKey, timeouts: timeouts))
             logger.notice("upstream: Triton generate_stream", metadata: [
-                "sluice.upstream": name, "sluice.url": "\(url)", "sluice.model": "\(engine.defaultModel)"])
+                "sluice.upstream": name, "sluice.url": "\(Redaction.url(url.absoluteString))", "sluice.model": "\(engine.defaultModel)"])
             return engine
         }
     }
@@ -344,6 +410,16 @@ public enum SluiceServer {
             logger.notice("tools offered to the model", metadata: ["sluice.tools": "\(registry.names.joined(separator: ", "))"])
         }
         return registry
+    }
+
+    /// The Redis client settings from `redis.*` (nil without `redis.url`); warns when TLS
+    /// certificates are not verified.
+    static func redisConfiguration(_ configuration: SluiceConfiguration, logger: Logger) throws -> RedisConfiguration? {
+        guard let redis = try configuration.redis.clientConfiguration() else { return nil }
+        if redis.url.usesTLS && !redis.tls.verifiesCertificates {
+            logger.warning("redis.tls.verify is false: the Redis server's certificate is not checked, so anyone on the network path can pose as it")
+        }
+        return redis
     }
 
     static func makeJobQueue(_ configuration: SluiceConfiguration, redis: RedisClient, logger: Logger) -> JobQueue {

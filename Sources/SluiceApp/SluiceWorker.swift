@@ -12,18 +12,19 @@ import WSServer
 /// `/health`, `/ready` and `/metrics` on `server.port`; WebSocket upgrades are refused.
 public enum SluiceWorker {
     public static func run(configuration: SluiceConfiguration, concurrency: Int?) async throws {
+        SecretScrubber.register(configuration)
         LogOutput.bootstrap(configuration.logFormat)
         var logger = Logger(label: "sluice.worker")
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
         let registry = MetricsExport.bootstrap()
-        guard let url = configuration.redis.url else {
+        guard let redisConfiguration = try SluiceServer.redisConfiguration(configuration, logger: logger) else {
             throw WorkerSetupError(description: "sluice worker needs redis.url (--redis-url or SLUICE_REDIS_URL): the job queue lives in Redis")
         }
         let threads = configuration.server.eventLoopThreads > 0 ? configuration.server.eventLoopThreads : System.coreCount
         let eventLoopGroup = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let workerID = configuration.instanceID ?? SluiceServer.generatedInstanceID()
         let (router, pools) = try await SluiceServer.makeRouter(configuration, logger: logger)
-        let redis = RedisClient(configuration: RedisConfiguration(url: try RedisURL(url)), eventLoop: eventLoopGroup.next(), logger: logger)
+        let redis = RedisClient(configuration: redisConfiguration, eventLoop: eventLoopGroup.next(), logger: logger)
         let opened = try await OpenedStorage.open(configuration.storage, eventLoopGroup: eventLoopGroup, logger: logger)
         let queue = SluiceServer.makeJobQueue(configuration, redis: redis, logger: logger)
         let handlers = SluiceServer.makeJobHandlers(configuration, router: router, eventLoopGroup: eventLoopGroup)
@@ -72,10 +73,10 @@ struct WorkerSetupError: Error, CustomStringConvertible {
     var description: String
 }
 
-/// A worker speaks HTTP only (health and metrics).
+/// A listener that speaks HTTP only: a worker's (health and metrics) and the admin listener.
 struct NoWebSocketApplication: WebSocketApplication {
     func admit(_ request: UpgradeRequest) -> UpgradeAdmission {
-        .refuse(HTTPRefusal(status: .notFound, body: #"{"type":"error","code":"not_found","message":"this is a sluice worker: no WebSocket here"}"#))
+        .refuse(HTTPRefusal(status: .notFound, body: #"{"type":"error","code":"not_found","message":"no WebSocket endpoint on this listener"}"#))
     }
 
     func makeDelegate(for connection: WebSocketConnectionInfo) -> any WebSocketConnectionDelegate {

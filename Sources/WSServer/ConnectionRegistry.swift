@@ -1,8 +1,8 @@
 import NIOCore
 import Synchronization
 
-/// The open WebSocket connections of this process: enforces `maxConnections` and lets a
-/// drain reach every connection. An entry leaves when its channel closes.
+/// The open WebSocket connections of this process: lets a drain reach every connection (and
+/// keeps WebSockets within `maxConnections` on their own). An entry leaves when its channel closes.
 final class ConnectionRegistry: Sendable {
     private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
 
@@ -34,6 +34,10 @@ final class ServerShared: Sendable {
     let application: any WebSocketApplication
     let httpRoutes: (any HTTPRouteProvider)?
     let registry = ConnectionRegistry()
+    /// Every open connection, and per client address.
+    let connections = ConnectionCounter()
+    /// Bytes held for clients, process-wide (shared with the application).
+    let budget: MemoryBudget
     let metrics: WebSocketServerMetrics
     let connectionSettings: ConnectionSettings
     /// The application's own readiness: nil when ready, else why not (`/ready` answers 503).
@@ -42,15 +46,17 @@ final class ServerShared: Sendable {
 
     init(
         configuration: WebSocketServerConfiguration, application: any WebSocketApplication, httpRoutes: (any HTTPRouteProvider)? = nil,
-        readiness: (@Sendable () -> String?)? = nil
+        readiness: (@Sendable () -> String?)? = nil, budget: MemoryBudget? = nil
     ) {
         self.configuration = configuration
+        let budget = budget ?? MemoryBudget(limit: configuration.memoryBudget)
+        self.budget = budget
         self.application = application
         self.httpRoutes = httpRoutes
         self.readiness = readiness
         let metrics = WebSocketServerMetrics()
         self.metrics = metrics
-        self.connectionSettings = ConnectionSettings(configuration, application: application, metrics: metrics)
+        self.connectionSettings = ConnectionSettings(configuration, application: application, metrics: metrics, budget: budget)
     }
 
     var isDraining: Bool { self.draining.load(ordering: .relaxed) }

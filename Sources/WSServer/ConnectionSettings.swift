@@ -16,8 +16,14 @@ final class ConnectionSettings: Sendable {
     let application: any WebSocketApplication
     let metrics: WebSocketServerMetrics
     let heartbeats: HeartbeatSchedulers
+    /// The process-wide byte budget inbound messages and queued outbound bytes are charged to.
+    let budget: MemoryBudget
 
-    init(_ configuration: WebSocketServerConfiguration, application: any WebSocketApplication, metrics: WebSocketServerMetrics) {
+    init(
+        _ configuration: WebSocketServerConfiguration, application: any WebSocketApplication, metrics: WebSocketServerMetrics,
+        budget: MemoryBudget = .unlimited()
+    ) {
+        self.budget = budget
         self.maxFrameSize = configuration.maxFrameSize
         self.maxMessageSize = configuration.maxMessageSize
         self.maxOutboundBytes = configuration.maxOutboundBytes

@@ -2,40 +2,55 @@ import NIOCore
 import NIOHTTP1
 
 /// Plain HTTP beside the upgrade on the same port: `/health`, `/ready`, 404 for unknown paths,
-/// 426 for a plain request to the WebSocket path, and the answer to a refused handshake.
-/// It also closes connections that neither upgrade nor finish a request in time.
+/// 426 for a plain request to the WebSocket path, the answer to a refused handshake, and the
+/// application's routes (with their bodies bounded before they are read).
+///
+/// Timers: a new connection must complete its first request (or upgrade) within
+/// `handshake_timeout`; after each response a kept-alive connection may stay idle for
+/// `idle_timeout`; a request that has begun must arrive whole within `handshake_timeout`. While
+/// a response is being produced (a stream may last minutes) no timer runs.
 final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let server: ServerShared
-    private var handshakeTimer: Scheduled<Void>?
+    /// The handshake, request or idle timer, whichever applies now.
+    private var timer: Scheduled<Void>?
     private var rejection: HandshakeRejection?
     private var request: HTTPRequestHead?
     /// An application route answering the current request, with the body collected so far.
     private var responder: (any HTTPRouteResponder)?
     private var requestBody: ByteBuffer?
-    private var bodyTooLarge = false
-    /// A streamed response is being written: the handshake timeout no longer applies.
+    /// The current route's body limit.
+    private var bodyLimit = 0
+    /// What the request body holds of the memory budget (until its response ends).
+    private var bodyCharge = MemoryCharge(.httpRequestBody)
+    /// The request was answered before its body arrived (413, 503): the rest of it is dropped.
+    private var discarding = false
+    /// The client address (behind our proxies) this request counts against.
+    private var heldAddress: String?
+    /// A streamed response is being written.
     private var streaming = false
     private var streamingKeepAlive = true
+    /// Streamed bytes handed to the channel while it was not writable, not yet written.
+    private var queuedResponseBytes = 0
 
     init(server: ServerShared) {
         self.server = server
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        self.handshakeTimer = context.eventLoop.assumeIsolated().scheduleTask(in: self.server.configuration.handshakeTimeout) {
-            context.close(promise: nil)
-        }
+        self.arm(context: context, self.server.configuration.handshakeTimeout)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        self.handshakeTimer?.cancel()
-        self.handshakeTimer = nil
+        self.disarm()
+        self.releaseRequest()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        self.disarm()
+        self.releaseRequest()
         if let responder = self.responder {
             self.responder = nil
             responder.clientDisconnected()
@@ -52,33 +67,74 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    // MARK: Timers
+
+    private func arm(context: ChannelHandlerContext, _ timeout: TimeAmount) {
+        self.timer?.cancel()
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+            context.close(promise: nil)
+        }
+    }
+
+    private func disarm() {
+        self.timer?.cancel()
+        self.timer = nil
+    }
+
+    /// Gives back what the finished (or abandoned) request held: its body's bytes and its
+    /// place in its address's count.
+    private func releaseRequest() {
+        self.requestBody = nil
+        self.bodyCharge.releaseAll(to: self.server.budget)
+        if let key = self.heldAddress {
+            self.heldAddress = nil
+            self.server.connections.release(key: key)
+        }
+    }
+
+    // MARK: Requests
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch self.unwrapInboundIn(data) {
         case .head(let head):
             self.request = head
+            self.discarding = false
+            // The request must arrive whole within the handshake timeout.
+            self.arm(context: context, self.server.configuration.handshakeTimeout)
             if self.rejection == nil, let routes = self.server.httpRoutes, let responder = routes.responder(for: head) {
-                self.responder = responder
-                self.requestBody = context.channel.allocator.buffer(capacity: 0)
-                self.bodyTooLarge = false
+                // A page's request through its visitor's browser (OriginCheck): refused before its body is read.
+                guard OriginCheck.allows(head.headers, configuration: self.server.configuration) else {
+                    self.refuseEarly(context: context, status: .forbidden, body: "origin not allowed")
+                    return
+                }
+                self.begin(head, responder: responder, context: context)
             }
         case .body(var chunk):
-            // Only application routes take a body, bounded like a WebSocket message.
-            guard self.responder != nil, !self.bodyTooLarge else { return }
-            if (self.requestBody?.readableBytes ?? 0) + chunk.readableBytes > self.server.configuration.maxMessageSize {
-                self.bodyTooLarge = true
-                self.requestBody = nil
-            } else {
-                self.requestBody?.writeBuffer(&chunk)
+            guard self.responder != nil, !self.discarding, var body = self.requestBody else { return }
+            let received = body.readableBytes + chunk.readableBytes
+            if received > self.bodyLimit {
+                self.refuseEarly(context: context, status: .payloadTooLarge, body: "request body over \(self.bodyLimit) bytes")
+                return
             }
+            guard self.bodyCharge.grow(to: received, granule: 16 * 1024, in: self.server.budget) else {
+                self.refuseEarly(context: context, status: .serviceUnavailable, body: "server memory budget exhausted; retry later",
+                                 headers: [("Retry-After", "1")])
+                return
+            }
+            self.requestBody = nil  // keep the buffer uniquely referenced while appending
+            body.writeBuffer(&chunk)
+            self.requestBody = body
         case .end:
             guard let head = self.request else { return }
             self.request = nil
+            if self.discarding {
+                // Answered already; the connection closes once the answer is out.
+                self.discarding = false
+                return
+            }
+            // The response may take long (a stream, a job): no timer while it is produced.
+            self.disarm()
             if let responder = self.responder {
-                if self.bodyTooLarge {
-                    self.responder = nil
-                    self.respond(context: context, head: head, status: .payloadTooLarge, body: "request body too large", close: true)
-                    return
-                }
                 let body = self.requestBody ?? ByteBuffer()
                 self.requestBody = nil
                 self.streamingKeepAlive = head.isKeepAlive
@@ -87,6 +143,55 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             self.route(head, context: context)
         }
+    }
+
+    /// An application route's request head: the per-address cap behind proxies, then the body
+    /// limits, before any of the body is read.
+    private func begin(_ head: HTTPRequestHead, responder: any HTTPRouteResponder, context: ChannelHandlerContext) {
+        let configuration = self.server.configuration
+        if configuration.forwardedForHops > 0 && configuration.maxConnectionsPerAddress > 0 {
+            let address = ClientAddress.resolve(head, peer: context.channel.remoteAddress, forwardedForHops: configuration.forwardedForHops)
+            let key = ClientAddress.limitKey(address)
+            guard self.server.connections.hold(key: key, max: configuration.maxConnectionsPerAddress) else {
+                self.server.metrics.connectionRefused(.perAddress)
+                self.refuseEarly(context: context, status: .serviceUnavailable, body: "too many connections from this address; retry later",
+                                 headers: [("Retry-After", "1")])
+                return
+            }
+            self.heldAddress = key
+        }
+        self.bodyLimit = min(max(0, responder.maxRequestBodyBytes), configuration.maxMessageSize)
+        switch HTTPRequestBodyLimit.evaluate(head, limit: self.bodyLimit) {
+        case .tooLarge:
+            self.refuseEarly(context: context, status: .payloadTooLarge, body: "request body over \(self.bodyLimit) bytes")
+        case .malformed(let reason):
+            self.refuseEarly(context: context, status: .badRequest, body: reason)
+        case .read(let length, let sendContinue):
+            if let length, !self.bodyCharge.grow(to: length, in: self.server.budget) {
+                self.refuseEarly(context: context, status: .serviceUnavailable, body: "server memory budget exhausted; retry later",
+                                 headers: [("Retry-After", "1")])
+                return
+            }
+            self.responder = responder
+            self.requestBody = context.channel.allocator.buffer(capacity: length ?? 0)
+            if sendContinue {
+                context.writeAndFlush(self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+            }
+        }
+    }
+
+    /// Answers before the body arrived and closes once the answer is out, dropping the rest
+    /// of the request unread (a lingering close, so the client still reads the answer).
+    private func refuseEarly(
+        context: ChannelHandlerContext, status: HTTPResponseStatus, body: String, headers: [(String, String)] = []
+    ) {
+        guard let head = self.request else { return }
+        self.server.metrics.httpRequestRefused(status)
+        self.responder = nil
+        self.releaseRequest()
+        self.discarding = true
+        self.disarm()
+        self.respond(context: context, head: head, status: status, body: body, headers: headers, close: true, lingering: true)
     }
 
     private func route(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
@@ -174,9 +279,6 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: Streaming responses for application routes
 
     func writeStreamingHead(context: ChannelHandlerContext, status: HTTPResponseStatus, headers: HTTPHeaders) {
-        // A long response must not be cut by the handshake timeout.
-        self.handshakeTimer?.cancel()
-        self.handshakeTimer = nil
         self.streaming = true
         var headers = headers
         headers.replaceOrAdd(name: "Connection", value: self.streamingKeepAlive ? "keep-alive" : "close")
@@ -185,17 +287,41 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func writeStreamingBody(context: ChannelHandlerContext, _ buffer: ByteBuffer, flush: Bool) {
         guard self.streaming else { return }
-        if flush {
-            context.writeAndFlush(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
-        } else {
+        guard !context.channel.isWritable else {
             context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            if flush { context.flush() }
+            return
         }
+        // The socket does not take more now: what is handed over waits in the channel. Count it
+        // against the connection's outbound bound and the memory budget until it is written.
+        let size = buffer.readableBytes
+        let budget = self.server.budget
+        guard self.queuedResponseBytes + size <= self.server.configuration.maxOutboundBytes,
+              budget.reserve(size, for: .httpResponse)
+        else {
+            // A client this far behind is dropped (its responder hears `clientDisconnected`).
+            self.server.metrics.slowConsumerClosed()
+            self.streaming = false
+            context.close(promise: nil)
+            return
+        }
+        self.queuedResponseBytes += size
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.assumeIsolated().whenComplete { _ in
+            self.queuedResponseBytes -= size
+            budget.release(size, for: .httpResponse)
+        }
+        context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: promise)
+        if flush { context.flush() }
     }
 
     func endStreamingResponse(context: ChannelHandlerContext) {
         guard self.streaming else { return }
         self.streaming = false
         self.responder = nil
+        self.releaseRequest()
+        // Armed before the end is written: a pipelined request may be delivered during that write.
+        if self.streamingKeepAlive { self.arm(context: context, self.server.configuration.idleTimeout) }
         let promise = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: promise)
         if !self.streamingKeepAlive {
@@ -210,7 +336,8 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
         body: String,
         contentType: String = "text/plain; charset=utf-8",
         headers extra: [(String, String)] = [],
-        close: Bool = false
+        close: Bool = false,
+        lingering: Bool = false
     ) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: contentType)
@@ -224,10 +351,18 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
         buffer.writeString(body)
         buffer.writeString("\n")
         context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        // Armed before the end is written: a pipelined request may be delivered during that write.
+        if keepAlive { self.arm(context: context, self.server.configuration.idleTimeout) }
         let promise = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: promise)
         if !keepAlive {
-            promise.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            promise.futureResult.assumeIsolated().whenComplete { _ in
+                if lingering {
+                    LingeringClose.start(context: context)
+                } else {
+                    context.close(promise: nil)
+                }
+            }
         }
     }
 }

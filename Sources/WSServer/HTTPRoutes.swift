@@ -12,11 +12,19 @@ public protocol HTTPRouteProvider: Sendable {
 
 /// Answers one request. Not Sendable: lives on the connection's event loop.
 public protocol HTTPRouteResponder: AnyObject {
-    /// The whole request body has arrived (bounded by `max_message_size`; a bigger body is
-    /// answered 413 by the server before this is called).
+    /// The largest request body this route takes, in bytes (the server also caps it at
+    /// `max_message_size`). A bigger one is answered 413 by the server before this responder
+    /// sees it: at the head when `Content-Length` (or `Expect: 100-continue`) says so, else as
+    /// soon as the body passes it, without buffering the rest. Default 0: no body.
+    var maxRequestBodyBytes: Int { get }
+    /// The whole request body has arrived (within `maxRequestBodyBytes`).
     func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter)
     /// The client closed the connection before the response ended.
     func clientDisconnected()
+}
+
+extension HTTPRouteResponder {
+    public var maxRequestBodyBytes: Int { 0 }
 }
 
 /// Writes a (possibly long, streamed) response. Use on the connection's event loop only.

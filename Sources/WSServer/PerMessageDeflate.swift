@@ -139,7 +139,14 @@ final class DeflateDecompressor {
     private var stream = z_stream()
     private var isInitialized = false
 
-    enum InflateError: Error { case tooLarge, corrupt(String) }
+    enum InflateError: Error { case tooLarge, overBudget, corrupt(String) }
+
+    /// What zlib allocates to inflate with a 15-bit window (zlib's tech notes: the window
+    /// plus about 7 KiB of state), charged to the memory budget while it is held.
+    static let stateBytes = (1 << 15) + 7 * 1024
+
+    /// Whether zlib state is allocated now (released by `release()`).
+    var holdsState: Bool { self.isInitialized }
 
     deinit { self.release() }
 
@@ -151,20 +158,26 @@ final class DeflateDecompressor {
     }
 
     /// Inflates the readable bytes of `input` onto the end of `output`, failing if `output`
-    /// would exceed `limit` bytes.
-    func inflate(_ input: ByteBuffer, into output: inout ByteBuffer, limit: Int) throws(InflateError) {
+    /// would exceed `limit` bytes. Before each step `reserve(bytes)` is asked whether `output`
+    /// may grow to `bytes` (the memory budget); no: `overBudget`, before anything is allocated.
+    func inflate(
+        _ input: ByteBuffer, into output: inout ByteBuffer, limit: Int, reserve: (Int) -> Bool = { _ in true }
+    ) throws(InflateError) {
         let result: Result<Void, InflateError> = input.withUnsafeReadableBytes { bytes in
-            Result { () throws(InflateError) in try self.inflate(bytes, into: &output, limit: limit) }
+            Result { () throws(InflateError) in try self.inflate(bytes, into: &output, limit: limit, reserve: reserve) }
         }
         try result.get()
     }
 
-    func inflate(_ input: UnsafeRawBufferPointer, into output: inout ByteBuffer, limit: Int) throws(InflateError) {
+    func inflate(
+        _ input: UnsafeRawBufferPointer, into output: inout ByteBuffer, limit: Int, reserve: (Int) -> Bool = { _ in true }
+    ) throws(InflateError) {
         guard input.count > 0 else { return }
         if !self.isInitialized {
             self.stream = z_stream()
             // 15 bits reads any window the client may have used.
-            guard sluice_inflateInit2(&self.stream, -15) == Z_OK else { throw .corrupt("inflateInit2 failed") }
+            // Out of memory is the only way this fails with valid arguments.
+            guard sluice_inflateInit2(&self.stream, -15) == Z_OK else { throw .overBudget }
             self.isInitialized = true
         }
         self.stream.next_in = UnsafeMutablePointer(mutating: input.baseAddress!.assumingMemoryBound(to: Bytef.self))
@@ -173,6 +186,7 @@ final class DeflateDecompressor {
             let room = limit - output.readableBytes
             // Ask for one byte more than allowed so that crossing the limit is visible.
             let chunk = min(max(room + 1, 1), max(input.count * 4, 4096), 256 * 1024)
+            guard reserve(output.writerIndex + chunk) else { throw .overBudget }
             output.reserveCapacity(minimumWritableBytes: chunk)
             var status: Int32 = Z_OK
             let produced = output.writeWithUnsafeMutableBytes(minimumWritableBytes: chunk) { out in
@@ -206,6 +220,17 @@ final class DeflateCompressor {
     private let windowBits: Int32
     private let memoryLevel: Int32
 
+    /// What zlib allocates to deflate (zlib's tech notes: `2^(windowBits+2) + 2^(memLevel+9)`
+    /// plus about 6 KiB), charged to the memory budget while it is held.
+    static func stateBytes(windowBits: Int, memoryLevel: Int) -> Int {
+        (1 << (min(max(windowBits, 8), 15) + 2)) + (1 << (min(max(memoryLevel, 1), 9) + 9)) + 6 * 1024
+    }
+
+    var stateBytes: Int { Self.stateBytes(windowBits: Int(self.windowBits), memoryLevel: Int(self.memoryLevel)) }
+
+    /// Whether zlib state is allocated now (released by `release()`).
+    var holdsState: Bool { self.isInitialized }
+
     init(level: Int, windowBits: Int, memoryLevel: Int) {
         self.level = Int32(level)
         self.windowBits = Int32(windowBits)
@@ -221,12 +246,13 @@ final class DeflateCompressor {
         }
     }
 
-    /// Compresses `input` and appends the result to `output`.
-    func compress(_ input: ByteBuffer, into output: inout ByteBuffer) {
+    /// Compresses `input` and appends the result to `output`; false (nothing written) when zlib
+    /// could not set up its state (out of memory): the caller sends the message uncompressed.
+    @discardableResult
+    func compress(_ input: ByteBuffer, into output: inout ByteBuffer) -> Bool {
         if !self.isInitialized {
             self.stream = z_stream()
-            let status = sluice_deflateInit2(&self.stream, self.level, -self.windowBits, self.memoryLevel)
-            precondition(status == Z_OK, "deflateInit2 failed: \(status)")
+            guard sluice_deflateInit2(&self.stream, self.level, -self.windowBits, self.memoryLevel) == Z_OK else { return false }
             self.isInitialized = true
         }
         let start = output.writerIndex
@@ -251,5 +277,6 @@ final class DeflateCompressor {
             output.moveWriterIndex(to: start)
             output.writeInteger(UInt8(0))
         }
+        return true
     }
 }

@@ -12,6 +12,13 @@ import NIOCore
 /// is not, they wait in one buffer bounded by `maxOutboundBytes` (beyond it: Close 1013) and
 /// the handler stops reading from the socket, so a peer that does not read cannot make the
 /// server buffer without bound.
+///
+/// Memory budget: a message assembled in a buffer of its own (fragmented, split across reads,
+/// or compressed) reserves its bytes from the process-wide `MemoryBudget` before they arrive
+/// (the frame header announces an uncompressed frame's length; an inflating message reserves
+/// before each step), and outbound bytes waiting for a slow reader are charged while they
+/// wait. No room: Close 1013 (try again later). A message that arrives whole in one read is
+/// a slice of the read buffer and is not charged (NIO's reads are at most 64 KiB).
 final class WebSocketConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -53,11 +60,18 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     private var messageBuffer: ByteBuffer?
     private var messageSize = 0
     private var utf8 = UTF8Validator()
+    /// What the message being assembled holds of the memory budget.
+    private var inboundCharge = MemoryCharge(.webSocketInbound)
     private var decompressor: DeflateDecompressor?
     private var compressor: DeflateCompressor?
+    /// What the zlib state of `compressor` and `decompressor` holds of the memory budget.
+    private var deflateCharge = MemoryCharge(.compression)
+    private var inflateCharge = MemoryCharge(.compression)
 
     /// Frames not yet handed to the channel.
     private var outbound: ByteBuffer?
+    /// What `outbound` holds of the memory budget (charged while the channel is not writable).
+    private var outboundCharge = MemoryCharge(.webSocketOutbound)
     private var inReadBurst = false
     private var readPending = false
 
@@ -132,9 +146,13 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         self.closeTimer = nil
         self.compressor?.release()
         self.decompressor?.release()
+        self.deflateCharge.releaseAll(to: self.settings.budget)
+        self.inflateCharge.releaseAll(to: self.settings.budget)
         self.outbound = nil
+        self.outboundCharge.releaseAll(to: self.settings.budget)
         self.cumulation = nil
         self.messageBuffer = nil
+        self.inboundCharge.releaseAll(to: self.settings.budget)
         self.settings.metrics.connectionClosed(code: self.closeCode)
         let delegate = self.delegate
         self.delegate = nil
@@ -206,6 +224,10 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
                 try self.beginFrame(header)
             }
             let isWholeMessage = isFrameStart && isFrameEnd && header.fin && header.opcode != .continuation
+            if isFrameStart && !isWholeMessage && !self.messageIsCompressed {
+                // Assembled in a buffer of its own: reserve what the header announces before the bytes arrive.
+                try self.chargeInbound(self.messageSize + header.payloadLength)
+            }
             try self.appendChunk(&chunk, header: header, isWholeMessage: isWholeMessage)
             if isFrameEnd && header.fin {
                 try self.endMessage()
@@ -233,6 +255,14 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Makes sure the message being assembled holds `bytes` of the memory budget.
+    private func chargeInbound(_ bytes: Int) throws(WebSocketProtocolError) {
+        guard self.inboundCharge.grow(to: bytes, in: self.settings.budget) else {
+            self.settings.metrics.memoryBudgetClosed()
+            throw WebSocketProtocolError(.tryAgainLater, "server memory budget exhausted; retry later")
+        }
+    }
+
     private func appendChunk(_ chunk: inout ByteBuffer, header: WebSocketFrameHeader, isWholeMessage: Bool) throws(WebSocketProtocolError) {
         let isText = self.messageOpcode == .text
         if self.messageIsCompressed {
@@ -255,21 +285,35 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
             var message = self.allocator.buffer(capacity: header.fin ? header.payloadLength : max(header.payloadLength, 1024))
             message.writeBuffer(&chunk)
             self.messageBuffer = message
+            try self.chargeInbound(message.capacity)
         } else {
             self.messageBuffer!.writeBuffer(&chunk)
+            try self.chargeInbound(self.messageBuffer!.capacity)
         }
     }
 
     private func inflate(_ input: ByteBuffer, into message: inout ByteBuffer) throws(WebSocketProtocolError) {
         let decompressor = self.decompressor ?? DeflateDecompressor()
         self.decompressor = decompressor
-        let limit = self.settings.maxMessageSize
-        let result = Result { () throws(DeflateDecompressor.InflateError) in
-            try decompressor.inflate(input, into: &message, limit: limit)
+        // zlib's state is allocated on first use: it must fit the budget like the message.
+        if !decompressor.holdsState && !self.inflateCharge.grow(to: DeflateDecompressor.stateBytes, in: self.settings.budget) {
+            self.settings.metrics.memoryBudgetClosed()
+            throw WebSocketProtocolError(.tryAgainLater, "server memory budget exhausted; retry later")
         }
+        let limit = self.settings.maxMessageSize
+        let budget = self.settings.budget
+        var charge = self.inboundCharge
+        let result = Result { () throws(DeflateDecompressor.InflateError) in
+            // Each step of inflating reserves its room first.
+            try decompressor.inflate(input, into: &message, limit: limit) { charge.grow(to: $0, in: budget) }
+        }
+        self.inboundCharge = charge
         switch result {
         case .success:
             return
+        case .failure(.overBudget):
+            self.settings.metrics.memoryBudgetClosed()
+            throw WebSocketProtocolError(.tryAgainLater, "server memory budget exhausted; retry later")
         case .failure(.tooLarge):
             throw WebSocketProtocolError(.messageTooBig, "decompressed message exceeds \(limit) bytes")
         case .failure(.corrupt(let reason)):
@@ -298,6 +342,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
             if opcode == .text { try self.validateUTF8(message, from: before) }
             if self.deflate?.clientNoContextTakeover == true {
                 self.decompressor?.release()
+                self.inflateCharge.releaseAll(to: self.settings.budget)
             }
         }
         if opcode == .text && !self.utf8.isAtBoundary {
@@ -307,6 +352,8 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         self.messageBuffer = nil
         self.messageIsCompressed = false
         self.traffic.received(payloadBytes: message.readableBytes)
+        // Released once the application has it (what it keeps is its own to bound).
+        defer { self.inboundCharge.releaseAll(to: self.settings.budget) }
         guard let delegate = self.delegate else { return }
         let connection = WebSocketConnection(handler: self)
         delegate.connection(connection, didReceive: opcode == .text ? .text(message) : .binary(message))
@@ -379,16 +426,26 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
                 memoryLevel: self.settings.deflateMemoryLevel)
             self.compressor = compressor
             var compressed = self.allocator.buffer(capacity: payload.readableBytes / 2 + 64)
-            compressor.compress(payload, into: &compressed)
-            if deflate.serverNoContextTakeover { compressor.release() }
-            self.appendFrame(opcode: opcode, rsv1: true, payload: compressed)
+            // zlib's state must fit the budget; when it does not (or zlib cannot allocate it),
+            // the message goes uncompressed, which the extension always allows.
+            if (compressor.holdsState || self.deflateCharge.grow(to: compressor.stateBytes, in: self.settings.budget))
+                && compressor.compress(payload, into: &compressed) {
+                if deflate.serverNoContextTakeover {
+                    compressor.release()
+                    self.deflateCharge.releaseAll(to: self.settings.budget)
+                }
+                self.appendFrame(opcode: opcode, rsv1: true, payload: compressed)
+            } else {
+                if !compressor.holdsState { self.deflateCharge.releaseAll(to: self.settings.budget) }
+                self.appendFrame(opcode: opcode, rsv1: false, payload: payload)
+            }
         } else {
             self.appendFrame(opcode: opcode, rsv1: false, payload: payload)
         }
         self.outboundGrew(context: context, flush: flush)
     }
 
-    /// After a frame was queued: enforce the outbound bound, and flush if asked.
+    /// After a frame was queued: enforce the outbound bound and the memory budget, and flush if asked.
     private func outboundGrew(context: ChannelHandlerContext, flush: Bool) {
         if let pending = self.outbound?.readableBytes, pending > self.settings.maxOutboundBytes {
             if context.channel.isWritable {
@@ -396,13 +453,35 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
                 self.flushOutbound()
             } else {
                 self.settings.metrics.slowConsumerClosed()
-                self.outbound = nil
+                self.dropOutbound()
                 self.fail(context: context, WebSocketProtocolError(
                     .tryAgainLater, "slow consumer: outbound queue over \(self.settings.maxOutboundBytes) bytes"))
                 return
             }
         }
+        if !self.channelIsWritable && !self.chargeOutbound() {
+            if context.channel.isWritable {
+                self.flushOutbound()
+            } else {
+                self.settings.metrics.memoryBudgetClosed()
+                self.dropOutbound()
+                self.fail(context: context, WebSocketProtocolError(.tryAgainLater, "server memory budget exhausted; retry later"))
+                return
+            }
+        }
         if flush && !self.inReadBurst { self.flushOutbound() }
+    }
+
+    /// Charges the queued bytes (their buffer's capacity) to the memory budget; false when it has no room.
+    private func chargeOutbound() -> Bool {
+        guard let capacity = self.outbound?.capacity, capacity > self.outboundCharge.held else { return true }
+        return self.outboundCharge.grow(to: capacity, in: self.settings.budget)
+    }
+
+    /// Forgets the queued bytes (the connection is being failed).
+    private func dropOutbound() {
+        self.outbound = nil
+        self.outboundCharge.releaseAll(to: self.settings.budget)
     }
 
     /// Scratch space for `writeEncoded`, kept while small.
@@ -424,7 +503,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
             self.traffic.sent(payloadBytes: length)
             let pending = outbound.readableBytes
             self.outbound = outbound
-            if pending > self.maxOutboundBytes, let context = self.context {
+            if pending > self.maxOutboundBytes || !self.channelIsWritable, let context = self.context {
                 self.outboundGrew(context: context, flush: false)
             }
             return
@@ -449,6 +528,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         guard let context = self.context, self.outbound != nil, context.channel.isWritable else { return }
         let buffer = self.outbound!
         self.outbound = nil
+        self.outboundCharge.releaseAll(to: self.settings.budget)
         self.traffic.wireBytesOut += buffer.readableBytes
         context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
         if !self.inReadBurst { self.reportTraffic() }
@@ -480,6 +560,9 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     /// Protocol error or policy close: send Close with the code, then drop TCP once written.
     private func fail(context: ChannelHandlerContext, _ error: WebSocketProtocolError) {
         guard case .open = self.state else { return }
+        // The message being assembled is abandoned.
+        self.messageBuffer = nil
+        self.inboundCharge.releaseAll(to: self.settings.budget)
         self.closeCode = error.closeCode
         self.appendCloseFrame(code: error.closeCode, reason: error.reason)
         self.state = .closeSent
@@ -511,6 +594,7 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
     private func forceWrite(context: ChannelHandlerContext, promise: EventLoopPromise<Void>? = nil) {
         if let buffer = self.outbound {
             self.outbound = nil
+            self.outboundCharge.releaseAll(to: self.settings.budget)
             context.writeAndFlush(self.wrapOutboundOut(buffer), promise: promise)
         } else {
             promise?.succeed()
@@ -555,6 +639,12 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         self.channelIsWritable = context.channel.isWritable
+        if !self.channelIsWritable, self.outbound != nil, case .open = self.state, !self.chargeOutbound() {
+            // What waits now must fit the memory budget.
+            self.settings.metrics.memoryBudgetClosed()
+            self.dropOutbound()
+            self.fail(context: context, WebSocketProtocolError(.tryAgainLater, "server memory budget exhausted; retry later"))
+        }
         if self.channelIsWritable {
             self.flushOutbound()
             if self.readPending && self.outbound == nil {

@@ -27,15 +27,19 @@ public final class WebSocketServer: Service, Sendable {
     ///   `configuration.eventLoopThreads` threads (one per core when 0), shut down when `run` ends.
     /// - Parameter readiness: the application's readiness for `/ready`: nil when ready, else
     ///   the reason it is not (answered with 503).
+    /// - Parameter memoryBudget: the process-wide byte budget to charge, shared with the
+    ///   application; by default a new one of `configuration.memoryBudget` bytes.
     public init(
         configuration: WebSocketServerConfiguration,
         application: any WebSocketApplication,
         httpRoutes: (any HTTPRouteProvider)? = nil,
         eventLoopGroup: (any EventLoopGroup)? = nil,
         readiness: (@Sendable () -> String?)? = nil,
+        memoryBudget: MemoryBudget? = nil,
         logger: Logger
     ) throws {
-        self.shared = ServerShared(configuration: configuration, application: application, httpRoutes: httpRoutes, readiness: readiness)
+        self.shared = ServerShared(
+            configuration: configuration, application: application, httpRoutes: httpRoutes, readiness: readiness, budget: memoryBudget)
         self.logger = logger
         if let eventLoopGroup {
             self.group = eventLoopGroup
@@ -58,6 +62,10 @@ public final class WebSocketServer: Service, Sendable {
 
     /// Open WebSocket connections right now.
     public var connectionCount: Int { self.shared.registry.count }
+    /// Open client connections right now, HTTP and WebSocket.
+    public var openConnectionCount: Int { self.shared.connections.total }
+    /// The byte budget this server charges.
+    public var memoryBudget: MemoryBudget { self.shared.budget }
     public var isDraining: Bool { self.shared.isDraining }
 
     /// Binds the listener; returns the bound address (useful with port 0).
@@ -77,6 +85,7 @@ public final class WebSocketServer: Service, Sendable {
                 low: configuration.writeBufferLowWatermark, high: configuration.writeBufferHighWatermark))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    guard Self.admit(channel, shared: shared, tls: sslContext != nil) else { return }
                     try Self.configurePipeline(channel, shared: shared, sslContext: sslContext)
                 }
             }
@@ -90,6 +99,29 @@ public final class WebSocketServer: Service, Sendable {
             "sluice.tls": "\(sslContext != nil)",
         ])
         return address
+    }
+
+    /// Counts a new connection against `max_connections` and, when the peer is the client,
+    /// `max_connections_per_address`. Over either: the connection gets a fixed 503 (nothing it
+    /// sends is parsed) and is closed; false then.
+    static func admit(_ channel: any Channel, shared: ServerShared, tls: Bool) -> Bool {
+        let configuration = shared.configuration
+        let key: String? = configuration.forwardedForHops == 0 && configuration.maxConnectionsPerAddress > 0
+            ? ClientAddress.limitKey(channel.remoteAddress?.ipAddress ?? "unknown") : nil
+        if let refusal = shared.connections.open(
+            key: key, maxTotal: configuration.maxConnections, maxPerAddress: configuration.maxConnectionsPerAddress)
+        {
+            shared.metrics.connectionRefused(refusal)
+            let message = refusal == .total ? "too many connections; retry later" : "too many connections from this address; retry later"
+            try? channel.pipeline.syncOperations.addHandler(ConnectionRefusalHandler(message: tls ? nil : message))
+            return false
+        }
+        shared.metrics.tcpConnectionOpened()
+        channel.closeFuture.whenComplete { _ in
+            shared.connections.close(key: key)
+            shared.metrics.tcpConnectionClosed()
+        }
+        return true
     }
 
     static func configurePipeline(_ channel: any Channel, shared: ServerShared, sslContext: NIOSSLContext?) throws {

@@ -13,12 +13,38 @@ public struct WebSocketServerConfiguration: Sendable, Equatable {
     public var path: String = "/v1/ws"
     /// Subprotocols the server accepts, in order of preference; the first one the client offers is echoed.
     public var subprotocols: [String] = ["sluice.v1"]
-    /// Allowed `Origin` values (exact, case-insensitive). Empty allows every origin.
+    /// Allowed `Origin` values (exact, case-insensitive; `*` allows any). Empty: `defaultOrigins`
+    /// decides. Requests without an `Origin` (not from a browser) are always allowed: see `OriginCheck`.
     public var allowedOrigins: [String] = []
-    /// Most WebSocket connections held at once; beyond it the upgrade is answered with HTTP 503.
+    /// What an empty `allowedOrigins` allows: loopback pages only (the default: without
+    /// authentication, a web page must not reach a local gateway), or any page (when every request
+    /// needs a credential a page cannot take from the browser).
+    public var defaultOrigins: DefaultOrigins = .loopbackOnly
+    /// Most client connections held at once, plain HTTP (kept alive or not) and WebSocket alike;
+    /// beyond it a new connection gets HTTP 503 with `Retry-After` and is closed, before
+    /// anything it sends is parsed.
     public var maxConnections: Int = 10_000
-    /// A TCP connection that has not completed the upgrade (or an HTTP request) within this time is closed.
+    /// Most connections one client address may hold at once (IPv6: per /64); 0 turns the cap
+    /// off. With `forwardedForHops` 0 it counts TCP connections by peer address (over it: the
+    /// same cheap 503 as `maxConnections`). Behind our proxies (`forwardedForHops` > 0) every
+    /// connection comes from a proxy, so it counts instead, per `X-Forwarded-For` client,
+    /// WebSocket connections for their lifetime and HTTP requests while they are answered
+    /// (over it: 503 with `Retry-After` for that request or upgrade).
+    public var maxConnectionsPerAddress: Int = 256
+    /// 0: the peer address is the client. n: the n-th address from the right of
+    /// `X-Forwarded-For` is (set from `limits.forwarded_for_hops`).
+    public var forwardedForHops: Int = 0
+    /// A TCP connection that has not completed the upgrade or its first HTTP request within this
+    /// time is closed; so is one whose request has begun but not arrived whole within it.
     public var handshakeTimeout: TimeAmount = .seconds(10)
+    /// A kept-alive HTTP connection idle this long after a response is closed. Longer than the
+    /// idle timeouts of common proxies' upstream pools (60 s), so a proxy in front closes first
+    /// and never sends a request on a connection the gateway is closing.
+    public var idleTimeout: TimeAmount = .seconds(75)
+    /// Bytes held on behalf of clients, process-wide (inbound messages being assembled, queued
+    /// outbound bytes, HTTP request bodies and waiting responses, running and retained answers).
+    /// Past it: Close 1013, HTTP 503 with `Retry-After`, `overloaded`. See `MemoryBudget`.
+    public var memoryBudget: Int = 512 << 20
     /// Largest single frame payload accepted (bytes); bigger closes with 1009.
     public var maxFrameSize: Int = 1 << 20
     /// Largest message accepted after reassembly and decompression (bytes); bigger closes with 1009.
@@ -43,6 +69,11 @@ public struct WebSocketServerConfiguration: Sendable, Equatable {
     public var drain: DrainConfiguration = .init()
 
     public init() {}
+
+    public enum DefaultOrigins: Sendable, Equatable {
+        case loopbackOnly
+        case any
+    }
 
     public struct DeflateConfiguration: Sendable, Equatable {
         /// Whether permessage-deflate is offered at all.

@@ -1,4 +1,5 @@
 import Metrics
+import NIOHTTP1
 
 /// Connection-level counters (swift-metrics; a no-op until the executable bootstraps a backend).
 /// Labels are bounded: close codes only.
@@ -8,6 +9,14 @@ final class WebSocketServerMetrics: Sendable {
     private let slowConsumers = Counter(label: "sluice_ws_slow_consumer_closes_total")
     private let heartbeatTimeouts = Counter(label: "sluice_ws_heartbeat_timeouts_total")
     private let handshakeRejections = Counter(label: "sluice_ws_handshake_rejections_total")
+    private let connectionsOpen = Gauge(label: "sluice_connections_open")
+    private let connectionsOpenCount = ManagedCounter()
+    private let refusedTotal = Counter(label: "sluice_connections_refused_total", dimensions: [("reason", "max_connections")])
+    private let refusedPerAddress = Counter(label: "sluice_connections_refused_total", dimensions: [("reason", "per_address")])
+    private let refusedRequests: [Int: Counter] = Dictionary(uniqueKeysWithValues: [400, 413, 503].map {
+        ($0, Counter(label: "sluice_http_requests_refused_total", dimensions: [("status", String($0))]))
+    })
+    private let memoryBudgetCloses = Counter(label: "sluice_ws_memory_budget_closes_total")
     private let closedByCode: [UInt16: Counter]
     private let closedOther = Counter(label: "sluice_ws_connections_closed_total", dimensions: [("code", "other")])
     private let openCount = ManagedCounter()
@@ -46,6 +55,23 @@ final class WebSocketServerMetrics: Sendable {
         if traffic.payloadBytesIn > 0 { self.payloadBytesIn.increment(by: traffic.payloadBytesIn) }
         if traffic.payloadBytesOut > 0 { self.payloadBytesOut.increment(by: traffic.payloadBytesOut) }
     }
+
+    /// Any client connection (HTTP or WebSocket) accepted or closed.
+    func tcpConnectionOpened() { self.connectionsOpen.record(self.connectionsOpenCount.add(1)) }
+    func tcpConnectionClosed() { self.connectionsOpen.record(self.connectionsOpenCount.add(-1)) }
+
+    func connectionRefused(_ refusal: ConnectionCounter.Refusal) {
+        switch refusal {
+        case .total: self.refusedTotal.increment()
+        case .perAddress: self.refusedPerAddress.increment()
+        }
+    }
+
+    /// An application request answered before its body was read (400, 413, 503).
+    func httpRequestRefused(_ status: HTTPResponseStatus) { self.refusedRequests[Int(status.code)]?.increment() }
+
+    /// A WebSocket closed with 1013 because the memory budget had no room for its message or queue.
+    func memoryBudgetClosed() { self.memoryBudgetCloses.increment() }
 
     func slowConsumerClosed() { self.slowConsumers.increment() }
     func heartbeatTimedOut() { self.heartbeatTimeouts.increment() }

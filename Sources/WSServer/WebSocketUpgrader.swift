@@ -32,16 +32,37 @@ final class WebSocketUpgrader: HTTPServerProtocolUpgrader {
                 self.server.metrics.handshakeRejected()
                 return channel.eventLoop.makeFailedFuture(HandshakeRejection(reason: .draining))
             }
+            // Behind our proxies the connection is the proxy's: the client's WebSockets are
+            // counted here instead, for as long as they stay open.
+            let configuration = self.server.configuration
+            var heldKey: String?
+            if configuration.forwardedForHops > 0 && configuration.maxConnectionsPerAddress > 0 {
+                let key = ClientAddress.limitKey(ClientAddress.resolve(
+                    upgradeRequest, peer: channel.remoteAddress, forwardedForHops: configuration.forwardedForHops))
+                guard self.server.connections.hold(key: key, max: configuration.maxConnectionsPerAddress) else {
+                    self.server.metrics.connectionRefused(.perAddress)
+                    self.server.metrics.handshakeRejected()
+                    return channel.eventLoop.makeFailedFuture(HandshakeRejection(reason: .overloaded))
+                }
+                heldKey = key
+            }
+            let connections = self.server.connections
+            func releaseHeld() { if let heldKey { connections.release(key: heldKey) } }
             switch self.server.application.admit(UpgradeRequest(head: upgradeRequest, remoteAddress: channel.remoteAddress)) {
             case .refuse(let refusal):
+                releaseHeld()
                 self.server.metrics.handshakeRejected()
                 return channel.eventLoop.makeFailedFuture(HandshakeRejection(reason: .refused(refusal)))
             case .admit(let attachment):
                 self.admission = attachment
             }
             guard self.server.registry.tryAdd(channel, limit: self.server.configuration.maxConnections) else {
+                releaseHeld()
                 self.server.metrics.handshakeRejected()
                 return channel.eventLoop.makeFailedFuture(HandshakeRejection(reason: .overloaded))
+            }
+            if let heldKey {
+                channel.closeFuture.whenComplete { _ in connections.release(key: heldKey) }
             }
             self.agreement = agreement
             var headers = initialResponseHeaders

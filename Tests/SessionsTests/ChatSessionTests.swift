@@ -27,6 +27,7 @@ import WSServer
             engine: (any InferenceEngine)? = nil,
             router: InferenceRouter? = nil,
             limits: GatewayLimits = GatewayLimits(),
+            memoryBudget: MemoryBudget = .unlimited(),
             _ body: (Harness) async throws -> Void
         ) async throws {
             var server = WebSocketServerConfiguration()
@@ -52,10 +53,10 @@ import WSServer
                     router: router ?? InferenceRouter(single: engine ?? SimulatorEngine(configuration: simulatorConfiguration)),
                     conversations: ConversationMemory(),
                     policy: ChatPolicy(limiter: GenerationLimiter(limits: limits, limiter: RateLimiter(redis: nil, logger: logger))),
-                    logger: logger)
+                    memoryBudget: memoryBudget, logger: logger)
                 let wsServer = try WebSocketServer(
                     configuration: server, application: application, httpRoutes: ChatStreamRoutes(application: application),
-                    eventLoopGroup: group, logger: logger)
+                    eventLoopGroup: group, memoryBudget: memoryBudget, logger: logger)
                 let address = try await wsServer.start()
                 try await body(Harness(port: try #require(address.port), group: group, server: wsServer))
                 outcome = .success(())

@@ -118,7 +118,7 @@ import Testing
                         #expect(result.contains("\"step_runs\""))
 
                         // Archived in PostgreSQL by the worker that ran it.
-                        let storage = PostgresStorage(configuration: .init(url: try PostgresURL(postgres.url)))
+                        let storage = try PostgresStorage(configuration: .init(url: try PostgresURL(postgres.url)))
                         let running = Task { await storage.run() }
                         defer { running.cancel() }
                         var archived: ArchivedJob?

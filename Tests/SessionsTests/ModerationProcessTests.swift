@@ -50,7 +50,7 @@ import Testing
             try await client.send(["type": "conversation.list"])
             let list = try await client.until(type: "conversation.list.result", timeout: .seconds(10))
             #expect((list["conversations"] as? [Any])?.count == 1)
-            let samples = MetricsProcessTests.parse(try await processes[0].httpGet(path: "/metrics").body)
+            let samples = MetricsProcessTests.parse(try await processes[0].adminGet(path: "/metrics").body)
             #expect(samples["sluice_content_rejected_total"] == 3)
             await client.close()
         }

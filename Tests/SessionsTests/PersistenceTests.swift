@@ -275,7 +275,7 @@ import WSServer
         defer { Task { await upstream.stop() } }
         // A real PostgreSQL client pointed at a port where nothing listens: every write fails.
         let closedPort = try PostgresServerProcess.freePort()
-        let unreachable = PostgresStorage(configuration: .init(
+        let unreachable = try PostgresStorage(configuration: .init(
             url: try PostgresURL("postgres://sluice:x@127.0.0.1:\(closedPort)/sluice?sslmode=disable"), connectTimeout: .milliseconds(200), operationTimeout: .milliseconds(300)))
         let pool = Task { await unreachable.run() }
         defer { pool.cancel() }

@@ -6,7 +6,7 @@ import NIOPosix
 @testable import SluiceTestSupport
 import Testing
 
-/// A real Prometheus (Debian's package) scrapes a real `sluice serve`'s `/metrics`, with the
+/// A real Prometheus (Debian's package) scrapes a real `sluice serve`'s `/metrics` on its admin port, with the
 /// alert rules of `deploy/prometheus/alerts.yml` loaded: the target is up and the gateway's
 /// series are queryable.
 @Suite struct PrometheusScrapeTests {
@@ -44,7 +44,7 @@ import Testing
                 scrape_configs:
                   - job_name: sluice
                     static_configs:
-                      - targets: ["127.0.0.1:\(gateway.port)"]
+                      - targets: ["127.0.0.1:\(gateway.adminPort)"]
                 """
             try configuration.write(to: directory.appendingPathComponent("prometheus.yml"), atomically: true, encoding: .utf8)
             let port = try SluiceProcess.freePort()

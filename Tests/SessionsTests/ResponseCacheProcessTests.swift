@@ -60,7 +60,7 @@ import Testing
                 let other = try await Self.chat(first, "another question", temperature: 0)
                 #expect(other.text == "answer to another question" && other.done["cached"] == nil)
                 #expect(upstream.requests.count == 4)
-                let samples = MetricsProcessTests.parse(try await processes[1].httpGet(path: "/metrics").body)
+                let samples = MetricsProcessTests.parse(try await processes[1].adminGet(path: "/metrics").body)
                 #expect(samples[#"sluice_response_cache_lookups_total{result="hit"}"#] == 1)
                 #expect(samples[#"sluice_response_cache_lookups_total{result="not_cacheable"}"#] == 2)
                 await first.close()

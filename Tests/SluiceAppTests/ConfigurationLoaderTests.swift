@@ -1,7 +1,9 @@
 import Foundation
 import NIOCore
 import Jobs
+import RedisClient
 @testable import SluiceApp
+import Storage
 import Testing
 import WSServer
 
@@ -63,7 +65,8 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
     @Test func productionExampleFile() throws {
         let path = configDirectory.appendingPathComponent("sluice.production.yaml").path
         let configuration = try ConfigurationLoader.load(filePath: path, environment: [
-            "SLUICE_STORAGE_DATABASE_URL": "postgres://sluice:pw@postgres:5432/sluice?sslmode=require",
+            "SLUICE_STORAGE_DATABASE_URL": "postgres://sluice:pw@postgres:5432/sluice?sslmode=verify-full&sslrootcert=/etc/sluice/tls/postgres-ca.pem",
+            "SLUICE_REDIS_URL": "redis://sluice:pw@redis:6379/0",
         ])
         #expect(configuration.upstreams.map(\.poolName) == ["small", "small", "large"])
         #expect(configuration.autoRouting.complex == "large" && configuration.autoRouting.simple == "small")
@@ -71,8 +74,24 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         #expect(configuration.auth.isEnabled && configuration.limits.limitsGenerations && configuration.limits.forwardedForHops == 1)
         #expect(configuration.quotas.period == .hours(24 * 30) && configuration.cache.enabled)
         #expect(configuration.chat.maxTokensLimit == 8192)
-        #expect(configuration.tracing.sampleRatio == 0.1 && configuration.redis.url == "redis://redis:6379/0")
-        #expect(try configuration.storage.backend == .postgres("postgres://sluice:pw@postgres:5432/sluice?sslmode=require"))
+        #expect(configuration.tracing.sampleRatio == 0.1)
+        // Redis: the URL with its password comes from the environment; certificates are verified.
+        let redis = try #require(try configuration.redis.clientConfiguration())
+        #expect(redis.url.user == "sluice" && redis.url.hasCredentials && redis.tls.verifiesCertificates)
+        #expect(redis.commandTimeout == .seconds(2))
+        #expect(try configuration.storage.backend == .postgres("postgres://sluice:pw@postgres:5432/sluice?sslmode=verify-full&sslrootcert=/etc/sluice/tls/postgres-ca.pem"))
+        // Safe on the internet: the admin listener is its own port, tokens never in URLs, only its own pages.
+        #expect(configuration.admin.enabled && configuration.admin.port != configuration.server.port)
+        #expect(!configuration.server.allowedOrigins.isEmpty && !configuration.server.allowedOrigins.contains("*"))
+    }
+
+    /// What the production example tells operators to put in SLUICE_STORAGE_DATABASE_URL
+    /// verifies the server (and the example says so).
+    @Test func productionExampleVerifiesPostgreSQL() throws {
+        let text = try String(contentsOfFile: configDirectory.appendingPathComponent("sluice.production.yaml").path, encoding: .utf8)
+        let line = try #require(text.split(separator: "\n").first { $0.contains("SLUICE_STORAGE_DATABASE_URL") })
+        let url = try #require(line.split(separator: " ").first { $0.hasPrefix("postgres://") })
+        #expect(try PostgresURL(String(url)).verification == .full)
     }
 
     @Test func autobahnFile() throws {
@@ -159,7 +178,6 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
             "SLUICE_ECHO": "true",
             "SLUICE_SERVER_ALLOWED_ORIGINS": "https://a.example, https://b.example",
             "SLUICE_WEBSOCKET_MAX_FRAME_SIZE": "64KiB",
-            "SLUICE_UNRELATED_TOOL_SETTING": "ignored",  // shared prefix: not an error
             "SLUICE_CONFIG": "/not/read/by/load",
         ])
         #expect(configuration.server.port == 9100)
@@ -368,6 +386,9 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
             ("server:\n  port: -1\n", "server.port"),
             ("server:\n  max_connections: 0\n", "server.max_connections"),
             ("server:\n  handshake_timeout: 0s\n", "server.handshake_timeout"),
+            ("server:\n  idle_timeout: 0s\n", "server.idle_timeout"),
+            ("server:\n  max_connections_per_address: -1\n", "server.max_connections_per_address"),
+            ("server:\n  memory_budget: 64000\n", "server.memory_budget"),
             ("websocket:\n  deflate:\n    server_max_window_bits: 8\n", "websocket.deflate.server_max_window_bits"),
             ("websocket:\n  deflate:\n    server_max_window_bits: 16\n", "websocket.deflate.server_max_window_bits"),
             ("websocket:\n  deflate:\n    level: 0\n", "websocket.deflate.level"),
@@ -385,6 +406,29 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
             #expect(error?.kind == .outOfRange, "\(yaml)")
             #expect(error?.key == key, "\(yaml)")
         }
+    }
+
+    @Test func edgeLimitsFromTheFileAndTheEnvironment() throws {
+        let edge = try configuration(fromYAML: """
+            server:
+              memory_budget: 2GiB
+              max_connections_per_address: 0
+              idle_timeout: 2m
+            """)
+        #expect(edge.server.memoryBudget == 2 << 30)
+        #expect(edge.server.maxConnectionsPerAddress == 0)
+        #expect(edge.server.idleTimeout == .minutes(2))
+        let defaults = SluiceConfiguration().server
+        #expect(defaults.memoryBudget == 512 << 20 && defaults.maxConnectionsPerAddress == 256 && defaults.idleTimeout == .seconds(75))
+        let fromEnvironment = try ConfigurationLoader.load(filePath: nil, environment: [
+            "SLUICE_SERVER_MEMORY_BUDGET": "64MiB", "SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS": "20", "SLUICE_SERVER_IDLE_TIMEOUT": "5s",
+        ])
+        #expect(fromEnvironment.server.memoryBudget == 64 << 20)
+        #expect(fromEnvironment.server.maxConnectionsPerAddress == 20)
+        #expect(fromEnvironment.server.idleTimeout == .seconds(5))
+        // The smallest budget accepted, and a size that does not fit is refused rather than wrapped.
+        #expect(try configuration(fromYAML: "server:\n  memory_budget: 64KiB\n").server.memoryBudget == 65536)
+        #expect(configurationError { _ = try configuration(fromYAML: "server:\n  memory_budget: 9223372036854775807KiB\n") } != nil)
     }
 
     @Test func rangeBoundsAreAccepted() throws {
@@ -554,6 +598,89 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         let error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_REDIS_URL": "http://x"]) }
         #expect(error?.key == "redis.url" && error?.kind == .invalidValue)
     }
+
+    @Test func aBadURLsPasswordIsNotInTheError() {
+        let error = configurationError {
+            _ = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_REDIS_URL": "redis://app:hunter2-secret@redis:notaport/0"])
+        }
+        #expect(error?.key == "redis.url" && error?.kind == .invalidValue)
+        #expect(error.map { "\($0)" }?.contains("hunter2") == false, "\(String(describing: error))")
+        #expect(error?.value == "redis://app:***@redis:notaport/0")
+    }
+
+    @Test func credentialsTLSDeadlinesAndBoundsReachTheClient() throws {
+        let yaml = """
+            redis:
+              url: rediss://sluice:p%40ss@redis.internal:6380/2
+              tls:
+                server_name: redis.example.com
+                verify: true
+              command_timeout: 750ms
+              max_pending_commands: 500
+              max_reply_bytes: 8MiB
+              max_reply_elements: 4096
+            """
+        let client = try #require(try configuration(fromYAML: yaml).redis.clientConfiguration())
+        #expect(client.url == RedisURL(host: "redis.internal", port: 6380, database: 2, user: "sluice", password: "p@ss", usesTLS: true))
+        #expect(client.tls.serverName == "redis.example.com" && client.tls.verifiesCertificates && client.tls.caFile == nil)
+        #expect(client.commandTimeout == .milliseconds(750) && client.maxPendingCommands == 500)
+        #expect(client.replyLimits == RESPParser.Limits(maxReplyBytes: 8 << 20, maxReplyElements: 4096))
+        // The same from the environment.
+        // (Not validated: the files do not exist here.)
+        var environment = SluiceConfiguration()
+        try ConfigurationLoader.applyEnvironment([
+            "SLUICE_REDIS_URL": "rediss://:pw@r:6380", "SLUICE_REDIS_TLS_CA_FILE": "/etc/ca.pem",
+            "SLUICE_REDIS_TLS_CERTIFICATE_FILE": "/etc/c.pem", "SLUICE_REDIS_TLS_PRIVATE_KEY_FILE": "/etc/k.pem",
+            "SLUICE_REDIS_TLS_VERIFY": "false", "SLUICE_REDIS_COMMAND_TIMEOUT": "5s",
+        ], to: &environment)
+        let tls = environment.redis.tls
+        #expect(tls.caFile == "/etc/ca.pem" && tls.certificateFile == "/etc/c.pem" && tls.privateKeyFile == "/etc/k.pem" && !tls.verify)
+        #expect(environment.redis.commandTimeout == .seconds(5))
+    }
+
+    @Test func defaultsAreDocumented() throws {
+        let defaults = SluiceConfiguration().redis
+        #expect(defaults.commandTimeout == .seconds(2) && defaults.maxPendingCommands == 10_000)
+        #expect(defaults.maxReplyBytes == 64 << 20 && defaults.maxReplyElements == 1 << 20)
+        #expect(defaults.tls == RedisTLSSettings() && defaults.tls.verify)
+    }
+
+    @Test func tlsSettingsWithoutARedissURLAreAMistake() {
+        let error = configurationError {
+            _ = try ConfigurationLoader.load(filePath: nil, environment: [
+                "SLUICE_REDIS_URL": "redis://:pw@r:6379", "SLUICE_REDIS_TLS_CA_FILE": "/etc/ca.pem",
+            ])
+        }
+        #expect(error?.kind == .inconsistent && error?.key == "redis.tls.ca_file")
+        #expect(error.map { "\($0)" }?.contains("redis://:***@r:6379/0") == true, "\(String(describing: error))")
+    }
+
+    @Test func tlsFilesThatCannotBeLoadedStopTheStart() {
+        let missing = configurationError {
+            _ = try ConfigurationLoader.load(filePath: nil, environment: [
+                "SLUICE_REDIS_URL": "rediss://r:6380", "SLUICE_REDIS_TLS_CA_FILE": "/nonexistent/redis-ca.pem",
+            ])
+        }
+        #expect(missing?.key == "redis.tls" && missing?.reason.contains("/nonexistent/redis-ca.pem") == true, "\(String(describing: missing))")
+        let halfPair = configurationError {
+            _ = try ConfigurationLoader.load(filePath: nil, environment: [
+                "SLUICE_REDIS_URL": "rediss://r:6380", "SLUICE_REDIS_TLS_CERTIFICATE_FILE": "/etc/c.pem",
+            ])
+        }
+        #expect(halfPair?.reason.contains("private_key_file") == true, "\(String(describing: halfPair))")
+    }
+
+    @Test(arguments: [
+        ("SLUICE_REDIS_COMMAND_TIMEOUT", "0s"),
+        ("SLUICE_REDIS_MAX_PENDING_COMMANDS", "0"),
+        ("SLUICE_REDIS_MAX_REPLY_BYTES", "10"),
+        ("SLUICE_REDIS_MAX_REPLY_ELEMENTS", "1"),
+        ("SLUICE_REDIS_TLS_VERIFY", "maybe"),
+    ])
+    func outOfRangeValuesAreRefused(variable: String, value: String) {
+        let error = configurationError { _ = try ConfigurationLoader.load(filePath: nil, environment: [variable: value]) }
+        #expect(error != nil, "\(variable)=\(value) was accepted")
+    }
 }
 
 @Suite struct StorageSettingsTests {
@@ -570,9 +697,9 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         configuration = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_STORAGE_DATABASE_URL": "memory"])
         #expect(try configuration.storage.backend == .memory)
         var overrides = ConfigurationOverrides()
-        overrides.databaseURL = "postgres://u:p@127.0.0.1:5433/chat"
+        overrides.databaseURL = "postgres://u@127.0.0.1:5433/chat"
         configuration = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_STORAGE_DATABASE_URL": "memory"], overrides: overrides)
-        #expect(try configuration.storage.backend == .postgres("postgres://u:p@127.0.0.1:5433/chat"))
+        #expect(try configuration.storage.backend == .postgres("postgres://u@127.0.0.1:5433/chat"))
         overrides = ConfigurationOverrides()
         overrides.databaseURL = "sqlite:///tmp/x.db"
         overrides.dataDirectory = "/ignored"

@@ -13,12 +13,36 @@ struct RedisServerProcessError: Error, CustomStringConvertible {
 
 /// A real `redis-server` for integration tests: 127.0.0.1 on a free random port, a temporary
 /// working directory, no persistence (`--save "" --appendonly no`). `stop()`/`kill()` simulate an
-/// outage and `restart()` brings it back on the same port. Prefer `withServer`, which always
-/// stops the server and removes its directory; `deinit` SIGKILLs a server left running.
+/// outage, `stall()`/`resume()` a frozen server (SIGSTOP/SIGCONT: TCP stays open, nothing is
+/// answered), and `restart()` brings it back on the same port. Extra `arguments` (a password,
+/// ACL users) and TLS on a second port are optional. Prefer `withServer`, which always stops the
+/// server and removes its directory; `deinit` SIGKILLs a server left running.
 final class RedisServerProcess: Sendable {
     static let defaultTimeout: Duration = .seconds(10)
 
+    /// TLS on a second port (`tlsPort`), with these files.
+    struct TLSOptions: Sendable {
+        var certificateFile: String
+        var keyFile: String
+        /// The CA that client certificates must chain to.
+        var caFile: String
+        /// `--tls-auth-clients yes`: a client without a certificate from `caFile` is refused.
+        var requireClientCertificates = false
+
+        init(certificateFile: String, keyFile: String, caFile: String, requireClientCertificates: Bool = false) {
+            self.certificateFile = certificateFile
+            self.keyFile = keyFile
+            self.caFile = caFile
+            self.requireClientCertificates = requireClientCertificates
+        }
+    }
+
     let port: Int
+    /// The TLS port, when started with `tls`.
+    let tlsPort: Int?
+    /// Extra `redis-server` arguments (kept for `restart()`).
+    let arguments: [String]
+    let tls: TLSOptions?
     /// Working directory (log file `redis.log` lives here).
     let directory: URL
     private let executable: String
@@ -30,15 +54,26 @@ final class RedisServerProcess: Sendable {
     /// `redis://127.0.0.1:port`.
     var url: String { "redis://127.0.0.1:\(self.port)" }
 
+    /// `rediss://[credentials]host:tlsPort` (`host` defaults to the address the server listens on).
+    func tlsURL(host: String = "127.0.0.1", credentials: String = "") -> String {
+        "rediss://\(credentials)\(host):\(self.tlsPort ?? 0)"
+    }
+
     /// Every write fsynced to an append-only file in `directory`, so a restart (even after
     /// SIGKILL) comes back with all data: what a job queue's Redis must do.
     let appendOnly: Bool
 
-    private init(executable: String, port: Int, directory: URL, appendOnly: Bool = false) {
+    private init(
+        executable: String, port: Int, directory: URL, appendOnly: Bool = false,
+        arguments: [String] = [], tls: TLSOptions? = nil, tlsPort: Int? = nil
+    ) {
         self.appendOnly = appendOnly
         self.executable = executable
         self.port = port
         self.directory = directory
+        self.arguments = arguments
+        self.tls = tls
+        self.tlsPort = tlsPort
     }
 
     deinit {
@@ -60,7 +95,10 @@ final class RedisServerProcess: Sendable {
 
     /// Starts a server and waits until it answers PING. Retries on another port if the one
     /// picked was taken in the meantime.
-    static func start(timeout: Duration = RedisServerProcess.defaultTimeout, appendOnly: Bool = false) async throws -> RedisServerProcess {
+    static func start(
+        timeout: Duration = RedisServerProcess.defaultTimeout, appendOnly: Bool = false,
+        arguments: [String] = [], tls: TLSOptions? = nil
+    ) async throws -> RedisServerProcess {
         guard let executable = Self.findExecutable() else {
             throw RedisServerProcessError(description: "redis-server not found (apt-get install redis-server)")
         }
@@ -69,7 +107,9 @@ final class RedisServerProcess: Sendable {
             let directory = FileManager.default.temporaryDirectory
                 .appendingPathComponent("sluice-redis-\(UUID().uuidString)", isDirectory: true)
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            let server = RedisServerProcess(executable: executable, port: try Self.freePort(), directory: directory, appendOnly: appendOnly)
+            let server = RedisServerProcess(
+                executable: executable, port: try Self.freePort(), directory: directory, appendOnly: appendOnly,
+                arguments: arguments, tls: tls, tlsPort: tls == nil ? nil : try Self.freePort())
             do {
                 try await server.launch(timeout: timeout)
                 return server
@@ -84,10 +124,12 @@ final class RedisServerProcess: Sendable {
     /// Runs `body` with a fresh server, then stops it and removes its directory whatever happens.
     static func withServer<T>(
         timeout: Duration = RedisServerProcess.defaultTimeout,
+        arguments: [String] = [],
+        tls: TLSOptions? = nil,
         _ body: (RedisServerProcess) async throws -> T
     ) async throws -> T {
         try await HeavyTests.exclusively {
-            let server = try await Self.start(timeout: timeout)
+            let server = try await Self.start(timeout: timeout, arguments: arguments, tls: tls)
             do {
                 let result = try await body(server)
                 await server.kill()
@@ -121,6 +163,18 @@ final class RedisServerProcess: Sendable {
         try? await self.terminate(with: SIGKILL, timeout: Self.defaultTimeout)
     }
 
+    /// SIGSTOP: the server freezes. Its sockets stay open and the kernel still accepts new
+    /// connections, but nothing is read or answered until `resume()`. (`kill()` ends a stalled
+    /// server too: SIGKILL needs no cooperation.)
+    func stall() {
+        if let pid = self.pid { sendSignal(SIGSTOP, to: pid) }
+    }
+
+    /// SIGCONT after `stall()`.
+    func resume() {
+        if let pid = self.pid { sendSignal(SIGCONT, to: pid) }
+    }
+
     /// Starts the server again on the same port (after `stop()` or `kill()`).
     func restart(timeout: Duration = RedisServerProcess.defaultTimeout) async throws {
         if self.isRunning { try await self.stop(timeout: timeout) }
@@ -139,7 +193,7 @@ final class RedisServerProcess: Sendable {
             "--appendfsync", "always",
             "--daemonize", "no",
             "--logfile", self.directory.appendingPathComponent("redis.log").path,
-        ]
+        ] + self.tlsArguments + self.arguments
         let pid = try Self.spawn(self.executable, arguments: arguments)
         self.child.withLock { $0 = SpawnedChild(pid: pid) }
 
@@ -152,6 +206,17 @@ final class RedisServerProcess: Sendable {
             try await Task.sleep(for: .milliseconds(20))
         }
         throw RedisServerProcessError(description: "redis-server on port \(self.port) did not answer PING within \(timeout)")
+    }
+
+    private var tlsArguments: [String] {
+        guard let tls = self.tls, let tlsPort = self.tlsPort else { return [] }
+        return [
+            "--tls-port", String(tlsPort),
+            "--tls-cert-file", tls.certificateFile,
+            "--tls-key-file", tls.keyFile,
+            "--tls-ca-cert-file", tls.caFile,
+            "--tls-auth-clients", tls.requireClientCertificates ? "yes" : "no",
+        ]
     }
 
     private func terminate(with signal: Int32, timeout: Duration) async throws {
@@ -193,7 +258,8 @@ final class RedisServerProcess: Sendable {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
-    /// Whether something on 127.0.0.1:`port` answers `PING` with `+PONG` (blocking, 500 ms at most).
+    /// Whether something on 127.0.0.1:`port` answers `PING`: `+PONG`, or `-NOAUTH` from a server
+    /// with a password (blocking, 500 ms at most).
     static func answersPing(port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
@@ -215,7 +281,8 @@ final class RedisServerProcess: Sendable {
         guard send(fd, ping, ping.count, 0) == ping.count else { return false }
         var reply = [UInt8](repeating: 0, count: 16)
         let count = recv(fd, &reply, reply.count, 0)
-        return count >= 7 && Array(reply[0..<7]) == Array("+PONG\r\n".utf8)
+        guard count >= 7 else { return false }
+        return Array(reply[0..<7]) == Array("+PONG\r\n".utf8) || Array(reply[0..<7]) == Array("-NOAUTH".utf8)
     }
 }
 

@@ -49,7 +49,8 @@ import Testing
 
         init(
             configure: (inout WebSocketServerConfiguration) -> Void = { _ in }, deflate: PerMessageDeflateAgreement? = nil,
-            echo: Bool = false, loop: EmbeddedEventLoop = EmbeddedEventLoop(), shared: ConnectionSettings? = nil
+            echo: Bool = false, loop: EmbeddedEventLoop = EmbeddedEventLoop(), shared: ConnectionSettings? = nil,
+            budget: MemoryBudget = .unlimited()
         ) throws {
             var configuration = WebSocketServerConfiguration()
             configure(&configuration)
@@ -62,7 +63,7 @@ import Testing
                 remoteAddress: nil, subprotocol: nil, isCompressed: deflate != nil, eventLoop: loop)
             try self.channel.pipeline.syncOperations.addHandler(self.reads)
             try self.channel.pipeline.syncOperations.addHandler(WebSocketConnectionHandler(
-                settings: shared ?? ConnectionSettings(configuration, application: self.app, metrics: WebSocketServerMetrics()),
+                settings: shared ?? ConnectionSettings(configuration, application: self.app, metrics: WebSocketServerMetrics(), budget: budget),
                 deflate: deflate.map(DeflateParameters.init), info: info))
             try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         }

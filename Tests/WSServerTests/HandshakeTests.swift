@@ -52,8 +52,12 @@ import Testing
         var restricted = configuration
         restricted.allowedOrigins = ["https://chat.example"]
         #expect(status(request(headers: [("Origin", "https://evil.example")]), restricted) == .forbidden)
-        #expect(status(request(), restricted) == .forbidden)
+        // No Origin: not a browser, and anything else can send any header (OriginCheck).
+        #expect(status(request(), restricted) == nil)
         #expect(status(request(headers: [("Origin", "https://CHAT.example")]), restricted) == nil)
+        // Nothing configured: loopback pages only, by default.
+        #expect(status(request(headers: [("Origin", "https://evil.example")])) == .forbidden)
+        #expect(status(request(headers: [("Origin", "http://localhost:5173")])) == nil)
     }
 
     @Test func base64RoundTrip() {
