@@ -83,8 +83,9 @@ import Testing
         try await RedisServerProcess.withServer { redis in
             try await PostgresServerProcess.withServer { postgres in
                 try await SluiceProcess.withProcesses(
-                    count: 2, arguments: ["--database-url", postgres.url],
-                    environment: Self.environment(redis: redis, tokensPerSecond: 0, answerTokens: 20),
+                    count: 2,
+                    environment: Self.environment(redis: redis, tokensPerSecond: 0, answerTokens: 20)
+                        .merging(["SLUICE_STORAGE_DATABASE_URL": postgres.url]) { $1 },
                     instanceEnvironment: { ["SLUICE_INSTANCE_ID": $0 == 0 ? "doomed" : "survivor"] }, timeout: .seconds(60)
                 ) { processes in
                     let (doomed, survivor) = (processes[0], processes[1])
@@ -101,7 +102,7 @@ import Testing
                     for content in ["queued two", "queued three"] {
                         expected += [content, try await PersistenceProcessTests.chat(client, content, in: first.conversation, maxTokens: 20).answer]
                     }
-                    let stats = try PersistenceProcessTests.json(try await doomed.httpGet(path: "/v1/stats").body)
+                    let stats = try PersistenceProcessTests.json(try await doomed.adminGet(path: "/v1/stats").body)
                     #expect((stats["write_queue"] as? [String: Any])?["pending"] as? Int == 6, "\(stats)")
                     #expect(await doomed.kill() == .signaled(SIGKILL))
                     try await postgres.restart()
@@ -109,7 +110,7 @@ import Testing
                     // The survivor takes the dead one's journal and writes it: every message once.
                     var logger = Logger(label: "test")
                     logger.logLevel = .critical
-                    let reader = PostgresStorage(configuration: .init(url: try PostgresURL(postgres.url)), logger: logger)
+                    let reader = try PostgresStorage(configuration: .init(url: try PostgresURL(postgres.url)), logger: logger)
                     let pool = Task { await reader.run() }
                     defer { pool.cancel() }
                     let id = try #require(UUID(uuidString: first.conversation))
@@ -119,7 +120,7 @@ import Testing
                     }
                     let page = try #require(try await reader.messages(conversationID: id, userExternalID: "grace", before: nil, limit: 100))
                     #expect(page.messages.reversed().map(\.content) == expected)
-                    let recovered = try PersistenceProcessTests.json(try await survivor.httpGet(path: "/v1/stats").body)
+                    let recovered = try PersistenceProcessTests.json(try await survivor.adminGet(path: "/v1/stats").body)
                     #expect((recovered["write_queue"] as? [String: Any])?["recovered"] as? Int == 6, "\(recovered)")
                     await reader.shutdown()
                 }
