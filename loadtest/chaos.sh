@@ -88,6 +88,18 @@ wait_for() {  # what, seconds, command...
   done
 }
 ready() { curl -sf "http://127.0.0.1:$1/ready"; }
+# Ready, or false at once if the process exited (a port taken since free_port picked it).
+alive_and_ready() { kill -0 "$1" 2>/dev/null || return 2; ready "$2"; }
+await_start() {  # name pid port: 0 ready, 1 exited early (retry on other ports)
+  local deadline=$((SECONDS + 60)) status
+  while [ $SECONDS -lt $deadline ]; do
+    alive_and_ready "$2" "$3" >/dev/null 2>&1 && return 0
+    status=$?
+    [ $status -eq 2 ] && { echo "$1 exited at start (retrying on other ports): $(tail -1 "$tmp/$1.log")" >&2; wait "$2" 2>/dev/null || true; return 1; }
+    sleep 0.1
+  done
+  echo "$1: not ready after 60s" >&2; exit 1
+}
 # Times in microseconds from bash's clock (no process per reading).
 usec() { local t="${EPOCHREALTIME/./}"; echo "$((10#$t))"; }
 t0="$(usec)"
@@ -131,6 +143,7 @@ redis_url="redis://127.0.0.1:$rport/0"
 # --- Upstream replicas: sluice serve with the simulator, through their OpenAI-compatible door.
 upstreams=""
 for r in 1 2; do
+ for attempt in 1 2 3; do
   port="$(free_port)"
   # Every upstream request comes from 127.0.0.1: no per-address cap.
   env -u SLUICE_CONFIG SLUICE_INSTANCE_ID="replica-$r" SLUICE_SIMULATOR_TOKENS_PER_SECOND="$tps" \
@@ -139,7 +152,9 @@ for r in 1 2; do
     "$bin/sluice" serve --host 127.0.0.1 --port "$port" --admin-port 0 --threads 1 --max-connections 20000 --log-level warning \
     --database-url memory >"$tmp/replica-$r.log" 2>&1 &
   pid[replica-$r]=$!
-  wait_for "replica-$r" 30 ready "$port"
+  await_start "replica-$r" "${pid[replica-$r]}" "$port" && break
+  [ "$attempt" -lt 3 ] || exit 1
+ done
   upstreams+="${upstreams:+, }{name: replica-$r, pool: sim, kind: openai, base_url: \"http://127.0.0.1:$port\", model: sluice-simulator, max_concurrency: 0}"
 done
 
@@ -158,11 +173,14 @@ gateway_start() {  # index
   pid[gw-$i]=$!
 }
 for i in 1 2 3; do
-  gw_ports[$i]="$(free_port)"
-  admin_ports[$i]="$(free_port)"
-  gateway_start "$i"
+  for attempt in 1 2 3; do
+    gw_ports[$i]="$(free_port)"
+    admin_ports[$i]="$(free_port)"
+    gateway_start "$i"
+    await_start "gw-$i" "${pid[gw-$i]}" "${gw_ports[$i]}" && break
+    [ "$attempt" -lt 3 ] || exit 1
+  done
 done
-for i in 1 2 3; do wait_for "gw-$i" 60 ready "${gw_ports[$i]}"; done
 
 # --- nginx with the deploy template, for the three gateways.
 nport="$(free_port)"
