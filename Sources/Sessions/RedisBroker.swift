@@ -176,7 +176,7 @@ final class RedisBroker: Broker {
             RedisCommand("SADD", self.key("conv:\(info.conversationID):run"), info.generationID),
             RedisCommand("PEXPIRE", self.key("conv:\(info.conversationID):run"), self.milliseconds(self.configuration.runningTTL)),
             RedisCommand("PUBLISH", self.key("c:\(info.conversationID)"), event),
-        ], generation: info.generationID)
+        ], tag: info.generationID)
     }
 
     /// `HSET gen:{id}` with everything a follower elsewhere needs (and the end, once there is one).
@@ -199,7 +199,7 @@ final class RedisBroker: Broker {
         if update.firstSeq == 1 {
             commands.append(RedisCommand("PEXPIRE", stream, self.milliseconds(self.configuration.runningTTL)))
         }
-        self.fire(commands, generation: info.generationID)
+        self.fire(commands, tag: info.generationID)
     }
 
     func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd) {
@@ -217,7 +217,7 @@ final class RedisBroker: Broker {
             RedisCommand("PEXPIRE", generation, retention),
             RedisCommand("PEXPIRE", stream, retention),
             RedisCommand("SREM", self.key("conv:\(info.conversationID):run"), info.generationID),
-        ], generation: info.generationID)
+        ], tag: info.generationID)
     }
 
     /// The generation's whole shared copy again, after Redis missed some of it: the hash, the
@@ -263,8 +263,11 @@ final class RedisBroker: Broker {
             ]
         }
         self.state.withLock { $0.republished += 1 }
-        self.fire(commands, generation: info.generationID)
+        self.fire(commands, tag: info.generationID)
     }
+
+    /// The tag of the write journal's commands (no generation id looks like it).
+    static let journalTag = "journal"
 
     /// Generations published again after Redis missed some of their writes.
     var republishedGenerations: Int { self.state.withLock { $0.republished } }
@@ -274,10 +277,11 @@ final class RedisBroker: Broker {
     /// publishes next), an ended one from the hub. One no longer in the hub is gone anyway.
     private func republishDirty() {
         guard self.client.isConnected, let lookup = self.localGenerations.withLock({ $0 }) else { return }
-        let dirty = self.state.withLock { state -> Set<String> in
+        var dirty = self.state.withLock { state -> Set<String> in
             defer { state.dirty = [] }
             return state.dirty
         }
+        if dirty.remove(Self.journalTag) != nil { self.journal.withLock { $0 }?.rebuild() }
         for generationID in dirty {
             guard let entry = lookup(generationID) else { continue }
             switch entry.state {
@@ -340,12 +344,12 @@ final class RedisBroker: Broker {
 
     /// Sends without waiting. Commands fired during one event-loop tick (from every generation)
     /// leave in one pipeline: one write instead of one per upstream read, in the order they were
-    /// fired. A failed command of a `generation` (Redis down) marks it for `republishDirty`;
-    /// others only lose their effect.
-    func fire(_ commands: [RedisCommand], generation: String? = nil) {
+    /// fired. A failed command with a `tag` (a generation id, or `journalTag`; Redis down, a
+    /// reply too late) marks it for `republishDirty`; others only lose their effect.
+    func fire(_ commands: [RedisCommand], tag: String? = nil) {
         let scheduleFlush = self.outgoing.withLock { outgoing -> Bool in
             outgoing.commands.append(contentsOf: commands)
-            outgoing.tags.append(contentsOf: repeatElement(generation, count: commands.count))
+            outgoing.tags.append(contentsOf: repeatElement(tag, count: commands.count))
             guard !outgoing.flushScheduled else { return false }
             outgoing.flushScheduled = true
             return true

@@ -13,8 +13,9 @@ import Synchronization
 /// its queue writes them. Writing a message the dead one had written already stores nothing
 /// twice (the storage ignores an (id, created_at) it has), so a taker needs no certainty.
 ///
-/// Commands go out through the broker's pipeline; while Redis is unreachable they fail and
-/// the whole queue is recorded again on reconnect.
+/// Commands go out through the broker's pipeline; when one fails (Redis unreachable, a reply
+/// too late) the journal is made again from the queue once Redis answers, so it neither misses
+/// a message nor keeps one already written.
 final class RedisWriteJournal: WriteJournal, Sendable {
     private unowned let broker: RedisBroker
     private let queue: WriteBehindQueue
@@ -43,13 +44,30 @@ final class RedisWriteJournal: WriteJournal, Sendable {
             command.append(Self.field(message))
             command.append(Self.encode(message))
         }
-        self.broker.fire([command])
+        self.broker.fire([command], tag: RedisBroker.journalTag)
     }
 
     func written(_ messages: [NewMessage]) {
         var command = RedisCommand("HDEL", self.key)
         for message in messages { command.append(Self.field(message)) }
-        self.broker.fire([command])
+        self.broker.fire([command], tag: RedisBroker.journalTag)
+    }
+
+    /// Exactly `messages` from now on (DEL, then HSETs of at most 500 fields each, in order
+    /// with every other journal command).
+    func replace(with messages: [NewMessage]) {
+        var commands = [RedisCommand("DEL", self.key)]
+        var start = 0
+        while start < messages.count {
+            var command = RedisCommand("HSET", self.key)
+            for message in messages[start..<min(messages.count, start + 500)] {
+                command.append(Self.field(message))
+                command.append(Self.encode(message))
+            }
+            commands.append(command)
+            start += 500
+        }
+        self.broker.fire(commands, tag: RedisBroker.journalTag)
     }
 
     // MARK: Upkeep
@@ -61,13 +79,19 @@ final class RedisWriteJournal: WriteJournal, Sendable {
             RedisCommand("SADD", self.registry, self.key),
             RedisCommand("PEXPIRE", self.key, self.broker.milliseconds(.hours(24))),
             RedisCommand("PEXPIRE", self.registry, self.broker.milliseconds(.hours(24))),
-        ])
+        ], tag: RedisBroker.journalTag)
         if adopt { Task { await self.adoptDeadJournals() } }
     }
 
-    /// Redis is back: what was recorded meanwhile failed, so record the whole queue again.
+    /// Redis is back (it may have lost data, or missed records and removals meanwhile): the
+    /// journal becomes exactly what the queue holds.
     func reconnected() {
-        self.queue.recordPendingAgain()
+        self.rebuild()
+    }
+
+    /// A journal command failed (the entry may be missing, or stale): make it exactly the queue.
+    func rebuild() {
+        self.queue.rebuildJournal()
     }
 
     /// Moves the messages of every journal whose incarnation is gone into this one, and queues them.

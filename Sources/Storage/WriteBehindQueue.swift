@@ -36,6 +36,8 @@ public protocol WriteJournal: Sendable {
     func recorded(_ messages: [NewMessage])
     /// Taken by the storage.
     func written(_ messages: [NewMessage])
+    /// Holds exactly `messages` from now on (after it missed some records or removals).
+    func replace(with messages: [NewMessage])
 }
 
 public final class WriteBehindQueue: Service, Sendable {
@@ -136,14 +138,13 @@ public final class WriteBehindQueue: Service, Sendable {
 
     private var currentJournal: (any WriteJournal)? { self.journal.withLockedValue { $0 } }
 
-    /// Records everything queued or being written in the journal again (it missed some while
-    /// Redis was unreachable), under the lock so that nothing written meanwhile is recorded
-    /// after its removal. O(queue length).
-    public func recordPendingAgain() {
+    /// Makes the journal exactly what is queued or being written (it missed records or
+    /// removals while Redis was unreachable), under the lock so that nothing written meanwhile
+    /// is recorded after its removal. O(queue length).
+    public func rebuildJournal() {
         guard let journal = self.currentJournal else { return }
         self.state.withLockedValue { state in
-            let pending = state.inFlightBatch + state.queue[state.head...]
-            if !pending.isEmpty { journal.recorded(pending) }
+            journal.replace(with: state.inFlightBatch + state.queue[state.head...])
         }
     }
 

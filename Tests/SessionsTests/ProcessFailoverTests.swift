@@ -5,6 +5,7 @@ import Glibc
 import Inference
 import Logging
 import NIOPosix
+import RedisClient
 import Storage
 @testable import SluiceTestSupport
 import Testing
@@ -126,6 +127,69 @@ import Testing
                 }
             }
         }
+    }
+
+    /// Found by loadtest/chaos.sh (issue 15): a journal removal lost while Redis was away (the
+    /// message was written to the database meanwhile) stayed in the journal for good, so the
+    /// journal never emptied and a later takeover would write old messages again. Once Redis is
+    /// back the journal is made again from the queue: exactly what is not written yet.
+    @Test(.timeLimit(.minutes(3)))
+    func theWriteJournalForgetsWhatWasWrittenWhileRedisWasAway() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        try await HeavyTests.exclusively {
+            // With AOF: the restart keeps the journal as it was when Redis stopped.
+            let redis = try await RedisServerProcess.start(appendOnly: true)
+            do {
+                try await Self.journalForgetsWrittenMessages(redis: redis, group: group)
+            } catch {
+                await redis.kill()
+                throw error
+            }
+            await redis.kill()
+        }
+    }
+
+    static func journalForgetsWrittenMessages(redis: RedisServerProcess, group: MultiThreadedEventLoopGroup) async throws {
+            try await PostgresServerProcess.withServer { postgres in
+                try await SluiceProcess.withProcesses(
+                    count: 1,
+                    environment: Self.environment(redis: redis, tokensPerSecond: 0, answerTokens: 5)
+                        .merging(["SLUICE_STORAGE_DATABASE_URL": postgres.url, "SLUICE_INSTANCE_ID": "journaled"]) { $1 },
+                    timeout: .seconds(60)
+                ) { processes in
+                    let gateway = processes[0]
+                    try await PersistenceProcessTests.eventually("/ready after migrations") { try await gateway.httpGet(path: "/ready").status == 200 }
+                    let probe = RedisClient(configuration: RedisConfiguration(url: try RedisURL(redis.url)), eventLoop: group.next())
+                    /// Messages in every journal; -1 while the probe cannot reach Redis.
+                    func journaled() async -> Int {
+                        do {
+                            var total = 0
+                            for key in try await probe.send(RedisCommand("SMEMBERS", "sluice:wq")).array?.compactMap(\.string) ?? [] {
+                                total += try await probe.send(RedisCommand("HLEN", key)).int ?? 0
+                            }
+                            return total
+                        } catch {
+                            return -1
+                        }
+                    }
+                    // Two messages wait for the database, journaled in Redis.
+                    try await postgres.stop()
+                    let client = try await JSONWebSocketClient.connect(port: gateway.port, group: group, query: "?user=heidi")
+                    _ = try await client.next()
+                    _ = try await PersistenceProcessTests.chat(client, "kept in the journal", maxTokens: 5)
+                    try await PersistenceProcessTests.eventually("journaled") { await journaled() == 2 }
+                    // Redis goes away; the database comes back and takes them (the removals fail).
+                    try await redis.stop()
+                    try await postgres.restart()
+                    try await PersistenceProcessTests.eventually("written", timeout: .seconds(90)) {
+                        let stats = try PersistenceProcessTests.json(try await gateway.adminGet(path: "/v1/stats").body)
+                        return (stats["write_queue"] as? [String: Any])?["pending"] as? Int == 0
+                    }
+                    try await redis.restart()
+                    try await PersistenceProcessTests.eventually("the journal emptied") { await journaled() == 0 }
+                    await probe.shutdown()
+                }
+            }
     }
 
     @Test(.timeLimit(.minutes(2)))

@@ -106,6 +106,14 @@ import Testing
             self.entries.withLockedValue { entries in for message in messages { entries[message.content] = nil } }
             self.log.withLockedValue { $0 += messages.map { "-" + $0.content } }
         }
+        func replace(with messages: [NewMessage]) {
+            self.entries.withLockedValue { entries in
+                entries = [:]
+                for message in messages { entries[message.content] = message }
+            }
+        }
+        /// An entry the journal kept by mistake (a removal that failed).
+        func keepStale(_ message: NewMessage) { self.entries.withLockedValue { $0[message.content] = message } }
         var held: Set<String> { Set(self.entries.withLockedValue { $0.keys }) }
         var events: [String] { self.log.withLockedValue { $0 } }
     }
@@ -127,8 +135,9 @@ import Testing
         queue.enqueueRecovered(left)
         #expect(queue.counters.recovered == 2 && queue.counters.pending == 4)
         #expect(journal.held == ["q", "a", "x", "y"])
-        // Recording everything again (Redis came back) changes nothing here.
-        queue.recordPendingAgain()
+        // Made again from the queue (Redis came back): a stale entry goes, the queue stays.
+        journal.keepStale(NewMessage(conversationID: conversation, userExternalID: "u", role: .user, content: "stale"))
+        queue.rebuildJournal()
         #expect(journal.held == ["q", "a", "x", "y"])
 
         let runner = Task { await queue.run() }
