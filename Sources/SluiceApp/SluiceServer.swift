@@ -22,6 +22,10 @@ public enum SluiceServer {
         LogOutput.bootstrap(configuration.logFormat)
         var logger = Logger(label: "sluice")
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
+        // Before any listener or client exists: room for server.max_connections descriptors.
+        DescriptorLimit.raise(maxConnections: configuration.server.maxConnections, logger: logger)
+        // Resident memory that follows server.memory_budget (freed large buffers go back).
+        AllocatorTuning.fixMmapThreshold(logger: logger)
         // First: metric handles are bound to the backend when they are made.
         let registry = MetricsExport.bootstrap()
         let application: any WebSocketApplication

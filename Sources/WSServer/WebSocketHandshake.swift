@@ -83,6 +83,7 @@ public enum WebSocketHandshake {
         _ request: HTTPRequestHead,
         configuration: WebSocketServerConfiguration
     ) -> Result<HandshakeAgreement, HandshakeRejection> {
+        if let problem = HTTPHostRule.problem(request) { return .failure(.init(reason: .malformed(problem))) }
         let path = request.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
         guard path == configuration.path else { return .failure(.init(reason: .notFound)) }
         guard request.method == .GET else { return .failure(.init(reason: .methodNotAllowed)) }

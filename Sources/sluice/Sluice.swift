@@ -9,7 +9,7 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "WebSocket gateway.",
-        subcommands: [Serve.self, Worker.self, Jobs.self, Chat.self, Migrate.self, Quota.self, Token.self, HashKey.self],
+        subcommands: [Serve.self, Worker.self, Jobs.self, Chat.self, Migrate.self, Quota.self, Token.self, HashKey.self, CheckConfig.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -240,6 +240,42 @@ func readSecretFromStandardInput(prompt: String) -> String? {
 }
 
 /// `sluice migrate`: creates or upgrades the database schema (`sluice serve` does it at start too).
+/// `sluice check-config`: loads the configuration as `serve` would (file, SLUICE_* variables)
+/// and reports errors; with `--production`, also docs/security.md's production checklist.
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Check the configuration (file and SLUICE_* variables); --production: against the production checklist.",
+        discussion: "Exit status 0 when it loads (and, with --production, passes every item), 1 when an item fails, 78 when it does not load."
+    )
+
+    @Option(name: .long, help: .init("YAML configuration file (default: $SLUICE_CONFIG, else none).", valueName: "path"))
+    var config: String?
+
+    @Flag(name: .long, help: "Also check the items a gateway on the internet needs (docs/security.md).")
+    var production = false
+
+    func run() throws {
+        let configuration = try loadConfiguration(file: self.config, overrides: ConfigurationOverrides())
+        print("configuration: ok")
+        guard self.production else { return }
+        let environment = ProcessInfo.processInfo.environment
+        var fileOnly: SluiceConfiguration?
+        if let path = ConfigurationLoader.configurationFilePath(option: self.config, environment: environment) {
+            var file = SluiceConfiguration()
+            try? ConfigurationLoader.applyFile(at: path, to: &file)
+            fileOnly = file
+        }
+        let items = ProductionChecklist.evaluate(configuration, fileOnly: fileOnly)
+        for item in items {
+            print("\(item.passed ? "pass" : "FAIL")  \(item.name): \(item.detail)")
+        }
+        let failed = items.filter { !$0.passed }.count
+        print(failed == 0 ? "production checklist: all \(items.count) items pass" : "production checklist: \(failed) of \(items.count) items fail")
+        if failed > 0 { throw ExitCode(1) }
+    }
+}
+
 struct Migrate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Create or upgrade the database schema, then exit.",

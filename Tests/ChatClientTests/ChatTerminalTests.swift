@@ -6,7 +6,7 @@ import Testing
 /// client in a pseudo-terminal driven by tmux — type, watch the answer stream, Ctrl-C it,
 /// `/new`, Ctrl-D. Needs `tmux` on PATH (CI installs it) and the built `sluice` binary
 /// (`swift build --build-tests` builds it).
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(15)))
 struct ChatTerminalTests {
     static let packageRoot = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

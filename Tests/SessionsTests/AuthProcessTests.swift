@@ -38,7 +38,7 @@ import Testing
         return Int(result.output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(15)))
     func tokensAreCheckedBeforeTheUpgradeAndUsersSeeOnlyTheirOwn() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         try await RedisServerProcess.withServer { redis in

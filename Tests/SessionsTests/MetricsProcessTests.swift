@@ -16,7 +16,7 @@ import Testing
         return samples
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func metricsCountChatsCancelsResumesAndTraffic() async throws {
         let environment = [
             "SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN": "20ms",

@@ -6,7 +6,7 @@ import Testing
 /// Input checks on the real binary: configured rules, injection markers and an
 /// OpenAI-compatible moderation service (a real HTTP server on loopback).
 @Suite struct ModerationProcessTests {
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func refusedInputNeverReachesTheUpstreamOrTheHistory() async throws {
         let upstream = try await FakeUpstream.start { request in
             if request.uri.hasSuffix("/v1/moderations") {

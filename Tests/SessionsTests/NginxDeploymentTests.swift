@@ -45,7 +45,7 @@ import Testing
         return SpawnedChild(pid: pid)
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(15)))
     func aDrainBehindNginxLosesNothing() async throws {
         let environment = [
             "SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN": "20ms",

@@ -38,7 +38,7 @@ import Testing
         try await SluiceTestSupport.eventually(what, timeout: timeout, condition)
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func aRestartedGatewayKeepsItsHistory() async throws {
         let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-data-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dataDirectory) }
@@ -81,7 +81,7 @@ import Testing
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(15)))
     func migrateCreatesTheEmbeddedDatabaseAndRefusesABadURL() async throws {
         let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-migrate-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dataDirectory) }
@@ -97,7 +97,7 @@ import Testing
         #expect(unreachable.status == 1 && unreachable.output.contains("migration failed"), "\(unreachable.output)")
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(15)))
     func postgresStoppedMidChatThenRestartedStoresEveryMessageOnce() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         try await PostgresServerProcess.withServer { postgres in

@@ -134,7 +134,7 @@ import WSServer
         FileManager.default.temporaryDirectory.appendingPathComponent("sluice-persist-\(UUID().uuidString)/sluice.db").path
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func contextComesFromStorageAndSurvivesARestart() async throws {
         let (upstream, engine) = try await Self.echoingUpstream()
         defer { Task { await upstream.stop() } }
@@ -203,7 +203,7 @@ import WSServer
         await storage.shutdown()
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func historyPagesAndUsersSeeOnlyTheirOwn() async throws {
         let (upstream, engine) = try await Self.echoingUpstream()
         defer { Task { await upstream.stop() } }
@@ -269,7 +269,7 @@ import WSServer
         await storage.shutdown()
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func aFullWriteQueueRefusesNewChatsWithARetryableError() async throws {
         let (upstream, engine) = try await Self.echoingUpstream()
         defer { Task { await upstream.stop() } }
@@ -300,7 +300,7 @@ import WSServer
         await unreachable.shutdown()
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func theRedisCacheAnswersContextAndIsRefilledFromStorage() async throws {
         let (upstream, engine) = try await Self.echoingUpstream()
         defer { Task { await upstream.stop() } }

@@ -26,7 +26,7 @@ import Testing
         return ((result?["value"] as? [Any])?.last as? String).flatMap(Double.init)
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func prometheusScrapesTheGateway() async throws {
         let prometheus = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].first { FileManager.default.isExecutableFile(atPath: $0) }
         let binary = try #require(prometheus, "Debian's prometheus package is needed (.ci/run installs it)")

@@ -25,7 +25,7 @@ import Testing
         output.split(separator: " ").first { $0.hasPrefix("used=") }.flatMap { Int($0.dropFirst(5)) }
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(15)))
     func aQuotaStopsAGenerationWhereItEndsAndResets() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         try await PostgresServerProcess.withServer { postgres in

@@ -7,7 +7,7 @@ import Testing
 /// `pool`), the first refusing connections: clients never see it, its circuit opens, and
 /// `/metrics` shows both.
 @Suite struct UpstreamPoolProcessTests {
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func aDeadReplicaIsInvisibleToClientsAndItsCircuitOpens() async throws {
         let good = try await FakeUpstream.start { request in
             let messages = request.json?["messages"] as? [[String: Any]] ?? []

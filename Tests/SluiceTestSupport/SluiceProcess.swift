@@ -78,11 +78,13 @@ final class SluiceProcess: Sendable {
     /// `arguments` (and a `--data-dir` of its own unless `arguments` choose the storage) and waits
     /// until `GET /health` answers 200 and the admin listener's port is logged (`adminPort`).
     /// Retries on another port if the one picked was taken.
+    /// `launcher` runs first and must exec sluice in the same process (e.g. `prlimit ... --`).
     static func start(
         command: String = "serve",
         arguments: [String] = [],
         environment: [String: String] = [:],
-        timeout: Duration = SluiceProcess.defaultTimeout
+        timeout: Duration = SluiceProcess.defaultTimeout,
+        launcher: [String] = []
     ) async throws -> SluiceProcess {
         let executable = try Self.findExecutable()
         var childEnvironment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
@@ -103,7 +105,7 @@ final class SluiceProcess: Sendable {
                 argv += ["--data-dir", directory.appendingPathComponent("data").path]
             }
             let pid = try Self.spawn(
-                executable, arguments: argv, environment: childEnvironment,
+                launcher.first ?? executable, arguments: launcher + argv, environment: childEnvironment,
                 logPath: directory.appendingPathComponent("sluice.log").path)
             let process = SluiceProcess(port: port, pid: pid, directory: directory)
             do {
@@ -231,6 +233,7 @@ final class SluiceProcess: Sendable {
         environment: [String: String] = [:],
         instanceEnvironment: (Int) -> [String: String] = { _ in [:] },
         timeout: Duration = SluiceProcess.defaultTimeout,
+        launcher: [String] = [],
         _ body: ([SluiceProcess]) async throws -> T
     ) async throws -> T {
         try await HeavyTests.exclusively {
@@ -241,7 +244,7 @@ final class SluiceProcess: Sendable {
                     let merged = ["SLUICE_SERVER_EVENT_LOOP_THREADS": "1"]
                         .merging(environment) { _, given in given }
                         .merging(instanceEnvironment(index)) { _, specific in specific }
-                    processes.append(try await Self.start(arguments: arguments, environment: merged, timeout: timeout))
+                    processes.append(try await Self.start(arguments: arguments, environment: merged, timeout: timeout, launcher: launcher))
                 }
                 let result = try await body(processes)
                 for process in processes {
