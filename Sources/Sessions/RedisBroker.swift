@@ -152,6 +152,11 @@ final class RedisBroker: Broker {
 
     func shutdown() async {
         self.livenessTask.withLock { $0 }?.cancel()
+        let journal = self.journal.withLock { journal -> RedisWriteJournal? in
+            defer { journal = nil }
+            return journal
+        }
+        journal?.detach()
         // Gone at once rather than after the TTL: followers elsewhere see owner_lost sooner. Only
         // if it is still this incarnation's (a successor under the same id may have taken it).
         _ = try? await self.client.send(RedisCommand(

@@ -17,7 +17,8 @@ import Synchronization
 /// too late) the journal is made again from the queue once Redis answers, so it neither misses
 /// a message nor keeps one already written.
 final class RedisWriteJournal: WriteJournal, Sendable {
-    private unowned let broker: RedisBroker
+    /// Strong: the broker drops its journal (and the queue this one) at shutdown.
+    private let broker: RedisBroker
     private let queue: WriteBehindQueue
     private let logger: Logger
     /// This incarnation's journal, and the set listing every journal.
@@ -81,6 +82,12 @@ final class RedisWriteJournal: WriteJournal, Sendable {
             RedisCommand("PEXPIRE", self.registry, self.broker.milliseconds(.hours(24))),
         ], tag: RedisBroker.journalTag)
         if adopt { Task { await self.adoptDeadJournals() } }
+    }
+
+    /// The broker is shutting down: the queue stops recording here. What it writes from now on
+    /// stays journaled, and is written again (harmlessly) by whoever takes the journal over.
+    func detach() {
+        self.queue.setJournal(nil)
     }
 
     /// Redis is back (it may have lost data, or missed records and removals meanwhile): the
