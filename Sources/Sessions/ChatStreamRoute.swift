@@ -338,7 +338,7 @@ final class StatsResponder: HTTPRouteResponder {
             let metrics = storage.metrics
             let counters = queue.counters
             out.writeString(#","storage":{"read_statements":\#(metrics.readStatements),"write_statements":\#(metrics.writeStatements),"write_transactions":\#(metrics.writeTransactions)}"#)
-            out.writeString(#","write_queue":{"enqueued":\#(counters.enqueued),"written":\#(counters.written),"rejected":\#(counters.rejected),"retries":\#(counters.retries),"refused_full":\#(counters.refusedFull),"pending":\#(counters.pending),"reserved":\#(counters.reserved),"batches":\#(counters.batches)}"#)
+            out.writeString(#","write_queue":{"enqueued":\#(counters.enqueued),"written":\#(counters.written),"rejected":\#(counters.rejected),"retries":\#(counters.retries),"refused_full":\#(counters.refusedFull),"pending":\#(counters.pending),"reserved":\#(counters.reserved),"batches":\#(counters.batches),"recovered":\#(counters.recovered)}"#)
         } else {
             out.writeString(#","storage":null"#)
         }
