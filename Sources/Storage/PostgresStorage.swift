@@ -572,7 +572,7 @@ public final class PostgresStorage: ConversationStorage, Service {
     /// database is down may): a task group would wait for it, and the write-behind queue
     /// behind this call would stall with it. The body is cancelled and left to finish alone;
     /// everything run here is idempotent, so a retry is safe.
-    static func withDeadline<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    public static func withDeadline<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         let waiting = NIOLockedValueBox<CheckedContinuation<T, any Error>?>(nil)
         let timer = NIOLockedValueBox<Task<Void, Never>?>(nil)
         return try await withCheckedThrowingContinuation { continuation in
