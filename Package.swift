@@ -239,6 +239,7 @@ let package = Package(
             name: "SluiceTestSupport",
             dependencies: [
                 "WSServer", "CZlib",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -320,7 +321,8 @@ let package = Package(
         .testTarget(
             name: "SluiceAppTests",
             dependencies: [
-                "SluiceApp", "WSServer", "Jobs", "RedisClient",
+                "SluiceApp", "WSServer", "Jobs", "Storage", "RedisClient",
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),
@@ -354,6 +356,18 @@ let package = Package(
                 "Tools", "Inference", "SluiceTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        // The adversarial catalogue: hostile inputs at every surface of a production-like
+        // `sluice serve`, and the resource probes (10,000 connections, 2,000 idle keep-alives).
+        .testTarget(
+            name: "AdversarialTests",
+            dependencies: [
+                "SluiceTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),

@@ -182,7 +182,12 @@ ENV_KEYS["SLUICE_JWT_SECRET"] = "auth.jwt_secret"  # the short name the loader a
 def check_env_names(names, where):
     for name in names:
         if name.startswith("SLUICE_") and name not in ENV_KEYS:
-            fail(f"{where}: {name} is not a Sluice setting (unknown SLUICE_* variables are ignored silently)")
+            fail(f"{where}: {name} is not a Sluice setting (an unknown SLUICE_* variable stops the gateway at start)")
+
+def verifies_postgres(url, where):
+    """The database URL must make the gateway check PostgreSQL's certificate and host name."""
+    if "sslmode=verify-full" not in str(url) or "sslrootcert=" not in str(url):
+        fail(f"{where}: the database URL should use sslmode=verify-full with an sslrootcert (got {str(url).split('?')[-1]!r})")
 
 def drain_budget(settings):
     """Seconds from SIGTERM to exit in the worst case: the server drains, then handed-off
@@ -328,6 +333,23 @@ elif cmd == "compose":
         fail(f"gateway: stop_grace_period {grace:.0f}s must exceed drain.deadline + redis.handoff_deadline + storage.drain_timeout = {budget:.0f}s")
     if str(env.get("SLUICE_SERVER_HOST", "0.0.0.0")) not in ("0.0.0.0", "::"):
         fail("gateway: must listen on all interfaces inside the container")
+    # The admin listener: reachable by Prometheus on the compose networks, never published.
+    admin_port = str(env.get("SLUICE_ADMIN_PORT", DEFAULTS["admin.port"]))
+    if str(env.get("SLUICE_ADMIN_HOST", "")) not in ("0.0.0.0", "::"):
+        fail("gateway: SLUICE_ADMIN_HOST should be 0.0.0.0 so Prometheus can scrape the admin port inside the network")
+    for published in gw.get("ports") or []:
+        if admin_port in str(published) or "8080" in str(published):
+            fail(f"gateway: port {published} is published; clients go through nginx and the admin port stays internal")
+    prom = load_yaml_docs(os.path.join(HERE, "prometheus", "prometheus.yml"))[0]
+    job = next((j for j in prom.get("scrape_configs", []) if j.get("job_name") == "sluice"), {})
+    ports = {str(d.get("port")) for d in job.get("dns_sd_configs", [])}
+    if ports != {admin_port}:
+        fail(f"prometheus.yml: job sluice scrapes port {sorted(ports)}, not the gateways' admin port {admin_port}")
+    verifies_postgres(env.get("SLUICE_STORAGE_DATABASE_URL"), "gateway")
+    for secret in gw.get("secrets") or []:
+        name = secret if isinstance(secret, str) else secret.get("source")
+        if name not in (doc.get("secrets") or {}):
+            fail(f"gateway: secret {name} is not defined at the top level")
     for dep, cond in (("redis", "service_healthy"), ("postgres", "service_healthy")):
         if (gw.get("depends_on") or {}).get(dep, {}).get("condition") != cond:
             fail(f"gateway: depends_on {dep} should wait for {cond}")
@@ -343,6 +365,7 @@ elif cmd == "compose":
         fail(f"worker: stop_grace_period must exceed jobs.shutdown_grace + storage.drain_timeout = {wk_budget:.0f}s")
     if wk_env.get("SLUICE_REDIS_URL") != env.get("SLUICE_REDIS_URL"):
         fail("worker: SLUICE_REDIS_URL differs from the gateway's (the queue is in that Redis)")
+    verifies_postgres(wk_env.get("SLUICE_STORAGE_DATABASE_URL"), "worker")
     if (services["nginx"].get("depends_on") or {}).get("gateway", {}).get("condition") != "service_healthy":
         fail("nginx: depends_on gateway should wait for service_healthy")
     cmdline = " ".join(map(str, services["redis"].get("command") or []))
@@ -479,9 +502,27 @@ elif cmd == "kubernetes":
         ref = next((e.get("valueFrom", {}).get("secretKeyRef") for e in container.get("env", []) if e["name"] == "SLUICE_REDIS_URL"), None)
         if not ref or ref.get("key") != "SLUICE_REDIS_URL" or ref.get("name") != secret["metadata"]["name"]:
             fail(f"{what}: SLUICE_REDIS_URL should come from the Secret {secret['metadata']['name']}")
+    # /metrics is on the admin listener: a container port of its own, scraped per pod, never
+    # in the Service (so never behind the Ingress either).
+    admin_port = int(cm_settings.get("admin.port", DEFAULTS["admin.port"]))
+    if str(cm_settings.get("admin.host", DEFAULTS["admin.host"])) not in ("0.0.0.0", "::"):
+        fail("configmap: admin.host must be 0.0.0.0 (or ::) for Prometheus to scrape the pod")
+    if ports.get("admin") != admin_port:
+        fail(f"deployment: containerPort admin {ports.get('admin')} differs from admin.port {admin_port}")
     ann = dep["spec"]["template"]["metadata"].get("annotations", {})
-    if ann.get("prometheus.io/scrape") != "true" or ann.get("prometheus.io/port") != str(port):
-        fail("deployment: prometheus.io scrape annotations missing or on the wrong port")
+    if ann.get("prometheus.io/scrape") != "true" or ann.get("prometheus.io/port") != str(admin_port):
+        fail("deployment: prometheus.io scrape annotations missing or not on the admin port")
+    for p in svc["spec"]["ports"]:
+        if p.get("targetPort") in ("admin", admin_port) or p.get("port") == admin_port:
+            fail("service: exposes the admin port; only Prometheus (per pod) should reach it")
+    verifies_postgres(secret.get("stringData", {}).get("SLUICE_STORAGE_DATABASE_URL"), "secret")
+    for m in c.get("volumeMounts", []):
+        vol = volumes.get(m["name"], {})
+        if "secret" in vol and vol["secret"].get("secretName") != secret["metadata"]["name"]:
+            fail(f"deployment: volume {m['name']} mounts a Secret other than {secret['metadata']['name']}")
+        for item in vol.get("secret", {}).get("items", []):
+            if item["key"] not in secret.get("stringData", {}):
+                fail(f"deployment: volume {m['name']} mounts the missing Secret key {item['key']}")
     if not spec.get("topologySpreadConstraints"):
         fail("deployment: no topologySpreadConstraints")
 
@@ -629,6 +670,7 @@ elif cmd == "smoke":
     # Two gateways (G1 drained halfway through) behind nginx on loopback.
     nginx_port, g1_port, g2_port, g1_pid = (int(a) for a in args[:4])
     with_redis = args[4] == "redis"
+    a1_port, a2_port, access_log = int(args[5]), int(args[6]), args[7]
 
     def get(port, path, headers=None):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -697,7 +739,7 @@ elif cmd == "smoke":
                         return seen, None
 
     def open_connections(port):
-        """sluice_ws_connections_open of one gateway; None if it has no /metrics (older build)."""
+        """sluice_ws_connections_open of one gateway, from its admin port."""
         status, body = get(port, "/metrics")
         if status == 404:
             return None
@@ -719,11 +761,20 @@ elif cmd == "smoke":
         step = "GET /health through nginx"
         status, body = get(nginx_port, "/health")
         assert status == 200 and body.strip() == "ok", (status, body)
-        step = "/metrics hidden by nginx"
-        assert get(nginx_port, "/metrics")[0] == 404
-        step = "gateway /metrics"
-        before = (open_connections(g1_port), open_connections(g2_port))
-        assert before in ((0, 0), (None, None)), before
+        step = "/metrics and /v1/stats hidden by nginx and by the gateways' public port"
+        for port in (nginx_port, g1_port, g2_port):
+            for path in ("/metrics", "/v1/stats"):
+                assert get(port, path)[0] == 404, (port, path)
+        step = "nginx logs the path, not the query string"
+        assert get(nginx_port, "/health?token=query-secret-123")[0] == 200
+        deadline = time.time() + 5
+        while "/health" not in open(access_log).read() and time.time() < deadline:
+            time.sleep(0.05)
+        logged = open(access_log).read()
+        assert "/health" in logged and "query-secret-123" not in logged, logged[-300:]
+        step = "gateway /metrics on the admin port"
+        before = (open_connections(a1_port), open_connections(a2_port))
+        assert before == (0, 0), before
 
         step = "WebSocket upgrade through nginx"
         ws1 = connect(nginx_port)
@@ -735,10 +786,9 @@ elif cmd == "smoke":
         step = "least_conn: a second WebSocket goes to the other gateway"
         ws2 = connect(nginx_port)
         assert {ws1.instance, ws2.instance} == {"smoke-1", "smoke-2"}, (ws1.instance, ws2.instance)
-        if before != (None, None):
-            time.sleep(0.3)
-            counts = (open_connections(g1_port), open_connections(g2_port))
-            assert counts == (1, 1), f"sluice_ws_connections_open per gateway {counts}, expected (1, 1)"
+        time.sleep(0.3)
+        counts = (open_connections(a1_port), open_connections(a2_port))
+        assert counts == (1, 1), f"sluice_ws_connections_open per gateway {counts}, expected (1, 1)"
 
         step = "SSE through nginx arrives token by token (no buffering)"
         conn = http.client.HTTPConnection("127.0.0.1", nginx_port, timeout=15)
@@ -896,8 +946,8 @@ redis_server="$(command -v redis-server || true)"
 # period, which nginx retries on the other gateway) or redis (drain with hand-off: the client of
 # the drained gateway resumes its generation on the other one, through nginx).
 smoke_once() {
-  local mode="$1" nginx_port g1 g2 redis_port i port
-  read -r nginx_port g1 g2 redis_port <<<"$(helper free-ports 4)"
+  local mode="$1" nginx_port g1 g2 redis_port a1 a2 i port admin
+  read -r nginx_port g1 g2 redis_port a1 a2 <<<"$(helper free-ports 6)"
   local redis_env=()
   if [ "$mode" = redis ]; then
     # A throwaway Redis on loopback with a password, as deployed; nothing written to disk.
@@ -910,10 +960,11 @@ smoke_once() {
   local pids=()
   for i in 1 2; do
     port="$([ "$i" = 1 ] && echo "$g1" || echo "$g2")"
+    admin="$([ "$i" = 1 ] && echo "$a1" || echo "$a2")"
     env -i PATH="$PATH" HOME="$HOME" "${redis_env[@]}" \
       SLUICE_SERVER_DRAIN_GRACE_PERIOD=3s SLUICE_SERVER_DRAIN_DEADLINE=10s \
       SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN=100ms SLUICE_SIMULATOR_TOKENS_PER_SECOND=20 \
-      "$tmp/sluice" serve --host 127.0.0.1 --port "$port" --upstream sim --database-url memory \
+      "$tmp/sluice" serve --host 127.0.0.1 --port "$port" --admin-port "$admin" --upstream sim --database-url memory \
       --instance-id "smoke-$i" --log-level warning >"$tmp/gateway-$mode-$i.log" 2>&1 &
     pids+=("$!"); started_pids+=("$!")
   done
@@ -921,13 +972,13 @@ smoke_once() {
   mkdir -p "$conf"
   helper nginx-render-template "$conf" "127.0.0.1:$nginx_port" \
     "server 127.0.0.1:$g1 max_fails=3 fail_timeout=10s; server 127.0.0.1:$g2 max_fails=3 fail_timeout=10s;"
-  # Keep nginx's access log out of the output.
+  # Keep nginx's access log out of the output (the smoke reads it: no query strings in it).
   sed -i "s#access_log /dev/stdout sluice;#access_log $conf/access.log sluice;#" "$conf/sluice.conf"
   "$nginx_bin" -p "$conf" -e "$conf/error.log" -c "$conf/nginx.conf" -g 'daemon off;' >"$conf/stdout.log" 2>&1 &
   started_pids+=("$!")
   if helper wait-http "$g1" /health 20 && helper wait-http "$g2" /health 20 \
     && helper wait-http "$nginx_port" /nginx-health 10 \
-    && helper smoke "$nginx_port" "$g1" "$g2" "${pids[0]}" "$mode"; then
+    && helper smoke "$nginx_port" "$g1" "$g2" "${pids[0]}" "$mode" "$a1" "$a2" "$conf/access.log"; then
     stop_started
     # Redis's password went in the URL: no log line may show it.
     if grep -l smoke-redis-password "$tmp"/gateway-"$mode"-*.log; then
@@ -950,6 +1001,7 @@ settings_accepted() {
   local env_args=()
   while IFS= read -r line; do [ -n "$line" ] && env_args+=("$line"); done <"$env_file"
   env -i PATH="$PATH" HOME="$HOME" "${env_args[@]}" SLUICE_SERVER_HOST=127.0.0.1 SLUICE_SERVER_PORT="$port" \
+    SLUICE_ADMIN_HOST=127.0.0.1 SLUICE_ADMIN_PORT=0 \
     "$tmp/sluice" serve "$@" >"$tmp/settings-$name.log" 2>&1 &
   pid="$!"; started_pids+=("$pid")
   if helper wait-http "$port" /health 15 >/dev/null 2>&1; then
@@ -971,6 +1023,10 @@ run_smoke() {
   POSTGRES_PASSWORD=validate REDIS_PASSWORD=validate "$bin_dir/docker-compose" -f "$here/docker-compose.prod.yaml" \
     config --format json >"$tmp/compose.json" || return 1
   helper gateway-settings "$tmp" "$tmp/compose.json"
+  # The compose URL names a mounted CA (read at start): a throwaway one stands in for it here.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj "/CN=validate" \
+    -keyout "$tmp/postgres-ca.key" -out "$tmp/postgres-ca.pem" >/dev/null 2>&1 || return 1
+  sed -i "s#/run/secrets/postgres-ca#$tmp/postgres-ca.pem#" "$tmp/compose-gateway.env"
   # The ConfigMap holds no database URL (it comes from the Secret): keep nothing here.
   echo "SLUICE_STORAGE_DATABASE_URL=memory" >"$tmp/configmap.env"
   settings_accepted configmap "$tmp/configmap.env" --config "$tmp/configmap-sluice.yaml" || return 1

@@ -71,7 +71,7 @@ async def main():
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     # Every client of the benchmark is 127.0.0.1: no per-address cap.
     env["SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
-    proc = subprocess.Popen([args.sluice, "serve", "--port", str(port), "--threads", "1", "--log-level", "warning",
+    proc = subprocess.Popen([args.sluice, "serve", "--port", str(port), "--admin-port", "0", "--threads", "1", "--log-level", "warning",
                              "--database-url", "memory",  # measures cancels, not persistence
                              "--upstream", f"http://127.0.0.1:{up_port}"], env=env)
     try:

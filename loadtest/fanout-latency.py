@@ -429,7 +429,7 @@ def main():
         for name, port in (("a", a_port), ("b", b_port)):
             logs[name] = os.path.join(tmp, f"sluice-{name}.log")
             procs.append(subprocess.Popen(
-                pinned(args.server_cpu, [args.sluice, "serve", "--host", "127.0.0.1", "--port", str(port), "--threads", "1",
+                pinned(args.server_cpu, [args.sluice, "serve", "--host", "127.0.0.1", "--port", str(port), "--admin-port", "0", "--threads", "1",
                                          "--max-connections", "20000", "--log-level", "warning",
                                          # Measures fan-out, not persistence (loadtest/persistence-bench.py does).
                                          "--database-url", "memory"]),

@@ -139,8 +139,8 @@ def main():
                     "SLUICE_SERVER_EVENT_LOOP_THREADS": "1", "SLUICE_LOG_LEVEL": "warning",
                     # The producer pipelines submissions on one socket: no per-connection message cap.
                     "SLUICE_LIMITS_MESSAGES_PER_SECOND_PER_CONNECTION": "0"})
-        gateway_port = free_port()
-        procs.start([args.sluice, "serve", "--host", "127.0.0.1", "--port", str(gateway_port)], env, log)
+        gateway_port, admin_port = free_port(), free_port()
+        procs.start([args.sluice, "serve", "--host", "127.0.0.1", "--port", str(gateway_port), "--admin-port", str(admin_port)], env, log)
         wait_ready(gateway_port)
 
         submit_rate = asyncio.run(submit_only(gateway_port, args.jobs))
@@ -159,7 +159,7 @@ def main():
         workers = start_workers(1)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            stats = urllib.request.urlopen(f"http://127.0.0.1:{gateway_port}/metrics", timeout=5).read().decode()
+            stats = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read().decode()
             waiting = sum(float(line.split()[-1]) for line in stats.splitlines()
                           if line.startswith("sluice_job_queue_depth{") and 'state="waiting"' in line)
             if waiting == 0: break

@@ -146,16 +146,18 @@ async def measure(port, args):
 
 
 def run_mode(mode, args, tmp, postgres):
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     database = {"memory": "memory", "sqlite": "sqlite://" + os.path.join(tmp, f"{mode}.db"), "postgres": postgres.url if postgres else None}[mode]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     # Every client of the benchmark is 127.0.0.1: no per-address cap.
     env["SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
     env.update(SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN="0", SLUICE_SIMULATOR_TOKENS_PER_SECOND="0",
-               SLUICE_SIMULATOR_ANSWER_TOKENS=str(args.answer_tokens))
+               SLUICE_SIMULATOR_ANSWER_TOKENS=str(args.answer_tokens),
+               # In the environment: sluice refuses a URL with a password on its command line.
+               SLUICE_STORAGE_DATABASE_URL=database)
     log = open(os.path.join(tmp, f"sluice-{mode}.log"), "wb")
     proc = subprocess.Popen(pinned(args.server_cpu, [args.sluice, "serve", "--host", "127.0.0.1", "--port", str(port), "--threads", "1",
-                                                     "--log-level", "warning", "--database-url", database]),
+                                                     "--admin-port", str(admin_port), "--log-level", "warning"]),
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -175,7 +177,7 @@ def run_mode(mode, args, tmp, postgres):
         cpu = cpu_seconds(proc.pid) - cpu_before
         deadline = time.monotonic() + 60
         while True:
-            stats = json.loads(http_get(port, "/v1/stats")[1])
+            stats = json.loads(http_get(admin_port, "/v1/stats")[1])  # the admin listener
             queue = stats.get("write_queue") or {}
             if queue.get("pending", 0) == 0 or time.monotonic() > deadline:
                 break

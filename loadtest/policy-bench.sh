@@ -40,22 +40,23 @@ common=(
   SLUICE_LIMITS_MESSAGES_PER_SECOND_PER_CONNECTION=0 SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS=0
 )
 off_port=$(free_port)
-env "${common[@]}" SLUICE_REDIS_KEY_PREFIX="off:" $server_cpu "$bin/sluice" serve --port "$off_port" --data-dir "$tmp/off" \
+env "${common[@]}" SLUICE_REDIS_KEY_PREFIX="off:" $server_cpu "$bin/sluice" serve --port "$off_port" --admin-port 0 --data-dir "$tmp/off" \
   > "$tmp/off.log" 2>&1 &
 pids+=($!)
 # Everything on: auth, limits far above the load (so nothing is refused: this measures the
 # checks, not refusals), a quota (read on every request), a pool of two replicas.
 "$bin/sluice" quota set bench --limit 1000000000000 --data-dir "$tmp/on" > /dev/null
 on_port=$(free_port)
-env "${common[@]}" SLUICE_REDIS_KEY_PREFIX="on:" SLUICE_JWT_SECRET="$secret" \
+# ?token= (how the harness passes its JWT) is opt-in: auth.query_parameter.
+env "${common[@]}" SLUICE_REDIS_KEY_PREFIX="on:" SLUICE_JWT_SECRET="$secret" SLUICE_AUTH_QUERY_PARAMETER=token \
   SLUICE_LIMITS_REQUESTS_PER_MINUTE_PER_USER=100000000 SLUICE_LIMITS_TOKENS_PER_MINUTE_PER_USER=1000000000 \
   SLUICE_LIMITS_REQUESTS_PER_MINUTE_PER_IP=100000000 SLUICE_LIMITS_TOKENS_PER_MINUTE_PER_IP=1000000000 \
   SLUICE_UPSTREAMS='[{name: sim-a, pool: sim, kind: sim}, {name: sim-b, pool: sim, kind: sim}]' \
-  $server_cpu "$bin/sluice" serve --port "$on_port" --data-dir "$tmp/on" > "$tmp/on.log" 2>&1 &
+  $server_cpu "$bin/sluice" serve --port "$on_port" --admin-port 0 --data-dir "$tmp/on" > "$tmp/on.log" 2>&1 &
 pids+=($!)
 wait_ready "$off_port"
 wait_ready "$on_port"
-token=$("$bin/sluice" token --sub bench --jwt-secret "$secret" --ttl 3600)
+token=$(env -u SLUICE_CONFIG SLUICE_JWT_SECRET="$secret" "$bin/sluice" token --sub bench --ttl 3600)
 
 mkdir -p "$root/loadtest/results"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)

@@ -52,7 +52,7 @@ fi
 urls=()
 for i in $(seq 0 $((instances - 1))); do
   port="$(free_port)"
-  args=(serve --host 127.0.0.1 --port "$port" --threads 1 --max-connections 20000 --log-level warning --database-url memory)
+  args=(serve --host 127.0.0.1 --port "$port" --admin-port 0 --threads 1 --max-connections 20000 --log-level warning --database-url memory)
   $echo && args+=(--echo)
   env -u SLUICE_CONFIG SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS=0 SLUICE_INSTANCE_ID="gw-$i" SLUICE_SIMULATOR_TOKENS_PER_SECOND="$tps" \
     SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN="${ttft}ms" SLUICE_SIMULATOR_ANSWER_TOKENS="$tokens" \

@@ -24,7 +24,7 @@ mkdir -p "$out"
 # SLUICE_CONFIG is cleared so a developer's own file cannot change the measured setup.
 # SLUICE_SERVE_ARGS replaces --echo and SLUICE_SERVE_ENV adds environment settings, e.g. to
 # stream from the simulator (see RESULTS.md).
-cmd="env -u SLUICE_CONFIG SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS=0 ${SLUICE_SERVE_ENV:-} $bin serve ${SLUICE_SERVE_ARGS:---echo} --host 127.0.0.1 --port {port} --threads 1 --max-connections 20000 --log-level warning"
+cmd="env -u SLUICE_CONFIG SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS=0 ${SLUICE_SERVE_ENV:-} $bin serve ${SLUICE_SERVE_ARGS:---echo} --host 127.0.0.1 --port {port} --admin-port 0 --threads 1 --max-connections 20000 --log-level warning"
 
 args=("$@")
 has() { local o; for o in "${args[@]}"; do [ "$o" = "$1" ] && return 0; done; return 1; }

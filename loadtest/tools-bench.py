@@ -109,7 +109,7 @@ def main():
     env["SLUICE_SERVER_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
     proc = subprocess.Popen([args.sluice, "serve", "--host", "127.0.0.1", "--port", str(port), "--config", config,
                              "--upstream", f"http://127.0.0.1:{upstream.server_port}", "--model", "fake",
-                             "--database-url", "memory", "--log-level", "warning"], env=env)
+                             "--database-url", "memory", "--admin-port", "0", "--log-level", "warning"], env=env)
     try:
         for _ in range(200):
             try:

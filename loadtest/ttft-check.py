@@ -60,7 +60,7 @@ async def main():
     env.update(SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN=f"{args.ttft}ms", SLUICE_SIMULATOR_TOKENS_PER_SECOND=str(args.tps),
                SLUICE_SIMULATOR_ANSWER_TOKENS=str(args.tokens))
     server = subprocess.Popen([os.path.join(release, "sluice"), "serve", "--port", str(port), "--threads", "1", "--log-level", "warning",
-                               "--database-url", "memory"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--database-url", "memory", "--admin-port", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     harness = None
     try:
         for _ in range(200):

@@ -16,7 +16,7 @@ out=${AUTOBAHN_OUT:-$root/.build/autobahn}
 mkdir -p "$out"
 
 (cd "$root" && swift build -c release --product sluice >&2)
-"$root/.build/release/sluice" serve --config "$root/config/autobahn.yaml" --port "$port" --log-level warning \
+"$root/.build/release/sluice" serve --config "$root/config/autobahn.yaml" --port "$port" --admin-port 0 --log-level warning \
   > "$out/server.log" 2>&1 &
 pid=$!
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }

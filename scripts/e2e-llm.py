@@ -101,7 +101,7 @@ async def main():
                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
     env.update({"SLUICE_REDIS_URL": f"redis://127.0.0.1:{redis_port}", "SLUICE_JOBS_WORKERS_IN_SERVE": "1",
                 "SLUICE_TOOLS_ENABLED": "calculator,current_time"})
-    proc = subprocess.Popen([sluice, "serve", "--port", str(port), "--upstream", upstream, "--log-level", "warning",
+    proc = subprocess.Popen([sluice, "serve", "--port", str(port), "--admin-port", "0", "--upstream", upstream, "--log-level", "warning",
                              "--data-dir", data_dir], env=env)
     failures = []
     try:

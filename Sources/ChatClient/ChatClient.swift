@@ -13,8 +13,9 @@ import NIOWebSocket
 public enum ChatClient {
     public static let defaultURL = "ws://127.0.0.1:8080/v1/ws"
 
-    /// Runs until the user quits; returns the process exit status.
-    public static func run(url urlString: String = Self.defaultURL, maxTokens: Int? = nil) async -> Int32 {
+    /// Runs until the user quits; returns the process exit status. `bearerToken` (a JWT or an
+    /// API key) goes in the handshake's `Authorization` header.
+    public static func run(url urlString: String = Self.defaultURL, maxTokens: Int? = nil, bearerToken: String? = nil) async -> Int32 {
         let output = TerminalOutput()
         guard let url = WebSocketURL(urlString) else {
             output.printLine("error: \(urlString) is not a ws:// or wss:// URL", .error)
@@ -33,7 +34,7 @@ public enum ChatClient {
         Self.readLines(into: continuation)
 
         var driver = Driver(
-            url: url, sslContext: sslContext, group: group, events: continuation, output: output,
+            url: url, bearerToken: bearerToken, sslContext: sslContext, group: group, events: continuation, output: output,
             machine: ChatClientStateMachine(configuration: .init(
                 maxTokens: maxTokens, interactive: isatty(STDIN_FILENO) == 1, serverURL: urlString)))
         let (exitCode, clean) = await driver.run(events)
@@ -91,6 +92,7 @@ private struct Driver {
     }
 
     let url: WebSocketURL
+    let bearerToken: String?
     let sslContext: NIOSSLContext?
     let group: any EventLoopGroup
     let events: AsyncStream<DriverEvent>.Continuation
@@ -103,9 +105,10 @@ private struct Driver {
     /// Set once the machine says quit; then only the connection's end is awaited.
     private var exitCode: Int32?
 
-    init(url: WebSocketURL, sslContext: NIOSSLContext?, group: any EventLoopGroup,
+    init(url: WebSocketURL, bearerToken: String?, sslContext: NIOSSLContext?, group: any EventLoopGroup,
          events: AsyncStream<DriverEvent>.Continuation, output: TerminalOutput, machine: ChatClientStateMachine) {
         self.url = url
+        self.bearerToken = bearerToken
         self.sslContext = sslContext
         self.group = group
         self.events = events
@@ -203,6 +206,7 @@ private struct Driver {
         self.epoch += 1
         self.link = .attempting
         let (epoch, url, sslContext, group, events) = (self.epoch, self.url, self.sslContext, self.group, self.events)
+        let bearerToken = self.bearerToken
         self.connectionTask = Task {
             if delay > .zero {
                 do {
@@ -214,7 +218,7 @@ private struct Driver {
             }
             let channel: NIOAsyncChannel<WebSocketFrame, WebSocketFrame>
             do {
-                channel = try await ChatConnector.connect(to: url, sslContext: sslContext, group: group)
+                channel = try await ChatConnector.connect(to: url, bearerToken: bearerToken, sslContext: sslContext, group: group)
             } catch {
                 events.yield(.connectFailed(epoch: epoch, reason: "\(error)"))
                 return

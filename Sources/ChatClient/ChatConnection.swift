@@ -97,7 +97,7 @@ enum ChatConnector {
     /// Opens TCP (and TLS for `wss://`), performs the WebSocket upgrade offering `sluice.v1`,
     /// and returns the upgraded channel.
     static func connect(
-        to url: WebSocketURL, sslContext: NIOSSLContext?, group: any EventLoopGroup
+        to url: WebSocketURL, bearerToken: String? = nil, sslContext: NIOSSLContext?, group: any EventLoopGroup
     ) async throws -> NIOAsyncChannel<WebSocketFrame, WebSocketFrame> {
         let upgrade: EventLoopFuture<UpgradeResult>
         do {
@@ -105,7 +105,7 @@ enum ChatConnector {
                 .connectTimeout(.seconds(10))
                 .connect(host: url.host, port: url.port) { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try Self.configure(channel, url: url, sslContext: sslContext)
+                        try Self.configure(channel, url: url, bearerToken: bearerToken, sslContext: sslContext)
                     }
                 }
         } catch {
@@ -129,7 +129,9 @@ enum ChatConnector {
         }
     }
 
-    private static func configure(_ channel: any Channel, url: WebSocketURL, sslContext: NIOSSLContext?) throws -> EventLoopFuture<UpgradeResult> {
+    private static func configure(
+        _ channel: any Channel, url: WebSocketURL, bearerToken: String?, sslContext: NIOSSLContext?
+    ) throws -> EventLoopFuture<UpgradeResult> {
         if let sslContext {
             let handler = try NIOSSLClientHandler(context: sslContext, serverHostname: url.hostIsIPAddress ? nil : url.host)
             try channel.pipeline.syncOperations.addHandler(handler)
@@ -151,6 +153,7 @@ enum ChatConnector {
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: url.hostHeader)
         headers.add(name: "Sec-WebSocket-Protocol", value: Self.subprotocol)
+        if let bearerToken { headers.add(name: "Authorization", value: "Bearer \(bearerToken)") }
         // Without it the request encoder would frame the GET as chunked.
         headers.add(name: "Content-Length", value: "0")
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: url.target, headers: headers)

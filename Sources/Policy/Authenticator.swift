@@ -355,6 +355,9 @@ public final class Authenticator: Sendable {
             return invalid("malformed claims")
         }
         guard let subject = claims.sub, !subject.isEmpty else { return invalid("token has no sub") }
+        guard Self.isUsableSubject(subject) else {
+            return invalid("token sub is not a usable user id (at most \(Self.maxSubjectBytes) bytes, no control characters)")
+        }
         for (name, value) in [("exp", claims.exp), ("nbf", claims.nbf), ("iat", claims.iat)] {
             if let value, !Self.timeClaimRange.contains(value) { return invalid("token \(name) is out of range") }
         }
@@ -370,6 +373,15 @@ public final class Authenticator: Sendable {
         if let issuer = self.configuration.issuer, claims.iss != issuer { return invalid("wrong issuer") }
         if let audience = self.configuration.audience, claims.aud?.contains(audience) != true { return invalid("wrong audience") }
         return .success(Identity(userID: subject, method: .token, expiresAt: claims.exp.map { Date(timeIntervalSince1970: $0 + leeway) }))
+    }
+
+    /// A `sub` becomes the user id in storage, Redis keys, limits and log lines: at most this
+    /// many bytes, and no control characters (a newline could forge a log line).
+    static let maxSubjectBytes = 256
+
+    static func isUsableSubject(_ subject: String) -> Bool {
+        guard subject.utf8.count <= Self.maxSubjectBytes else { return false }
+        return !subject.unicodeScalars.contains { $0.properties.generalCategory == .control }
     }
 
     static func base64URLDecode(_ text: Substring) -> [UInt8]? {

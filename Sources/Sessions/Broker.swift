@@ -1,5 +1,6 @@
 import Inference
 import NIOCore
+import Storage
 
 /// The cross-instance side of generations and conversations. Generations of this instance are
 /// found in its `GenerationHub`; the broker reaches the others. `LocalBroker` is the embedded
@@ -18,6 +19,14 @@ protocol Broker: Sendable {
     func publishStarted(_ info: GenerationInfo, user: String)
     func publishBatch(_ info: GenerationInfo, _ update: FollowUpdate)
     func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd)
+    /// The generation's shared copy again, whole (`whole`: every seq so far), after the shared
+    /// store missed some of its writes; `end` once it ended.
+    func republish(_ info: GenerationInfo, user: String, whole: FollowUpdate, end: GenerationEnd?)
+    /// Where this instance's generations are found when one must be published again (the hub).
+    func setLocalGenerations(_ lookup: @escaping @Sendable (String) -> GenerationHub.Entry?)
+    /// Journals what `queue` holds in the shared store until it is written, so that another
+    /// instance writes it if this one dies (and this one writes what dead ones left).
+    func attachWriteQueue(_ queue: WriteBehindQueue)
 
     // The conversation cache shared by the instances (Redis): context without a database read.
     /// Starts the cached copy of a conversation just made here (its first message).
@@ -85,6 +94,9 @@ struct LocalBroker: Broker {
     func publishStarted(_ info: GenerationInfo, user: String) {}
     func publishBatch(_ info: GenerationInfo, _ update: FollowUpdate) {}
     func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd) {}
+    func republish(_ info: GenerationInfo, user: String, whole: FollowUpdate, end: GenerationEnd?) {}
+    func setLocalGenerations(_ lookup: @escaping @Sendable (String) -> GenerationHub.Entry?) {}
+    func attachWriteQueue(_ queue: WriteBehindQueue) {}
     func createConversation(_ conversationID: String, owner: String, first message: ChatMessage) {}
     func appendMessage(_ message: ChatMessage, toConversation conversationID: String) {}
     func fillConversation(_ conversationID: String, owner: String, messages: [ChatMessage]) {}

@@ -120,6 +120,10 @@ public struct ChatApplication: WebSocketApplication {
         self.hub = hub
         self.broker = fanOut.broker
         // A cancel from another instance for one of ours.
+        // A generation whose shared copy missed writes is published again from here.
+        self.broker.setLocalGenerations { generationID in hub.lookup(generationID) }
+        // Queued messages survive this process: another instance writes them if it dies.
+        if let queue = persistence.queue { self.broker.attachWriteQueue(queue) }
         self.broker.setCancelHandler { generationID in
             guard case .running(let loop, let generation)? = hub.lookup(generationID)?.state else { return }
             loop.execute { generation.value.cancel() }

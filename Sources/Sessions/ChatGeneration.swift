@@ -551,6 +551,16 @@ final class ChatGeneration: GenerationSink {
         self.followers.removeAll { $0.follower === follower }
     }
 
+    /// The shared copy missed writes (Redis was unreachable): everything again, whole, after
+    /// what this generation already queued for it and before what it publishes next.
+    func republishToBroker() {
+        guard self.publishesToBroker, self.announced else { return }
+        let whole = TokenLog.update(text: self.answerBytes.readableBytesView, tokenEnds: self.tokenEnds, after: 0,
+                                    upTo: self.seq, started: nil, end: nil)
+        self.brokerSeq = self.seq
+        self.broker.republish(self.info, user: self.user, whole: whole, end: self.finalEnd)
+    }
+
     /// What arrived since the last publish, as one event for other instances.
     private func publishBatch() {
         guard self.seq > self.brokerSeq, self.announced else { return }

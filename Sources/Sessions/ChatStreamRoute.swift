@@ -7,8 +7,9 @@ import NIOHTTP1
 import SluiceProtocol
 import WSServer
 
-/// The chat application's plain HTTP routes: `POST /v1/chat/stream`, `GET /v1/presence`,
-/// `GET /v1/conversations` and `GET /v1/conversations/{id}/messages`.
+/// The chat application's public HTTP routes: `POST /v1/chat/stream`, `GET /v1/presence` (the
+/// caller's own), `GET /v1/conversations`, `GET /v1/conversations/{id}/messages` and `/v1/jobs`.
+/// Operators' routes (`/v1/stats`, anyone's presence) are `AdminRoutes`, on the admin listener.
 ///
 /// `POST /v1/chat/stream`: the same generation as over WebSocket, as Server-Sent Events:
 /// `data: <the sluice.v1 JSON object>` per event and a final `data: [DONE]`. Closing the HTTP
@@ -25,7 +26,6 @@ public struct ChatStreamRoutes: HTTPRouteProvider {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? ""
         if path == PresenceRoutes.path { return PresenceResponder(application: self.application) }
         if let route = HistoryRoute(path: path) { return HistoryResponder(application: self.application, route: route) }
-        if path == StatsResponder.path { return StatsResponder(application: self.application) }
         if let route = JobsResponder.Route(path: path) { return JobsResponder(application: self.application, route: route) }
         guard path == Self.path else { return nil }
         return ChatStreamResponder(application: self.application)
@@ -319,9 +319,9 @@ final class HistoryResponder: HTTPRouteResponder {
     }
 }
 
-/// `GET /v1/stats`: the conversation cache's hit ratio and the storage's counters (statements
-/// run, the write queue), as JSON. What the persistence benchmark reads; Prometheus exposition
-/// of the same counters comes with the operations issue.
+/// `GET /v1/stats` (admin listener): the conversation cache's hit ratio and the storage's
+/// counters (statements run, the write queue), as JSON. What the persistence benchmark reads;
+/// `/metrics` exposes the same counters to Prometheus.
 final class StatsResponder: HTTPRouteResponder {
     static let path = "/v1/stats"
     private let application: ChatApplication
@@ -338,7 +338,7 @@ final class StatsResponder: HTTPRouteResponder {
             let metrics = storage.metrics
             let counters = queue.counters
             out.writeString(#","storage":{"read_statements":\#(metrics.readStatements),"write_statements":\#(metrics.writeStatements),"write_transactions":\#(metrics.writeTransactions)}"#)
-            out.writeString(#","write_queue":{"enqueued":\#(counters.enqueued),"written":\#(counters.written),"rejected":\#(counters.rejected),"retries":\#(counters.retries),"refused_full":\#(counters.refusedFull),"pending":\#(counters.pending),"reserved":\#(counters.reserved),"batches":\#(counters.batches)}"#)
+            out.writeString(#","write_queue":{"enqueued":\#(counters.enqueued),"written":\#(counters.written),"rejected":\#(counters.rejected),"retries":\#(counters.retries),"refused_full":\#(counters.refusedFull),"pending":\#(counters.pending),"reserved":\#(counters.reserved),"batches":\#(counters.batches),"recovered":\#(counters.recovered)}"#)
         } else {
             out.writeString(#","storage":null"#)
         }

@@ -59,8 +59,10 @@ final class LocalPresence: Sendable {
     }
 }
 
-/// `GET /v1/presence?user=NAME`: the user's open connections on every instance, as
-/// `{"user": …, "connections": [{"instance_id": …, "session_id": …}]}`.
+/// `GET /v1/presence`: a user's open connections on every instance, as
+/// `{"user": …, "connections": [{"instance_id": …, "session_id": …}]}`. On the public listener the
+/// caller's own (with authentication on, the token's `sub`; off, `?user=`); on the admin
+/// listener (`AdminRoutes`) any user's, named by `?user=NAME`.
 public struct PresenceRoutes: HTTPRouteProvider {
     public static let path = "/v1/presence"
     let application: ChatApplication
@@ -78,9 +80,12 @@ public struct PresenceRoutes: HTTPRouteProvider {
 
 final class PresenceResponder: HTTPRouteResponder {
     private let application: ChatApplication
+    /// The admin listener's: `?user=` names anyone, no credential is asked for.
+    private let anyUser: Bool
 
-    init(application: ChatApplication) {
+    init(application: ChatApplication, anyUser: Bool = false) {
         self.application = application
+        self.anyUser = anyUser
     }
 
     func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
@@ -89,15 +94,19 @@ final class PresenceResponder: HTTPRouteResponder {
             return
         }
         // With authentication on, a user sees only their own presence (the token's `sub`).
-        let identified: Identity?
-        switch self.application.policy.identify(head) {
-        case .failure(let failure):
-            writer.respond(ChatPolicy.refusal(failure))
-            return
-        case .success(let identity):
-            identified = identity
+        let identified: String?
+        if self.anyUser {
+            identified = UserIdentity.user(from: head)
+        } else {
+            switch self.application.policy.identify(head) {
+            case .failure(let failure):
+                writer.respond(ChatPolicy.refusal(failure))
+                return
+            case .success(let identity):
+                identified = identity?.userID
+            }
         }
-        guard let user = identified?.userID else {
+        guard let user = identified else {
             writer.respond(status: .badRequest, contentType: "application/json",
                            body: ByteBuffer(string: #"{"error":"give ?user=NAME (1 to 128 printable characters)"}"#))
             return

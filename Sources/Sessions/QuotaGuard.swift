@@ -51,13 +51,26 @@ final class QuotaGuard: Sendable {
         var retryAfterMs: Int64?
     }
 
+    /// A quota read slower than this counts as the storage being down: the chat goes on
+    /// unchecked rather than waiting (the storage's own timeout is 10 s).
+    static let readTimeout: Duration = .seconds(1)
+    /// After a failed read, quotas are not read for this long: during a database outage every
+    /// chat would otherwise wait `readTimeout` first.
+    static let outageBackoff: TimeAmount = .seconds(5)
+    /// Until when quota reads are skipped (the storage failed lately).
+    private let outageUntil = NIOLockedValueBox<NIODeadline?>(nil)
+
     private func standing(of user: String) async -> Standing? {
         guard let storage = self.persistence.storage else { return nil }
         let checkedAt = NIODeadline.now()
         if let until = self.unlimited.withLockedValue({ $0[user] }), until > checkedAt { return nil }
+        if let until = self.outageUntil.withLockedValue({ $0 }), until > checkedAt { return nil }
+        func read() async throws -> QuotaRecord? {
+            try await PostgresStorage.withDeadline(Self.readTimeout) { try await storage.quota(userExternalID: user) }
+        }
         var record: QuotaRecord?
         do {
-            record = try await storage.quota(userExternalID: user)
+            record = try await read()
             guard record?.tokensLimit != nil else {
                 self.unlimited.withLockedValue { unlimited in
                     if unlimited.count >= 100_000 { unlimited.removeAll() }
@@ -66,17 +79,25 @@ final class QuotaGuard: Sendable {
                 return nil
             }
             if let queue = self.persistence.queue, await queue.waitForEarlierWrites(timeout: .seconds(2)) {
-                record = try await storage.quota(userExternalID: user)
+                record = try await read()
             }
             // A reset that is due is applied now, before this generation's usage is added (the
             // periodic reset would otherwise zero that too).
             if let resetAt = record?.resetAt, resetAt <= Date() {
-                try await storage.resetDueQuotas(now: Date(), period: self.period)
-                record = try await storage.quota(userExternalID: user)
+                let period = self.period
+                _ = try await PostgresStorage.withDeadline(Self.readTimeout) { try await storage.resetDueQuotas(now: Date(), period: period) }
+                record = try await read()
             }
         } catch {
             // The database is down: chats go on (history is queued too); quotas catch up after.
-            self.logger.warning("quota not checked (storage unavailable)", metadata: ["sluice.user": "\(user)", "sluice.error": "\(error)"])
+            let first = self.outageUntil.withLockedValue { until in
+                defer { until = NIODeadline.now() + Self.outageBackoff }
+                return until == nil || until! <= checkedAt
+            }
+            if first {
+                self.logger.warning("quotas not checked for now (storage unavailable)", metadata: [
+                    "sluice.user": "\(user)", "sluice.error": "\(error)", "sluice.retry_in_ms": "\(Self.outageBackoff.nanoseconds / 1_000_000)"])
+            }
             return nil
         }
         guard let record, let limit = record.tokensLimit else { return nil }

@@ -57,6 +57,8 @@ public struct SluiceConfiguration: Sendable, Equatable {
     public var jobs: JobSettings = .init()
     /// Tools offered to the model (`tools:`).
     public var tools: ToolSettings = .init()
+    /// The admin listener (`admin:`): `/metrics`, `/v1/stats`, any user's presence; loopback by default.
+    public var admin: AdminSettings = .init()
 
     /// Log levels accepted by `logLevel`, most verbose first (the names swift-log uses).
     public static let logLevels: [String] = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
@@ -80,8 +82,23 @@ public struct SluiceConfiguration: Sendable, Equatable {
         } catch {
             throw ConfigurationError(kind: .invalidValue, key: "storage.database_url", value: self.storage.databaseURL, reason: "\(error)")
         }
+        if self.auth.jwtSecret != nil && self.auth.jwtSecretFile != nil {
+            throw ConfigurationError(kind: .inconsistent, key: "auth.jwt_secret_file", value: nil,
+                                     reason: "give auth.jwt_secret or auth.jwt_secret_file, not both")
+        }
+        if let path = self.auth.jwtSecretFile {
+            do {
+                _ = try AuthSettings.readSecretFile(path)
+            } catch {
+                throw ConfigurationError(kind: .invalidValue, key: "auth.jwt_secret_file", value: path, reason: error.description)
+            }
+        }
         if let secret = self.auth.jwtSecret, secret.utf8.count < JWTKeySpec.minimumSecretBytes("HS256") {
             throw ConfigurationError(kind: .invalidValue, key: "auth.jwt_secret", value: nil, reason: "an HS256 secret needs at least 32 bytes (RFC 7518)")
+        }
+        if self.admin.enabled, self.admin.port != 0, self.admin.port == self.server.port {
+            throw ConfigurationError(kind: .inconsistent, key: "admin.port", value: String(self.admin.port),
+                                     reason: "must differ from server.port: the admin listener is a port of its own")
         }
         for key in self.auth.keys {
             if let secret = key.secret, secret.utf8.count < JWTKeySpec.minimumSecretBytes(key.algorithm) {
@@ -209,7 +226,8 @@ public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConver
     public var kind: Kind
     /// Dotted key path as written in the YAML file, e.g. `server.port`.
     public var key: String?
-    /// The offending value as written.
+    /// The offending value as written; for secret-bearing keys masked (`***`, or a URL without
+    /// its password: see `Redaction`).
     public var value: String?
     /// What is wrong, or what was expected.
     public var reason: String
@@ -218,8 +236,10 @@ public struct ConfigurationError: Error, Sendable, Equatable, CustomStringConver
     public init(kind: Kind, key: String?, value: String?, reason: String, source: Source? = nil) {
         self.kind = kind
         self.key = key
-        self.value = value
-        self.reason = reason
+        // Masked here, so no error (and no log line quoting it) ever holds a secret or a password;
+        // a reason that quotes the value (a parser's message) is masked the same way.
+        self.value = Redaction.configurationValue(value, key: key)
+        self.reason = Redaction.configurationReason(reason, value: value, key: key)
         self.source = source
     }
 
@@ -483,8 +503,12 @@ public struct TracingSettings: Sendable, Equatable {
 /// Authentication: JWTs (HS256 secrets, RS/ES public keys, a JWKS file) and static API keys.
 /// With none of them configured, authentication is off (development: `?user=` names the user).
 public struct AuthSettings: Sendable, Equatable {
-    /// One HS256 secret (`--jwt-secret`, `SLUICE_JWT_SECRET`): the simple setup.
+    /// One HS256 secret (`SLUICE_JWT_SECRET`): the simple setup. Never on the command line
+    /// (`ps` shows arguments to every user): see `jwtSecretFile`.
     public var jwtSecret: String? = nil
+    /// A file holding the HS256 secret (`--jwt-secret-file`, `SLUICE_AUTH_JWT_SECRET_FILE`; a
+    /// mounted Kubernetes or Docker secret). A final newline is not part of the secret.
+    public var jwtSecretFile: String? = nil
     /// Further keys, each `{kid, alg, secret | public_key | public_key_file}`.
     public var keys: [JWTKeySetting] = []
     /// A JWKS document on disk (keys need `kid` and `alg`).
@@ -495,8 +519,10 @@ public struct AuthSettings: Sendable, Equatable {
     public var leeway: TimeAmount = .seconds(30)
     public var issuer: String? = nil
     public var audience: String? = nil
-    /// Query parameter that may carry a token (browsers that cannot set headers); nil: none.
-    public var queryParameter: String? = "token"
+    /// Query parameter that may carry a token (browsers cannot set headers on a WebSocket);
+    /// nil, the default: none. Off unless asked for, because URLs end up in access logs and
+    /// browser history; when on, keep tokens short-lived.
+    public var queryParameter: String? = nil
     /// Tokens without `exp` are refused.
     public var requireExpiry: Bool = true
     /// A connection whose token expires is closed (1008) at expiry.
@@ -504,7 +530,46 @@ public struct AuthSettings: Sendable, Equatable {
 
     public init() {}
 
-    public var isEnabled: Bool { self.jwtSecret != nil || !self.keys.isEmpty || self.jwksFile != nil || !self.apiKeys.isEmpty }
+    public var isEnabled: Bool {
+        self.jwtSecret != nil || self.jwtSecretFile != nil || !self.keys.isEmpty || self.jwksFile != nil || !self.apiKeys.isEmpty
+    }
+
+    /// The HS256 secret, from `jwtSecret` or read from `jwtSecretFile`.
+    public func resolvedJWTSecret() throws(SecretFileError) -> String? {
+        if let secret = self.jwtSecret { return secret }
+        return try self.jwtSecretFile.map { path throws(SecretFileError) in try Self.readSecretFile(path) }
+    }
+
+    /// A secret kept in a file: its text without the final newline, at least 32 bytes.
+    public static func readSecretFile(_ path: String) throws(SecretFileError) -> String {
+        guard let data = FileManager.default.contents(atPath: path), var text = String(data: data, encoding: .utf8) else {
+            throw SecretFileError(description: "cannot read \(path)")
+        }
+        while text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }
+        guard text.utf8.count >= JWTKeySpec.minimumSecretBytes("HS256") else {
+            throw SecretFileError(description: "the secret in \(path) is shorter than 32 bytes (an HS256 secret needs at least 32, RFC 7518)")
+        }
+        return text
+    }
+
+    public struct SecretFileError: Error, CustomStringConvertible {
+        public var description: String
+    }
+}
+
+/// `admin:` — a second listener for operators: `/metrics`, `/v1/stats`, any user's presence
+/// (`GET /v1/presence?user=`), `/health` and `/ready`. The public listener answers 404 for the
+/// first three. Bound to loopback by default: expose it to Prometheus on a private network only.
+public struct AdminSettings: Sendable, Equatable {
+    /// Off: those routes are served nowhere.
+    public var enabled: Bool = true
+    public var host: String = "127.0.0.1"
+    /// 9464 (the port OpenTelemetry gives a Prometheus endpoint), away from the public 8080 and
+    /// the 8081, 8082 … that further local instances tend to take. 0 picks a free port (logged
+    /// at start-up: `admin listener` with `sluice.admin_port`).
+    public var port: Int = 9464
+
+    public init() {}
 }
 
 public struct JWTKeySetting: Sendable, Equatable {

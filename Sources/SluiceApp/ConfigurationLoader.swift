@@ -98,10 +98,62 @@ public enum ConfigurationLoader {
         }
     }
 
-    /// Applies every `SLUICE_*` variable that names a known key. Unknown `SLUICE_*` variables are
-    /// ignored because other tools share the prefix (and `SLUICE_CONFIG` is not a key).
-    /// Lists are comma-separated; an empty value clears optional keys and lists.
+    /// `SLUICE_*` variables that are not settings yet are no mistake: the configuration file, the
+    /// one-secret alias, and the variables of Sluice's own scripts and tests (which may be
+    /// exported where `sluice` runs). Any other `SLUICE_*` variable is an error, like an unknown
+    /// key in the file: a misspelt security setting must not be silently off.
+    public static let otherVariables: [String: String] = [
+        "SLUICE_CONFIG": "the configuration file when --config is not given",
+        "SLUICE_JWT_SECRET": "auth.jwt_secret (the short name)",
+        "SLUICE_BINARY": "tests: the sluice executable to start",
+        "SLUICE_PG_BINDIR": "tests: PostgreSQL's bin directory",
+        "SLUICE_STORAGE_TEST_LOG": "tests: the storage tests' log level",
+        "SLUICE_BIN": "deploy/validate.sh: the sluice executable",
+        "SLUICE_DEPLOY_VENV": "deploy/validate.sh: its Python tools",
+        "SLUICE_DEPLOY_NO_SYSTEM_TOOLS": "deploy/validate.sh: ignore nginx and promtool on PATH",
+        "SLUICE_SERVE_ARGS": "loadtest/run-wsbench.sh: sluice serve's arguments",
+        "SLUICE_SERVE_ENV": "loadtest/run-wsbench.sh: sluice serve's settings",
+        "SLUICE_HTTP_PORT": "deploy/docker-compose.prod.yaml: the published port",
+        "SLUICE_IMAGE": "deploy/docker-compose.prod.yaml: the image",
+        "SLUICE_NGINX_LISTEN": "deploy/nginx/sluice.conf.template: nginx's listen address",
+        "SLUICE_UPSTREAM_SERVERS": "deploy/nginx/sluice.conf.template: the gateways",
+    ]
+
+    /// Every `SLUICE_*` variable that is not an error.
+    static let knownVariables: Set<String> = Set(settings.map { environmentVariable(forKey: $0.key) })
+        .union(otherVariables.keys)
+
+    /// The first unknown `SLUICE_*` variable (in name order) is an `unknownKey` error naming it and,
+    /// when one is close, the variable that was probably meant. Its value is never shown.
+    public static func checkEnvironmentVariables(_ environment: [String: String]) throws(ConfigurationError) {
+        for variable in environment.keys.sorted() where variable.hasPrefix("SLUICE_") && !self.knownVariables.contains(variable) {
+            var reason = "unknown variable: no setting has this name"
+            let suggestions = self.closestVariables(to: variable)
+            if !suggestions.isEmpty {
+                reason += " (did you mean \(suggestions.joined(separator: " or "))?)"
+            }
+            throw ConfigurationError(kind: .unknownKey, key: nil, value: nil, reason: reason, source: .environment(variable: variable))
+        }
+    }
+
+    /// Known variables within three edits of `variable`; failing that, the settings whose
+    /// variable ends like it (`SLUICE_DATABASE_URL` → `SLUICE_STORAGE_DATABASE_URL`), at most three.
+    static func closestVariables(to variable: String) -> [String] {
+        let candidates = self.knownVariables.subtracting(self.otherVariables.keys).union(["SLUICE_CONFIG", "SLUICE_JWT_SECRET"])
+        let scored = candidates.map { (name: $0, distance: self.editDistance($0, variable)) }
+        if let best = scored.min(by: { ($0.distance, $0.name) < ($1.distance, $1.name) }), best.distance <= 3 {
+            return [best.name]
+        }
+        let tail = variable.dropFirst("SLUICE_".count)
+        guard tail.count >= 3 else { return [] }
+        return Array(candidates.filter { $0.hasSuffix("_" + tail) }.sorted().prefix(3))
+    }
+
+    /// Applies every `SLUICE_*` variable that names a known key, after `checkEnvironmentVariables`
+    /// (an unknown one is an error). Lists are comma-separated; an empty value clears optional
+    /// keys and lists.
     public static func applyEnvironment(_ environment: [String: String], to configuration: inout SluiceConfiguration) throws(ConfigurationError) {
+        try self.checkEnvironmentVariables(environment)
         // The issue's (and most deployments') name for the one-secret setup.
         if let secret = environment["SLUICE_JWT_SECRET"], let setting = self.settingsByKey["auth.jwt_secret"] {
             try self.apply(setting, secret.isEmpty ? .null : .scalar(secret), source: .environment(variable: "SLUICE_JWT_SECRET"), to: &configuration)
@@ -134,13 +186,17 @@ public enum ConfigurationLoader {
         if text.trimmingCharacters(in: .whitespaces).isEmpty { return .records([]) }
         let source = ConfigurationError.Source.environment(variable: variable)
         let node: Node?
+        // The text is never quoted back (nor Yams' description, which quotes it): these lists
+        // hold api keys (`SLUICE_UPSTREAMS`).
         do {
             node = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw ConfigurationError(kind: .wrongType, key: setting.key, value: nil, reason: "not valid YAML or JSON: \(error.problem)", source: source)
         } catch {
-            throw ConfigurationError(kind: .wrongType, key: setting.key, value: text, reason: "not valid YAML or JSON: \(error)", source: source)
+            throw ConfigurationError(kind: .wrongType, key: setting.key, value: nil, reason: "not valid YAML or JSON", source: source)
         }
         guard case .sequence(let sequence)? = node else {
-            throw ConfigurationError(kind: .wrongType, key: setting.key, value: text, reason: "expected \(setting.expected), as a YAML or JSON list", source: source)
+            throw ConfigurationError(kind: .wrongType, key: setting.key, value: nil, reason: "expected \(setting.expected), as a YAML or JSON list", source: source)
         }
         do throws(ConfigurationError) {
             return .records(try self.records(of: sequence, for: setting, path: variable))
@@ -151,10 +207,19 @@ public enum ConfigurationLoader {
 
     /// Applies command-line overrides (the last layer). `sluice serve` builds `ConfigurationOverrides`
     /// from its flags; each set field goes through the same parsing and range checks as the file.
+    /// A URL with a password is refused here: `ps` shows a process's arguments to every user of
+    /// the machine, so credentials go in the environment or the file.
     public static func applyOverrides(_ overrides: ConfigurationOverrides, to configuration: inout SluiceConfiguration) throws(ConfigurationError) {
         for entry in overrides.entries {
             guard let setting = self.settingsByKey[entry.key] else {
                 preconditionFailure("ConfigurationOverrides names unknown key \(entry.key)")
+            }
+            if Redaction.urlKeys.contains(entry.key), case .scalar(let url) = entry.value, Redaction.containsSecret(url: url) {
+                throw ConfigurationError(
+                    kind: .invalidValue, key: entry.key, value: url,
+                    reason: "a password on the command line is visible to every user of the machine (ps); "
+                        + "give this URL in \(self.environmentVariable(forKey: entry.key)) or the configuration file instead",
+                    source: .commandLine(option: entry.option))
             }
             try self.apply(setting, entry.value, source: .commandLine(option: entry.option), to: &configuration)
         }
@@ -442,6 +507,7 @@ extension ConfigurationLoader {
         .duration("storage.drain_timeout", mustBePositive: false) { $0.storage.drainTimeout = $1 },
 
         .optionalString("auth.jwt_secret") { $0.auth.jwtSecret = $1 },
+        .optionalString("auth.jwt_secret_file") { $0.auth.jwtSecretFile = $1 },
         .jwtKeyList("auth.keys") { $0.auth.keys = $1 },
         .optionalString("auth.jwks_file") { $0.auth.jwksFile = $1 },
         .stringList("auth.api_keys") { $0.auth.apiKeys = $1 },
@@ -499,6 +565,10 @@ extension ConfigurationLoader {
         .stringList("tools.http_get_allowed_hosts") { $0.tools.httpGetAllowedHosts = $1 },
         .stringList("tools.http_get_allowed_networks") { $0.tools.httpGetAllowedNetworks = $1 },
         .webhookList("tools.webhooks") { $0.tools.webhooks = $1 },
+
+        .bool("admin.enabled") { $0.admin.enabled = $1 },
+        .string("admin.host", nonEmpty: true) { $0.admin.host = $1 },
+        .integer("admin.port", in: 0...65535) { $0.admin.port = $1 },
 
         .optionalString("tracing.otlp_endpoint") { $0.tracing.otlpEndpoint = $1 },
         .string("tracing.service_name", nonEmpty: true) { $0.tracing.serviceName = $1 },

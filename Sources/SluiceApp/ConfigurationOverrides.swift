@@ -42,8 +42,13 @@ public struct ConfigurationOverrides: Sendable, Equatable {
     public var databaseURL: String?
     /// `--data-dir`
     public var dataDirectory: String?
-    /// `--jwt-secret S`: one HS256 key.
-    public var jwtSecret: String?
+    /// `--jwt-secret-file PATH`: a file holding the HS256 key (never the key itself: `ps` shows
+    /// arguments to every user).
+    public var jwtSecretFile: String?
+    /// `--admin-host`
+    public var adminHost: String?
+    /// `--admin-port` (0 picks a free one)
+    public var adminPort: Int?
     /// `--otlp-endpoint http://collector:4318`
     public var otlpEndpoint: String?
 
@@ -87,7 +92,9 @@ public struct ConfigurationOverrides: Sendable, Equatable {
         add("--database-url", "storage.database_url", self.databaseURL)
         add("--data-dir", "storage.data_dir", self.dataDirectory)
         add("--otlp-endpoint", "tracing.otlp_endpoint", self.otlpEndpoint)
-        add("--jwt-secret", "auth.jwt_secret", self.jwtSecret)
+        add("--jwt-secret-file", "auth.jwt_secret_file", self.jwtSecretFile)
+        add("--admin-host", "admin.host", self.adminHost)
+        add("--admin-port", "admin.port", self.adminPort.map(String.init))
         return entries
     }
 }

@@ -24,9 +24,10 @@ enum LogOutput {
             return !done
         }
         guard first else { return }
+        // Every line goes through the scrubber: no configured secret is ever printed.
         switch format.resolved {
-        case .json: LoggingSystem.bootstrap { label in JSONLogHandler(label: label) }
-        case .text, .auto: LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+        case .json: LoggingSystem.bootstrap { label in ScrubbingLogHandler(wrapped: JSONLogHandler(label: label)) }
+        case .text, .auto: LoggingSystem.bootstrap { label in ScrubbingLogHandler(wrapped: StreamLogHandler.standardError(label: label)) }
         }
     }
 }

@@ -18,9 +18,14 @@ import WSServer
 /// service group that drains on SIGTERM/SIGINT.
 public enum SluiceServer {
     public static func run(configuration: SluiceConfiguration) async throws {
+        SecretScrubber.register(configuration)
         LogOutput.bootstrap(configuration.logFormat)
         var logger = Logger(label: "sluice")
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
+        // Before any listener or client exists: room for server.max_connections descriptors.
+        DescriptorLimit.raise(maxConnections: configuration.server.maxConnections, logger: logger)
+        // Resident memory that follows server.memory_budget (freed large buffers go back).
+        AllocatorTuning.fixMmapThreshold(logger: logger)
         // First: metric handles are bound to the backend when they are made.
         let registry = MetricsExport.bootstrap()
         let application: any WebSocketApplication
@@ -50,7 +55,7 @@ public enum SluiceServer {
             settings.headers = (try? configuration.tracing.parsedHeaders.get()) ?? [:]
             exporter = try OTLPExporter(configuration: settings, eventLoopGroup: eventLoopGroup, logger: logger)
             logger.notice("traces exported over OTLP/HTTP", metadata: [
-                "sluice.endpoint": "\(endpoint)", "sluice.sample_ratio": "\(configuration.tracing.sampleRatio)"])
+                "sluice.endpoint": "\(Redaction.url(endpoint))", "sluice.sample_ratio": "\(configuration.tracing.sampleRatio)"])
         }
         let tracer: any Tracer = exporter.map { OTLPTracer(exporter: $0, sampleRatio: configuration.tracing.sampleRatio) } ?? NoOpTracer()
         if configuration.echo {
@@ -142,14 +147,23 @@ public enum SluiceServer {
             if redisGates && !fanOut.isHealthy { return "redis unreachable" }
             return nil
         }
-        let routes = RouteList(providers: [MetricsRoute(registry: registry, beforeScrape: { memoryBudget.recordMetrics() })] + httpRoutes)
+        // Without authentication any page could use the gateway through its visitor's browser:
+        // then only loopback pages may, unless server.allowed_origins says otherwise.
+        serverConfiguration.defaultOrigins = configuration.auth.isEnabled ? .any : .loopbackOnly
         let server = try WebSocketServer(
-            configuration: serverConfiguration, application: application, httpRoutes: routes, eventLoopGroup: eventLoopGroup,
-            readiness: readiness, memoryBudget: memoryBudget, logger: logger)
+            configuration: serverConfiguration, application: application, httpRoutes: RouteList(providers: httpRoutes),
+            eventLoopGroup: eventLoopGroup, readiness: readiness, memoryBudget: memoryBudget, logger: logger)
+        let admin = try await Self.startAdminListener(
+            configuration,
+            routes: [MetricsRoute(registry: registry, beforeScrape: { memoryBudget.recordMetrics() })]
+                + (chatApplication.map { [AdminRoutes(application: $0)] } ?? []),
+            publicServer: server, readiness: readiness, eventLoopGroup: eventLoopGroup, logger: logger)
         // Started in this order, stopped in the reverse: the server drains first, then handed-off
         // generations finish, then the queue writes what is left, then the storage closes.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
-        // Stopped last: spans of generations that end during the drain still go out.
+        // Stopped last of all: /metrics and /ready keep answering through the whole drain.
+        if let admin { services.append(.init(service: admin)) }
+        // Stopped (nearly) last: spans of generations that end during the drain still go out.
         if let exporter { services.append(.init(service: exporter)) }
         if let opened {
             services.append(.init(service: StorageService(opened: opened, quotas: configuration.quotas, logger: logger)))
@@ -185,6 +199,52 @@ public enum SluiceServer {
         if let failure { throw failure }
     }
 
+    /// The admin listener (`admin:`), bound now so that a taken port fails the start-up and the
+    /// address is logged (`admin listener`, `sluice.admin_port`) before anything else listens.
+    /// The same HTTP machinery as the public listener, without a WebSocket endpoint; its `/ready`
+    /// follows the public listener's (503 while that drains).
+    static func startAdminListener(
+        _ configuration: SluiceConfiguration, routes: [any HTTPRouteProvider], publicServer: WebSocketServer,
+        readiness: (@Sendable () -> String?)?, eventLoopGroup: any EventLoopGroup, logger: Logger
+    ) async throws -> WebSocketServer? {
+        guard configuration.admin.enabled else {
+            logger.notice("admin listener off (admin.enabled: false): /metrics and /v1/stats are served nowhere")
+            return nil
+        }
+        var settings = WebSocketServerConfiguration()
+        settings.host = configuration.admin.host
+        settings.port = configuration.admin.port
+        settings.handshakeTimeout = configuration.server.handshakeTimeout
+        settings.maxConnections = 64
+        // Operators' tools send no Origin; a web page (whatever server.allowed_origins says) is
+        // not one of them.
+        settings.defaultOrigins = .loopbackOnly
+        settings.drain.gracePeriod = .zero
+        settings.drain.deadline = .seconds(5)
+        // Its own (default) memory budget: a public listener at its limit must not starve /metrics.
+        var adminLogger = logger
+        adminLogger[metadataKey: "sluice.listener"] = "admin"
+        let server = try WebSocketServer(
+            configuration: settings, application: NoWebSocketApplication(), httpRoutes: RouteList(providers: routes),
+            eventLoopGroup: eventLoopGroup,
+            readiness: { publicServer.isDraining ? "draining" : readiness?() },
+            logger: adminLogger)
+        let address = try await server.start()
+        logger.notice("admin listener", metadata: [
+            "sluice.address": "\(address)", "sluice.admin_port": "\(address.port ?? 0)",
+            "sluice.routes": "/metrics /v1/stats /v1/presence?user= /health /ready",
+        ])
+        if !Self.isLoopback(configuration.admin.host) {
+            logger.notice("the admin listener is not on loopback: keep its port off the internet (it has no authentication)",
+                          metadata: ["sluice.admin_host": "\(configuration.admin.host)"])
+        }
+        return server
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
     /// Authentication from the `auth:` settings (key files are read now), or the development
     /// stand-in when nothing is configured, which is said loudly.
     static func makePolicy(_ configuration: SluiceConfiguration, limiter: GenerationLimiter, logger: Logger) async throws -> ChatPolicy {
@@ -199,7 +259,7 @@ public enum SluiceServer {
         }
         logger.notice("input checks", metadata: [
             "sluice.rules": "\(moderation.rules.count)", "sluice.injection_markers": "\(moderation.injectionMarkers.count) (\(moderation.injectionAction.rawValue))",
-            "sluice.moderation_service": "\(moderation.endpoint ?? "none")",
+            "sluice.moderation_service": "\(moderation.endpoint.map(Redaction.url) ?? "none")",
         ])
         return policy
     }
@@ -215,11 +275,14 @@ public enum SluiceServer {
         ])
         let settings = configuration.auth
         guard settings.isEnabled else {
-            logger.warning("authentication is OFF (no auth keys configured): clients name themselves with ?user= or X-Sluice-User; configure --jwt-secret or auth.keys for production")
+            logger.warning("authentication is OFF (no auth keys configured): clients name themselves with ?user= or X-Sluice-User; configure --jwt-secret-file (or SLUICE_JWT_SECRET) or auth.keys for production")
             return ChatPolicy(authenticator: nil, limiter: limiter)
         }
         var authentication = Authenticator.Configuration()
-        if let secret = settings.jwtSecret { authentication.keys.append(JWTKeySpec(algorithm: "HS256", material: .secret(secret))) }
+        if let secret = try settings.resolvedJWTSecret() {
+            SecretScrubber.register([secret])
+            authentication.keys.append(JWTKeySpec(algorithm: "HS256", material: .secret(secret)))
+        }
         for key in settings.keys {
             let material: JWTKeySpec.Material
             if let secret = key.secret {
@@ -300,7 +363,7 @@ public enum SluiceServer {
             logger.notice("upstream: built-in simulator (not a model)", metadata: ["sluice.upstream": name, "sluice.model": "\(engine.defaultModel)"])
             return engine
         case .openai:
-            guard let url = URL(string: upstream.baseURL ?? "") else { throw UpstreamConfigurationError.invalidBaseURL(upstream.baseURL ?? "") }
+            guard let url = URL(string: upstream.baseURL ?? "") else { throw UpstreamConfigurationError.invalidBaseURL(Redaction.url(upstream.baseURL ?? "")) }
             let engine = try OpenAICompatibleEngine(configuration: .init(
                 baseURL: url, model: upstream.model, apiKey: upstream.apiKey, timeouts: timeouts))
             if upstream.model == nil {
@@ -313,14 +376,14 @@ public enum SluiceServer {
                 }
             }
             logger.notice("upstream: OpenAI-compatible", metadata: [
-                "sluice.upstream": name, "sluice.url": "\(url)", "sluice.model": "\(engine.defaultModel)"])
+                "sluice.upstream": name, "sluice.url": "\(Redaction.url(url.absoluteString))", "sluice.model": "\(engine.defaultModel)"])
             return engine
         case .triton:
-            guard let url = URL(string: upstream.baseURL ?? "") else { throw UpstreamConfigurationError.invalidBaseURL(upstream.baseURL ?? "") }
+            guard let url = URL(string: upstream.baseURL ?? "") else { throw UpstreamConfigurationError.invalidBaseURL(Redaction.url(upstream.baseURL ?? "")) }
             let engine = try TritonEngine(configuration: .init(
                 baseURL: url, model: upstream.model ?? "ensemble", apiKey: upstream.apiKey, timeouts: timeouts))
             logger.notice("upstream: Triton generate_stream", metadata: [
-                "sluice.upstream": name, "sluice.url": "\(url)", "sluice.model": "\(engine.defaultModel)"])
+                "sluice.upstream": name, "sluice.url": "\(Redaction.url(url.absoluteString))", "sluice.model": "\(engine.defaultModel)"])
             return engine
         }
     }

@@ -12,6 +12,7 @@ import WSServer
 /// `/health`, `/ready` and `/metrics` on `server.port`; WebSocket upgrades are refused.
 public enum SluiceWorker {
     public static func run(configuration: SluiceConfiguration, concurrency: Int?) async throws {
+        SecretScrubber.register(configuration)
         LogOutput.bootstrap(configuration.logFormat)
         var logger = Logger(label: "sluice.worker")
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
@@ -72,10 +73,10 @@ struct WorkerSetupError: Error, CustomStringConvertible {
     var description: String
 }
 
-/// A worker speaks HTTP only (health and metrics).
+/// A listener that speaks HTTP only: a worker's (health and metrics) and the admin listener.
 struct NoWebSocketApplication: WebSocketApplication {
     func admit(_ request: UpgradeRequest) -> UpgradeAdmission {
-        .refuse(HTTPRefusal(status: .notFound, body: #"{"type":"error","code":"not_found","message":"this is a sluice worker: no WebSocket here"}"#))
+        .refuse(HTTPRefusal(status: .notFound, body: #"{"type":"error","code":"not_found","message":"no WebSocket endpoint on this listener"}"#))
     }
 
     func makeDelegate(for connection: WebSocketConnectionInfo) -> any WebSocketConnectionDelegate {

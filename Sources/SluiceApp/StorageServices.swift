@@ -40,7 +40,7 @@ struct OpenedStorage: Sendable {
             // database is down. The storage and the queue say it once, at warning.
             var postgresLogger = logger
             postgresLogger.logLevel = max(logger.logLevel, .warning)
-            storage = PostgresStorage(
+            storage = try PostgresStorage(
                 configuration: .init(
                     url: parsed, maximumConnections: settings.maxConnections, partitionMonthsAhead: settings.partitionMonthsAhead),
                 eventLoopGroup: eventLoopGroup, logger: postgresLogger)
@@ -155,7 +155,7 @@ public enum StorageMigration {
             print("migrated sqlite \(path)")
         case .postgres(let url):
             let parsed = try PostgresURL(url)
-            let storage = PostgresStorage(
+            let storage = try PostgresStorage(
                 configuration: .init(
                     url: parsed, maximumConnections: 1, connectTimeout: min(timeout, .seconds(5)), migrationTimeout: timeout,
                     partitionMonthsAhead: configuration.storage.partitionMonthsAhead),
@@ -240,7 +240,7 @@ public enum QuotaAdmin {
             }
             await storage.shutdown()
         case .postgres(let url):
-            let storage = PostgresStorage(
+            let storage = try PostgresStorage(
                 configuration: .init(
                     url: try PostgresURL(url), maximumConnections: 1, connectTimeout: min(timeout, .seconds(5)), migrationTimeout: timeout,
                     partitionMonthsAhead: configuration.storage.partitionMonthsAhead),

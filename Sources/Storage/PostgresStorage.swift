@@ -58,17 +58,18 @@ public final class PostgresStorage: ConversationStorage, Service {
     private let isShutDown = NIOLockedValueBox(false)
     private let stop = AsyncStream<Void>.makeStream()
 
+    /// Throws when the URL's certificate files cannot be read (`sslrootcert`, `sslcert`, `sslkey`).
     public init(
         configuration: Configuration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "sluice.storage.postgres")
-    ) {
+    ) throws(PostgresURLError) {
         self.configuration = configuration
         self.logger = logger
         let url = configuration.url
         var clientConfiguration = PostgresClient.Configuration(
             host: url.host, port: url.port, username: url.username, password: url.password,
-            database: url.database, tls: Self.tls(url.tls)
+            database: url.database, tls: try Self.tls(for: url)
         )
         clientConfiguration.options.maximumConnections = max(1, configuration.maximumConnections)
         clientConfiguration.options.connectTimeout = configuration.connectTimeout
@@ -76,15 +77,38 @@ public final class PostgresStorage: ConversationStorage, Service {
         self.client = PostgresClient(configuration: clientConfiguration, eventLoopGroup: eventLoopGroup, backgroundLogger: logger)
     }
 
-    /// libpq's meaning of sslmode: prefer and require do not check the certificate.
-    private static func tls(_ mode: PostgresURL.TLSMode) -> PostgresClient.Configuration.TLS {
-        var unverified = TLSConfiguration.makeClientConfiguration()
-        unverified.certificateVerification = .none
-        switch mode {
-        case .disable: return .disable
-        case .prefer: return .prefer(unverified)
-        case .require: return .require(unverified)
-        case .verifyFull: return .require(.makeClientConfiguration())
+    /// libpq's meaning of the URL's TLS parameters (see `PostgresURL`). The certificate files are
+    /// read now, so a missing or unreadable one fails at start-up, not at every connection attempt.
+    /// The host name checked under `verify-full` is the URL's host (an IP address is checked
+    /// against the certificate's IP addresses).
+    static func tls(for url: PostgresURL) throws(PostgresURLError) -> PostgresClient.Configuration.TLS {
+        guard url.tls != .disable else { return .disable }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        switch url.verification {
+        case .none: tls.certificateVerification = .none
+        case .certificate: tls.certificateVerification = .noHostnameVerification
+        case .full: tls.certificateVerification = .fullVerification
+        }
+        let describe = url.description
+        func load<T>(_ parameter: String, _ path: String, _ read: () throws -> T) throws(PostgresURLError) -> T {
+            do {
+                return try read()
+            } catch {
+                throw PostgresURLError(describe, "\(parameter) \(path): cannot read it as PEM (\(error))")
+            }
+        }
+        if let path = url.rootCertificatePath {
+            tls.trustRoots = .certificates(try load("sslrootcert", path) { try NIOSSLCertificate.fromPEMFile(path) })
+        }
+        if let certificatePath = url.clientCertificatePath, let keyPath = url.clientKeyPath {
+            let chain = try load("sslcert", certificatePath) { try NIOSSLCertificate.fromPEMFile(certificatePath) }
+            let key = try load("sslkey", keyPath) { try NIOSSLPrivateKey(file: keyPath, format: .pem) }
+            tls.certificateChain = chain.map { .certificate($0) }
+            tls.privateKey = .privateKey(key)
+        }
+        switch url.tls {
+        case .allow, .prefer: return .prefer(tls)
+        case .disable, .require, .verifyCA, .verifyFull: return .require(tls)
         }
     }
 
@@ -132,6 +156,10 @@ public final class PostgresStorage: ConversationStorage, Service {
     // MARK: Schema
 
     public func migrate() async throws(StorageError) {
+        // A database that cannot be reached (down, a wrong password, a refused certificate) is
+        // reported within the operation timeout, not after the migration's own (which allows
+        // for waiting on another instance's migration).
+        try await self.perform { _ = try await self.client.query("SELECT 1").collect() }
         try await self.perform(timeout: self.configuration.migrationTimeout) {
             for migration in PostgresSchema.migrations {
                 try await self.client.withTransaction(logger: self.logger) { connection in
@@ -544,7 +572,7 @@ public final class PostgresStorage: ConversationStorage, Service {
     /// database is down may): a task group would wait for it, and the write-behind queue
     /// behind this call would stall with it. The body is cancelled and left to finish alone;
     /// everything run here is idempotent, so a retry is safe.
-    static func withDeadline<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    public static func withDeadline<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         let waiting = NIOLockedValueBox<CheckedContinuation<T, any Error>?>(nil)
         let timer = NIOLockedValueBox<Task<Void, Never>?>(nil)
         return try await withCheckedThrowingContinuation { continuation in

@@ -26,6 +26,12 @@ public final class SQLiteStorage: ConversationStorage {
 
     /// Opens (creating it and its directory if needed) the database at `path`; `":memory:"` for
     /// a private in-memory database (tests).
+    ///
+    /// Conversations are private: a directory it creates is 0700 and the database file 0600
+    /// (SQLite gives its `-wal` and `-shm` files the database's mode), whatever the umask. An
+    /// existing database (and `-wal`/`-shm`) readable by others is tightened to 0600; an existing
+    /// directory is left as it is (it may be shared, `.` for instance) with a warning when others
+    /// may enter it.
     public static func open(
         path: String,
         logger: Logger = Logger(label: "sluice.storage.sqlite")
@@ -33,8 +39,7 @@ public final class SQLiteStorage: ConversationStorage {
         let inMemory = path == ":memory:"
         do {
             if !inMemory {
-                let directory = URL(fileURLWithPath: path).deletingLastPathComponent()
-                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+                try PrivateFiles.prepare(databasePath: path, logger: logger)
             }
             let connection = try await SQLiteConnection.open(storage: inMemory ? .memory : .file(path: path), logger: logger)
             do {

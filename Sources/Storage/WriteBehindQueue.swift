@@ -20,10 +20,26 @@ import ServiceLifecycle
 /// finds the queue full: `enqueueReserved(_:)` always succeeds (call `cancelReservation()` if the
 /// generation ends with nothing to store).
 ///
+/// A process killed with messages still queued would lose them; with a `WriteJournal` (with
+/// Redis: `RedisBroker`'s) every accepted message is also recorded outside the process until it
+/// is written, and another instance writes what a dead one left (`enqueueRecovered`). The
+/// storage's idempotence makes that safe even when the dead one had written some of them.
+///
 /// `run()` is a swift-service-lifecycle `Service`: on graceful shutdown (or `finish()`) it stops
 /// accepting new messages (reserved ones still come in) and returns once everything is written or
 /// `drainTimeout` has passed. Cancelling it stops at once. In a `ServiceGroup`, list it after the
 /// storage so it stops first.
+/// Where the queue records what it holds, outside the process (see `WriteBehindQueue`). Calls
+/// come from any thread, must not block, and may fail silently (the journal is a safety net).
+public protocol WriteJournal: Sendable {
+    /// Accepted into the queue, not yet written.
+    func recorded(_ messages: [NewMessage])
+    /// Taken by the storage.
+    func written(_ messages: [NewMessage])
+    /// Holds exactly `messages` from now on (after it missed some records or removals).
+    func replace(with messages: [NewMessage])
+}
+
 public final class WriteBehindQueue: Service, Sendable {
     public struct Configuration: Sendable {
         /// Messages queued, being written, or reserved, at most.
@@ -67,6 +83,8 @@ public final class WriteBehindQueue: Service, Sendable {
         public var reserved = 0
         /// `appendMessages` calls that succeeded.
         public var batches = 0
+        /// Messages taken over from a dead instance's journal (`enqueueRecovered`).
+        public var recovered = 0
     }
 
     private struct State {
@@ -99,6 +117,7 @@ public final class WriteBehindQueue: Service, Sendable {
     private let refusals = Counter(label: "sluice_storage_queue_refusals_total")
     /// Wakes `run()` when there is something to do; one buffered element is enough.
     private let wakeUp = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    private let journal = NIOLockedValueBox<(any WriteJournal)?>(nil)
 
     public init(
         storage: any ConversationStorage,
@@ -108,6 +127,48 @@ public final class WriteBehindQueue: Service, Sendable {
         self.storage = storage
         self.configuration = configuration
         self.logger = logger
+    }
+
+    /// Records every message accepted from now on in `journal` (and, once written, its removal).
+    /// Its `recorded` is called under the queue's lock (before the writer can take the message),
+    /// so it must only hand the work on.
+    public func setJournal(_ journal: (any WriteJournal)?) {
+        self.journal.withLockedValue { $0 = journal }
+    }
+
+    private var currentJournal: (any WriteJournal)? { self.journal.withLockedValue { $0 } }
+
+    /// Makes the journal exactly what is queued or being written (it missed records or
+    /// removals while Redis was unreachable), under the lock so that nothing written meanwhile
+    /// is recorded after its removal. O(queue length).
+    public func rebuildJournal() {
+        guard let journal = self.currentJournal else { return }
+        self.state.withLockedValue { state in
+            journal.replace(with: state.inFlightBatch + state.queue[state.head...])
+        }
+    }
+
+    /// Queues messages another instance accepted and could not write (it died): never refused,
+    /// like reserved room, since they were acknowledged already. Writing them again is safe: the
+    /// storage ignores an (id, created_at) it has.
+    public func enqueueRecovered(_ messages: [NewMessage]) {
+        guard !messages.isEmpty else { return }
+        let journal = self.currentJournal
+        let stopped = self.state.withLockedValue { state in
+            guard !state.stopped else { return true }
+            state.queue.append(contentsOf: messages)
+            state.counters.enqueued += messages.count
+            state.counters.recovered += messages.count
+            journal?.recorded(messages)
+            return false
+        }
+        if stopped {
+            self.logger.error("recovered messages arrived after the write-behind queue stopped; they stay in the journal",
+                              metadata: ["messages": "\(messages.count)"])
+            return
+        }
+        self.logger.notice("writing messages a dead instance left", metadata: ["messages": "\(messages.count)"])
+        self.wakeUp.continuation.yield()
     }
 
     public var counters: Counters {
@@ -126,6 +187,7 @@ public final class WriteBehindQueue: Service, Sendable {
     /// `finish()`.
     public func enqueue(_ message: NewMessage, reservingFollowUps: Int = 0) -> Bool {
         let follow = max(0, reservingFollowUps)
+        let journal = self.currentJournal
         let (accepted, depth) = self.state.withLockedValue { state in
             guard !state.finishing, state.pending + state.reserved + 1 + follow <= self.configuration.capacity else {
                 state.counters.refusedFull += 1
@@ -134,6 +196,8 @@ public final class WriteBehindQueue: Service, Sendable {
             state.queue.append(message)
             state.reserved += follow
             state.counters.enqueued += 1
+            // Under the lock: recorded before the writer can take it (and forget it).
+            journal?.recorded([message])
             return (true, state.pending)
         }
         self.depthGauge.record(depth)
@@ -144,11 +208,13 @@ public final class WriteBehindQueue: Service, Sendable {
     /// Queues `message` in room held by an earlier `enqueue(_:reservingFollowUps:)`. Never
     /// refused: without a reservation it goes over capacity rather than lose history (logged).
     public func enqueueReserved(_ message: NewMessage) {
+        let journal = self.currentJournal
         let (hadReservation, stopped) = self.state.withLockedValue { state in
             let had = state.reserved > 0
             if had { state.reserved -= 1 }
             state.queue.append(message)
             state.counters.enqueued += 1
+            journal?.recorded([message])
             return (had, state.stopped)
         }
         if stopped {
@@ -299,6 +365,7 @@ public final class WriteBehindQueue: Service, Sendable {
                     return state.pending
                 }
                 self.depthGauge.record(depth)
+                self.currentJournal?.written(batch)
                 if failures > 0 {
                     self.logger.notice("storage write succeeded after retries", metadata: ["failures": "\(failures)"])
                 }

@@ -101,7 +101,17 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
             self.discarding = false
             // The request must arrive whole within the handshake timeout.
             self.arm(context: context, self.server.configuration.handshakeTimeout)
+            if let problem = HTTPHostRule.problem(head) {
+                self.rejection = nil
+                self.refuseEarly(context: context, status: .badRequest, body: problem)
+                return
+            }
             if self.rejection == nil, let routes = self.server.httpRoutes, let responder = routes.responder(for: head) {
+                // A page's request through its visitor's browser (OriginCheck): refused before its body is read.
+                guard OriginCheck.allows(head.headers, configuration: self.server.configuration) else {
+                    self.refuseEarly(context: context, status: .forbidden, body: "origin not allowed")
+                    return
+                }
                 self.begin(head, responder: responder, context: context)
             }
         case .body(var chunk):

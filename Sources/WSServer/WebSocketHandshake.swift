@@ -83,6 +83,7 @@ public enum WebSocketHandshake {
         _ request: HTTPRequestHead,
         configuration: WebSocketServerConfiguration
     ) -> Result<HandshakeAgreement, HandshakeRejection> {
+        if let problem = HTTPHostRule.problem(request) { return .failure(.init(reason: .malformed(problem))) }
         let path = request.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
         guard path == configuration.path else { return .failure(.init(reason: .notFound)) }
         guard request.method == .GET else { return .failure(.init(reason: .methodNotAllowed)) }
@@ -105,11 +106,8 @@ public enum WebSocketHandshake {
         guard let decoded = Self.base64Decode(key), decoded.count == 16 else {
             return .failure(.init(reason: .malformed("Sec-WebSocket-Key is not 16 bytes of base64")))
         }
-        if !configuration.allowedOrigins.isEmpty {
-            let origin = request.headers.first(name: "origin")?.lowercased() ?? ""
-            guard configuration.allowedOrigins.contains(where: { $0.lowercased() == origin }) else {
-                return .failure(.init(reason: .originNotAllowed))
-            }
+        guard OriginCheck.allows(request.headers, configuration: configuration) else {
+            return .failure(.init(reason: .originNotAllowed))
         }
         let offered = request.headers[canonicalForm: "sec-websocket-protocol"].map { $0.lowercased() }
         let subprotocol = configuration.subprotocols.first { offered.contains($0.lowercased()) }

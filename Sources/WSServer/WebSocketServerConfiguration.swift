@@ -13,8 +13,13 @@ public struct WebSocketServerConfiguration: Sendable, Equatable {
     public var path: String = "/v1/ws"
     /// Subprotocols the server accepts, in order of preference; the first one the client offers is echoed.
     public var subprotocols: [String] = ["sluice.v1"]
-    /// Allowed `Origin` values (exact, case-insensitive). Empty allows every origin.
+    /// Allowed `Origin` values (exact, case-insensitive; `*` allows any). Empty: `defaultOrigins`
+    /// decides. Requests without an `Origin` (not from a browser) are always allowed: see `OriginCheck`.
     public var allowedOrigins: [String] = []
+    /// What an empty `allowedOrigins` allows: loopback pages only (the default: without
+    /// authentication, a web page must not reach a local gateway), or any page (when every request
+    /// needs a credential a page cannot take from the browser).
+    public var defaultOrigins: DefaultOrigins = .loopbackOnly
     /// Most client connections held at once, plain HTTP (kept alive or not) and WebSocket alike;
     /// beyond it a new connection gets HTTP 503 with `Retry-After` and is closed, before
     /// anything it sends is parsed.
@@ -64,6 +69,11 @@ public struct WebSocketServerConfiguration: Sendable, Equatable {
     public var drain: DrainConfiguration = .init()
 
     public init() {}
+
+    public enum DefaultOrigins: Sendable, Equatable {
+        case loopbackOnly
+        case any
+    }
 
     public struct DeflateConfiguration: Sendable, Equatable {
         /// Whether permessage-deflate is offered at all.

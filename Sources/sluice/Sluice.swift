@@ -9,7 +9,7 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "WebSocket gateway.",
-        subcommands: [Serve.self, Worker.self, Jobs.self, Chat.self, Migrate.self, Quota.self, Token.self, HashKey.self],
+        subcommands: [Serve.self, Worker.self, Jobs.self, Chat.self, Migrate.self, Quota.self, Token.self, HashKey.self, CheckConfig.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -108,13 +108,28 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: .init("Send a span per generation to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318); default: no tracing.", valueName: "url"))
     var otlpEndpoint: String?
 
-    @Option(name: .long, help: .init("Require JWTs signed with this HS256 secret (also SLUICE_JWT_SECRET); default: no authentication.", valueName: "secret"))
+    @Option(name: .long, help: .init("Require JWTs signed with the HS256 secret in this file (or SLUICE_JWT_SECRET); default: no authentication.", valueName: "path"))
+    var jwtSecretFile: String?
+
+    @Option(name: .long, help: .init("Address of the admin listener (/metrics, /v1/stats; default 127.0.0.1).", valueName: "address"))
+    var adminHost: String?
+
+    @Option(name: .long, help: .init("Port of the admin listener (default 9464; 0 picks a free one).", valueName: "port"))
+    var adminPort: Int?
+
+    /// Refused: see `refuseSecretInArguments`.
+    @Option(name: .long, help: .hidden)
     var jwtSecret: String?
 
     @OptionGroup var storage: StorageOptions
 
+    func validate() throws {
+        try refuseSecretInArguments(self.jwtSecret, option: "--jwt-secret")
+    }
+
     func run() async throws {
-        try await SluiceServer.run(configuration: try loadConfiguration(file: self.config, overrides: self.overrides))
+        let configuration = try loadConfiguration(file: self.config, overrides: self.overrides)
+        try await scrubbingErrors { try await SluiceServer.run(configuration: configuration) }
     }
 
     /// Only flags actually given override anything; the Bool flags can only switch away from the default.
@@ -133,7 +148,9 @@ struct Serve: AsyncParsableCommand {
         overrides.redisURL = self.redisURL
         overrides.instanceID = self.instanceID
         overrides.otlpEndpoint = self.otlpEndpoint
-        overrides.jwtSecret = self.jwtSecret
+        overrides.jwtSecretFile = self.jwtSecretFile
+        overrides.adminHost = self.adminHost
+        overrides.adminPort = self.adminPort
         self.storage.apply(to: &overrides)
         overrides.maxMessageSize = self.maxMessageSize
         overrides.deflateEnabled = self.noDeflate ? false : nil
@@ -147,7 +164,7 @@ struct Serve: AsyncParsableCommand {
 
 /// Where conversations are kept; the same options for `serve` and `migrate`.
 struct StorageOptions: ParsableArguments {
-    @Option(name: .long, help: .init("Where conversations are kept: postgres://user:pass@host:port/db, sqlite://PATH, or memory (default: SQLite in --data-dir).", valueName: "url"))
+    @Option(name: .long, help: .init("Where conversations are kept: postgres://user@host:port/db, sqlite://PATH, or memory (default: SQLite in --data-dir). A URL with a password is refused here (ps shows it): use SLUICE_STORAGE_DATABASE_URL.", valueName: "url"))
     var databaseURL: String?
 
     @Option(name: .long, help: .init("Directory of the embedded SQLite database (default: ./.sluice).", valueName: "path"))
@@ -165,16 +182,100 @@ struct StorageOptions: ParsableArguments {
 func loadConfiguration(file: String?, overrides: ConfigurationOverrides) throws -> SluiceConfiguration {
     let environment = ProcessInfo.processInfo.environment
     do {
-        return try ConfigurationLoader.load(
+        let configuration = try ConfigurationLoader.load(
             filePath: ConfigurationLoader.configurationFilePath(option: file, environment: environment),
             environment: environment, overrides: overrides)
+        // From here on no message of this process can print one of its secrets.
+        SecretScrubber.register(configuration)
+        return configuration
     } catch {
         FileHandle.standardError.write(Data("sluice: configuration error: \(error)\n".utf8))
         throw ExitCode(78)
     }
 }
 
+/// A secret given as an argument is refused: `ps` (and /proc) show a process's arguments to
+/// every user of the machine, and shells keep them in their history.
+func refuseSecretInArguments(_ value: String?, option: String) throws {
+    guard value != nil else { return }
+    throw ValidationError("""
+        \(option) is not accepted: a secret on the command line is visible to every user (ps) and kept in shell \
+        history. Put it in a file and give --jwt-secret-file PATH (or SLUICE_AUTH_JWT_SECRET_FILE), or set SLUICE_JWT_SECRET.
+        """)
+}
+
+/// Runs `body`; an error it ends with is printed without any configured secret in it.
+func scrubbingErrors(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as ExitCode {
+        throw error
+    } catch {
+        FileHandle.standardError.write(Data("sluice: \(SecretScrubber.scrub(String(describing: error)))\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+/// A secret from standard input: its first line (without the newline). On a terminal the
+/// prompt goes to stderr and the typing is not echoed.
+func readSecretFromStandardInput(prompt: String) -> String? {
+    let terminal = isatty(STDIN_FILENO) == 1
+    var saved = termios()
+    if terminal {
+        FileHandle.standardError.write(Data(prompt.utf8))
+        tcgetattr(STDIN_FILENO, &saved)
+        var quiet = saved
+        quiet.c_lflag &= ~tcflag_t(ECHO)
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet)
+    }
+    defer {
+        if terminal {
+            tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved)
+            FileHandle.standardError.write(Data("\n".utf8))
+        }
+    }
+    guard var line = readLine(strippingNewline: true) else { return nil }
+    if line.hasSuffix("\r") { line.removeLast() }
+    return line
+}
+
 /// `sluice migrate`: creates or upgrades the database schema (`sluice serve` does it at start too).
+/// `sluice check-config`: loads the configuration as `serve` would (file, SLUICE_* variables)
+/// and reports errors; with `--production`, also docs/security.md's production checklist.
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Check the configuration (file and SLUICE_* variables); --production: against the production checklist.",
+        discussion: "Exit status 0 when it loads (and, with --production, passes every item), 1 when an item fails, 78 when it does not load."
+    )
+
+    @Option(name: .long, help: .init("YAML configuration file (default: $SLUICE_CONFIG, else none).", valueName: "path"))
+    var config: String?
+
+    @Flag(name: .long, help: "Also check the items a gateway on the internet needs (docs/security.md).")
+    var production = false
+
+    func run() throws {
+        let configuration = try loadConfiguration(file: self.config, overrides: ConfigurationOverrides())
+        print("configuration: ok")
+        guard self.production else { return }
+        let environment = ProcessInfo.processInfo.environment
+        var fileOnly: SluiceConfiguration?
+        if let path = ConfigurationLoader.configurationFilePath(option: self.config, environment: environment) {
+            var file = SluiceConfiguration()
+            try? ConfigurationLoader.applyFile(at: path, to: &file)
+            fileOnly = file
+        }
+        let items = ProductionChecklist.evaluate(configuration, fileOnly: fileOnly)
+        for item in items {
+            print("\(item.passed ? "pass" : "FAIL")  \(item.name): \(item.detail)")
+        }
+        let failed = items.filter { !$0.passed }.count
+        print(failed == 0 ? "production checklist: all \(items.count) items pass" : "production checklist: \(failed) of \(items.count) items fail")
+        if failed > 0 { throw ExitCode(1) }
+    }
+}
+
 struct Migrate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Create or upgrade the database schema, then exit.",
@@ -196,7 +297,7 @@ struct Migrate: AsyncParsableCommand {
         do {
             try await StorageMigration.run(configuration: configuration, timeout: .seconds(max(1, self.timeout)))
         } catch {
-            FileHandle.standardError.write(Data("sluice: migration failed: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("sluice: migration failed: \(SecretScrubber.scrub("\(error)"))\n".utf8))
             throw ExitCode(1)
         }
     }
@@ -219,14 +320,30 @@ struct Chat: AsyncParsableCommand {
     @Option(name: .long, help: .init("Most tokens per answer.", valueName: "count"))
     var maxTokens: Int?
 
+    @Option(name: .long, help: .init("A file holding the token (JWT or API key) sent as Authorization: Bearer, for a gateway with authentication on.", valueName: "path"))
+    var tokenFile: String?
+
     func validate() throws {
         if let maxTokens = self.maxTokens, maxTokens < 1 {
             throw ValidationError("--max-tokens must be at least 1.")
         }
+        // A token in the URL would sit in argv (ps) and the gateway's access logs.
+        if Redaction.containsSecret(url: self.url) {
+            throw ValidationError("the URL carries a credential, which ps and access logs would show: put the token in a file and give --token-file PATH")
+        }
     }
 
     func run() async throws {
-        let status = await ChatClient.run(url: self.url, maxTokens: self.maxTokens)
+        var token: String?
+        if let path = self.tokenFile {
+            guard let data = FileManager.default.contents(atPath: path), var text = String(data: data, encoding: .utf8) else {
+                FileHandle.standardError.write(Data("sluice: cannot read --token-file \(path)\n".utf8))
+                throw ExitCode(66)
+            }
+            while text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }
+            token = text
+        }
+        let status = await ChatClient.run(url: self.url, maxTokens: self.maxTokens, bearerToken: token)
         if status != 0 { throw ExitCode(status) }
     }
 }
@@ -234,36 +351,74 @@ struct Chat: AsyncParsableCommand {
 /// `sluice token --sub alice`: an HS256 JWT for development (wscat, the terminal client, tests).
 struct Token: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print an HS256 JWT for a user (development; production tokens come from your identity provider).")
+        abstract: "Print an HS256 JWT for a user (development; production tokens come from your identity provider).",
+        discussion: """
+            The secret is the gateway's: --jwt-secret-file, else auth.jwt_secret / auth.jwt_secret_file from the \
+            configuration file or SLUICE_JWT_SECRET / SLUICE_AUTH_JWT_SECRET_FILE. Never an argument (ps shows those).
+            """)
 
     @Option(name: .long, help: .init("The user id (the token's sub).", valueName: "user"))
     var sub: String
 
-    @Option(name: .long, help: .init("The HS256 secret (default: $SLUICE_JWT_SECRET).", valueName: "secret"))
-    var jwtSecret: String?
+    @Option(name: .long, help: .init("A file holding the HS256 secret.", valueName: "path"))
+    var jwtSecretFile: String?
+
+    @Option(name: .long, help: .init("YAML configuration file (default: $SLUICE_CONFIG, else none).", valueName: "path"))
+    var config: String?
 
     @Option(name: .long, help: .init("Seconds until it expires.", valueName: "seconds"))
     var ttl: Int = 3600
 
+    /// Refused: see `refuseSecretInArguments`.
+    @Option(name: .long, help: .hidden)
+    var jwtSecret: String?
+
+    func validate() throws {
+        try refuseSecretInArguments(self.jwtSecret, option: "--jwt-secret")
+    }
+
     func run() async throws {
-        guard let secret = self.jwtSecret ?? ProcessInfo.processInfo.environment["SLUICE_JWT_SECRET"], !secret.isEmpty else {
-            FileHandle.standardError.write(Data("sluice: give --jwt-secret or set SLUICE_JWT_SECRET\n".utf8))
+        var overrides = ConfigurationOverrides()
+        overrides.jwtSecretFile = self.jwtSecretFile
+        let configuration = try loadConfiguration(file: self.config, overrides: overrides)
+        let secret: String?
+        do {
+            secret = try configuration.auth.resolvedJWTSecret()
+        } catch {
+            FileHandle.standardError.write(Data("sluice: \(error)\n".utf8))
+            throw ExitCode(64)
+        }
+        guard let secret, !secret.isEmpty else {
+            FileHandle.standardError.write(Data("sluice: no HS256 secret: give --jwt-secret-file PATH, or set SLUICE_AUTH_JWT_SECRET_FILE or SLUICE_JWT_SECRET\n".utf8))
             throw ExitCode(64)
         }
         print(try await Credentials.developmentToken(secret: secret, subject: self.sub, expiresIn: max(1, self.ttl)))
     }
 }
 
-/// `sluice hash-key KEY`: the SHA-256 that `auth.api_keys` holds instead of the key.
+/// `sluice hash-key < key.txt`: the SHA-256 that `auth.api_keys` holds instead of the key. The
+/// key is read from standard input (typed without echo on a terminal), never from an argument.
 struct HashKey: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "hash-key", abstract: "Print the SHA-256 of an API key, for auth.api_keys (user:HASH).")
+        commandName: "hash-key", abstract: "Print the SHA-256 of an API key read from stdin, for auth.api_keys (user:HASH).",
+        discussion: "e.g. printf %s \"$KEY\" | sluice hash-key, or sluice hash-key < key.txt; on a terminal it asks without echoing.")
 
-    @Argument(help: "The API key.")
-    var key: String
+    /// Refused: a key given as an argument shows in `ps` and in shell history.
+    @Argument(help: .hidden)
+    var key: String?
+
+    func validate() throws {
+        if self.key != nil {
+            throw ValidationError("the API key is read from standard input, not from an argument (ps and shell history would show it): printf %s \"$KEY\" | sluice hash-key")
+        }
+    }
 
     func run() throws {
-        print(Credentials.apiKeyHash(self.key))
+        guard let key = readSecretFromStandardInput(prompt: "API key: "), !key.isEmpty else {
+            FileHandle.standardError.write(Data("sluice: no API key on standard input\n".utf8))
+            throw ExitCode(64)
+        }
+        print(Credentials.apiKeyHash(key))
     }
 }
 
@@ -325,7 +480,7 @@ struct QuotaSet: AsyncParsableCommand {
             try await QuotaAdmin.set(
                 configuration: configuration, user: self.user, limit: limit, resetAt: resetAt, noReset: self.noReset, resetUsage: self.resetUsage)
         } catch {
-            FileHandle.standardError.write(Data("sluice: quota set failed: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("sluice: quota set failed: \(SecretScrubber.scrub("\(error)"))\n".utf8))
             throw ExitCode(1)
         }
     }
@@ -349,7 +504,7 @@ struct QuotaShow: AsyncParsableCommand {
         do {
             try await QuotaAdmin.show(configuration: configuration, user: self.user)
         } catch {
-            FileHandle.standardError.write(Data("sluice: quota show failed: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("sluice: quota show failed: \(SecretScrubber.scrub("\(error)"))\n".utf8))
             throw ExitCode(1)
         }
     }
@@ -420,7 +575,7 @@ struct Worker: AsyncParsableCommand {
         overrides.instanceID = self.instanceID
         self.storage.apply(to: &overrides)
         let configuration = try loadConfiguration(file: self.config, overrides: overrides)
-        try await SluiceWorker.run(configuration: configuration, concurrency: self.concurrency)
+        try await scrubbingErrors { try await SluiceWorker.run(configuration: configuration, concurrency: self.concurrency) }
     }
 }
 
@@ -449,7 +604,7 @@ struct QueueOptions: ParsableArguments {
         do {
             try await JobsAdmin.run(command, configuration: configuration)
         } catch {
-            FileHandle.standardError.write(Data("sluice: jobs \(what): \(error)\n".utf8))
+            FileHandle.standardError.write(Data("sluice: jobs \(what): \(SecretScrubber.scrub("\(error)"))\n".utf8))
             throw ExitCode(1)
         }
     }

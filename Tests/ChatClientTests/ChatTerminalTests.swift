@@ -6,7 +6,7 @@ import Testing
 /// client in a pseudo-terminal driven by tmux — type, watch the answer stream, Ctrl-C it,
 /// `/new`, Ctrl-D. Needs `tmux` on PATH (CI installs it) and the built `sluice` binary
 /// (`swift build --build-tests` builds it).
-@Suite(.serialized, .timeLimit(.minutes(1)))
+@Suite(.serialized, .timeLimit(.minutes(15)))
 struct ChatTerminalTests {
     static let packageRoot = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -101,16 +101,18 @@ struct ServerProcess {
         // Only built-in defaults: no config file or SLUICE_* settings from the environment.
         let environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
         let child = try ChildProcess(
-            executable, ["serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "info", "--log-format", "text", "--database-url", "memory"],
+            executable, ["serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "info", "--log-format", "text", "--database-url", "memory", "--admin-port", "0"],
             environment: environment, outputPath: logPath)
         return ServerProcess(child: child, logPath: logPath)
     }
 
-    /// The port from the `listening` log line.
+    /// The port from the public listener's `listening` log line (the admin listener's says
+    /// `sluice.listener=admin`).
     func port(timeout: Duration) async throws -> Int {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
-            if let match = self.log.firstMatch(of: /sluice\.address=\S*:(\d+)/), let port = Int(match.1) { return port }
+            let lines = self.log.split(separator: "\n").filter { $0.hasSuffix("listening") && !$0.contains("sluice.listener=") }
+            if let line = lines.first, let match = line.firstMatch(of: /sluice\.address=\S*:(\d+)/), let port = Int(match.1) { return port }
             guard self.child.isRunning else { break }
             try await Task.sleep(for: .milliseconds(50))
         }

@@ -75,6 +75,21 @@ import Testing
         #expect(try lenient.authenticate(credential: try await Self.hs256(Self.claims(expiresIn: nil))).get().expiresAt == nil)
     }
 
+    /// A sub is the user id in storage, keys and log lines: a newline or NUL in it, or 4 KiB
+    /// of it, is refused (found by the adversarial catalogue: jwt.sub-control-characters, jwt.sub-4KiB).
+    @Test func subjectsThatCannotBeUserIDsAreRefused() async throws {
+        let authenticator = try await Self.authenticator()
+        let unusable = "token sub is not a usable user id (at most 256 bytes, no control characters)"
+        for sub in ["eve\nadmin", "a\u{0}b", "tab\there", "del\u{7F}", "c1\u{85}", String(repeating: "s", count: 257)] {
+            let token = try await Self.hs256(Self.claims(sub: sub))
+            #expect(Self.failure(authenticator.authenticate(credential: token))?.message == unusable, "\(sub.debugDescription)")
+        }
+        for sub in [String(repeating: "s", count: 256), "auth0|5f7c8ec7c33c6c004bbafe82", "josé@example.com", "user with spaces"] {
+            let token = try await Self.hs256(Self.claims(sub: sub))
+            #expect(try authenticator.authenticate(credential: token).get().userID == sub)
+        }
+    }
+
     @Test func forgedUnsignedAndConfusedTokensAreRefused() async throws {
         let authenticator = try await Self.authenticator()
         // Signed with another secret.

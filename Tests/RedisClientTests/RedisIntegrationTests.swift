@@ -7,7 +7,7 @@ import Testing
 
 /// Against a real `redis-server` (one per test, random loopback port, temporary directory).
 /// Every wait is bounded; the bounds are semantic ("within 10 s"), not timing assertions.
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.timeLimit(.minutes(15)))
 struct RedisIntegrationTests {
     static let eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()
 

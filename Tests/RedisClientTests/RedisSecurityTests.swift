@@ -43,7 +43,7 @@ struct RedisSecurityTests {
         "--user", "app", "on", ">app-secret", "~app:*", "&app:*", "+@all",
     ]
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func passwordsAndACLUsersOnEveryKindOfConnection() async throws {
         try await RedisServerProcess.withServer(arguments: Self.aclArguments) { server in
             let base = "127.0.0.1:\(server.port)"
@@ -75,7 +75,7 @@ struct RedisSecurityTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func aWrongOrMissingPasswordIsAClearErrorWithoutTheSecret() async throws {
         try await RedisServerProcess.withServer(arguments: Self.aclArguments) { server in
             let base = "127.0.0.1:\(server.port)"
@@ -96,7 +96,7 @@ struct RedisSecurityTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func aRefusedLoginIsRetriedWithBackoffUntilItWorks() async throws {
         try await RedisServerProcess.withServer(arguments: ["--requirepass", "main-secret"]) { server in
             let admin = try await self.connect(try self.configuration("redis://:main-secret@127.0.0.1:\(server.port)"))
@@ -120,7 +120,7 @@ struct RedisSecurityTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func theURLsDatabaseIsSelectedOnEveryConnectionAndIsolatesKeys() async throws {
         try await RedisServerProcess.withServer(arguments: ["--requirepass", "main-secret"]) { server in
             let base = "redis://:main-secret@127.0.0.1:\(server.port)"
@@ -150,7 +150,7 @@ struct RedisSecurityTests {
 
     // MARK: TLS
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(15)))
     func tlsVerifiesTheServerByCAAndName() async throws {
         let pki = try await TestCertificates.make()
         defer { pki.remove() }
@@ -221,7 +221,7 @@ struct RedisSecurityTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(15)))
     func mutualTLSSendsTheClientCertificateWhenTheServerRequiresOne() async throws {
         let pki = try await TestCertificates.make()
         defer { pki.remove() }
@@ -252,7 +252,7 @@ struct RedisSecurityTests {
 
     // MARK: Deadlines and bounds
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func aFrozenServerFailsCommandsAtTheirDeadlineAndTheClientRecoversAfterSIGCONT() async throws {
         try await RedisServerProcess.withServer(arguments: ["--requirepass", "main-secret"]) { server in
             let configuration = try self.configuration("redis://:main-secret@127.0.0.1:\(server.port)/2", commandTimeout: .seconds(1))
@@ -296,7 +296,7 @@ struct RedisSecurityTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func pendingCommandsAreBoundedPerConnectionAndNoneIsLost() async throws {
         try await RedisServerProcess.withServer { server in
             // A deadline far away: only the bound is under test here.

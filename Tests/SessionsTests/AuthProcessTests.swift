@@ -38,7 +38,7 @@ import Testing
         return Int(result.output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(15)))
     func tokensAreCheckedBeforeTheUpgradeAndUsersSeeOnlyTheirOwn() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         try await RedisServerProcess.withServer { redis in
@@ -46,9 +46,12 @@ import Testing
                 let environment = [
                     "SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN": "10ms", "SLUICE_SIMULATOR_TOKENS_PER_SECOND": "20",
                     "SLUICE_SIMULATOR_ANSWER_TOKENS": "60", "SLUICE_AUTH_LEEWAY": "0s", "SLUICE_JWT_SECRET": Self.secret,
+                    "SLUICE_STORAGE_DATABASE_URL": postgres.url,
+                    // Opt-in since issue 15 (URLs end up in logs): this test uses ?token= too.
+                    "SLUICE_AUTH_QUERY_PARAMETER": "token",
                 ]
                 try await SluiceProcess.withProcesses(
-                    count: 2, arguments: ["--database-url", postgres.url, "--redis-url", redis.url], environment: environment
+                    count: 2, arguments: ["--redis-url", redis.url], environment: environment
                 ) { (processes: [SluiceProcess]) async throws -> Void in
                     for process in processes {
                         try await PersistenceProcessTests.eventually("/ready") { try await process.httpGet(path: "/ready").status == 200 }

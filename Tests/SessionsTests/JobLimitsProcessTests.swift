@@ -21,7 +21,7 @@ import Testing
         ["kind": "report", "input": ["prompt": "Locks and weirs", "sections": sections, "max_tokens": maxTokens]]
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func jobSubmissionsAreRequestsAndTheirTokenBudgetsComeFromTheTokenLimits() async throws {
         try await RedisServerProcess.withServer { redis in
             let environment = [
@@ -58,7 +58,7 @@ import Testing
         }
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(15)))
     func aJobsBudgetIsReservedInTheQuotaAndWhatItSpentIsCountedOnce() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-joblimits-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

@@ -14,7 +14,7 @@ import Testing
         return try #require(try JSONSerialization.jsonObject(with: Data(result.output[start...].utf8)) as? [String: Any])
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func chatCancelResumeAndIdleAgainstOneInstance() async throws {
         let environment = [
             "SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN": "10ms",
@@ -45,7 +45,40 @@ import Testing
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    /// The chaos scenario's accounting on a calm instance: every generation completes with one
+    /// `done`, the planned drops are resumed without a gap or a repeat, and the records say so.
+    @Test(.timeLimit(.minutes(15)))
+    func chaosRecordsEveryGenerationAndResumesItsDrops() async throws {
+        let environment = [
+            "SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN": "10ms",
+            "SLUICE_SIMULATOR_TOKENS_PER_SECOND": "200",
+            "SLUICE_STORAGE_DATABASE_URL": "memory",
+        ]
+        let records = FileManager.default.temporaryDirectory.appendingPathComponent("chaos-\(UUID().uuidString).jsonl")
+        defer { try? FileManager.default.removeItem(at: records) }
+        try await SluiceProcess.withProcesses(count: 1, environment: environment) { processes in
+            let chaos = try await Self.harness([
+                "chaos", "--url", processes[0].url, "--users", "4", "--duration", "3", "--max-tokens", "20",
+                "--drop-fraction", "0.5", "--turns-per-conversation", "2", "--end-timeout", "20", "--records", records.path,
+            ])
+            let generations = try #require(chaos["generations"] as? Int)
+            #expect(generations >= 4 && chaos["completed"] as? Int == generations, "\(chaos)")
+            #expect(chaos["violations"] as? Int == 0 && chaos["without_terminal"] as? Int == 0)
+            let drops = try #require(chaos["planned_drops"] as? Int)
+            #expect(drops >= 1 && chaos["resumes"] as? Int == drops && chaos["completed_resumed"] as? Int == drops, "\(chaos)")
+            let lines = try String(contentsOf: records, encoding: .utf8).split(separator: "\n")
+            #expect(lines.count == chaos["requests"] as? Int)
+            for line in lines {
+                let record = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+                #expect(record["last_seq"] as? Int == 20 && record["missing"] as? Int == 0 && record["repeated"] as? Int == 0)
+                #expect((record["terminals"] as? [[String: Any]])?.count == 1 && record["completed"] as? Bool == true)
+                #expect((record["prompt"] as? String)?.contains(record["request_id"] as? String ?? "?") == true)
+                #expect(!(record["text_json"] as? String ?? "").isEmpty && record["conversation_id"] != nil)
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(15)))
     func echoAgainstTheEchoServer() async throws {
         try await SluiceProcess.withProcesses(count: 1, arguments: ["--echo"]) { processes in
             let echo = try await Self.harness(["echo", "--url", processes[0].url, "--users", "4", "--count", "200", "--duration", "20"])

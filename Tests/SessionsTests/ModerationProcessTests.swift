@@ -6,7 +6,7 @@ import Testing
 /// Input checks on the real binary: configured rules, injection markers and an
 /// OpenAI-compatible moderation service (a real HTTP server on loopback).
 @Suite struct ModerationProcessTests {
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func refusedInputNeverReachesTheUpstreamOrTheHistory() async throws {
         let upstream = try await FakeUpstream.start { request in
             if request.uri.hasSuffix("/v1/moderations") {
@@ -50,7 +50,7 @@ import Testing
             try await client.send(["type": "conversation.list"])
             let list = try await client.until(type: "conversation.list.result", timeout: .seconds(10))
             #expect((list["conversations"] as? [Any])?.count == 1)
-            let samples = MetricsProcessTests.parse(try await processes[0].httpGet(path: "/metrics").body)
+            let samples = MetricsProcessTests.parse(try await processes[0].adminGet(path: "/metrics").body)
             #expect(samples["sluice_content_rejected_total"] == 3)
             await client.close()
         }

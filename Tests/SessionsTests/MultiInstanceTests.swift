@@ -365,6 +365,90 @@ import WSServer
         }
     }
 
+    /// Found by loadtest/chaos.sh (issue 15): while Redis restarts, the owner's publishes fail and
+    /// were dropped for good, so a follower on another instance got a gap in its seqs, and one
+    /// whose answer ended during the outage never got its `generation.done`. (This Redis keeps no
+    /// data, so the restart also wipes every stream: the worst case.)
+    @Test func aFollowerElsewhereMissesNothingAcrossARedisRestart() async throws {
+        try await Self.run(simulator: { $0.tokensPerSecond = 100; $0.answerTokens = 600 }) { redis, instances in
+            let longText = SimulatorEngine.tokens(for: "a long answer", seed: 0, count: 600).joined()
+            let shortText = SimulatorEngine.tokens(for: "a short answer", seed: 0, count: 150).joined()
+            // Two answers on instance 0, each followed from instance 1 from its start: a short one
+            // that ends while Redis is down and a long one that goes on after it is back.
+            let longOwner = try await instances[0].connect()
+            try await longOwner.send(["type": "chat.send", "content": "a long answer", "max_tokens": 600])
+            let longID = try #require(try await longOwner.next()["generation_id"] as? String)
+            let shortOwner = try await instances[0].connect()
+            try await shortOwner.send(["type": "chat.send", "content": "a short answer", "max_tokens": 150])
+            let shortID = try #require(try await shortOwner.next()["generation_id"] as? String)
+            let longFollower = try await instances[1].connect()
+            try await longFollower.send(["type": "generation.resume", "generation_id": longID, "after_seq": 0])
+            #expect(try await longFollower.next()["type"] as? String == "generation.started")
+            let shortFollower = try await instances[1].connect()
+            try await shortFollower.send(["type": "generation.resume", "generation_id": shortID, "after_seq": 0])
+            #expect(try await shortFollower.next()["type"] as? String == "generation.started")
+            var longSeen: [[String: Any]] = [try await longFollower.next()]
+            var shortSeen: [[String: Any]] = [try await shortFollower.next()]
+
+            await redis.kill()
+            try await Self.eventually("the owner notices") { !instances[0].fanOut.isHealthy }
+            // The owners' own streams go on: the short answer ends, the long one moves on.
+            var shortOwnerMessages: [[String: Any]] = []
+            #expect(try await shortOwner.until("generation.done", &shortOwnerMessages)["finish_reason"] as? String == "length")
+            var longOwnerMessages: [[String: Any]] = []
+            while Self.text(longOwnerMessages, 0).lastSeq < 250 { longOwnerMessages.append(try await longOwner.next()) }
+            try await redis.restart()
+
+            // Every seq exactly once and one done, for both, on the other instance.
+            let shortDone = try await shortFollower.until("generation.done", &shortSeen)
+            #expect(Self.text(shortSeen, 0).text == shortText)
+            #expect(shortDone["seq"] as? Int == 150 && shortDone["finish_reason"] as? String == "length")
+            let longDone = try await longFollower.until("generation.done", &longSeen)
+            #expect(Self.text(longSeen, 0).text == longText)
+            #expect(longDone["seq"] as? Int == 600 && longDone["finish_reason"] as? String == "stop")
+            // And a resume after it all, elsewhere, replays the whole answer from Redis.
+            let late = try await instances[1].connect()
+            try await late.send(["type": "generation.resume", "generation_id": shortID, "after_seq": 0])
+            #expect(try await late.next()["type"] as? String == "generation.started")
+            var replay: [[String: Any]] = []
+            _ = try await late.until("generation.done", &replay)
+            #expect(Self.text(replay, 0).text == shortText)
+        }
+    }
+
+    /// Found by loadtest/chaos.sh (issue 15): an instance killed and started again under the same
+    /// id (what a supervisor does) refreshed the same liveness key, so the dead process's
+    /// generations looked alive for ever and their followers waited with no end.
+    @Test func anInstanceRestartedUnderTheSameIDDoesNotReviveItsPredecessorsGenerations() async throws {
+        var broker = RedisBrokerConfiguration()
+        broker.ownerTTL = .milliseconds(600)
+        broker.livenessInterval = .milliseconds(200)
+        try await Self.run(simulator: { $0.tokensPerSecond = 20; $0.answerTokens = 10_000 }) { redis, instances in
+            let owner = try await instances[0].connect()
+            try await owner.send(["type": "chat.send", "content": "orphaned", "max_tokens": 10_000])
+            let generationID = try #require(try await owner.next()["generation_id"] as? String)
+            var seen: [[String: Any]] = [try await owner.next()]
+            let follower = try await instances[1].connect()
+            try await follower.send(["type": "generation.resume", "generation_id": generationID, "after_seq": 0])
+            #expect(try await follower.next()["type"] as? String == "generation.started")
+            // gw-0 dies (its Redis side goes silent; its liveness key would expire) and a new
+            // process takes its name at once.
+            await instances[0].fanOut.shutdown()
+            let successor = try await Instance(
+                name: instances[0].name, redisURL: redis.url, simulator: SimulatorEngine.Configuration(), broker: broker)
+            do {
+                try await Self.eventually("the successor is up") { successor.fanOut.isHealthy }
+                let done = try await follower.until("generation.done", &seen)
+                #expect(done["finish_reason"] as? String == "error")
+                #expect((done["error"] as? [String: Any])?["code"] as? String == "owner_lost")
+            } catch {
+                await successor.stop()
+                throw error
+            }
+            await successor.stop()
+        }
+    }
+
     @Test func presenceListsAUsersConnectionsOnEveryInstance() async throws {
         try await Self.run { _, instances in
             let onA = try await instances[0].connect(path: "/v1/ws?user=alice")

@@ -45,7 +45,7 @@ import Testing
         return SpawnedChild(pid: pid)
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(15)))
     func aDrainBehindNginxLosesNothing() async throws {
         let environment = [
             "SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN": "20ms",
@@ -56,7 +56,8 @@ import Testing
         try await RedisServerProcess.withServer { redis in
             try await PostgresServerProcess.withServer { postgres in
                 try await SluiceProcess.withProcesses(
-                    count: 3, arguments: ["--redis-url", redis.url, "--database-url", postgres.url], environment: environment,
+                    count: 3, arguments: ["--redis-url", redis.url],
+                    environment: environment.merging(["SLUICE_STORAGE_DATABASE_URL": postgres.url]) { $1 },
                     instanceEnvironment: { ["SLUICE_INSTANCE_ID": "gw-\($0)"] }
                 ) { (gateways: [SluiceProcess]) async throws -> Void in
                     try await Self.drainBehindNginx(gateways)

@@ -6,7 +6,7 @@ import Testing
 /// The official `openai` Python package (PyPI) against the real binary's
 /// `/v1/chat/completions` and `/v1/models`, with authentication on and a real HTTP upstream.
 @Suite struct OpenAIFrontDoorProcessTests {
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func theOpenAIPythonPackageStreamsAChatThroughTheGateway() async throws {
         let upstream = try await FakeUpstream.start { request in
             let messages = request.json?["messages"] as? [[String: Any]] ?? []

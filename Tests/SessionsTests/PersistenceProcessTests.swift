@@ -38,7 +38,7 @@ import Testing
         try await SluiceTestSupport.eventually(what, timeout: timeout, condition)
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func aRestartedGatewayKeepsItsHistory() async throws {
         let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-data-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dataDirectory) }
@@ -74,14 +74,14 @@ import Testing
             let client = try await JSONWebSocketClient.connect(port: process.port, group: group, query: "?user=erin")
             _ = try await client.next()
             #expect(try await Self.chat(client, "still there?", in: conversation).conversation == conversation)
-            let stats = try Self.json(try await process.httpGet(path: "/v1/stats").body)
+            let stats = try Self.json(try await process.adminGet(path: "/v1/stats").body)
             #expect((stats["conversation_cache"] as? [String: Any])?["misses"] as? Int == 1)
             // Another user cannot read it.
             #expect(try await process.httpGet(path: "/v1/conversations/\(conversation)/messages?user=mallory").status == 404)
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(15)))
     func migrateCreatesTheEmbeddedDatabaseAndRefusesABadURL() async throws {
         let dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-migrate-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: dataDirectory) }
@@ -92,21 +92,22 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: dataDirectory + "/sluice.db"))
         let bad = try await SluiceProcess.runCommand(["migrate", "--database-url", "mysql://nope"])
         #expect(bad.status == 78 && bad.output.contains("storage.database_url"), "\(bad.output)")
-        let unreachable = try await SluiceProcess.runCommand(["migrate", "--timeout", "2", "--database-url", "postgres://u:p@127.0.0.1:1/x?sslmode=disable"])
+        let unreachable = try await SluiceProcess.runCommand(
+            ["migrate", "--timeout", "2"], environment: ["SLUICE_STORAGE_DATABASE_URL": "postgres://u:p@127.0.0.1:1/x?sslmode=disable"])
         #expect(unreachable.status == 1 && unreachable.output.contains("migration failed"), "\(unreachable.output)")
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(15)))
     func postgresStoppedMidChatThenRestartedStoresEveryMessageOnce() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         try await PostgresServerProcess.withServer { postgres in
             // `sluice migrate` creates the schema, and running it again changes nothing.
             for _ in 0..<2 {
-                let migrated = try await SluiceProcess.runCommand(["migrate", "--database-url", postgres.url])
+                let migrated = try await SluiceProcess.runCommand(["migrate"], environment: ["SLUICE_STORAGE_DATABASE_URL": postgres.url])
                 #expect(migrated.status == 0 && migrated.output.contains("migrated postgres"), "\(migrated.output)")
             }
             try await SluiceProcess.withProcesses(
-                count: 1, arguments: ["--database-url", postgres.url], environment: Self.environment
+                count: 1, environment: Self.environment.merging(["SLUICE_STORAGE_DATABASE_URL": postgres.url]) { $1 }
             ) { processes in
                 let process = processes[0]
                 try await Self.eventually("/ready after migrations") { try await process.httpGet(path: "/ready").status == 200 }
@@ -133,21 +134,21 @@ import Testing
                 try await turn("a follow-up while down", in: turns[3].conversation)
                 try await turn("old conversation while down", in: turns[0].conversation)
 
-                let stats = try Self.json(try await process.httpGet(path: "/v1/stats").body)
+                let stats = try Self.json(try await process.adminGet(path: "/v1/stats").body)
                 let pending = (stats["write_queue"] as? [String: Any])?["pending"] as? Int ?? 0
                 #expect(pending >= 6, "\(stats)")  // at least the four turns since the stop, two messages each, minus a lucky batch
 
                 try await postgres.restart()
                 // postgres-nio's pool backs off up to 60 s between reconnects while the database is down.
                 try await Self.eventually("the queue drained into PostgreSQL", timeout: .seconds(90)) {
-                    let stats = try Self.json(try await process.httpGet(path: "/v1/stats").body)
+                    let stats = try Self.json(try await process.adminGet(path: "/v1/stats").body)
                     return (stats["write_queue"] as? [String: Any])?["pending"] as? Int == 0
                 }
 
                 // Every message stored exactly once, in order, with its answer's text.
                 var logger = Logger(label: "test")
                 logger.logLevel = .critical
-                let reader = PostgresStorage(configuration: .init(url: try PostgresURL(postgres.url)), logger: logger)
+                let reader = try PostgresStorage(configuration: .init(url: try PostgresURL(postgres.url)), logger: logger)
                 let pool = Task { await reader.run() }
                 defer { pool.cancel() }
                 let conversations = try await reader.listConversations(userExternalID: "frank", before: nil, limit: 50)

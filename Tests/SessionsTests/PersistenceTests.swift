@@ -134,7 +134,7 @@ import WSServer
         FileManager.default.temporaryDirectory.appendingPathComponent("sluice-persist-\(UUID().uuidString)/sluice.db").path
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func contextComesFromStorageAndSurvivesARestart() async throws {
         let (upstream, engine) = try await Self.echoingUpstream()
         defer { Task { await upstream.stop() } }
@@ -203,7 +203,7 @@ import WSServer
         await storage.shutdown()
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func historyPagesAndUsersSeeOnlyTheirOwn() async throws {
         let (upstream, engine) = try await Self.echoingUpstream()
         defer { Task { await upstream.stop() } }
@@ -269,13 +269,13 @@ import WSServer
         await storage.shutdown()
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func aFullWriteQueueRefusesNewChatsWithARetryableError() async throws {
         let (upstream, engine) = try await Self.echoingUpstream()
         defer { Task { await upstream.stop() } }
         // A real PostgreSQL client pointed at a port where nothing listens: every write fails.
         let closedPort = try PostgresServerProcess.freePort()
-        let unreachable = PostgresStorage(configuration: .init(
+        let unreachable = try PostgresStorage(configuration: .init(
             url: try PostgresURL("postgres://sluice:x@127.0.0.1:\(closedPort)/sluice?sslmode=disable"), connectTimeout: .milliseconds(200), operationTimeout: .milliseconds(300)))
         let pool = Task { await unreachable.run() }
         defer { pool.cancel() }
@@ -300,7 +300,7 @@ import WSServer
         await unreachable.shutdown()
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func theRedisCacheAnswersContextAndIsRefilledFromStorage() async throws {
         let (upstream, engine) = try await Self.echoingUpstream()
         defer { Task { await upstream.stop() } }

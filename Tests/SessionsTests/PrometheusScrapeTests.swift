@@ -6,7 +6,7 @@ import NIOPosix
 @testable import SluiceTestSupport
 import Testing
 
-/// A real Prometheus (Debian's package) scrapes a real `sluice serve`'s `/metrics`, with the
+/// A real Prometheus (Debian's package) scrapes a real `sluice serve`'s `/metrics` on its admin port, with the
 /// alert rules of `deploy/prometheus/alerts.yml` loaded: the target is up and the gateway's
 /// series are queryable.
 @Suite struct PrometheusScrapeTests {
@@ -26,7 +26,7 @@ import Testing
         return ((result?["value"] as? [Any])?.last as? String).flatMap(Double.init)
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func prometheusScrapesTheGateway() async throws {
         let prometheus = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].first { FileManager.default.isExecutableFile(atPath: $0) }
         let binary = try #require(prometheus, "Debian's prometheus package is needed (.ci/run installs it)")
@@ -44,7 +44,7 @@ import Testing
                 scrape_configs:
                   - job_name: sluice
                     static_configs:
-                      - targets: ["127.0.0.1:\(gateway.port)"]
+                      - targets: ["127.0.0.1:\(gateway.adminPort)"]
                 """
             try configuration.write(to: directory.appendingPathComponent("prometheus.yml"), atomically: true, encoding: .utf8)
             let port = try SluiceProcess.freePort()

@@ -50,7 +50,7 @@ import Testing
         ]
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func toolCallsOfOneTurnRunConcurrentlyAreShownToTheClientLoggedAndFedBack() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         let upstream = try await FakeUpstream.start(script: Self.script)

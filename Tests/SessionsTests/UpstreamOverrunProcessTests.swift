@@ -7,7 +7,7 @@ import Testing
 /// the gateway hold more than the answer it asked for: every front door cuts it at `max_tokens`
 /// deltas, and at 64 bytes a token (at least 64 KiB), and ends the answer with `length`.
 @Suite struct UpstreamOverrunProcessTests {
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func anUpstreamThatIgnoresMaxTokensIsCutAtMaxTokensAndAtTheByteBound() async throws {
         let upstream = try await FakeUpstream.start { request in
             let messages = request.json?["messages"] as? [[String: Any]] ?? []

@@ -7,7 +7,7 @@ import Testing
 /// `pool`), the first refusing connections: clients never see it, its circuit opens, and
 /// `/metrics` shows both.
 @Suite struct UpstreamPoolProcessTests {
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(15)))
     func aDeadReplicaIsInvisibleToClientsAndItsCircuitOpens() async throws {
         let good = try await FakeUpstream.start { request in
             let messages = request.json?["messages"] as? [[String: Any]] ?? []
@@ -39,7 +39,7 @@ import Testing
                 #expect(events.compactMap { $0["text"] as? String }.joined() == "re: turn \(turn)")
             }
             #expect(good.requests.count == 4)
-            let samples = MetricsProcessTests.parse(try await processes[0].httpGet(path: "/metrics").body)
+            let samples = MetricsProcessTests.parse(try await processes[0].adminGet(path: "/metrics").body)
             #expect(samples[#"sluice_upstream_circuit_state{pool="chat",replica="a"}"#] == 2, "\(samples.keys.filter { $0.contains("upstream") })")
             #expect(samples[#"sluice_upstream_circuit_state{pool="chat",replica="b"}"#] == 0)
             #expect(samples[#"sluice_upstream_replica_requests_total{pool="chat",replica="a",status="upstream_unavailable"}"#] == 2)

@@ -3,6 +3,7 @@ import NIOCore
 import Jobs
 import RedisClient
 @testable import SluiceApp
+import Storage
 import Testing
 import WSServer
 
@@ -64,7 +65,7 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
     @Test func productionExampleFile() throws {
         let path = configDirectory.appendingPathComponent("sluice.production.yaml").path
         let configuration = try ConfigurationLoader.load(filePath: path, environment: [
-            "SLUICE_STORAGE_DATABASE_URL": "postgres://sluice:pw@postgres:5432/sluice?sslmode=require",
+            "SLUICE_STORAGE_DATABASE_URL": "postgres://sluice:pw@postgres:5432/sluice?sslmode=verify-full&sslrootcert=/etc/sluice/tls/postgres-ca.pem",
             "SLUICE_REDIS_URL": "redis://sluice:pw@redis:6379/0",
         ])
         #expect(configuration.upstreams.map(\.poolName) == ["small", "small", "large"])
@@ -78,7 +79,19 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         let redis = try #require(try configuration.redis.clientConfiguration())
         #expect(redis.url.user == "sluice" && redis.url.hasCredentials && redis.tls.verifiesCertificates)
         #expect(redis.commandTimeout == .seconds(2))
-        #expect(try configuration.storage.backend == .postgres("postgres://sluice:pw@postgres:5432/sluice?sslmode=require"))
+        #expect(try configuration.storage.backend == .postgres("postgres://sluice:pw@postgres:5432/sluice?sslmode=verify-full&sslrootcert=/etc/sluice/tls/postgres-ca.pem"))
+        // Safe on the internet: the admin listener is its own port, tokens never in URLs, only its own pages.
+        #expect(configuration.admin.enabled && configuration.admin.port != configuration.server.port)
+        #expect(!configuration.server.allowedOrigins.isEmpty && !configuration.server.allowedOrigins.contains("*"))
+    }
+
+    /// What the production example tells operators to put in SLUICE_STORAGE_DATABASE_URL
+    /// verifies the server (and the example says so).
+    @Test func productionExampleVerifiesPostgreSQL() throws {
+        let text = try String(contentsOfFile: configDirectory.appendingPathComponent("sluice.production.yaml").path, encoding: .utf8)
+        let line = try #require(text.split(separator: "\n").first { $0.contains("SLUICE_STORAGE_DATABASE_URL") })
+        let url = try #require(line.split(separator: " ").first { $0.hasPrefix("postgres://") })
+        #expect(try PostgresURL(String(url)).verification == .full)
     }
 
     @Test func autobahnFile() throws {
@@ -165,7 +178,6 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
             "SLUICE_ECHO": "true",
             "SLUICE_SERVER_ALLOWED_ORIGINS": "https://a.example, https://b.example",
             "SLUICE_WEBSOCKET_MAX_FRAME_SIZE": "64KiB",
-            "SLUICE_UNRELATED_TOOL_SETTING": "ignored",  // shared prefix: not an error
             "SLUICE_CONFIG": "/not/read/by/load",
         ])
         #expect(configuration.server.port == 9100)
@@ -685,9 +697,9 @@ private func configurationError(_ body: () throws -> Void) -> ConfigurationError
         configuration = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_STORAGE_DATABASE_URL": "memory"])
         #expect(try configuration.storage.backend == .memory)
         var overrides = ConfigurationOverrides()
-        overrides.databaseURL = "postgres://u:p@127.0.0.1:5433/chat"
+        overrides.databaseURL = "postgres://u@127.0.0.1:5433/chat"
         configuration = try ConfigurationLoader.load(filePath: nil, environment: ["SLUICE_STORAGE_DATABASE_URL": "memory"], overrides: overrides)
-        #expect(try configuration.storage.backend == .postgres("postgres://u:p@127.0.0.1:5433/chat"))
+        #expect(try configuration.storage.backend == .postgres("postgres://u@127.0.0.1:5433/chat"))
         overrides = ConfigurationOverrides()
         overrides.databaseURL = "sqlite:///tmp/x.db"
         overrides.dataDirectory = "/ignored"

@@ -28,6 +28,10 @@ public final class FakeUpstream: Sendable {
         case close
         /// Stop here, keeping the connection open.
         case hang
+        /// Write this text again and again, for as long as the peer reads it, until the
+        /// connection closes (a never-ending answer). Never more than the socket takes: the
+        /// writes wait while the channel is not writable, so the fake holds little.
+        case forever(String)
     }
 
     public struct Log: Sendable {
@@ -160,6 +164,28 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
+    /// The text of a `.forever` step being written, if one is.
+    private var endless: ByteBuffer?
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, self.endless != nil { self.pump(context: context) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Writes the endless text while the channel takes it, a batch per event-loop turn.
+    private func pump(context: ChannelHandlerContext) {
+        guard self.isActive, let text = self.endless else { return }
+        var batch = 0
+        while self.isActive && context.channel.isWritable && batch < 64 {
+            context.write(self.wrapOutboundOut(text), promise: nil)
+            batch += 1
+        }
+        context.flush()
+        if self.isActive && context.channel.isWritable {
+            context.eventLoop.assumeIsolated().execute { self.pump(context: context) }
+        }
+    }
+
     private func run(context: ChannelHandlerContext) {
         while self.isActive, let step = self.steps.popFirst() {
             switch step {
@@ -174,6 +200,10 @@ final class FakeUpstreamHandler: ChannelInboundHandler {
                 context.close(promise: nil)
                 return
             case .hang:
+                return
+            case .forever(let text):
+                self.endless = ByteBuffer(string: text)
+                self.pump(context: context)
                 return
             }
         }

@@ -2,6 +2,11 @@
 /// instances) run one at a time, and never beside the timing-sensitive tests (heartbeats,
 /// close and handshake timeouts). On 2 cores those would otherwise be starved and fail for no
 /// fault of the code. A reader/writer gate: heavy tests are writers, sensitive ones readers.
+///
+/// Swift Testing starts every test at once, so a test's `.timeLimit` also counts its wait at
+/// this gate, behind every heavy test queued before it (minutes, in a full run). Tests that
+/// pass the gate therefore take `.timeLimit(.minutes(15))`: a guard against a hang, not a
+/// measure of speed (timings belong in loadtest/).
 enum HeavyTests {
     @TaskLocal static var holding = false
 

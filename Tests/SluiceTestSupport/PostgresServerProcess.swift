@@ -37,6 +37,17 @@ final class PostgresServerProcess: Sendable {
     private let runAs: SystemUser?
     private let child = Mutex<SpawnedChild?>(nil)
     private let chosenPort: Mutex<Int>
+    /// With TLS on (`start(tls:)`): `ssl=on` with this certificate and key, and client
+    /// certificates checked against `clientCA` when given.
+    private let tls: TLSFiles?
+
+    /// A server certificate and key (PEM) for `ssl=on`, and optionally the CA that client
+    /// certificates are checked against (`ssl_ca_file`: a client may then present one).
+    struct TLSFiles: Sendable {
+        var certificate: String
+        var key: String
+        var clientCA: String?
+    }
 
     /// `postgres://sluice:<password>@127.0.0.1:<port>/sluice?sslmode=disable`
     var url: String {
@@ -45,11 +56,12 @@ final class PostgresServerProcess: Sendable {
 
     var dataDirectory: URL { self.directory.appendingPathComponent("data", isDirectory: true) }
 
-    private init(binDirectory: String, runAs: SystemUser?, port: Int, directory: URL) {
+    private init(binDirectory: String, runAs: SystemUser?, port: Int, directory: URL, tls: TLSFiles?) {
         self.binDirectory = binDirectory
         self.runAs = runAs
         self.chosenPort = Mutex(port)
         self.directory = directory
+        self.tls = tls
         self.password = UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
     }
 
@@ -87,7 +99,7 @@ final class PostgresServerProcess: Sendable {
 
     /// Creates a cluster and starts the server, waiting until it accepts connections. Retries on
     /// another port if the one picked was taken in the meantime.
-    static func start(timeout: Duration = PostgresServerProcess.defaultTimeout) async throws -> PostgresServerProcess {
+    static func start(timeout: Duration = PostgresServerProcess.defaultTimeout, tls: TLSFiles? = nil) async throws -> PostgresServerProcess {
         guard let binDirectory = Self.findBinDirectory() else {
             throw PostgresServerProcessError(description: "PostgreSQL server binaries not found (apt-get install postgresql)")
         }
@@ -102,7 +114,22 @@ final class PostgresServerProcess: Sendable {
         let temporary = runAs == nil ? FileManager.default.temporaryDirectory : URL(fileURLWithPath: "/tmp")
         let directory = temporary.appendingPathComponent("sluice-pg-\(UUID().uuidString)", isDirectory: true)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let server = PostgresServerProcess(binDirectory: binDirectory, runAs: runAs, port: try Self.freePort(), directory: directory)
+        // The server's copies: postgres insists its key be 0600 and owned by the user it runs as.
+        var serverTLS: TLSFiles?
+        if let tls {
+            var copies = TLSFiles(certificate: directory.appendingPathComponent("server.crt").path,
+                                  key: directory.appendingPathComponent("server.key").path)
+            if tls.clientCA != nil { copies.clientCA = directory.appendingPathComponent("client-ca.crt").path }
+            var files = [(tls.certificate, copies.certificate), (tls.key, copies.key)]
+            if let from = tls.clientCA, let to = copies.clientCA { files.append((from, to)) }
+            for (from, to) in files {
+                try FileManager.default.copyItem(atPath: from, toPath: to)
+                _ = chmod(to, 0o600)
+                if let runAs { _ = chown(to, runAs.uid, runAs.gid) }
+            }
+            serverTLS = copies
+        }
+        let server = PostgresServerProcess(binDirectory: binDirectory, runAs: runAs, port: try Self.freePort(), directory: directory, tls: serverTLS)
         if let runAs {
             guard chown(directory.path, runAs.uid, runAs.gid) == 0 else {
                 throw PostgresServerProcessError(description: "chown \(directory.path) failed: errno \(errno)")
@@ -129,10 +156,11 @@ final class PostgresServerProcess: Sendable {
     /// Runs `body` with a fresh server, then stops it and removes its directory whatever happens.
     static func withServer<T>(
         timeout: Duration = PostgresServerProcess.defaultTimeout,
+        tls: TLSFiles? = nil,
         _ body: (PostgresServerProcess) async throws -> T
     ) async throws -> T {
         try await HeavyTests.exclusively {
-            let server = try await Self.start(timeout: timeout)
+            let server = try await Self.start(timeout: timeout, tls: tls)
             do {
                 let result = try await body(server)
                 await server.kill()
@@ -222,7 +250,7 @@ final class PostgresServerProcess: Sendable {
     }
 
     private func launch(timeout: Duration) async throws {
-        let arguments = [
+        var arguments = [
             "-D", self.dataDirectory.path,
             "-p", String(self.port),
             "-k", self.directory.path,
@@ -234,6 +262,10 @@ final class PostgresServerProcess: Sendable {
             "-c", "shared_buffers=16MB",
             "-c", "max_connections=40",
         ]
+        if let tls = self.tls {
+            arguments += ["-c", "ssl=on", "-c", "ssl_cert_file=\(tls.certificate)", "-c", "ssl_key_file=\(tls.key)"]
+            if let clientCA = tls.clientCA { arguments += ["-c", "ssl_ca_file=\(clientCA)"] }
+        }
         let pid = try self.spawn(self.binDirectory + "/postgres", arguments: arguments,
                                  stdin: nil, output: self.logPath)
         self.child.withLock { $0 = SpawnedChild(pid: pid) }

@@ -43,12 +43,15 @@ final class RawClient: Sendable {
     /// certificate (no hostname check). With `autoRead` false the client does not read from the
     /// socket until `resumeReading()`, so the server sees a peer whose receive window fills up.
     /// `socketBufferSize` fixes SO_RCVBUF/SO_SNDBUF (no kernel autotuning) so that window stays small.
+    /// `localAddress` binds the client's end first: any 127.x.y.z is this host, so a test can
+    /// be many client addresses (per-address limits) without any network setup.
     static func connect(
         port: Int,
         group: any EventLoopGroup,
         trustedCertificate: NIOSSLCertificate? = nil,
         autoRead: Bool = true,
-        socketBufferSize: Int? = nil
+        socketBufferSize: Int? = nil,
+        localAddress: String? = nil
     ) async throws -> RawClient {
         let state = RawClientState()
         var sslContext: NIOSSLContext?
@@ -66,6 +69,9 @@ final class RawClient: Sendable {
             bootstrap = bootstrap
                 .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(socketBufferSize))
                 .channelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(socketBufferSize))
+        }
+        if let localAddress {
+            bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: localAddress, port: 0))
         }
         let channel = try await bootstrap
             .channelInitializer { channel in
@@ -113,6 +119,17 @@ final class RawClient: Sendable {
         try? await self.channel.close().get()
     }
 
+    /// This end's port (for /proc/net/tcp).
+    var localPort: Int? { self.channel.localAddress?.port }
+
+    /// Whether the server has hung up (sent FIN or reset), seen from the kernel's socket state,
+    /// so a client that is not reading can tell.
+    var serverHasHungUp: Bool {
+        guard let port = self.localPort else { return true }
+        guard let state = ProcessResources.tcpState(localPort: port) else { return true }
+        return state != 1  // anything but ESTABLISHED: CLOSE_WAIT, CLOSE, …
+    }
+
     var isClosed: Bool { self.state.bytes.withLock { $0.isClosed } }
     var totalBytesReceived: Int { self.state.bytes.withLock { $0.totalBytesReceived } }
     /// When the connection closed (either side), if it did.
@@ -142,6 +159,43 @@ final class RawClient: Sendable {
         try await self.waitFor("an HTTP response", timeout: timeout) { state in
             Self.takeHTTPResponse(from: &state)
         }
+    }
+
+    /// The next HTTP response, or nil when the server closed the connection without (another)
+    /// one. Throws only on timeout.
+    func readHTTPResponseOrClose(timeout: Duration = RawClient.defaultTimeout) async throws -> RawHTTPResponse? {
+        do {
+            return try await self.readHTTPResponse(timeout: timeout)
+        } catch let error as RawClientError {
+            if self.isClosed, let response = self.state.bytes.withLock({ Self.takeHTTPResponse(from: &$0) }) { return response }
+            if self.isClosed { return nil }
+            throw error
+        }
+    }
+
+    /// Bytes received and not consumed by a response or frame yet.
+    var unconsumedBytes: [UInt8] {
+        self.state.bytes.withLock { Array($0.received[$0.readIndex...]) }
+    }
+
+    /// A slow writer: `bytes` one chunk of `chunkSize` at a time with `pause` between chunks,
+    /// until all are sent or the server closes the connection. Returns how many bytes went out
+    /// and whether the server closed first. The pauses pace the writer (they are the attack),
+    /// they never stand in for waiting on an event.
+    func trickle(_ bytes: [UInt8], chunkSize: Int = 1, pause: Duration) async -> (sent: Int, closedByServer: Bool) {
+        var sent = 0
+        while sent < bytes.count {
+            if self.isClosed { return (sent, true) }
+            let end = min(bytes.count, sent + max(1, chunkSize))
+            do {
+                try await self.send(Array(bytes[sent..<end]))
+            } catch {
+                return (sent, true)
+            }
+            sent = end
+            if sent < bytes.count { try? await Task.sleep(for: pause) }
+        }
+        return (sent, self.isClosed)
     }
 
     private static func takeHTTPResponse(from bytes: inout RawClientState.Bytes) -> RawHTTPResponse? {
@@ -385,6 +439,35 @@ final class ClientDeflate {
                 }
                 output.append(contentsOf: chunk[..<produced])
             } while self.deflateStream.avail_out == 0
+        }
+        precondition(output.suffix(4) == [0x00, 0x00, 0xFF, 0xFF], "sync flush must end with an empty stored block")
+        return Array(output.dropLast(4))
+    }
+
+    /// A deflate bomb: `count` copies of `byte` compressed as one message (a few hundred bytes
+    /// per MiB), fed to zlib a MiB at a time so the test never holds the inflated size.
+    func compressRepeated(_ byte: UInt8, count: Int) -> [UInt8] {
+        var output: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        let block = [UInt8](repeating: byte, count: 1 << 20)
+        var remaining = count
+        while remaining > 0 {
+            let take = min(remaining, block.count)
+            remaining -= take
+            let flush = remaining == 0 ? Z_SYNC_FLUSH : Z_NO_FLUSH
+            block.withUnsafeBufferPointer { inBytes in
+                self.deflateStream.next_in = UnsafeMutablePointer(mutating: inBytes.baseAddress)
+                self.deflateStream.avail_in = uInt(take)
+                repeat {
+                    let produced = chunk.withUnsafeMutableBufferPointer { out -> Int in
+                        self.deflateStream.next_out = out.baseAddress
+                        self.deflateStream.avail_out = uInt(out.count)
+                        _ = deflate(&self.deflateStream, flush)
+                        return out.count - Int(self.deflateStream.avail_out)
+                    }
+                    output.append(contentsOf: chunk[..<produced])
+                } while self.deflateStream.avail_out == 0 || self.deflateStream.avail_in > 0
+            }
         }
         precondition(output.suffix(4) == [0x00, 0x00, 0xFF, 0xFF], "sync flush must end with an empty stored block")
         return Array(output.dropLast(4))

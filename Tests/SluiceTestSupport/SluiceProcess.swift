@@ -44,6 +44,9 @@ final class SluiceProcess: Sendable {
     }
 
     let port: Int
+    /// The admin listener's port (`/metrics`, `/v1/stats`, anyone's presence), read from the
+    /// `admin listener` log line; 0 for a process without one (`sluice worker`, `admin.enabled` off).
+    var adminPort: Int { self.admin.withLock { $0 } }
     let pid: pid_t
     /// Temporary directory holding `sluice.log`; removed by `withProcesses` when the body succeeds.
     let directory: URL
@@ -53,6 +56,7 @@ final class SluiceProcess: Sendable {
 
     /// nil while running; the status once reaped.
     private let exitStatus = Mutex<ExitStatus?>(nil)
+    private let admin = Mutex(0)
 
     private init(port: Int, pid: pid_t, directory: URL) {
         self.port = port
@@ -70,14 +74,17 @@ final class SluiceProcess: Sendable {
 
     // MARK: Starting
 
-    /// Starts `sluice serve --host 127.0.0.1 --port P --log-level info` plus `arguments` (and a
-    /// `--data-dir` of its own unless `arguments` choose the storage) and waits
-    /// until `GET /health` answers 200. Retries on another port if the one picked was taken.
+    /// Starts `sluice serve --host 127.0.0.1 --port P --admin-port 0 --log-level info` plus
+    /// `arguments` (and a `--data-dir` of its own unless `arguments` choose the storage) and waits
+    /// until `GET /health` answers 200 and the admin listener's port is logged (`adminPort`).
+    /// Retries on another port if the one picked was taken.
+    /// `launcher` runs first and must exec sluice in the same process (e.g. `prlimit ... --`).
     static func start(
         command: String = "serve",
         arguments: [String] = [],
         environment: [String: String] = [:],
-        timeout: Duration = SluiceProcess.defaultTimeout
+        timeout: Duration = SluiceProcess.defaultTimeout,
+        launcher: [String] = []
     ) async throws -> SluiceProcess {
         let executable = try Self.findExecutable()
         var childEnvironment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
@@ -90,17 +97,22 @@ final class SluiceProcess: Sendable {
                 .appendingPathComponent("sluice-process-\(UUID().uuidString)", isDirectory: true)
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             let port = try Self.freePort()
-            var argv = [executable, command, "--host", "127.0.0.1", "--port", String(port), "--log-level", "info"] + arguments
+            var argv = [executable, command, "--host", "127.0.0.1", "--port", String(port), "--log-level", "info"]
+            if command == "serve" && !arguments.contains("--admin-port") { argv += ["--admin-port", "0"] }
+            argv += arguments
             // History goes to this process's own directory unless the test chose where.
             if !arguments.contains("--data-dir") && !arguments.contains("--database-url") {
                 argv += ["--data-dir", directory.appendingPathComponent("data").path]
             }
             let pid = try Self.spawn(
-                executable, arguments: argv, environment: childEnvironment,
+                launcher.first ?? executable, arguments: launcher + argv, environment: childEnvironment,
                 logPath: directory.appendingPathComponent("sluice.log").path)
             let process = SluiceProcess(port: port, pid: pid, directory: directory)
             do {
                 try await process.waitUntilHealthy(deadline: deadline)
+                if command == "serve" && environment["SLUICE_ADMIN_ENABLED"] != "false" {
+                    try await process.waitForAdminPort(deadline: deadline)
+                }
                 return process
             } catch let error as EarlyExit {
                 // The port may have been taken between freePort() and the bind: try another.
@@ -149,17 +161,49 @@ final class SluiceProcess: Sendable {
         }
     }
 
+    /// The admin listener's port, from the `admin listener` line (`sluice.admin_port`, JSON or text logs).
+    private func waitForAdminPort(deadline: ContinuousClock.Instant) async throws {
+        while true {
+            let log = (try? String(contentsOf: self.logFile, encoding: .utf8)) ?? ""
+            if let port = Self.adminPort(inLog: log) {
+                self.admin.withLock { $0 = port }
+                return
+            }
+            if ContinuousClock.now >= deadline {
+                throw SluiceProcessError(description: "sluice (pid \(self.pid)) did not log its admin listener's port in time")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    static func adminPort(inLog log: String) -> Int? {
+        guard let key = log.range(of: "sluice.admin_port") else { return nil }
+        let digits = log[key.upperBound...].drop { !$0.isNumber }.prefix { $0.isNumber }
+        return Int(digits)
+    }
+
     /// Runs `sluice <arguments>` (or another `executable`) to completion (a one-shot command such
-    /// as `migrate`): its exit
-    /// code (128 + signal if killed) and output. SIGKILLed after `timeout`.
+    /// as `migrate`), with `environment` added to this process's (minus its `SLUICE_*`
+    /// variables) and `input` on its stdin: its exit code (128 + signal if killed) and output.
+    /// SIGKILLed after `timeout`.
     static func runCommand(
-        _ arguments: [String], executable: String? = nil, timeout: Duration = .seconds(60)
+        _ arguments: [String], executable: String? = nil, environment extra: [String: String] = [:], input: String? = nil,
+        timeout: Duration = .seconds(60)
     ) async throws -> (status: Int32, output: String) {
         let executable = try executable ?? Self.findExecutable()
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-command-\(UUID().uuidString).log").path
         defer { try? FileManager.default.removeItem(atPath: log) }
-        let environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
-        var child = SpawnedChild(pid: try ChildSpawn.spawn(executable, arguments: [executable] + arguments, environment: environment, output: log))
+        var stdin: String?
+        if let input {
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-command-\(UUID().uuidString).in").path
+            try Data(input.utf8).write(to: URL(fileURLWithPath: path))
+            stdin = path
+        }
+        defer { if let stdin { try? FileManager.default.removeItem(atPath: stdin) } }
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
+        environment.merge(extra) { _, given in given }
+        var child = SpawnedChild(pid: try ChildSpawn.spawn(
+            executable, arguments: [executable] + arguments, environment: environment, stdin: stdin, output: log))
         let deadline = ContinuousClock.now + timeout
         while child.isRunning() {
             if ContinuousClock.now >= deadline {
@@ -167,7 +211,15 @@ final class SluiceProcess: Sendable {
                 child.reap()
                 break
             }
-            try await Task.sleep(for: .milliseconds(20))
+            do {
+                try await Task.sleep(for: .milliseconds(20))
+            } catch {
+                // Cancelled (a test's time limit): the child must not outlive it (a `serve` would
+                // keep its ports).
+                sendSignal(SIGKILL, to: child.pid)
+                child.reap()
+                throw error
+            }
         }
         return (child.exitStatus() ?? -1, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
     }
@@ -181,6 +233,7 @@ final class SluiceProcess: Sendable {
         environment: [String: String] = [:],
         instanceEnvironment: (Int) -> [String: String] = { _ in [:] },
         timeout: Duration = SluiceProcess.defaultTimeout,
+        launcher: [String] = [],
         _ body: ([SluiceProcess]) async throws -> T
     ) async throws -> T {
         try await HeavyTests.exclusively {
@@ -191,7 +244,7 @@ final class SluiceProcess: Sendable {
                     let merged = ["SLUICE_SERVER_EVENT_LOOP_THREADS": "1"]
                         .merging(environment) { _, given in given }
                         .merging(instanceEnvironment(index)) { _, specific in specific }
-                    processes.append(try await Self.start(arguments: arguments, environment: merged, timeout: timeout))
+                    processes.append(try await Self.start(arguments: arguments, environment: merged, timeout: timeout, launcher: launcher))
                 }
                 let result = try await body(processes)
                 for process in processes {
@@ -309,13 +362,21 @@ final class SluiceProcess: Sendable {
         try await self.httpRequest("GET", path: path, timeout: timeout)
     }
 
-    /// Any request over a fresh loopback connection (`Connection: close`).
+    /// `GET path` on the admin listener (`/metrics`, `/v1/stats`, `/v1/presence?user=`).
+    func adminGet(path: String, timeout: Duration = .seconds(5)) async throws -> (status: Int, body: String) {
+        try await self.httpRequest("GET", path: path, port: self.adminPort, timeout: timeout)
+    }
+
+    /// Any request over a fresh loopback connection (`Connection: close`) to the public
+    /// listener, or to `port`.
     func httpRequest(
-        _ method: String, path: String, headers: [String: String] = [:], body: String? = nil, timeout: Duration = .seconds(10)
+        _ method: String, path: String, headers: [String: String] = [:], body: String? = nil, port: Int? = nil,
+        timeout: Duration = .seconds(10)
     ) async throws -> (status: Int, body: String) {
-        let client = try await RawClient.connect(port: self.port, group: MultiThreadedEventLoopGroup.singleton)
+        let port = port ?? self.port
+        let client = try await RawClient.connect(port: port, group: MultiThreadedEventLoopGroup.singleton)
         do {
-            var request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(self.port)\r\nConnection: close\r\n"
+            var request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\n"
             for (name, value) in headers { request += "\(name): \(value)\r\n" }
             if let body {
                 request += "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"

@@ -36,6 +36,57 @@ enum TestFrames {
         return out
     }
 
+    /// Any frame a hostile client could write: every opcode (0...15, reserved ones too), every
+    /// flag, a declared length that need not match the payload (up to 2^64-1), masked or not,
+    /// with any mask key. `client` is the well-meaning special case.
+    static func raw(
+        opcode: UInt8, payload: [UInt8] = [], fin: Bool = true, rsv1: Bool = false, rsv2: Bool = false, rsv3: Bool = false,
+        mask: [UInt8]? = TestFrames.maskKey, declaredLength: UInt64? = nil
+    ) -> [UInt8] {
+        var out: [UInt8] = []
+        var first = opcode & 0x0F
+        if fin { first |= 0x80 }
+        if rsv1 { first |= 0x40 }
+        if rsv2 { first |= 0x20 }
+        if rsv3 { first |= 0x10 }
+        out.append(first)
+        let maskBit: UInt8 = mask == nil ? 0 : 0x80
+        let length = declaredLength ?? UInt64(payload.count)
+        if length < 126 {
+            out.append(maskBit | UInt8(length))
+        } else if length <= 0xFFFF {
+            out.append(maskBit | 126)
+            out.append(UInt8(length >> 8)); out.append(UInt8(length & 0xFF))
+        } else {
+            out.append(maskBit | 127)
+            for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8((length >> UInt64(shift)) & 0xFF)) }
+        }
+        if let mask {
+            out.append(contentsOf: mask)
+            for (i, byte) in payload.enumerated() { out.append(byte ^ mask[i % 4]) }
+        } else {
+            out.append(contentsOf: payload)
+        }
+        return out
+    }
+
+    /// One message split into frames of `size` bytes: the first with `opcode`, the rest
+    /// continuations, FIN on the last.
+    static func fragments(_ opcode: UInt8, _ payload: [UInt8], size: Int, rsv1: Bool = false) -> [UInt8] {
+        var out: [UInt8] = []
+        var offset = 0
+        repeat {
+            let end = min(payload.count, offset + max(1, size))
+            out += Self.raw(opcode: offset == 0 ? opcode : 0x0, payload: Array(payload[offset..<end]),
+                            fin: end == payload.count, rsv1: rsv1 && offset == 0)
+            offset = end
+        } while offset < payload.count
+        return out
+    }
+
+    /// A Close frame with any payload (a bad code, a one-byte body, a reason that is not UTF-8).
+    static func closeRaw(_ payload: [UInt8]) -> [UInt8] { Self.raw(opcode: 0x8, payload: payload) }
+
     static func text(_ string: String, fin: Bool = true) -> [UInt8] { client(0x1, Array(string.utf8), fin: fin) }
     static func close(code: UInt16?, reason: String = "") -> [UInt8] {
         var payload: [UInt8] = []

@@ -71,7 +71,7 @@ struct PostgresHarness: StorageHarness {
     ) async throws {
         try await PostgresServerProcess.withServer { server in
             let url = try PostgresURL(server.url)
-            let storage = PostgresStorage(
+            let storage = try PostgresStorage(
                 configuration: .init(url: url, connectTimeout: .seconds(2), operationTimeout: operationTimeout),
                 logger: testLogger
             )

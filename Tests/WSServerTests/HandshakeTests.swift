@@ -16,6 +16,16 @@ import Testing
         return HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)
     }
 
+    @Test func anUpgradeWithoutExactlyOneHostIsRefused() {
+        let configuration = WebSocketServerConfiguration()
+        #expect(throws: HandshakeRejection(reason: .malformed("an HTTP/1.1 request needs a Host header"))) {
+            try WebSocketHandshake.evaluate(self.request(omit: ["Host"]), configuration: configuration).get()
+        }
+        #expect(throws: HandshakeRejection(reason: .malformed("more than one Host header"))) {
+            try WebSocketHandshake.evaluate(self.request(headers: [("Host", "evil.test")]), configuration: configuration).get()
+        }
+    }
+
     @Test func acceptKeyMatchesRFC6455Example() {
         #expect(WebSocketHandshake.acceptKey(for: "dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
     }
@@ -52,8 +62,12 @@ import Testing
         var restricted = configuration
         restricted.allowedOrigins = ["https://chat.example"]
         #expect(status(request(headers: [("Origin", "https://evil.example")]), restricted) == .forbidden)
-        #expect(status(request(), restricted) == .forbidden)
+        // No Origin: not a browser, and anything else can send any header (OriginCheck).
+        #expect(status(request(), restricted) == nil)
         #expect(status(request(headers: [("Origin", "https://CHAT.example")]), restricted) == nil)
+        // Nothing configured: loopback pages only, by default.
+        #expect(status(request(headers: [("Origin", "https://evil.example")])) == .forbidden)
+        #expect(status(request(headers: [("Origin", "http://localhost:5173")])) == nil)
     }
 
     @Test func base64RoundTrip() {

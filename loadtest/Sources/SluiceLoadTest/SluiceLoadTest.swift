@@ -16,13 +16,15 @@ struct SluiceLoadTest: AsyncParsableCommand {
             cancel (cancel after --cancel-after deltas: cancel-to-done latency), resume (drop the
             connection after --disconnect-after deltas, reconnect to the next --url, resume; checks
             nothing is missed or repeated), idle (hold connections; with --pid, the server's RSS per
-            connection), echo (raw WebSocket echo round trips, any server).
+            connection), echo (raw WebSocket echo round trips, any server), chaos (conversations of a
+            few turns, each request with a request_id; any lost connection is resumed; every
+            generation's seqs, text and terminal events are recorded for loadtest/chaos-check.py).
             Several --url are used round-robin. Runs for --duration seconds (and at most --count
             requests); bounded in time whatever happens (--duration + 30 s).
             """
     )
 
-    @Argument(help: "chat, cancel, resume, idle or echo.")
+    @Argument(help: "chat, cancel, resume, idle, echo or chaos.")
     var scenario: String
 
     @Option(name: .long, help: "Target ws://host:port/path (repeatable; round-robin).")
@@ -61,6 +63,18 @@ struct SluiceLoadTest: AsyncParsableCommand {
     @Option(name: .long, help: "idle: the server's process id, to read its RSS.")
     var pid: Int32?
 
+    @Option(name: .long, help: "chaos: share of answers dropped on purpose mid-answer (then resumed), 0...1.")
+    var dropFraction: Double = 0
+
+    @Option(name: .long, help: "chaos: turns per conversation before a new one.")
+    var turnsPerConversation = 4
+
+    @Option(name: .long, help: "chaos: seconds after --duration that answers in flight may take to end.")
+    var endTimeout: Double = 120
+
+    @Option(name: .long, help: "chaos: write every request's record (JSON lines) to this file.")
+    var records: String?
+
     @Option(name: .long, help: "Event loop threads (default: cores).")
     var threads: Int?
 
@@ -80,12 +94,18 @@ struct SluiceLoadTest: AsyncParsableCommand {
         guard !self.url.isEmpty else { throw ValidationError("give at least one --url ws://host:port/path") }
         for url in self.url where Target(url) == nil { throw ValidationError("not a ws:// URL: \(url)") }
         guard self.users >= 1, self.duration > 0 else { throw ValidationError("--users and --duration must be positive") }
+        guard (0...1).contains(self.dropFraction), self.turnsPerConversation >= 1, self.endTimeout >= 0, self.endTimeout <= 86_400
+        else { throw ValidationError("--drop-fraction is 0...1, --turns-per-conversation at least 1, --end-timeout 0...86400") }
     }
 
     func run() async throws {
         let scenario = Scenario(rawValue: self.scenario)!
         let group = MultiThreadedEventLoopGroup(numberOfThreads: self.threads ?? System.coreCount)
         let loops = Array(group.makeIterator())
+        if scenario == .chaos {
+            try await self.runChaos(loops: loops, group: group)
+            return
+        }
         var stats: [NIOLoopBound<LoopStats>] = []
         for loop in loops { stats.append(try await loop.submit { NIOLoopBound(LoopStats(), eventLoop: loop) }.get()) }
         let allStats = stats
@@ -150,6 +170,101 @@ struct SluiceLoadTest: AsyncParsableCommand {
             try Data((report.json() + "\n").utf8).write(to: URL(fileURLWithPath: path))
         }
         if timedOut || total.seqViolations > 0 { throw ExitCode(1) }
+    }
+
+    /// The chaos scenario: `ChaosUser`s, their records, and the client-side figures.
+    func runChaos(loops: [any EventLoop], group: MultiThreadedEventLoopGroup) async throws {
+        var logs: [NIOLoopBound<ChaosLog>] = []
+        for loop in loops { logs.append(try await loop.submit { NIOLoopBound(ChaosLog(), eventLoop: loop) }.get()) }
+        let finished = loops[0].makePromise(of: Void.self)
+        var chaos = ChaosSettings()
+        chaos.dropFraction = self.dropFraction
+        chaos.turnsPerConversation = self.turnsPerConversation
+        chaos.endTimeout = .nanoseconds(Int64(self.endTimeout * 1e9))
+        let run = Run(
+            scenario: .chaos, targets: self.url.compactMap(Target.init), users: self.users,
+            duration: .nanoseconds(Int64(self.duration * 1e9)), count: self.count, rampUp: .nanoseconds(Int64(self.rampUp * 1e9)),
+            thinkTime: .milliseconds(Int64(self.thinkTime)), maxTokens: self.maxTokens, prompt: self.prompt,
+            cancelAfter: self.cancelAfter, disconnectAfter: self.disconnectAfter, messageSize: self.messageSize,
+            chaos: chaos, allFinished: finished)
+        let started = NIODeadline.now()
+        for index in 0..<self.users {
+            let loopIndex = index % loops.count
+            let loop = loops[loopIndex]
+            let log = logs[loopIndex]
+            loop.execute { ChaosUser(index: index, loop: loop, run: run, log: log.value).start() }
+        }
+        let allLogs = logs
+        let progress: RepeatedTask? = self.quiet ? nil : loops[0].scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+            Self.chaosSummary(allLogs).whenSuccess { summary in
+                let elapsed = Double((NIODeadline.now() - started).nanoseconds) / 1e9
+                FileHandle.standardError.write(Data(String(
+                    format: "\r%6.1fs  requests %d  completed %d  streaming %d  resumes %d  deltas %d  disconnects %d  violations %d   ",
+                    elapsed, summary.requests, summary.completed, summary.withoutTerminal, summary.resumes, summary.deltas,
+                    summary.unplannedDisconnects, summary.violations - Int64(summary.withoutTerminal)).utf8))
+            }
+        }
+        // Bounded whatever happens (users give up at --duration + --end-timeout themselves).
+        let hardStop = loops[0].scheduleTask(in: .nanoseconds(Int64((self.duration + self.endTimeout + 30) * 1e9))) {
+            finished.fail(LoadTestTimeout())
+        }
+        var timedOut = false
+        do {
+            try await finished.futureResult.get()
+        } catch {
+            timedOut = true
+        }
+        hardStop.cancel()
+        progress?.cancel()
+        if !self.quiet { FileHandle.standardError.write(Data("\n".utf8)) }
+        let elapsed = Double((NIODeadline.now() - started).nanoseconds) / 1e9
+        let summary = try await Self.chaosSummary(logs).get()
+        if let path = self.records {
+            // One JSON object per line, written loop by loop (on each loop: records are its own).
+            _ = FileManager.default.createFile(atPath: path, contents: nil)
+            let file = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+            for log in logs {
+                let lines = try await log.eventLoop.submit { () -> Data in
+                    var data = Data()
+                    for record in log.value.records {
+                        data.append(try JSONSerialization.data(withJSONObject: record.json, options: [.sortedKeys]))
+                        data.append(UInt8(ascii: "\n"))
+                    }
+                    return data
+                }.get()
+                file.write(lines)
+            }
+            try file.close()
+        }
+        try? await group.shutdownGracefully()
+        var object = summary.json
+        object["scenario"] = "chaos"
+        object["users"] = self.users
+        object["elapsed_s"] = elapsed
+        object["timed_out"] = timedOut
+        let json = String(decoding: (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data(), as: UTF8.self)
+        if self.json {
+            print(json)
+        } else {
+            print("scenario chaos, \(self.users) users, \(String(format: "%.1f", elapsed)) s, targets: \(self.url.joined(separator: " "))")
+            print(summary.table())
+            if timedOut { print("TIMED OUT: not every user finished within --duration + --end-timeout + 30 s") }
+        }
+        if let path = self.jsonFile {
+            try Data((json + "\n").utf8).write(to: URL(fileURLWithPath: path))
+        }
+        if timedOut || summary.violations > 0 { throw ExitCode(1) }
+    }
+
+    static func chaosSummary(_ logs: [NIOLoopBound<ChaosLog>]) -> EventLoopFuture<ChaosSummary> {
+        let parts = logs.map { bound in
+            bound.eventLoop.submit {
+                var summary = ChaosSummary()
+                summary.add(bound.value)
+                return summary
+            }
+        }
+        return EventLoopFuture.reduce(ChaosSummary(), parts, on: logs[0].eventLoop) { $0.merged($1) }
     }
 
     /// Merged counters and histograms of every loop.

@@ -31,7 +31,7 @@ struct Target: Sendable, CustomStringConvertible {
 }
 
 enum Scenario: String, CaseIterable, Sendable {
-    case chat, cancel, resume, idle, echo
+    case chat, cancel, resume, idle, echo, chaos
 }
 
 /// What every virtual user shares: the settings, the clock that ends the run, and the count of
@@ -48,6 +48,9 @@ final class Run: Sendable {
     let cancelAfter: Int
     let disconnectAfter: Int
     let messageSize: Int
+    let chaos: ChaosSettings
+    /// When the run began (records give times relative to it).
+    let startedAt: NIODeadline
     private let remaining: Atomic<Int>
     private let counted: Bool
     private let nextTarget = Atomic<Int>(0)
@@ -57,8 +60,10 @@ final class Run: Sendable {
     init(
         scenario: Scenario, targets: [Target], users: Int, duration: TimeAmount, count: Int?, rampUp: TimeAmount,
         thinkTime: TimeAmount, maxTokens: Int?, prompt: String, cancelAfter: Int, disconnectAfter: Int, messageSize: Int,
-        allFinished: EventLoopPromise<Void>
+        chaos: ChaosSettings = ChaosSettings(), allFinished: EventLoopPromise<Void>
     ) {
+        self.chaos = chaos
+        self.startedAt = .now()
         self.scenario = scenario
         self.targets = targets
         self.users = users
@@ -111,13 +116,20 @@ final class LoopStats {
     func error(_ code: String) { self.totals.errors[code, default: 0] += 1 }
 }
 
+/// What a connection of the harness reports to (a virtual user of any scenario), on its loop.
+protocol WebSocketUser: AnyObject {
+    func connected(_ channel: any Channel)
+    func received(_ payload: ByteBuffer, now: NIODeadline)
+    func disconnected()
+}
+
 /// Forwards WebSocket frames to its user; answers pings.
 final class UserFrameHandler: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
-    private let user: VirtualUser
+    private let user: any WebSocketUser
 
-    init(user: VirtualUser) {
+    init(user: any WebSocketUser) {
         self.user = user
     }
 
@@ -155,9 +167,44 @@ final class UserFrameHandler: ChannelInboundHandler {
 @available(*, unavailable)
 extension UserFrameHandler: Sendable {}
 
+/// Opens one `sluice.v1` WebSocket connection for a user, on the user's loop.
+enum WebSocketDial {
+    /// Connects to `target`; the user hears `connected`, then frames, then `disconnected`.
+    /// `failed` runs (on `loop`) when no connection could be made.
+    static func connect(
+        _ target: Target, on loop: any EventLoop, user: any WebSocketUser, headers extraHeaders: [(String, String)] = [],
+        failed: @escaping @Sendable () -> Void
+    ) {
+        let bound = NIOLoopBound(user, eventLoop: loop)
+        let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: 1 << 24, upgradePipelineHandler: { channel, _ in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(UserFrameHandler(user: bound.value))
+            }
+        })
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: "\(target.host):\(target.port)")
+        headers.add(name: "Sec-WebSocket-Protocol", value: "sluice.v1")
+        headers.add(name: "Content-Length", value: "0")
+        for (name, value) in extraHeaders { headers.add(name: name, value: value) }
+        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: target.requestURI, headers: headers)
+        ClientBootstrap(group: loop)
+            .connectTimeout(.seconds(10))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                let configuration: NIOHTTPClientUpgradeSendableConfiguration = (upgraders: [upgrader], completionHandler: { _ in })
+                return channel.pipeline.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes, withClientUpgrade: configuration).flatMapThrowing {
+                    try channel.pipeline.syncOperations.addHandler(CloseOnError())
+                    try channel.pipeline.syncOperations.addHandler(UpgradeRequester(head: head))
+                }
+            }
+            .connect(host: target.host, port: target.port)
+            .whenFailure { _ in failed() }
+    }
+}
+
 /// One simulated client: connects, runs its scenario on its own event loop until the run
 /// ends, checking every answer's seqs as it goes.
-final class VirtualUser {
+final class VirtualUser: WebSocketUser {
     let index: Int
     let loop: any EventLoop
     let run: Run
@@ -197,34 +244,12 @@ final class VirtualUser {
             self.finish()
             return
         }
-        let target = self.run.target()
         let bound = NIOLoopBound(self, eventLoop: self.loop)
-        let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: 1 << 24, upgradePipelineHandler: { channel, _ in
-            channel.eventLoop.makeCompletedFuture {
-                try channel.pipeline.syncOperations.addHandler(UserFrameHandler(user: bound.value))
-            }
-        })
-        var headers = HTTPHeaders()
-        headers.add(name: "Host", value: "\(target.host):\(target.port)")
-        headers.add(name: "Sec-WebSocket-Protocol", value: "sluice.v1")
-        headers.add(name: "Content-Length", value: "0")
-        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: target.requestURI, headers: headers)
-        ClientBootstrap(group: self.loop)
-            .connectTimeout(.seconds(10))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                let configuration: NIOHTTPClientUpgradeSendableConfiguration = (upgraders: [upgrader], completionHandler: { _ in })
-                return channel.pipeline.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes, withClientUpgrade: configuration).flatMapThrowing {
-                    try channel.pipeline.syncOperations.addHandler(CloseOnError())
-                    try channel.pipeline.syncOperations.addHandler(UpgradeRequester(head: head))
-                }
-            }
-            .connect(host: target.host, port: target.port)
-            .whenFailure { _ in
-                bound.value.stats.connectFailures += 1
-                // Try again shortly while the run lasts (a restarting instance, a full backlog).
-                bound.eventLoop.scheduleTask(in: .milliseconds(100)) { bound.value.connect() }
-            }
+        WebSocketDial.connect(self.run.target(), on: self.loop, user: self) {
+            bound.value.stats.connectFailures += 1
+            // Try again shortly while the run lasts (a restarting instance, a full backlog).
+            bound.eventLoop.scheduleTask(in: .milliseconds(100)) { bound.value.connect() }
+        }
     }
 
     func connected(_ channel: any Channel) {
@@ -236,7 +261,7 @@ final class VirtualUser {
             self.loop.scheduleTask(deadline: self.run.endAt) { bound.value.finish() }
         case .echo:
             self.sendEcho()
-        case .chat, .cancel, .resume:
+        case .chat, .cancel, .resume, .chaos:
             break  // the first message is session.ready; the request goes out after it
         }
     }
