@@ -49,10 +49,13 @@ if [ "$build" = 1 ]; then
   start=$SECONDS
   # Coverage and ASan for Swift (-sanitize) and for every C target (BoringSSL, llhttp, libyaml...):
   # the fuzzer needs feedback from the code under test, not just from this entry point.
-  SLUICE_FUZZ=1 swift build --scratch-path "$scratch" --product sluice-fuzz ${FUZZ_BUILD_JOBS:+--jobs "$FUZZ_BUILD_JOBS"} "${release_flags[@]}" \
+  # pipefail: the build's own status, not the filter's (a failed build must not fuzz an older binary).
+  if ! SLUICE_FUZZ=1 swift build --scratch-path "$scratch" --product sluice-fuzz ${FUZZ_BUILD_JOBS:+--jobs "$FUZZ_BUILD_JOBS"} "${release_flags[@]}" \
     -Xswiftc -sanitize=fuzzer,address -Xcc -fsanitize=fuzzer-no-link,address 2>&1 \
-    | grep -v -E '^\[[0-9]+/[0-9]+\]|Cannot export local symbol|unhandled; explicitly declare|CMakeLists.txt' || true
-  [ -x "$binary" ] || { echo "fuzz.sh: build failed" >&2; exit 2; }
+    | { grep -v -E '^\[[0-9]+/[0-9]+\]|Cannot export local symbol|unhandled; explicitly declare|CMakeLists.txt' || true; } \
+    || [ ! -x "$binary" ]; then
+    echo "fuzz.sh: build failed" >&2; exit 2
+  fi
   echo "fuzz.sh: build took $((SECONDS - start))s"
 fi
 

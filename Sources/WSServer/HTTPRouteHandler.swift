@@ -32,6 +32,9 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// A streamed response is being written.
     private var streaming = false
     private var streamingKeepAlive = true
+    /// The request's HTTP version: a streamed answer to HTTP/1.0 is not chunked (a 1.0 client does
+    /// not know chunked encoding, RFC 9112 §6.1); it is the raw bytes up to the connection's close.
+    private var streamingVersion = HTTPVersion.http1_1
     /// Streamed bytes handed to the channel while it was not writable, not yet written.
     private var queuedResponseBytes = 0
 
@@ -139,10 +142,17 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             // The response may take long (a stream, a job): no timer while it is produced.
             self.disarm()
+            // The last request this connection answers: what follows it is dropped unanswered.
+            if !head.isKeepAlive, let gate = try? context.pipeline.syncOperations.handler(type: HTTPRequestGate.self) {
+                gate.shut()
+            }
             if let responder = self.responder {
                 let body = self.requestBody ?? ByteBuffer()
                 self.requestBody = nil
-                self.streamingKeepAlive = head.isKeepAlive
+                self.streamingVersion = head.version
+                // A streamed answer has no length: only chunked encoding (HTTP/1.1) lets the
+                // connection carry another request after it.
+                self.streamingKeepAlive = head.isKeepAlive && (head.version.major, head.version.minor) >= (1, 1)
                 responder.respond(to: head, body: body, writer: HTTPResponseWriter(handler: self, context: context))
                 return
             }
@@ -268,6 +278,7 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
                         pipeline.removeHandler(validator, promise: nil)
                     }
                     if let errors = try? pipeline.handler(type: HTTPServerProtocolErrorHandler.self) { pipeline.removeHandler(errors, promise: nil) }
+                    if let gate = try? pipeline.handler(type: HTTPRequestGate.self) { pipeline.removeHandler(gate, promise: nil) }
                     if let decoder = try? pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self) {
                         pipeline.removeHandler(decoder, promise: nil)
                     }
@@ -287,7 +298,7 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
         self.streaming = true
         var headers = headers
         headers.replaceOrAdd(name: "Connection", value: self.streamingKeepAlive ? "keep-alive" : "close")
-        context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: self.streamingVersion, status: status, headers: headers))), promise: nil)
     }
 
     func writeStreamingBody(context: ChannelHandlerContext, _ buffer: ByteBuffer, flush: Bool) {

@@ -132,8 +132,14 @@ public final class WebSocketServer: Service, Sendable {
         let upgrader = WebSocketUpgrader(server: shared)
         try pipeline.configureHTTPServerPipeline(
             withPipeliningAssistance: true,
-            withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }),
+            withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
+                // The HTTP handlers NIO does not know of leave too (see HTTPRequestGate).
+                let pipeline = context.pipeline.syncOperations
+                if let gate = try? pipeline.handler(type: HTTPRequestGate.self) { pipeline.removeHandler(gate, promise: nil) }
+            }),
             withErrorHandling: true)
+        let decoder = try pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+        try pipeline.addHandler(HTTPRequestGate(), position: .after(decoder))
         try pipeline.addHandler(HTTPRouteHandler(server: shared))
     }
 

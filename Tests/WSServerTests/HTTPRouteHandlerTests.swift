@@ -304,6 +304,64 @@ import Testing
         #expect(budget.used == 0)
     }
 
+    @Test func aStreamedResponseToAnHTTP10ClientIsNotChunkedAndEndsWithTheConnection() throws {
+        // Found by the `upgrade` fuzz target: a 1.0 client was sent `transfer-encoding: chunked`,
+        // which it cannot read (RFC 9112 §6.1: only to requests of HTTP/1.1 or later).
+        for keepAlive in [false, true] {
+            let harness = try Harness()
+            harness.route.holdResponses = true
+            let connection = keepAlive ? "Connection: keep-alive\r\n" : ""
+            try harness.send("POST /app HTTP/1.0\r\nHost: t\r\n\(connection)Content-Length: 0\r\n\r\n")
+            let writer = try #require(harness.route.writers.first)
+            writer.writeHead(status: .ok, headers: ["Content-Type": "text/event-stream"])
+            writer.writeBody(ByteBuffer(string: "data: 1\n\n"), flush: true)
+            writer.end()
+            let output = try harness.output()
+            #expect(output.hasPrefix("HTTP/1.0 200 OK\r\n"))
+            #expect(!output.lowercased().contains("transfer-encoding"))
+            #expect(output.contains("Connection: close\r\n"))
+            #expect(output.hasSuffix("\r\n\r\ndata: 1\n\n"))
+            #expect(!harness.isActive)
+        }
+        // HTTP/1.1 is still chunked and kept alive.
+        let harness = try Harness()
+        harness.route.holdResponses = true
+        try harness.send("POST /app HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        let writer = try #require(harness.route.writers.first)
+        writer.writeHead(status: .ok, headers: ["Content-Type": "text/event-stream"])
+        writer.writeBody(ByteBuffer(string: "data: 1\n\n"), flush: true)
+        writer.end()
+        let output = try harness.output()
+        #expect(output.lowercased().contains("transfer-encoding: chunked"))
+        #expect(output.hasSuffix("0\r\n\r\n"))
+        #expect(harness.isActive)
+    }
+
+    @Test func nothingIsAnsweredAfterAResponseThatClosesTheConnection() throws {
+        // Found by the `upgrade` fuzz target: bytes that did not parse after an HTTP/1.0 request
+        // got NIO's 400 written after the streamed answer, where the client reads it as body.
+        for trailer in ["\u{97}LPZ garbage\r\n\r\n", "GET /health HTTP/1.1\r\nHost: t\r\n\r\n"] {
+            let harness = try Harness()
+            harness.route.holdResponses = true
+            try harness.send("POST /app HTTP/1.0\r\nHost: t\r\nContent-Length: 0\r\n\r\n" + trailer)
+            let writer = try #require(harness.route.writers.first)
+            writer.writeHead(status: .ok, headers: ["Content-Type": "text/event-stream"])
+            writer.writeBody(ByteBuffer(string: "data: 1\n\n"), flush: true)
+            writer.end()
+            let output = try harness.output()
+            #expect(output.hasSuffix("\r\n\r\ndata: 1\n\n"), "\(output.debugDescription)")
+            #expect(Self.statusLines(output).isEmpty)  // only the HTTP/1.0 status line
+            #expect(!harness.isActive)
+        }
+        // The same for a plain response that closes (HTTP/1.1, Connection: close).
+        let harness = try Harness()
+        try harness.send("POST /app HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx\u{97}LPZ\r\n\r\n")
+        let output = try harness.output()
+        #expect(Self.statusLines(output) == ["HTTP/1.1 200 OK"])
+        #expect(output.hasSuffix("got 1"))
+        #expect(!harness.isActive)
+    }
+
     // MARK: Connections over a limit
 
     @Test func aConnectionOverALimitGetsA503AndACleanClose() throws {

@@ -15,15 +15,21 @@ enum TraceparentTarget {
         guard let context else { return }
         let written = context.traceparent
         require(TraceContext(traceparent: written) == context, "\(written) does not parse back to the same context")
-        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        let parts = Self.fields(text)
         require(written.hasPrefix("00-\(parts[1])-\(parts[2])-"), "ids changed on the way through: \(written)")
         if parts[0] == "00" && (parts[3] == "00" || parts[3] == "01") {
             require(written == text, "\(text) written back as \(written)")
         }
     }
 
+    /// The header's fields, cut at every "-" byte. Not `String.split`: that cuts between
+    /// characters, and a "-" followed by a combining mark is one character (a false finding).
+    static func fields(_ text: String) -> [Substring] {
+        text.utf8.split(separator: UInt8(ascii: "-"), omittingEmptySubsequences: false).map { Substring($0) }
+    }
+
     static func reference(_ text: String) -> Bool {
-        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        let parts = Self.fields(text)
         guard parts.count >= 4 else { return false }
         func isHex(_ part: Substring, count: Int) -> Bool {
             part.utf8.count == count && part.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
