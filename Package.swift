@@ -321,7 +321,7 @@ let package = Package(
         .testTarget(
             name: "SluiceAppTests",
             dependencies: [
-                "SluiceApp", "WSServer", "Jobs", "Storage", "RedisClient",
+                "SluiceApp", "WSServer", "Jobs", "Storage", "RedisClient", "Sessions",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

@@ -310,7 +310,8 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             self.application.hub.countOverBudget()
             self.metrics?.request(status: ErrorCode.overloaded.rawValue)
             if let admission = self.admission {
-                self.application.settle(admission, user: self.user, usedTokens: (self.usage?.prompt ?? self.promptEstimate).addingSaturating(self.deltas))
+                let used = (self.usage?.prompt ?? self.promptEstimate).addingSaturating(self.deltas)
+                self.application.settle(admission, user: self.user, usedTokens: used, recordingAs: self.id)
             }
             self.text = ByteBuffer()
             self.charge.releaseAll(to: self.application.hub.budget)
@@ -383,7 +384,8 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             ?? Usage(promptTokens: self.promptEstimate, completionTokens: self.deltas, source: .gateway)
         self.metrics?.latency.recordInterval(since: self.startedAt)
         self.metrics?.request(status: error?.code.rawValue ?? reason.rawValue)
-        if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: usage.totalTokens) }
+        // Nothing is stored for this door, so the usage is recorded on its own: it counts against quotas.
+        if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: usage.totalTokens, recordingAs: self.id) }
         guard let writer = self.writer else { return }
         let finishReason = reason == .cancelled || reason == .error ? "stop" : reason.rawValue
         let usageJSON = #"{"prompt_tokens":\#(usage.promptTokens),"completion_tokens":\#(usage.completionTokens),"total_tokens":\#(usage.totalTokens)}"#
