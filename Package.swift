@@ -238,7 +238,7 @@ let package = Package(
         .target(
             name: "SluiceTestSupport",
             dependencies: [
-                "WSServer", "CZlib",
+                "CZlib",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
