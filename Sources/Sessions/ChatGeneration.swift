@@ -134,17 +134,17 @@ final class ChatGeneration: GenerationSink {
 
     /// Starts the upstream request on the output's event loop (chunks arrive with no hop).
     func startUpstream() {
-        if let action = self.machine.start() { self.perform(action) }
+        if let action = self.update({ $0.start() }) { self.perform(action) }
     }
 
     func cancel() {
-        self.perform(self.machine.cancel())
+        self.perform(self.update { $0.cancel() })
     }
 
     /// The instance stops before the generation ended (a drain's deadline): it ends with
     /// `owner_lost`, like an owner that died, and its upstream request is closed.
     func abandon() {
-        self.perform(self.machine.abandon())
+        self.perform(self.update { $0.abandon() })
     }
 
     var info: GenerationInfo {
@@ -154,18 +154,20 @@ final class ChatGeneration: GenerationSink {
     // MARK: GenerationSink
 
     func generationWasCached() {
-        self.machine.wasCached()
+        self.update { $0.wasCached() }
     }
 
     func generationDidConnect() {
         self.metrics.upstreamRequest(status: "ok")
         self.trace.upstreamAccepted()
         self.logger.debug("generation started", metadata: self.ids(["sluice.model": "\(self.model)"]))
-        if let action = self.machine.upstreamConnected() { self.perform(action) }
+        if let action = self.update({ $0.upstreamConnected() }) { self.perform(action) }
     }
 
     func generationDidProduce(_ text: Substring) {
-        guard case .accept(let seq, let announce, let firstToken, let writeDirectly) = self.machine.produced(text) else { return }
+        guard case .accept(let seq, let announce, let firstToken, let writeDirectly) = self.machine.produced(byteCount: text.utf8.count) else {
+            return
+        }
         if announce { self.announce() }
         if firstToken {
             self.metrics.timeToFirstToken.recordInterval(since: self.startedAt)
@@ -182,7 +184,9 @@ final class ChatGeneration: GenerationSink {
             }
             // Behind but connected: held, with what follows, until it can take them. Not
             // connected: nothing to hold back (the answer is kept above).
-            if !written && self.output.isConnected { self.machine.hold(text, seq: seq) }
+            if !written && self.output.isConnected { self.update { $0.hold(text, seq: seq) } }
+        } else {
+            self.update { $0.hold(text, seq: seq) }
         }
         self.chargeAnswer()
     }
@@ -192,17 +196,18 @@ final class ChatGeneration: GenerationSink {
     private func chargeAnswer() {
         let held = self.answerBytes.capacity + self.tokenEnds.capacity * MemoryLayout<Int32>.size + self.machine.heldBytes
         guard held > self.charge.held else { return }
-        if !self.charge.grow(to: held, granule: 16 * 1024, in: self.hub.budget) { self.machine.memoryExhausted() }
+        if !self.charge.grow(to: held, granule: 16 * 1024, in: self.hub.budget) { self.update { $0.memoryExhausted() } }
     }
 
     func generationDidReportUsage(promptTokens: Int, completionTokens: Int) {
-        self.machine.usageReported(prompt: promptTokens, completion: completionTokens)
+        self.update { $0.usageReported(prompt: promptTokens, completion: completionTokens) }
     }
 
     func generationDidEndBatch() {
         let connected = self.output.isConnected
         let writable = connected && self.output.isWritable
-        switch self.machine.endOfRead(connected: connected, writable: writable, hasFollowers: !self.followers.isEmpty) {
+        let hasFollowers = !self.followers.isEmpty
+        switch self.update({ $0.endOfRead(connected: connected, writable: writable, hasFollowers: hasFollowers) }) {
         case .end(let actions):
             self.perform(actions)
         case .deliver(let held, let followers, let broker):
@@ -220,17 +225,17 @@ final class ChatGeneration: GenerationSink {
     }
 
     func generationDidRequestToolCalls(_ calls: [ToolCall]) {
-        self.machine.toolCallsRequested(calls)
+        self.update { $0.toolCallsRequested(calls) }
     }
 
     func generationDidFinish(_ reason: FinishReason) {
         self.handle = nil
-        self.perform(self.machine.upstreamFinished(reason))
+        self.perform(self.update { $0.upstreamFinished(reason) })
     }
 
     func generationDidFail(_ error: InferenceError) {
         self.handle = nil
-        self.perform(self.machine.upstreamFailed(error))
+        self.perform(self.update { $0.upstreamFailed(error) })
     }
 
     /// Whether retrying the same request may help: connection and timeout failures, overload
@@ -248,7 +253,7 @@ final class ChatGeneration: GenerationSink {
 
     /// The client can take more: the delta merged while it was behind goes out (not flushed).
     func writePending() {
-        guard self.output.isConnected, let action = self.machine.outputWritable() else { return }
+        guard self.output.isConnected, let action = self.update({ $0.outputWritable() }) else { return }
         self.perform(action)
     }
 
@@ -263,6 +268,17 @@ final class ChatGeneration: GenerationSink {
     }
 
     // MARK: Carrying out the machine's actions
+
+    /// Runs an event on the machine moved out of `self` (swapped, not copied: its buffers stay
+    /// unique), so that no access to `self.machine` spans a call. The compiler then drops the
+    /// dynamic exclusivity checks on it, the per-token `produced(byteCount:)` included.
+    @inline(__always)
+    private func update<Result>(_ event: (inout GenerationStateMachine) -> Result) -> Result {
+        var machine = GenerationStateMachine.vacant
+        swap(&machine, &self.machine)
+        defer { swap(&machine, &self.machine) }
+        return event(&machine)
+    }
 
     private func perform(_ actions: [GenerationStateMachine.Action]) {
         for action in actions { self.perform(action) }
@@ -360,7 +376,7 @@ final class ChatGeneration: GenerationSink {
 
     private func toolsFinished(_ runs: [ToolRun]) {
         self.toolTask = nil
-        self.perform(self.machine.toolsFinished(runs))
+        self.perform(self.update { $0.toolsFinished(runs) })
     }
 
     /// `tool_executions`, written off the event loop (a failed write is logged, not retried).
@@ -464,7 +480,8 @@ final class ChatGeneration: GenerationSink {
     /// without a gap or an overlap. `endOnly` (a canceller elsewhere) gets only the end.
     func attach(_ follower: GenerationFollower, afterSeq: Int64, endOnly: Bool) {
         self.eventLoop.preconditionInEventLoop()
-        if let catchUp = self.machine.followerAttaching(othersWaiting: !self.followers.isEmpty) {
+        let othersWaiting = !self.followers.isEmpty
+        if let catchUp = self.update({ $0.followerAttaching(othersWaiting: othersWaiting) }) {
             self.notifyFollowers(catchUp, end: nil)
         }
         let seq = self.machine.seq
@@ -489,7 +506,7 @@ final class ChatGeneration: GenerationSink {
     /// The shared copy missed writes (Redis was unreachable): everything again, whole, after
     /// what this generation already queued for it and before what it publishes next.
     func republishToBroker() {
-        guard let seq = self.machine.republishing() else { return }
+        guard let seq = self.update({ $0.republishing() }) else { return }
         let whole = TokenLog.update(text: self.answerBytes.readableBytesView, tokenEnds: self.tokenEnds, after: 0,
                                     upTo: seq, started: nil, end: nil)
         self.broker.republish(self.info, user: self.user, whole: whole, end: self.machine.end)

@@ -87,8 +87,8 @@ struct GenerationStateMachine {
         /// Dropped: the generation ended, or is cut (this text is past a bound, or an earlier one was).
         case drop
         /// The text is seq `seq`. Announce first when `announce`; `firstToken` for the
-        /// time-to-first-token; write it directly when `writeDirectly` (else it is held, after
-        /// older held text). A direct write the client cannot take is handed back with `hold`.
+        /// time-to-first-token; write it directly when `writeDirectly`, else `hold` it (after
+        /// older held text). A direct write the client cannot take is also handed to `hold`.
         case accept(seq: Int64, announce: Bool, firstToken: Bool, writeDirectly: Bool)
     }
 
@@ -160,6 +160,9 @@ struct GenerationStateMachine {
         self.limits = limits
     }
 
+    /// Stands in for a machine moved out for an event (see `ChatGeneration.update`).
+    static let vacant = GenerationStateMachine(limits: Limits(maxTokens: 0, maxAnswerBytes: 0, promptEstimate: 0))
+
     var isEnded: Bool {
         switch self.phase {
         case .ended, .failedToStart: return true
@@ -197,14 +200,14 @@ struct GenerationStateMachine {
         self.cached = true
     }
 
-    /// A piece of text. Past `max_tokens` or the byte bound, the text is dropped and the
-    /// generation ends with `length` at the end of the read; a budget-reduced `max_tokens` is
-    /// reached by the token that hits it (never overshot: a chunk is a token for the
-    /// OpenAI-compatible servers, which were asked for at most this many).
+    /// A piece of text of `byteCount` UTF-8 bytes. Past `max_tokens` or the byte bound, the text
+    /// is dropped and the generation ends with `length` at the end of the read; a budget-reduced
+    /// `max_tokens` is reached by the token that hits it (never overshot: a chunk is a token for
+    /// the OpenAI-compatible servers, which were asked for at most this many). Only arithmetic,
+    /// no call: the runner's exclusive access to the machine stays cheap on the per-token path.
     @inline(__always)
-    mutating func produced(_ text: Substring) -> TokenAction {
+    mutating func produced(byteCount: Int) -> TokenAction {
         guard case .upstream = self.phase, self.cut == nil else { return .drop }
-        let byteCount = text.utf8.count
         if self.seq >= Int64(self.limits.maxTokens) || self.answerBytes.addingSaturating(byteCount) > self.limits.maxAnswerBytes {
             self.cut = .length
             return .drop
@@ -215,16 +218,14 @@ struct GenerationStateMachine {
         self.seq = seq
         self.answerBytes += byteCount
         if self.limits.budgetCut != nil && seq >= Int64(self.limits.maxTokens) { self.cut = .length }
-        if self.merger.mayWriteDirectly {
-            self.merger.wrote(through: seq)
-            return .accept(seq: seq, announce: announce, firstToken: seq == 1, writeDirectly: true)
-        }
-        self.merger.hold(firstSeq: seq, lastSeq: seq, text: text)
-        return .accept(seq: seq, announce: announce, firstToken: seq == 1, writeDirectly: false)
+        let writeDirectly = self.merger.mayWriteDirectly
+        if writeDirectly { self.merger.wrote(through: seq) }
+        return .accept(seq: seq, announce: announce, firstToken: seq == 1, writeDirectly: writeDirectly)
     }
 
-    /// The client could not take seq `seq` directly (it is behind but connected): held, and
-    /// everything after it too until it is written.
+    /// Seq `seq` is held for the owner's client: it is behind (`accept` said not to write it
+    /// directly, or the direct write was refused while it is connected). Everything after it is
+    /// held too until it is written.
     mutating func hold(_ text: Substring, seq: Int64) {
         self.merger.hold(firstSeq: seq, lastSeq: seq, text: text)
     }

@@ -6,6 +6,15 @@ import SluiceProtocol
 import Testing
 @testable import Tools
 
+extension GenerationStateMachine {
+    /// A piece of text arrives, and is held if the machine says so (as `ChatGeneration` does).
+    fileprivate mutating func take(_ text: Substring) -> TokenAction {
+        let action = self.produced(byteCount: text.utf8.count)
+        if case .accept(let seq, _, _, false) = action { self.hold(text, seq: seq) }
+        return action
+    }
+}
+
 /// The rules of a generation, event by event, without sockets: what `ChatGeneration` is told
 /// to do for each upstream event and each request from elsewhere.
 @Suite struct GenerationStateMachineTests {
@@ -85,9 +94,9 @@ import Testing
         #expect(machine.start() == nil)
         #expect(machine.upstreamConnected() == .announce)
         #expect(machine.upstreamConnected() == nil)
-        #expect(machine.produced("a") == Self.direct(1))
-        #expect(machine.produced("bc") == Self.direct(2))
-        #expect(machine.produced("d") == Self.direct(3))
+        #expect(machine.take("a") == Self.direct(1))
+        #expect(machine.take("bc") == Self.direct(2))
+        #expect(machine.take("d") == Self.direct(3))
         #expect(machine.seq == 3)
         #expect(machine.answerBytes == 4)
     }
@@ -95,9 +104,9 @@ import Testing
     @Test func aFirstTokenBeforeTheUpstreamSaidItAcceptedAnnouncesIt() {
         var machine = Machine(limits: Self.limits())
         _ = machine.start()
-        #expect(machine.produced("a") == Self.direct(1, announce: true))
+        #expect(machine.take("a") == Self.direct(1, announce: true))
         #expect(machine.upstreamConnected() == nil)
-        #expect(machine.produced("b") == Self.direct(2))
+        #expect(machine.take("b") == Self.direct(2))
     }
 
     @Test func nothingIsAnnouncedOnceItEnded() {
@@ -105,18 +114,18 @@ import Testing
         _ = machine.start()
         #expect(machine.upstreamFailed(InferenceError(.unavailable, "refused")) == [.failedToStart(InferenceError(.unavailable, "refused"))])
         #expect(machine.upstreamConnected() == nil)
-        #expect(machine.produced("a") == .drop)
+        #expect(machine.take("a") == .drop)
     }
 
     // MARK: Cuts
 
     @Test func maxTokensCutsOnTheExactTokenPastIt() {
         var machine = Self.streaming(Self.limits(maxTokens: 2))
-        #expect(machine.produced("a") == Self.direct(1))
-        #expect(machine.produced("b") == Self.direct(2))
+        #expect(machine.take("a") == Self.direct(1))
+        #expect(machine.take("b") == Self.direct(2))
         #expect(machine.endOfRead(connected: true, writable: true, hasFollowers: false) == Self.deliverNothing)
-        #expect(machine.produced("c") == .drop)  // the third token passes max_tokens
-        #expect(machine.produced("d") == .drop)
+        #expect(machine.take("c") == .drop)  // the third token passes max_tokens
+        #expect(machine.take("d") == .drop)
         #expect(machine.seq == 2)
         #expect(machine.endOfRead(connected: true, writable: true, hasFollowers: false)
             == .end([.cancelUpstream, .end(Self.end(seq: 2, .length), Self.details(followersAfter: 0))]))
@@ -125,10 +134,10 @@ import Testing
 
     @Test func theByteBoundCutsOnTheChunkThatPassesIt() {
         var machine = Self.streaming(Self.limits(maxAnswerBytes: 5))
-        #expect(machine.produced("abc") == Self.direct(1))
-        #expect(machine.produced("de") == Self.direct(2))  // exactly 5 bytes: still in
-        #expect(machine.produced("f") == .drop)
-        #expect(machine.produced("") == .drop)  // everything after a cut is dropped
+        #expect(machine.take("abc") == Self.direct(1))
+        #expect(machine.take("de") == Self.direct(2))  // exactly 5 bytes: still in
+        #expect(machine.take("f") == .drop)
+        #expect(machine.take("") == .drop)  // everything after a cut is dropped
         #expect(machine.answerBytes == 5)
         #expect(machine.endOfRead(connected: true, writable: true, hasFollowers: false)
             == .end([.cancelUpstream, .end(Self.end(seq: 2, .length), Self.details())]))
@@ -136,10 +145,10 @@ import Testing
 
     @Test func aBudgetCutEndsOnTheTokenThatReachesItWithANotice() {
         var machine = Self.streaming(Self.limits(maxTokens: 2, cut: .tokensPerMinute, retryAfterMs: 1500))
-        #expect(machine.produced("a") == Self.direct(1))
-        #expect(machine.produced("b") == Self.direct(2))  // reaches the budget: kept, and ends the answer
+        #expect(machine.take("a") == Self.direct(1))
+        #expect(machine.take("b") == Self.direct(2))  // reaches the budget: kept, and ends the answer
         #expect(machine.cut == .length)
-        #expect(machine.produced("c") == .drop)
+        #expect(machine.take("c") == .drop)
         let notice = Machine.BudgetNotice(
             code: .rateLimited, message: "stopped at 2 tokens: the tokens-per-minute budget is used up", retryAfterMs: 1500)
         #expect(machine.endOfRead(connected: true, writable: true, hasFollowers: false)
@@ -149,17 +158,17 @@ import Testing
     @Test func theBudgetNoticeComesOnlyWithLengthAndABudgetCut() {
         // A budget cut, but the upstream stopped first: no notice.
         var stopped = Self.streaming(Self.limits(maxTokens: 5, cut: .tokensPerMinute))
-        _ = stopped.produced("a")
+        _ = stopped.take("a")
         #expect(stopped.upstreamFinished(.stop) == [.end(Self.end(seq: 1, .stop), Self.details())])
         // `length` from the client's own max_tokens: no notice.
         var uncut = Self.streaming(Self.limits(maxTokens: 1))
-        _ = uncut.produced("a")
+        _ = uncut.take("a")
         #expect(uncut.upstreamFinished(.length) == [.end(Self.end(seq: 1, .length), Self.details())])
         // The upstream's own `length` at a quota-reduced max_tokens: the notice says until when;
         // no retry_after_ms when the budget said none.
         let reset = Date(timeIntervalSince1970: 1_700_000_000)
         var quota = Self.streaming(Self.limits(maxTokens: 3, cut: .quota(resetAt: reset)))
-        _ = quota.produced("a")
+        _ = quota.take("a")
         let notice = Machine.BudgetNotice(
             code: .quotaExceeded, message: "stopped at 3 tokens: the token quota is used up until 2023-11-14T22:13:20Z", retryAfterMs: nil)
         #expect(quota.upstreamFinished(.length) == [.end(Self.end(seq: 1, .length), Self.details(notice: notice))])
@@ -172,11 +181,11 @@ import Testing
         // The token that reaches a budget-reduced max_tokens is also the one the memory budget
         // cannot hold: both cuts in one read, and `overloaded` wins.
         var machine = Self.streaming(Self.limits(maxTokens: 2, cut: .tokensPerMinute))
-        #expect(machine.produced("a") == Self.direct(1))
-        #expect(machine.produced("b") == Self.direct(2))
+        #expect(machine.take("a") == Self.direct(1))
+        #expect(machine.take("b") == Self.direct(2))
         machine.memoryExhausted()
         #expect(machine.cut == .memory)
-        #expect(machine.produced("c") == .drop)
+        #expect(machine.take("c") == .drop)
         let overloaded = GenerationError(code: .overloaded, message: "the server's memory budget is exhausted; retry shortly")
         #expect(machine.endOfRead(connected: true, writable: true, hasFollowers: false)
             == .end([.cancelUpstream, .countOverBudget, .end(Self.end(seq: 2, .error, error: overloaded), Self.details())]))
@@ -184,9 +193,9 @@ import Testing
 
     @Test func anExhaustedMemoryBudgetDropsTheRestOfTheRead() {
         var machine = Self.streaming()
-        #expect(machine.produced("a") == Self.direct(1))
+        #expect(machine.take("a") == Self.direct(1))
         machine.memoryExhausted()
-        #expect(machine.produced("b") == .drop)
+        #expect(machine.take("b") == .drop)
         guard case .end(let actions) = machine.endOfRead(connected: false, writable: false, hasFollowers: false) else {
             Issue.record("the read did not end the generation")
             return
@@ -200,14 +209,14 @@ import Testing
 
     @Test func cancelAfterTheEndIsANoOp() {
         var machine = Self.streaming()
-        _ = machine.produced("a")
+        _ = machine.take("a")
         #expect(machine.upstreamFinished(.stop) == [.end(Self.end(seq: 1, .stop), Self.details())])
         #expect(machine.cancel() == [])
         #expect(machine.abandon() == [])
         #expect(machine.upstreamFinished(.stop) == [])
         #expect(machine.upstreamFailed(InferenceError(.timeout, "late")) == [])
         #expect(machine.toolsFinished([]) == [])
-        #expect(machine.produced("late") == .drop)
+        #expect(machine.take("late") == .drop)
         #expect(machine.end == Self.end(seq: 1, .stop))
     }
 
@@ -238,7 +247,7 @@ import Testing
 
     @Test func aFailureAfterTheAnnouncementEndsWithTheError() {
         var machine = Self.streaming()
-        _ = machine.produced("a")
+        _ = machine.take("a")
         let error = InferenceError(.timeout, "no next token in time")
         #expect(machine.upstreamFailed(error)
             == [.end(Self.end(seq: 1, .error, error: GenerationError(code: .upstreamTimeout, message: "no next token in time")), Self.details())])
@@ -266,7 +275,7 @@ import Testing
                 return Self.terminals(machine.endOfRead(connected: true, writable: true, hasFollowers: true))
             }),
             ("length", { machine in
-                _ = machine.produced("past max_tokens")
+                _ = machine.take("past max_tokens")
                 return Self.terminals(machine.endOfRead(connected: true, writable: true, hasFollowers: true))
             }),
             ("tools", { machine in
@@ -280,7 +289,7 @@ import Testing
                     for third in events.indices {
                         var machine = Machine(limits: Self.limits(maxTokens: 1, tools: true))
                         _ = machine.start()
-                        if announced { _ = machine.produced("a") }
+                        if announced { _ = machine.take("a") }
                         var count = 0
                         for index in [first, second, third] { count += events[index].1(&machine) }
                         count += Self.terminals(machine.cancel())
@@ -302,7 +311,7 @@ import Testing
         let texts: [[Substring]] = [["a", "b"], ["c"], ["de", "f"]]
         var last: [Action] = []
         for (turn, text) in texts.enumerated() {
-            for piece in text { _ = machine.produced(piece) }
+            for piece in text { _ = machine.take(piece) }
             if let usage = upstreamUsage[turn] { machine.usageReported(prompt: usage.prompt, completion: usage.completion) }
             _ = machine.endOfRead(connected: true, writable: true, hasFollowers: false)
             if turn < 2 {
@@ -349,7 +358,7 @@ import Testing
             #expect(machine.upstreamFinished(.stop) == [.writeToolCalls([call]), .runTools([call])], "round \(round)")
             #expect(machine.toolsFinished([Self.run(call)]).last == .startUpstream)
         }
-        _ = machine.produced("a")
+        _ = machine.take("a")
         machine.toolCallsRequested([call])
         #expect(machine.upstreamFinished(.stop) == [.logToolRoundsExhausted(rounds: 4), .end(Self.end(seq: 1, .stop), Self.details())])
     }
@@ -369,9 +378,9 @@ import Testing
         #expect(silent.upstreamFinished(.stop) == [.announce, .writeToolCalls([call]), .runTools([call])])
         // Text held for a client that is behind goes out before the calls.
         var behind = Self.streaming(Self.limits(tools: true))
-        _ = behind.produced("a")
+        _ = behind.take("a")
         behind.hold("a", seq: 1)
-        #expect(behind.produced("b") == Self.merged(2))
+        #expect(behind.take("b") == Self.merged(2))
         behind.toolCallsRequested([call])
         #expect(behind.upstreamFinished(.stop)
             == [.writeHeld(Pending(firstSeq: 1, lastSeq: 2, text: "ab")), .writeToolCalls([call]), .runTools([call])])
@@ -390,36 +399,36 @@ import Testing
 
     @Test func aClientThatIsBehindGetsOneMergedDeltaWhenItCanTakeIt() {
         var machine = Self.streaming()
-        #expect(machine.produced("a") == Self.direct(1))
+        #expect(machine.take("a") == Self.direct(1))
         machine.hold("a", seq: 1)  // the client could not take it
-        #expect(machine.produced("b") == Self.merged(2))
-        #expect(machine.produced("c") == Self.merged(3))
+        #expect(machine.take("b") == Self.merged(2))
+        #expect(machine.take("c") == Self.merged(3))
         #expect(machine.heldBytes == 3)
         // Not writable at the end of the read: still held.
         #expect(machine.endOfRead(connected: true, writable: false, hasFollowers: false) == Self.deliverNothing)
         // Writable at the end of the next read: one delta.
-        #expect(machine.produced("d") == Self.merged(4))
+        #expect(machine.take("d") == Self.merged(4))
         #expect(machine.endOfRead(connected: true, writable: true, hasFollowers: false)
             == .deliver(held: Pending(firstSeq: 1, lastSeq: 4, text: "abcd"), followers: nil, broker: nil))
         #expect(machine.heldBytes == 0)
-        #expect(machine.produced("e") == Self.direct(5))
+        #expect(machine.take("e") == Self.direct(5))
     }
 
     @Test func whatIsHeldGoesOutWhenTheClientBecomesWritable() {
         var machine = Self.streaming()
-        _ = machine.produced("a")
-        _ = machine.produced("b")
+        _ = machine.take("a")
+        _ = machine.take("b")
         machine.hold("b", seq: 2)
         #expect(machine.outputWritable() == .writeHeld(Pending(firstSeq: 2, lastSeq: 2, text: "b")))
         #expect(machine.outputWritable() == nil)
-        #expect(machine.produced("c") == Self.direct(3))
+        #expect(machine.take("c") == Self.direct(3))
     }
 
     @Test func whatIsHeldGoesOutBeforeDone() {
         var machine = Self.streaming()
-        _ = machine.produced("a")
+        _ = machine.take("a")
         machine.hold("a", seq: 1)
-        _ = machine.produced("b")
+        _ = machine.take("b")
         // A client that went away keeps nothing new held; what was held stays for the end.
         #expect(machine.endOfRead(connected: false, writable: false, hasFollowers: false) == Self.deliverNothing)
         #expect(machine.upstreamFinished(.stop)
@@ -433,33 +442,33 @@ import Testing
         _ = machine.start()
         // Not announced yet: nothing for the broker (and no seqs either).
         #expect(machine.endOfRead(connected: true, writable: true, hasFollowers: true) == Self.deliverNothing)
-        _ = machine.produced("a")
-        _ = machine.produced("b")
+        _ = machine.take("a")
+        _ = machine.take("b")
         #expect(machine.endOfRead(connected: true, writable: true, hasFollowers: true)
             == .deliver(held: nil, followers: Machine.SeqRange(after: 0, upTo: 2), broker: Machine.SeqRange(after: 0, upTo: 2)))
         #expect(machine.endOfRead(connected: true, writable: true, hasFollowers: true) == Self.deliverNothing)
-        _ = machine.produced("c")
+        _ = machine.take("c")
         // Without followers their seq stays; a follower that attaches is sent up to here itself.
         #expect(machine.endOfRead(connected: true, writable: true, hasFollowers: false)
             == .deliver(held: nil, followers: nil, broker: Machine.SeqRange(after: 2, upTo: 3)))
         #expect(machine.followerAttaching(othersWaiting: false) == nil)
         #expect(machine.followersSeq == 3)
-        _ = machine.produced("d")
+        _ = machine.take("d")
         // A second follower: the first one is brought up to date first.
         #expect(machine.followerAttaching(othersWaiting: true) == Machine.SeqRange(after: 3, upTo: 4))
-        _ = machine.produced("e")
+        _ = machine.take("e")
         #expect(machine.upstreamFinished(.stop)
             == [.end(Self.end(seq: 5, .stop), Self.details(publishBatchAfter: 3, publishEnd: true, followersAfter: 4))])
     }
 
     @Test func republishingStartsTheBrokerOverFromTheWholeAnswer() {
         var machine = Self.streaming(Self.limits(shared: true))
-        _ = machine.produced("a")
-        _ = machine.produced("b")
+        _ = machine.take("a")
+        _ = machine.take("b")
         #expect(machine.republishing() == 2)
         #expect(machine.endOfRead(connected: true, writable: true, hasFollowers: false) == Self.deliverNothing)
         var local = Self.streaming()
-        _ = local.produced("a")
+        _ = local.take("a")
         #expect(local.republishing() == nil)
     }
 
@@ -468,7 +477,7 @@ import Testing
         _ = machine.start()
         machine.wasCached()
         #expect(machine.upstreamConnected() == .announce)
-        _ = machine.produced("a")
+        _ = machine.take("a")
         #expect(machine.upstreamFinished(.stop) == [.end(Self.end(seq: 1, .stop), Self.details(cached: true))])
     }
 }
