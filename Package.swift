@@ -238,7 +238,7 @@ let package = Package(
         .target(
             name: "SluiceTestSupport",
             dependencies: [
-                "WSServer", "CZlib",
+                "CZlib",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -321,7 +321,7 @@ let package = Package(
         .testTarget(
             name: "SluiceAppTests",
             dependencies: [
-                "SluiceApp", "WSServer", "Jobs", "Storage", "RedisClient",
+                "SluiceApp", "WSServer", "Jobs", "Storage", "RedisClient", "Sessions",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

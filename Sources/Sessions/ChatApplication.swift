@@ -8,6 +8,7 @@ import Tracing
 import NIOCore
 import RedisClient
 import SluiceProtocol
+import Storage
 import WSServer
 
 /// Settings of the chat protocol.
@@ -348,6 +349,22 @@ extension ChatApplication {
     func settle(_ admission: Admission, user: String, usedTokens: Int) {
         self.policy.limiter.settle(admission.grant, usedTokens: usedTokens)
         self.quotas.release(user: user, reserved: admission.quotaReserved)
+    }
+
+    /// Settles a generation whose usage no stored message carries (the OpenAI-compatible front
+    /// door): its tokens go to the storage as a usage record (`UsageRecorder`, off the event
+    /// loop, retried), and stay reserved in the quota until that record is stored or given up.
+    func settle(_ admission: Admission, user: String, usedTokens: Int, recordingAs generationID: String) {
+        if let recorder = self.history.persistence.usage, usedTokens > 0 {
+            let quotas = self.quotas
+            // Held before the admission's reservation goes: never uncounted in between.
+            let held = quotas.hold(user: user, tokens: usedTokens)
+            let record = UsageRecord(id: generationID, userExternalID: user, tokens: usedTokens)
+            if !recorder.record(record, settled: { quotas.release(user: user, reserved: held) }) {
+                quotas.release(user: user, reserved: held)
+            }
+        }
+        self.settle(admission, user: user, usedTokens: usedTokens)
     }
 
     /// Tokens of a context, estimated (4 bytes a token plus a few per message), for limits and

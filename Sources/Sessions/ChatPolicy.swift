@@ -47,22 +47,17 @@ public struct ChatPolicy: Sendable {
 
     /// 429 with `Retry-After` (whole seconds, at least 1) and the protocol's error object.
     static func refusal(_ refusal: LimitRefusal) -> HTTPRefusal {
-        Self.tooManyRequests(code: .rateLimited, message: refusal.message, retryAfterMs: refusal.retryAfterMs)
+        Self.refusal(code: .rateLimited, message: refusal.message, retryAfterMs: refusal.retryAfterMs)
     }
 
-    /// 429 for `rate_limited` and `quota_exceeded`, 400 for `content_rejected`, 503 for
-    /// `unavailable`; with `Retry-After` when it is known.
-    static func tooManyRequests(code: ErrorCode, message: String, retryAfterMs: Int64?) -> HTTPRefusal {
+    /// A refusal (`rate_limited`, `quota_exceeded`: 429; `content_rejected`: 400; `unavailable`:
+    /// 503; `ErrorCode.httpStatus`) with the protocol's error object as its body and
+    /// `Retry-After` when it is known.
+    static func refusal(code: ErrorCode, message: String, retryAfterMs: Int64?) -> HTTPRefusal {
         var body = ByteBuffer()
         ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &body)
-        let status: HTTPResponseStatus = code == .contentRejected ? .badRequest : (code == .unavailable ? .serviceUnavailable : .tooManyRequests)
-        return HTTPRefusal(status: status, body: String(buffer: body),
-                           headers: retryAfterMs.map { ["Retry-After": Self.retryAfterSeconds($0)] } ?? [:])
-    }
-
-    /// `Retry-After`: whole seconds, rounded up, at least 1.
-    static func retryAfterSeconds(_ milliseconds: Int64) -> String {
-        String(max(1, milliseconds.addingSaturating(999) / 1000))
+        return HTTPRefusal(status: HTTPResponseStatus(code), body: String(buffer: body),
+                           headers: retryAfterMs.map { ["Retry-After": RetryAfter.headerValue(milliseconds: $0)] } ?? [:])
     }
 
     public static let open = ChatPolicy()

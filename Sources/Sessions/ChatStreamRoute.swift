@@ -61,7 +61,7 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         let send: ClientMessage.ChatSend
         switch ClientMessageDecoder.decodeChatRequest(body, limits: self.application.configuration.requestLimits) {
         case .failure(let violation):
-            self.respondError(Self.status(for: violation.code), violation.code, violation.message, requestID: violation.requestID)
+            self.respondError(HTTPResponseStatus(violation.code), violation.code, violation.message, requestID: violation.requestID)
             return
         case .success(let request):
             send = request
@@ -86,7 +86,7 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         guard let writer = self.writer, !self.disconnected else { return }
         guard case .found(let conversation) = lookup else {
             if let (violation, retryAfterMs) = ChatApplication.violation(for: lookup, conversationID: send.conversationID, requestID: send.requestID) {
-                self.respondError(Self.status(for: violation.code), violation.code, violation.message,
+                self.respondError(HTTPResponseStatus(violation.code), violation.code, violation.message,
                                   requestID: violation.requestID, retryAfterMs: retryAfterMs)
             }
             return
@@ -105,7 +105,7 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         switch result {
         case .failure(let refusal):
             if let writer = self.writer, !self.disconnected {
-                writer.respond(ChatPolicy.tooManyRequests(code: refusal.code, message: refusal.message, retryAfterMs: refusal.retryAfterMs))
+                writer.respond(ChatPolicy.refusal(code: refusal.code, message: refusal.message, retryAfterMs: refusal.retryAfterMs))
                 self.writer = nil
             }
             return
@@ -120,7 +120,7 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
             send, in: conversation, user: user, output: self, sessionID: Identifier.make("sse_"), trace: trace,
             admission: admission, on: writer.eventLoop) {
         case .failure(let violation):
-            self.respondError(Self.status(for: violation.code), violation.code, violation.message, requestID: violation.requestID,
+            self.respondError(HTTPResponseStatus(violation.code), violation.code, violation.message, requestID: violation.requestID,
                               retryAfterMs: violation.code == .overloaded ? 1000 : nil)
         case .success(let generation):
             self.generation = generation
@@ -175,7 +175,7 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         self.generation = nil
         guard !self.disconnected else { return }
         let retryAfterMs = ChatGeneration.retryAfterMs(for: error)
-        self.respondError(Self.status(for: error.code), error.code, error.message, requestID: generation.requestID, retryAfterMs: retryAfterMs)
+        self.respondError(HTTPResponseStatus(error.code), error.code, error.message, requestID: generation.requestID, retryAfterMs: retryAfterMs)
     }
 
     // MARK: Errors before any event
@@ -190,16 +190,6 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         self.writer = nil
     }
 
-    static func status(for code: ErrorCode) -> HTTPResponseStatus {
-        switch code {
-        case .notFound: return .notFound
-        case .tooLarge: return .payloadTooLarge
-        case .overloaded, .upstreamUnavailable, .unavailable: return .serviceUnavailable
-        case .upstreamError: return .badGateway
-        case .upstreamTimeout: return .gatewayTimeout
-        default: return .badRequest
-        }
-    }
 }
 
 @available(*, unavailable)
@@ -290,7 +280,7 @@ final class HistoryResponder: HTTPRouteResponder {
             case .failure(let failure):
                 let conversationID: String? = if case .messages(let id) = route { id } else { nil }
                 let (code, message, retryAfterMs) = failure.wireError(conversationID: conversationID)
-                Self.respondError(respond.value, ChatStreamResponder.status(for: code), code, message, retryAfterMs: retryAfterMs)
+                Self.respondError(respond.value, HTTPResponseStatus(code), code, message, retryAfterMs: retryAfterMs)
             }
         }
     }

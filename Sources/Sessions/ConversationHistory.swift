@@ -12,11 +12,21 @@ import Synchronization
 public struct Persistence: Sendable {
     let storage: (any ConversationStorage)?
     let queue: WriteBehindQueue?
+    /// Writes the usage of generations that store no message (the OpenAI-compatible front door).
+    let usage: UsageRecorder?
+
+    init(storage: (any ConversationStorage)?, queue: WriteBehindQueue?, usage: UsageRecorder? = nil) {
+        self.storage = storage
+        self.queue = queue
+        self.usage = usage
+    }
 
     public static let none = Persistence(storage: nil, queue: nil)
 
-    public static func storage(_ storage: any ConversationStorage, queue: WriteBehindQueue) -> Persistence {
-        Persistence(storage: storage, queue: queue)
+    /// `usage` defaults to a recorder on `storage` (give your own to `drain()` it at shutdown).
+    public static func storage(_ storage: any ConversationStorage, queue: WriteBehindQueue, usage: UsageRecorder? = nil) -> Persistence {
+        Persistence(
+            storage: storage, queue: queue, usage: usage ?? UsageRecorder(storage: storage, logger: Logger(label: "sluice.storage.usage")))
     }
 
     public var isEnabled: Bool { self.storage != nil }

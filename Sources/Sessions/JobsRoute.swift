@@ -39,7 +39,7 @@ final class JobsResponder: HTTPRouteResponder {
 
     func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
         guard let jobs = self.application.jobs else {
-            HistoryResponder.respondError(writer, .serviceUnavailable, .unavailable, "jobs need Redis (redis.url); this gateway runs without it", retryAfterMs: nil)
+            HistoryResponder.respondError(writer, HTTPResponseStatus(.unavailable), .unavailable, "jobs need Redis (redis.url); this gateway runs without it", retryAfterMs: nil)
             return
         }
         let user: String
@@ -104,7 +104,7 @@ final class JobsResponder: HTTPRouteResponder {
                     return Self.error(failure)
                 }
             case .failure(let violation):
-                return Self.error(ChatStreamResponder.status(for: violation.code), violation.code, violation.message)
+                return Self.error(HTTPResponseStatus(violation.code), violation.code, violation.message)
             }
         case (.collection, .GET):
             var limit = 50
@@ -155,19 +155,13 @@ final class JobsResponder: HTTPRouteResponder {
     }
 
     static func error(_ failure: JobsGateway.Failure) -> Reply {
-        let status: HTTPResponseStatus = switch failure.code {
-        case .notFound: .notFound
-        case .unavailable: .serviceUnavailable
-        case .rateLimited, .quotaExceeded: .tooManyRequests
-        default: ChatStreamResponder.status(for: failure.code)
-        }
-        return Self.error(status, failure.code, failure.message, retryAfterMs: failure.retryAfterMs)
+        Self.error(HTTPResponseStatus(failure.code), failure.code, failure.message, retryAfterMs: failure.retryAfterMs)
     }
 
     static func error(_ status: HTTPResponseStatus, _ code: ErrorCode, _ message: String, retryAfterMs: Int64? = nil) -> Reply {
         var buffer = ByteBuffer()
         ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &buffer)
-        let headers = retryAfterMs.map { [("Retry-After", String(max(1, $0 / 1000 + ($0 % 1000 == 0 ? 0 : 1))))] } ?? []
+        let headers = retryAfterMs.map { [("Retry-After", RetryAfter.headerValue(milliseconds: $0))] } ?? []
         return Reply(status: status, body: String(buffer: buffer), headers: headers)
     }
 }

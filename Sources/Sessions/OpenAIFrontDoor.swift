@@ -49,7 +49,7 @@ enum OpenAIError {
 
     static func respond(_ writer: HTTPResponseWriter, status: HTTPResponseStatus, _ message: String, type: String, code: String?,
                         param: String? = nil, retryAfterMs: Int64? = nil) {
-        let headers = retryAfterMs.map { [("Retry-After", ChatPolicy.retryAfterSeconds($0))] } ?? []
+        let headers = retryAfterMs.map { [("Retry-After", RetryAfter.headerValue(milliseconds: $0))] } ?? []
         writer.respond(status: status, contentType: "application/json", body: Self.body(message, type: type, code: code, param: param), headers: headers)
     }
 }
@@ -147,7 +147,7 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
         let policy = self.application.policy
         let address = policy.limiter.limits.clientAddress(head, peer: writer.remoteAddress)
         if let refusal = policy.limiter.admitConnection(from: address) {
-            OpenAIError.respond(writer, status: .tooManyRequests, refusal.message, type: "rate_limit_exceeded", code: "rate_limited",
+            OpenAIError.respond(writer, status: HTTPResponseStatus(.rateLimited), refusal.message, type: "rate_limit_exceeded", code: "rate_limited",
                                 retryAfterMs: refusal.retryAfterMs)
             return
         }
@@ -232,9 +232,7 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             guard let writer = self.writer else { return }
             let type = refusal.code == .quotaExceeded ? "insufficient_quota"
                 : (refusal.code == .contentRejected ? "invalid_request_error" : (refusal.code == .unavailable ? "api_error" : "rate_limit_exceeded"))
-            let status: HTTPResponseStatus = refusal.code == .contentRejected ? .badRequest
-                : (refusal.code == .unavailable ? .serviceUnavailable : .tooManyRequests)
-            OpenAIError.respond(writer, status: status, refusal.message, type: type, code: refusal.code.rawValue,
+            OpenAIError.respond(writer, status: HTTPResponseStatus(refusal.code), refusal.message, type: type, code: refusal.code.rawValue,
                                 retryAfterMs: refusal.retryAfterMs)
             self.writer = nil
             return
@@ -310,12 +308,13 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             self.application.hub.countOverBudget()
             self.metrics?.request(status: ErrorCode.overloaded.rawValue)
             if let admission = self.admission {
-                self.application.settle(admission, user: self.user, usedTokens: (self.usage?.prompt ?? self.promptEstimate).addingSaturating(self.deltas))
+                let used = (self.usage?.prompt ?? self.promptEstimate).addingSaturating(self.deltas)
+                self.application.settle(admission, user: self.user, usedTokens: used, recordingAs: self.id)
             }
             self.text = ByteBuffer()
             self.charge.releaseAll(to: self.application.hub.budget)
             if let writer = self.writer {
-                OpenAIError.respond(writer, status: .serviceUnavailable, "the server's memory budget is exhausted; retry shortly",
+                OpenAIError.respond(writer, status: HTTPResponseStatus(.overloaded), "the server's memory budget is exhausted; retry shortly",
                                     type: "api_error", code: ErrorCode.overloaded.rawValue, retryAfterMs: 1000)
                 self.writer = nil
             }
@@ -345,9 +344,7 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             self.metrics?.request(status: error.code.rawValue)
             if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: 0) }
             if let writer = self.writer {
-                let status: HTTPResponseStatus = error.kind == .timeout ? .gatewayTimeout
-                    : (error.kind == .unavailable || error.kind == .overloaded ? .serviceUnavailable : .badGateway)
-                OpenAIError.respond(writer, status: status, error.message, type: "api_error", code: error.code.rawValue,
+                OpenAIError.respond(writer, status: HTTPResponseStatus(error.code), error.message, type: "api_error", code: error.code.rawValue,
                                     retryAfterMs: ChatGeneration.retryAfterMs(for: error))
                 self.writer = nil
             }
@@ -383,7 +380,8 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
             ?? Usage(promptTokens: self.promptEstimate, completionTokens: self.deltas, source: .gateway)
         self.metrics?.latency.recordInterval(since: self.startedAt)
         self.metrics?.request(status: error?.code.rawValue ?? reason.rawValue)
-        if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: usage.totalTokens) }
+        // Nothing is stored for this door, so the usage is recorded on its own: it counts against quotas.
+        if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: usage.totalTokens, recordingAs: self.id) }
         guard let writer = self.writer else { return }
         let finishReason = reason == .cancelled || reason == .error ? "stop" : reason.rawValue
         let usageJSON = #"{"prompt_tokens":\#(usage.promptTokens),"completion_tokens":\#(usage.completionTokens),"total_tokens":\#(usage.totalTokens)}"#

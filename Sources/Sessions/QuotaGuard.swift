@@ -12,7 +12,10 @@ import Storage
 /// used (stored), what this instance's running generations have reserved, and the new prompt;
 /// the generation may then produce at most what is left, and is stopped there. Stored usage is
 /// read after this instance's queued writes went out, so an answer that just ended counts.
-/// Usage is added when a generation ends (by the write-behind queue, with the answer).
+/// Usage is added when a generation ends: by the write-behind queue, with the answer; for the
+/// OpenAI-compatible front door, which stores no answer, by the `UsageRecorder`, and until that
+/// record is stored its tokens stay reserved here (`hold`), so a burst of requests cannot outrun
+/// the write.
 final class QuotaGuard: Sendable {
     private let persistence: Persistence
     private let logger: Logger
@@ -138,6 +141,19 @@ final class QuotaGuard: Sendable {
                 retryAfterMs: standing.retryAfterMs))
         }
         return .success(())
+    }
+
+    /// Keeps `tokens` counted against `user`'s quota on this instance until they are released
+    /// (`release(user:reserved:)` with the returned amount): usage on its way to the storage.
+    func hold(user: String, tokens: Int) -> Int {
+        guard tokens > 0 else { return 0 }
+        self.reserved.withLockedValue { $0[user] = ($0[user] ?? 0).addingSaturating(tokens) }
+        return tokens
+    }
+
+    /// The tokens `user` has reserved on this instance (running generations, usage on its way).
+    func reservedTokens(user: String) -> Int {
+        self.reserved.withLockedValue { $0[user] ?? 0 }
     }
 
     /// The generation ended: its reservation is released (its usage is stored with its answer).

@@ -117,6 +117,9 @@ public enum ConfigurationLoader {
         "SLUICE_IMAGE": "deploy/docker-compose.prod.yaml: the image",
         "SLUICE_NGINX_LISTEN": "deploy/nginx/sluice.conf.template: nginx's listen address",
         "SLUICE_UPSTREAM_SERVERS": "deploy/nginx/sluice.conf.template: the gateways",
+        "SLUICE_FUZZ": "Package.swift: adds the libFuzzer binary (scripts/fuzz.sh sets it)",
+        "SLUICE_FUZZ_TARGET": "the fuzz binary: which target to run",
+        "SLUICE_FUZZ_VERBOSE": "the fuzz binary: the upgrade target prints what the server wrote",
     ]
 
     /// Every `SLUICE_*` variable that is not an error.

@@ -159,7 +159,8 @@ public enum SluiceServer {
                 + (chatApplication.map { [AdminRoutes(application: $0)] } ?? []),
             publicServer: server, readiness: readiness, eventLoopGroup: eventLoopGroup, logger: logger)
         // Started in this order, stopped in the reverse: the server drains first, then handed-off
-        // generations finish, then the queue writes what is left, then the storage closes.
+        // generations finish, then the queue and the usage records write what is left, then the
+        // storage closes.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         // Stopped last of all: /metrics and /ready keep answering through the whole drain.
         if let admin { services.append(.init(service: admin)) }
@@ -167,7 +168,7 @@ public enum SluiceServer {
         if let exporter { services.append(.init(service: exporter)) }
         if let opened {
             services.append(.init(service: StorageService(opened: opened, quotas: configuration.quotas, logger: logger)))
-            services.append(.init(service: opened.queue))
+            services.append(.init(service: StorageWritesService(queue: opened.queue, usage: opened.usage)))
         }
         if let chatApplication {
             services.append(.init(service: GenerationDrainService(

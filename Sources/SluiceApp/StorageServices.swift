@@ -11,11 +11,13 @@ import Synchronization
 struct OpenedStorage: Sendable {
     let storage: any ConversationStorage
     let queue: WriteBehindQueue
+    /// The OpenAI-compatible front door's usage, on its way to `user_quotas`.
+    let usage: UsageRecorder
     let description: String
     /// Set once the schema is migrated (`/ready` waits for it).
     let migrated: MigrationState
 
-    var persistence: Persistence { .storage(self.storage, queue: self.queue) }
+    var persistence: Persistence { .storage(self.storage, queue: self.queue, usage: self.usage) }
 
     /// Opens the storage `settings` select, or `nil` for `memory`. SQLite is migrated here (a
     /// local file: failing means the operator must act, so start-up fails); PostgreSQL is
@@ -52,7 +54,9 @@ struct OpenedStorage: Sendable {
                 capacity: settings.queueCapacity, batchSize: settings.batchSize,
                 drainTimeout: .nanoseconds(settings.drainTimeout.nanoseconds)),
             logger: logger)
-        return OpenedStorage(storage: storage, queue: queue, description: description, migrated: migrated)
+        let usage = UsageRecorder(
+            storage: storage, configuration: .init(drainTimeout: .nanoseconds(settings.drainTimeout.nanoseconds)), logger: logger)
+        return OpenedStorage(storage: storage, queue: queue, usage: usage, description: description, migrated: migrated)
     }
 }
 
@@ -88,19 +92,31 @@ struct StorageService: Service {
         await storage.shutdown()
     }
 
-    /// Sets quotas whose `reset_at` passed back to 0 (on every instance: the update is
-    /// idempotent, the first one to run it wins).
+    /// Every `quotas.reset_check_interval`, `maintainQuotas()`.
     private func resetQuotasWhenDue() async {
-        let period = TimeInterval(self.quotas.period.nanoseconds) / 1_000_000_000
         while !Task.isCancelled {
             try? await Task.sleep(nanoseconds: UInt64(self.quotas.resetCheckInterval.nanoseconds))
             guard self.opened.migrated.isDone, !Task.isCancelled else { continue }
-            do {
-                let reset = try await self.opened.storage.resetDueQuotas(now: Date(), period: period)
-                if reset > 0 { self.logger.notice("token quotas reset", metadata: ["sluice.quotas": "\(reset)"]) }
-            } catch {
-                self.logger.debug("quota reset skipped", metadata: ["sluice.error": "\(error)"])
-            }
+            await self.maintainQuotas()
+        }
+    }
+
+    /// Sets quotas whose `reset_at` passed back to 0, and deletes usage records older than
+    /// `UsageRecord.retention` (48 h; they only make a retried write count once). On every
+    /// instance: both are idempotent, the first one to run them does the work.
+    func maintainQuotas(now: Date = Date()) async {
+        let period = TimeInterval(self.quotas.period.nanoseconds) / 1_000_000_000
+        do {
+            let reset = try await self.opened.storage.resetDueQuotas(now: now, period: period)
+            if reset > 0 { self.logger.notice("token quotas reset", metadata: ["sluice.quotas": "\(reset)"]) }
+        } catch {
+            self.logger.debug("quota reset skipped", metadata: ["sluice.error": "\(error)"])
+        }
+        do {
+            let deleted = try await self.opened.storage.pruneUsageRecords(now: now)
+            if deleted > 0 { self.logger.debug("old usage records deleted", metadata: ["sluice.records": "\(deleted)"]) }
+        } catch {
+            self.logger.debug("usage record cleanup skipped", metadata: ["sluice.error": "\(error)"])
         }
     }
 
@@ -123,6 +139,25 @@ struct StorageService: Service {
             }
             try? await Task.sleep(for: backoff)
             backoff = min(backoff * 2, .seconds(5))
+        }
+    }
+}
+
+/// The write-behind queue and the usage recorder (the OpenAI front door's usage), stopped
+/// together: on graceful shutdown both write what they hold at the same time, so the one
+/// `storage.drain_timeout` bounds both (the shutdown budget in deploy/ counts it once).
+struct StorageWritesService: Service {
+    let queue: WriteBehindQueue
+    let usage: UsageRecorder
+
+    func run() async throws {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.queue.run() }
+            group.addTask {
+                try? await gracefulShutdown()
+                await self.usage.drain()
+            }
+            await group.waitForAll()
         }
     }
 }

@@ -93,7 +93,7 @@ public struct ProtocolViolation: Error, Equatable, Sendable {
 }
 
 /// Wire error codes (`error.code`).
-public enum ErrorCode: String, Sendable {
+public enum ErrorCode: String, Sendable, CaseIterable {
     case invalidMessage = "invalid_message"
     case unknownType = "unknown_type"
     case notFound = "not_found"

@@ -65,6 +65,20 @@ public protocol ConversationStorage: Sendable {
     @discardableResult
     func resetDueQuotas(now: Date, period: TimeInterval) async throws(StorageError) -> Int
 
+    /// Adds the usage of generations that store no message (the OpenAI-compatible front door) to
+    /// their users' `user_quotas.tokens_used`, creating the user and quota rows when missing, and
+    /// keeps each record (`usage_records`) so that writing it again (a retry after a lost reply)
+    /// adds nothing: one statement (PostgreSQL) or one transaction (SQLite). The same id twice in
+    /// a batch counts once; `tokens_used` stops at the largest integer. Returns how many records
+    /// were new.
+    @discardableResult
+    func recordUsage(_ records: [UsageRecord]) async throws(StorageError) -> Int
+
+    /// Deletes at most `limit` usage records created before `cutoff`, oldest first: they only
+    /// stop a retried write from counting twice (see `UsageRecord.retention`). Returns how many.
+    @discardableResult
+    func deleteUsageRecords(before cutoff: Date, limit: Int) async throws(StorageError) -> Int
+
     /// Inserts or replaces a finished job (`jobs`): a retried job archives again.
     func archiveJob(_ job: ArchivedJob) async throws(StorageError)
 
@@ -82,6 +96,24 @@ public protocol ConversationStorage: Sendable {
 
     /// Closes the connections. Calls after this fail with `StorageError.shutDown`.
     func shutdown() async
+}
+
+extension ConversationStorage {
+    /// Deletes the usage records older than `UsageRecord.retention` before `now`, `batch` at a time
+    /// (short statements, no long lock), at most `maxBatches` batches per call (the rest next
+    /// time). Returns how many were deleted.
+    @discardableResult
+    public func pruneUsageRecords(now: Date = Date(), batch: Int = 10_000, maxBatches: Int = 100) async throws(StorageError) -> Int {
+        let cutoff = now.addingTimeInterval(-UsageRecord.retention)
+        let batch = max(1, batch)
+        var deleted = 0
+        for _ in 0..<max(1, maxBatches) {
+            let count = try await self.deleteUsageRecords(before: cutoff, limit: batch)
+            deleted = deleted.addingReportingOverflow(count).overflow ? Int.max : deleted + count
+            guard count >= batch else { break }
+        }
+        return deleted
+    }
 }
 
 /// The largest page `listConversations` and `messages` return.

@@ -121,6 +121,19 @@ enum PostgresSchema {
         Migration(version: 3, statements: [
             "ALTER TABLE jobs ADD COLUMN tokens_used bigint NOT NULL DEFAULT 0, ADD COLUMN tokens_counted bigint NOT NULL DEFAULT 0",
         ]),
+        // Usage of generations that store no message (the OpenAI-compatible front door), kept
+        // by id so that a retried write counts once; deleted after `UsageRecord.retention`.
+        Migration(version: 4, statements: [
+            """
+            CREATE TABLE usage_records (
+                id text PRIMARY KEY,
+                user_id uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                tokens bigint NOT NULL CHECK (tokens >= 0),
+                created_at timestamptz NOT NULL
+            )
+            """,
+            "CREATE INDEX usage_records_created ON usage_records (created_at)",
+        ]),
     ]
 
     /// Adds what a job spent and was not counted yet to its submitter's `user_quotas`, once: the
@@ -141,6 +154,41 @@ enum PostgresSchema {
         INSERT INTO user_quotas AS q (user_id, tokens_used)
         SELECT (SELECT id FROM the_user LIMIT 1), delta FROM counted
         ON CONFLICT (user_id) DO UPDATE SET tokens_used = q.tokens_used + EXCLUDED.tokens_used
+        """
+
+    /// Usage records in one statement: $1 the records as a JSON array. Users are created as in
+    /// `appendBatch` (one created at the same moment by another instance comes back as
+    /// `unresolved`, and the batch is retried); records already there (a retry) are not inserted,
+    /// and only the inserted ones are added to `user_quotas.tokens_used`, which stops at the
+    /// largest bigint instead of failing.
+    static let recordUsage = """
+        WITH rec_in AS (
+            SELECT * FROM json_to_recordset($1::json) AS r(id text, user_external_id text, tokens int8, created_us int8)
+        ), new_users AS (
+            INSERT INTO users (external_id)
+            SELECT DISTINCT user_external_id FROM rec_in
+            ON CONFLICT (external_id) DO NOTHING
+            RETURNING id, external_id
+        ), batch_users AS (
+            SELECT id, external_id FROM new_users
+            UNION ALL
+            SELECT id, external_id FROM users WHERE external_id IN (SELECT user_external_id FROM rec_in)
+        ), inserted AS (
+            INSERT INTO usage_records (id, user_id, tokens, created_at)
+            SELECT r.id, bu.id, r.tokens, \(Self.timestamp("r.created_us"))
+            FROM rec_in r JOIN batch_users bu ON bu.external_id = r.user_external_id
+            ON CONFLICT (id) DO NOTHING
+            RETURNING user_id, tokens
+        ), counted AS (
+            INSERT INTO user_quotas AS q (user_id, tokens_used)
+            SELECT user_id, LEAST(sum(tokens), 9223372036854775807)::int8 FROM inserted GROUP BY user_id
+            ON CONFLICT (user_id) DO UPDATE SET tokens_used = CASE
+                WHEN q.tokens_used > 9223372036854775807 - EXCLUDED.tokens_used THEN 9223372036854775807
+                ELSE q.tokens_used + EXCLUDED.tokens_used END
+        )
+        SELECT
+            (SELECT count(*) FROM inserted)::int8,
+            (SELECT count(*) FROM rec_in WHERE user_external_id NOT IN (SELECT external_id FROM batch_users))::int8
         """
 
     /// `timestamptz` from an `int8` count of microseconds since 1970 (exact below 2^53).

@@ -511,6 +511,47 @@ public final class PostgresStorage: ConversationStorage, Service {
         }
     }
 
+    // MARK: Usage records
+
+    @discardableResult
+    public func recordUsage(_ records: [UsageRecord]) async throws(StorageError) -> Int {
+        let plan = UsagePlan(records)
+        guard !plan.rows.isEmpty else { return 0 }
+        var binds = PostgresBindings(capacity: 1)
+        binds.append(try plan.json())
+        let query = PostgresQuery(unsafeSQL: PostgresSchema.recordUsage, binds: binds)
+        let (inserted, unresolved) = try await self.perform {
+            let rows = try await self.client.query(query)
+            self.count(write: true)
+            for try await row in rows.decode((Int64, Int64).self) { return row }
+            throw StorageError.unexpectedRow("the usage insert returned no row")
+        }
+        if unresolved > 0 {
+            // As in appendMessages: a user row created concurrently elsewhere; the rest is stored.
+            throw StorageError.rejected(sqlState: "40001", message: "\(unresolved) usage record(s) for a user created concurrently; retry them")
+        }
+        return Int(inserted)
+    }
+
+    @discardableResult
+    public func deleteUsageRecords(before cutoff: Date, limit: Int) async throws(StorageError) -> Int {
+        let limit = Int64(clamping: max(1, limit))
+        let query: PostgresQuery = """
+            WITH gone AS (
+                DELETE FROM usage_records WHERE id IN (
+                    SELECT id FROM usage_records WHERE created_at < \(cutoff) ORDER BY created_at LIMIT \(limit))
+                RETURNING 1
+            )
+            SELECT count(*)::int8 FROM gone
+            """
+        return try await self.perform {
+            let rows = try await self.client.query(query)
+            self.count(write: true)
+            for try await deleted in rows.decode(Int64.self) { return Int(deleted) }
+            return 0
+        }
+    }
+
     // MARK: Plumbing
 
     private static func message(

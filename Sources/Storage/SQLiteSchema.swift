@@ -102,6 +102,18 @@ enum SQLiteSchema {
             "ALTER TABLE jobs ADD COLUMN tokens_used INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE jobs ADD COLUMN tokens_counted INTEGER NOT NULL DEFAULT 0",
         ]),
+        // Usage of generations that store no message, kept by id so that a retry counts once.
+        Migration(version: 4, statements: [
+            """
+            CREATE TABLE usage_records (
+                id TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                tokens INTEGER NOT NULL CHECK (tokens >= 0),
+                created_at INTEGER NOT NULL
+            )
+            """,
+            "CREATE INDEX usage_records_created ON usage_records (created_at)",
+        ]),
     ]
 
     static let messageColumns =

@@ -430,6 +430,76 @@ public final class SQLiteStorage: ConversationStorage {
         }
     }
 
+    // MARK: Usage records
+
+    @discardableResult
+    public func recordUsage(_ records: [UsageRecord]) async throws(StorageError) -> Int {
+        let plan = UsagePlan(records)
+        guard !plan.rows.isEmpty else { return 0 }
+        let now = Date().microsecondsSince1970
+        return try await self.exclusive { () throws(StorageError) in
+            var inserted = Set<String>()
+            try await self.transaction { () throws(StorageError) in
+                for users in Array(Set(plan.rows.map(\.userExternalID))).chunked(Self.rowsPerStatement) {
+                    _ = try await self.run(
+                        "INSERT INTO users (id, external_id, created_at) VALUES \(Self.placeholders(rows: users.count, columns: 3)) "
+                            + "ON CONFLICT (external_id) DO NOTHING",
+                        users.flatMap { [.text(UUID().lowercased), .text($0), .integer(.init(now))] }, write: true
+                    )
+                }
+                // Only the records not stored yet come back: only they are counted.
+                for rows in plan.rows.chunked(Self.rowsPerStatement) {
+                    let stored = try await self.run(
+                        """
+                        INSERT INTO usage_records (id, user_id, tokens, created_at)
+                        SELECT v.column1, u.id, v.column2, v.column3
+                        FROM (VALUES \(Self.placeholders(rows: rows.count, columns: 4))) AS v
+                        JOIN users u ON u.external_id = v.column4 WHERE true
+                        ON CONFLICT (id) DO NOTHING
+                        RETURNING id
+                        """,
+                        rows.flatMap { row -> [SQLiteData] in
+                            [.text(row.id), .integer(Int(row.tokens)), .integer(Int(row.createdMicroseconds)), .text(row.userExternalID)]
+                        },
+                        write: true
+                    )
+                    for row in stored {
+                        if let id = row.column("id")?.string { inserted.insert(id) }
+                    }
+                }
+                var usage: [String: Int64] = [:]
+                for row in plan.rows where inserted.contains(row.id) {
+                    usage[row.userExternalID] = UsagePlan.adding(usage[row.userExternalID] ?? 0, row.tokens)
+                }
+                for users in Array(usage).chunked(Self.rowsPerStatement) {
+                    // Stops at the largest integer (SQLite would turn an overflowing sum into a float).
+                    _ = try await self.run(
+                        """
+                        INSERT INTO user_quotas (user_id, tokens_used)
+                        SELECT u.id, v.column2 FROM (VALUES \(Self.placeholders(rows: users.count, columns: 2))) AS v
+                        JOIN users u ON u.external_id = v.column1 WHERE true
+                        ON CONFLICT (user_id) DO UPDATE SET tokens_used = CASE
+                            WHEN user_quotas.tokens_used > 9223372036854775807 - excluded.tokens_used THEN 9223372036854775807
+                            ELSE user_quotas.tokens_used + excluded.tokens_used END
+                        """,
+                        users.flatMap { [.text($0.key), .integer(Int($0.value))] }, write: true
+                    )
+                }
+            }
+            return inserted.count
+        }
+    }
+
+    @discardableResult
+    public func deleteUsageRecords(before cutoff: Date, limit: Int) async throws(StorageError) -> Int {
+        try await self.exclusive { () throws(StorageError) in
+            let deleted = try await self.run(
+                "DELETE FROM usage_records WHERE id IN (SELECT id FROM usage_records WHERE created_at < ? ORDER BY created_at LIMIT ?) RETURNING id",
+                [.integer(Int(cutoff.microsecondsSince1970)), .integer(max(1, limit))], write: true)
+            return deleted.count
+        }
+    }
+
     // MARK: Plumbing
 
     /// Runs `body` holding the connection.

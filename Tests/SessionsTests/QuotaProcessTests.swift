@@ -25,6 +25,88 @@ import Testing
         output.split(separator: " ").first { $0.hasPrefix("used=") }.flatMap { Int($0.dropFirst(5)) }
     }
 
+    /// `POST /v1/chat/completions` with OpenAI's request shape, as `ann` (a JWT): the status,
+    /// the parsed answer (the usage chunk's object when streamed), and the raw body.
+    static func completion(
+        _ gateway: SluiceProcess, stream: Bool, maxTokens: Int
+    ) async throws -> (status: Int, json: [String: Any], body: String) {
+        var request: [String: Any] = [
+            "model": "default", "messages": [["role": "system", "content": "Be brief."], ["role": "user", "content": "hi"]],
+            "max_tokens": maxTokens,
+        ]
+        if stream {
+            request["stream"] = true
+            request["stream_options"] = ["include_usage": true]
+        }
+        let body = String(decoding: try JSONSerialization.data(withJSONObject: request), as: UTF8.self)
+        let response = try await gateway.httpRequest(
+            "POST", path: "/v1/chat/completions", headers: ["Authorization": "Bearer \(AuthProcessTests.token(sub: "ann"))"], body: body)
+        guard stream && response.status == 200 else {
+            let json = (try? JSONSerialization.jsonObject(with: Data(response.body.utf8))) as? [String: Any] ?? [:]
+            return (response.status, json, response.body)
+        }
+        // The chunk that carries `usage` (`stream_options.include_usage`), then `[DONE]`.
+        let events = response.body.split(separator: "\n").filter { $0.hasPrefix("data: {") }
+        let chunks = events.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.dropFirst(6).utf8))) as? [String: Any] }
+        #expect(response.body.hasSuffix("data: [DONE]\n\n"), "\(response.body)")
+        return (response.status, chunks.last { $0["usage"] is [String: Any] } ?? [:], response.body)
+    }
+
+    static func totalTokens(_ answer: [String: Any]) -> Int? {
+        (answer["usage"] as? [String: Any])?["total_tokens"] as? Int
+    }
+
+    /// The OpenAI-compatible door stores no conversation, yet what it spends counts against the
+    /// quota like a chat: each request's usage reaches `tokens_used` (once), and while it is on
+    /// its way it stays reserved, so back-to-back requests cannot outrun the write.
+    @Test(.timeLimit(.minutes(15)))
+    func theOpenAIFrontDoorSpendsTheQuotaToo() async throws {
+        try await PostgresServerProcess.withServer { postgres in
+            _ = try await Self.quota(["set", "ann", "--limit", "100"], postgres.url)
+            let environment = [
+                "SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN": "0ms", "SLUICE_SIMULATOR_TOKENS_PER_SECOND": "0",
+                "SLUICE_SIMULATOR_ANSWER_TOKENS": "300", "SLUICE_STORAGE_DATABASE_URL": postgres.url,
+                "SLUICE_JWT_SECRET": AuthProcessTests.secret,
+            ]
+            try await SluiceProcess.withProcesses(count: 1, environment: environment) { (processes: [SluiceProcess]) async throws -> Void in
+                let gateway = processes[0]
+                try await PersistenceProcessTests.eventually("/ready") { try await gateway.httpGet(path: "/ready").status == 200 }
+                // 40 tokens each: the simulator counts 11 prompt tokens (words + 4 a message), then 29 deltas.
+                let streamed = try await Self.completion(gateway, stream: true, maxTokens: 29)
+                #expect(streamed.status == 200, "\(streamed.body)")
+                let first = try #require(Self.totalTokens(streamed.json), "\(streamed.body)")
+                let plain = try await Self.completion(gateway, stream: false, maxTokens: 29)
+                #expect(plain.status == 200 && plain.json["object"] as? String == "chat.completion", "\(plain.body)")
+                let second = try #require(Self.totalTokens(plain.json), "\(plain.body)")
+                #expect(first + second < 100, "\(first) + \(second)")
+
+                // What is left is less than asked for: the answer is cut there.
+                let cut = try await Self.completion(gateway, stream: false, maxTokens: 29)
+                #expect(cut.status == 200, "\(cut.body)")
+                let third = try #require(Self.totalTokens(cut.json), "\(cut.body)")
+                let choice = (cut.json["choices"] as? [[String: Any]])?.first
+                let completion = (cut.json["usage"] as? [String: Any])?["completion_tokens"] as? Int ?? -1
+                #expect(choice?["finish_reason"] as? String == "length" && completion > 0 && completion < 29, "\(cut.body)")
+                #expect(first + second + third <= 100 + 8, "used \(first) + \(second) + \(third) of 100 (prompt estimates may differ by a few)")
+
+                // Nothing left: refused before it starts, in OpenAI's shape, streamed or not.
+                for stream in [true, false] {
+                    let refused = try await Self.completion(gateway, stream: stream, maxTokens: 29)
+                    let error = refused.json["error"] as? [String: Any]
+                    #expect(refused.status == 429, "\(refused.body)")
+                    #expect(error?["type"] as? String == "insufficient_quota" && error?["code"] as? String == "quota_exceeded", "\(refused.body)")
+                }
+                // The storage holds exactly what the answers reported.
+                let reported = first + second + third
+                try await PersistenceProcessTests.eventually("tokens_used is \(reported)") {
+                    Self.used(try await Self.quota(["show", "ann"], postgres.url)) == reported
+                }
+                // SIGTERM: the queue and the usage recorder drain together, and the process exits.
+                #expect(try await gateway.terminate(timeout: .seconds(20)) == .exited(0))
+            }
+        }
+    }
+
     @Test(.timeLimit(.minutes(15)))
     func aQuotaStopsAGenerationWhereItEndsAndResets() async throws {
         let group = MultiThreadedEventLoopGroup.singleton

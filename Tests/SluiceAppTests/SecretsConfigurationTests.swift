@@ -57,7 +57,8 @@ private func loadError(
         let configuration = try ConfigurationLoader.load(filePath: nil, environment: environment)
         #expect(configuration.auth.jwtSecret == String(repeating: "k", count: 32))
         #expect(ConfigurationLoader.otherVariables.keys.sorted() == [
-            "SLUICE_BIN", "SLUICE_BINARY", "SLUICE_CONFIG", "SLUICE_DEPLOY_NO_SYSTEM_TOOLS", "SLUICE_DEPLOY_VENV", "SLUICE_HTTP_PORT",
+            "SLUICE_BIN", "SLUICE_BINARY", "SLUICE_CONFIG", "SLUICE_DEPLOY_NO_SYSTEM_TOOLS", "SLUICE_DEPLOY_VENV", "SLUICE_FUZZ", "SLUICE_FUZZ_TARGET",
+            "SLUICE_FUZZ_VERBOSE", "SLUICE_HTTP_PORT",
             "SLUICE_IMAGE", "SLUICE_JWT_SECRET", "SLUICE_NGINX_LISTEN", "SLUICE_PG_BINDIR", "SLUICE_SERVE_ARGS", "SLUICE_SERVE_ENV",
             "SLUICE_STORAGE_TEST_LOG", "SLUICE_UPSTREAM_SERVERS",
         ])

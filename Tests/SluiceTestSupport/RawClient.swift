@@ -2,8 +2,8 @@ import CZlib
 import NIOCore
 import NIOPosix
 import NIOSSL
+import Foundation
 import Synchronization
-@testable import WSServer
 
 /// Why a `RawClient` wait failed.
 struct RawClientError: Error, CustomStringConvertible {
@@ -251,7 +251,7 @@ final class RawClient: Sendable {
         extraHeaders: [(String, String)] = [],
         includeKey: Bool = true
     ) async throws -> (response: RawHTTPResponse, key: String) {
-        let key = WebSocketHandshake.base64Encode((0..<16).map { _ in UInt8.random(in: 0...255) })
+        let key = Data((0..<16).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
         var request = "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         request += "Sec-WebSocket-Version: 13\r\n"
         if includeKey { request += "Sec-WebSocket-Key: \(key)\r\n" }

@@ -1,5 +1,4 @@
 import NIOCore
-@testable import WSServer
 
 /// Client-side frame building and server-frame decoding for tests (the reverse of the server's job).
 enum TestFrames {

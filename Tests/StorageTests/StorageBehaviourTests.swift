@@ -103,10 +103,10 @@ import Testing
             // The harness migrated an empty database once; twice more changes nothing.
             try await harness.storage.migrate()
             try await harness.storage.migrate()
-            // Three migrations: the conversation tables, then jobs and the tool_executions columns,
-            // then the jobs' token columns.
-            #expect(try await harness.integer("SELECT count(*) FROM schema_migrations") == 3)
-            for table in ["users", "conversations", "messages", "tool_executions", "user_quotas", "jobs"] {
+            // Four migrations: the conversation tables, then jobs and the tool_executions columns,
+            // then the jobs' token columns, then usage_records.
+            #expect(try await harness.integer("SELECT count(*) FROM schema_migrations") == 4)
+            for table in ["users", "conversations", "messages", "tool_executions", "user_quotas", "jobs", "usage_records"] {
                 #expect(try await harness.integer("SELECT count(*) FROM \(table)") == 0, "\(table)")
             }
             // And it still works after the re-runs.
@@ -356,6 +356,75 @@ import Testing
 }
 
 @Suite struct QuotaStorageTests {
+    /// Usage of generations that store no message (the OpenAI front door): added to
+    /// `tokens_used` once per record id, whatever the retries; rows and sums within range.
+    @Test(arguments: Backend.allCases)
+    func usageRecordsCountOnce(_ backend: Backend) async throws {
+        try await backend.with { harness in
+            let storage = harness.storage
+            try await storage.setQuota(userExternalID: "quinn", limit: 1_000, resetAt: nil, resetUsage: false)
+            let first = UsageRecord(id: "chatcmpl-0000000000000001", userExternalID: "quinn", tokens: 40)
+            let second = UsageRecord(id: "chatcmpl-0000000000000002", userExternalID: "quinn", tokens: 30)
+            #expect(try await storage.recordUsage([first, second]) == 2)
+            #expect(try await storage.quota(userExternalID: "quinn")?.tokensUsed == 70)
+            // The same records again (a retry after a lost reply): nothing is added.
+            #expect(try await storage.recordUsage([first, second]) == 0)
+            #expect(try await storage.recordUsage([second]) == 0)
+            #expect(try await storage.quota(userExternalID: "quinn")?.tokensUsed == 70, "counted twice")
+            // The same id twice in one batch counts once; a known one beside a new one adds only the new.
+            let third = UsageRecord(id: "chatcmpl-0000000000000003", userExternalID: "quinn", tokens: 5)
+            #expect(try await storage.recordUsage([third, third, first]) == 1)
+            #expect(try await storage.quota(userExternalID: "quinn")?.tokensUsed == 75)
+            #expect(try await storage.quota(userExternalID: "quinn")?.tokensLimit == 1_000)
+            // Someone who never chatted and has no quota row gets both (a limit set later applies to it).
+            #expect(try await storage.recordUsage([UsageRecord(id: "chatcmpl-r", userExternalID: "rhea", tokens: 9)]) == 1)
+            let rhea = try #require(try await storage.quota(userExternalID: "rhea"))
+            #expect(rhea.tokensUsed == 9 && rhea.tokensLimit == nil)
+            // Out-of-range counts: negative is 0, and the sum stops at the largest integer.
+            #expect(try await storage.recordUsage([UsageRecord(id: "chatcmpl-negative", userExternalID: "quinn", tokens: -50)]) == 1)
+            #expect(try await storage.quota(userExternalID: "quinn")?.tokensUsed == 75)
+            let huge = [
+                UsageRecord(id: "chatcmpl-huge-1", userExternalID: "sam", tokens: .max),
+                UsageRecord(id: "chatcmpl-huge-2", userExternalID: "sam", tokens: .max),
+            ]
+            #expect(try await storage.recordUsage(huge) == 2)
+            #expect(try await storage.recordUsage([UsageRecord(id: "chatcmpl-huge-3", userExternalID: "sam", tokens: 10)]) == 1)
+            #expect(try await storage.quota(userExternalID: "sam")?.tokensUsed == .max)
+            #expect(try await harness.integer("SELECT count(*) FROM usage_records") == 8)
+            #expect(try await storage.recordUsage([]) == 0)
+        }
+    }
+
+    /// Records older than `UsageRecord.retention` are deleted in batches; the usage they added stays.
+    @Test(arguments: Backend.allCases)
+    func oldUsageRecordsAreDeleted(_ backend: Backend) async throws {
+        try await backend.with { (harness: any StorageHarness) async throws -> Void in
+            let storage = harness.storage
+            let now = Date()
+            let old = now.addingTimeInterval(-UsageRecord.retention - 60)
+            let records = [
+                UsageRecord(id: "chatcmpl-old-1", userExternalID: "olga", tokens: 1, createdAt: old),
+                UsageRecord(id: "chatcmpl-old-2", userExternalID: "olga", tokens: 2, createdAt: old.addingTimeInterval(1)),
+                UsageRecord(id: "chatcmpl-old-3", userExternalID: "olga", tokens: 3, createdAt: old.addingTimeInterval(2)),
+                UsageRecord(id: "chatcmpl-new", userExternalID: "olga", tokens: 4, createdAt: now.addingTimeInterval(-UsageRecord.retention + 60)),
+            ]
+            #expect(try await storage.recordUsage(records) == 4)
+            // Two at a time: two batches, the second one short.
+            #expect(try await storage.pruneUsageRecords(now: now, batch: 2) == 3)
+            #expect(try await harness.integer("SELECT count(*) FROM usage_records") == 1)
+            #expect(try await storage.pruneUsageRecords(now: now, batch: 2) == 0)
+            #expect(try await storage.quota(userExternalID: "olga")?.tokensUsed == 10)
+            // The newer one still guards against a retry.
+            #expect(try await storage.recordUsage([records[3]]) == 0)
+            // At most maxBatches per call: the rest is left for the next.
+            var later: [UsageRecord] = []
+            for index in 1...3 { later.append(UsageRecord(id: "chatcmpl-later-\(index)", userExternalID: "olga", tokens: 1, createdAt: old)) }
+            #expect(try await storage.recordUsage(later) == 3)
+            #expect(try await storage.pruneUsageRecords(now: now, batch: 1, maxBatches: 2) == 2)
+            #expect(try await harness.integer("SELECT count(*) FROM usage_records") == 2)
+        }
+    }
+
     @Test(arguments: Backend.allCases)
     func quotasAreSetReadCountedAndReset(_ backend: Backend) async throws {
         try await backend.with { harness in

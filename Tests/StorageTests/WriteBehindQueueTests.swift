@@ -200,6 +200,8 @@ final class ScriptedStorage: ConversationStorage {
     func archivedJob(id: String) async throws(StorageError) -> ArchivedJob? { nil }
     func recordToolExecutions(_ records: [ToolExecutionRecord]) async throws(StorageError) {}
     func toolExecutions(generationID: String) async throws(StorageError) -> [ToolExecutionRecord] { [] }
+    func recordUsage(_ records: [UsageRecord]) async throws(StorageError) -> Int { 0 }
+    func deleteUsageRecords(before cutoff: Date, limit: Int) async throws(StorageError) -> Int { 0 }
     var metrics: StorageMetrics { StorageMetrics() }
     func shutdown() async {}
 }
