@@ -224,6 +224,7 @@ let package = Package(
         .executableTarget(
             name: "sluice-loadtest",
             dependencies: [
+                "SluiceProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

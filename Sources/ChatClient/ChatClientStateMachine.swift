@@ -1,4 +1,5 @@
 import Foundation
+import SluiceProtocol
 
 /// Everything `sluice chat` decides, with no sockets, terminals or clocks: events in, actions
 /// out. The NIO/terminal layer (`ChatClient`) only performs the actions, so every rule here is
@@ -229,17 +230,16 @@ public struct ChatClientStateMachine: Sendable {
     private mutating func send(_ content: String, into actions: inout [Action]) {
         self.requestCounter += 1
         let requestID = "r\(self.requestCounter)"
-        var object: [String: Any] = ["type": "chat.send", "content": content, "request_id": requestID]
-        if let conversationID = self.conversationID { object["conversation_id"] = conversationID }
-        if let maxTokens = self.configuration.maxTokens { object["max_tokens"] = maxTokens }
-        actions.append(.send(Self.json(object)))
+        let send = ClientMessage.ChatSend(
+            content: content, requestID: requestID, conversationID: self.conversationID, maxTokens: self.configuration.maxTokens)
+        actions.append(.send(ClientMessageEncoder.string(.chatSend(send))))
         self.turn = .awaitingStart(requestID: requestID, cancelRequested: false)
     }
 
     // MARK: Server messages
 
     private mutating func messageReceived(_ text: String, into actions: inout [Action]) {
-        guard let message = ServerMessage(json: text) else {
+        guard let message = ServerMessageDecoder.decode(text) else {
             self.notice("error: unreadable message from server", .error, into: &actions)
             return
         }
@@ -402,13 +402,7 @@ public struct ChatClientStateMachine: Sendable {
     }
 
     static func cancelFrame(generationID: String) -> String {
-        Self.json(["type": "generation.cancel", "generation_id": generationID])
-    }
-
-    static func json(_ object: [String: Any]) -> String {
-        // Sorted keys keep frames stable for tests and logs; the objects are always valid JSON.
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-        return String(decoding: data, as: UTF8.self)
+        ClientMessageEncoder.string(.generationCancel(generationID: generationID))
     }
 
     static func tokens(_ count: Int) -> String {

@@ -78,6 +78,34 @@ import Testing
         }
     }
 
+    /// A prompt with a quote, a backslash, a newline, a tab, U+0001 and U+2028 (U+0000 cannot be
+    /// an argument; `ClientMessageEncoderTests` covers it) reaches
+    /// the server as valid JSON from both the chat and the chaos users (they once wrote the
+    /// prompt into the frame unescaped, or escaped only `\\` and `"`, and every request was
+    /// refused as `invalid_message`).
+    @Test(.timeLimit(.minutes(15)))
+    func hostilePromptsAreSentAsValidJSON() async throws {
+        let prompt = "say \"hi\" \\ then\nnext\tline \u{01} \u{2028} end"
+        let environment = [
+            "SLUICE_SIMULATOR_TIME_TO_FIRST_TOKEN": "10ms",
+            "SLUICE_SIMULATOR_TOKENS_PER_SECOND": "500",
+            "SLUICE_STORAGE_DATABASE_URL": "memory",
+        ]
+        try await SluiceProcess.withProcesses(count: 1, environment: environment) { processes in
+            let url = processes[0].url
+            let chat = try await Self.harness([
+                "chat", "--url", url, "--users", "2", "--count", "4", "--duration", "20", "--max-tokens", "3", "--prompt", prompt,
+            ])
+            #expect(chat["answers"] as? Int == 4 && (chat["errors"] as? [String: Int])?.isEmpty == true, "\(chat)")
+            let chaos = try await Self.harness([
+                "chaos", "--url", url, "--users", "1", "--duration", "1", "--max-tokens", "3", "--drop-fraction", "0",
+                "--end-timeout", "20", "--prompt", prompt,
+            ])
+            let generations = try #require(chaos["generations"] as? Int)
+            #expect(generations >= 1 && (chaos["refused"] as? [String: Int])?.isEmpty == true, "\(chaos)")
+        }
+    }
+
     @Test(.timeLimit(.minutes(15)))
     func echoAgainstTheEchoServer() async throws {
         try await SluiceProcess.withProcesses(count: 1, arguments: ["--echo"]) { processes in

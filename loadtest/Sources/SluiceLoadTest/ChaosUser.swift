@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SluiceProtocol
 import NIOWebSocket
 
 /// Settings of the `chaos` scenario.
@@ -232,10 +233,12 @@ final class ChaosUser: WebSocketUser {
         self.finish()
     }
 
-    private func send(_ text: String) {
+    /// A `sluice.v1` message, encoded (and escaped) by `SluiceProtocol`, as the server decodes it.
+    private func send(_ message: ClientMessage) {
         guard let channel = self.channel else { return }
-        let frame = WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: channel.allocator.buffer(string: text))
-        channel.writeAndFlush(frame, promise: nil)
+        var buffer = channel.allocator.buffer(capacity: 128)
+        ClientMessageEncoder.encode(message, into: &buffer)
+        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: buffer), promise: nil)
     }
 
     // MARK: Requests
@@ -278,26 +281,19 @@ final class ChaosUser: WebSocketUser {
         }
         self.log.records.append(record)
         self.pending = record
-        var message = #"{"type":"chat.send","request_id":"\#(requestID)","content":"\#(Self.escaped(prompt))""#
-        if let conversationID = self.conversationID { message += #","conversation_id":"\#(conversationID)""# }
-        if let maxTokens = self.run.maxTokens { message += #","max_tokens":\#(maxTokens)"# }
-        self.send(message + "}")
+        self.send(.chatSend(.init(content: prompt, requestID: requestID, conversationID: self.conversationID, maxTokens: self.run.maxTokens)))
     }
 
     private func sendResume() {
         guard let current = self.current, let generationID = current.generationID, self.channel != nil else { return }
         current.resumes += 1
-        self.send(#"{"type":"generation.resume","generation_id":"\#(generationID)","after_seq":\#(current.lastSeq)}"#)
-    }
-
-    static func escaped(_ text: String) -> String {
-        text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+        self.send(.generationResume(generationID: generationID, afterSeq: current.lastSeq))
     }
 
     // MARK: Messages
 
     func received(_ payload: ByteBuffer, now: NIODeadline) {
-        let fields = FrameFields(payload)
+        let fields = ServerMessageScanner(payload)
         switch fields.type {
         case "session.ready":
             let instance = fields.string("instance_id").map(String.init) ?? "?"
@@ -331,7 +327,7 @@ final class ChaosUser: WebSocketUser {
     /// The instance of the connection now (from `session.ready`).
     private var currentInstance = "?"
 
-    private func started(_ fields: FrameFields) {
+    private func started(_ fields: ServerMessageScanner) {
         guard let generationID = fields.string("generation_id").map(String.init) else { return }
         if let pending = self.pending, fields.string("request_id").map(String.init) == pending.requestID {
             pending.outcome = .started
@@ -351,7 +347,7 @@ final class ChaosUser: WebSocketUser {
         }
     }
 
-    private func delta(_ fields: FrameFields) {
+    private func delta(_ fields: ServerMessageScanner) {
         guard let generationID = fields.string("generation_id").map(String.init), let record = self.byGeneration[generationID],
               let seq = fields.integer("seq")
         else {
@@ -367,7 +363,7 @@ final class ChaosUser: WebSocketUser {
         }
     }
 
-    private func error(_ fields: FrameFields) {
+    private func error(_ fields: ServerMessageScanner) {
         let code = fields.string("code").map(String.init) ?? "unknown"
         if let generationID = fields.string("generation_id").map(String.init), let record = self.byGeneration[generationID] {
             if record === self.current, code == "unavailable" {

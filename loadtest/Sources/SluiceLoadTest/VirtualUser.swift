@@ -1,5 +1,6 @@
 import Histogram
 import NIOCore
+import SluiceProtocol
 import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
@@ -309,6 +310,14 @@ final class VirtualUser: WebSocketUser {
         channel.writeAndFlush(frame, promise: nil)
     }
 
+    /// A `sluice.v1` message, encoded (and escaped) by `SluiceProtocol`, as the server decodes it.
+    private func send(_ message: ClientMessage) {
+        guard let channel = self.channel else { return }
+        var buffer = channel.allocator.buffer(capacity: 128)
+        ClientMessageEncoder.encode(message, into: &buffer)
+        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: buffer), promise: nil)
+    }
+
     // MARK: Scenarios
 
     private func sendPrompt() {
@@ -318,9 +327,7 @@ final class VirtualUser: WebSocketUser {
         }
         self.resetAnswer()
         self.requestSentAt = .now()
-        var message = #"{"type":"chat.send","content":"\#(self.run.prompt) #\#(self.index)""#
-        if let maxTokens = self.run.maxTokens { message += #","max_tokens":\#(maxTokens)"# }
-        self.send(message + "}")
+        self.send(.chatSend(.init(content: "\(self.run.prompt) #\(self.index)", maxTokens: self.run.maxTokens)))
     }
 
     private func sendEcho() {
@@ -350,13 +357,13 @@ final class VirtualUser: WebSocketUser {
             self.afterThinkTime { $0.sendEcho() }
             return
         }
-        let fields = FrameFields(payload)
+        let fields = ServerMessageScanner(payload)
         switch fields.type {
         case "session.ready":
             if self.reconnectToResume, let generationID = self.generationID {
                 self.reconnectToResume = false
                 self.stats.resumes += 1
-                self.send(#"{"type":"generation.resume","generation_id":"\#(generationID)","after_seq":\#(self.lastSeq)}"#)
+                self.send(.generationResume(generationID: String(generationID), afterSeq: self.lastSeq))
             } else if self.run.scenario != .idle {
                 self.sendPrompt()
             }
@@ -379,7 +386,7 @@ final class VirtualUser: WebSocketUser {
         }
     }
 
-    private func delta(_ fields: FrameFields, now: NIODeadline) {
+    private func delta(_ fields: ServerMessageScanner, now: NIODeadline) {
         guard let seq = fields.integer("seq") else {
             self.stats.seqViolations += 1
             return
@@ -402,7 +409,7 @@ final class VirtualUser: WebSocketUser {
         case .cancel where self.cancelSentAt == nil && self.deltasThisAnswer >= self.run.cancelAfter:
             if let generationID = self.generationID {
                 self.cancelSentAt = now
-                self.send(#"{"type":"generation.cancel","generation_id":"\#(generationID)"}"#)
+                self.send(.generationCancel(generationID: String(generationID)))
             }
         case .resume where self.deltasThisAnswer >= self.run.disconnectAfter && !self.reconnectToResume:
             // Drop the connection mid-answer; `disconnected` reconnects (to the next target)
@@ -417,7 +424,7 @@ final class VirtualUser: WebSocketUser {
         }
     }
 
-    private func done(_ fields: FrameFields, now: NIODeadline) {
+    private func done(_ fields: ServerMessageScanner, now: NIODeadline) {
         let reason = fields.string("finish_reason").map(String.init) ?? "?"
         self.stats.finishReasons[reason, default: 0] += 1
         if let seq = fields.integer("seq"), seq != self.lastSeq { self.stats.seqViolations += 1 }
