@@ -118,7 +118,7 @@ let package = Package(
         .target(
             name: "Jobs",
             dependencies: [
-                "RedisClient", "Storage", "Inference",
+                "RedisClient", "Storage", "Inference", "SluiceProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -344,7 +344,7 @@ let package = Package(
         .testTarget(
             name: "JobsTests",
             dependencies: [
-                "Jobs", "RedisClient", "Storage", "Inference", "SluiceTestSupport",
+                "Jobs", "RedisClient", "Storage", "Inference", "SluiceProtocol", "SluiceTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,4 +1,5 @@
-import Foundation
+import NIOCore
+import SluiceProtocol
 
 /// The live job messages of `sluice.v1` (`job.progress`, `job.done`), built by whoever changed
 /// the job and published once on the queue's event channel; every gateway instance forwards
@@ -6,41 +7,32 @@ import Foundation
 /// gateway routes without parsing the JSON.
 public enum JobEvent {
     public static func progress(_ record: JobRecord, retryInMs: Int64? = nil) -> String {
-        var object: [String: Any] = [
-            "type": "job.progress", "job_id": record.id, "kind": record.kind, "state": record.state.rawValue,
-            "attempt": record.attempts,
-        ]
-        if let progress = record.progress {
-            var value: [String: Any] = ["current": progress.current]
-            if let total = progress.total { value["total"] = total }
-            if let message = progress.message { value["message"] = message }
-            object["progress"] = value
-        }
-        if let retryInMs { object["retry_in_ms"] = retryInMs }
-        if let error = record.error { object["error"] = error }
-        return Self.encode(object)
+        var buffer = ByteBuffer()
+        JobMessageEncoder.progress(
+            jobID: record.id, kind: record.kind, state: record.state.rawValue, attempt: record.attempts,
+            progress: record.progress.map { .init(current: $0.current, total: $0.total, message: $0.message) },
+            retryInMs: retryInMs, error: record.error, into: &buffer)
+        return String(buffer: buffer)
     }
 
     public static func done(_ record: JobRecord, inlineResultLimit: Int) -> String {
-        var object: [String: Any] = [
-            "type": "job.done", "job_id": record.id, "kind": record.kind, "state": record.state.rawValue,
-            "attempts": record.attempts,
-        ]
-        if let error = record.error, record.state != .succeeded { object["error"] = error }
-        if record.state == .succeeded {
-            object["result_url"] = "/v1/jobs/\(record.id)/result"
-            if let result = record.result, result.utf8.count <= inlineResultLimit { object["result"] = result }
-        }
-        return Self.encode(object)
+        let succeeded = record.state == .succeeded
+        var buffer = ByteBuffer()
+        JobMessageEncoder.done(
+            jobID: record.id, kind: record.kind, state: record.state.rawValue, attempts: record.attempts,
+            error: succeeded ? nil : record.error,
+            resultURL: succeeded ? "/v1/jobs/\(record.id)/result" : nil,
+            result: succeeded ? record.result.flatMap { $0.utf8.count <= inlineResultLimit ? $0 : nil } : nil,
+            into: &buffer)
+        return String(buffer: buffer)
     }
 
     public static func accepted(_ record: JobRecord, requestID: String?, deduplicated: Bool) -> String {
-        var object: [String: Any] = [
-            "type": "job.accepted", "job_id": record.id, "kind": record.kind, "state": record.state.rawValue,
-            "priority": record.priority.rawValue, "deduplicated": deduplicated,
-        ]
-        if let requestID { object["request_id"] = requestID }
-        return Self.encode(object)
+        var buffer = ByteBuffer()
+        JobMessageEncoder.accepted(
+            jobID: record.id, kind: record.kind, state: record.state.rawValue, priority: record.priority.rawValue,
+            deduplicated: deduplicated, requestID: requestID, into: &buffer)
+        return String(buffer: buffer)
     }
 
     /// `user\n{json}` as published on the channel.
@@ -50,10 +42,5 @@ public enum JobEvent {
     public static func route(_ payload: String) -> (user: String, message: Substring)? {
         guard let newline = payload.firstIndex(of: "\n") else { return nil }
         return (String(payload[..<newline]), payload[payload.index(after: newline)...])
-    }
-
-    static func encode(_ object: [String: Any]) -> String {
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-        return String(decoding: data, as: UTF8.self)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SluiceProtocol
 
 /// Where a job is in its life: `PENDING → RUNNING → SUCCEEDED | FAILED | CANCELLED`. A job
 /// waiting for a retry is `PENDING` again (with `error` saying why the last attempt failed).
@@ -109,38 +110,25 @@ public struct JobRecord: Sendable, Equatable {
         self.tokensUsed = int("tokens_used").map { Int(clamping: max(0, $0)) } ?? 0
     }
 
-    /// The public JSON shape (`GET /v1/jobs/{id}`, `sluice jobs show`). The result is included
-    /// up to `inlineResultLimit` bytes; `result_url` always names where to download it.
-    public func jsonObject(inlineResultLimit: Int = 16 * 1024) -> [String: Any] {
-        var object: [String: Any] = [
-            "job_id": self.id, "kind": self.kind, "user": self.user, "priority": self.priority.rawValue,
-            "state": self.state.rawValue, "attempts": self.attempts, "max_attempts": self.maxAttempts,
-            "created_at": Self.iso8601(self.createdAt),
-        ]
-        object["input"] = (try? JSONSerialization.jsonObject(with: Data(self.input.utf8), options: [.fragmentsAllowed])) ?? self.input
-        if let startedAt { object["started_at"] = Self.iso8601(startedAt) }
-        if let finishedAt { object["finished_at"] = Self.iso8601(finishedAt) }
-        if let progress {
-            var value: [String: Any] = ["current": progress.current]
-            if let total = progress.total { value["total"] = total }
-            if let message = progress.message { value["message"] = message }
-            object["progress"] = value
-        }
-        if let error { object["error"] = error }
-        if let schedule { object["schedule"] = schedule }
-        if self.tokenBudget > 0 || self.tokensUsed > 0 {
-            object["usage"] = ["token_budget": self.tokenBudget, "tokens_used": self.tokensUsed]
-        }
-        if self.state == .succeeded {
-            object["result_url"] = "/v1/jobs/\(self.id)/result"
-            if let result, result.utf8.count <= inlineResultLimit { object["result"] = result }
-        }
-        return object
+    /// The public shape (`GET /v1/jobs/{id}`, `job.status`, `sluice jobs show`), as
+    /// SluiceProtocol writes it. The result is included up to `inlineResultLimit` bytes;
+    /// `result_url` always names where to download it.
+    public func snapshot(inlineResultLimit: Int = 16 * 1024) -> JobMessageEncoder.Job {
+        let succeeded = self.state == .succeeded
+        return JobMessageEncoder.Job(
+            jobID: self.id, kind: self.kind, user: self.user, priority: self.priority.rawValue, state: self.state.rawValue,
+            input: self.input, attempts: self.attempts, maxAttempts: self.maxAttempts, createdAt: self.createdAt,
+            startedAt: self.startedAt, finishedAt: self.finishedAt,
+            progress: self.progress.map { .init(current: $0.current, total: $0.total, message: $0.message) },
+            error: self.error, schedule: self.schedule, tokenBudget: self.tokenBudget, tokensUsed: self.tokensUsed,
+            resultURL: succeeded ? "/v1/jobs/\(self.id)/result" : nil,
+            result: succeeded ? self.result.flatMap { $0.utf8.count <= inlineResultLimit ? $0 : nil } : nil)
     }
 
     public func json(inlineResultLimit: Int = 16 * 1024) -> String {
-        let data = (try? JSONSerialization.data(withJSONObject: self.jsonObject(inlineResultLimit: inlineResultLimit), options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-        return String(decoding: data, as: UTF8.self)
+        var buffer = ByteBuffer()
+        JobMessageEncoder.job(self.snapshot(inlineResultLimit: inlineResultLimit), into: &buffer)
+        return String(buffer: buffer)
     }
 
     public static func iso8601(_ microseconds: Int64) -> String {

@@ -770,10 +770,9 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
 
     /// `{"type":"job.status","job":{…},"request_id":…}`
     static func jobStatus(_ record: JobRecord, requestID: String?, inlineResultLimit: Int) -> String {
-        var object: [String: Any] = ["type": "job.status", "job": record.jsonObject(inlineResultLimit: inlineResultLimit)]
-        if let requestID { object["request_id"] = requestID }
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
-        return String(decoding: data, as: UTF8.self)
+        var buffer = ByteBuffer()
+        JobMessageEncoder.status(record.snapshot(inlineResultLimit: inlineResultLimit), requestID: requestID, into: &buffer)
+        return String(buffer: buffer)
     }
 
     static func errorJSON(_ failure: JobsGateway.Failure, requestID: String?) -> String {

@@ -117,9 +117,9 @@ final class JobsResponder: HTTPRouteResponder {
             }
             switch await jobs.list(user: user, limit: limit) {
             case .success(let records):
-                let objects = records.map { $0.jsonObject(inlineResultLimit: 0) }
-                let data = (try? JSONSerialization.data(withJSONObject: ["jobs": objects], options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
-                return Reply(status: .ok, body: String(decoding: data, as: UTF8.self))
+                var body = ByteBuffer()
+                JobMessageEncoder.list(records.map { $0.snapshot(inlineResultLimit: 0) }, into: &body)
+                return Reply(status: .ok, body: String(buffer: body))
             case .failure(let failure):
                 return Self.error(failure)
             }

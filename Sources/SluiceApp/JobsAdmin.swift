@@ -62,7 +62,9 @@ public enum JobsAdmin {
                 await opened.storage.shutdown()
             }
             guard let record else { throw WorkerSetupError(description: "no job \(id)") }
-            let data = try JSONSerialization.data(withJSONObject: record.jsonObject(inlineResultLimit: 4096), options: [.prettyPrinted, .sortedKeys])
+            // The API's JSON, indented for a terminal.
+            let object = try JSONSerialization.jsonObject(with: Data(record.json(inlineResultLimit: 4096).utf8))
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
             output(String(decoding: data, as: UTF8.self))
         case .retry(let id):
             guard try await queue.retry(id) else {

@@ -359,9 +359,10 @@ public struct MessageListing: Sendable, Equatable {
 }
 
 extension ByteBuffer {
-    /// Writes `"YYYY-MM-DDTHH:MM:SS.ffffffZ"` (RFC 3339, UTC, microseconds) without Foundation's
-    /// formatters. Days to civil date after Howard Hinnant's `civil_from_days`.
-    public mutating func writeTimestamp(microseconds: Int64) {
+    /// Writes `"YYYY-MM-DDTHH:MM:SS.ffffffZ"` (RFC 3339, UTC, microseconds; or milliseconds,
+    /// truncated, with `millisecondsOnly`) without Foundation's formatters. Days to civil date
+    /// after Howard Hinnant's `civil_from_days`.
+    public mutating func writeTimestamp(microseconds: Int64, millisecondsOnly: Bool = false) {
         let (seconds, micros) = microseconds.quotientAndRemainder(dividingBy: 1_000_000)
         let (secondsAdjusted, microsAdjusted) = micros < 0 ? (seconds - 1, micros + 1_000_000) : (seconds, micros)
         var days = secondsAdjusted / 86_400
@@ -398,7 +399,7 @@ extension ByteBuffer {
         self.writeStaticString(":")
         pad(secondOfDay % 60, 2, &self)
         self.writeStaticString(".")
-        pad(microsAdjusted, 6, &self)
+        if millisecondsOnly { pad(microsAdjusted / 1000, 3, &self) } else { pad(microsAdjusted, 6, &self) }
         self.writeStaticString("Z\"")
     }
 

@@ -121,12 +121,12 @@ import Testing
         #expect(record.priority == .high && record.state == .succeeded && record.attempts == 2)
         #expect(record.progress == JobProgress(current: 5, total: 5, message: "assembled"))
         #expect(record.error == nil && record.schedule == nil)
-        let object = record.jsonObject()
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(record.json().utf8)) as? [String: Any])
         #expect(object["result"] as? String == "# Report")
         #expect(object["result_url"] as? String == "/v1/jobs/job_0123456789abcdef0123456789abcdef/result")
         #expect((object["input"] as? [String: Any])?["prompt"] as? String == "x")
         #expect(object["created_at"] as? String == "2027-01-15T08:00:00.000Z")
-        #expect(record.jsonObject(inlineResultLimit: 3)["result"] == nil)
+        #expect((try JSONSerialization.jsonObject(with: Data(record.json(inlineResultLimit: 3).utf8)) as? [String: Any])?["result"] == nil)
         #expect(JobRecord(hash: ["id": buffer("x")]) == nil)
     }
 

@@ -16,8 +16,9 @@ import Testing
         "Policy": ["WSServer", "Sessions", "Inference", "SluiceApp", "Storage", "SluiceProtocol", "Telemetry"],
         // Telemetry is a leaf: a tracer and an exporter, for whoever wires them.
         "Telemetry": ["WSServer", "Sessions", "Inference", "SluiceApp", "RedisClient", "Storage", "SluiceProtocol"],
-        // Jobs runs work (queue, workers, kinds); gateways talk to clients about it.
-        "Jobs": ["WSServer", "Sessions", "SluiceApp", "SluiceProtocol", "Policy", "Telemetry", "Tools"],
+        // Jobs runs work (queue, workers, kinds); gateways talk to clients about it. Its live
+        // `job.*` events are written with SluiceProtocol's encoder (the protocol is written once).
+        "Jobs": ["WSServer", "Sessions", "SluiceApp", "Policy", "Telemetry", "Tools"],
         // Tools are called by generations; they know nothing of sockets, queues or storage.
         "Tools": ["WSServer", "Sessions", "SluiceApp", "RedisClient", "Storage", "Jobs", "Policy", "Telemetry"],
         // Sessions speaks the swift-distributed-tracing API only; the exporter is wired in SluiceApp.
