@@ -75,7 +75,8 @@ public enum ServerMessageDecoder {
 }
 
 /// Reads single fields of a server message without a JSON parser, for the load-test harness's
-/// per-delta path (no allocation but the key pattern, no object tree).
+/// per-delta path (no allocation but the key pattern, no object tree). Inlinable, so it compiles
+/// into the harness as its own scanner did.
 ///
 /// The first occurrence of `"key":` is the field: inside an encoded JSON string every `"` is
 /// escaped (`\"`), so `"key":` cannot occur in free text (`text`, `message`); it only matches a
@@ -84,14 +85,17 @@ public enum ServerMessageDecoder {
 public struct ServerMessageScanner {
     public let bytes: ByteBufferView
 
+    @inlinable
     public init(_ buffer: ByteBuffer) {
         self.bytes = buffer.readableBytesView
     }
 
     /// The message's `type`.
+    @inlinable
     public var type: Substring? { self.string("type") }
 
     /// A string field's raw JSON text (escapes left as written), or nil if absent or not a string.
+    @inlinable
     public func string(_ key: String) -> Substring? {
         guard var index = self.valueStart(key), index < self.bytes.endIndex, self.bytes[index] == UInt8(ascii: "\"") else { return nil }
         index += 1
@@ -112,6 +116,7 @@ public struct ServerMessageScanner {
 
     /// A non-negative integer field; nil if absent, not digits, or past `Int64.max` (a hostile
     /// or broken server cannot make the harness trap).
+    @inlinable
     public func integer(_ key: String) -> Int64? {
         guard var index = self.valueStart(key) else { return nil }
         var value: Int64 = 0
@@ -128,13 +133,15 @@ public struct ServerMessageScanner {
     }
 
     /// The length of the `text` field's JSON string (escapes counted as written).
+    @inlinable
     public var textLength: Int {
         guard let text = self.string("text") else { return 0 }
         return text.utf8.count
     }
 
     /// Index just after `"key":`.
-    private func valueStart(_ key: String) -> Int? {
+    @usableFromInline
+    func valueStart(_ key: String) -> Int? {
         let pattern = Array("\"\(key)\":".utf8)
         guard let first = pattern.first, self.bytes.count >= pattern.count else { return nil }
         var index = self.bytes.startIndex
