@@ -93,8 +93,11 @@ public final class WebSocketServer: Service, Sendable {
             .get()
         self.listener.withLock { $0 = channel }
         let address = channel.localAddress!
+        // `sluice.port` is the bound port (the one the kernel picked for port 0), for whoever
+        // started this process: a test or a script reads it from the log.
         self.logger.info("listening", metadata: [
             "sluice.address": "\(address)",
+            "sluice.port": "\(address.port ?? 0)",
             "sluice.path": "\(configuration.path)",
             "sluice.tls": "\(sslContext != nil)",
         ])
