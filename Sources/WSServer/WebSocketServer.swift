@@ -67,6 +67,9 @@ public final class WebSocketServer: Service, Sendable {
     /// The byte budget this server charges.
     public var memoryBudget: MemoryBudget { self.shared.budget }
     public var isDraining: Bool { self.shared.isDraining }
+    /// How many times a WebSocket stopped reading because its peer did not take what was sent
+    /// (since start): what a test waits for to know backpressure is in effect.
+    public var readsPausedForBackpressure: Int { self.shared.metrics.readPauseCount }
 
     /// Binds the listener; returns the bound address (useful with port 0).
     @discardableResult
