@@ -264,6 +264,12 @@ OPENAI_REQUESTS = {
     "huge-max-tokens": '{"messages":[{"role":"user","content":"x"}],"max_tokens":4611686018427387904}',
     "bad-role": '{"messages":[{"role":"robot","content":"x"}]}',
     "empty": '{"messages":[]}',
+    "client-tools": '{"messages":[{"role":"user","content":"weather?"},{"role":"assistant","content":null,"tool_calls":'
+                    '[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\\"city\\":\\"Oslo\\"}"}}]},'
+                    '{"role":"tool","tool_call_id":"call_1","content":"-3 C"}],"tools":[{"type":"function","function":'
+                    '{"name":"get_weather","description":"Weather now","parameters":{"type":"object","properties":'
+                    '{"city":{"type":"string","enum":["Oslo",1.5e300,null,true]}},"required":["city"]}}}],'
+                    '"tool_choice":{"type":"function","function":{"name":"get_weather"}}}',
 }
 
 
@@ -367,7 +373,10 @@ def dictionaries():
                                   '"job.cancel"', '"job.get"', '"job_id":'])
     put("openai-request", json + ['"messages":', '"role":', '"content":', '"user"', '"system"', '"assistant"', '"tool"',
                                   '"developer"', '"type":', '"text"', '"text":', '"model":', '"stream":', '"stream_options":',
-                                  '"include_usage":', '"max_tokens":', '"max_completion_tokens":', '"temperature":'])
+                                  '"include_usage":', '"max_tokens":', '"max_completion_tokens":', '"temperature":',
+                                  '"tools":', '"tool_choice":', '"tool_calls":', '"tool_call_id":', '"function"', '"function":',
+                                  '"name":', '"parameters":', '"description":', '"arguments":', '"id":', '"required"',
+                                  '"auto"', '"none"'])
     put("traceparent", ["00-", "-01", "-00", "ff-", "0000000000000000", "-"])
     put("cron", ["*", "*/", "-", ",", "/", " ", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly",
                  "jan", "dec", "sun", "sat", "mon-fri", "59", "23", "31", "12", "7", "0000"])

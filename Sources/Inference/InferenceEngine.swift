@@ -44,6 +44,15 @@ public struct ToolDefinition: Equatable, Sendable {
     }
 }
 
+/// Whether and which tool the model must call (OpenAI `tool_choice`).
+public enum ToolChoice: Equatable, Sendable {
+    case none
+    case auto
+    case required
+    /// This tool (one of the request's `tools`).
+    case function(String)
+}
+
 /// What to generate.
 public struct GenerationRequest: Sendable {
     public var messages: [ChatMessage]
@@ -56,6 +65,8 @@ public struct GenerationRequest: Sendable {
     public var traceHeaders: [(name: String, value: String)]
     /// Tools the model may call (empty: none offered).
     public var tools: [ToolDefinition] = []
+    /// nil: the upstream's default (`auto` when tools are offered).
+    public var toolChoice: ToolChoice?
     /// The user the answer is for, as the gateway identified them (not sent upstream). The
     /// response cache keys on it: an answer is replayed only to the user it was made for (or,
     /// when configured, to the users of one tenant); nil: neither looked up nor stored.

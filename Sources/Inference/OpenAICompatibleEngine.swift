@@ -159,6 +159,16 @@ public struct OpenAICompatibleEngine: InferenceEngine {
             }
             buffer.writeStaticString("]")
         }
+        switch request.toolChoice {
+        case nil: break
+        case .none?: buffer.writeStaticString(#","tool_choice":"none""#)
+        case .auto?: buffer.writeStaticString(#","tool_choice":"auto""#)
+        case .required?: buffer.writeStaticString(#","tool_choice":"required""#)
+        case .function(let name)?:
+            buffer.writeStaticString(#","tool_choice":{"type":"function","function":{"name":"#)
+            buffer.writeJSONString(name)
+            buffer.writeStaticString("}}")
+        }
         buffer.writeStaticString("}")
         return buffer
     }

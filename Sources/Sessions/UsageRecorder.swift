@@ -11,8 +11,8 @@ import Storage
 /// `record` only queues (no database round trip on the caller's event loop); a task writes what
 /// is queued, in batches, while there is any. A failed batch is tried again with exponential
 /// backoff (`initialBackoff` doubling up to `maximumBackoff`): the storage counts each record once
-/// by its id, so a retry after a lost reply adds nothing. Bounds: a record not stored
-/// `giveUpAfter` after it was queued is dropped (logged at error), and while `capacity` records
+/// by its id, so a retry after a lost reply adds nothing. Bounds: a record whose write failed and
+/// that is still not stored `giveUpAfter` after it was queued is dropped (logged at error), and while `capacity` records
 /// wait new ones are dropped (a warning at most every 10 s); both are counted in
 /// `sluice_usage_records_dropped_total{reason="gave_up"|"full"}`. The `settled` closure of an
 /// accepted record runs exactly once: when it is stored, given up, or left at shutdown.
@@ -68,6 +68,9 @@ public final class UsageRecorder: Sendable {
         var record: UsageRecord
         var settled: @Sendable () -> Void
         var queuedAt: ContinuousClock.Instant
+        /// Writes of it that failed: only a record that was tried is given up (a busy machine
+        /// may start the writer late; that is no reason to drop a record).
+        var failedAttempts = 0
     }
 
     private struct State {
@@ -187,8 +190,8 @@ public final class UsageRecorder: Sendable {
         let now = ContinuousClock.now
         let cancelled = Task.isCancelled
         return self.state.withLockedValue { state in
-            // Oldest first: the ones to give up on are at the head.
-            let stale = state.queue.prefix { now - $0.queuedAt >= self.configuration.giveUpAfter }.count
+            // Oldest first: the ones to give up on are at the head (failed ones are put back there).
+            let stale = state.queue.prefix { $0.failedAttempts > 0 && now - $0.queuedAt >= self.configuration.giveUpAfter }.count
             if stale > 0 {
                 expired = Array(state.queue.prefix(stale))
                 state.queue.removeFirst(stale)
@@ -239,6 +242,7 @@ public final class UsageRecorder: Sendable {
                 self.writeFailures.increment()
                 // Back at the head, oldest first: taken again (or given up) after the pause.
                 self.state.withLockedValue { state in
+                    for index in state.inFlight.indices { state.inFlight[index].failedAttempts += 1 }
                     state.queue.insert(contentsOf: state.inFlight, at: 0)
                     state.inFlight = []
                     state.counters.retries += 1

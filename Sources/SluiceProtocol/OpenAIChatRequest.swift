@@ -2,8 +2,9 @@ import Foundation
 import NIOCore
 
 /// A `POST /v1/chat/completions` request (the OpenAI chat completions API), as the gateway
-/// uses it: the messages (text only), the model, streaming, and the sampling parameters,
-/// each checked against `RequestLimits`.
+/// uses it: the messages (text, and the tool calls and results of earlier turns), the model,
+/// streaming, the sampling parameters and the client's tools, each checked against
+/// `RequestLimits`.
 public struct OpenAIChatRequest: Equatable, Sendable {
     public struct Message: Equatable, Sendable {
         public enum Role: String, Sendable {
@@ -17,10 +18,54 @@ public struct OpenAIChatRequest: Equatable, Sendable {
         public var role: Role
         /// The text (text parts joined; an assistant turn without content is "").
         public var content: String
+        /// An assistant turn's `tool_calls` (the calls the model made).
+        public var toolCalls: [ToolCall]
+        /// A `tool` message's `tool_call_id` (the call it answers).
+        public var toolCallID: String?
 
-        public init(role: Role, content: String) {
+        public init(role: Role, content: String, toolCalls: [ToolCall] = [], toolCallID: String? = nil) {
             self.role = role
             self.content = content
+            self.toolCalls = toolCalls
+            self.toolCallID = toolCallID
+        }
+    }
+
+    /// A function the client offers the model (`tools[]`, type `function`).
+    public struct Tool: Equatable, Sendable {
+        /// `^[a-zA-Z0-9_-]{1,64}$`, as OpenAI requires.
+        public var name: String
+        public var description: String
+        /// The JSON schema of the arguments: a JSON object, as compact JSON text with sorted keys.
+        public var parameters: String
+
+        public init(name: String, description: String = "", parameters: String = #"{"properties":{},"type":"object"}"#) {
+            self.name = name
+            self.description = description
+            self.parameters = parameters
+        }
+    }
+
+    /// `tool_choice`.
+    public enum ToolChoice: Equatable, Sendable {
+        case none
+        case auto
+        case required
+        /// `{"type":"function","function":{"name":…}}`: this tool, which must be offered.
+        case function(String)
+    }
+
+    /// A call the model made in an earlier turn (`tool_calls[]` of an assistant message).
+    public struct ToolCall: Equatable, Sendable {
+        public var id: String
+        public var name: String
+        /// The arguments as JSON text, as the model wrote them (not parsed).
+        public var arguments: String
+
+        public init(id: String, name: String, arguments: String) {
+            self.id = id
+            self.name = name
+            self.arguments = arguments
         }
     }
 
@@ -34,11 +79,17 @@ public struct OpenAIChatRequest: Equatable, Sendable {
     public var temperature: Double?
     /// Checked (0...1) but not passed on: the upstream adapters send no `top_p`.
     public var topP: Double?
+    /// The client's tools (empty: none offered).
+    public var tools: [Tool]
+    /// nil: not given (the upstream's default, `auto` when tools are offered).
+    public var toolChoice: ToolChoice?
 
     public init(
         model: String? = nil, messages: [Message], stream: Bool = false, includeUsage: Bool = false, maxTokens: Int? = nil,
-        temperature: Double? = nil, topP: Double? = nil
+        temperature: Double? = nil, topP: Double? = nil, tools: [Tool] = [], toolChoice: ToolChoice? = nil
     ) {
+        self.tools = tools
+        self.toolChoice = toolChoice
         self.model = model
         self.messages = messages
         self.stream = stream
@@ -109,9 +160,12 @@ public enum OpenAIChatRequestDecoder {
                     try JSONFields(object: dictionary).optionalBool("include_usage")
                 } ?? false
             }
+            let tools = try Self.tools(fields.value("tools"))
+            let toolChoice = try Self.toolChoice(fields.value("tool_choice"), tools: tools)
             return .success(OpenAIChatRequest(
                 model: model, messages: messages, stream: stream, includeUsage: includeUsage,
-                maxTokens: (maxCompletionTokens ?? maxTokens).map { Int($0) }, temperature: temperature, topP: topP))
+                maxTokens: (maxCompletionTokens ?? maxTokens).map { Int($0) }, temperature: temperature, topP: topP,
+                tools: tools, toolChoice: toolChoice))
         } catch {
             return .failure(error)
         }
@@ -154,11 +208,22 @@ public enum OpenAIChatRequestDecoder {
                 throw OpenAIRequestProblem("unknown role (use system, developer, user, assistant or tool)", param: "messages")
             }
             let content = try Self.content(message["content"], role: role)
+            let toolCalls = try Self.toolCalls(message["tool_calls"], role: role)
+            var toolCallID: String?
+            if let value = message["tool_call_id"], !(value is NSNull) {
+                guard role == .tool, let id = value as? String, Self.isToolCallID(id) else {
+                    throw OpenAIRequestProblem(
+                        "tool_call_id belongs to a tool message and is a string of 1 to \(RequestLimits.maxToolCallIDBytes) bytes", param: "messages")
+                }
+                toolCallID = id
+            }
+            // Earlier turns' tool calls are text the upstream reads too: they count with the content.
             size = size.addingSaturating(content.utf8.count)
+            for call in toolCalls { size = size.addingSaturating(call.arguments.utf8.count).addingSaturating(call.name.utf8.count) }
             guard size <= limits.maxMessagesBytes else {
                 throw OpenAIRequestProblem("messages are too large (at most \(limits.maxMessagesBytes) bytes of text)", param: "messages", tooLarge: true)
             }
-            messages.append(OpenAIChatRequest.Message(role: role, content: content))
+            messages.append(OpenAIChatRequest.Message(role: role, content: content, toolCalls: toolCalls, toolCallID: toolCallID))
         }
         return messages
     }
@@ -186,5 +251,117 @@ public enum OpenAIChatRequestDecoder {
         }
         if value == nil || value is NSNull, role == .assistant { return "" }
         throw OpenAIRequestProblem("message content must be a string or text parts", param: "messages")
+    }
+
+    // MARK: Tools
+
+    private static func isToolName(_ name: String) -> Bool {
+        let bytes = name.utf8
+        return (1...RequestLimits.maxToolNameBytes).contains(bytes.count) && bytes.allSatisfy { byte in
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
+        }
+    }
+
+    private static func isToolCallID(_ id: String) -> Bool {
+        (1...RequestLimits.maxToolCallIDBytes).contains(id.utf8.count)
+    }
+
+    /// `tools`: at most `maxTools` functions with valid, distinct names; each schema a JSON object
+    /// of at most `maxToolParametersBytes` (kept as compact JSON with sorted keys, so it is passed
+    /// upstream as valid JSON whatever the client wrote).
+    private static func tools(_ value: Any?) throws(OpenAIRequestProblem) -> [OpenAIChatRequest.Tool] {
+        guard let value, !(value is NSNull) else { return [] }
+        guard let list = value as? [Any] else { throw OpenAIRequestProblem("tools must be an array of functions", param: "tools") }
+        guard list.count <= RequestLimits.maxTools else {
+            throw OpenAIRequestProblem("at most \(RequestLimits.maxTools) tools", param: "tools")
+        }
+        var tools: [OpenAIChatRequest.Tool] = []
+        var names: Set<String> = []
+        for item in list {
+            guard let tool = item as? [String: Any], tool["type"] as? String == "function",
+                  let function = tool["function"] as? [String: Any]
+            else { throw OpenAIRequestProblem(#"every tool must be {"type":"function","function":{…}}"#, param: "tools") }
+            guard let name = function["name"] as? String, Self.isToolName(name) else {
+                throw OpenAIRequestProblem("a tool's name must be 1 to \(RequestLimits.maxToolNameBytes) letters, digits, _ or -", param: "tools")
+            }
+            guard names.insert(name).inserted else { throw OpenAIRequestProblem("two tools are named \(name)", param: "tools") }
+            var description = ""
+            if let value = function["description"], !(value is NSNull) {
+                guard let text = value as? String, text.utf8.count <= RequestLimits.maxToolDescriptionBytes else {
+                    throw OpenAIRequestProblem("a tool's description is a string of at most \(RequestLimits.maxToolDescriptionBytes) bytes", param: "tools")
+                }
+                description = text
+            }
+            var parameters = #"{"properties":{},"type":"object"}"#
+            if let value = function["parameters"], !(value is NSNull) {
+                guard let schema = value as? [String: Any],
+                      let data = try? JSONSerialization.data(withJSONObject: schema, options: [.sortedKeys, .withoutEscapingSlashes]),
+                      data.count <= RequestLimits.maxToolParametersBytes
+                else {
+                    throw OpenAIRequestProblem("a tool's parameters are a JSON schema object of at most \(RequestLimits.maxToolParametersBytes) bytes", param: "tools")
+                }
+                parameters = String(decoding: data, as: UTF8.self)
+            }
+            tools.append(OpenAIChatRequest.Tool(name: name, description: description, parameters: parameters))
+        }
+        return tools
+    }
+
+    /// `tool_choice`: `none`, `auto`, `required`, or one offered function by name.
+    private static func toolChoice(_ value: Any?, tools: [OpenAIChatRequest.Tool]) throws(OpenAIRequestProblem) -> OpenAIChatRequest.ToolChoice? {
+        guard let value, !(value is NSNull) else { return nil }
+        let choice: OpenAIChatRequest.ToolChoice
+        switch value {
+        case let text as String:
+            switch text {
+            case "none": choice = .none
+            case "auto": choice = .auto
+            case "required": choice = .required
+            default: throw OpenAIRequestProblem("tool_choice must be none, auto, required or a function", param: "tool_choice")
+            }
+        case let object as [String: Any]:
+            guard object["type"] as? String == "function", let function = object["function"] as? [String: Any],
+                  let name = function["name"] as? String
+            else { throw OpenAIRequestProblem(#"tool_choice must be none, auto, required or {"type":"function","function":{"name":…}}"#, param: "tool_choice") }
+            guard tools.contains(where: { $0.name == name }) else {
+                // Not echoed: the name is the client's text.
+                throw OpenAIRequestProblem("tool_choice names a function that is not in tools", param: "tool_choice")
+            }
+            choice = .function(name)
+        default:
+            throw OpenAIRequestProblem("tool_choice must be none, auto, required or a function", param: "tool_choice")
+        }
+        if choice != .none && tools.isEmpty {
+            throw OpenAIRequestProblem("tool_choice needs tools", param: "tool_choice")
+        }
+        return choice
+    }
+
+    /// An assistant message's `tool_calls`: at most `maxToolCallsPerMessage` function calls, each
+    /// with an id, a tool name and its arguments as a string.
+    private static func toolCalls(_ value: Any?, role: OpenAIChatRequest.Message.Role) throws(OpenAIRequestProblem) -> [OpenAIChatRequest.ToolCall] {
+        guard let value, !(value is NSNull) else { return [] }
+        guard role == .assistant, let list = value as? [Any] else {
+            throw OpenAIRequestProblem("tool_calls belong to an assistant message and are an array", param: "messages")
+        }
+        guard list.count <= RequestLimits.maxToolCallsPerMessage else {
+            throw OpenAIRequestProblem("at most \(RequestLimits.maxToolCallsPerMessage) tool calls per message", param: "messages")
+        }
+        var calls: [OpenAIChatRequest.ToolCall] = []
+        for item in list {
+            guard let call = item as? [String: Any], call["type"] as? String == "function",
+                  let id = call["id"] as? String, Self.isToolCallID(id),
+                  let function = call["function"] as? [String: Any],
+                  let name = function["name"] as? String, Self.isToolName(name),
+                  let arguments = function["arguments"] as? String
+            else {
+                throw OpenAIRequestProblem(
+                    #"every tool call is {"id":…,"type":"function","function":{"name":…,"arguments":"…"}} with an id of at most "#
+                        + "\(RequestLimits.maxToolCallIDBytes) bytes", param: "messages")
+            }
+            calls.append(OpenAIChatRequest.ToolCall(id: id, name: name, arguments: arguments))
+        }
+        return calls
     }
 }

@@ -64,6 +64,18 @@ public struct RequestLimits: Sendable, Equatable {
     public static let maxMessages = 2048
     /// Content parts in one OpenAI message.
     public static let maxContentParts = 256
+    /// Tools in one OpenAI request (OpenAI's own limit).
+    public static let maxTools = 128
+    /// A tool's name: `^[a-zA-Z0-9_-]{1,64}$`, as OpenAI requires.
+    public static let maxToolNameBytes = 64
+    /// A tool's description.
+    public static let maxToolDescriptionBytes = 16 * 1024
+    /// A tool's parameters (its JSON schema, as compact JSON).
+    public static let maxToolParametersBytes = 16 * 1024
+    /// Tool calls in one assistant message (what the upstream side accepts too).
+    public static let maxToolCallsPerMessage = 16
+    /// A tool call's id (`tool_calls[].id`, `tool_call_id`).
+    public static let maxToolCallIDBytes = 256
 }
 
 extension RequestLimits {

@@ -73,6 +73,24 @@ import Testing
         #expect(object["tools"] == nil)
     }
 
+    @Test func toolChoiceIsSentAsOpenAIWritesIt() throws {
+        var request = GenerationRequest(messages: [ChatMessage(role: .user, content: "?")], maxTokens: 16)
+        request.tools = [ToolDefinition(name: "get_weather", description: "", parameters: #"{"type":"object"}"#)]
+        func choice(_ value: ToolChoice?) throws -> Any? {
+            request.toolChoice = value
+            let body = OpenAICompatibleEngine.requestBody(request, model: "m")
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any])
+            return object["tool_choice"]
+        }
+        #expect(try choice(nil) == nil)
+        #expect(try choice(ToolChoice.none) as? String == "none")
+        #expect(try choice(.auto) as? String == "auto")
+        #expect(try choice(.required) as? String == "required")
+        let function = try #require(try choice(.function(#"we"ird"#)) as? [String: Any])
+        #expect(function["type"] as? String == "function")
+        #expect((function["function"] as? [String: Any])?["name"] as? String == #"we"ird"#)
+    }
+
     @Test func tooManyToolCallsEndTheGenerationWithAnError() {
         var decoder = OpenAIStreamDecoder()
         var failure: InferenceError?

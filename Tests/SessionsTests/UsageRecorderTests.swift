@@ -21,6 +21,9 @@ import Testing
             /// Fail this many more attempts, then work (unless `failing`).
             var failuresLeft = 0
             var attempts = 0
+            /// While set, a write waits here until `release()`.
+            var holding = false
+            var held: [CheckedContinuation<Void, Never>] = []
         }
 
         private let state = NIOLockedValueBox(State())
@@ -28,6 +31,16 @@ import Testing
         var failing: Bool {
             get { self.state.withLockedValue { $0.failing } }
             set { self.state.withLockedValue { $0.failing = newValue } }
+        }
+
+        func hold() { self.state.withLockedValue { $0.holding = true } }
+        func release() {
+            let waiting = self.state.withLockedValue { state in
+                state.holding = false
+                defer { state.held = [] }
+                return state.held
+            }
+            for continuation in waiting { continuation.resume() }
         }
 
         func failNext(_ attempts: Int) { self.state.withLockedValue { $0.failuresLeft = attempts } }
@@ -38,8 +51,15 @@ import Testing
         }
 
         func recordUsage(_ records: [UsageRecord]) async throws(StorageError) -> Int {
+            await withCheckedContinuation { continuation in
+                let wait = self.state.withLockedValue { state in
+                    state.attempts += 1
+                    if state.holding { state.held.append(continuation) }
+                    return state.holding
+                }
+                if !wait { continuation.resume() }
+            }
             let failed = self.state.withLockedValue { state -> Bool in
-                state.attempts += 1
                 if state.failuresLeft > 0 {
                     state.failuresLeft -= 1
                     return true
@@ -123,6 +143,23 @@ import Testing
         try await eventually("the two are stored") { recorder.counters.stored == 2 }
         #expect(settled.withLockedValue { $0 }.sorted() == ["a", "b"])
         #expect(storage.used(by: "ann") == 20)
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aRecordThatWaitedButWasNeverTriedIsNotGivenUp() async throws {
+        // Found by CI on a loaded machine: a record older than giveUpAfter was dropped before its
+        // first write (the writer was busy, or started late), as if it had been retried too long.
+        let storage = LedgerStorage()
+        storage.hold()
+        let recorder = UsageRecorder(storage: storage, configuration: Self.quick(giveUpAfter: .milliseconds(50)), logger: Self.logger)
+        #expect(recorder.record(Self.record("first")) {})
+        try await eventually("the first write is under way") { storage.attempts == 1 }
+        #expect(recorder.record(Self.record("second")) {})
+        // The second record's age passing giveUpAfter is the condition itself, not an event to wait for.
+        try await Task.sleep(for: .milliseconds(80))
+        storage.release()
+        try await eventually("both are stored") { recorder.counters.stored == 2 }
+        #expect(recorder.counters.gaveUp == 0)
     }
 
     @Test(.timeLimit(.minutes(1)))

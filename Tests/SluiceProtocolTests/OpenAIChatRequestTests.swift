@@ -109,4 +109,88 @@ import Testing
         let broken = "{" + String(repeating: " ", count: limits.maxOpenAIBodyBytes)
         #expect(self.problem(broken, limits: limits)?.tooLarge == true)
     }
+
+    // MARK: Client tools
+
+    @Test func toolsToolChoiceAndEarlierToolTurns() throws {
+        let body = #"""
+            {"messages":[{"role":"user","content":"weather?"},
+                         {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}}]},
+                         {"role":"tool","tool_call_id":"call_1","content":"-3 C"}],
+             "tools":[{"type":"function","function":{"name":"get_weather","description":"Weather now",
+                       "parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}},
+                      {"type":"function","function":{"name":"no-schema_2"}}],
+             "tool_choice":{"type":"function","function":{"name":"get_weather"}}}
+            """#
+        let request = try self.decode(body).get()
+        #expect(request.messages == [
+            .init(role: .user, content: "weather?"),
+            .init(role: .assistant, content: "", toolCalls: [.init(id: "call_1", name: "get_weather", arguments: #"{"city":"Oslo"}"#)]),
+            .init(role: .tool, content: "-3 C", toolCallID: "call_1"),
+        ])
+        // The schema is kept as compact JSON with sorted keys: valid JSON whatever the client wrote.
+        #expect(request.tools == [
+            .init(name: "get_weather", description: "Weather now",
+                  parameters: #"{"properties":{"city":{"type":"string"}},"required":["city"],"type":"object"}"#),
+            .init(name: "no-schema_2"),
+        ])
+        #expect(request.toolChoice == .function("get_weather"))
+        for (text, choice) in [("none", OpenAIChatRequest.ToolChoice.none), ("auto", .auto), ("required", .required)] {
+            let tools = #""tools":[{"type":"function","function":{"name":"f"}}]"#
+            #expect(try self.decode(#"{\#(Self.hello),\#(tools),"tool_choice":"\#(text)"}"#).get().toolChoice == choice)
+        }
+        // tool_choice none without tools is harmless; null fields are absent.
+        #expect(try self.decode(#"{\#(Self.hello),"tool_choice":"none","tools":null}"#).get().toolChoice == OpenAIChatRequest.ToolChoice.none)
+    }
+
+    @Test func hostileTools() {
+        let tool = { (name: String) in #"{"type":"function","function":{"name":"\#(name)"}}"# }
+        let refused: [(String, String)] = [
+            (#""tools":{}"#, "tools"),
+            (#""tools":[{"type":"retrieval"}]"#, "tools"),
+            (#""tools":[{"type":"function"}]"#, "tools"),
+            (#""tools":[\#(tool(""))]"#, "tools"),
+            (#""tools":[\#(tool("has space"))]"#, "tools"),
+            (#""tools":[\#(tool("ünïcode"))]"#, "tools"),
+            (#""tools":[\#(tool(String(repeating: "a", count: 65)))]"#, "tools"),
+            (#""tools":[\#(tool("f")),\#(tool("f"))]"#, "tools"),
+            (#""tools":[\#(Array(repeating: 0, count: 129).enumerated().map { tool("f\($0.offset)") }.joined(separator: ","))]"#, "tools"),
+            (#""tools":[{"type":"function","function":{"name":"f","parameters":"{}"}}]"#, "tools"),
+            (#""tools":[{"type":"function","function":{"name":"f","parameters":{"x":"\#(String(repeating: "y", count: 16 * 1024))"}}}]"#, "tools"),
+            (#""tools":[{"type":"function","function":{"name":"f","description":7}}]"#, "tools"),
+            (#""tool_choice":"auto""#, "tool_choice"),
+            (#""tool_choice":"sometimes","tools":[\#(tool("f"))]"#, "tool_choice"),
+            (#""tool_choice":{"type":"function","function":{"name":"g"}},"tools":[\#(tool("f"))]"#, "tool_choice"),
+            (#""tool_choice":7,"tools":[\#(tool("f"))]"#, "tool_choice"),
+        ]
+        for (fields, param) in refused {
+            let problem = self.problem(#"{\#(Self.hello),\#(fields)}"#)
+            #expect(problem?.param == param, "\(fields.prefix(120))")
+            #expect(problem?.tooLarge == false)
+            // The client's names are not echoed.
+            #expect(problem?.message.contains("has space") == false)
+        }
+    }
+
+    @Test func hostileToolTurns() {
+        let call = { (id: String) in #"{"id":"\#(id)","type":"function","function":{"name":"f","arguments":"{}"}}"# }
+        let refused = [
+            // tool_calls only on an assistant message, tool_call_id only on a tool message.
+            #"{"role":"user","content":"x","tool_calls":[\#(call("c"))]}"#,
+            #"{"role":"user","content":"x","tool_call_id":"c"}"#,
+            #"{"role":"assistant","content":"x","tool_calls":{}}"#,
+            #"{"role":"assistant","content":"x","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":{}}}]}"#,
+            #"{"role":"assistant","content":"x","tool_calls":[\#(call(""))]}"#,
+            #"{"role":"assistant","content":"x","tool_calls":[\#(call(String(repeating: "i", count: 257)))]}"#,
+            #"{"role":"assistant","content":"x","tool_calls":[\#(Array(repeating: call("c"), count: 17).joined(separator: ","))]}"#,
+            #"{"role":"tool","content":"x","tool_call_id":5}"#,
+        ]
+        for message in refused {
+            #expect(self.problem(#"{"messages":[\#(message)]}"#)?.param == "messages", "\(message.prefix(120))")
+        }
+        // A call's arguments count with the messages' text.
+        let limits = RequestLimits(maxContentBytes: 64)
+        let big = #"{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"\#(String(repeating: "a", count: limits.maxMessagesBytes))"}}]}"#
+        #expect(self.problem(#"{"messages":[\#(big)]}"#, limits: limits)?.tooLarge == true)
+    }
 }

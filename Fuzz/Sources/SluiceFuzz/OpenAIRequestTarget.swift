@@ -40,11 +40,51 @@ enum OpenAIRequestTarget {
             require(temperature.isFinite && RequestLimits.temperatureRange.contains(temperature), "temperature \(temperature) accepted")
         }
         if let topP = request.topP { require(topP.isFinite && RequestLimits.topPRange.contains(topP), "top_p \(topP) accepted") }
+        require(request.tools.count <= RequestLimits.maxTools, "\(request.tools.count) tools accepted")
+        require(Set(request.tools.map(\.name)).count == request.tools.count, "two tools of one name accepted")
+        for tool in request.tools {
+            require(Self.isToolName(tool.name), "tool name \(tool.name.debugDescription) accepted")
+            require(tool.description.utf8.count <= RequestLimits.maxToolDescriptionBytes, "a description of \(tool.description.utf8.count) bytes")
+            require(tool.parameters.utf8.count <= RequestLimits.maxToolParametersBytes, "parameters of \(tool.parameters.utf8.count) bytes")
+            // Passed upstream as they are: they must be a JSON object.
+            require((try? JSONSerialization.jsonObject(with: Data(tool.parameters.utf8))) is [String: Any], "parameters are not a JSON object")
+        }
+        switch request.toolChoice {
+        case .function(let name)?: require(request.tools.contains { $0.name == name }, "tool_choice names a tool not offered")
+        case .auto?, .required?: require(!request.tools.isEmpty, "tool_choice without tools")
+        case .none?, nil: break
+        }
+        var textSize = 0
+        for message in request.messages {
+            textSize += message.content.utf8.count
+            require(message.toolCalls.isEmpty || message.role == .assistant, "tool calls on a \(message.role) message")
+            require(message.toolCallID == nil || message.role == .tool, "tool_call_id on a \(message.role) message")
+            require(message.toolCalls.count <= RequestLimits.maxToolCallsPerMessage, "\(message.toolCalls.count) tool calls accepted")
+            for call in message.toolCalls {
+                require(Self.isToolName(call.name) && (1...RequestLimits.maxToolCallIDBytes).contains(call.id.utf8.count), "tool call \(call) accepted")
+                textSize += call.arguments.utf8.count + call.name.utf8.count
+            }
+        }
+        require(textSize <= limits.maxMessagesBytes, "messages and tool calls of \(textSize) bytes accepted")
+    }
+
+    static func isToolName(_ name: String) -> Bool {
+        (1...RequestLimits.maxToolNameBytes).contains(name.utf8.count)
+            && name.utf8.allSatisfy { (65...90).contains($0) || (97...122).contains($0) || (48...57).contains($0) || $0 == 95 || $0 == 45 }
     }
 
     static func encode(_ request: OpenAIChatRequest) -> [UInt8] {
         var object: [String: Any] = [
-            "messages": request.messages.map { ["role": $0.role.rawValue, "content": $0.content] },
+            "messages": request.messages.map { message -> [String: Any] in
+                var object: [String: Any] = ["role": message.role.rawValue, "content": message.content]
+                if !message.toolCalls.isEmpty {
+                    object["tool_calls"] = message.toolCalls.map {
+                        ["id": $0.id, "type": "function", "function": ["name": $0.name, "arguments": $0.arguments]] as [String: Any]
+                    }
+                }
+                object["tool_call_id"] = message.toolCallID
+                return object
+            },
             "stream": request.stream,
             "stream_options": ["include_usage": request.includeUsage],
         ]
@@ -52,6 +92,19 @@ enum OpenAIRequestTarget {
         object["max_completion_tokens"] = request.maxTokens
         object["temperature"] = request.temperature
         object["top_p"] = request.topP
+        if !request.tools.isEmpty {
+            object["tools"] = request.tools.map { tool -> [String: Any] in
+                guard let schema = try? JSONSerialization.jsonObject(with: Data(tool.parameters.utf8)) else { fatalError("parameters \(tool.parameters)") }
+                return ["type": "function", "function": ["name": tool.name, "description": tool.description, "parameters": schema] as [String: Any]]
+            }
+        }
+        switch request.toolChoice {
+        case nil: break
+        case .none?: object["tool_choice"] = "none"
+        case .auto?: object["tool_choice"] = "auto"
+        case .required?: object["tool_choice"] = "required"
+        case .function(let name)?: object["tool_choice"] = ["type": "function", "function": ["name": name]] as [String: Any]
+        }
         guard let data = try? JSONSerialization.data(withJSONObject: object) else { fatalError("cannot encode the request") }
         return Array(data)
     }
