@@ -281,7 +281,7 @@ let package = Package(
         .testTarget(
             name: "SessionsTests",
             dependencies: [
-                "Sessions", "Inference", "SluiceProtocol", "WSServer", "SluiceTestSupport", "RedisClient", "Storage", "Policy",
+                "Sessions", "Inference", "SluiceProtocol", "WSServer", "SluiceTestSupport", "RedisClient", "Storage", "Policy", "Tools",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

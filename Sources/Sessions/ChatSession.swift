@@ -33,9 +33,8 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         /// Set when following because of a watched conversation.
         let conversationID: String?
         let deltaPrefix: ByteBuffer
-        var lastSeq: Int64 = 0
-        var pendingFirstSeq: Int64?
-        var pendingText = ""
+        /// What was delivered, and what waits while the connection is behind.
+        var merger: DeltaMerger
     }
 
     /// The connection's event loop, kept after the connection is gone.
@@ -592,12 +591,12 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         case .finished(let finished):
             self.follows[generationID] = Follow(
                 follower: follower, generation: nil, ownerLoop: nil, endOnly: endOnly, conversationID: conversationID,
-                deltaPrefix: prefix, lastSeq: afterSeq)
+                deltaPrefix: prefix, merger: DeltaMerger(after: afterSeq))
             follower.send(endOnly ? .endOnly(finished.end) : finished.replay(after: afterSeq))
         case .running(let loop, let generation):
             self.follows[generationID] = Follow(
                 follower: follower, generation: generation, ownerLoop: loop, endOnly: endOnly, conversationID: conversationID,
-                deltaPrefix: prefix, lastSeq: afterSeq)
+                deltaPrefix: prefix, merger: DeltaMerger(after: afterSeq))
             loop.execute { generation.value.attach(follower, afterSeq: afterSeq, endOnly: endOnly) }
         }
     }
@@ -608,7 +607,7 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         let follower = self.makeFollower(generationID, on: eventLoop)
         var follow = Follow(
             follower: follower, generation: nil, ownerLoop: nil, endOnly: endOnly, conversationID: conversationID,
-            deltaPrefix: Self.deltaPrefix(generationID), lastSeq: afterSeq)
+            deltaPrefix: Self.deltaPrefix(generationID), merger: DeltaMerger(after: afterSeq))
         follow.remote = true
         self.follows[generationID] = follow
         let broker = self.application.broker
@@ -646,25 +645,19 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
                     model: started.model, into: &buffer)
             }
         }
-        let fresh = update.dropping(through: follow.lastSeq)
-        if fresh.hasText {
+        if case let (fresh, contiguous)? = follow.merger.fresh(update) {
             // Updates continue where the last one ended; a gap would be a bug upstream of here,
             // and is delivered as it is rather than hidden.
-            assert(fresh.firstSeq == follow.lastSeq + 1, "a follow update skipped seqs")
-            if follow.pendingFirstSeq == nil {
+            assert(contiguous, "a follow update skipped seqs")
+            var written = false
+            if follow.merger.mayWriteDirectly {
                 let prefix = follow.deltaPrefix
-                let written = connection.writeTextIfWritable { buffer in
+                written = connection.writeTextIfWritable { buffer in
                     ServerMessageEncoder.generationDelta(
                         prefix: prefix, seq: fresh.lastSeq, firstSeq: fresh.firstSeq, text: Substring(fresh.text).utf8, into: &buffer)
                 }
-                if !written {
-                    follow.pendingFirstSeq = fresh.firstSeq
-                    follow.pendingText = fresh.text
-                }
-            } else {
-                follow.pendingText += fresh.text
             }
-            follow.lastSeq = fresh.lastSeq
+            if !written { follow.merger.hold(firstSeq: fresh.firstSeq, lastSeq: fresh.lastSeq, text: fresh.text) }
         }
         self.follows[generationID] = follow
         if let end = update.end {
@@ -681,15 +674,12 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     }
 
     private func writeFollowPending(_ generationID: String) {
-        guard var follow = self.follows[generationID], let firstSeq = follow.pendingFirstSeq, let connection = self.connection else { return }
+        guard var follow = self.follows[generationID], let connection = self.connection, let held = follow.merger.takePending() else { return }
         let prefix = follow.deltaPrefix
-        let text = follow.pendingText
-        let seq = follow.lastSeq
         connection.writeText { buffer in
-            ServerMessageEncoder.generationDelta(prefix: prefix, seq: seq, firstSeq: firstSeq, text: Substring(text).utf8, into: &buffer)
+            ServerMessageEncoder.generationDelta(
+                prefix: prefix, seq: held.lastSeq, firstSeq: held.firstSeq, text: Substring(held.text).utf8, into: &buffer)
         }
-        follow.pendingFirstSeq = nil
-        follow.pendingText = ""
         self.follows[generationID] = follow
     }
 

@@ -27,7 +27,7 @@ struct GenerationError: Sendable, Equatable {
 
 /// A piece of a generation for a follower: optionally `generation.started`, then the text of
 /// seqs `firstSeq...lastSeq` merged (empty when `lastSeq < firstSeq`), then optionally the end.
-struct FollowUpdate: Sendable {
+struct FollowUpdate: Sendable, Equatable {
     var started: GenerationInfo?
     var firstSeq: Int64
     var lastSeq: Int64
