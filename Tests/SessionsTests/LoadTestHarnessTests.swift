@@ -78,11 +78,10 @@ import Testing
         }
     }
 
-    /// A prompt with a quote, a backslash, a newline, a tab, U+0001 and U+2028 (U+0000 cannot be
-    /// an argument; `ClientMessageEncoderTests` covers it) reaches
-    /// the server as valid JSON from both the chat and the chaos users (they once wrote the
-    /// prompt into the frame unescaped, or escaped only `\\` and `"`, and every request was
-    /// refused as `invalid_message`).
+    /// A prompt with a quote, a backslash, a newline, a tab, U+0001 and U+2028 reaches the server
+    /// as valid JSON from both the chat and the chaos users (they once wrote the prompt into the
+    /// frame unescaped, or escaped only `\\` and `"`, and every request was refused as
+    /// `invalid_message`). U+0000 cannot be an argument; `ClientMessageEncoderTests` covers it.
     @Test(.timeLimit(.minutes(15)))
     func hostilePromptsAreSentAsValidJSON() async throws {
         let prompt = "say \"hi\" \\ then\nnext\tline \u{01} \u{2028} end"
