@@ -14,7 +14,8 @@ object per line:
   python3 scripts/otlp-collector.py --port 4318 --out spans.jsonl
   sluice serve --otlp-endpoint http://127.0.0.1:4318
 
-Loopback only; stops on SIGTERM/SIGINT, or after --max-seconds.
+Loopback only; stops on SIGTERM/SIGINT, or after --max-seconds. With --port 0 it binds a port
+the kernel picks and prints it ("otlp-collector: listening on 127.0.0.1:<port>").
 """
 import argparse
 import base64
@@ -116,7 +117,7 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=4318)
+    parser.add_argument("--port", type=int, default=4318, help="0 picks a free port (printed at start)")
     parser.add_argument("--out", required=True, help="file the spans are appended to (JSON lines)")
     parser.add_argument("--max-seconds", type=float, default=600, help="stop after this long (default 600)")
     arguments = parser.parse_args()

@@ -224,6 +224,8 @@ final class StreamingHTTPRequest<Decoder: UpstreamStreamDecoder>: GenerationHand
     private var timer: Scheduled<Void>?
     /// The current read delivered text, so a batch end is due.
     private var producedInRead = false
+    /// A connection was asked for (false when cancelled before the connect step ran).
+    private(set) var connectAttempted = false
 
     init(
         endpoint: UpstreamEndpoint, head: HTTPRequestHead, body: ByteBuffer, decoder: Decoder,
@@ -257,6 +259,7 @@ final class StreamingHTTPRequest<Decoder: UpstreamStreamDecoder>: GenerationHand
 
     private func connect() {
         guard !self.isOver else { return }
+        self.connectAttempted = true
         let request = NIOLoopBound(self, eventLoop: self.eventLoop)
         self.endpoint.connect(on: self.eventLoop, timeout: self.connectTimeout) { channel in
             try channel.pipeline.syncOperations.addHandler(StreamingHTTPRequestHandler(request: request.value))

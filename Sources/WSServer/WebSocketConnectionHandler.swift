@@ -632,8 +632,9 @@ final class WebSocketConnectionHandler: ChannelDuplexHandler {
         // Stop reading while the peer does not take what we send.
         if context.channel.isWritable && self.outbound == nil {
             context.read()
-        } else {
+        } else if !self.readPending {
             self.readPending = true
+            self.settings.metrics.readPaused()
         }
     }
 

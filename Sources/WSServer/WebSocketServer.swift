@@ -67,6 +67,9 @@ public final class WebSocketServer: Service, Sendable {
     /// The byte budget this server charges.
     public var memoryBudget: MemoryBudget { self.shared.budget }
     public var isDraining: Bool { self.shared.isDraining }
+    /// How many times a WebSocket stopped reading because its peer did not take what was sent
+    /// (since start): what a test waits for to know backpressure is in effect.
+    public var readsPausedForBackpressure: Int { self.shared.metrics.readPauseCount }
 
     /// Binds the listener; returns the bound address (useful with port 0).
     @discardableResult
@@ -93,8 +96,11 @@ public final class WebSocketServer: Service, Sendable {
             .get()
         self.listener.withLock { $0 = channel }
         let address = channel.localAddress!
+        // `sluice.port` is the bound port (the one the kernel picked for port 0), for whoever
+        // started this process: a test or a script reads it from the log.
         self.logger.info("listening", metadata: [
             "sluice.address": "\(address)",
+            "sluice.port": "\(address.port ?? 0)",
             "sluice.path": "\(configuration.path)",
             "sluice.tls": "\(sslContext != nil)",
         ])

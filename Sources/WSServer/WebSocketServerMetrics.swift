@@ -20,6 +20,7 @@ final class WebSocketServerMetrics: Sendable {
     private let closedByCode: [UInt16: Counter]
     private let closedOther = Counter(label: "sluice_ws_connections_closed_total", dimensions: [("code", "other")])
     private let openCount = ManagedCounter()
+    private let readPauses = ManagedCounter()
     private let messagesIn = Counter(label: "sluice_ws_messages_total", dimensions: [("direction", "in")])
     private let messagesOut = Counter(label: "sluice_ws_messages_total", dimensions: [("direction", "out")])
     private let wireBytesIn = Counter(label: "sluice_ws_bytes_total", dimensions: [("direction", "in"), ("stage", "wire")])
@@ -72,6 +73,10 @@ final class WebSocketServerMetrics: Sendable {
 
     /// A WebSocket closed with 1013 because the memory budget had no room for its message or queue.
     func memoryBudgetClosed() { self.memoryBudgetCloses.increment() }
+
+    /// A WebSocket's reading stopped because its peer did not take what was sent (backpressure).
+    func readPaused() { _ = self.readPauses.add(1) }
+    var readPauseCount: Int { self.readPauses.current }
 
     func slowConsumerClosed() { self.slowConsumers.increment() }
     func heartbeatTimedOut() { self.heartbeatTimeouts.increment() }

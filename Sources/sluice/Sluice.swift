@@ -33,7 +33,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: .init("Address to bind.", valueName: "address"))
     var host: String?
 
-    @Option(name: .long, help: .init("TCP port (0 picks a free one).", valueName: "port"))
+    @Option(name: .long, help: .init("TCP port (0 picks a free one, logged as sluice.port on its listening line).", valueName: "port"))
     var port: Int?
 
     @Option(
@@ -526,7 +526,7 @@ struct Worker: AsyncParsableCommand {
     @Option(name: .long, help: .init("Address for /health and /metrics.", valueName: "address"))
     var host: String?
 
-    @Option(name: .long, help: .init("Port for /health and /metrics (0 picks a free one).", valueName: "port"))
+    @Option(name: .long, help: .init("Port for /health and /metrics (0 picks a free one, logged as sluice.port on its listening line).", valueName: "port"))
     var port: Int?
 
     @Option(name: .long, help: .init("Event loop threads (0 = one per core).", valueName: "count"))

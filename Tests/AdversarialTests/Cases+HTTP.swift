@@ -203,9 +203,15 @@ enum HTTPCases {
             request("completions.get", .completions, "GET", path, .status(405)),
             request("completions.unauthenticated", .completions, "POST", path, body: completion(""), authenticated: false, .status(401, code: "invalid_api_key")),
             request("completions.unknown-model", .completions, "POST", path, body: completion(#""model":"../../etc""#), .status(404, code: "model_not_found")),
-            request("completions.tools-ignored", .completions, "POST", path,
-                    body: completion(#""model":"chat","tools":[\#(Array(repeating: #"{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}"#, count: 500).joined(separator: ","))],"tool_choice":{"type":"nuclear"}"#),
-                    .status(200), action: "500 client tool definitions and a nonsense tool_choice (the front door passes no client tools on)"),
+            request("completions.tools-500", .completions, "POST", path,
+                    body: completion(#""model":"chat","tools":[\#((0..<500).map { #"{"type":"function","function":{"name":"f\#($0)","parameters":{"type":"object"}}}"# }.joined(separator: ","))]"#),
+                    .status(400), action: "500 client tool definitions (at most 128)"),
+            request("completions.tool-choice-nonsense", .completions, "POST", path,
+                    body: completion(#""model":"chat","tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"tool_choice":{"type":"nuclear"}"#),
+                    .status(400), action: "a nonsense tool_choice"),
+            request("completions.tools-valid", .completions, "POST", path,
+                    body: completion(#""model":"chat","tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"tool_choice":"auto""#),
+                    .status(200), action: "one valid client tool (checked, not yet offered upstream)"),
         ]
         for (field, value, label) in [
             ("n", "2", "2"), ("n", "9223372036854775808", "2^63"), ("n", "-1", "-1"), ("n", #""1""#, "string"),

@@ -283,8 +283,10 @@ import Testing
         await generation.log.wait { $0.filter { if case .text = $0 { true } else { false } }.count >= 3 }
         #expect(await upstream.wait(timeout: .seconds(5)) { $0.closedConnections == 1 })
         // How fast is measured by loadtest/cancel-latency.py, not asserted here.
-        // Nothing more reaches the sink, though the upstream would have sent 497 more chunks.
-        try await Task.sleep(for: .milliseconds(100))
+        // Nothing more reaches the sink, though the upstream would have sent 497 more chunks:
+        // the connection is closed (the upstream saw it), so nothing more is read, and whatever
+        // the close left queued on the generation's loop has run once this task has.
+        try await generation.eventLoop.submit {}.get()
         let events = generation.log.events
         #expect(events.filter { if case .text = $0 { true } else { false } } == [.text("t0 "), .text("t1 "), .text("t2 ")])
         #expect(events.last == .text("t2 "))
@@ -308,7 +310,8 @@ import Testing
         try await generation.cancel()
         let atCancel = generation.log.events
         #expect(await upstream.wait(timeout: .seconds(5)) { $0.closedConnections == 1 })
-        try await Task.sleep(for: .milliseconds(100))
+        // Closed, so nothing more is read; what the close queued on the loop has run after this.
+        try await generation.eventLoop.submit {}.get()
         #expect(generation.log.events == atCancel)
     }
 
@@ -317,10 +320,16 @@ import Testing
         defer { Task { await upstream.stop() } }
         let generation = try await TestGeneration.start(try Self.engine(port: upstream.port), cancelAtOnce: true)
         defer { withExtendedLifetime(generation) {} }
-        try await Task.sleep(for: .milliseconds(100))
+        // `start` queued the connect step on the generation's loop; it has run once this task has,
+        // and it found the generation cancelled: no connection was even attempted.
+        let sink = generation.sink
+        let attempted = try await generation.eventLoop.submit {
+            (sink.value.handle as? StreamingHTTPRequest<OpenAIStreamDecoder>)?.connectAttempted
+        }.get()
+        #expect(attempted == false)
         #expect(generation.log.events.isEmpty)
         #expect(upstream.requests.isEmpty)
-        #expect(upstream.connections == upstream.closedConnections)
+        #expect(upstream.connections == 0)
     }
 
     // MARK: Model discovery

@@ -154,7 +154,11 @@ struct RedisIntegrationTests {
                 #expect(try await dedicated.xread([("events", "$")], blockMilliseconds: 50).isEmpty)
                 let lastID = ids[4]
                 async let woken = dedicated.xread([("events", lastID)], blockMilliseconds: 10_000)
-                try await Task.sleep(for: .milliseconds(50))
+                // The server says the XREAD is blocked before anything is added: the XADD wakes it.
+                try await Self.waitUntil("the XREAD blocks") {
+                    let info = try await client.send("INFO", "clients").string ?? ""
+                    return info.firstMatch(of: /blocked_clients:(\d+)/).flatMap { Int($0.1) }.map { $0 >= 1 } ?? false
+                }
                 let newID = try await client.xadd("events", fields: [("seq", "new")])
                 let wokenEntries = try await woken
                 #expect(wokenEntries.first?.entries.map(\.id) == [newID])
@@ -279,7 +283,9 @@ struct RedisIntegrationTests {
             // Park commands on the server (CLIENT PAUSE holds every client's commands), then kill it.
             _ = try await client.send("CLIENT", "PAUSE", "20000", "ALL")
             let pending: [EventLoopFuture<RESPValue>] = client.send(pipeline: [RedisCommand("GET", "a"), RedisCommand("INCR", "b")])
-            try await Task.sleep(for: .milliseconds(100))
+            // The pipeline's write was queued on the client's loop and flushed there; once this
+            // later task has run, its bytes were handed to the (loopback) socket: the server has them.
+            try await Self.eventLoop.submit {}.get()
             await server.kill()
             for future in pending {
                 await #expect(throws: RedisClientError.connectionClosed) { _ = try await future.get() }

@@ -266,17 +266,24 @@ import WSServer
     }
 
     @Test func aClientThatFallsBehindGetsMergedDeltasWithContiguousSeqs() async throws {
+        var simulator = SimulatorEngine.Configuration()
+        simulator.timeToFirstToken = .milliseconds(5)
+        simulator.tokensPerSecond = 0
+        simulator.answerTokens = 100_000
+        let engine = EndWatchingEngine(SimulatorEngine(configuration: simulator))
         try await Harness.run(
-            simulator: { $0.answerTokens = 100_000 },
             chat: { $0.maxTokensLimit = 100_000 },
-            server: { $0.writeBufferLowWatermark = 4096; $0.writeBufferHighWatermark = 8192 }
+            server: { $0.writeBufferLowWatermark = 4096; $0.writeBufferHighWatermark = 8192 },
+            engine: engine
         ) { harness in
             let client = try await harness.connect(autoRead: false, socketBufferSize: 4096)
             try await client.raw.resumeReading()
             _ = try await client.next()
             try await client.raw.pauseReading()
             try await client.send(["type": "chat.send", "content": "flood me", "max_tokens": 100_000])
-            try await Task.sleep(for: .milliseconds(500))  // the simulator runs far ahead of the client
+            // The whole answer (some MB of deltas) is produced while the client reads nothing: far
+            // more than the socket buffers and the write buffer hold, so the server had to merge.
+            try await eventually("the simulator produced all 100,000 tokens") { engine.ended }
             try await client.raw.resumeReading()
             var messages: [[String: Any]] = []
             let done = try await client.until("generation.done", &messages)
@@ -368,6 +375,48 @@ import WSServer
             try await client.raw.send(TestFrames.close(code: 1012))
             await drain.value
         }
+    }
+}
+
+/// Another engine, unchanged, that says when its generation delivered its terminal event.
+final class EndWatchingEngine: InferenceEngine {
+    private let inner: any InferenceEngine
+    private let endedFlag = NIOLockedValueBox(false)
+
+    init(_ inner: any InferenceEngine) { self.inner = inner }
+
+    var defaultModel: String { self.inner.defaultModel }
+    /// A generation has finished or failed (its sink heard it).
+    var ended: Bool { self.endedFlag.withLockedValue { $0 } }
+
+    func startGeneration(_ request: GenerationRequest, on eventLoop: any EventLoop, sink: any GenerationSink) -> any GenerationHandle {
+        self.inner.startGeneration(request, on: eventLoop, sink: Sink(sink, ended: self.endedFlag))
+    }
+
+    private final class Sink: GenerationSink {
+        let inner: any GenerationSink
+        let ended: NIOLockedValueBox<Bool>
+        init(_ inner: any GenerationSink, ended: NIOLockedValueBox<Bool>) {
+            self.inner = inner
+            self.ended = ended
+        }
+
+        func generationDidConnect() { self.inner.generationDidConnect() }
+        func generationDidProduce(_ text: Substring) { self.inner.generationDidProduce(text) }
+        func generationDidReportUsage(promptTokens: Int, completionTokens: Int) {
+            self.inner.generationDidReportUsage(promptTokens: promptTokens, completionTokens: completionTokens)
+        }
+        func generationDidEndBatch() { self.inner.generationDidEndBatch() }
+        func generationDidFinish(_ reason: FinishReason) {
+            self.ended.withLockedValue { $0 = true }
+            self.inner.generationDidFinish(reason)
+        }
+        func generationDidFail(_ error: InferenceError) {
+            self.ended.withLockedValue { $0 = true }
+            self.inner.generationDidFail(error)
+        }
+        func generationWasCached() { self.inner.generationWasCached() }
+        func generationDidRequestToolCalls(_ calls: [ToolCall]) { self.inner.generationDidRequestToolCalls(calls) }
     }
 }
 

@@ -88,12 +88,16 @@ import Testing
             return probe != nil
         }
 
-        // 30 users chat through nginx for 8 s; 2 s in, gw-0 drains.
+        // 30 users chat through nginx (least_conn: about 10 per gateway) for 8 s, with no think
+        // time; gw-0 drains once several of its users are in the middle of an answer.
         let harness = URL(fileURLWithPath: try SluiceProcess.findExecutable()).deletingLastPathComponent().appendingPathComponent("sluice-loadtest").path
         async let run = SluiceProcess.runCommand(
             ["chat", "--url", "ws://127.0.0.1:\(port)/v1/ws", "--users", "30", "--duration", "8", "--max-tokens", "40", "--json", "--quiet"],
             executable: harness, timeout: .seconds(60))
-        try await Task.sleep(for: .seconds(2))
+        try await PersistenceProcessTests.eventually("gw-0 is generating answers", timeout: .seconds(8)) {
+            let metrics = try await gateways[0].adminGet(path: "/metrics")
+            return (MetricsProcessTests.parse(metrics.body)["sluice_active_generations"] ?? 0) >= 3
+        }
         let drained = try await gateways[0].terminate(timeout: .seconds(30))
         #expect(drained == .exited(0), "\(gateways[0].logTail())")
         let result = try await run

@@ -273,10 +273,11 @@ import WSServer
     func aFullWriteQueueRefusesNewChatsWithARetryableError() async throws {
         let (upstream, engine) = try await Self.echoingUpstream()
         defer { Task { await upstream.stop() } }
-        // A real PostgreSQL client pointed at a port where nothing listens: every write fails.
-        let closedPort = try PostgresServerProcess.freePort()
+        // A real PostgreSQL client pointed at a port where nothing listens (bound, not listening,
+        // for the whole test): every write fails.
+        let closedPort = try SluiceProcess.deadPort()
         let unreachable = try PostgresStorage(configuration: .init(
-            url: try PostgresURL("postgres://sluice:x@127.0.0.1:\(closedPort)/sluice?sslmode=disable"), connectTimeout: .milliseconds(200), operationTimeout: .milliseconds(300)))
+            url: try PostgresURL("postgres://sluice:x@127.0.0.1:\(closedPort.port)/sluice?sslmode=disable"), connectTimeout: .milliseconds(200), operationTimeout: .milliseconds(300)))
         let pool = Task { await unreachable.run() }
         defer { pool.cancel() }
         // Room for two generations (each holds its question and its answer).
@@ -298,6 +299,7 @@ import WSServer
             #expect(unavailable["code"] as? String == "unavailable" && unavailable["retry_after_ms"] as? Int == 1000)
         }
         await unreachable.shutdown()
+        withExtendedLifetime(closedPort) {}
     }
 
     @Test(.timeLimit(.minutes(15)))

@@ -64,6 +64,27 @@ import Testing
         }
     }
 
+    /// `--port 0`: the port the kernel picked is logged as `sluice.port` on the `listening` line,
+    /// in both log formats, and `SluiceProcess` reaches the public and the admin listener with it.
+    @Test(.timeLimit(.minutes(15)), arguments: ["text", "json"])
+    func thePortBoundForPortZeroIsLoggedAndUsed(format: String) async throws {
+        try await SluiceProcess.withProcesses(count: 1, arguments: ["--log-format", format]) { processes in
+            let process = processes[0]
+            #expect(process.port > 0 && process.adminPort > 0 && process.port != process.adminPort)
+            let log = process.logTail(lines: 200)
+            let listening = log.split(separator: "\n").filter { $0.contains("listening") && $0.contains("sluice.port") }
+            // The public listener's line and the admin listener's own (which says sluice.listener).
+            #expect(listening.count == 2, "\(log)")
+            #expect(format == "json" ? log.contains(#""sluice.port":"\#(process.port)""#) : log.contains("sluice.port=\(process.port)"), "\(log)")
+            #expect(SluiceProcess.port(inLog: log) == process.port)
+            let health = try await process.httpGet(path: "/health")
+            let adminHealth = try await process.adminGet(path: "/health")
+            #expect(health.status == 200 && adminHealth.status == 200)
+            let stats = try await process.adminGet(path: "/v1/stats")
+            #expect(stats.status == 200, "the admin port is the admin listener's: \(stats)")
+        }
+    }
+
     @Test(.timeLimit(.minutes(15)))
     func startThrowsWithTheLogTailWhenSluiceExitsAtStartup() async throws {
         let error = await #expect(throws: SluiceProcessError.self) {

@@ -23,23 +23,27 @@ import Testing
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let spansPath = directory.appendingPathComponent("spans.jsonl").path
-        let collectorPort = try SluiceProcess.freePort()
         let script = NginxDeploymentTests.repository.appendingPathComponent("scripts/otlp-collector.py").path
         let logPath = directory.appendingPathComponent("collector.log").path
         var collector = SpawnedChild(pid: try ChildSpawn.spawn(
             "/usr/bin/env",
-            arguments: ["/usr/bin/env", "python3", script, "--port", String(collectorPort), "--out", spansPath, "--max-seconds", "120"],
+            arguments: ["/usr/bin/env", "python3", script, "--port", "0", "--out", spansPath, "--max-seconds", "120"],
             output: logPath, newProcessGroup: true))
         defer {
             _ = kill(-collector.pid, SIGKILL)
             collector.reap()
         }
+        // It binds port 0 and prints the port it got: "otlp-collector: listening on 127.0.0.1:<port>".
+        var collectorPort = 0
         try await PersistenceProcessTests.eventually("the collector listens", timeout: .seconds(30)) {
             guard collector.isRunning() else {
                 throw SluiceProcessError(description: "otlp-collector.py exited (is opentelemetry-proto installed?): "
                     + ((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""))
             }
-            return ((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "").contains("listening")
+            let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+            guard let match = log.firstMatch(of: /listening on [0-9.]+:(\d+)/), let port = Int(match.1) else { return false }
+            collectorPort = port
+            return true
         }
 
         // "fail" gets a 500 before any token; anything else a two-delta answer.

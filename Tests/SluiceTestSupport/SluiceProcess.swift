@@ -15,7 +15,8 @@ struct SluiceProcessError: Error, CustomStringConvertible {
 
 /// The real `sluice serve` executable as a child process, for multi-instance and signal tests.
 ///
-/// Binds 127.0.0.1 on a free port. The child's environment is this process's minus every `SLUICE_*`
+/// Binds 127.0.0.1 on port 0 and reads the port the kernel picked from its `listening` log line
+/// (`sluice.port`), so no port is chosen before the child holds it. The child's environment is this process's minus every `SLUICE_*`
 /// variable (so a developer's settings cannot leak in) plus the variables passed to `start`;
 /// stdout and stderr go to a log file in a temporary directory (`logTail(lines:)`). The child is
 /// spawned with posix_spawn with an empty signal mask (Foundation's `Process` would pass on the
@@ -43,7 +44,8 @@ final class SluiceProcess: Sendable {
         }
     }
 
-    let port: Int
+    /// The public listener's port, from the `listening` log line (`port(inLog:)`).
+    var port: Int { self.publicPort.withLock { $0 } }
     /// The admin listener's port (`/metrics`, `/v1/stats`, anyone's presence), read from the
     /// `admin listener` log line; 0 for a process without one (`sluice worker`, `admin.enabled` off).
     var adminPort: Int { self.admin.withLock { $0 } }
@@ -56,10 +58,10 @@ final class SluiceProcess: Sendable {
 
     /// nil while running; the status once reaped.
     private let exitStatus = Mutex<ExitStatus?>(nil)
+    private let publicPort = Mutex(0)
     private let admin = Mutex(0)
 
-    private init(port: Int, pid: pid_t, directory: URL) {
-        self.port = port
+    private init(pid: pid_t, directory: URL) {
         self.pid = pid
         self.directory = directory
     }
@@ -74,10 +76,9 @@ final class SluiceProcess: Sendable {
 
     // MARK: Starting
 
-    /// Starts `sluice serve --host 127.0.0.1 --port P --admin-port 0 --log-level info` plus
-    /// `arguments` (and a `--data-dir` of its own unless `arguments` choose the storage) and waits
-    /// until `GET /health` answers 200 and the admin listener's port is logged (`adminPort`).
-    /// Retries on another port if the one picked was taken.
+    /// Starts `sluice serve --host 127.0.0.1 --port 0 --admin-port 0 --log-level info` plus
+    /// `arguments` (and a `--data-dir` of its own unless `arguments` choose the storage), reads
+    /// the ports it bound from its log (`port`, `adminPort`) and waits until `GET /health` answers 200.
     /// `launcher` runs first and must exec sluice in the same process (e.g. `prlimit ... --`).
     static func start(
         command: String = "serve",
@@ -90,49 +91,68 @@ final class SluiceProcess: Sendable {
         var childEnvironment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SLUICE_") }
         childEnvironment.merge(environment) { _, given in given }
         let deadline = ContinuousClock.now + timeout
-        var attempt = 0
-        while true {
-            attempt += 1
-            let directory = FileManager.default.temporaryDirectory
-                .appendingPathComponent("sluice-process-\(UUID().uuidString)", isDirectory: true)
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-            let port = try Self.freePort()
-            var argv = [executable, command, "--host", "127.0.0.1", "--port", String(port), "--log-level", "info"]
-            if command == "serve" && !arguments.contains("--admin-port") { argv += ["--admin-port", "0"] }
-            argv += arguments
-            // History goes to this process's own directory unless the test chose where.
-            if !arguments.contains("--data-dir") && !arguments.contains("--database-url") {
-                argv += ["--data-dir", directory.appendingPathComponent("data").path]
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("sluice-process-\(UUID().uuidString)", isDirectory: true)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        var argv = [executable, command, "--host", "127.0.0.1", "--port", "0", "--log-level", "info"]
+        if command == "serve" && !arguments.contains("--admin-port") { argv += ["--admin-port", "0"] }
+        argv += arguments
+        // History goes to this process's own directory unless the test chose where.
+        if !arguments.contains("--data-dir") && !arguments.contains("--database-url") {
+            argv += ["--data-dir", directory.appendingPathComponent("data").path]
+        }
+        let pid = try Self.spawn(
+            launcher.first ?? executable, arguments: launcher + argv, environment: childEnvironment,
+            logPath: directory.appendingPathComponent("sluice.log").path)
+        let process = SluiceProcess(pid: pid, directory: directory)
+        do {
+            try await process.waitForPort(deadline: deadline)
+            try await process.waitUntilHealthy(deadline: deadline)
+            if command == "serve" && environment["SLUICE_ADMIN_ENABLED"] != "false" {
+                try await process.waitForAdminPort(deadline: deadline)
             }
-            let pid = try Self.spawn(
-                launcher.first ?? executable, arguments: launcher + argv, environment: childEnvironment,
-                logPath: directory.appendingPathComponent("sluice.log").path)
-            let process = SluiceProcess(port: port, pid: pid, directory: directory)
-            do {
-                try await process.waitUntilHealthy(deadline: deadline)
-                if command == "serve" && environment["SLUICE_ADMIN_ENABLED"] != "false" {
-                    try await process.waitForAdminPort(deadline: deadline)
-                }
-                return process
-            } catch let error as EarlyExit {
-                // The port may have been taken between freePort() and the bind: try another.
-                let log = process.logTail(lines: 50)
-                try? FileManager.default.removeItem(at: directory)
-                let portTaken = log.localizedCaseInsensitiveContains("address already in use")
-                    || log.localizedCaseInsensitiveContains("EADDRINUSE")
-                if portTaken && attempt < 5 && ContinuousClock.now < deadline { continue }
-                throw SluiceProcessError(description: "sluice exited at startup (\(error.status)) on port \(port):\n\(log)")
-            } catch {
-                await process.kill()
-                let log = process.logTail(lines: 20)
-                try? FileManager.default.removeItem(at: directory)
-                throw SluiceProcessError(description: "\(error)\nlog tail:\n\(log)")
-            }
+            return process
+        } catch let error as EarlyExit {
+            let log = process.logTail(lines: 50)
+            try? FileManager.default.removeItem(at: directory)
+            throw SluiceProcessError(description: "sluice exited at startup (\(error.status)):\n\(log)")
+        } catch {
+            await process.kill()
+            let log = process.logTail(lines: 20)
+            try? FileManager.default.removeItem(at: directory)
+            throw SluiceProcessError(description: "\(error)\nlog tail:\n\(log)")
         }
     }
 
     private struct EarlyExit: Error {
         var status: ExitStatus
+    }
+
+    /// The public listener's port, from its `listening` line; exits at startup surface as `EarlyExit`.
+    private func waitForPort(deadline: ContinuousClock.Instant) async throws {
+        while true {
+            let log = (try? String(contentsOf: self.logFile, encoding: .utf8)) ?? ""
+            if let port = Self.port(inLog: log) {
+                self.publicPort.withLock { $0 = port }
+                return
+            }
+            if let status = self.reapIfExited() { throw EarlyExit(status: status) }
+            if ContinuousClock.now >= deadline {
+                throw SluiceProcessError(description: "sluice (pid \(self.pid)) did not log the port it listens on in time")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// The public listener's port: `sluice.port` on a line that is not the admin listener's
+    /// (that one carries `sluice.listener`), JSON or text logs.
+    static func port(inLog log: String) -> Int? {
+        for line in log.split(separator: "\n") where !line.contains("sluice.listener") {
+            guard let key = line.range(of: "sluice.port") else { continue }
+            let digits = line[key.upperBound...].drop { !$0.isNumber }.prefix { $0.isNumber }
+            if let port = Int(digits), port > 0 { return port }
+        }
+        return nil
     }
 
     private func waitUntilHealthy(deadline: ContinuousClock.Instant) async throws {
@@ -141,14 +161,8 @@ final class SluiceProcess: Sendable {
             if let status = self.reapIfExited() { throw EarlyExit(status: status) }
             do {
                 let (status, body) = try await self.httpGet(path: "/health", timeout: .seconds(2))
-                // Only a sluice says exactly this; another test's server may have taken the port
-                // meanwhile (a scripted fake answers 200 to anything), and this process, failing
-                // to start, would then look healthy. So the process must also still be running.
-                if status == 200 && body.trimmingCharacters(in: .whitespacesAndNewlines) == "ok" {
-                    try await Task.sleep(for: .milliseconds(50))
-                    if let status = self.reapIfExited() { throw EarlyExit(status: status) }
-                    return
-                }
+                // The port was bound by this child (port 0), so whoever answers is this process.
+                if status == 200 && body.trimmingCharacters(in: .whitespacesAndNewlines) == "ok" { return }
                 lastProblem = "GET /health answered \(status)"
             } catch {
                 lastProblem = "\(error)"
@@ -399,7 +413,8 @@ final class SluiceProcess: Sendable {
     /// (so no other test's server can take it) but not listening.
     static func deadPort() throws -> DeadPort { try DeadPort() }
 
-    /// A port the kernel just handed out for 127.0.0.1 (free at that moment).
+    /// A port the kernel just handed out for 127.0.0.1 (free at that moment, not reserved): only
+    /// for servers that cannot bind port 0 and report it (nginx, Prometheus); they must retry.
     static func freePort() throws -> Int {
         try RedisServerProcess.freePort()
     }

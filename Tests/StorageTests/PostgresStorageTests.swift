@@ -90,9 +90,8 @@ import Testing
                 queue.enqueueReserved(messages[1])
             }
             // The writes are waiting and being retried, not lost.
-            try await Task.sleep(for: .seconds(3))
+            try await eventually("a write is retried", timeout: .seconds(30)) { queue.counters.retries > 0 }
             #expect(queue.counters.pending > 0)
-            #expect(queue.counters.retries > 0)
 
             try await harness.server.restart()
             #expect(await queue.flush(timeout: .seconds(60)), "pending: \(queue.counters.pending)")

@@ -1,6 +1,7 @@
 import Foundation
 import NIOConcurrencyHelpers
 import Testing
+@testable import SluiceTestSupport
 @testable import Storage
 
 /// The queue on its own, in front of a storage that fails when told to.
@@ -68,8 +69,10 @@ import Testing
         let runner = Task { await queue.run() }
         queue.finish()
         #expect(!queue.enqueue(NewMessage(conversationID: conversation, userExternalID: "u", role: .user, content: "late")))
-        // A generation still running when the drain starts can store its answer.
-        try await Task.sleep(for: .milliseconds(50))
+        // A generation still running when the drain starts can store its answer. The drain is
+        // under way once the question is written: the loop then waits for the reserved answer.
+        try await eventually("the question is written") { queue.counters.written == 1 }
+        #expect(storage.stored.map(\.content) == ["q"])
         queue.enqueueReserved(NewMessage(conversationID: conversation, userExternalID: "u", role: .assistant, content: "a"))
         await runner.value
         #expect(storage.stored.map(\.content) == ["q", "a"])

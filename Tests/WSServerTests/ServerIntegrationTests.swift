@@ -521,6 +521,10 @@ struct ServerIntegrationTests {
 
     @Test func idleTCPConnectionIsClosedAfterHandshakeTimeout() async throws {
         try await ServerHarness.run(configure: { $0.handshakeTimeout = .milliseconds(200) }) { harness in
+            // An upgraded connection is not subject to the handshake timeout. It connects first,
+            // so its timer is due before the idle one's: the server has one event loop, and once
+            // the idle connection is closed, the upgraded one's timer has had its turn too.
+            let upgraded = try await harness.connectWebSocket()
             let idle = try await harness.connect()
             let connectedAt = ContinuousClock.now
             try await idle.waitForClose(timeout: .seconds(2))
@@ -528,9 +532,7 @@ struct ServerIntegrationTests {
             #expect(lifetime >= .milliseconds(150), "closed after \(lifetime)")
             #expect(idle.totalBytesReceived == 0)
 
-            // An upgraded connection is not subject to the handshake timeout.
-            let upgraded = try await harness.connectWebSocket()
-            try await Task.sleep(for: .milliseconds(400))
+            #expect(!upgraded.isClosed)
             try await expectEcho(upgraded, text: "outlived the handshake timeout")
         }
     }
@@ -600,7 +602,7 @@ struct ServerIntegrationTests {
             }
             let writeCompletion = WriteCompletion()
             slow.sendWithoutWaiting(batch).whenComplete { _ in writeCompletion.markDone() }
-            try await Task.sleep(for: .milliseconds(300))
+            try await waitUntil("the server stops reading the slow client") { harness.server.readsPausedForBackpressure >= 1 }
 
             // Another client is served promptly all the while.
             let fast = try await harness.connectWebSocket()
