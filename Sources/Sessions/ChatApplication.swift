@@ -7,6 +7,7 @@ import NIOHTTP1
 import Tracing
 import NIOCore
 import RedisClient
+import ServiceLifecycle
 import SluiceProtocol
 import Storage
 import WSServer
@@ -71,6 +72,15 @@ public struct FanOut: Sendable {
     public var isHealthy: Bool { self.broker.isHealthy }
     public var isShared: Bool { self.broker.isShared }
     public func shutdown() async { await self.broker.shutdown() }
+}
+
+/// In the service group, the fan-out's Redis connections outlive everything put after it
+/// (the drain, the write journal's flush): `run()` waits for graceful shutdown, then closes them.
+extension FanOut: Service {
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await self.shutdown()
+    }
 }
 
 /// The `sluice.v1` chat protocol on top of the WebSocket data plane.

@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
+import ServiceLifecycle
 import SluiceProtocol
 
 /// The gateway's side of the job queue: submit, cancel and status for WebSocket and HTTP
@@ -136,5 +137,14 @@ public final class JobsGateway: Sendable {
 
     public func shutdown() async {
         await self.subscriber.shutdown()
+    }
+}
+
+/// In the service group: job events reach clients until the group shuts down, then the
+/// subscriber closes.
+extension JobsGateway: Service {
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await self.shutdown()
     }
 }

@@ -22,8 +22,30 @@ public enum JobsAdmin {
         guard let redisConfiguration = try SluiceServer.redisConfiguration(configuration, logger: logger) else {
             throw WorkerSetupError(description: "the job queue lives in Redis: give --redis-url (or SLUICE_REDIS_URL)")
         }
+        try await Self.withRedis(redisConfiguration, logger: logger) { redis in
+            try await Self.perform(command, redis: redis, redisConfiguration: redisConfiguration, configuration: configuration, logger: logger, output: output)
+        }
+    }
+
+    /// A client for `body` only, closed (and awaited) when it returns or throws.
+    static func withRedis<T>(
+        _ redisConfiguration: RedisConfiguration, logger: Logger, _ body: (RedisClient) async throws -> T
+    ) async throws -> T {
         let redis = RedisClient(configuration: redisConfiguration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: logger)
-        defer { Task { await redis.shutdown() } }
+        do {
+            let result = try await body(redis)
+            await redis.shutdown()
+            return result
+        } catch {
+            await redis.shutdown()
+            throw error
+        }
+    }
+
+    private static func perform(
+        _ command: Command, redis: RedisClient, redisConfiguration: RedisConfiguration, configuration: SluiceConfiguration,
+        logger: Logger, output: @Sendable (String) -> Void
+    ) async throws {
         let deadline = ContinuousClock.now + .seconds(5)
         while !redis.isConnected {
             guard ContinuousClock.now < deadline else { throw WorkerSetupError(description: "Redis at \(redisConfiguration.url) does not answer") }

@@ -162,7 +162,14 @@ public enum SluiceServer {
         // generations finish, then the queue and the usage records write what is left, then the
         // storage closes.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
-        // Stopped last of all: /metrics and /ready keep answering through the whole drain.
+        // Redis closes after everything else has stopped: the drain's hand-off, the write
+        // journal (the queue's flush) and /ready (fan-out health) use it to the end. Closed in
+        // this order: fan-out, limits and cache, job events, job queue.
+        if let jobsRedis { services.append(.init(service: jobsRedis)) }
+        if let jobsGateway { services.append(.init(service: jobsGateway)) }
+        if let rateLimitRedis { services.append(.init(service: rateLimitRedis)) }
+        services.append(.init(service: fanOut))
+        // Stopped (nearly) last of all: /metrics and /ready keep answering through the whole drain.
         if let admin { services.append(.init(service: admin)) }
         // Stopped (nearly) last: spans of generations that end during the drain still go out.
         if let exporter { services.append(.init(service: exporter)) }
@@ -192,10 +199,6 @@ public enum SluiceServer {
         } catch {
             failure = error
         }
-        await fanOut.shutdown()
-        await rateLimitRedis?.shutdown()
-        await jobsGateway?.shutdown()
-        await jobsRedis?.shutdown()
         try? await eventLoopGroup.shutdownGracefully()
         if let failure { throw failure }
     }

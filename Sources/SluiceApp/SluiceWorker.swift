@@ -43,7 +43,8 @@ public enum SluiceWorker {
         let server = try WebSocketServer(
             configuration: serverSettings, application: NoWebSocketApplication(), httpRoutes: RouteList(providers: [MetricsRoute(registry: registry)]),
             eventLoopGroup: eventLoopGroup, readiness: readiness, logger: logger)
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        // First, so stopped last: the queue, the worker and the scheduler use it to the end.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: redis)]
         if let opened {
             services.append(.init(service: StorageService(opened: opened, quotas: configuration.quotas, logger: logger)))
         }
@@ -63,7 +64,6 @@ public enum SluiceWorker {
         } catch {
             failure = error
         }
-        await redis.shutdown()
         try? await eventLoopGroup.shutdownGracefully()
         if let failure { throw failure }
     }
