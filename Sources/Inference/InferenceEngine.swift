@@ -44,15 +44,6 @@ public struct ToolDefinition: Equatable, Sendable {
     }
 }
 
-/// Whether and which tool the model must call (OpenAI `tool_choice`).
-public enum ToolChoice: Equatable, Sendable {
-    case none
-    case auto
-    case required
-    /// This tool (one of the request's `tools`).
-    case function(String)
-}
-
 /// What to generate.
 public struct GenerationRequest: Sendable {
     public var messages: [ChatMessage]

@@ -46,14 +46,8 @@ public struct OpenAIChatRequest: Equatable, Sendable {
         }
     }
 
-    /// `tool_choice`.
-    public enum ToolChoice: Equatable, Sendable {
-        case none
-        case auto
-        case required
-        /// `{"type":"function","function":{"name":…}}`: this tool, which must be offered.
-        case function(String)
-    }
+    /// `tool_choice` (one type with what the upstream adapters write).
+    public typealias ToolChoice = SluiceProtocol.ToolChoice
 
     /// A call the model made in an earlier turn (`tool_calls[]` of an assistant message).
     public struct ToolCall: Equatable, Sendable {
@@ -98,6 +92,16 @@ public struct OpenAIChatRequest: Equatable, Sendable {
         self.temperature = temperature
         self.topP = topP
     }
+}
+
+/// Whether and which tool the model must call (OpenAI `tool_choice`): decoded from a client's
+/// request here, written upstream by the Inference adapters.
+public enum ToolChoice: Equatable, Sendable {
+    case none
+    case auto
+    case required
+    /// `{"type":"function","function":{"name":…}}`: this tool, which must be offered.
+    case function(String)
 }
 
 /// Why an OpenAI request was refused: the message says what is wrong, `param` which parameter
