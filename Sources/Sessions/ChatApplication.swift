@@ -103,6 +103,8 @@ public struct ChatApplication: WebSocketApplication {
     let jobs: JobsGateway?
     /// Tools offered to the model (empty: none).
     let tools: ToolRegistry
+    /// The one generation pipeline every front door starts generations through.
+    let starter: GenerationStarter
 
     public init(
         configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory,
@@ -143,6 +145,9 @@ public struct ChatApplication: WebSocketApplication {
             memory: conversations, persistence: persistence, broker: fanOut.broker,
             contextMaxCharacters: configuration.contextMaxCharacters, logger: logger)
         self.logger = logger
+        self.starter = GenerationStarter(
+            configuration: configuration, router: router, history: self.history, hub: hub, broker: fanOut.broker, metrics: metrics,
+            policy: policy, quotas: self.quotas, tools: tools, tracer: tracer, logger: logger)
     }
 
     /// One upstream for everything.
@@ -222,225 +227,5 @@ public struct ChatApplication: WebSocketApplication {
         ChatSession(
             application: self, eventLoop: connection.eventLoop, admitted: connection.admission as? ChatPolicy.Admitted,
             trace: self.traceParent(connection.requestHead.headers))
-    }
-}
-
-extension ChatApplication {
-    /// Finds the conversation a `chat.send` continues (or makes a new one) and calls `completion`
-    /// on `eventLoop`: at once when a cache answers, after a Redis or storage read otherwise.
-    func resolveConversation(
-        _ send: ClientMessage.ChatSend, user: String, on eventLoop: any EventLoop,
-        completion: @escaping @Sendable (ConversationLookup) -> Void
-    ) {
-        if let answer = self.history.lookupWithoutWaiting(send.conversationID, user: user) {
-            completion(answer)
-            return
-        }
-        let history = self.history
-        Task {
-            let answer = await history.lookup(send.conversationID, user: user)
-            eventLoop.execute { completion(answer) }
-        }
-    }
-
-    /// Records the user message and prepares the generation in the resolved conversation;
-    /// `startUpstream()` then starts it, and `generation.started` goes out once the upstream
-    /// accepted the request. Fails (sending nothing) for an unknown model or a full write queue.
-    /// The rate limits for a generation in `conversation` (requests, then tokens: the context
-    /// plus up to `max_tokens`); `completion` runs on `eventLoop`. No limits: at once.
-    func admitGeneration(
-        _ send: ClientMessage.ChatSend, in conversation: ResolvedConversation, user: String, address: String,
-        on eventLoop: any EventLoop, _ completion: @escaping (Result<Admission, AdmissionRefusal>) -> Void
-    ) {
-        let done = NIOLoopBound(completion, eventLoop: eventLoop)
-        self.moderate(send.content, user: user, on: eventLoop) { [self] moderated in
-            switch moderated {
-            case .failure(let refusal):
-                done.value(.failure(refusal))
-            case .success(let content):
-                self.admit(
-                    user: user, address: address,
-                    context: conversation.messages + [ChatMessage(role: .user, content: content)],
-                    maxTokens: send.maxTokens ?? self.configuration.defaultMaxTokens, on: eventLoop
-                ) { result in
-                    done.value(result.map { var admission = $0; admission.content = content; return admission })
-                }
-            }
-        }
-    }
-
-    /// The input filter (rules, injection markers), then the moderation service if configured.
-    /// Success: the text to use (markers stripped); on `eventLoop`.
-    func moderate(_ text: String, user: String, on eventLoop: any EventLoop, _ completion: @escaping (Result<String, AdmissionRefusal>) -> Void) {
-        let rejected = AdmissionRefusal(code: .contentRejected, message: "the message was refused by the content policy", retryAfterMs: nil)
-        let cleaned: String
-        switch self.policy.inputFilter.check(text) {
-        case .rejected(let rule):
-            self.logger.notice("input refused", metadata: ["sluice.user": "\(user)", "sluice.rule": "\(rule)"])
-            self.metrics.contentRejected.increment()
-            completion(.failure(rejected))
-            return
-        case .allowed(let text):
-            cleaned = text
-        }
-        guard let moderation = self.policy.moderation else {
-            completion(.success(cleaned))
-            return
-        }
-        let failOpen = self.policy.moderationFailOpen
-        let logger = self.logger
-        let counter = self.metrics.contentRejected
-        let completion = NIOLoopBound(completion, eventLoop: eventLoop)
-        moderation.check(cleaned, on: eventLoop).hop(to: eventLoop).whenComplete { result in
-            let completion = completion.value
-            switch result {
-            case .success(let verdict) where verdict.flagged:
-                logger.notice("input flagged by the moderation service", metadata: [
-                    "sluice.user": "\(user)", "sluice.categories": "\(verdict.categories.joined(separator: ","))"])
-                counter.increment()
-                completion(.failure(rejected))
-            case .success:
-                completion(.success(cleaned))
-            case .failure(let error):
-                logger.warning("moderation service failed", metadata: ["sluice.error": "\(error)", "sluice.fail_open": "\(failOpen)"])
-                completion(failOpen ? .success(cleaned)
-                    : .failure(AdmissionRefusal(code: .unavailable, message: "the moderation service is unavailable; retry shortly", retryAfterMs: 1000)))
-            }
-        }
-    }
-
-    /// Rate limits, then the quota, for a generation with this context.
-    func admit(
-        user: String, address: String, context: [ChatMessage], maxTokens: Int,
-        on eventLoop: any EventLoop, _ completion: @escaping (Result<Admission, AdmissionRefusal>) -> Void
-    ) {
-        let limiter = self.policy.limiter
-        guard limiter.limits.limitsGenerations || self.history.persistence.isEnabled else {
-            completion(.success(Admission(grant: .unlimited(maxTokens: maxTokens), quotaReserved: 0)))
-            return
-        }
-        let prompt = Self.promptEstimate(context)
-        let done = NIOLoopBound(completion, eventLoop: eventLoop)
-        let quotas = self.quotas
-        Task {
-            let result: Result<Admission, AdmissionRefusal>
-            switch await limiter.admit(user: user, address: address, promptTokens: prompt, maxTokens: maxTokens) {
-            case .failure(let refusal):
-                result = .failure(AdmissionRefusal(code: .rateLimited, message: refusal.message, retryAfterMs: refusal.retryAfterMs))
-            case .success(let grant):
-                switch await quotas.admit(user: user, promptTokens: prompt, grant: grant) {
-                case .failure(let refusal):
-                    limiter.settle(grant, usedTokens: 0)
-                    result = .failure(AdmissionRefusal(code: .quotaExceeded, message: refusal.message, retryAfterMs: refusal.retryAfterMs))
-                case .success(let (limited, reserved)):
-                    result = .success(Admission(grant: limited, quotaReserved: reserved))
-                }
-            }
-            eventLoop.execute { done.value(result) }
-        }
-    }
-
-    /// What a generation may use (rate limits and quota), and what to give back at its end.
-    struct Admission: Sendable {
-        var grant: GenerationGrant
-        var quotaReserved: Int
-        /// The user's message as it goes upstream and into history (injection markers stripped).
-        var content: String?
-    }
-
-    /// Why a generation may not start: `rate_limited` or `quota_exceeded`.
-    struct AdmissionRefusal: Error, Sendable {
-        var code: ErrorCode
-        var message: String
-        var retryAfterMs: Int64?
-    }
-
-    /// Gives back what an admitted generation did not use (or everything, if it never ran).
-    func settle(_ admission: Admission, user: String, usedTokens: Int) {
-        self.policy.limiter.settle(admission.grant, usedTokens: usedTokens)
-        self.quotas.release(user: user, reserved: admission.quotaReserved)
-    }
-
-    /// Settles a generation whose usage no stored message carries (the OpenAI-compatible front
-    /// door): its tokens go to the storage as a usage record (`UsageRecorder`, off the event
-    /// loop, retried), and stay reserved in the quota until that record is stored or given up.
-    func settle(_ admission: Admission, user: String, usedTokens: Int, recordingAs generationID: String) {
-        if let recorder = self.history.persistence.usage, usedTokens > 0 {
-            let quotas = self.quotas
-            // Held before the admission's reservation goes: never uncounted in between.
-            let held = quotas.hold(user: user, tokens: usedTokens)
-            let record = UsageRecord(id: generationID, userExternalID: user, tokens: usedTokens)
-            if !recorder.record(record, settled: { quotas.release(user: user, reserved: held) }) {
-                quotas.release(user: user, reserved: held)
-            }
-        }
-        self.settle(admission, user: user, usedTokens: usedTokens)
-    }
-
-    /// Tokens of a context, estimated (4 bytes a token plus a few per message), for limits and
-    /// for usage when the upstream reports none.
-    static func promptEstimate(_ messages: [ChatMessage]) -> Int {
-        messages.reduce(0) { $0.addingSaturating($1.content.utf8.count / 4 + 4) }
-    }
-
-    func beginGeneration(
-        _ send: ClientMessage.ChatSend, in conversation: ResolvedConversation, user: String, output: any ChatOutput,
-        sessionID: String, trace parent: InstrumentationContext, admission: Admission, on eventLoop: any EventLoop
-    ) -> Result<ChatGeneration, ProtocolViolation> {
-        let grant = admission.grant
-        let route: InferenceRouter.Route
-        switch self.router.route(model: send.model, prompt: send.content) {
-        case .success(let found): route = found
-        case .failure(let unknown):
-            self.settle(admission, user: user, usedTokens: 0)
-            return .failure(ProtocolViolation(.notFound, unknown.message, requestID: send.requestID))
-        }
-        let model = route.model ?? route.upstream.engine.defaultModel
-        let content = admission.content ?? send.content
-        guard self.history.recordUserMessage(content, in: conversation, user: user, model: model) else {
-            self.settle(admission, user: user, usedTokens: 0)
-            return .failure(ProtocolViolation(
-                .overloaded, "the history write queue is full (is the database down?); retry shortly", requestID: send.requestID))
-        }
-        let context = conversation.messages + [ChatMessage(role: .user, content: content)]
-        var request = GenerationRequest(
-            messages: context, model: route.model, maxTokens: grant.maxTokens, temperature: send.temperature)
-        request.user = user
-        if !self.tools.isEmpty { request.tools = self.tools.definitions(only: send.tools) }
-        let generationID = Identifier.make("gen_")
-        let startedAt = NIODeadline.now()
-        let trace = GenerationTrace(
-            tracer: self.tracer, parent: parent, model: model, upstream: route.upstream.name, generationID: generationID,
-            conversationID: conversation.key, requestID: send.requestID, request: request, startedAt: startedAt)
-        request.traceHeaders = trace.propagationHeaders(self.tracer)
-        let generation = ChatGeneration(
-            id: generationID, startedAt: startedAt, trace: trace, conversation: conversation, user: user, requestID: send.requestID,
-            model: model, promptEstimate: Self.promptEstimate(context), grant: grant,
-            settle: { [self] used in self.settle(admission, user: user, usedTokens: used) },
-            output: output, engine: route.upstream.engine, request: request, eventLoop: eventLoop,
-            history: self.history, hub: self.hub, broker: self.broker, ownerSessionID: sessionID,
-            metrics: self.metrics.upstream(route.upstream.name), tools: request.tools.isEmpty ? nil : self.tools, logger: self.logger)
-        return .success(generation)
-    }
-
-    /// The wire error for a conversation that could not be resolved.
-    static func violation(for lookup: ConversationLookup, conversationID: String?, requestID: String?) -> (ProtocolViolation, retryAfterMs: Int64?)? {
-        switch lookup {
-        case .found: return nil
-        case .notFound:
-            return (ProtocolViolation(.notFound, "unknown conversation \(conversationID ?? "")", requestID: requestID), nil)
-        case .unavailable(let reason):
-            return (ProtocolViolation(.unavailable, reason, requestID: requestID), 1000)
-        }
-    }
-}
-
-/// Random identifiers such as `gen_3f9c…`: 64 random bits in hex.
-enum Identifier {
-    static func make(_ prefix: String) -> String {
-        var generator = SystemRandomNumberGenerator()
-        let value = generator.next()
-        let hex = String(value, radix: 16)
-        return prefix + String(repeating: "0", count: 16 - hex.count) + hex
     }
 }

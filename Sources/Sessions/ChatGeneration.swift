@@ -8,25 +8,6 @@ import Storage
 import Tools
 import WSServer
 
-/// Where a generation's messages go: a WebSocket session or an SSE response.
-protocol ChatOutput: AnyObject {
-    /// False once the client is gone (its messages are then dropped; the generation goes on).
-    var isConnected: Bool { get }
-    /// False while the client is behind.
-    var isWritable: Bool { get }
-    /// Queues one message encoded by `encode` (without flushing).
-    func writeMessage(_ encode: (inout ByteBuffer) -> Void)
-    /// Queues one message only if the client is connected and keeping up, and says whether it
-    /// did: the per-delta path, one call instead of three.
-    func writeMessageIfWritable(_ encode: (inout ByteBuffer) -> Void) -> Bool
-    func flush()
-    /// The generation sent its `generation.done` (or ended while the client was gone).
-    func generationEnded(_ generation: ChatGeneration)
-    /// The upstream failed before accepting the request: nothing was generated, so the client
-    /// gets an `error` (with `retry_after_ms` when retrying may help) instead of a generation.
-    func generationFailedToStart(_ generation: ChatGeneration, error: InferenceError)
-}
-
 /// One generation as the client sees it: contiguous `seq`s, deltas merged while the client is
 /// behind (with `first_seq`), exactly one `generation.done` with usage that is always present.
 final class ChatGeneration: GenerationSink {
@@ -39,7 +20,7 @@ final class ChatGeneration: GenerationSink {
     let model: String
     /// Strong on purpose: a generation outlives its connection (it may be resumed); the
     /// output ↔ generation cycle ends when the generation ends.
-    private let output: any ChatOutput
+    private let output: any GenerationOutput
     private var handle: (any GenerationHandle)?
     /// The rules: seqs, cuts, merging, tool rounds, usage, the one end. This class carries out
     /// what it returns.
@@ -51,8 +32,11 @@ final class ChatGeneration: GenerationSink {
     /// The whole answer so far, for the conversation (bytes: appending is cheaper than to a String).
     private var answerBytes = ByteBuffer()
     var answer: String { String(buffer: self.answerBytes) }
+    var answerByteCount: Int { self.answerBytes.readableBytes }
     /// `{"type":"generation.delta","generation_id":"…","seq":` encoded once per generation.
-    private let deltaPrefix: ByteBuffer
+    let deltaPrefix: ByteBuffer
+    /// Whether the conversation is stored (not for the OpenAI door's ephemeral ones).
+    private let keepsConversation: Bool
     /// Gives back what the limits and the quota reserved and this generation did not use.
     private let settle: (_ usedTokens: Int) -> Void
 
@@ -97,17 +81,18 @@ final class ChatGeneration: GenerationSink {
     init(
         id: String, startedAt: NIODeadline, trace: GenerationTrace, conversation: ResolvedConversation, user: String, requestID: String?, model: String, promptEstimate: Int,
         grant: GenerationGrant, settle: @escaping (_ usedTokens: Int) -> Void,
-        output: any ChatOutput, engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop,
+        output: any GenerationOutput, engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop,
         history: ConversationHistory,
-        hub: GenerationHub, broker: any Broker, ownerSessionID: String, metrics: ChatMetrics.Upstream, tools: ToolRegistry? = nil,
-        logger: Logger
+        hub: GenerationHub, broker: any Broker, ownerSessionID: String, metrics: ChatMetrics.Upstream,
+        toolMode: GenerationStateMachine.ToolMode = .none, tools: ToolRegistry? = nil, logger: Logger
     ) {
         self.tools = tools
         self.metrics = metrics
+        self.keepsConversation = conversation.isKept
         self.machine = GenerationStateMachine(limits: GenerationStateMachine.Limits(
             maxTokens: grant.maxTokens, maxAnswerBytes: GenerationRequest.maxAnswerBytes(forTokens: grant.maxTokens),
             budgetCut: grant.cut, budgetRetryAfterMs: grant.budgetRetryAfterMs, promptEstimate: promptEstimate,
-            toolsOffered: tools != nil, publishesToBroker: broker.isShared))
+            tools: toolMode, publishesToBroker: broker.isShared))
         self.settle = settle
         self.startedAt = startedAt
         self.trace = trace
@@ -178,10 +163,7 @@ final class ChatGeneration: GenerationSink {
         }
         self.tokenEnds.append(Int32(truncatingIfNeeded: self.answerBytes.writerIndex))
         if writeDirectly {
-            let prefix = self.deltaPrefix
-            let written = self.output.writeMessageIfWritable { buffer in
-                ServerMessageEncoder.generationDelta(prefix: prefix, seq: seq, firstSeq: nil, text: text.utf8, into: &buffer)
-            }
+            let written = self.output.writeDeltaIfWritable(self, seq: seq, text: text)
             // Behind but connected: held, with what follows, until it can take them. Not
             // connected: nothing to hold back (the answer is kept above).
             if !written && self.output.isConnected { self.update { $0.hold(text, seq: seq) } }
@@ -260,11 +242,7 @@ final class ChatGeneration: GenerationSink {
     /// A delta merged while the client was behind, if it is still there.
     private func write(_ held: DeltaMerger.PendingDelta) {
         guard self.output.isConnected else { return }
-        let prefix = self.deltaPrefix
-        self.output.writeMessage { buffer in
-            ServerMessageEncoder.generationDelta(
-                prefix: prefix, seq: held.lastSeq, firstSeq: held.firstSeq, text: Substring(held.text).utf8, into: &buffer)
-        }
+        self.output.writeHeldDelta(self, held)
     }
 
     // MARK: Carrying out the machine's actions
@@ -305,24 +283,16 @@ final class ChatGeneration: GenerationSink {
             self.write(held)
         case .writeToolCalls(let calls):
             guard self.output.isConnected else { return }
-            for call in calls {
-                self.output.writeMessage { buffer in
-                    ServerMessageEncoder.toolCall(generationID: self.id, callID: call.id, name: call.name, arguments: call.arguments, into: &buffer)
-                }
-            }
-            self.output.flush()
+            self.output.writeToolCalls(self, calls)
+        case .handToolCallsToClient(let calls):
+            self.logger.debug("tool calls handed to the client", metadata: self.ids(["sluice.tools": "\(calls.map(\.name))"]))
+            guard self.output.isConnected else { return }
+            self.output.writeClientToolCalls(self, calls)
         case .runTools(let calls):
             self.runTools(calls)
         case .writeToolResults(let runs):
             guard self.output.isConnected else { return }
-            for run in runs {
-                self.output.writeMessage { buffer in
-                    ServerMessageEncoder.toolResult(
-                        generationID: self.id, callID: run.call.id, name: run.call.name, status: run.status.rawValue,
-                        output: run.output, durationMs: run.durationMs, into: &buffer)
-                }
-            }
-            self.output.flush()
+            self.output.writeToolResults(self, runs)
         case .recordToolRuns(let runs):
             self.logToolRuns(runs)
         case .continueWithToolResults(let assistantTextFrom, let calls, let runs):
@@ -352,12 +322,7 @@ final class ChatGeneration: GenerationSink {
             state: .running(eventLoop: self.eventLoop, generation: NIOLoopBound(self, eventLoop: self.eventLoop))))
         if self.publishesToBroker { self.broker.publishStarted(self.info, user: self.user) }
         guard self.output.isConnected else { return }
-        self.output.writeMessage { buffer in
-            ServerMessageEncoder.generationStarted(
-                generationID: self.id, conversationID: self.conversationID, requestID: self.requestID,
-                model: self.model, into: &buffer)
-        }
-        self.output.flush()
+        self.output.writeStarted(self)
     }
 
     // MARK: Tools
@@ -410,7 +375,7 @@ final class ChatGeneration: GenerationSink {
         self.logger.notice("upstream refused the generation", metadata: self.ids([
             "sluice.error": "\(error.code.rawValue)", "sluice.message": "\(error.message)",
         ]))
-        self.history.releaseAnswerReservation()
+        if self.keepsConversation { self.history.releaseAnswerReservation() }
         self.charge.releaseAll(to: self.hub.budget)
         self.settle(0)
         self.trace.failedToStart(error)
@@ -439,24 +404,16 @@ final class ChatGeneration: GenerationSink {
             self.publishBatch(GenerationStateMachine.SeqRange(after: after, upTo: end.seq))
         }
         // Stored once, whatever the reason (a cancel keeps its partial text), with the usage.
-        self.history.recordAssistantMessage(
-            self.answer, conversationID: self.conversationUUID, key: self.conversationID, user: self.user,
-            finishReason: reason.rawValue, promptTokens: usage.promptTokens, completionTokens: usage.completionTokens,
-            model: self.model)
+        if self.keepsConversation {
+            self.history.recordAssistantMessage(
+                self.answer, conversationID: self.conversationUUID, key: self.conversationID, user: self.user,
+                finishReason: reason.rawValue, promptTokens: usage.promptTokens, completionTokens: usage.completionTokens,
+                model: self.model)
+        }
         if details.publishEnd { self.broker.publishEnd(self.info, end) }
         if self.output.isConnected {
             if let held = details.held { self.write(held) }
-            self.output.writeMessage { buffer in
-                ServerMessageEncoder.generationDone(
-                    generationID: self.id, seq: end.seq, finishReason: reason, usage: usage,
-                    error: end.error.map { ($0.code, $0.message) }, cached: details.cached, into: &buffer)
-            }
-            if let notice = details.budgetNotice {
-                self.output.writeMessage { buffer in
-                    ServerMessageEncoder.error(
-                        code: notice.code, message: notice.message, generationID: self.id, retryAfterMs: notice.retryAfterMs, into: &buffer)
-                }
-            }
+            self.output.writeDone(self, end, cached: details.cached, budgetNotice: details.budgetNotice)
             self.output.flush()
         }
         if !self.followers.isEmpty {

@@ -9,7 +9,7 @@ import WSServer
 
 /// One client connection speaking `sluice.v1`. Lives on the connection's event loop; its
 /// generations run on the same loop, so chunks reach the socket without a thread hop.
-final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
+final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, SluiceMessageOutput {
     private let application: ChatApplication
     private let sessionID = Identifier.make("sess_")
     private(set) var connection: WebSocketConnection?
@@ -244,65 +244,24 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
     // MARK: Messages
 
     private func start(_ send: ClientMessage.ChatSend) {
-        guard self.generations.count < self.configuration.maxGenerationsPerConnection else {
-            self.sendError(.overloaded, "at most \(self.configuration.maxGenerationsPerConnection) generations at once per connection",
-                           requestID: send.requestID, retryAfterMs: 1000)
+        if let refusal = self.generationLimitRefusal(requestID: send.requestID) {
+            self.generationRefused(refusal)
             return
         }
-        guard let connection = self.connection else { return }
-        let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
-        self.application.resolveConversation(send, user: self.userID, on: connection.eventLoop) { lookup in
-            session.value.begin(send, lookup)
-        }
+        guard self.connection != nil else { return }
+        let order = GenerationOrder(
+            conversation: .stored(conversationID: send.conversationID, content: send.content), requestID: send.requestID,
+            model: send.model, maxTokens: send.maxTokens, temperature: send.temperature, gatewayTools: send.tools)
+        let caller = GenerationCaller(user: self.userID, address: self.address, sessionID: self.sessionID, trace: self.traceParent)
+        self.application.starter.start(order, for: caller, output: self, on: self.eventLoop)
     }
 
-    private func begin(_ send: ClientMessage.ChatSend, _ lookup: ConversationLookup) {
-        guard let connection = self.connection else { return }
-        guard case .found(let conversation) = lookup else {
-            if let (violation, retryAfterMs) = ChatApplication.violation(for: lookup, conversationID: send.conversationID, requestID: send.requestID) {
-                self.sendError(violation.code, violation.message, requestID: violation.requestID, retryAfterMs: retryAfterMs)
-            }
-            return
-        }
-        let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
-        self.application.admitGeneration(send, in: conversation, user: self.userID, address: self.address, on: connection.eventLoop) { result in
-            session.value.beginAdmitted(send, conversation, result)
-        }
-    }
-
-    private func beginAdmitted(
-        _ send: ClientMessage.ChatSend, _ conversation: ResolvedConversation,
-        _ result: Result<ChatApplication.Admission, ChatApplication.AdmissionRefusal>
-    ) {
-        let admission: ChatApplication.Admission
-        switch result {
-        case .failure(let refusal):
-            self.sendError(refusal.code, refusal.message, requestID: send.requestID, retryAfterMs: refusal.retryAfterMs)
-            return
-        case .success(let admitted):
-            admission = admitted
-        }
-        guard let connection = self.connection else {
-            self.application.settle(admission, user: self.userID, usedTokens: 0)
-            return
-        }
-        // Counted again: a lookup that waited on Redis or the storage may have let others start.
-        guard self.generations.count < self.configuration.maxGenerationsPerConnection else {
-            self.application.settle(admission, user: self.userID, usedTokens: 0)
-            self.sendError(.overloaded, "at most \(self.configuration.maxGenerationsPerConnection) generations at once per connection",
-                           requestID: send.requestID, retryAfterMs: 1000)
-            return
-        }
-        switch self.application.beginGeneration(
-            send, in: conversation, user: self.userID, output: self, sessionID: self.sessionID, trace: self.traceParent,
-            admission: admission, on: connection.eventLoop) {
-        case .success(let generation):
-            self.generations[generation.id] = generation
-            generation.startUpstream()
-        case .failure(let violation):
-            self.sendError(violation.code, violation.message, requestID: violation.requestID,
-                           retryAfterMs: violation.code == .overloaded ? 1000 : nil)
-        }
+    /// `overloaded` when this connection runs as many generations as it may.
+    private func generationLimitRefusal(requestID: String?) -> GenerationRefusal? {
+        let limit = self.configuration.maxGenerationsPerConnection
+        guard self.generations.count >= limit else { return nil }
+        return GenerationRefusal(
+            code: .overloaded, message: "at most \(limit) generations at once per connection", retryAfterMs: 1000, requestID: requestID)
     }
 
     // MARK: History
@@ -683,7 +642,23 @@ final class ChatSession: WebSocketConnectionDelegate, ChatOutput {
         self.follows[generationID] = follow
     }
 
-    // MARK: ChatOutput
+    // MARK: GenerationRequester
+
+    func readyToStart(_ order: GenerationOrder) -> GenerationStartCheck {
+        guard self.connection != nil else { return .gone }
+        // Counted again: a lookup that waited on Redis or the storage may have let others start.
+        return self.generationLimitRefusal(requestID: order.requestID).map { .refused($0) } ?? .ready
+    }
+
+    func generationStarting(_ generation: ChatGeneration) {
+        self.generations[generation.id] = generation
+    }
+
+    func generationRefused(_ refusal: GenerationRefusal) {
+        self.sendError(refusal.code, refusal.message, requestID: refusal.requestID, retryAfterMs: refusal.retryAfterMs)
+    }
+
+    // MARK: GenerationOutput
 
     var isConnected: Bool { self.connection?.isOpen ?? false }
     var isWritable: Bool { self.connection?.isWritable ?? false }

@@ -32,7 +32,7 @@ public struct ChatStreamRoutes: HTTPRouteProvider {
     }
 }
 
-final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
+final class ChatStreamResponder: HTTPRouteResponder, GenerationRequester, SluiceMessageOutput {
     private let application: ChatApplication
     private var writer: HTTPResponseWriter?
     private var generation: ChatGeneration?
@@ -75,57 +75,12 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         case .success(let identity):
             user = identity?.userID ?? ConversationHistory.anonymous
         }
-        let trace = self.application.traceParent(head.headers)
-        let responder = NIOLoopBound(self, eventLoop: writer.eventLoop)
-        self.application.resolveConversation(send, user: user, on: writer.eventLoop) { lookup in
-            responder.value.begin(send, lookup, user: user, address: address, trace: trace)
-        }
-    }
-
-    private func begin(_ send: ClientMessage.ChatSend, _ lookup: ConversationLookup, user: String, address: String, trace: InstrumentationContext) {
-        guard let writer = self.writer, !self.disconnected else { return }
-        guard case .found(let conversation) = lookup else {
-            if let (violation, retryAfterMs) = ChatApplication.violation(for: lookup, conversationID: send.conversationID, requestID: send.requestID) {
-                self.respondError(HTTPResponseStatus(violation.code), violation.code, violation.message,
-                                  requestID: violation.requestID, retryAfterMs: retryAfterMs)
-            }
-            return
-        }
-        let responder = NIOLoopBound(self, eventLoop: writer.eventLoop)
-        self.application.admitGeneration(send, in: conversation, user: user, address: address, on: writer.eventLoop) { result in
-            responder.value.beginAdmitted(send, conversation, user: user, trace: trace, result)
-        }
-    }
-
-    private func beginAdmitted(
-        _ send: ClientMessage.ChatSend, _ conversation: ResolvedConversation, user: String, trace: InstrumentationContext,
-        _ result: Result<ChatApplication.Admission, ChatApplication.AdmissionRefusal>
-    ) {
-        let admission: ChatApplication.Admission
-        switch result {
-        case .failure(let refusal):
-            if let writer = self.writer, !self.disconnected {
-                writer.respond(ChatPolicy.refusal(code: refusal.code, message: refusal.message, retryAfterMs: refusal.retryAfterMs))
-                self.writer = nil
-            }
-            return
-        case .success(let admitted):
-            admission = admitted
-        }
-        guard let writer = self.writer, !self.disconnected else {
-            self.application.settle(admission, user: user, usedTokens: 0)
-            return
-        }
-        switch self.application.beginGeneration(
-            send, in: conversation, user: user, output: self, sessionID: Identifier.make("sse_"), trace: trace,
-            admission: admission, on: writer.eventLoop) {
-        case .failure(let violation):
-            self.respondError(HTTPResponseStatus(violation.code), violation.code, violation.message, requestID: violation.requestID,
-                              retryAfterMs: violation.code == .overloaded ? 1000 : nil)
-        case .success(let generation):
-            self.generation = generation
-            generation.startUpstream()
-        }
+        let order = GenerationOrder(
+            conversation: .stored(conversationID: send.conversationID, content: send.content), requestID: send.requestID,
+            model: send.model, maxTokens: send.maxTokens, temperature: send.temperature, gatewayTools: send.tools)
+        let caller = GenerationCaller(
+            user: user, address: address, sessionID: Identifier.make("sse_"), trace: self.application.traceParent(head.headers))
+        self.application.starter.start(order, for: caller, output: self, on: writer.eventLoop)
     }
 
     func clientDisconnected() {
@@ -134,7 +89,19 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         self.generation = nil
     }
 
-    // MARK: ChatOutput
+    // MARK: GenerationRequester
+
+    func generationStarting(_ generation: ChatGeneration) {
+        self.generation = generation
+    }
+
+    func generationRefused(_ refusal: GenerationRefusal) {
+        guard !self.disconnected else { return }
+        self.respondError(HTTPResponseStatus(refusal.code), refusal.code, refusal.message, requestID: refusal.requestID,
+                          retryAfterMs: refusal.retryAfterMs)
+    }
+
+    // MARK: GenerationOutput
 
     var isConnected: Bool { !self.disconnected && self.writer != nil }
     var isWritable: Bool { self.writer?.isWritable ?? false }
@@ -186,7 +153,8 @@ final class ChatStreamResponder: HTTPRouteResponder, ChatOutput {
         guard let writer = self.writer else { return }
         var body = writer.allocator.buffer(capacity: 128)
         ServerMessageEncoder.error(code: code, message: message, requestID: requestID, retryAfterMs: retryAfterMs, into: &body)
-        writer.respond(status: status, contentType: "application/json", body: body)
+        let headers = retryAfterMs.map { [("Retry-After", RetryAfter.headerValue(milliseconds: $0))] } ?? []
+        writer.respond(status: status, contentType: "application/json", body: body, headers: headers)
         self.writer = nil
     }
 

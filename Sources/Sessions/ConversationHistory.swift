@@ -40,6 +40,8 @@ struct ResolvedConversation: Sendable {
     /// The context, oldest first, within the budget.
     let messages: [ChatMessage]
     let isNew: Bool
+    /// False for an ephemeral conversation (the OpenAI door's): nothing of it is stored.
+    var isKept = true
 
     static func new() -> ResolvedConversation {
         let id = UUID()

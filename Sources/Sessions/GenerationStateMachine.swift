@@ -22,12 +22,23 @@ struct GenerationStateMachine {
         var budgetRetryAfterMs: Int64 = 0
         /// The gateway's count of the prompt, for when the upstream reports none.
         var promptEstimate: Int
-        /// Gateway tools are offered, so the model's tool calls are run.
-        var toolsOffered = false
+        /// Whose tools are offered, so who runs the model's tool calls.
+        var tools: ToolMode = .none
         /// Rounds of tool calls per generation; then the model's answer ends it.
         var maxToolRounds = 4
         /// The generation is also published to other instances (Redis).
         var publishesToBroker = false
+    }
+
+    /// Whose tools the model is offered.
+    enum ToolMode: Equatable {
+        case none
+        /// The gateway's (`ToolRegistry`): it runs the calls and sends the results upstream in
+        /// the next request, up to `maxToolRounds` rounds.
+        case gateway
+        /// The client's own (OpenAI `tools`): the calls go to the client and the generation ends
+        /// with `tool_calls`; the client sends the results in its next request.
+        case client
     }
 
     enum Phase: Equatable {
@@ -113,6 +124,8 @@ struct GenerationStateMachine {
         case writeHeld(DeltaMerger.PendingDelta)
         /// `tool.call` for each, then flush.
         case writeToolCalls([ToolCall])
+        /// Calls of the client's own tools, for the client to run (the end follows).
+        case handToolCallsToClient([ToolCall])
         /// Run them off the event loop; `toolsFinished` follows.
         case runTools([ToolCall])
         /// `tool.result` for each, then flush.
@@ -279,7 +292,18 @@ struct GenerationStateMachine {
         guard case .upstream = self.phase else { return [] }
         let calls = self.pendingToolCalls
         self.pendingToolCalls = []
-        if !calls.isEmpty, self.cut == nil, self.limits.toolsOffered {
+        if !calls.isEmpty, self.cut == nil, self.limits.tools == .client {
+            var actions: [Action] = []
+            if !self.announced {
+                self.announced = true
+                actions.append(.announce)
+            }
+            if let held = self.merger.takePending() { actions.append(.writeHeld(held)) }
+            actions.append(.handToolCallsToClient(calls))
+            actions.append(self.end(.toolCalls, nil))
+            return actions
+        }
+        if !calls.isEmpty, self.cut == nil, self.limits.tools == .gateway {
             guard self.toolRounds < self.limits.maxToolRounds else {
                 return [.logToolRoundsExhausted(rounds: self.toolRounds), self.end(reason, nil)]
             }

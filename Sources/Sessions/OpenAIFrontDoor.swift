@@ -4,6 +4,7 @@ import NIOCore
 import NIOHTTP1
 import Policy
 import SluiceProtocol
+import Tools
 import WSServer
 
 /// The OpenAI-compatible front door: `POST /v1/chat/completions` (streamed as SSE chunks, or
@@ -82,36 +83,27 @@ final class ModelsResponder: HTTPRouteResponder {
     func clientDisconnected() {}
 }
 
-/// One `POST /v1/chat/completions`, on its connection's event loop: the policy checks, then the
-/// upstream generation with this responder as its sink.
-final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
+/// One `POST /v1/chat/completions`, on its connection's event loop: an adapter between the
+/// OpenAI wire format and the generation pipeline (`GenerationStarter`), like the WebSocket
+/// session and the SSE route. The request's messages are an ephemeral conversation (stored
+/// nowhere; the usage is recorded on its own); the generation gets everything a `sluice.v1` one
+/// does: limits and quotas, gateway tools, traces, metrics, the hub (its id is the response's
+/// `id`, so `generation.cancel` from the same user's WebSocket, on any instance, stops it), and a
+/// cancel when the client disconnects. The client's own `tools` pass through both ways: offered
+/// upstream with its `tool_choice`, and the model's calls come back as `tool_calls`.
+final class ChatCompletionResponder: HTTPRouteResponder, GenerationRequester {
     private let application: ChatApplication
     private var writer: HTTPResponseWriter?
-    private var handle: (any GenerationHandle)?
-    private var admission: ChatApplication.Admission?
-    private var user = ConversationHistory.anonymous
+    private var generation: ChatGeneration?
     private var streaming = false
     private var includeUsage = false
     private var headWritten = false
-    private var ended = false
-    private let id = "chatcmpl-" + Identifier.make("")
-    private let created = Int(Date().timeIntervalSince1970)
-    private var model = ""
     private var deltas = 0
-    private var answerBytes = 0
-    /// The answer reached its max_tokens or byte bound: the rest is dropped, the answer ends.
-    private var limitReached = false
-    private var text = ByteBuffer()
-    private var usage: (prompt: Int, completion: Int)?
-    private var promptEstimate = 0
-    private var metrics: ChatMetrics.Upstream?
-    private let startedAt = NIODeadline.now()
+    private let created = Int(Date().timeIntervalSince1970)
     /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":` once.
     private var chunkPrefix = ByteBuffer()
-    /// What the answer collected for a non-streamed response holds of the memory budget.
-    private var charge = MemoryCharge(.generation)
-    /// The memory budget had no room for more of a non-streamed answer: 503 at the end of this read.
-    private var overBudget = false
+    /// The client's tools the model called, for a non-streamed answer's message.
+    private var clientToolCalls: [ToolCall] = []
 
     init(application: ChatApplication) {
         self.application = application
@@ -120,21 +112,21 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
     /// It carries the whole context: the decoder's bound for it (eight contents, escaped, plus 16 KiB).
     var maxRequestBodyBytes: Int { self.application.configuration.requestLimits.maxOpenAIBodyBytes }
 
-    struct Request {
-        var model: String?
-        var messages: [ChatMessage]
-        var stream: Bool
-        var includeUsage: Bool
-        var maxTokens: Int?
-        var temperature: Double?
-    }
-
-    /// The body, decoded and checked by `OpenAIChatRequestDecoder` (sizes, types, ranges).
-    static func parse(_ body: ByteBuffer, limits: RequestLimits) -> Result<Request, OpenAIRequestProblem> {
+    /// The body, decoded and checked by `OpenAIChatRequestDecoder` (sizes, types, ranges), as the pipeline's order.
+    static func order(_ body: ByteBuffer, limits: RequestLimits) -> Result<(GenerationOrder, stream: Bool, includeUsage: Bool), OpenAIRequestProblem> {
         OpenAIChatRequestDecoder.decode(body, limits: limits).map { decoded in
-            Request(
-                model: decoded.model, messages: decoded.messages.map { ChatMessage(role: ChatMessage.Role($0.role), content: $0.content) },
-                stream: decoded.stream, includeUsage: decoded.includeUsage, maxTokens: decoded.maxTokens, temperature: decoded.temperature)
+            let messages = decoded.messages.map { message in
+                ChatMessage(
+                    role: ChatMessage.Role(message.role), content: message.content,
+                    toolCalls: message.toolCalls.map { ToolCall(id: $0.id, name: $0.name, arguments: $0.arguments) },
+                    toolCallID: message.toolCallID)
+            }
+            let order = GenerationOrder(
+                conversation: .ephemeral(messages: messages), model: decoded.model, maxTokens: decoded.maxTokens,
+                temperature: decoded.temperature,
+                clientTools: decoded.tools.map { ToolDefinition(name: $0.name, description: $0.description, parameters: $0.parameters) },
+                toolChoice: decoded.toolChoice, idPrefix: "chatcmpl-")
+            return (order, decoded.stream, decoded.includeUsage)
         }
     }
 
@@ -151,273 +143,237 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationSink {
                                 retryAfterMs: refusal.retryAfterMs)
             return
         }
+        let user: String
         switch policy.identify(head) {
         case .failure(let failure):
             OpenAIError.respond(writer, status: .unauthorized, failure.message, type: "invalid_request_error", code: "invalid_api_key")
             return
         case .success(let identity):
-            self.user = identity?.userID ?? ConversationHistory.anonymous
+            user = identity?.userID ?? ConversationHistory.anonymous
         }
-        var request: Request
-        switch Self.parse(body, limits: self.application.configuration.requestLimits) {
+        let order: GenerationOrder
+        switch Self.order(body, limits: self.application.configuration.requestLimits) {
         case .failure(let problem):
             OpenAIError.respond(writer, status: problem.tooLarge ? .payloadTooLarge : .badRequest, problem.message, type: "invalid_request_error",
                                 code: problem.tooLarge ? "too_large" : nil, param: problem.param)
             return
-        case .success(let parsed):
-            request = parsed
+        case .success(let (decoded, stream, includeUsage)):
+            order = decoded
+            self.streaming = stream
+            self.includeUsage = includeUsage
         }
-        let prompt = request.messages.last(where: { $0.role == .user })?.content ?? ""
-        let route: InferenceRouter.Route
-        switch self.application.router.route(model: request.model, prompt: prompt) {
-        case .failure(let unknown):
-            OpenAIError.respond(writer, status: .notFound, unknown.message, type: "invalid_request_error", code: "model_not_found")
-            return
-        case .success(let found):
-            route = found
-        }
-        self.streaming = request.stream
-        self.includeUsage = request.includeUsage
-        self.model = route.model ?? route.upstream.engine.defaultModel
-        self.metrics = self.application.metrics.upstream(route.upstream.name)
-        self.promptEstimate = ChatApplication.promptEstimate(request.messages)
-        var prefix = ByteBuffer()
-        prefix.writeString(#"{"id":""#)
-        prefix.writeString(self.id)
-        prefix.writeString(#"","object":"chat.completion.chunk","created":\#(self.created),"model":"#)
-        prefix.writeJSONString(self.model)
-        prefix.writeString(#","choices":[{"index":0,"delta":"#)
-        self.chunkPrefix = prefix
-        // Every user message through the input filter; the last one also to the moderation service.
-        for index in request.messages.indices where request.messages[index].role == .user {
-            switch self.application.policy.inputFilter.check(request.messages[index].content) {
-            case .rejected(let rule):
-                self.application.logger.notice("input refused", metadata: ["sluice.user": "\(self.user)", "sluice.rule": "\(rule)"])
-                self.application.metrics.contentRejected.increment()
-                OpenAIError.respond(writer, status: .badRequest, "the message was refused by the content policy", type: "invalid_request_error",
-                                    code: "content_rejected")
-                return
-            case .allowed(let cleaned):
-                request.messages[index].content = cleaned
-            }
-        }
-        let responder = NIOLoopBound(self, eventLoop: writer.eventLoop)
-        let maxTokens = request.maxTokens ?? self.application.configuration.defaultMaxTokens
-        let application = self.application
-        let user: String = self.user
-        let moderated = request
-        let check = self.application.policy.moderation != nil ? request.messages.last(where: { $0.role == .user })?.content : nil
-        let loop = writer.eventLoop
-        let admit: @Sendable () -> Void = {
-            application.admit(user: user, address: address, context: moderated.messages, maxTokens: maxTokens, on: loop) { result in
-                responder.value.admitted(result, request: moderated, route: route)
-            }
-        }
-        guard let check else {
-            admit()
-            return
-        }
-        self.application.moderate(check, user: user, on: loop) { result in
-            switch result {
-            case .failure(let refusal): responder.value.admitted(.failure(refusal), request: moderated, route: route)
-            case .success: admit()
-            }
-        }
-    }
-
-    private func admitted(_ result: Result<ChatApplication.Admission, ChatApplication.AdmissionRefusal>, request: Request, route: InferenceRouter.Route) {
-        let admission: ChatApplication.Admission
-        switch result {
-        case .failure(let refusal):
-            guard let writer = self.writer else { return }
-            let type = refusal.code == .quotaExceeded ? "insufficient_quota"
-                : (refusal.code == .contentRejected ? "invalid_request_error" : (refusal.code == .unavailable ? "api_error" : "rate_limit_exceeded"))
-            OpenAIError.respond(writer, status: HTTPResponseStatus(refusal.code), refusal.message, type: type, code: refusal.code.rawValue,
-                                retryAfterMs: refusal.retryAfterMs)
-            self.writer = nil
-            return
-        case .success(let admitted):
-            admission = admitted
-        }
-        guard let writer = self.writer else {
-            self.application.settle(admission, user: self.user, usedTokens: 0)
-            return
-        }
-        self.admission = admission
-        var generation = GenerationRequest(
-            messages: request.messages, model: route.model, maxTokens: admission.grant.maxTokens, temperature: request.temperature)
-        generation.user = self.user
-        let handle = route.upstream.engine.startGeneration(generation, on: writer.eventLoop, sink: self)
-        if self.ended { handle.cancel() } else { self.handle = handle }
+        let caller = GenerationCaller(
+            user: user, address: address, sessionID: Identifier.make("http_"), trace: self.application.traceParent(head.headers))
+        self.application.starter.start(order, for: caller, output: self, on: writer.eventLoop)
     }
 
     func clientDisconnected() {
         self.writer = nil
-        guard !self.ended else { return }
-        self.handle?.cancel()
-        self.handle = nil
-        self.finish(.cancelled)
+        self.generation?.cancel()
+        self.generation = nil
     }
 
-    // MARK: GenerationSink
+    // MARK: GenerationRequester
 
-    func generationDidProduce(_ text: Substring) {
-        guard !self.ended, !self.limitReached, !self.overBudget else { return }
-        if let grant = self.admission?.grant {
-            // Past max_tokens, or the byte bound: cut, whatever the upstream does.
-            if self.deltas >= grant.maxTokens || self.answerBytes.addingSaturating(text.utf8.count) > GenerationRequest.maxAnswerBytes(forTokens: grant.maxTokens) {
-                self.limitReached = true
-                return
-            }
-            // A budget smaller than the request's max_tokens ends it right at the budget.
-            if grant.cutByBudget && self.deltas + 1 >= grant.maxTokens { self.limitReached = true }
+    func generationStarting(_ generation: ChatGeneration) {
+        self.generation = generation
+        var prefix = ByteBuffer()
+        prefix.writeString(#"{"id":""#)
+        prefix.writeString(generation.id)
+        prefix.writeString(#"","object":"chat.completion.chunk","created":\#(self.created),"model":"#)
+        prefix.writeJSONString(generation.model)
+        prefix.writeString(#","choices":[{"index":0,"delta":"#)
+        self.chunkPrefix = prefix
+    }
+
+    func generationRefused(_ refusal: GenerationRefusal) {
+        guard let writer = self.writer else { return }
+        self.writer = nil
+        Self.respond(writer, refusal.code, refusal.message, retryAfterMs: refusal.retryAfterMs)
+    }
+
+    /// An error before anything was sent, as the OpenAI API gives it: the status for the code,
+    /// and the `type` SDKs map to their exceptions.
+    private static func respond(_ writer: HTTPResponseWriter, _ code: ErrorCode, _ message: String, retryAfterMs: Int64?) {
+        let type: String
+        var wireCode = code.rawValue
+        switch code {
+        case .notFound:
+            type = "invalid_request_error"
+            wireCode = "model_not_found"  // the only thing an ephemeral conversation's order can name that does not exist
+        case .contentRejected, .invalidMessage, .tooLarge: type = "invalid_request_error"
+        case .quotaExceeded: type = "insufficient_quota"
+        case .rateLimited: type = "rate_limit_exceeded"
+        default: type = "api_error"
         }
-        if self.deltas == 0 { self.metrics?.timeToFirstToken.recordInterval(since: self.startedAt) }
+        OpenAIError.respond(writer, status: HTTPResponseStatus(code), message, type: type, code: wireCode, retryAfterMs: retryAfterMs)
+    }
+
+    // MARK: GenerationOutput
+
+    var isConnected: Bool { self.writer != nil }
+    var isWritable: Bool { !self.streaming || (self.writer?.isWritable ?? false) }
+
+    /// The head waits for the first chunk: an upstream that fails before any text still gets
+    /// an HTTP error status, which SDKs retry.
+    func writeStarted(_ generation: ChatGeneration) {}
+
+    func writeDeltaIfWritable(_ generation: ChatGeneration, seq: Int64, text: Substring) -> Bool {
         self.deltas += 1
-        self.answerBytes = self.answerBytes.addingSaturating(text.utf8.count)
+        // Not streamed: the generation keeps the answer, and it goes out whole at the end.
+        guard self.streaming else { return true }
+        guard let writer = self.writer, writer.isWritable else { return false }
+        self.writeContentChunk(text.utf8, writer)
+        return true
+    }
+
+    func writeHeldDelta(_ generation: ChatGeneration, _ held: DeltaMerger.PendingDelta) {
+        guard self.streaming, let writer = self.writer else { return }
+        self.writeContentChunk(Substring(held.text).utf8, writer)
+    }
+
+    private func writeContentChunk(_ text: Substring.UTF8View, _ writer: HTTPResponseWriter) {
+        self.writeHeadIfNeeded(writer)
+        var chunk = writer.allocator.buffer(capacity: self.chunkPrefix.readableBytes + text.count + 48)
+        chunk.writeStaticString("data: ")
+        chunk.writeImmutableBuffer(self.chunkPrefix)
+        chunk.writeStaticString(#"{"content":"#)
+        chunk.writeJSONString(text)
+        chunk.writeStaticString("},\"finish_reason\":null}]}\n\n")
+        writer.writeBody(chunk, flush: false)
+    }
+
+    /// Gateway tools run inside the gateway: the OpenAI wire has no event for them (a
+    /// `tool_calls` delta would ask the client to run them), so only the answer shows.
+    func writeToolCalls(_ generation: ChatGeneration, _ calls: [ToolCall]) {}
+    func writeToolResults(_ generation: ChatGeneration, _ runs: [ToolRun]) {}
+
+    func writeClientToolCalls(_ generation: ChatGeneration, _ calls: [ToolCall]) {
+        guard self.streaming else {
+            self.clientToolCalls = calls
+            return
+        }
+        guard let writer = self.writer else { return }
+        self.writeHeadIfNeeded(writer)
+        var chunk = writer.allocator.buffer(capacity: 256)
+        chunk.writeStaticString("data: ")
+        chunk.writeImmutableBuffer(self.chunkPrefix)
+        chunk.writeStaticString(#"{"tool_calls":"#)
+        Self.writeToolCalls(calls, streamed: true, into: &chunk)
+        chunk.writeStaticString("},\"finish_reason\":null}]}\n\n")
+        writer.writeBody(chunk, flush: false)
+    }
+
+    /// `[{"index":0,"id":…,"type":"function","function":{"name":…,"arguments":…}}]` (streamed
+    /// deltas carry each call's `index`; a whole message's calls do not).
+    private static func writeToolCalls(_ calls: [ToolCall], streamed: Bool, into buffer: inout ByteBuffer) {
+        buffer.writeStaticString("[")
+        for (index, call) in calls.enumerated() {
+            if index > 0 { buffer.writeStaticString(",") }
+            buffer.writeStaticString("{")
+            if streamed { buffer.writeString(#""index":\#(index),"#) }
+            buffer.writeStaticString(#""id":"#)
+            buffer.writeJSONString(call.id)
+            buffer.writeStaticString(#","type":"function","function":{"name":"#)
+            buffer.writeJSONString(call.name)
+            buffer.writeStaticString(#","arguments":"#)
+            buffer.writeJSONString(call.arguments)
+            buffer.writeStaticString("}}")
+        }
+        buffer.writeStaticString("]")
+    }
+
+    func writeDone(_ generation: ChatGeneration, _ end: GenerationEnd, cached: Bool, budgetNotice: GenerationStateMachine.BudgetNotice?) {
+        guard let writer = self.writer else { return }
+        // A failure before anything was sent (streamed: no chunk yet; not streamed: always):
+        // an HTTP error the SDK maps to a retryable exception, not a cut answer that looks whole.
+        if let error = end.error, !self.headWritten {
+            self.writer = nil
+            Self.respond(writer, error.code, error.message, retryAfterMs: Self.retryAfterMs(for: error.code))
+            return
+        }
+        let usage = end.usage
+        let usageJSON = #"{"prompt_tokens":\#(usage.promptTokens),"completion_tokens":\#(usage.completionTokens),"total_tokens":\#(usage.totalTokens)}"#
+        let finishReason = end.finishReason == .cancelled || end.finishReason == .error ? "stop" : end.finishReason.rawValue
         if self.streaming {
-            self.writeHeadIfNeeded()
-            var chunk = ByteBuffer()
-            chunk.writeString("data: ")
-            chunk.writeImmutableBuffer(self.chunkPrefix)
-            chunk.writeString(#"{"content":"#)
-            chunk.writeJSONString(text.utf8)
-            chunk.writeString("},\"finish_reason\":null}]}\n\n")
-            self.writer?.writeBody(chunk, flush: false)
+            self.writeHeadIfNeeded(writer)
+            var out = writer.allocator.buffer(capacity: 512)
+            if let error = end.error {
+                // Mid-stream failure: an error event, as OpenAI-compatible servers send it.
+                out.writeStaticString("data: ")
+                out.writeImmutableBuffer(OpenAIError.body(error.message, type: "api_error", code: error.code.rawValue))
+                out.writeStaticString("\n\n")
+            } else {
+                out.writeStaticString("data: ")
+                out.writeImmutableBuffer(self.chunkPrefix)
+                out.writeString(#"{},"finish_reason":"\#(finishReason)"}]}"#)
+                out.writeStaticString("\n\n")
+                if self.includeUsage {
+                    out.writeString(#"data: {"id":"\#(generation.id)","object":"chat.completion.chunk","created":\#(self.created),"model":"#)
+                    out.writeJSONString(generation.model)
+                    out.writeString(#","choices":[],"usage":\#(usageJSON)}"#)
+                    out.writeStaticString("\n\n")
+                }
+            }
+            out.writeStaticString("data: [DONE]\n\n")
+            writer.writeBody(out, flush: false)
+            writer.end()
         } else {
-            self.text.writeSubstring(text)
-            if self.text.capacity > self.charge.held,
-               !self.charge.grow(to: self.text.capacity, granule: 16 * 1024, in: self.application.hub.budget)
-            {
-                self.overBudget = true
+            var out = writer.allocator.buffer(capacity: generation.answerByteCount + 512)
+            out.writeString(#"{"id":"\#(generation.id)","object":"chat.completion","created":\#(self.created),"model":"#)
+            out.writeJSONString(generation.model)
+            out.writeStaticString(#","choices":[{"index":0,"message":{"role":"assistant","content":"#)
+            if self.clientToolCalls.isEmpty || generation.answerByteCount > 0 {
+                out.writeJSONString(generation.answer)
+            } else {
+                out.writeStaticString("null")  // as OpenAI sends a turn that only calls tools
             }
+            if !self.clientToolCalls.isEmpty {
+                out.writeStaticString(#","tool_calls":"#)
+                Self.writeToolCalls(self.clientToolCalls, streamed: false, into: &out)
+            }
+            out.writeString(#"},"finish_reason":"\#(finishReason)"}],"usage":\#(usageJSON)}"#)
+            writer.respond(status: .ok, contentType: "application/json", body: out)
+        }
+        self.writer = nil
+    }
+
+    /// Retrying may help after these (the pipeline's own errors; an upstream's carry their advice in `InferenceError`).
+    private static func retryAfterMs(for code: ErrorCode) -> Int64? {
+        switch code {
+        case .overloaded, .unavailable, .upstreamError, .rateLimited: 1000
+        default: nil
         }
     }
 
-    func generationDidReportUsage(promptTokens: Int, completionTokens: Int) {
-        self.usage = (promptTokens, completionTokens)
+    func flush() { self.writer?.flush() }
+
+    func generationEnded(_ generation: ChatGeneration) {
+        self.generation = nil
+        self.writer = nil
     }
 
-    func generationDidEndBatch() {
-        guard !self.ended else { return }
-        if self.overBudget {
-            // Nothing was sent yet (a non-streamed answer): a retryable 503, and the answer dropped.
-            self.handle?.cancel()
-            self.handle = nil
-            self.ended = true
-            self.application.hub.countOverBudget()
-            self.metrics?.request(status: ErrorCode.overloaded.rawValue)
-            if let admission = self.admission {
-                let used = (self.usage?.prompt ?? self.promptEstimate).addingSaturating(self.deltas)
-                self.application.settle(admission, user: self.user, usedTokens: used, recordingAs: self.id)
-            }
-            self.text = ByteBuffer()
-            self.charge.releaseAll(to: self.application.hub.budget)
-            if let writer = self.writer {
-                OpenAIError.respond(writer, status: HTTPResponseStatus(.overloaded), "the server's memory budget is exhausted; retry shortly",
-                                    type: "api_error", code: ErrorCode.overloaded.rawValue, retryAfterMs: 1000)
-                self.writer = nil
-            }
-            return
-        }
-        // max_tokens reached (the request's, or a smaller budget's): stop there.
-        if self.limitReached {
-            self.handle?.cancel()
-            self.handle = nil
-            self.finish(.length)
-            return
-        }
-        self.writer?.flush()
+    func generationFailedToStart(_ generation: ChatGeneration, error: InferenceError) {
+        self.generation = nil
+        guard let writer = self.writer else { return }
+        self.writer = nil
+        Self.respond(writer, error.code, error.message, retryAfterMs: ChatGeneration.retryAfterMs(for: error))
     }
 
-    func generationDidFinish(_ reason: FinishReason) {
-        self.handle = nil
-        self.finish(reason)
-    }
-
-    func generationDidFail(_ error: InferenceError) {
-        self.handle = nil
-        guard !self.ended else { return }
-        guard self.headWritten || !self.streaming && self.deltas > 0 else {
-            // Nothing sent yet: an HTTP error the SDK maps to a retryable exception.
-            self.ended = true
-            self.metrics?.request(status: error.code.rawValue)
-            if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: 0) }
-            if let writer = self.writer {
-                OpenAIError.respond(writer, status: HTTPResponseStatus(error.code), error.message, type: "api_error", code: error.code.rawValue,
-                                    retryAfterMs: ChatGeneration.retryAfterMs(for: error))
-                self.writer = nil
-            }
-            return
-        }
-        self.finish(.error, error: error)
-    }
-
-    // MARK: Output
-
-    private func writeHeadIfNeeded() {
-        guard !self.headWritten, let writer = self.writer else { return }
+    private func writeHeadIfNeeded(_ writer: HTTPResponseWriter) {
+        guard !self.headWritten else { return }
         self.headWritten = true
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "text/event-stream")
         headers.add(name: "Cache-Control", value: "no-cache")
         writer.writeHead(status: .ok, headers: headers)
         // The role first, as OpenAI does.
-        var chunk = ByteBuffer()
-        chunk.writeString("data: ")
+        var chunk = writer.allocator.buffer(capacity: self.chunkPrefix.readableBytes + 64)
+        chunk.writeStaticString("data: ")
         chunk.writeImmutableBuffer(self.chunkPrefix)
-        chunk.writeString(#"{"role":"assistant","content":""},"finish_reason":null}]}"#)
-        chunk.writeString("\n\n")
+        chunk.writeStaticString(#"{"role":"assistant","content":""},"finish_reason":null}]}"#)
+        chunk.writeStaticString("\n\n")
         writer.writeBody(chunk, flush: false)
-    }
-
-    private func finish(_ reason: FinishReason, error: InferenceError? = nil) {
-        guard !self.ended else { return }
-        self.ended = true
-        defer { self.charge.releaseAll(to: self.application.hub.budget) }
-        // The upstream's counts are clamped where they are decoded; the sum saturates anyway.
-        let usage = self.usage.map { Usage(promptTokens: $0.prompt, completionTokens: $0.completion, source: .upstream) }
-            ?? Usage(promptTokens: self.promptEstimate, completionTokens: self.deltas, source: .gateway)
-        self.metrics?.latency.recordInterval(since: self.startedAt)
-        self.metrics?.request(status: error?.code.rawValue ?? reason.rawValue)
-        // Nothing is stored for this door, so the usage is recorded on its own: it counts against quotas.
-        if let admission = self.admission { self.application.settle(admission, user: self.user, usedTokens: usage.totalTokens, recordingAs: self.id) }
-        guard let writer = self.writer else { return }
-        let finishReason = reason == .cancelled || reason == .error ? "stop" : reason.rawValue
-        let usageJSON = #"{"prompt_tokens":\#(usage.promptTokens),"completion_tokens":\#(usage.completionTokens),"total_tokens":\#(usage.totalTokens)}"#
-        if self.streaming {
-            self.writeHeadIfNeeded()
-            var out = ByteBuffer()
-            if let error {
-                // Mid-stream failure: an error event, as OpenAI-compatible servers send it.
-                out.writeString("data: ")
-                out.writeImmutableBuffer(OpenAIError.body(error.message, type: "api_error", code: error.code.rawValue))
-                out.writeString("\n\n")
-            } else {
-                out.writeString("data: ")
-                out.writeImmutableBuffer(self.chunkPrefix)
-                out.writeString(#"{},"finish_reason":"\#(finishReason)"}]}"#)
-                out.writeString("\n\n")
-                if self.includeUsage {
-                    out.writeString(#"data: {"id":"\#(self.id)","object":"chat.completion.chunk","created":\#(self.created),"model":"#)
-                    out.writeJSONString(self.model)
-                    out.writeString(#","choices":[],"usage":\#(usageJSON)}"#)
-                    out.writeString("\n\n")
-                }
-            }
-            out.writeString("data: [DONE]\n\n")
-            writer.writeBody(out, flush: true)
-            writer.end()
-        } else {
-            var out = ByteBuffer()
-            out.writeString(#"{"id":"\#(self.id)","object":"chat.completion","created":\#(self.created),"model":"#)
-            out.writeJSONString(self.model)
-            out.writeString(#","choices":[{"index":0,"message":{"role":"assistant","content":"#)
-            out.writeJSONString(String(buffer: self.text))
-            out.writeString(#"},"finish_reason":"\#(finishReason)"}],"usage":\#(usageJSON)}"#)
-            writer.respond(status: .ok, contentType: "application/json", body: out)
-        }
-        self.writer = nil
     }
 }
 

@@ -76,15 +76,3 @@ final class MetricsResponder: HTTPRouteResponder {
 
     func clientDisconnected() {}
 }
-
-/// Several route providers, asked in order.
-struct RouteList: HTTPRouteProvider {
-    let providers: [any HTTPRouteProvider]
-
-    func responder(for head: HTTPRequestHead) -> (any HTTPRouteResponder)? {
-        for provider in self.providers {
-            if let responder = provider.responder(for: head) { return responder }
-        }
-        return nil
-    }
-}

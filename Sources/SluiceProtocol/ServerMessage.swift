@@ -3,6 +3,9 @@ import NIOCore
 /// Why a generation ended (`generation.done.finish_reason`).
 public enum FinishReason: String, Sendable {
     case stop, length, cancelled, error
+    /// The model called tools the client defined (the OpenAI door's `tools`): the client runs
+    /// them and sends the results in its next request. Never on `sluice.v1`, whose tools are the gateway's.
+    case toolCalls = "tool_calls"
 }
 
 /// Token counts for `generation.done.usage`.

@@ -10,6 +10,22 @@ public protocol HTTPRouteProvider: Sendable {
     func responder(for head: HTTPRequestHead) -> (any HTTPRouteResponder)?
 }
 
+/// Several route providers, asked in order.
+public struct RouteList: HTTPRouteProvider {
+    public let providers: [any HTTPRouteProvider]
+
+    public init(providers: [any HTTPRouteProvider]) {
+        self.providers = providers
+    }
+
+    public func responder(for head: HTTPRequestHead) -> (any HTTPRouteResponder)? {
+        for provider in self.providers {
+            if let responder = provider.responder(for: head) { return responder }
+        }
+        return nil
+    }
+}
+
 /// Answers one request. Not Sendable: lives on the connection's event loop.
 public protocol HTTPRouteResponder: AnyObject {
     /// The largest request body this route takes, in bytes (the server also caps it at

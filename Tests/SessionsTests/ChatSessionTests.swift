@@ -55,7 +55,8 @@ import WSServer
                     policy: ChatPolicy(limiter: GenerationLimiter(limits: limits, limiter: RateLimiter(redis: nil, logger: logger))),
                     memoryBudget: memoryBudget, logger: logger)
                 let wsServer = try WebSocketServer(
-                    configuration: server, application: application, httpRoutes: ChatStreamRoutes(application: application),
+                    configuration: server, application: application,
+                    httpRoutes: RouteList(providers: [ChatStreamRoutes(application: application), OpenAIRoutes(application: application)]),
                     eventLoopGroup: group, memoryBudget: memoryBudget, logger: logger)
                 let address = try await wsServer.start()
                 try await body(Harness(port: try #require(address.port), group: group, server: wsServer))
@@ -326,6 +327,43 @@ import WSServer
             #expect(objects.last?["finish_reason"] as? String == "length")
             let text = objects.compactMap { $0["text"] as? String }.joined()
             #expect(text == SimulatorEngine.tokens(for: "over sse", seed: 0, count: 7).joined())
+        }
+    }
+
+    /// The OpenAI door's generations are the pipeline's like any other: in the hub under the
+    /// response's `id`, so the same user's WebSocket cancels one (and gets its end), and another
+    /// user's cannot see it.
+    @Test func anOpenAIStreamCanBeCancelledByIDFromTheSameUsersWebSocket() async throws {
+        try await ChatSessionTests.Harness.run(simulator: { $0.tokensPerSecond = 100; $0.answerTokens = 10_000 }) { harness in
+            let http = try await RawClient.connect(port: harness.port, group: harness.group)
+            let body = #"{"messages":[{"role":"user","content":"go on"}],"stream":true,"max_tokens":10000}"#
+            try await http.send(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Sluice-User: ada\r\nContent-Type: application/json\r\n"
+                    + "Content-Length: \(body.utf8.count)\r\n\r\n\(body)")
+            let first = try await http.waitForText(containing: "\n\n")
+            let id = try #require(first.firstMatch(of: /"id":"(chatcmpl-[0-9a-f]{16})"/)?.output.1, "\(first)")
+            func webSocket(user: String) async throws -> ChatSessionTests.ChatClient {
+                let raw = try await RawClient.connect(port: harness.port, group: harness.group)
+                let (response, _) = try await raw.handshake(extraHeaders: [("Sec-WebSocket-Protocol", "sluice.v1"), ("X-Sluice-User", user)])
+                #expect(response.status == 101)
+                let client = ChatSessionTests.ChatClient(raw: raw)
+                #expect(try await client.next()["type"] as? String == "session.ready")
+                return client
+            }
+            let stranger = try await webSocket(user: "eve")
+            try await stranger.send(["type": "generation.cancel", "generation_id": String(id)])
+            let refused = try await stranger.next()
+            #expect(refused["type"] as? String == "error" && refused["code"] as? String == "not_found", "\(refused)")
+            let owner = try await webSocket(user: "ada")
+            try await owner.send(["type": "generation.cancel", "generation_id": String(id)])
+            var others: [[String: Any]] = []
+            let done = try await owner.until("generation.done", &others)
+            #expect(done["generation_id"] as? String == String(id) && done["finish_reason"] as? String == "cancelled", "\(done)")
+            // The HTTP stream ends as OpenAI's do: a last chunk with a finish_reason, then [DONE].
+            let ended = try await http.waitForText(containing: "data: [DONE]\n\n")
+            #expect(ended.contains(#""finish_reason":"stop""#))
+            let seq = try #require(done["seq"] as? Int)
+            #expect(seq > 0 && seq < 10_000)
         }
     }
 

@@ -24,11 +24,11 @@ extension GenerationStateMachine {
 
     static func limits(
         maxTokens: Int = 100, maxAnswerBytes: Int = 10_000, cut: GenerationGrant.Cut? = nil, retryAfterMs: Int64 = 0,
-        tools: Bool = false, shared: Bool = false
+        tools: Bool = false, clientTools: Bool = false, shared: Bool = false
     ) -> Machine.Limits {
         Machine.Limits(
             maxTokens: maxTokens, maxAnswerBytes: maxAnswerBytes, budgetCut: cut, budgetRetryAfterMs: retryAfterMs,
-            promptEstimate: 7, toolsOffered: tools, publishesToBroker: shared)
+            promptEstimate: 7, tools: clientTools ? .client : (tools ? .gateway : .none), publishesToBroker: shared)
     }
 
     /// A machine whose upstream accepted the request.
@@ -384,6 +384,44 @@ extension GenerationStateMachine {
         behind.toolCallsRequested([call])
         #expect(behind.upstreamFinished(.stop)
             == [.writeHeld(Pending(firstSeq: 1, lastSeq: 2, text: "ab")), .writeToolCalls([call]), .runTools([call])])
+    }
+
+    @Test func theClientsToolCallsGoToTheClientAndEndTheGenerationWithToolCalls() {
+        let calls = [ToolCall(id: "a", name: "lookup", arguments: #"{"q":1}"#), ToolCall(id: "b", name: "clock", arguments: "{}")]
+        var machine = Self.streaming(Self.limits(clientTools: true))
+        #expect(machine.take("x") == Self.direct(1))
+        machine.toolCallsRequested(calls)
+        machine.usageReported(prompt: 9, completion: 1)
+        #expect(machine.upstreamFinished(.stop)
+            == [.handToolCallsToClient(calls), .end(Self.end(seq: 1, .toolCalls, prompt: 9, completion: 1, source: .upstream), Self.details())])
+        // Nothing runs here, so there is no round and nothing more to do.
+        #expect(machine.toolRounds == 0)
+        #expect(machine.toolsFinished([Self.run(calls[0])]) == [])
+        #expect(machine.cancel() == [])
+        // Calls with no text and no word from the upstream yet: announced first; held text goes out before them.
+        var silent = Machine(limits: Self.limits(clientTools: true))
+        _ = silent.start()
+        silent.toolCallsRequested(calls)
+        #expect(silent.upstreamFinished(.stop) == [.announce, .handToolCallsToClient(calls), .end(Self.end(seq: 0, .toolCalls), Self.details())])
+        var behind = Self.streaming(Self.limits(clientTools: true))
+        _ = behind.take("a")
+        behind.hold("a", seq: 1)
+        behind.toolCallsRequested(calls)
+        #expect(behind.upstreamFinished(.stop)
+            == [.writeHeld(Pending(firstSeq: 1, lastSeq: 1, text: "a")), .handToolCallsToClient(calls), .end(Self.end(seq: 1, .toolCalls), Self.details())])
+    }
+
+    @Test func aCutAnswerDoesNotHandOverTheClientsToolCalls() {
+        var machine = Self.streaming(Self.limits(maxTokens: 1, clientTools: true))
+        #expect(machine.take("a") == Self.direct(1))
+        #expect(machine.take("b") == .drop)
+        machine.toolCallsRequested([ToolCall(id: "a", name: "lookup", arguments: "{}")])
+        guard case .end(let actions) = machine.endOfRead(connected: true, writable: true, hasFollowers: false) else {
+            Issue.record("a cut ends the generation at the end of the read")
+            return
+        }
+        #expect(!actions.contains { if case .handToolCallsToClient = $0 { true } else { false } })
+        #expect(actions.last == .end(Self.end(seq: 1, .length), Self.details()))
     }
 
     @Test func aCancelWhileToolsRunStopsThemAndTheirResultsAreDropped() {

@@ -212,12 +212,12 @@ import Testing
     /// Admission through the application, as the front door does it.
     static func admit(
         _ application: ChatApplication, maxTokens: Int
-    ) async -> Result<ChatApplication.Admission, ChatApplication.AdmissionRefusal> {
+    ) async -> Result<GenerationAdmission, GenerationRefusal> {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         return await withCheckedContinuation { continuation in
             // On the loop, as a responder does it.
             loop.execute {
-                application.admit(
+                application.starter.admit(
                     user: "ann", address: "127.0.0.1", context: [ChatMessage(role: .user, content: "hi")], maxTokens: maxTokens, on: loop
                 ) { continuation.resume(returning: $0) }
             }
@@ -239,10 +239,10 @@ import Testing
         // "hi" is 4 prompt tokens by the gateway's estimate.
         let first = try #require(try? await Self.admit(application, maxTokens: 50).get())
         #expect(first.grant.maxTokens == 50)
-        application.settle(first, user: "ann", usedTokens: 54, recordingAs: "chatcmpl-1")
+        application.starter.settle(first, user: "ann", usedTokens: 54, recordingAs: "chatcmpl-1")
         let second = try #require(try? await Self.admit(application, maxTokens: 50).get())
         #expect(second.grant.maxTokens == 42, "100 - 54 used - 4 prompt")
-        application.settle(second, user: "ann", usedTokens: 46, recordingAs: "chatcmpl-2")
+        application.starter.settle(second, user: "ann", usedTokens: 46, recordingAs: "chatcmpl-2")
         guard case .failure(let refusal) = await Self.admit(application, maxTokens: 50) else {
             Issue.record("admitted with the quota spent")
             return
@@ -273,7 +273,7 @@ import Testing
             conversations: ConversationMemory(), persistence: Persistence(storage: storage, queue: nil, usage: recorder), logger: Self.logger)
         for id in ["chatcmpl-1", "chatcmpl-2"] {
             let admission = try #require(try? await Self.admit(application, maxTokens: 10).get())
-            application.settle(admission, user: "ann", usedTokens: 14, recordingAs: id)
+            application.starter.settle(admission, user: "ann", usedTokens: 14, recordingAs: id)
         }
         #expect(recorder.counters.droppedFull == 1)
         #expect(application.quotas.reservedTokens(user: "ann") == 14)

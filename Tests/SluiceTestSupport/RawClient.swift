@@ -154,6 +154,15 @@ final class RawClient: Sendable {
         }
     }
 
+    /// What was received and not consumed, as text, once it contains `marker` (a streamed
+    /// response read while it is still going; nothing is consumed).
+    func waitForText(containing marker: String, timeout: Duration = RawClient.defaultTimeout) async throws -> String {
+        try await self.waitFor("\(marker)", timeout: timeout) { state in
+            let text = String(decoding: state.received[state.readIndex...], as: UTF8.self)
+            return text.contains(marker) ? text : nil
+        }
+    }
+
     /// Reads one HTTP response (headers plus a `Content-Length` body) off the front of the stream.
     func readHTTPResponse(timeout: Duration = RawClient.defaultTimeout) async throws -> RawHTTPResponse {
         try await self.waitFor("an HTTP response", timeout: timeout) { state in
