@@ -210,16 +210,14 @@ public struct ChatApplication: WebSocketApplication {
     /// Authentication happens here, before the 101: a missing or bad credential is a 401 with a
     /// JSON body, never an upgraded socket.
     public func admit(_ request: UpgradeRequest) -> UpgradeAdmission {
-        let address = self.policy.limiter.limits.clientAddress(request.head, peer: request.remoteAddress)
-        if let refusal = self.policy.limiter.admitConnection(from: address) {
-            return .refuse(ChatPolicy.refusal(refusal))
-        }
-        switch self.policy.identify(request.head) {
-        case .success(let identity):
-            return .admit(ChatPolicy.Admitted(identity: identity, address: address))
-        case .failure(let failure):
-            self.logger.notice("upgrade refused: not authenticated", metadata: ["sluice.reason": "\(failure.message)"])
-            return .refuse(ChatPolicy.refusal(failure))
+        switch self.policy.admitCaller(request.head, peer: request.remoteAddress, countsAsConnection: true) {
+        case .success(let admitted):
+            return .admit(admitted)
+        case .failure(let refusal):
+            if case .credential(let failure) = refusal {
+                self.logger.notice("upgrade refused: not authenticated", metadata: ["sluice.reason": "\(failure.message)"])
+            }
+            return .refuse(refusal.httpRefusal)
         }
     }
 

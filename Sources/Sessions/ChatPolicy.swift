@@ -38,11 +38,38 @@ public struct ChatPolicy: Sendable {
             limits: GatewayLimits(), limiter: RateLimiter(redis: nil, logger: Logger(label: "sluice.limits")))
     }
 
-    /// What `admit` hands a new connection.
+    /// Who calls: what `admitCaller` hands a WebSocket connection or an HTTP route.
     struct Admitted: Sendable {
         var identity: Identity?
         /// The client's address (for per-address limits).
         var address: String
+        /// Whose conversations and limits: the authenticated user, the development stand-in, or the anonymous user.
+        var user: String { self.identity?.userID ?? ConversationHistory.anonymous }
+    }
+
+    /// Why a caller was turned away before anything else.
+    enum CallerRefusal: Error, Sendable {
+        case connectionRate(LimitRefusal)
+        case credential(AuthenticationFailure)
+
+        /// In the protocol's shape: 429 with `Retry-After`, or 401 with `WWW-Authenticate`.
+        var httpRefusal: HTTPRefusal {
+            switch self {
+            case .connectionRate(let refusal): ChatPolicy.refusal(refusal)
+            case .credential(let failure): ChatPolicy.refusal(failure)
+            }
+        }
+    }
+
+    /// Every public entry's first step, in one place so each gets the same: the per-address rate
+    /// of new connections for the entries that open something long-lived (a WebSocket, a streamed
+    /// generation: `countsAsConnection`), then the credential.
+    func admitCaller(_ head: HTTPRequestHead, peer: SocketAddress?, countsAsConnection: Bool) -> Result<Admitted, CallerRefusal> {
+        let address = self.limiter.limits.clientAddress(head, peer: peer)
+        if countsAsConnection, let refusal = self.limiter.admitConnection(from: address) {
+            return .failure(.connectionRate(refusal))
+        }
+        return self.identify(head).map { Admitted(identity: $0, address: address) }.mapError { .credential($0) }
     }
 
     /// 429 with `Retry-After` (whole seconds, at least 1) and the protocol's error object.

@@ -52,11 +52,14 @@ final class ChatStreamResponder: HTTPRouteResponder, GenerationRequester, Sluice
             self.respondError(.methodNotAllowed, .invalidMessage, "use POST with a JSON body")
             return
         }
-        let address = self.application.policy.limiter.limits.clientAddress(head, peer: writer.remoteAddress)
-        if let refusal = self.application.policy.limiter.admitConnection(from: address) {
-            writer.respond(ChatPolicy.refusal(refusal))
+        let caller: ChatPolicy.Admitted
+        switch self.application.policy.admitCaller(head, peer: writer.remoteAddress, countsAsConnection: true) {
+        case .failure(let refusal):
+            writer.respond(refusal.httpRefusal)
             self.writer = nil
             return
+        case .success(let admitted):
+            caller = admitted
         }
         let send: ClientMessage.ChatSend
         switch ClientMessageDecoder.decodeChatRequest(body, limits: self.application.configuration.requestLimits) {
@@ -66,21 +69,12 @@ final class ChatStreamResponder: HTTPRouteResponder, GenerationRequester, Sluice
         case .success(let request):
             send = request
         }
-        let user: String
-        switch self.application.policy.identify(head) {
-        case .failure(let failure):
-            writer.respond(ChatPolicy.refusal(failure))
-            self.writer = nil
-            return
-        case .success(let identity):
-            user = identity?.userID ?? ConversationHistory.anonymous
-        }
         let order = GenerationOrder(
             conversation: .stored(conversationID: send.conversationID, content: send.content), requestID: send.requestID,
             model: send.model, maxTokens: send.maxTokens, temperature: send.temperature, gatewayTools: send.tools)
-        let caller = GenerationCaller(
-            user: user, address: address, sessionID: Identifier.make("sse_"), trace: self.application.traceParent(head.headers))
-        self.application.starter.start(order, for: caller, output: self, on: writer.eventLoop)
+        let generationCaller = GenerationCaller(
+            user: caller.user, address: caller.address, sessionID: Identifier.make("sse_"), trace: self.application.traceParent(head.headers))
+        self.application.starter.start(order, for: generationCaller, output: self, on: writer.eventLoop)
     }
 
     func clientDisconnected() {
@@ -209,12 +203,12 @@ final class HistoryResponder: HTTPRouteResponder {
             return
         }
         let user: String
-        switch self.application.policy.identify(head) {
-        case .failure(let failure):
-            writer.respond(ChatPolicy.refusal(failure))
+        switch self.application.policy.admitCaller(head, peer: writer.remoteAddress, countsAsConnection: false) {
+        case .failure(let refusal):
+            writer.respond(refusal.httpRefusal)
             return
-        case .success(let identity):
-            user = identity?.userID ?? ConversationHistory.anonymous
+        case .success(let caller):
+            user = caller.user
         }
         let history = self.application.history
         let route = self.route

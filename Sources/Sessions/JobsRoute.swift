@@ -42,21 +42,22 @@ final class JobsResponder: HTTPRouteResponder {
             HistoryResponder.respondError(writer, HTTPResponseStatus(.unavailable), .unavailable, "jobs need Redis (redis.url); this gateway runs without it", retryAfterMs: nil)
             return
         }
-        let user: String
-        switch self.application.policy.identify(head) {
-        case .failure(let failure):
-            writer.respond(ChatPolicy.refusal(failure))
+        let caller: ChatPolicy.Admitted
+        switch self.application.policy.admitCaller(head, peer: writer.remoteAddress, countsAsConnection: false) {
+        case .failure(let refusal):
+            writer.respond(refusal.httpRefusal)
             return
-        case .success(let identity):
-            user = identity?.userID ?? ConversationHistory.anonymous
+        case .success(let admitted):
+            caller = admitted
         }
+        let user = caller.user
         let route = self.route
         let method = head.method
         let idempotencyKey = head.headers.first(name: "Idempotency-Key")
         let query = HistoryResponder.query(head.uri)
         let limits = self.application.configuration.requestLimits
         let application = self.application
-        let address = application.policy.limiter.limits.clientAddress(head, peer: writer.remoteAddress)
+        let address = caller.address
         let respond = NIOLoopBound(writer, eventLoop: writer.eventLoop)
         let promise = writer.eventLoop.makePromise(of: Reply.self)
         promise.completeWithTask {

@@ -48,9 +48,22 @@ enum OpenAIError {
         return buffer
     }
 
+    /// A caller turned away at the door: 429 `rate_limited` with `Retry-After`, or 401
+    /// `invalid_api_key` with `WWW-Authenticate`.
+    static func respond(_ writer: HTTPResponseWriter, _ refusal: ChatPolicy.CallerRefusal) {
+        switch refusal {
+        case .connectionRate(let limited):
+            Self.respond(writer, status: HTTPResponseStatus(.rateLimited), limited.message, type: "rate_limit_exceeded", code: "rate_limited",
+                         retryAfterMs: limited.retryAfterMs)
+        case .credential(let failure):
+            Self.respond(writer, status: .unauthorized, failure.message, type: "invalid_request_error", code: "invalid_api_key",
+                         headers: [("WWW-Authenticate", failure.challenge)])
+        }
+    }
+
     static func respond(_ writer: HTTPResponseWriter, status: HTTPResponseStatus, _ message: String, type: String, code: String?,
-                        param: String? = nil, retryAfterMs: Int64? = nil) {
-        let headers = retryAfterMs.map { [("Retry-After", RetryAfter.headerValue(milliseconds: $0))] } ?? []
+                        param: String? = nil, retryAfterMs: Int64? = nil, headers extra: [(String, String)] = []) {
+        let headers = extra + (retryAfterMs.map { [("Retry-After", RetryAfter.headerValue(milliseconds: $0))] } ?? [])
         writer.respond(status: status, contentType: "application/json", body: Self.body(message, type: type, code: code, param: param), headers: headers)
     }
 }
@@ -63,8 +76,8 @@ final class ModelsResponder: HTTPRouteResponder {
     }
 
     func respond(to head: HTTPRequestHead, body: ByteBuffer, writer: HTTPResponseWriter) {
-        if case .failure(let failure) = self.application.policy.identify(head) {
-            OpenAIError.respond(writer, status: .unauthorized, failure.message, type: "invalid_request_error", code: "invalid_api_key")
+        if case .failure(let refusal) = self.application.policy.admitCaller(head, peer: writer.remoteAddress, countsAsConnection: false) {
+            OpenAIError.respond(writer, refusal)
             return
         }
         var out = ByteBuffer()
@@ -136,20 +149,13 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationRequester {
             OpenAIError.respond(writer, status: .methodNotAllowed, "use POST", type: "invalid_request_error", code: nil)
             return
         }
-        let policy = self.application.policy
-        let address = policy.limiter.limits.clientAddress(head, peer: writer.remoteAddress)
-        if let refusal = policy.limiter.admitConnection(from: address) {
-            OpenAIError.respond(writer, status: HTTPResponseStatus(.rateLimited), refusal.message, type: "rate_limit_exceeded", code: "rate_limited",
-                                retryAfterMs: refusal.retryAfterMs)
+        let caller: ChatPolicy.Admitted
+        switch self.application.policy.admitCaller(head, peer: writer.remoteAddress, countsAsConnection: true) {
+        case .failure(let refusal):
+            OpenAIError.respond(writer, refusal)
             return
-        }
-        let user: String
-        switch policy.identify(head) {
-        case .failure(let failure):
-            OpenAIError.respond(writer, status: .unauthorized, failure.message, type: "invalid_request_error", code: "invalid_api_key")
-            return
-        case .success(let identity):
-            user = identity?.userID ?? ConversationHistory.anonymous
+        case .success(let admitted):
+            caller = admitted
         }
         let order: GenerationOrder
         switch Self.order(body, limits: self.application.configuration.requestLimits) {
@@ -162,9 +168,9 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationRequester {
             self.streaming = stream
             self.includeUsage = includeUsage
         }
-        let caller = GenerationCaller(
-            user: user, address: address, sessionID: Identifier.make("http_"), trace: self.application.traceParent(head.headers))
-        self.application.starter.start(order, for: caller, output: self, on: writer.eventLoop)
+        let generationCaller = GenerationCaller(
+            user: caller.user, address: caller.address, sessionID: Identifier.make("http_"), trace: self.application.traceParent(head.headers))
+        self.application.starter.start(order, for: generationCaller, output: self, on: writer.eventLoop)
     }
 
     func clientDisconnected() {

@@ -98,12 +98,12 @@ final class PresenceResponder: HTTPRouteResponder {
         if self.anyUser {
             identified = UserIdentity.user(from: head)
         } else {
-            switch self.application.policy.identify(head) {
-            case .failure(let failure):
-                writer.respond(ChatPolicy.refusal(failure))
+            switch self.application.policy.admitCaller(head, peer: writer.remoteAddress, countsAsConnection: false) {
+            case .failure(let refusal):
+                writer.respond(refusal.httpRefusal)
                 return
-            case .success(let identity):
-                identified = identity?.userID
+            case .success(let caller):
+                identified = caller.identity?.userID
             }
         }
         guard let user = identified else {
