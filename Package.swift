@@ -197,7 +197,7 @@ let package = Package(
             swiftSettings: strict
         ),
         // Conversation history: PostgreSQL (postgres-nio) or embedded SQLite (sqlite-nio) behind
-        // one ConversationStorage protocol, with a write-behind queue in front.
+        // the protocols of ConversationStorage (one per concern), with a write-behind queue in front.
         .target(
             name: "Storage",
             dependencies: [
@@ -237,11 +237,11 @@ let package = Package(
             path: "loadtest/Sources/SluiceLoadTest",
             swiftSettings: strict
         ),
-        // Loopback clients and frame helpers shared by the test targets (tests only).
+        // Loopback clients, frame helpers and storage stubs shared by the test targets (tests only).
         .target(
             name: "SluiceTestSupport",
             dependencies: [
-                "CZlib",
+                "CZlib", "Storage",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,10 +1,10 @@
 import Storage
 
-/// The `jobs` table of the conversation storage (PostgreSQL, or SQLite for a single node).
+/// The `jobs` table of the storage's `ExecutionArchive` (PostgreSQL, or SQLite for a single node).
 public struct StorageJobArchive: JobArchive {
-    let storage: any ConversationStorage
+    let storage: any ExecutionArchive
 
-    public init(storage: any ConversationStorage) {
+    public init(storage: any ExecutionArchive) {
         self.storage = storage
     }
 

@@ -356,7 +356,7 @@ final class ChatGeneration: GenerationSink {
             self.logger.info("tool ran", metadata: self.ids([
                 "sluice.tool": "\(run.call.name)", "sluice.status": "\(run.status.rawValue)", "sluice.duration_ms": "\(run.durationMs)"]))
         }
-        guard let storage = self.history.persistence.storage else { return }
+        guard let storage = self.history.persistence.archive else { return }
         let logger = self.logger
         Task {
             do {

@@ -286,7 +286,7 @@ final class StatsResponder: HTTPRouteResponder {
         var out = writer.allocator.buffer(capacity: 512)
         let (hits, misses) = self.application.history.cacheCounts
         out.writeString(#"{"conversation_cache":{"hits":\#(hits),"misses":\#(misses),"hit_ratio":\#(hits + misses == 0 ? 0 : Double(hits) / Double(hits + misses))}"#)
-        if let storage = self.application.history.persistence.storage, let queue = self.application.history.persistence.queue {
+        if let storage = self.application.history.persistence.lifecycle, let queue = self.application.history.persistence.queue {
             let metrics = storage.metrics
             let counters = queue.counters
             out.writeString(#","storage":{"read_statements":\#(metrics.readStatements),"write_statements":\#(metrics.writeStatements),"write_transactions":\#(metrics.writeTransactions)}"#)

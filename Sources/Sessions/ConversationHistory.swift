@@ -8,15 +8,26 @@ import Synchronization
 
 /// Where conversations are kept beyond this process: nowhere (`none`: context lives in memory
 /// and, with Redis, in its cache, and is forgotten), or a `ConversationStorage` (PostgreSQL or
-/// SQLite) written through a `WriteBehindQueue`.
+/// SQLite) written through a `WriteBehindQueue`. The storage is held once per part, each as the
+/// narrow protocol its users call (all the same storage, or all nil).
 public struct Persistence: Sendable {
-    let storage: (any ConversationStorage)?
+    /// Context and history reads (`ConversationHistory`); messages are written through `queue`.
+    let conversations: (any ConversationStore)?
+    /// Quota reads and due resets (`QuotaGuard`).
+    let quotas: (any QuotaStore)?
+    /// Where generations record their tool runs.
+    let archive: (any ExecutionArchive)?
+    /// Statement counts (`/v1/stats`).
+    let lifecycle: (any StorageLifecycle)?
     let queue: WriteBehindQueue?
     /// Writes the usage of generations that store no message (the OpenAI-compatible front door).
     let usage: UsageRecorder?
 
     init(storage: (any ConversationStorage)?, queue: WriteBehindQueue?, usage: UsageRecorder? = nil) {
-        self.storage = storage
+        self.conversations = storage
+        self.quotas = storage
+        self.archive = storage
+        self.lifecycle = storage
         self.queue = queue
         self.usage = usage
     }
@@ -29,7 +40,7 @@ public struct Persistence: Sendable {
             storage: storage, queue: queue, usage: usage ?? UsageRecorder(storage: storage, logger: Logger(label: "sluice.storage.usage")))
     }
 
-    public var isEnabled: Bool { self.storage != nil }
+    public var isEnabled: Bool { self.conversations != nil }
 }
 
 /// A conversation ready to take a new user message.
@@ -170,7 +181,7 @@ final class ConversationHistory: Sendable {
             self.countLookup(hit: true)
             return Self.owned(local, by: user, id: id, key: key)
         }
-        guard let storage = self.persistence.storage, let queue = self.persistence.queue else {
+        guard let storage = self.persistence.conversations, let queue = self.persistence.queue else {
             return sharedCacheFailed ? .unavailable("conversation store unreachable") : .notFound
         }
         self.countLookup(hit: false)
@@ -229,7 +240,7 @@ final class ConversationHistory: Sendable {
             case .failure: sharedCacheFailed = true
             }
         }
-        guard let storage = self.persistence.storage, let queue = self.persistence.queue else {
+        guard let storage = self.persistence.conversations, let queue = self.persistence.queue else {
             return sharedCacheFailed ? .unavailable("conversation store unreachable") : .notFound
         }
         do {
@@ -298,7 +309,7 @@ final class ConversationHistory: Sendable {
     static let defaultPageSize = 20
 
     func listConversations(user: String, page: ClientMessage.HistoryPage) async -> Result<(ConversationPage, [ConversationListing]), HistoryFailure> {
-        guard let storage = self.persistence.storage, let queue = self.persistence.queue else { return .failure(.notKept) }
+        guard let storage = self.persistence.conversations, let queue = self.persistence.queue else { return .failure(.notKept) }
         var cursor: ConversationCursor?
         if let before = page.before {
             guard let parsed = ConversationCursor(token: before) else { return .failure(.invalid("before is not a cursor from a previous page")) }
@@ -322,7 +333,7 @@ final class ConversationHistory: Sendable {
     }
 
     func messages(conversationID: String, user: String, page: ClientMessage.HistoryPage) async -> Result<(MessagePage, [MessageListing]), HistoryFailure> {
-        guard let storage = self.persistence.storage, let queue = self.persistence.queue else { return .failure(.notKept) }
+        guard let storage = self.persistence.conversations, let queue = self.persistence.queue else { return .failure(.notKept) }
         guard let id = UUID(uuidString: conversationID) else { return .failure(.notFound) }
         var cursor: MessageCursor?
         if let before = page.before {

@@ -17,7 +17,10 @@ import Storage
 /// record is stored its tokens stay reserved here (`hold`), so a burst of requests cannot outrun
 /// the write.
 final class QuotaGuard: Sendable {
-    private let persistence: Persistence
+    /// nil: no storage, no quotas.
+    private let quotas: (any QuotaStore)?
+    /// Stored usage is read after this instance's queued answers are written.
+    private let queue: WriteBehindQueue?
     private let logger: Logger
     /// Tokens reserved by generations running on this instance, per user.
     private let reserved = NIOLockedValueBox<[String: Int]>([:])
@@ -32,11 +35,19 @@ final class QuotaGuard: Sendable {
     /// instance and worker, in Redis); nil without a job queue.
     private let jobReservations: (@Sendable (String) async -> Int)?
 
-    init(persistence: Persistence, period: TimeAmount, jobReservations: (@Sendable (String) async -> Int)? = nil, logger: Logger) {
-        self.persistence = persistence
+    init(
+        quotas: (any QuotaStore)?, queue: WriteBehindQueue?, period: TimeAmount, jobReservations: (@Sendable (String) async -> Int)? = nil,
+        logger: Logger
+    ) {
+        self.quotas = quotas
+        self.queue = queue
         self.period = TimeInterval(period.nanoseconds) / 1_000_000_000
         self.jobReservations = jobReservations
         self.logger = logger
+    }
+
+    convenience init(persistence: Persistence, period: TimeAmount, jobReservations: (@Sendable (String) async -> Int)? = nil, logger: Logger) {
+        self.init(quotas: persistence.quotas, queue: persistence.queue, period: period, jobReservations: jobReservations, logger: logger)
     }
 
     struct Refusal: Error {
@@ -64,7 +75,7 @@ final class QuotaGuard: Sendable {
     private let outageUntil = NIOLockedValueBox<NIODeadline?>(nil)
 
     private func standing(of user: String) async -> Standing? {
-        guard let storage = self.persistence.storage else { return nil }
+        guard let storage = self.quotas else { return nil }
         let checkedAt = NIODeadline.now()
         if let until = self.unlimited.withLockedValue({ $0[user] }), until > checkedAt { return nil }
         if let until = self.outageUntil.withLockedValue({ $0 }), until > checkedAt { return nil }
@@ -81,7 +92,7 @@ final class QuotaGuard: Sendable {
                 }
                 return nil
             }
-            if let queue = self.persistence.queue, await queue.waitForEarlierWrites(timeout: .seconds(2)) {
+            if let queue = self.queue, await queue.waitForEarlierWrites(timeout: .seconds(2)) {
                 record = try await read()
             }
             // A reset that is due is applied now, before this generation's usage is added (the

@@ -91,7 +91,7 @@ public final class UsageRecorder: Sendable {
     }
 
     public let configuration: Configuration
-    private let storage: any ConversationStorage
+    private let storage: any QuotaStore
     private let logger: Logger
     private let state = NIOLockedValueBox(State())
     private let pendingGauge = Gauge(label: "sluice_usage_records_pending")
@@ -99,7 +99,7 @@ public final class UsageRecorder: Sendable {
     private let droppedGaveUp = Counter(label: "sluice_usage_records_dropped_total", dimensions: [("reason", "gave_up")])
     private let writeFailures = Counter(label: "sluice_usage_record_write_failures_total")
 
-    public init(storage: any ConversationStorage, configuration: Configuration = Configuration(), logger: Logger) {
+    public init(storage: any QuotaStore, configuration: Configuration = Configuration(), logger: Logger) {
         self.storage = storage
         self.configuration = configuration
         self.logger = logger

@@ -206,7 +206,7 @@ public enum StorageMigration {
     }
 
     /// Migrates, then shuts the storage down whether or not that worked.
-    private static func migrate(_ storage: any ConversationStorage) async throws {
+    private static func migrate(_ storage: any StorageLifecycle) async throws {
         do {
             try await storage.migrate()
         } catch {
@@ -258,7 +258,7 @@ public enum QuotaAdmin {
 
     /// Opens (and migrates) the configured storage, runs `body`, closes it.
     static func withStorage(
-        _ configuration: SluiceConfiguration, timeout: Duration, _ body: @escaping @Sendable (any ConversationStorage) async throws -> Void
+        _ configuration: SluiceConfiguration, timeout: Duration, _ body: @escaping @Sendable (any QuotaStore) async throws -> Void
     ) async throws {
         let logger = Logger(label: "sluice.quota")
         switch try configuration.storage.backend {

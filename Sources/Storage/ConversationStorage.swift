@@ -1,21 +1,21 @@
 import Foundation
 
-/// Where conversations and their messages are kept: PostgreSQL (`PostgresStorage`) or an
-/// embedded SQLite file (`SQLiteStorage`), with the same semantics. Writes should go through a
-/// `WriteBehindQueue`, never one per token.
+/// Everything a storage backend does: PostgreSQL (`PostgresStorage`) or an embedded SQLite file
+/// (`SQLiteStorage`), with the same semantics. Only the code that opens a storage holds all of
+/// it; everyone else holds the one part they use, so that a caller's type says what it touches
+/// and a test fake writes only that:
+/// - `ConversationStore`: conversations and their messages (the chat path, the history reads);
+/// - `QuotaStore`: token quotas and the usage records that feed them;
+/// - `ExecutionArchive`: what ran, kept after the fact (finished jobs, tool runs);
+/// - `StorageLifecycle`: the schema, partitions, statement counts and closing.
 ///
 /// Every method fails only with `StorageError`. Page sizes (`limit`) are clamped to
 /// 1...`storagePageLimit`.
-public protocol ConversationStorage: Sendable {
-    /// Creates or upgrades the schema (versioned, each migration in its own transaction; safe
-    /// to run again and from several instances at once), then creates the message partitions
-    /// for the current month and the configured months ahead.
-    func migrate() async throws(StorageError)
+public typealias ConversationStorage = ConversationStore & QuotaStore & ExecutionArchive & StorageLifecycle
 
-    /// Creates the monthly `messages` partitions from the month containing `start` (UTC) through
-    /// `monthsAhead` months later, those missing only. A no-op where there are no partitions (SQLite).
-    func ensurePartitions(from start: Date, monthsAhead: Int) async throws(StorageError)
-
+/// Conversations and their messages. Writes should go through a `WriteBehindQueue`, never one
+/// per token.
+public protocol ConversationStore: Sendable {
     /// Stores a batch in one statement (PostgreSQL) or one transaction (SQLite): the user row (by
     /// external id) and the conversation row when missing, the messages, `conversations.updated_at`,
     /// and the usage of newly stored assistant messages in `user_quotas.tokens_used`.
@@ -52,7 +52,11 @@ public protocol ConversationStorage: Sendable {
 
     /// The external id of the conversation's user, or `nil` if there is no such conversation.
     func conversationOwner(_ conversationID: UUID) async throws(StorageError) -> String?
+}
 
+/// Token quotas (`user_quotas`) and the usage records of generations that store no message.
+/// (A stored assistant message counts its own usage: see `ConversationStore.appendMessages`.)
+public protocol QuotaStore: Sendable {
     /// The user's `user_quotas` row, or nil when there is none (no limit, nothing used).
     func quota(userExternalID: String) async throws(StorageError) -> QuotaRecord?
 
@@ -78,7 +82,12 @@ public protocol ConversationStorage: Sendable {
     /// stop a retried write from counting twice (see `UsageRecord.retention`). Returns how many.
     @discardableResult
     func deleteUsageRecords(before cutoff: Date, limit: Int) async throws(StorageError) -> Int
+}
 
+/// What ran, kept after the fact and read back by id: finished jobs (`jobs`) and the tool calls
+/// of generations (`tool_executions`). Written once per run; a retried write changes nothing
+/// (or, for a job, replaces the row).
+public protocol ExecutionArchive: Sendable {
     /// Inserts or replaces a finished job (`jobs`): a retried job archives again.
     func archiveJob(_ job: ArchivedJob) async throws(StorageError)
 
@@ -90,6 +99,19 @@ public protocol ConversationStorage: Sendable {
 
     /// A generation's tool runs, oldest first.
     func toolExecutions(generationID: String) async throws(StorageError) -> [ToolExecutionRecord]
+}
+
+/// What the code that opened a storage does with it besides reading and writing data: create or
+/// upgrade the schema, add partitions, count statements, close it.
+public protocol StorageLifecycle: Sendable {
+    /// Creates or upgrades the schema (versioned, each migration in its own transaction; safe
+    /// to run again and from several instances at once), then creates the message partitions
+    /// for the current month and the configured months ahead.
+    func migrate() async throws(StorageError)
+
+    /// Creates the monthly `messages` partitions from the month containing `start` (UTC) through
+    /// `monthsAhead` months later, those missing only. A no-op where there are no partitions (SQLite).
+    func ensurePartitions(from start: Date, monthsAhead: Int) async throws(StorageError)
 
     /// Statements executed so far (for benchmarks and metrics).
     var metrics: StorageMetrics { get }
@@ -98,7 +120,7 @@ public protocol ConversationStorage: Sendable {
     func shutdown() async
 }
 
-extension ConversationStorage {
+extension QuotaStore {
     /// Deletes the usage records older than `UsageRecord.retention` before `now`, `batch` at a time
     /// (short statements, no long lock), at most `maxBatches` batches per call (the rest next
     /// time). Returns how many were deleted.

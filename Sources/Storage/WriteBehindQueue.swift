@@ -4,7 +4,7 @@ import Metrics
 import NIOConcurrencyHelpers
 import ServiceLifecycle
 
-/// A bounded queue of message writes in front of a `ConversationStorage`: the chat path only
+/// A bounded queue of message writes in front of a `ConversationStore`: the chat path only
 /// enqueues (no database round trip, no write per token), and `run()` writes in batches.
 ///
 /// A batch that fails is retried, the same batch, with exponential backoff until it succeeds:
@@ -106,7 +106,7 @@ public final class WriteBehindQueue: Service, Sendable {
     }
 
     public let configuration: Configuration
-    private let storage: any ConversationStorage
+    private let storage: any ConversationStore
     private let logger: Logger
     private let state = NIOLockedValueBox(State())
     /// Messages queued or being written (`sluice_storage_queue_depth`), write time per batch, and
@@ -120,7 +120,7 @@ public final class WriteBehindQueue: Service, Sendable {
     private let journal = NIOLockedValueBox<(any WriteJournal)?>(nil)
 
     public init(
-        storage: any ConversationStorage,
+        storage: any ConversationStore,
         configuration: Configuration = Configuration(),
         logger: Logger = Logger(label: "sluice.storage.queue")
     ) {

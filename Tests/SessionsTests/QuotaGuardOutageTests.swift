@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import Policy
 @testable import Sessions
+import SluiceTestSupport
 import Storage
 import Testing
 
@@ -12,17 +13,8 @@ import Testing
 @Suite struct QuotaGuardOutageTests {
     /// A storage whose quota reads never answer (a database that accepted the connection and
     /// then went silent), counting them.
-    final class SilentStorage: ConversationStorage {
+    final class SilentStorage: StubQuotaStore {
         let quotaReads = NIOLockedValueBox(0)
-        func migrate() async throws(StorageError) {}
-        func ensurePartitions(from start: Date, monthsAhead: Int) async throws(StorageError) {}
-        func appendMessages(_ batch: [NewMessage]) async throws(StorageError) -> AppendResult { AppendResult() }
-        func listConversations(userExternalID: String, before: ConversationCursor?, limit: Int) async throws(StorageError) -> ConversationPage {
-            ConversationPage(conversations: [], next: nil)
-        }
-        func messages(conversationID: UUID, userExternalID: String?, before: MessageCursor?, limit: Int) async throws(StorageError) -> MessagePage? { nil }
-        func context(conversationID: UUID, maxCharacters: Int) async throws(StorageError) -> [StoredMessage] { [] }
-        func conversationOwner(_ conversationID: UUID) async throws(StorageError) -> String? { nil }
         func quota(userExternalID: String) async throws(StorageError) -> QuotaRecord? {
             self.quotaReads.withLockedValue { $0 += 1 }
             // Silent until cancelled, and then still late: as a request waiting for a pooled
@@ -30,22 +22,12 @@ import Testing
             try? await Task.sleep(for: .seconds(3600))
             return QuotaRecord(tokensUsed: 0, tokensLimit: 1, resetAt: nil)
         }
-        func setQuota(userExternalID: String, limit: Int?, resetAt: Date?, resetUsage: Bool) async throws(StorageError) {}
-        func resetDueQuotas(now: Date, period: TimeInterval) async throws(StorageError) -> Int { 0 }
-        func archiveJob(_ job: ArchivedJob) async throws(StorageError) {}
-        func archivedJob(id: String) async throws(StorageError) -> ArchivedJob? { nil }
-        func recordToolExecutions(_ records: [ToolExecutionRecord]) async throws(StorageError) {}
-        func toolExecutions(generationID: String) async throws(StorageError) -> [ToolExecutionRecord] { [] }
-        func recordUsage(_ records: [UsageRecord]) async throws(StorageError) -> Int { 0 }
-        func deleteUsageRecords(before cutoff: Date, limit: Int) async throws(StorageError) -> Int { 0 }
-        var metrics: StorageMetrics { StorageMetrics() }
-        func shutdown() async {}
     }
 
     @Test(.timeLimit(.minutes(1)))
     func aSilentDatabaseLetsChatsGoOnAndIsNotAskedAgainAtOnce() async throws {
         let storage = SilentStorage()
-        let guardian = QuotaGuard(persistence: Persistence(storage: storage, queue: nil), period: .hours(1), logger: Logger(label: "test"))
+        let guardian = QuotaGuard(quotas: storage, queue: nil, period: .hours(1), logger: Logger(label: "test"))
         // The first chat waits for the read's own deadline (not the hour the storage would take),
         // then goes on unchecked.
         let first = await guardian.admit(user: "uma", promptTokens: 10, grant: .unlimited(maxTokens: 100))

@@ -13,7 +13,7 @@ import Testing
 @Suite struct UsageRecorderTests {
     /// A storage keeping usage records like the real ones do (once per id, summed per user), with
     /// a quota limit per user, that fails `recordUsage` while told to.
-    final class LedgerStorage: ConversationStorage {
+    final class LedgerStorage: StubStorage {
         private struct State {
             var records: [String: UsageRecord] = [:]
             var limits: [String: Int] = [:]
@@ -76,25 +76,6 @@ import Testing
             let limit = self.state.withLockedValue { $0.limits[userExternalID] }
             return QuotaRecord(tokensUsed: self.used(by: userExternalID), tokensLimit: limit, resetAt: nil)
         }
-
-        func migrate() async throws(StorageError) {}
-        func ensurePartitions(from start: Date, monthsAhead: Int) async throws(StorageError) {}
-        func appendMessages(_ batch: [NewMessage]) async throws(StorageError) -> AppendResult { AppendResult() }
-        func listConversations(userExternalID: String, before: ConversationCursor?, limit: Int) async throws(StorageError) -> ConversationPage {
-            ConversationPage(conversations: [], next: nil)
-        }
-        func messages(conversationID: UUID, userExternalID: String?, before: MessageCursor?, limit: Int) async throws(StorageError) -> MessagePage? { nil }
-        func context(conversationID: UUID, maxCharacters: Int) async throws(StorageError) -> [StoredMessage] { [] }
-        func conversationOwner(_ conversationID: UUID) async throws(StorageError) -> String? { nil }
-        func setQuota(userExternalID: String, limit: Int?, resetAt: Date?, resetUsage: Bool) async throws(StorageError) {}
-        func resetDueQuotas(now: Date, period: TimeInterval) async throws(StorageError) -> Int { 0 }
-        func archiveJob(_ job: ArchivedJob) async throws(StorageError) {}
-        func archivedJob(id: String) async throws(StorageError) -> ArchivedJob? { nil }
-        func recordToolExecutions(_ records: [ToolExecutionRecord]) async throws(StorageError) {}
-        func toolExecutions(generationID: String) async throws(StorageError) -> [ToolExecutionRecord] { [] }
-        func deleteUsageRecords(before cutoff: Date, limit: Int) async throws(StorageError) -> Int { 0 }
-        var metrics: StorageMetrics { StorageMetrics() }
-        func shutdown() async {}
     }
 
     static let logger: Logger = {

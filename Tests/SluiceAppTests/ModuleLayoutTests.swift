@@ -60,10 +60,10 @@ import Testing
         "Sources/sluice": ["SluiceApp", "ChatClient", "ArgumentParser"],
         // The load-test harness: the protocol and a socket.
         "loadtest/Sources/SluiceLoadTest": nio.union(["SluiceProtocol", "ArgumentParser", "Histogram"]),
-        // Test support: loopback clients, fake upstreams, server processes. A regular target (built
-        // by `swift build -c release` too), so no `@testable import` (checked below). Crypto signs
-        // test JWTs.
-        "Tests/SluiceTestSupport": nio.union(["CZlib", "Crypto"]),
+        // Test support: loopback clients, fake upstreams, server processes, storage stubs. A regular
+        // target (built by `swift build -c release` too), so no `@testable import` (checked below).
+        // Crypto signs test JWTs.
+        "Tests/SluiceTestSupport": nio.union(["CZlib", "Crypto", "Storage"]),
     ]
 
     static let repository = URL(fileURLWithPath: #filePath)

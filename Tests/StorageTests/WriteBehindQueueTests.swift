@@ -159,7 +159,7 @@ import Testing
 }
 
 /// A storage that records what it is asked to append and fails while `failing` is set.
-final class ScriptedStorage: ConversationStorage {
+final class ScriptedStorage: StubConversationStore {
     private struct State {
         var failing = false
         var attempts: [[NewMessage]] = []
@@ -185,26 +185,4 @@ final class ScriptedStorage: ConversationStorage {
         if failing { throw StorageError.unavailable("scripted outage") }
         return AppendResult(inserted: batch.count)
     }
-
-    func migrate() async throws(StorageError) {}
-    func ensurePartitions(from start: Date, monthsAhead: Int) async throws(StorageError) {}
-    func listConversations(userExternalID: String, before: ConversationCursor?, limit: Int) async throws(StorageError) -> ConversationPage {
-        ConversationPage(conversations: [], next: nil)
-    }
-    func messages(conversationID: UUID, userExternalID: String?, before: MessageCursor?, limit: Int) async throws(StorageError) -> MessagePage? {
-        nil
-    }
-    func context(conversationID: UUID, maxCharacters: Int) async throws(StorageError) -> [StoredMessage] { [] }
-    func conversationOwner(_ conversationID: UUID) async throws(StorageError) -> String? { nil }
-    func quota(userExternalID: String) async throws(StorageError) -> QuotaRecord? { nil }
-    func setQuota(userExternalID: String, limit: Int?, resetAt: Date?, resetUsage: Bool) async throws(StorageError) {}
-    func resetDueQuotas(now: Date, period: TimeInterval) async throws(StorageError) -> Int { 0 }
-    func archiveJob(_ job: ArchivedJob) async throws(StorageError) {}
-    func archivedJob(id: String) async throws(StorageError) -> ArchivedJob? { nil }
-    func recordToolExecutions(_ records: [ToolExecutionRecord]) async throws(StorageError) {}
-    func toolExecutions(generationID: String) async throws(StorageError) -> [ToolExecutionRecord] { [] }
-    func recordUsage(_ records: [UsageRecord]) async throws(StorageError) -> Int { 0 }
-    func deleteUsageRecords(before cutoff: Date, limit: Int) async throws(StorageError) -> Int { 0 }
-    var metrics: StorageMetrics { StorageMetrics() }
-    func shutdown() async {}
 }
