@@ -286,10 +286,23 @@ let package = Package(
             name: "SessionsTests",
             dependencies: [
                 "Sessions", "Inference", "SluiceProtocol", "WSServer", "SluiceTestSupport", "RedisClient", "Storage", "Policy", "Tools",
-                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // The real `sluice` (and `sluice-loadtest`) binaries as child processes, with a real
+        // redis-server, PostgreSQL, nginx or Prometheus where a test needs one. The libraries are
+        // imported only for expected values and to read what the processes left in Redis or a database.
+        .testTarget(
+            name: "ProcessTests",
+            dependencies: [
+                "SluiceTestSupport", "SluiceProtocol", "Inference", "RedisClient", "Storage",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -308,7 +321,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ChatClientTests",
-            dependencies: ["ChatClient", "SluiceTestSupport"],
+            dependencies: ["ChatClient"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -14,16 +14,9 @@ import Testing
 
     /// Text of the deltas in `messages`, checking seqs are contiguous from `after + 1`.
     static func text(of messages: [[String: Any]], after: Int) -> (text: String, lastSeq: Int) {
-        var expected = after + 1
-        var text = ""
-        for message in messages where message["type"] as? String == "generation.delta" {
-            let seq = message["seq"] as? Int ?? -1
-            let first = message["first_seq"] as? Int ?? seq
-            #expect(first == expected, "delta starts at \(first), expected \(expected)")
-            expected = seq + 1
-            text += message["text"] as? String ?? ""
-        }
-        return (text, expected - 1)
+        let deltas = DeltaText(of: messages, after: after)
+        #expect(deltas.gaps.isEmpty, "\(deltas.gaps.joined(separator: "; "))")
+        return (deltas.text, deltas.lastSeq)
     }
 
     static func ready(_ harness: Harness) async throws -> Client {

@@ -25,8 +25,11 @@ import Testing
         ]
     }
 
-    static func deltaText(_ messages: [[String: Any]]) -> (text: String, lastSeq: Int) {
-        FollowTests.text(of: messages, after: 0)
+    /// Text of the deltas in `messages`, checking seqs are contiguous from `after + 1`.
+    static func deltaText(_ messages: [[String: Any]], after: Int = 0) -> (text: String, lastSeq: Int) {
+        let deltas = DeltaText(of: messages, after: after)
+        #expect(deltas.gaps.isEmpty, "\(deltas.gaps.joined(separator: "; "))")
+        return (deltas.text, deltas.lastSeq)
     }
 
     @Test(.timeLimit(.minutes(15)))
@@ -230,7 +233,7 @@ import Testing
                 var rest: [[String: Any]] = []
                 let done = try await resumed.until(type: "generation.done", collecting: &rest, timeout: .seconds(30))
                 #expect(done["finish_reason"] as? String == "stop")
-                #expect(head + FollowTests.text(of: rest, after: lastSeq).text == expected)
+                #expect(head + Self.deltaText(rest, after: lastSeq).text == expected)
                 // The old instance exits once its handed-off generation has finished.
                 let status = try await old.waitForExit(timeout: .seconds(30))
                 #expect(status == .exited(0), "log:\n\(old.logTail(lines: 20))")

@@ -2,7 +2,6 @@ import Crypto
 import Foundation
 import NIOCore
 import NIOPosix
-@testable import Sessions
 import SluiceProtocol
 @testable import SluiceTestSupport
 import Testing
@@ -158,19 +157,5 @@ import Testing
         let refused = try await AuthProcessTests.handshake(process.port, headers: [("Authorization", "Bearer \(evil)")])
         #expect(refused.status == 401 && !refused.body.contains("kid-marker"), "\(refused.body)")
         try await Self.expectAlive(process, after: "the credential checks")
-    }
-}
-
-/// The session's expiry timer waits at most a bounded delay (and re-arms), so a token valid
-/// for centuries cannot overflow it.
-@Suite struct ExpiryDelayTests {
-    @Test func theDelayIsBounded() {
-        let now = Date(timeIntervalSince1970: 1_800_000_000)
-        #expect(ChatSession.expiryDelay(until: now.addingTimeInterval(10), now: now) == .seconds(10))
-        #expect(ChatSession.expiryDelay(until: now.addingTimeInterval(-10), now: now) == .zero)
-        #expect(ChatSession.expiryDelay(until: Date(timeIntervalSince1970: 13_569_465_600), now: now) == ChatSession.maximumExpiryDelay)
-        #expect(ChatSession.expiryDelay(until: Date(timeIntervalSince1970: 1e30), now: now) == ChatSession.maximumExpiryDelay)
-        #expect(ChatSession.expiryDelay(until: .distantFuture, now: now) == ChatSession.maximumExpiryDelay)
-        #expect(ChatSession.expiryDelay(until: Date(timeIntervalSince1970: .nan), now: now) == .zero)
     }
 }
