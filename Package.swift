@@ -153,10 +153,22 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The HTTP routes (SSE, OpenAI-compatible, history, jobs, presence, admin): adapters over
+        // Sessions' generation pipeline and stores.
+        .target(
+            name: "HTTPAPI",
+            dependencies: [
+                "WSServer", "Sessions", "Inference", "SluiceProtocol", "Policy", "Jobs", "Tools",
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         .target(
             name: "SluiceApp",
             dependencies: [
-                "WSServer", "Sessions", "Inference", "RedisClient", "Storage", "Telemetry", "Policy", "Jobs", "Tools",
+                "WSServer", "Sessions", "HTTPAPI", "Inference", "RedisClient", "Storage", "Telemetry", "Policy", "Jobs", "Tools",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -285,7 +297,7 @@ let package = Package(
         .testTarget(
             name: "SessionsTests",
             dependencies: [
-                "Sessions", "Inference", "SluiceProtocol", "WSServer", "SluiceTestSupport", "RedisClient", "Storage", "Policy", "Tools",
+                "Sessions", "HTTPAPI", "Inference", "SluiceProtocol", "WSServer", "SluiceTestSupport", "RedisClient", "Storage", "Policy", "Tools",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

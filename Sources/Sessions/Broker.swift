@@ -82,8 +82,8 @@ struct CachedConversation: Sendable, Equatable {
     var messages: [ChatMessage]
 }
 
-struct BrokerError: Error, Sendable, Equatable {
-    var message: String
+package struct BrokerError: Error, Sendable, Equatable {
+    package var message: String
 }
 
 /// The embedded default: one node, so there is nothing to publish and nobody else to ask.

@@ -85,26 +85,26 @@ extension FanOut: Service {
 
 /// The `sluice.v1` chat protocol on top of the WebSocket data plane.
 public struct ChatApplication: WebSocketApplication {
-    let configuration: ChatConfiguration
-    let router: InferenceRouter
-    let history: ConversationHistory
+    package let configuration: ChatConfiguration
+    package let router: InferenceRouter
+    package let history: ConversationHistory
     let hub: GenerationHub
     let metrics: ChatMetrics
     let broker: any Broker
     let presence = LocalPresence()
-    let logger: Logger
+    package let logger: Logger
     /// Spans per generation (a no-op unless tracing is configured).
     let tracer: any Tracer
     /// Authentication and rate limits.
-    let policy: ChatPolicy
+    package let policy: ChatPolicy
     /// Token quotas (with storage only).
     let quotas: QuotaGuard
     /// The job queue (with Redis only).
-    let jobs: JobsGateway?
+    package let jobs: JobsGateway?
     /// Tools offered to the model (empty: none).
     let tools: ToolRegistry
     /// The one generation pipeline every front door starts generations through.
-    let starter: GenerationStarter
+    package let starter: GenerationStarter
 
     public init(
         configuration: ChatConfiguration, router: InferenceRouter, conversations: ConversationMemory,
@@ -161,7 +161,7 @@ public struct ChatApplication: WebSocketApplication {
     }
 
     /// The trace a client's request continues (its `traceparent`), else a new one.
-    func traceParent(_ headers: HTTPHeaders) -> InstrumentationContext {
+    package func traceParent(_ headers: HTTPHeaders) -> InstrumentationContext {
         var context = InstrumentationContext.topLevel
         self.tracer.extract(headers, into: &context, using: HTTPHeadersExtractor())
         return context
@@ -198,7 +198,7 @@ public struct ChatApplication: WebSocketApplication {
     }
 
     /// The user's open connections: this instance's, and with Redis every live instance's.
-    func presence(of user: String) async -> Result<[PresenceEntry], BrokerError> {
+    package func presence(of user: String) async -> Result<[PresenceEntry], BrokerError> {
         let local = self.presence.sessions(of: user).map { PresenceEntry(instanceID: self.configuration.instanceID, sessionID: $0) }
         guard self.broker.isShared else { return .success(local) }
         return await self.broker.presence(of: user).map { Array(Set($0 + local)) }

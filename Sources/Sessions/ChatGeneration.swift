@@ -10,14 +10,14 @@ import WSServer
 
 /// One generation as the client sees it: contiguous `seq`s, deltas merged while the client is
 /// behind (with `first_seq`), exactly one `generation.done` with usage that is always present.
-final class ChatGeneration: GenerationSink {
-    let id: String
-    let conversationID: String
+package final class ChatGeneration: GenerationSink {
+    package let id: String
+    package let conversationID: String
     private let conversationUUID: UUID
     /// Whose conversation it is (the answer is stored under this user).
     private let user: String
-    let requestID: String?
-    let model: String
+    package let requestID: String?
+    package let model: String
     /// Strong on purpose: a generation outlives its connection (it may be resumed); the
     /// output ↔ generation cycle ends when the generation ends.
     private let output: any GenerationOutput
@@ -31,10 +31,10 @@ final class ChatGeneration: GenerationSink {
     private var charge = MemoryCharge(.generation)
     /// The whole answer so far, for the conversation (bytes: appending is cheaper than to a String).
     private var answerBytes = ByteBuffer()
-    var answer: String { String(buffer: self.answerBytes) }
-    var answerByteCount: Int { self.answerBytes.readableBytes }
+    package var answer: String { String(buffer: self.answerBytes) }
+    package var answerByteCount: Int { self.answerBytes.readableBytes }
     /// `{"type":"generation.delta","generation_id":"…","seq":` encoded once per generation.
-    let deltaPrefix: ByteBuffer
+    package let deltaPrefix: ByteBuffer
     /// Whether the conversation is stored (not for the OpenAI door's ephemeral ones).
     private let keepsConversation: Bool
     /// Gives back what the limits and the quota reserved and this generation did not use.
@@ -122,7 +122,7 @@ final class ChatGeneration: GenerationSink {
         if let action = self.update({ $0.start() }) { self.perform(action) }
     }
 
-    func cancel() {
+    package func cancel() {
         self.perform(self.update { $0.cancel() })
     }
 
@@ -138,18 +138,18 @@ final class ChatGeneration: GenerationSink {
 
     // MARK: GenerationSink
 
-    func generationWasCached() {
+    package func generationWasCached() {
         self.update { $0.wasCached() }
     }
 
-    func generationDidConnect() {
+    package func generationDidConnect() {
         self.metrics.upstreamRequest(status: "ok")
         self.trace.upstreamAccepted()
         self.logger.debug("generation started", metadata: self.ids(["sluice.model": "\(self.model)"]))
         if let action = self.update({ $0.upstreamConnected() }) { self.perform(action) }
     }
 
-    func generationDidProduce(_ text: Substring) {
+    package func generationDidProduce(_ text: Substring) {
         guard case .accept(let seq, let announce, let firstToken, let writeDirectly) = self.machine.produced(byteCount: text.utf8.count) else {
             return
         }
@@ -181,11 +181,11 @@ final class ChatGeneration: GenerationSink {
         if !self.charge.grow(to: held, granule: 16 * 1024, in: self.hub.budget) { self.update { $0.memoryExhausted() } }
     }
 
-    func generationDidReportUsage(promptTokens: Int, completionTokens: Int) {
+    package func generationDidReportUsage(promptTokens: Int, completionTokens: Int) {
         self.update { $0.usageReported(prompt: promptTokens, completion: completionTokens) }
     }
 
-    func generationDidEndBatch() {
+    package func generationDidEndBatch() {
         let connected = self.output.isConnected
         let writable = connected && self.output.isWritable
         let hasFollowers = !self.followers.isEmpty
@@ -206,23 +206,23 @@ final class ChatGeneration: GenerationSink {
         }
     }
 
-    func generationDidRequestToolCalls(_ calls: [ToolCall]) {
+    package func generationDidRequestToolCalls(_ calls: [ToolCall]) {
         self.update { $0.toolCallsRequested(calls) }
     }
 
-    func generationDidFinish(_ reason: FinishReason) {
+    package func generationDidFinish(_ reason: FinishReason) {
         self.handle = nil
         self.perform(self.update { $0.upstreamFinished(reason) })
     }
 
-    func generationDidFail(_ error: InferenceError) {
+    package func generationDidFail(_ error: InferenceError) {
         self.handle = nil
         self.perform(self.update { $0.upstreamFailed(error) })
     }
 
     /// Whether retrying the same request may help: connection and timeout failures, overload
     /// and server errors; not a 4xx such as an unknown model.
-    static func retryAfterMs(for error: InferenceError) -> Int64? {
+    package static func retryAfterMs(for error: InferenceError) -> Int64? {
         switch error.kind {
         case .unavailable, .timeout, .overloaded: return 1000
         case .upstreamError(let status):

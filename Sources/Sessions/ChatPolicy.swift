@@ -39,21 +39,21 @@ public struct ChatPolicy: Sendable {
     }
 
     /// Who calls: what `admitCaller` hands a WebSocket connection or an HTTP route.
-    struct Admitted: Sendable {
-        var identity: Identity?
+    package struct Admitted: Sendable {
+        package var identity: Identity?
         /// The client's address (for per-address limits).
-        var address: String
+        package var address: String
         /// Whose conversations and limits: the authenticated user, the development stand-in, or the anonymous user.
-        var user: String { self.identity?.userID ?? ConversationHistory.anonymous }
+        package var user: String { self.identity?.userID ?? ConversationHistory.anonymous }
     }
 
     /// Why a caller was turned away before anything else.
-    enum CallerRefusal: Error, Sendable {
+    package enum CallerRefusal: Error, Sendable {
         case connectionRate(LimitRefusal)
         case credential(AuthenticationFailure)
 
         /// In the protocol's shape: 429 with `Retry-After`, or 401 with `WWW-Authenticate`.
-        var httpRefusal: HTTPRefusal {
+        package var httpRefusal: HTTPRefusal {
             switch self {
             case .connectionRate(let refusal): ChatPolicy.refusal(refusal)
             case .credential(let failure): ChatPolicy.refusal(failure)
@@ -64,7 +64,7 @@ public struct ChatPolicy: Sendable {
     /// Every public entry's first step, in one place so each gets the same: the per-address rate
     /// of new connections for the entries that open something long-lived (a WebSocket, a streamed
     /// generation: `countsAsConnection`), then the credential.
-    func admitCaller(_ head: HTTPRequestHead, peer: SocketAddress?, countsAsConnection: Bool) -> Result<Admitted, CallerRefusal> {
+    package func admitCaller(_ head: HTTPRequestHead, peer: SocketAddress?, countsAsConnection: Bool) -> Result<Admitted, CallerRefusal> {
         let address = self.limiter.limits.clientAddress(head, peer: peer)
         if countsAsConnection, let refusal = self.limiter.admitConnection(from: address) {
             return .failure(.connectionRate(refusal))
@@ -73,14 +73,14 @@ public struct ChatPolicy: Sendable {
     }
 
     /// 429 with `Retry-After` (whole seconds, at least 1) and the protocol's error object.
-    static func refusal(_ refusal: LimitRefusal) -> HTTPRefusal {
+    package static func refusal(_ refusal: LimitRefusal) -> HTTPRefusal {
         Self.refusal(code: .rateLimited, message: refusal.message, retryAfterMs: refusal.retryAfterMs)
     }
 
     /// A refusal (`rate_limited`, `quota_exceeded`: 429; `content_rejected`: 400; `unavailable`:
     /// 503; `ErrorCode.httpStatus`) with the protocol's error object as its body and
     /// `Retry-After` when it is known.
-    static func refusal(code: ErrorCode, message: String, retryAfterMs: Int64?) -> HTTPRefusal {
+    package static func refusal(code: ErrorCode, message: String, retryAfterMs: Int64?) -> HTTPRefusal {
         var body = ByteBuffer()
         ServerMessageEncoder.error(code: code, message: message, retryAfterMs: retryAfterMs, into: &body)
         return HTTPRefusal(status: HTTPResponseStatus(code), body: String(buffer: body),
@@ -100,7 +100,7 @@ public struct ChatPolicy: Sendable {
     }
 
     /// 401 with the protocol's error object as its JSON body and an RFC 6750 challenge.
-    static func refusal(_ failure: AuthenticationFailure) -> HTTPRefusal {
+    package static func refusal(_ failure: AuthenticationFailure) -> HTTPRefusal {
         var body = ByteBuffer()
         ServerMessageEncoder.error(code: .unauthorized, message: failure.message, into: &body)
         return HTTPRefusal(status: .unauthorized, body: String(buffer: body), headers: ["WWW-Authenticate": failure.challenge])

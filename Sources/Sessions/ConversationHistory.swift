@@ -18,8 +18,8 @@ public struct Persistence: Sendable {
     /// Where generations record their tool runs.
     let archive: (any ExecutionArchive)?
     /// Statement counts (`/v1/stats`).
-    let lifecycle: (any StorageLifecycle)?
-    let queue: WriteBehindQueue?
+    package let lifecycle: (any StorageLifecycle)?
+    package let queue: WriteBehindQueue?
     /// Writes the usage of generations that store no message (the OpenAI-compatible front door).
     let usage: UsageRecorder?
 
@@ -69,7 +69,7 @@ enum ConversationLookup: Sendable {
 }
 
 /// Why a history read failed (each maps to one wire error).
-enum HistoryFailure: Error, Sendable, Equatable {
+package enum HistoryFailure: Error, Sendable, Equatable {
     case invalid(String)
     case notFound
     case unavailable(String)
@@ -85,9 +85,9 @@ enum HistoryFailure: Error, Sendable, Equatable {
 /// message, not invalidated: the storage lags behind the write-behind queue, so a reader sent
 /// to it after an invalidation could miss the newest messages. A miss reads the storage, adds
 /// this instance's messages still queued for it, and fills the cache.
-final class ConversationHistory: Sendable {
+package final class ConversationHistory: Sendable {
     let memory: ConversationMemory
-    let persistence: Persistence
+    package let persistence: Persistence
     private let broker: any Broker
     let contextMaxCharacters: Int
     /// How long a history read waits for this instance's queued writes (read your writes).
@@ -117,7 +117,7 @@ final class ConversationHistory: Sendable {
 
     /// The anonymous user: connections that name no user share it (authentication comes with
     /// the policy issue).
-    static let anonymous = "anonymous"
+    package static let anonymous = "anonymous"
 
     init(
         memory: ConversationMemory, persistence: Persistence, broker: any Broker, contextMaxCharacters: Int,
@@ -132,7 +132,7 @@ final class ConversationHistory: Sendable {
     }
 
     /// Context lookups answered by a cache, and those that read the storage.
-    var cacheCounts: (hits: Int, misses: Int) { (self.hits.load(ordering: .relaxed), self.misses.load(ordering: .relaxed)) }
+    package var cacheCounts: (hits: Int, misses: Int) { (self.hits.load(ordering: .relaxed), self.misses.load(ordering: .relaxed)) }
 
     private func countLookup(hit: Bool) {
         let hits = hit ? self.hits.add(1, ordering: .relaxed).newValue : self.hits.load(ordering: .relaxed)
@@ -308,7 +308,7 @@ final class ConversationHistory: Sendable {
 
     static let defaultPageSize = 20
 
-    func listConversations(user: String, page: ClientMessage.HistoryPage) async -> Result<(ConversationPage, [ConversationListing]), HistoryFailure> {
+    package func listConversations(user: String, page: ClientMessage.HistoryPage) async -> Result<(ConversationPage, [ConversationListing]), HistoryFailure> {
         guard let storage = self.persistence.conversations, let queue = self.persistence.queue else { return .failure(.notKept) }
         var cursor: ConversationCursor?
         if let before = page.before {
@@ -332,7 +332,7 @@ final class ConversationHistory: Sendable {
         }
     }
 
-    func messages(conversationID: String, user: String, page: ClientMessage.HistoryPage) async -> Result<(MessagePage, [MessageListing]), HistoryFailure> {
+    package func messages(conversationID: String, user: String, page: ClientMessage.HistoryPage) async -> Result<(MessagePage, [MessageListing]), HistoryFailure> {
         guard let storage = self.persistence.conversations, let queue = self.persistence.queue else { return .failure(.notKept) }
         guard let id = UUID(uuidString: conversationID) else { return .failure(.notFound) }
         var cursor: MessageCursor?
@@ -372,7 +372,7 @@ extension ChatMessage.Role {
 
 extension HistoryFailure {
     /// The `error` a client gets: code, message, and `retry_after_ms` when retrying may help.
-    func wireError(conversationID: String?) -> (ErrorCode, String, Int64?) {
+    package func wireError(conversationID: String?) -> (ErrorCode, String, Int64?) {
         switch self {
         case .invalid(let message): return (.invalidMessage, message, nil)
         case .notFound: return (.notFound, "unknown conversation \(conversationID ?? "")", nil)

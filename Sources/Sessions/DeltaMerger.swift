@@ -4,12 +4,12 @@
 /// generation's owner (one seq at a time) and its followers (merged batches that may overlap a
 /// replay); each keeps its own moments for writing what is held and its own rule for a reader
 /// that is gone.
-struct DeltaMerger: Equatable {
+package struct DeltaMerger: Equatable {
     /// Deltas merged while the reader was behind: seqs `firstSeq...lastSeq`.
-    struct PendingDelta: Equatable {
-        var firstSeq: Int64
-        var lastSeq: Int64
-        var text: String
+    package struct PendingDelta: Equatable {
+        package var firstSeq: Int64
+        package var lastSeq: Int64
+        package var text: String
     }
 
     /// Last seq handed over to this reader (written, held, or dropped because it is gone).

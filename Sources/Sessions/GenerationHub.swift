@@ -13,16 +13,16 @@ struct GenerationInfo: Sendable, Equatable {
 }
 
 /// How a generation ended (`generation.done`).
-struct GenerationEnd: Sendable, Equatable {
-    var seq: Int64
-    var finishReason: FinishReason
-    var usage: Usage
-    var error: GenerationError?
+package struct GenerationEnd: Sendable, Equatable {
+    package var seq: Int64
+    package var finishReason: FinishReason
+    package var usage: Usage
+    package var error: GenerationError?
 }
 
-struct GenerationError: Sendable, Equatable {
-    var code: ErrorCode
-    var message: String
+package struct GenerationError: Sendable, Equatable {
+    package var code: ErrorCode
+    package var message: String
 }
 
 /// A piece of a generation for a follower: optionally `generation.started`, then the text of

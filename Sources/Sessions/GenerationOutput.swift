@@ -7,7 +7,7 @@ import Tools
 /// OpenAI-compatible response. Each front door turns these typed events into its own wire format;
 /// the generation never encodes a message itself. Called on the generation's event loop (the
 /// output's own), so a delta reaches the socket without a hop.
-protocol GenerationOutput: AnyObject {
+package protocol GenerationOutput: AnyObject {
     /// False once the client is gone (its events are then dropped; the generation goes on).
     var isConnected: Bool { get }
     /// False while the client is behind.
@@ -36,7 +36,7 @@ protocol GenerationOutput: AnyObject {
 
 /// An output that speaks `sluice.v1` (a WebSocket session, an SSE response): each event is one
 /// protocol message. The conforming type only queues encoded messages; what they say is here, once.
-protocol SluiceMessageOutput: GenerationOutput {
+package protocol SluiceMessageOutput: GenerationOutput {
     /// Queues one message encoded by `encode` (without flushing).
     func writeMessage(_ encode: (inout ByteBuffer) -> Void)
     /// Queues one message only if the client is connected and keeping up, and says whether it did.
@@ -44,7 +44,7 @@ protocol SluiceMessageOutput: GenerationOutput {
 }
 
 extension SluiceMessageOutput {
-    func writeStarted(_ generation: ChatGeneration) {
+    package func writeStarted(_ generation: ChatGeneration) {
         self.writeMessage { buffer in
             ServerMessageEncoder.generationStarted(
                 generationID: generation.id, conversationID: generation.conversationID, requestID: generation.requestID,
@@ -54,14 +54,14 @@ extension SluiceMessageOutput {
     }
 
     @inline(__always)
-    func writeDeltaIfWritable(_ generation: ChatGeneration, seq: Int64, text: Substring) -> Bool {
+    package func writeDeltaIfWritable(_ generation: ChatGeneration, seq: Int64, text: Substring) -> Bool {
         let prefix = generation.deltaPrefix
         return self.writeMessageIfWritable { buffer in
             ServerMessageEncoder.generationDelta(prefix: prefix, seq: seq, firstSeq: nil, text: text.utf8, into: &buffer)
         }
     }
 
-    func writeHeldDelta(_ generation: ChatGeneration, _ held: DeltaMerger.PendingDelta) {
+    package func writeHeldDelta(_ generation: ChatGeneration, _ held: DeltaMerger.PendingDelta) {
         let prefix = generation.deltaPrefix
         self.writeMessage { buffer in
             ServerMessageEncoder.generationDelta(
@@ -69,7 +69,7 @@ extension SluiceMessageOutput {
         }
     }
 
-    func writeToolCalls(_ generation: ChatGeneration, _ calls: [ToolCall]) {
+    package func writeToolCalls(_ generation: ChatGeneration, _ calls: [ToolCall]) {
         for call in calls {
             self.writeMessage { buffer in
                 ServerMessageEncoder.toolCall(generationID: generation.id, callID: call.id, name: call.name, arguments: call.arguments, into: &buffer)
@@ -78,7 +78,7 @@ extension SluiceMessageOutput {
         self.flush()
     }
 
-    func writeToolResults(_ generation: ChatGeneration, _ runs: [ToolRun]) {
+    package func writeToolResults(_ generation: ChatGeneration, _ runs: [ToolRun]) {
         for run in runs {
             self.writeMessage { buffer in
                 ServerMessageEncoder.toolResult(
@@ -91,11 +91,11 @@ extension SluiceMessageOutput {
 
     /// `sluice.v1` has no client-defined tools; were a generation to hand some over, its
     /// `tool.call`s say the same.
-    func writeClientToolCalls(_ generation: ChatGeneration, _ calls: [ToolCall]) {
+    package func writeClientToolCalls(_ generation: ChatGeneration, _ calls: [ToolCall]) {
         self.writeToolCalls(generation, calls)
     }
 
-    func writeDone(_ generation: ChatGeneration, _ end: GenerationEnd, cached: Bool, budgetNotice: GenerationStateMachine.BudgetNotice?) {
+    package func writeDone(_ generation: ChatGeneration, _ end: GenerationEnd, cached: Bool, budgetNotice: GenerationStateMachine.BudgetNotice?) {
         self.writeMessage { buffer in
             ServerMessageEncoder.generationDone(
                 generationID: generation.id, seq: end.seq, finishReason: end.finishReason, usage: end.usage,

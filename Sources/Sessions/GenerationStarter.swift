@@ -9,8 +9,8 @@ import Tools
 import Tracing
 
 /// What a front door asks to generate, in its terms turned into the pipeline's.
-struct GenerationOrder: Sendable {
-    enum Conversation: Sendable {
+package struct GenerationOrder: Sendable {
+    package enum Conversation: Sendable {
         /// `sluice.v1` (WebSocket, SSE): continue the stored conversation (nil: a new one) with
         /// this user message; both turns are kept.
         case stored(conversationID: String?, content: String)
@@ -19,48 +19,70 @@ struct GenerationOrder: Sendable {
         case ephemeral(messages: [ChatMessage])
     }
 
-    var conversation: Conversation
-    var requestID: String?
+    package var conversation: Conversation
+    package var requestID: String?
     /// nil: the router's default (or `auto`).
-    var model: String?
+    package var model: String?
     /// nil: `chat.default_max_tokens`.
-    var maxTokens: Int?
-    var temperature: Double?
+    package var maxTokens: Int?
+    package var temperature: Double?
     /// Which gateway tools to offer by name (nil: all of them).
-    var gatewayTools: [String]?
+    package var gatewayTools: [String]?
     /// The client's own tools: offered instead of the gateway's, and their calls go back to the
     /// client (`tool_calls`), which runs them and sends the results in its next request.
-    var clientTools: [ToolDefinition] = []
-    var toolChoice: ToolChoice?
+    package var clientTools: [ToolDefinition] = []
+    package var toolChoice: ToolChoice?
     /// The generation's id starts with this (`chatcmpl-` for the OpenAI door, whose clients see it).
-    var idPrefix = "gen_"
+    package var idPrefix = "gen_"
+
+    package init(
+        conversation: Conversation, requestID: String? = nil, model: String? = nil, maxTokens: Int? = nil, temperature: Double? = nil,
+        gatewayTools: [String]? = nil, clientTools: [ToolDefinition] = [], toolChoice: ToolChoice? = nil, idPrefix: String = "gen_"
+    ) {
+        self.conversation = conversation
+        self.requestID = requestID
+        self.model = model
+        self.maxTokens = maxTokens
+        self.temperature = temperature
+        self.gatewayTools = gatewayTools
+        self.clientTools = clientTools
+        self.toolChoice = toolChoice
+        self.idPrefix = idPrefix
+    }
 }
 
 /// Who asks, as the front door identified them.
-struct GenerationCaller: Sendable {
+package struct GenerationCaller: Sendable {
     /// The user whose conversation and limits it is (the anonymous user without authentication).
-    var user: String
+    package var user: String
     /// The client's address, for per-address limits.
-    var address: String
+    package var address: String
     /// The connection or request it came on (logs, the hub's owner).
-    var sessionID: String
+    package var sessionID: String
     /// The trace it continues (the client's `traceparent`), else a new one.
-    var trace: InstrumentationContext
+    package var trace: InstrumentationContext
+
+    package init(user: String, address: String, sessionID: String, trace: InstrumentationContext) {
+        self.user = user
+        self.address = address
+        self.sessionID = sessionID
+        self.trace = trace
+    }
 }
 
 /// Why a generation did not start, as one typed error every front door maps to its wire:
 /// `not_found` (conversation or model), `unavailable`, `content_rejected`, `rate_limited`,
 /// `quota_exceeded`, `overloaded`, or the upstream's refusal.
-struct GenerationRefusal: Error, Sendable, Equatable {
-    var code: ErrorCode
-    var message: String
-    var retryAfterMs: Int64?
-    var requestID: String?
+package struct GenerationRefusal: Error, Sendable, Equatable {
+    package var code: ErrorCode
+    package var message: String
+    package var retryAfterMs: Int64?
+    package var requestID: String?
 }
 
 /// What a front door says when the pipeline is about to make the generation (after the checks,
 /// which may have waited on Redis or the storage).
-enum GenerationStartCheck: Equatable {
+package enum GenerationStartCheck: Equatable {
     case ready
     /// The client left meanwhile: what was reserved goes back, nothing is sent.
     case gone
@@ -68,7 +90,7 @@ enum GenerationStartCheck: Equatable {
 }
 
 /// The front door's side of starting: where the pipeline's outcome goes.
-protocol GenerationRequester: GenerationOutput {
+package protocol GenerationRequester: GenerationOutput {
     /// Asked once the checks passed, right before the generation is made.
     func readyToStart(_ order: GenerationOrder) -> GenerationStartCheck
     /// The generation is made; its upstream request starts right after this returns.
@@ -78,7 +100,7 @@ protocol GenerationRequester: GenerationOutput {
 }
 
 extension GenerationRequester {
-    func readyToStart(_ order: GenerationOrder) -> GenerationStartCheck { self.isConnected ? .ready : .gone }
+    package func readyToStart(_ order: GenerationOrder) -> GenerationStartCheck { self.isConnected ? .ready : .gone }
 }
 
 /// What a generation may use (rate limits and quota), and what to give back at its end.
@@ -92,7 +114,7 @@ struct GenerationAdmission: Sendable {
 /// tools and the trace, and starts the generation with the front door as its output, or tells
 /// the front door why not. The steps that wait (Redis, the storage, the moderation service)
 /// answer on the caller's event loop, where the generation then runs.
-struct GenerationStarter: Sendable {
+package struct GenerationStarter: Sendable {
     let configuration: ChatConfiguration
     let router: InferenceRouter
     let history: ConversationHistory
@@ -107,7 +129,7 @@ struct GenerationStarter: Sendable {
 
     /// Starts `order` for `caller`, with `output` as the generation's output; on `eventLoop`
     /// (the output's), where every answer to `output` is given.
-    func start(_ order: GenerationOrder, for caller: GenerationCaller, output: any GenerationRequester, on eventLoop: any EventLoop) {
+    package func start(_ order: GenerationOrder, for caller: GenerationCaller, output: any GenerationRequester, on eventLoop: any EventLoop) {
         eventLoop.preconditionInEventLoop()
         let requester = NIOLoopBound(output, eventLoop: eventLoop)
         self.resolve(order, user: caller.user, on: eventLoop) { [self] lookup in
@@ -409,8 +431,8 @@ extension ResolvedConversation {
 }
 
 /// Random identifiers such as `gen_3f9c…`: 64 random bits in hex.
-enum Identifier {
-    static func make(_ prefix: String) -> String {
+package enum Identifier {
+    package static func make(_ prefix: String) -> String {
         var generator = SystemRandomNumberGenerator()
         let value = generator.next()
         let hex = String(value, radix: 16)

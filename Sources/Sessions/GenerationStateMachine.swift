@@ -9,7 +9,7 @@ import Tools
 /// `ChatGeneration` feeds it the upstream's events and carries out what it returns. Each token
 /// costs one call that returns a `TokenAction` (no array, no allocation); each upstream read one
 /// that returns a `ReadAction`; rarer events return `[Action]`, in the order to carry them out.
-struct GenerationStateMachine {
+package struct GenerationStateMachine {
     /// What bounds this generation (from its `GenerationGrant` and request).
     struct Limits: Equatable {
         /// Tokens (chunks) it may produce: the client's `max_tokens`, or less when a budget cut it.
@@ -70,10 +70,10 @@ struct GenerationStateMachine {
 
     /// What a generation that stopped short of the client's `max_tokens` because of a budget
     /// adds after its `generation.done`.
-    struct BudgetNotice: Equatable {
-        var code: ErrorCode
-        var message: String
-        var retryAfterMs: Int64?
+    package struct BudgetNotice: Equatable {
+        package var code: ErrorCode
+        package var message: String
+        package var retryAfterMs: Int64?
     }
 
     /// How to carry out the end (`ChatGeneration` does it in a fixed order: publish the last

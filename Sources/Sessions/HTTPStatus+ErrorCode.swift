@@ -3,7 +3,7 @@ import SluiceProtocol
 
 extension HTTPResponseStatus {
     /// The status for a protocol error code: `ErrorCode.httpStatus` is the one mapping.
-    init(_ code: ErrorCode) {
+    package init(_ code: ErrorCode) {
         self.init(statusCode: code.httpStatus)
     }
 }

@@ -9,7 +9,7 @@ extension ChatApplication {
     /// the budget stays reserved until the job ends. The tokens taken from the per-minute limits
     /// are not given back when the job spends less (it may spend them any time it runs); a
     /// submission that was not queued (a repeat of an idempotency key, Redis down) costs nothing.
-    func submitJob(
+    package func submitJob(
         _ submit: ClientMessage.JobSubmit, user: String, address: String
     ) async -> Result<(JobRecord, created: Bool), JobsGateway.Failure> {
         guard let jobs = self.jobs else {

@@ -58,10 +58,10 @@ public final class JobsGateway: Sendable {
     }
 
     /// Why a request about jobs failed, as a wire error.
-    struct Failure: Error, Sendable {
-        var code: ErrorCode
-        var message: String
-        var retryAfterMs: Int64?
+    package struct Failure: Error, Sendable {
+        package var code: ErrorCode
+        package var message: String
+        package var retryAfterMs: Int64?
     }
 
     /// Checks the kind and input: the submission to queue (with its token budget), or why not.
@@ -97,7 +97,7 @@ public final class JobsGateway: Sendable {
     }
 
     /// The job from Redis, else from the archive; nil when neither has it or it is not `user`'s.
-    func record(_ id: String, user: String?) async -> Result<JobRecord?, Failure> {
+    package func record(_ id: String, user: String?) async -> Result<JobRecord?, Failure> {
         do {
             var record = try await self.queue.get(id)
             if record == nil, let archive = self.archive {
@@ -112,7 +112,7 @@ public final class JobsGateway: Sendable {
         }
     }
 
-    func cancel(_ id: String, user: String?) async -> Result<JobCancelOutcome, Failure> {
+    package func cancel(_ id: String, user: String?) async -> Result<JobCancelOutcome, Failure> {
         do {
             return .success(try await self.queue.cancel(id, user: user))
         } catch {
@@ -120,7 +120,7 @@ public final class JobsGateway: Sendable {
         }
     }
 
-    func list(user: String, limit: Int) async -> Result<[JobRecord], Failure> {
+    package func list(user: String, limit: Int) async -> Result<[JobRecord], Failure> {
         do {
             return .success(try await self.queue.list(limit: limit, user: user))
         } catch {

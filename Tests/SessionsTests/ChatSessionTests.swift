@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import HTTPAPI
 import Inference
 import Logging
 import NIOCore

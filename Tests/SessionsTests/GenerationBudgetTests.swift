@@ -1,4 +1,5 @@
 import Foundation
+import HTTPAPI
 import Inference
 import Logging
 import NIOHTTP1

@@ -49,9 +49,13 @@ import Testing
             "WSServer", "Inference", "SluiceProtocol", "RedisClient", "Storage", "Policy", "Jobs", "Tools",
             "Tracing", "Crypto", "ServiceLifecycle",
         ]),
+        // The HTTP routes: adapters between their wire formats and Sessions' generation pipeline and
+        // stores (SSE, OpenAI-compatible, history, jobs, presence, admin). Never RedisClient or
+        // Storage directly: what they read goes through Sessions.
+        "Sources/HTTPAPI": nio.union(["Sessions", "WSServer", "Inference", "SluiceProtocol", "Policy", "Jobs", "Tools", "Tracing"]),
         // Configuration, backends and the service group: everything above.
         "Sources/SluiceApp": nio.union(observability).union([
-            "WSServer", "Inference", "SluiceProtocol", "RedisClient", "Storage", "Policy", "Jobs", "Tools", "Sessions", "Telemetry",
+            "WSServer", "Inference", "SluiceProtocol", "RedisClient", "Storage", "Policy", "Jobs", "Tools", "Sessions", "HTTPAPI", "Telemetry",
             "Tracing", "ServiceLifecycle", "CoreMetrics", "Prometheus", "Yams",
         ]),
         // The terminal chat client: the protocol and a socket.

@@ -3,6 +3,7 @@ import Inference
 import NIOCore
 import NIOHTTP1
 import Policy
+import Sessions
 import SluiceProtocol
 import Tools
 import WSServer

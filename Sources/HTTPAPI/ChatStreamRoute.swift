@@ -2,6 +2,7 @@ import Foundation
 import Inference
 import NIOCore
 import Policy
+import Sessions
 import Tracing
 import NIOHTTP1
 import SluiceProtocol

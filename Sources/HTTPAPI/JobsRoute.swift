@@ -2,6 +2,7 @@ import Foundation
 import Jobs
 import NIOCore
 import NIOHTTP1
+import Sessions
 import SluiceProtocol
 import WSServer
 

@@ -1,4 +1,5 @@
 import NIOHTTP1
+import Sessions
 import WSServer
 
 /// The chat application's routes for operators, served on the admin listener only (loopback by
