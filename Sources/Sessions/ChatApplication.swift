@@ -48,18 +48,26 @@ public struct ChatConfiguration: Sendable, Equatable {
     }
 }
 
-/// How generations reach other instances: not at all (one node, the embedded default), or
-/// through Redis.
+/// How generations, the conversation cache and presence reach other instances: not at all (one
+/// node, the embedded default), or through Redis.
 public struct FanOut: Sendable {
-    let broker: any Broker
+    /// Generations of other instances, and this one's for them.
+    let generations: any GenerationFanOut
+    /// The conversation cache the instances share (nil: one node, `ConversationHistory` caches in memory).
+    let conversations: (any ConversationCache)?
+    /// Which instance holds which user's connections (nil: one node, `LocalPresence` knows them all).
+    let presence: (any PresenceDirectory)?
+    /// The Redis connections and liveness under the three (nil: one node).
+    private let node: RedisNode?
 
-    public static let singleNode = FanOut(broker: LocalBroker())
+    public static let singleNode = FanOut(generations: LocalGenerationFanOut(), conversations: nil, presence: nil, node: nil)
 
     /// Through the Redis of `redis` (URL with credentials, TLS, deadlines and bounds).
     public static func redis(
         _ redis: RedisConfiguration, instanceID: String, configuration: RedisBrokerConfiguration = .init(), eventLoop: any EventLoop, logger: Logger
     ) -> FanOut {
-        FanOut(broker: RedisBroker(redis: redis, instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger))
+        let node = RedisNode(redis: redis, instanceID: instanceID, configuration: configuration, eventLoop: eventLoop, logger: logger)
+        return FanOut(generations: node.generations, conversations: node.conversations, presence: node.presence, node: node)
     }
 
     public static func redis(
@@ -69,9 +77,13 @@ public struct FanOut: Sendable {
     }
 
     /// Whether the shared part works now (Redis reachable); always true for one node.
-    public var isHealthy: Bool { self.broker.isHealthy }
-    public var isShared: Bool { self.broker.isShared }
-    public func shutdown() async { await self.broker.shutdown() }
+    public var isHealthy: Bool { self.node?.isHealthy ?? true }
+    public var isShared: Bool { self.generations.isShared }
+    public func shutdown() async { await self.node?.shutdown() }
+
+    /// Journals what `queue` holds in the shared store until it is written, so that another
+    /// instance writes it if this one dies (and this one writes what dead ones left).
+    func attachWriteQueue(_ queue: WriteBehindQueue) { self.node?.attachWriteQueue(queue) }
 }
 
 /// In the service group, the fan-out's Redis connections outlive everything put after it
@@ -90,7 +102,11 @@ public struct ChatApplication: WebSocketApplication {
     package let history: ConversationHistory
     let hub: GenerationHub
     let metrics: ChatMetrics
-    let broker: any Broker
+    /// Generations of other instances, and this one's for them.
+    let generationFanOut: any GenerationFanOut
+    /// Where other instances learn of this one's connections (nil: one node).
+    let sharedPresence: (any PresenceDirectory)?
+    private let fanOut: FanOut
     let presence = LocalPresence()
     package let logger: Logger
     /// Spans per generation (a no-op unless tracing is configured).
@@ -131,22 +147,24 @@ public struct ChatApplication: WebSocketApplication {
         let hub = GenerationHub(
             retention: configuration.resumeRetention, maxRetained: configuration.maxRetainedGenerations, metrics: metrics, budget: memoryBudget)
         self.hub = hub
-        self.broker = fanOut.broker
+        self.fanOut = fanOut
+        self.generationFanOut = fanOut.generations
+        self.sharedPresence = fanOut.presence
         // A cancel from another instance for one of ours.
         // A generation whose shared copy missed writes is published again from here.
-        self.broker.setLocalGenerations { generationID in hub.lookup(generationID) }
+        fanOut.generations.setLocalGenerations { generationID in hub.lookup(generationID) }
         // Queued messages survive this process: another instance writes them if it dies.
-        if let queue = persistence.queue { self.broker.attachWriteQueue(queue) }
-        self.broker.setCancelHandler { generationID in
+        if let queue = persistence.queue { fanOut.attachWriteQueue(queue) }
+        fanOut.generations.setCancelHandler { generationID in
             guard case .running(let loop, let generation)? = hub.lookup(generationID)?.state else { return }
             loop.execute { generation.value.cancel() }
         }
         self.history = ConversationHistory(
-            memory: conversations, persistence: persistence, broker: fanOut.broker,
+            memory: conversations, persistence: persistence, sharedCache: fanOut.conversations,
             contextMaxCharacters: configuration.contextMaxCharacters, logger: logger)
         self.logger = logger
         self.starter = GenerationStarter(
-            configuration: configuration, router: router, history: self.history, hub: hub, broker: fanOut.broker, metrics: metrics,
+            configuration: configuration, router: router, history: self.history, hub: hub, fanOut: fanOut.generations, metrics: metrics,
             policy: policy, quotas: self.quotas, tools: tools, tracer: tracer, logger: logger)
     }
 
@@ -168,13 +186,13 @@ public struct ChatApplication: WebSocketApplication {
     }
 
     /// Whether the shared part (Redis) works now; always true for a single node.
-    public var isSharedHealthy: Bool { self.broker.isHealthy }
+    public var isSharedHealthy: Bool { self.fanOut.isHealthy }
 
     /// Context lookups answered by a cache (Redis, or this process's memory) and those that read
     /// the storage, since start.
     public var conversationCacheCounts: (hits: Int, misses: Int) { self.history.cacheCounts }
 
-    /// After the server drained its connections: with a shared broker, generations were handed
+    /// After the server drained its connections: with a shared fan-out, generations were handed
     /// off (clients resume them on other instances through Redis), so wait for them to finish,
     /// up to `deadline`; whatever still runs then ends with `owner_lost`. Single node: the drain
     /// already cancelled them.
@@ -200,8 +218,8 @@ public struct ChatApplication: WebSocketApplication {
     /// The user's open connections: this instance's, and with Redis every live instance's.
     package func presence(of user: String) async -> Result<[PresenceEntry], BrokerError> {
         let local = self.presence.sessions(of: user).map { PresenceEntry(instanceID: self.configuration.instanceID, sessionID: $0) }
-        guard self.broker.isShared else { return .success(local) }
-        return await self.broker.presence(of: user).map { Array(Set($0 + local)) }
+        guard let shared = self.sharedPresence else { return .success(local) }
+        return await shared.presence(of: user).map { Array(Set($0 + local)) }
     }
 
     /// The model announced in `session.ready`: the default upstream's.

@@ -70,7 +70,7 @@ package final class ChatGeneration: GenerationSink {
     /// Where other connections find it (resume, cancel, conversation watchers).
     private let hub: GenerationHub
     /// Other instances (Redis), when shared: one publish per upstream read.
-    private let broker: any Broker
+    private let fanOut: any GenerationFanOut
     private let publishesToBroker: Bool
     private let ownerSessionID: String
     /// `tokenEnds[i]`: where seq `i + 1` ends in `answerBytes`, so any seq can be replayed.
@@ -83,7 +83,7 @@ package final class ChatGeneration: GenerationSink {
         grant: GenerationGrant, settle: @escaping (_ usedTokens: Int) -> Void,
         output: any GenerationOutput, engine: any InferenceEngine, request: GenerationRequest, eventLoop: any EventLoop,
         history: ConversationHistory,
-        hub: GenerationHub, broker: any Broker, ownerSessionID: String, metrics: ChatMetrics.Upstream,
+        hub: GenerationHub, fanOut: any GenerationFanOut, ownerSessionID: String, metrics: ChatMetrics.Upstream,
         toolMode: GenerationStateMachine.ToolMode = .none, tools: ToolRegistry? = nil, logger: Logger
     ) {
         self.tools = tools
@@ -92,14 +92,14 @@ package final class ChatGeneration: GenerationSink {
         self.machine = GenerationStateMachine(limits: GenerationStateMachine.Limits(
             maxTokens: grant.maxTokens, maxAnswerBytes: GenerationRequest.maxAnswerBytes(forTokens: grant.maxTokens),
             budgetCut: grant.cut, budgetRetryAfterMs: grant.budgetRetryAfterMs, promptEstimate: promptEstimate,
-            tools: toolMode, publishesToBroker: broker.isShared))
+            tools: toolMode, publishesToBroker: fanOut.isShared))
         self.settle = settle
         self.startedAt = startedAt
         self.trace = trace
         self.logger = logger
         self.hub = hub
-        self.broker = broker
-        self.publishesToBroker = broker.isShared
+        self.fanOut = fanOut
+        self.publishesToBroker = fanOut.isShared
         self.ownerSessionID = ownerSessionID
         self.engine = engine
         self.request = request
@@ -320,7 +320,7 @@ package final class ChatGeneration: GenerationSink {
         self.hub.register(GenerationHub.Entry(
             generationID: self.id, conversationID: self.conversationID, user: self.user, ownerSessionID: self.ownerSessionID,
             state: .running(eventLoop: self.eventLoop, generation: NIOLoopBound(self, eventLoop: self.eventLoop))))
-        if self.publishesToBroker { self.broker.publishStarted(self.info, user: self.user) }
+        if self.publishesToBroker { self.fanOut.publishStarted(self.info, user: self.user) }
         guard self.output.isConnected else { return }
         self.output.writeStarted(self)
     }
@@ -410,7 +410,7 @@ package final class ChatGeneration: GenerationSink {
                 finishReason: reason.rawValue, promptTokens: usage.promptTokens, completionTokens: usage.completionTokens,
                 model: self.model)
         }
-        if details.publishEnd { self.broker.publishEnd(self.info, end) }
+        if details.publishEnd { self.fanOut.publishEnd(self.info, end) }
         if self.output.isConnected {
             if let held = details.held { self.write(held) }
             self.output.writeDone(self, end, cached: details.cached, budgetNotice: details.budgetNotice)
@@ -466,14 +466,14 @@ package final class ChatGeneration: GenerationSink {
         guard let seq = self.update({ $0.republishing() }) else { return }
         let whole = TokenLog.update(text: self.answerBytes.readableBytesView, tokenEnds: self.tokenEnds, after: 0,
                                     upTo: seq, started: nil, end: nil)
-        self.broker.republish(self.info, user: self.user, whole: whole, end: self.machine.end)
+        self.fanOut.republish(self.info, user: self.user, whole: whole, end: self.machine.end)
     }
 
     /// What arrived since the last publish, as one event for other instances.
     private func publishBatch(_ range: GenerationStateMachine.SeqRange) {
         let update = TokenLog.update(text: self.answerBytes.readableBytesView, tokenEnds: self.tokenEnds, after: range.after,
                                      upTo: range.upTo, started: nil, end: nil)
-        self.broker.publishBatch(self.info, update)
+        self.fanOut.publishBatch(self.info, update)
     }
 
     /// One merged update per follower with what arrived since the last one (and the end).

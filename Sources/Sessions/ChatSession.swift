@@ -110,7 +110,7 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
         self.application.logger.debug("session opened", metadata: ["sluice.session": "\(self.sessionID)", "sluice.user": "\(self.userID)"])
         if let user = self.user {
             self.application.presence.opened(user: user, sessionID: self.sessionID)
-            if self.application.broker.isShared { self.application.broker.presenceOpened(user: user, sessionID: self.sessionID) }
+            self.application.sharedPresence?.presenceOpened(user: user, sessionID: self.sessionID)
         }
         if let jobs = self.application.jobs {
             // Job events for this user, from any worker, reach every connection of theirs.
@@ -172,7 +172,7 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
 
     func connectionWillClose(_ connection: WebSocketConnection, code: WebSocketCloseCode) {
         guard code == .serviceRestart || code == .goingAway else { return }
-        if self.application.broker.isShared {
+        if self.application.generationFanOut.isShared {
             // Drain with hand-off: the generations go on here and stream through Redis; the
             // client reconnects to another instance and resumes them there.
             connection.writeText { ServerMessageEncoder.sessionDraining(retryAfterMs: 0, into: &$0) }
@@ -227,11 +227,11 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
         ])
         if let user = self.user {
             self.application.presence.closed(user: user, sessionID: self.sessionID)
-            if self.application.broker.isShared { self.application.broker.presenceClosed(user: user, sessionID: self.sessionID) }
+            self.application.sharedPresence?.presenceClosed(user: user, sessionID: self.sessionID)
         }
         for (conversationID, watcher) in self.watching {
             self.application.hub.unwatch(conversationID, watcher)
-            self.application.broker.unwatch(conversationID: conversationID, watcher: watcher)
+            self.application.generationFanOut.unwatch(conversationID: conversationID, watcher: watcher)
         }
         self.watching = [:]
         for id in Array(self.follows.keys) { self.stopFollowing(id) }
@@ -334,7 +334,7 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
             loop.execute { generation.value.cancel() }
             return
         }
-        guard self.application.broker.isShared else {
+        guard self.application.generationFanOut.isShared else {
             if !self.recentlyEnded.contains(generationID) {
                 self.sendError(.notFound, "unknown generation \(generationID)", generationID: generationID)
             }
@@ -344,10 +344,10 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
         // came first), unless it had ended already (then the cancel is a no-op).
         guard let connection = self.connection else { return }
         let session = NIOLoopBound(self, eventLoop: connection.eventLoop)
-        let broker = self.application.broker
+        let fanOut = self.application.generationFanOut
         let user = self.userID
         Task {
-            let result = await broker.cancel(generationID: generationID, user: user)
+            let result = await fanOut.cancel(generationID: generationID, user: user)
             session.eventLoop.execute { session.value.remoteCancelAnswered(generationID, result) }
         }
     }
@@ -382,13 +382,13 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
         self.followAnywhere(generationID, afterSeq: afterSeq, conversationID: nil, reportNotFound: true)
     }
 
-    /// Follows a generation of this instance (through the hub) or of another (through the broker).
+    /// Follows a generation of this instance (through the hub) or of another (through the fan-out).
     private func followAnywhere(_ generationID: String, afterSeq: Int64, conversationID: String?, reportNotFound: Bool) {
         if let entry = self.application.hub.lookup(generationID), entry.user == self.userID {
             self.followLocal(entry, afterSeq: afterSeq, endOnly: false, conversationID: conversationID)
             return
         }
-        guard self.application.broker.isShared, let connection = self.connection else {
+        guard self.application.generationFanOut.isShared, let connection = self.connection else {
             if reportNotFound { self.sendError(.notFound, "unknown or expired generation \(generationID)", generationID: generationID) }
             return
         }
@@ -437,7 +437,7 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
         }
         let application = self.application
         let user = self.userID
-        let shared = application.broker.isShared
+        let shared = application.generationFanOut.isShared
         // Held here (single node): answer at once.
         if !shared, let owner = application.history.memory.owner(of: conversationID) {
             guard owner == user else {
@@ -448,7 +448,7 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
             return
         }
         // Otherwise ask the shared cache or the storage whose it is; with Redis, watch here and
-        // through the broker (the conversation's generations may run elsewhere).
+        // through the fan-out (the conversation's generations may run elsewhere).
         Task {
             switch await application.history.isVisible(conversationID, to: user) {
             case .found:
@@ -471,7 +471,7 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
                 }
                 return
             }
-            let remote = await application.broker.watch(conversationID: conversationID, watcher: watcher)
+            let remote = await application.generationFanOut.watch(conversationID: conversationID, watcher: watcher)
             session.eventLoop.execute {
                 let session = session.value
                 guard case .success(let running) = remote else {
@@ -479,7 +479,7 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
                     return
                 }
                 guard session.connection != nil else {
-                    application.broker.unwatch(conversationID: conversationID, watcher: watcher)
+                    application.generationFanOut.unwatch(conversationID: conversationID, watcher: watcher)
                     return
                 }
                 session.watching[conversationID] = watcher
@@ -503,7 +503,7 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
         let conversationID = UUID(uuidString: requested).map { $0.uuidString.lowercased() } ?? requested
         if let watcher = self.watching.removeValue(forKey: conversationID) {
             self.application.hub.unwatch(conversationID, watcher)
-            self.application.broker.unwatch(conversationID: conversationID, watcher: watcher)
+            self.application.generationFanOut.unwatch(conversationID: conversationID, watcher: watcher)
             for (id, follow) in self.follows where follow.conversationID == conversationID { self.stopFollowing(id) }
         }
         self.writeSubscription(subscribed: false, conversationID)
@@ -560,7 +560,7 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
         }
     }
 
-    /// Registers the follow and asks the broker; the outcome says whether it is on.
+    /// Registers the follow and asks the fan-out; the outcome says whether it is on.
     private func startRemoteFollow(_ generationID: String, afterSeq: Int64, endOnly: Bool, conversationID: String?) -> EventLoopFuture<FollowOutcome> {
         let eventLoop = self.eventLoop
         let follower = self.makeFollower(generationID, on: eventLoop)
@@ -569,17 +569,17 @@ final class ChatSession: WebSocketConnectionDelegate, GenerationRequester, Sluic
             deltaPrefix: Self.deltaPrefix(generationID), merger: DeltaMerger(after: afterSeq))
         follow.remote = true
         self.follows[generationID] = follow
-        let broker = self.application.broker
+        let fanOut = self.application.generationFanOut
         let promise = eventLoop.makePromise(of: FollowOutcome.self)
         let user = self.userID
-        promise.completeWithTask { await broker.follow(generationID: generationID, user: user, afterSeq: afterSeq, endOnly: endOnly, follower: follower) }
+        promise.completeWithTask { await fanOut.follow(generationID: generationID, user: user, afterSeq: afterSeq, endOnly: endOnly, follower: follower) }
         return promise.futureResult
     }
 
     private func stopFollowing(_ generationID: String) {
         guard let follow = self.follows.removeValue(forKey: generationID) else { return }
         if follow.remote {
-            self.application.broker.unfollow(generationID: generationID, follower: follow.follower)
+            self.application.generationFanOut.unfollow(generationID: generationID, follower: follow.follower)
             return
         }
         if let loop = follow.ownerLoop, let generation = follow.generation {

@@ -88,7 +88,8 @@ package enum HistoryFailure: Error, Sendable, Equatable {
 package final class ConversationHistory: Sendable {
     let memory: ConversationMemory
     package let persistence: Persistence
-    private let broker: any Broker
+    /// The cache the instances share (Redis; nil: one node).
+    private let sharedCache: (any ConversationCache)?
     let contextMaxCharacters: Int
     /// How long a history read waits for this instance's queued writes (read your writes).
     let readYourWritesTimeout: Duration
@@ -120,12 +121,12 @@ package final class ConversationHistory: Sendable {
     package static let anonymous = "anonymous"
 
     init(
-        memory: ConversationMemory, persistence: Persistence, broker: any Broker, contextMaxCharacters: Int,
+        memory: ConversationMemory, persistence: Persistence, sharedCache: (any ConversationCache)?, contextMaxCharacters: Int,
         readYourWritesTimeout: Duration = .seconds(2), logger: Logger
     ) {
         self.memory = memory
         self.persistence = persistence
-        self.broker = broker
+        self.sharedCache = sharedCache
         self.contextMaxCharacters = contextMaxCharacters
         self.readYourWritesTimeout = readYourWritesTimeout
         self.logger = logger
@@ -150,7 +151,7 @@ package final class ConversationHistory: Sendable {
         guard let id = UUID(uuidString: requested) else { return .notFound }
         let key = id.uuidString.lowercased()
         // With Redis the shared cache is the reference: another instance may have added to it.
-        guard !self.broker.isShared else { return nil }
+        guard self.sharedCache == nil else { return nil }
         if let cached = self.memory.context(of: key) {
             self.countLookup(hit: true)
             guard cached.owner == user else { return .notFound }
@@ -164,8 +165,8 @@ package final class ConversationHistory: Sendable {
         guard let requested, let id = UUID(uuidString: requested) else { return .notFound }
         let key = id.uuidString.lowercased()
         var sharedCacheFailed = false
-        if self.broker.isShared {
-            switch await self.broker.conversationContext(key) {
+        if let sharedCache = self.sharedCache {
+            switch await sharedCache.conversationContext(key) {
             case .success(let cached?):
                 self.countLookup(hit: true)
                 self.memory.load(key, owner: cached.owner, messages: cached.messages)
@@ -199,7 +200,7 @@ package final class ConversationHistory: Sendable {
             messages += pending.filter { !storedIDs.contains($0.id) }.map { ChatMessage(role: ChatMessage.Role($0.role), content: $0.content) }
             messages = Self.trimmed(messages, toCharacters: self.contextMaxCharacters)
             self.memory.load(key, owner: owner, messages: messages)
-            if self.broker.isShared { self.broker.fillConversation(key, owner: owner, messages: messages) }
+            self.sharedCache?.fillConversation(key, owner: owner, messages: messages)
             return .found(ResolvedConversation(id: id, key: key, messages: messages, isNew: false))
         } catch {
             self.logger.warning("conversation context unreadable", metadata: ["sluice.conversation": "\(key)", "sluice.error": "\(error)"])
@@ -233,8 +234,8 @@ package final class ConversationHistory: Sendable {
         let found = ResolvedConversation(id: id, key: key, messages: [], isNew: false)
         if let owner = self.memory.owner(of: key) { return owner == user ? .found(found) : .notFound }
         var sharedCacheFailed = false
-        if self.broker.isShared {
-            switch await self.broker.conversationContext(key) {
+        if let sharedCache = self.sharedCache {
+            switch await sharedCache.conversationContext(key) {
             case .success(let cached?): return cached.owner == user ? .found(found) : .notFound
             case .success(nil): break
             case .failure: sharedCacheFailed = true
@@ -267,14 +268,14 @@ package final class ConversationHistory: Sendable {
         if conversation.isNew {
             self.memory.create(id: conversation.key, owner: user)
             self.memory.append(message, to: conversation.key)
-            if self.broker.isShared { self.broker.createConversation(conversation.key, owner: user, first: message) }
+            self.sharedCache?.createConversation(conversation.key, owner: user, first: message)
         } else {
             if self.memory.exists(conversation.key) {
                 self.memory.append(message, to: conversation.key)
             } else {
                 self.memory.load(conversation.key, owner: user, messages: conversation.messages + [message])
             }
-            if self.broker.isShared { self.broker.appendMessage(message, toConversation: conversation.key) }
+            self.sharedCache?.appendMessage(message, toConversation: conversation.key)
         }
         return true
     }
@@ -289,7 +290,7 @@ package final class ConversationHistory: Sendable {
             finishReason: finishReason, promptTokens: promptTokens, completionTokens: completionTokens, model: model))
         let message = ChatMessage(role: .assistant, content: content)
         self.memory.append(message, to: key)
-        if self.broker.isShared { self.broker.appendMessage(message, toConversation: key) }
+        self.sharedCache?.appendMessage(message, toConversation: key)
     }
 
     /// The generation never started (the upstream refused it): no answer will come.

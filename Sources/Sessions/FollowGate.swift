@@ -7,7 +7,7 @@ import Inference
 /// delivered: the update waits until the owner publishes the generation whole again (it does
 /// once Redis is back) or a re-read of the stream finds the missing seqs. The end is held
 /// until every seq before it went out. A plain value: one per follower, driven by
-/// `RedisBroker` on its subscriber's event loop.
+/// `RedisGenerationFanOut` on its subscriber's event loop.
 struct FollowGate: Sendable, Equatable {
     /// Every seq up to this one went out.
     private(set) var deliveredSeq: Int64

@@ -119,7 +119,7 @@ package struct GenerationStarter: Sendable {
     let router: InferenceRouter
     let history: ConversationHistory
     let hub: GenerationHub
-    let broker: any Broker
+    let fanOut: any GenerationFanOut
     let metrics: ChatMetrics
     let policy: ChatPolicy
     let quotas: QuotaGuard
@@ -402,7 +402,7 @@ package struct GenerationStarter: Sendable {
                 }
             },
             output: output, engine: route.upstream.engine, request: request, eventLoop: eventLoop,
-            history: self.history, hub: self.hub, broker: self.broker, ownerSessionID: caller.sessionID,
+            history: self.history, hub: self.hub, fanOut: self.fanOut, ownerSessionID: caller.sessionID,
             metrics: self.metrics.upstream(route.upstream.name), toolMode: toolMode,
             tools: toolMode == .gateway ? self.tools : nil, logger: self.logger)
         output.generationStarting(generation)

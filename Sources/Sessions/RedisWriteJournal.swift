@@ -13,12 +13,14 @@ import Synchronization
 /// its queue writes them. Writing a message the dead one had written already stores nothing
 /// twice (the storage ignores an (id, created_at) it has), so a taker needs no certainty.
 ///
-/// Commands go out through the broker's pipeline; when one fails (Redis unreachable, a reply
+/// Commands go out through the link's pipeline; when one fails (Redis unreachable, a reply
 /// too late) the journal is made again from the queue once Redis answers, so it neither misses
 /// a message nor keeps one already written.
 final class RedisWriteJournal: WriteJournal, Sendable {
-    /// Strong: the broker drops its journal (and the queue this one) at shutdown.
-    private let broker: RedisBroker
+    /// Strong: the node drops its journal (and the queue this one) at shutdown.
+    private let link: RedisLink
+    /// A journal command Redis did not take (the entry may be missing, or stale).
+    private let missed = MissedWrites()
     private let queue: WriteBehindQueue
     private let logger: Logger
     /// This incarnation's journal, and the set listing every journal.
@@ -26,12 +28,12 @@ final class RedisWriteJournal: WriteJournal, Sendable {
     private let registry: String
     private let taken = Atomic<Int>(0)
 
-    init(broker: RedisBroker, queue: WriteBehindQueue, logger: Logger) {
-        self.broker = broker
+    init(link: RedisLink, queue: WriteBehindQueue, logger: Logger) {
+        self.link = link
         self.queue = queue
         self.logger = logger
-        self.key = broker.key("wq:\(broker.instanceID):\(broker.incarnation)")
-        self.registry = broker.key("wq")
+        self.key = link.key("wq:\(link.instanceID):\(link.incarnation)")
+        self.registry = link.key("wq")
     }
 
     /// Messages taken over from dead instances' journals.
@@ -45,13 +47,13 @@ final class RedisWriteJournal: WriteJournal, Sendable {
             command.append(Self.field(message))
             command.append(Self.encode(message))
         }
-        self.broker.fire([command], tag: RedisBroker.journalTag)
+        self.link.fire([command], tag: self.missed.tag(Self.tag))
     }
 
     func written(_ messages: [NewMessage]) {
         var command = RedisCommand("HDEL", self.key)
         for message in messages { command.append(Self.field(message)) }
-        self.broker.fire([command], tag: RedisBroker.journalTag)
+        self.link.fire([command], tag: self.missed.tag(Self.tag))
     }
 
     /// Exactly `messages` from now on (DEL, then HSETs of at most 500 fields each, in order
@@ -68,7 +70,7 @@ final class RedisWriteJournal: WriteJournal, Sendable {
             commands.append(command)
             start += 500
         }
-        self.broker.fire(commands, tag: RedisBroker.journalTag)
+        self.link.fire(commands, tag: self.missed.tag(Self.tag))
     }
 
     // MARK: Upkeep
@@ -76,15 +78,15 @@ final class RedisWriteJournal: WriteJournal, Sendable {
     /// Every liveness tick: keep this journal listed (and expiring, should every instance go);
     /// with `adopt`, take over the journals of dead incarnations.
     func tick(adopt: Bool) {
-        self.broker.fire([
+        self.link.fire([
             RedisCommand("SADD", self.registry, self.key),
-            RedisCommand("PEXPIRE", self.key, self.broker.milliseconds(.hours(24))),
-            RedisCommand("PEXPIRE", self.registry, self.broker.milliseconds(.hours(24))),
-        ], tag: RedisBroker.journalTag)
+            RedisCommand("PEXPIRE", self.key, self.link.milliseconds(.hours(24))),
+            RedisCommand("PEXPIRE", self.registry, self.link.milliseconds(.hours(24))),
+        ], tag: self.missed.tag(Self.tag))
         if adopt { Task { await self.adoptDeadJournals() } }
     }
 
-    /// The broker is shutting down: the queue stops recording here. What it writes from now on
+    /// The node is shutting down: the queue stops recording here. What it writes from now on
     /// stays journaled, and is written again (harmlessly) by whoever takes the journal over.
     func detach() {
         self.queue.setJournal(nil)
@@ -101,15 +103,23 @@ final class RedisWriteJournal: WriteJournal, Sendable {
         self.queue.rebuildJournal()
     }
 
+    /// Rebuilds when a journal command failed since the last call.
+    func rebuildIfMissed() {
+        if !self.missed.take().isEmpty { self.rebuild() }
+    }
+
+    /// The tag of the journal's commands in `missed`.
+    private static let tag = "journal"
+
     /// Moves the messages of every journal whose incarnation is gone into this one, and queues them.
     func adoptDeadJournals() async {
         do {
-            let members = try await self.broker.client.send(RedisCommand("SMEMBERS", self.registry)).array?.compactMap(\.string) ?? []
+            let members = try await self.link.client.send(RedisCommand("SMEMBERS", self.registry)).array?.compactMap(\.string) ?? []
             for member in members where member != self.key {
                 guard let (instance, incarnation) = self.owner(of: member) else { continue }
-                guard try await !self.broker.isAlive(instance, incarnation: incarnation) else { continue }
-                let reply = try await self.broker.client.send(RedisCommand(
-                    "EVAL", Self.takeOver, 3, member, self.key, self.registry, self.broker.milliseconds(.hours(24))))
+                guard try await !self.link.isAlive(instance, incarnation: incarnation) else { continue }
+                let reply = try await self.link.client.send(RedisCommand(
+                    "EVAL", Self.takeOver, 3, member, self.key, self.registry, self.link.milliseconds(.hours(24))))
                 let values = reply.array ?? []
                 var messages: [NewMessage] = []
                 var unreadable = 0
@@ -138,7 +148,7 @@ final class RedisWriteJournal: WriteJournal, Sendable {
     /// `{prefix}wq:{instance}:{incarnation}` → its instance and incarnation (the incarnation has
     /// no colon; an instance id may).
     private func owner(of member: String) -> (String, String)? {
-        let prefix = self.broker.key("wq:")
+        let prefix = self.link.key("wq:")
         guard member.hasPrefix(prefix), let colon = member.lastIndex(of: ":") else { return nil }
         let instance = member[member.index(member.startIndex, offsetBy: prefix.count)..<colon]
         let incarnation = member[member.index(after: colon)...]

@@ -21,7 +21,7 @@ import ServiceLifecycle
 /// generation ends with nothing to store).
 ///
 /// A process killed with messages still queued would lose them; with a `WriteJournal` (with
-/// Redis: `RedisBroker`'s) every accepted message is also recorded outside the process until it
+/// Redis: `RedisWriteJournal`) every accepted message is also recorded outside the process until it
 /// is written, and another instance writes what a dead one left (`enqueueRecovered`). The
 /// storage's idempotence makes that safe even when the dead one had written some of them.
 ///

@@ -1,32 +1,9 @@
 import Inference
 import Logging
-import Metrics
 import NIOCore
 import RedisClient
 import SluiceProtocol
-import Storage
 import Synchronization
-
-/// Settings of the Redis fan-out.
-public struct RedisBrokerConfiguration: Sendable, Equatable {
-    /// Prefix of every key and channel, so several deployments can share one Redis.
-    public var keyPrefix: String = "sluice:"
-    /// Entries kept per generation stream (one entry per upstream read, often several tokens).
-    public var streamMaxEntries: Int = 10_000
-    /// How long a generation stays resumable after it ended.
-    public var retentionAfterDone: TimeAmount = .minutes(5)
-    /// Upper bound on a running generation's keys, in case its owner dies and never ends it.
-    public var runningTTL: TimeAmount = .hours(2)
-    /// An instance counts as dead once its liveness key is this old.
-    public var ownerTTL: TimeAmount = .seconds(3)
-    /// How often liveness is refreshed and followed owners are checked.
-    public var livenessInterval: TimeAmount = .seconds(1)
-    /// Conversation context kept in Redis: the newest messages, for this long after last use.
-    public var conversationMaxMessages: Int = 100
-    public var conversationTTL: TimeAmount = .minutes(30)
-
-    public init() {}
-}
 
 /// Fans generations out through Redis. Per generation, the owner (the instance calling the
 /// upstream) keeps:
@@ -35,12 +12,10 @@ public struct RedisBrokerConfiguration: Sendable, Equatable {
 /// - `gen:{id}:s` a stream, one entry per upstream read with id `0-{lastSeq}` (the end is
 ///   `1-0`), bounded by `streamMaxEntries`, expiring `retentionAfterDone` after the end;
 /// - channel `g:{id}`: the same encoded events, live;
-/// - `conv:{id}:m` the conversation cache (its newest messages) and `conv:{id}:o` its owner,
-///   both expiring `conversationTTL` after the last write; `conv:{id}:run` its running generations and
-///   channel `c:{id}` announcing each generation started in it;
-/// - `inst:{instance}` a liveness key with a short TTL holding this process's incarnation (a
-///   random token: a process started again under the same id is another owner), and channel
-///   `ctl:{instance}` for cancels.
+/// - `conv:{id}:run` the conversation's running generations and channel `c:{id}` announcing
+///   each generation started in it;
+/// - channel `ctl:{instance}` for cancels (and, through `RedisLink`, the liveness key
+///   `inst:{instance}` by which followers elsewhere tell that the owner died).
 ///
 /// A follower elsewhere subscribes to `g:{id}` first, then reads the stream after its seq, then
 /// takes live events; the session drops seqs it already has (every update carries its token
@@ -52,30 +27,19 @@ public struct RedisBrokerConfiguration: Sendable, Equatable {
 /// published again whole (hash, stream replaced by one entry, live events) once Redis answers.
 /// Followers take updates only in order (`FollowGate`): one past a gap waits for that republish
 /// or a re-read of the stream, and the end waits for the text before it.
-final class RedisBroker: Broker {
-    let instanceID: String
-    let configuration: RedisBrokerConfiguration
-    let client: RedisClient
-    private let subscriber: RedisSubscriber
+final class RedisGenerationFanOut: GenerationFanOut {
+    private let link: RedisLink
     private let logger: Logger
     private let state = Mutex(State())
     private let cancelHandler = Mutex<(@Sendable (String) -> Void)?>(nil)
-    private let outgoing = Mutex(Outgoing())
-    private let livenessTask = Mutex<RepeatedTask?>(nil)
-    /// This process's value of `inst:{instanceID}`, recorded with each generation it owns.
-    let incarnation: String
     /// This instance's generations, for republishing one whose shared copy missed writes.
     private let localGenerations = Mutex<(@Sendable (String) -> GenerationHub.Entry?)?>(nil)
-    /// The write-behind queue's journal here, when this instance stores conversations.
-    private let journal = Mutex<RedisWriteJournal?>(nil)
-    private let ticks = Atomic<Int>(0)
+    /// This instance's generations with a command Redis did not take: republish them.
+    private let missed = MissedWrites()
 
     private struct State {
         var remote: [String: RemoteGeneration] = [:]
         var watchers: [String: [ConversationWatcher]] = [:]
-        var droppedEvents = 0
-        /// This instance's generations with a command Redis did not take: republish them.
-        var dirty: Set<String> = []
         var republished = 0
     }
 
@@ -105,33 +69,14 @@ final class RedisBroker: Broker {
         var ownerLost = false
     }
 
-    init(redis: RedisConfiguration, instanceID: String, configuration: RedisBrokerConfiguration, eventLoop: any EventLoop, logger: Logger) {
-        self.instanceID = instanceID
-        self.incarnation = Identifier.make("inc_")
-        self.configuration = configuration
+    init(link: RedisLink, logger: Logger) {
+        self.link = link
         self.logger = logger
-        let resync = Mutex<RedisBroker?>(nil)
-        // Liveness is refreshed as soon as a connection is up, not only on the next tick.
-        self.client = RedisClient(configuration: redis, eventLoop: eventLoop, logger: logger, onStateChange: { state in
-            guard state == .connected, let broker = resync.withLock({ $0 }) else { return }
-            broker.refreshLiveness()
-            broker.republishDirty()
-            broker.journal.withLock { $0 }?.reconnected()
-        })
-        self.subscriber = RedisSubscriber(
-            configuration: redis, eventLoop: eventLoop, logger: logger,
-            onResubscribed: { resync.withLock { $0 }?.resynchronize() })
-        resync.withLock { $0 = self }
-        let control = self.key("ctl:\(instanceID)")
-        _ = self.subscriber.subscribe(control) { [weak self] message in self?.controlMessage(message) }
-        let task = eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: configuration.livenessInterval) { [weak self] _ in
-            self?.livenessTick()
-        }
-        self.livenessTask.withLock { $0 = task }
+        let control = link.key("ctl:\(link.instanceID)")
+        _ = link.subscriber.subscribe(control) { [weak self] message in self?.controlMessage(message) }
     }
 
     var isShared: Bool { true }
-    var isHealthy: Bool { self.client.isConnected && self.subscriber.isConnected }
 
     func setCancelHandler(_ handler: @escaping @Sendable (String) -> Void) {
         self.cancelHandler.withLock { $0 = handler }
@@ -141,52 +86,24 @@ final class RedisBroker: Broker {
         self.localGenerations.withLock { $0 = lookup }
     }
 
-    func attachWriteQueue(_ queue: WriteBehindQueue) {
-        let journal = RedisWriteJournal(broker: self, queue: queue, logger: self.logger)
-        self.journal.withLock { $0 = journal }
-        queue.setJournal(journal)
-    }
-
-    /// This instance's write journal (nil without storage).
-    var writeJournal: RedisWriteJournal? { self.journal.withLock { $0 } }
-
-    func shutdown() async {
-        self.livenessTask.withLock { $0 }?.cancel()
-        let journal = self.journal.withLock { journal -> RedisWriteJournal? in
-            defer { journal = nil }
-            return journal
-        }
-        journal?.detach()
-        // Gone at once rather than after the TTL: followers elsewhere see owner_lost sooner. Only
-        // if it is still this incarnation's (a successor under the same id may have taken it).
-        _ = try? await self.client.send(RedisCommand(
-            "EVAL", "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-            1, self.key("inst:\(self.instanceID)"), self.incarnation))
-        await self.subscriber.shutdown()
-        await self.client.shutdown()
-    }
-
-    func key(_ suffix: String) -> String { self.configuration.keyPrefix + suffix }
-    func milliseconds(_ amount: TimeAmount) -> Int { Int(amount.nanoseconds / 1_000_000) }
-
     // MARK: Owner side
 
     func publishStarted(_ info: GenerationInfo, user: String) {
         var event = ByteBuffer()
-        GenerationWire.encodeStarted(info, owner: self.instanceID, into: &event)
-        let generation = self.key("gen:\(info.generationID)")
-        self.fire([
+        GenerationWire.encodeStarted(info, owner: self.link.instanceID, into: &event)
+        let generation = self.link.key("gen:\(info.generationID)")
+        self.link.fire([
             self.generationFields(info, user: user, startedEvent: event, endEvent: nil),
-            RedisCommand("PEXPIRE", generation, self.milliseconds(self.configuration.runningTTL)),
-            RedisCommand("SADD", self.key("conv:\(info.conversationID):run"), info.generationID),
-            RedisCommand("PEXPIRE", self.key("conv:\(info.conversationID):run"), self.milliseconds(self.configuration.runningTTL)),
-            RedisCommand("PUBLISH", self.key("c:\(info.conversationID)"), event),
-        ], tag: info.generationID)
+            RedisCommand("PEXPIRE", generation, self.link.milliseconds(self.link.configuration.runningTTL)),
+            RedisCommand("SADD", self.link.key("conv:\(info.conversationID):run"), info.generationID),
+            RedisCommand("PEXPIRE", self.link.key("conv:\(info.conversationID):run"), self.link.milliseconds(self.link.configuration.runningTTL)),
+            RedisCommand("PUBLISH", self.link.key("c:\(info.conversationID)"), event),
+        ], tag: self.missed.tag(info.generationID))
     }
 
     /// `HSET gen:{id}` with everything a follower elsewhere needs (and the end, once there is one).
     private func generationFields(_ info: GenerationInfo, user: String, startedEvent: ByteBuffer, endEvent: ByteBuffer?) -> RedisCommand {
-        var fields = RedisCommand("HSET", self.key("gen:\(info.generationID)"), "owner", self.instanceID, "incarnation", self.incarnation,
+        var fields = RedisCommand("HSET", self.link.key("gen:\(info.generationID)"), "owner", self.link.instanceID, "incarnation", self.link.incarnation,
                                   "conversation", info.conversationID, "model", info.model, "state", endEvent == nil ? "running" : "done",
                                   "started", startedEvent, "user", user)
         if let requestID = info.requestID { fields.append(contentsOf: ["request", requestID]) }
@@ -197,32 +114,32 @@ final class RedisBroker: Broker {
     func publishBatch(_ info: GenerationInfo, _ update: FollowUpdate) {
         var event = ByteBuffer()
         GenerationWire.encodeBatch(update, into: &event)
-        let stream = self.key("gen:\(info.generationID):s")
-        var add = RedisCommand("XADD", stream, "MAXLEN", "~", self.configuration.streamMaxEntries)
+        let stream = self.link.key("gen:\(info.generationID):s")
+        var add = RedisCommand("XADD", stream, "MAXLEN", "~", self.link.configuration.streamMaxEntries)
         add.append(contentsOf: ["0-\(update.lastSeq)", "e", event])
-        var commands = [add, RedisCommand("PUBLISH", self.key("g:\(info.generationID)"), event)]
+        var commands = [add, RedisCommand("PUBLISH", self.link.key("g:\(info.generationID)"), event)]
         if update.firstSeq == 1 {
-            commands.append(RedisCommand("PEXPIRE", stream, self.milliseconds(self.configuration.runningTTL)))
+            commands.append(RedisCommand("PEXPIRE", stream, self.link.milliseconds(self.link.configuration.runningTTL)))
         }
-        self.fire(commands, tag: info.generationID)
+        self.link.fire(commands, tag: self.missed.tag(info.generationID))
     }
 
     func publishEnd(_ info: GenerationInfo, _ end: GenerationEnd) {
         var event = ByteBuffer()
         GenerationWire.encodeEnd(end, into: &event)
-        let generation = self.key("gen:\(info.generationID)")
+        let generation = self.link.key("gen:\(info.generationID)")
         let stream = generation + ":s"
-        let retention = self.milliseconds(self.configuration.retentionAfterDone)
-        var add = RedisCommand("XADD", stream, "MAXLEN", "~", self.configuration.streamMaxEntries)
+        let retention = self.link.milliseconds(self.link.configuration.retentionAfterDone)
+        var add = RedisCommand("XADD", stream, "MAXLEN", "~", self.link.configuration.streamMaxEntries)
         add.append(contentsOf: ["1-0", "e", event])
-        self.fire([
+        self.link.fire([
             add,
-            RedisCommand("PUBLISH", self.key("g:\(info.generationID)"), event),
+            RedisCommand("PUBLISH", self.link.key("g:\(info.generationID)"), event),
             RedisCommand("HSET", generation, "state", "done", "end", event),
             RedisCommand("PEXPIRE", generation, retention),
             RedisCommand("PEXPIRE", stream, retention),
-            RedisCommand("SREM", self.key("conv:\(info.conversationID):run"), info.generationID),
-        ], tag: info.generationID)
+            RedisCommand("SREM", self.link.key("conv:\(info.conversationID):run"), info.generationID),
+        ], tag: self.missed.tag(info.generationID))
     }
 
     /// The generation's whole shared copy again, after Redis missed some of it: the hash, the
@@ -230,7 +147,7 @@ final class RedisBroker: Broker {
     /// (followers drop what they have), and the conversation's running set.
     func republish(_ info: GenerationInfo, user: String, whole: FollowUpdate, end: GenerationEnd?) {
         var started = ByteBuffer()
-        GenerationWire.encodeStarted(info, owner: self.instanceID, into: &started)
+        GenerationWire.encodeStarted(info, owner: self.link.instanceID, into: &started)
         var batch = ByteBuffer()
         if whole.hasText { GenerationWire.encodeBatch(whole, into: &batch) }
         var endEvent: ByteBuffer?
@@ -239,9 +156,9 @@ final class RedisBroker: Broker {
             GenerationWire.encodeEnd(end, into: &event)
             endEvent = event
         }
-        let generation = self.key("gen:\(info.generationID)")
-        let ttl = self.milliseconds(end == nil ? self.configuration.runningTTL : self.configuration.retentionAfterDone)
-        let running = self.key("conv:\(info.conversationID):run")
+        let generation = self.link.key("gen:\(info.generationID)")
+        let ttl = self.link.milliseconds(end == nil ? self.link.configuration.runningTTL : self.link.configuration.retentionAfterDone)
+        let running = self.link.key("conv:\(info.conversationID):run")
         // DEL and the new entries in one script: a reader sees the old stream or the new one.
         let replace = """
             redis.call('DEL', KEYS[1])
@@ -256,23 +173,20 @@ final class RedisBroker: Broker {
             RedisCommand("EVAL", replace, 1, generation + ":s", whole.hasText ? "0-\(whole.lastSeq)" : "", batch,
                          endEvent ?? ByteBuffer(), ttl),
         ]
-        if whole.hasText { commands.append(RedisCommand("PUBLISH", self.key("g:\(info.generationID)"), batch)) }
+        if whole.hasText { commands.append(RedisCommand("PUBLISH", self.link.key("g:\(info.generationID)"), batch)) }
         if let endEvent {
-            commands.append(RedisCommand("PUBLISH", self.key("g:\(info.generationID)"), endEvent))
+            commands.append(RedisCommand("PUBLISH", self.link.key("g:\(info.generationID)"), endEvent))
             commands.append(RedisCommand("SREM", running, info.generationID))
         } else {
             commands += [
                 RedisCommand("SADD", running, info.generationID),
-                RedisCommand("PEXPIRE", running, self.milliseconds(self.configuration.runningTTL)),
-                RedisCommand("PUBLISH", self.key("c:\(info.conversationID)"), started),
+                RedisCommand("PEXPIRE", running, self.link.milliseconds(self.link.configuration.runningTTL)),
+                RedisCommand("PUBLISH", self.link.key("c:\(info.conversationID)"), started),
             ]
         }
         self.state.withLock { $0.republished += 1 }
-        self.fire(commands, tag: info.generationID)
+        self.link.fire(commands, tag: self.missed.tag(info.generationID))
     }
-
-    /// The tag of the write journal's commands (no generation id looks like it).
-    static let journalTag = "journal"
 
     /// Generations published again after Redis missed some of their writes.
     var republishedGenerations: Int { self.state.withLock { $0.republished } }
@@ -280,14 +194,9 @@ final class RedisBroker: Broker {
     /// Asks each generation Redis missed writes of to publish itself again, once Redis answers:
     /// a running one on its own event loop (after what it already queued, before what it
     /// publishes next), an ended one from the hub. One no longer in the hub is gone anyway.
-    private func republishDirty() {
-        guard self.client.isConnected, let lookup = self.localGenerations.withLock({ $0 }) else { return }
-        var dirty = self.state.withLock { state -> Set<String> in
-            defer { state.dirty = [] }
-            return state.dirty
-        }
-        if dirty.remove(Self.journalTag) != nil { self.journal.withLock { $0 }?.rebuild() }
-        for generationID in dirty {
+    func republishMissed() {
+        guard self.link.client.isConnected, let lookup = self.localGenerations.withLock({ $0 }) else { return }
+        for generationID in self.missed.take() {
             guard let entry = lookup(generationID) else { continue }
             switch entry.state {
             case .running(let loop, let generation):
@@ -300,142 +209,7 @@ final class RedisBroker: Broker {
         }
     }
 
-    func createConversation(_ conversationID: String, owner: String, first message: ChatMessage) {
-        let list = self.key("conv:\(conversationID):m")
-        let ttl = self.milliseconds(self.configuration.conversationTTL)
-        self.fire([
-            RedisCommand("DEL", list),
-            RedisCommand("RPUSH", list, Self.cacheEntry(message)),
-            RedisCommand("PEXPIRE", list, ttl),
-            RedisCommand("SET", self.key("conv:\(conversationID):o"), owner, "PX", ttl),
-        ])
-    }
-
-    /// RPUSHX, not RPUSH: appending to a cold cache would make a list holding only the newest
-    /// messages, which a reader would take for the whole conversation.
-    func appendMessage(_ message: ChatMessage, toConversation conversationID: String) {
-        let list = self.key("conv:\(conversationID):m")
-        let ttl = self.milliseconds(self.configuration.conversationTTL)
-        self.fire([
-            RedisCommand("RPUSHX", list, Self.cacheEntry(message)),
-            RedisCommand("LTRIM", list, -self.configuration.conversationMaxMessages, -1),
-            RedisCommand("PEXPIRE", list, ttl),
-            RedisCommand("PEXPIRE", self.key("conv:\(conversationID):o"), ttl),
-        ])
-    }
-
-    /// Fills only a cold cache, in one script so that two readers filling at once, or a reader
-    /// racing a writer's `createConversation`, cannot interleave into a mixed list.
-    func fillConversation(_ conversationID: String, owner: String, messages: [ChatMessage]) {
-        guard !messages.isEmpty else { return }
-        let script = """
-            if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-            for i = 3, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
-            redis.call('PEXPIRE', KEYS[1], ARGV[2])
-            redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-            return 1
-            """
-        var arguments: [any RedisArgumentConvertible] = [
-            script, 2, self.key("conv:\(conversationID):m"), self.key("conv:\(conversationID):o"),
-            owner, self.milliseconds(self.configuration.conversationTTL),
-        ]
-        for message in messages.suffix(self.configuration.conversationMaxMessages) { arguments.append(Self.cacheEntry(message)) }
-        self.fire([RedisCommand("EVAL", arguments: arguments)])
-    }
-
-    private static func cacheEntry(_ message: ChatMessage) -> String {
-        message.role.rawValue + "\n" + message.content
-    }
-
-    /// Sends without waiting. Commands fired during one event-loop tick (from every generation)
-    /// leave in one pipeline: one write instead of one per upstream read, in the order they were
-    /// fired. A failed command with a `tag` (a generation id, or `journalTag`; Redis down, a
-    /// reply too late) marks it for `republishDirty`; others only lose their effect.
-    func fire(_ commands: [RedisCommand], tag: String? = nil) {
-        let scheduleFlush = self.outgoing.withLock { outgoing -> Bool in
-            outgoing.commands.append(contentsOf: commands)
-            outgoing.tags.append(contentsOf: repeatElement(tag, count: commands.count))
-            guard !outgoing.flushScheduled else { return false }
-            outgoing.flushScheduled = true
-            return true
-        }
-        if scheduleFlush {
-            self.client.eventLoop.execute { self.flushOutgoing() }
-        }
-    }
-
-    /// Redis round trips (one pipeline per event-loop tick, and reads) and failed ones.
-    private let redisLatency = Timer(label: "sluice_redis_command_seconds")
-    private let redisErrors = Counter(label: "sluice_redis_errors_total")
-
-    private func flushOutgoing() {
-        let (commands, tags) = self.outgoing.withLock { outgoing -> ([RedisCommand], [String?]) in
-            outgoing.flushScheduled = false
-            defer {
-                outgoing.commands.removeAll(keepingCapacity: true)
-                outgoing.tags.removeAll(keepingCapacity: true)
-            }
-            return (outgoing.commands, outgoing.tags)
-        }
-        guard !commands.isEmpty else { return }
-        let results: [EventLoopFuture<RESPValue>] = self.client.send(pipeline: commands)
-        let started = NIODeadline.now()
-        // One callback per pipeline, not per command.
-        EventLoopFuture.whenAllComplete(results, on: self.client.eventLoop).whenSuccess { [weak self] outcomes in
-            guard let self else { return }
-            var failed = 0
-            var dirty: Set<String> = []
-            for (index, outcome) in outcomes.enumerated() {
-                guard case .failure = outcome else { continue }
-                failed += 1
-                if let generation = tags[index] { dirty.insert(generation) }
-            }
-            guard failed > 0 else {
-                self.redisLatency.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
-                return
-            }
-            self.redisErrors.increment()
-            self.state.withLock { state in
-                state.droppedEvents += failed
-                state.dirty.formUnion(dirty)
-            }
-        }
-    }
-
-    private struct Outgoing {
-        var commands: [RedisCommand] = []
-        /// The generation of each command (nil: none).
-        var tags: [String?] = []
-        var flushScheduled = false
-    }
-
-    var droppedEvents: Int { self.state.withLock { $0.droppedEvents } }
-
-    // MARK: Conversations
-
-    func conversationContext(_ conversationID: String) async -> Result<CachedConversation?, BrokerError> {
-        let started = NIODeadline.now()
-        defer { self.redisLatency.recordNanoseconds((NIODeadline.now() - started).nanoseconds) }
-        do {
-            let replies = try await self.client.send(pipeline: [
-                RedisCommand("GET", self.key("conv:\(conversationID):o")),
-                RedisCommand("LRANGE", self.key("conv:\(conversationID):m"), 0, -1),
-            ]).map { try $0.get() }
-            guard replies.count == 2, let items = replies[1].array else { return .failure(BrokerError(message: "unexpected LRANGE reply")) }
-            // Without its owner (expired apart, or written by an older version) it is not a hit.
-            guard let owner = replies[0].string, !items.isEmpty else { return .success(nil) }
-            let messages = items.compactMap { item -> ChatMessage? in
-                guard let text = item.string, let newline = text.firstIndex(of: "\n"),
-                      let role = ChatMessage.Role(rawValue: String(text[..<newline]))
-                else { return nil }
-                return ChatMessage(role: role, content: String(text[text.index(after: newline)...]))
-            }
-            return .success(CachedConversation(owner: owner, messages: messages))
-        } catch {
-            self.redisErrors.increment()
-            return .failure(BrokerError(message: "\(error)"))
-        }
-    }
+    // MARK: Conversations watched
 
     func watch(conversationID: String, watcher: ConversationWatcher) async -> Result<[String], BrokerError> {
         let first = self.state.withLock { state in
@@ -444,11 +218,11 @@ final class RedisBroker: Broker {
         }
         do {
             if first {
-                try await self.subscriber.subscribe(self.key("c:\(conversationID)")) { [weak self] message in
+                try await self.link.subscriber.subscribe(self.link.key("c:\(conversationID)")) { [weak self] message in
                     self?.conversationMessage(message, conversationID: conversationID)
                 }
             }
-            let running = try await self.client.send(RedisCommand("SMEMBERS", self.key("conv:\(conversationID):run")))
+            let running = try await self.link.client.send(RedisCommand("SMEMBERS", self.link.key("conv:\(conversationID):run")))
             return .success((running.array ?? []).compactMap(\.string))
         } catch {
             self.unwatch(conversationID: conversationID, watcher: watcher)
@@ -463,13 +237,13 @@ final class RedisBroker: Broker {
             state.watchers[conversationID] = nil
             return true
         }
-        if last { _ = self.subscriber.unsubscribe(self.key("c:\(conversationID)")) }
+        if last { _ = self.link.subscriber.unsubscribe(self.link.key("c:\(conversationID)")) }
     }
 
     private func conversationMessage(_ message: RedisPubSubMessage, conversationID: String) {
         guard case .started(let info, let owner)? = GenerationWire.decode(message.payload) else { return }
         // This instance's own generations reach its watchers through the hub.
-        guard owner != self.instanceID else { return }
+        guard owner != self.link.instanceID else { return }
         let watchers = self.state.withLock { $0.watchers[conversationID] ?? [] }
         for watcher in watchers { watcher.generationStarted(info.generationID) }
     }
@@ -479,7 +253,7 @@ final class RedisBroker: Broker {
     func follow(generationID: String, user: String, afterSeq: Int64, endOnly: Bool, follower: GenerationFollower) async -> FollowOutcome {
         do {
             // A generation that already ended needs no subscription when its stream is whole.
-            let first = try await self.client.send(RedisCommand("HGETALL", self.key("gen:\(generationID)")))
+            let first = try await self.link.client.send(RedisCommand("HGETALL", self.link.key("gen:\(generationID)")))
             guard !Self.fields(first).isEmpty else { return .notFound }
             // Someone else's generation does not exist, as far as this user can tell.
             guard Self.fields(first)["user"].map({ String(buffer: $0) }) == user else { return .notFound }
@@ -497,7 +271,7 @@ final class RedisBroker: Broker {
         } catch {
             return .unavailable
         }
-        let channel = self.key("g:\(generationID)")
+        let channel = self.link.key("g:\(generationID)")
         let first = self.state.withLock { state -> Bool in
             let first = state.remote[generationID] == nil
             state.remote[generationID, default: RemoteGeneration(owner: "")].followers.append(RemoteFollower(follower: follower, endOnly: endOnly))
@@ -507,15 +281,15 @@ final class RedisBroker: Broker {
             // Subscribe before reading history: anything published after this is seen live,
             // anything before is already in the stream.
             if first {
-                try await self.subscriber.subscribe(channel) { [weak self] message in self?.generationMessage(message, generationID: generationID) }
+                try await self.link.subscriber.subscribe(channel) { [weak self] message in self?.generationMessage(message, generationID: generationID) }
             }
-            let hash = try await self.client.send(RedisCommand("HGETALL", self.key("gen:\(generationID)")))
+            let hash = try await self.link.client.send(RedisCommand("HGETALL", self.link.key("gen:\(generationID)")))
             switch try await self.history(generationID, afterSeq: afterSeq, endOnly: endOnly, fields: Self.fields(hash)) {
             case .failure(let outcome):
                 self.removeFollower(follower, generationID: generationID)
                 return outcome
             case .success(let replay):
-                self.subscriber.eventLoop.execute {
+                self.link.subscriber.eventLoop.execute {
                     self.startLive(follower, generationID: generationID, afterSeq: afterSeq, replay: replay)
                 }
                 return .following
@@ -557,8 +331,8 @@ final class RedisBroker: Broker {
             replay.end = storedEnd
             return .success(Replay(owner: owner, ownerIncarnation: incarnation, update: replay))
         }
-        let stream = self.key("gen:\(generationID):s")
-        let entries = try await self.client.xrange(stream, start: "0-\(afterSeq + 1)", end: "+")
+        let stream = self.link.key("gen:\(generationID):s")
+        let entries = try await self.link.client.xrange(stream, start: "0-\(afterSeq + 1)", end: "+")
         var batches: [FollowUpdate] = []
         var streamEnd: GenerationEnd?
         for entry in entries {
@@ -578,8 +352,8 @@ final class RedisBroker: Broker {
         // owner publishes it again soon, and the follow waits for it).
         let firstHeld = batches.first?.firstSeq ?? (end.map { $0.seq + 1 } ?? afterSeq + 1)
         if firstHeld > afterSeq + 1 {
-            let length = try await self.client.send(RedisCommand("XLEN", stream)).int ?? 0
-            if length >= self.configuration.streamMaxEntries { return .failure(.gap(earliestSeq: firstHeld)) }
+            let length = try await self.link.client.send(RedisCommand("XLEN", stream)).int ?? 0
+            if length >= self.link.configuration.streamMaxEntries { return .failure(.gap(earliestSeq: firstHeld)) }
         }
         for batch in batches {
             guard batch.firstSeq <= replay.lastSeq + 1 else { break }  // a part missing: wait for it
@@ -644,7 +418,7 @@ final class RedisBroker: Broker {
             state.remote[generationID] = nil
             return true
         }
-        if last { _ = self.subscriber.unsubscribe(self.key("g:\(generationID)")) }
+        if last { _ = self.link.subscriber.unsubscribe(self.link.key("g:\(generationID)")) }
     }
 
     private func generationMessage(_ message: RedisPubSubMessage, generationID: String) {
@@ -709,11 +483,11 @@ final class RedisBroker: Broker {
         }
         guard let after else { return }
         Task {
-            let entries = try? await self.client.xrange(self.key("gen:\(generationID):s"), start: "0-\(after + 1)", end: "+")
+            let entries = try? await self.link.client.xrange(self.link.key("gen:\(generationID):s"), start: "0-\(after + 1)", end: "+")
             let events = (entries ?? []).compactMap { entry in
                 entry.fields.first(where: { $0.name == "e" }).flatMap { GenerationWire.decode($0.value) }
             }
-            self.subscriber.eventLoop.execute {
+            self.link.subscriber.eventLoop.execute {
                 self.state.withLock { $0.remote[generationID]?.rereading = false }
                 for event in events { self.deliver(event, generationID: generationID) }
             }
@@ -737,60 +511,14 @@ final class RedisBroker: Broker {
         }
     }
 
-    // MARK: Presence
-
-    /// `user:{name}` holds `instance\nsession` members; members of instances whose liveness key
-    /// expired are dropped when read, so a dead instance's connections vanish within `ownerTTL`.
-    func presenceOpened(user: String, sessionID: String) {
-        let key = self.key("user:\(user)")
-        self.fire([
-            RedisCommand("SADD", key, self.instanceID + "\n" + sessionID),
-            // Only collects the garbage of instances gone for good: members of dead instances
-            // are dropped when read, so this can be long.
-            RedisCommand("PEXPIRE", key, self.milliseconds(.hours(24))),
-        ])
-    }
-
-    func presenceClosed(user: String, sessionID: String) {
-        self.fire([RedisCommand("SREM", self.key("user:\(user)"), self.instanceID + "\n" + sessionID)])
-    }
-
-    func presence(of user: String) async -> Result<[PresenceEntry], BrokerError> {
-        do {
-            let key = self.key("user:\(user)")
-            let members = try await self.client.send(RedisCommand("SMEMBERS", key)).array?.compactMap(\.string) ?? []
-            var entries: [PresenceEntry] = []
-            var alive: [String: Bool] = [:]
-            var stale: [String] = []
-            for member in members {
-                let parts = member.split(separator: "\n", maxSplits: 1).map(String.init)
-                guard parts.count == 2 else { continue }
-                if alive[parts[0]] == nil { alive[parts[0]] = try await self.isAlive(parts[0], incarnation: nil) }
-                if alive[parts[0]] == true {
-                    entries.append(PresenceEntry(instanceID: parts[0], sessionID: parts[1]))
-                } else {
-                    stale.append(member)
-                }
-            }
-            if !stale.isEmpty {
-                var remove = RedisCommand("SREM", key)
-                remove.append(contentsOf: stale)
-                self.fire([remove])
-            }
-            return .success(entries)
-        } catch {
-            return .failure(BrokerError(message: "\(error)"))
-        }
-    }
-
     // MARK: Cancel from anywhere
 
     func cancel(generationID: String, user: String) async -> CancelOutcome {
         do {
-            let reply = try await self.client.send(RedisCommand("HMGET", self.key("gen:\(generationID)"), "owner", "state", "user"))
+            let reply = try await self.link.client.send(RedisCommand("HMGET", self.link.key("gen:\(generationID)"), "owner", "state", "user"))
             guard let values = reply.array, values.count == 3, let owner = values[0].string, values[2].string == user else { return .notFound }
             if values[1].string == "done" { return .alreadyEnded }
-            _ = try await self.client.send(RedisCommand("PUBLISH", self.key("ctl:\(owner)"), "cancel\n" + generationID))
+            _ = try await self.link.client.send(RedisCommand("PUBLISH", self.link.key("ctl:\(owner)"), "cancel\n" + generationID))
             return .sent
         } catch {
             return .unavailable
@@ -805,22 +533,12 @@ final class RedisBroker: Broker {
         self.cancelHandler.withLock { $0 }?(generationID)
     }
 
-    // MARK: Liveness
+    // MARK: Owners' liveness
 
-    private func refreshLiveness() {
-        self.fire([RedisCommand("SET", self.key("inst:\(self.instanceID)"), self.incarnation, "PX", self.milliseconds(self.configuration.ownerTTL))])
-    }
-
-    /// Refreshes this instance's liveness, republishes what Redis missed, asks again for the
-    /// parts followers wait on, and checks the owners of followed generations: one found
-    /// missing twice in a row is dead (once could be a key that is being refreshed late).
-    private func livenessTick() {
-        self.refreshLiveness()
-        self.republishDirty()
-        if let journal = self.journal.withLock({ $0 }) {
-            // Journals of dead instances are looked for every few seconds, not every tick.
-            journal.tick(adopt: self.ticks.add(1, ordering: .relaxed).newValue % 5 == 0)
-        }
+    /// Every liveness tick: asks again for the parts followers wait on, and checks the owners
+    /// of followed generations: one found missing twice in a row is dead (once could be a key
+    /// that is being refreshed late).
+    func livenessTick() {
         for generationID in self.generationsWithGaps { self.reread(generationID) }
         struct Owner: Hashable {
             var instance: String
@@ -831,7 +549,7 @@ final class RedisBroker: Broker {
         }
         for owner in owners {
             Task {
-                guard let alive = try? await self.isAlive(owner.instance, incarnation: owner.incarnation) else { return }  // Redis down: no verdict
+                guard let alive = try? await self.link.isAlive(owner.instance, incarnation: owner.incarnation) else { return }  // Redis down: no verdict
                 let lost = self.state.withLock { state -> [String] in
                     var lost: [String] = []
                     for (id, var remote) in state.remote
@@ -843,18 +561,11 @@ final class RedisBroker: Broker {
                     return lost
                 }
                 guard !lost.isEmpty else { return }
-                self.subscriber.eventLoop.execute {
+                self.link.subscriber.eventLoop.execute {
                     for generationID in lost { self.ownerLost(generationID) }
                 }
             }
         }
-    }
-
-    /// Whether `owner` is alive, and still the process that recorded `incarnation` (nil: any).
-    func isAlive(_ owner: String, incarnation: String?) async throws -> Bool {
-        let value = try await self.client.send(RedisCommand("GET", self.key("inst:\(owner)"))).string
-        guard let incarnation else { return value != nil }
-        return value == incarnation
     }
 
     /// The owner died without ending the generation: each follower gets `done` with
