@@ -270,6 +270,12 @@ OPENAI_REQUESTS = {
                     '{"name":"get_weather","description":"Weather now","parameters":{"type":"object","properties":'
                     '{"city":{"type":"string","enum":["Oslo",1.5e300,null,true]}},"required":["city"]}}}],'
                     '"tool_choice":{"type":"function","function":{"name":"get_weather"}}}',
+    # The wrong types a client's tools can bring (each a 400 at the door).
+    "tool-arguments-number": '{"messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function",'
+                             '"function":{"name":"f","arguments":7}}]}]}',
+    "tool-call-id-number": '{"messages":[{"role":"tool","content":"r","tool_call_id":12}]}',
+    "tool-parameters-array": '{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":'
+                             '{"name":"f","parameters":[1,2]}}],"tool_choice":"required"}',
 }
 
 
