@@ -3,7 +3,6 @@ import Inference
 import NIOCore
 import Policy
 import Sessions
-import Tracing
 import NIOHTTP1
 import SluiceProtocol
 import WSServer

@@ -112,7 +112,6 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationRequester {
     private var streaming = false
     private var includeUsage = false
     private var headWritten = false
-    private var deltas = 0
     private let created = Int(Date().timeIntervalSince1970)
     /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":[{"index":0,"delta":` once.
     private var chunkPrefix = ByteBuffer()
@@ -226,7 +225,6 @@ final class ChatCompletionResponder: HTTPRouteResponder, GenerationRequester {
     func writeStarted(_ generation: ChatGeneration) {}
 
     func writeDeltaIfWritable(_ generation: ChatGeneration, seq: Int64, text: Substring) -> Bool {
-        self.deltas += 1
         // Not streamed: the generation keeps the answer, and it goes out whole at the end.
         guard self.streaming else { return true }
         guard let writer = self.writer, writer.isWritable else { return false }
